@@ -1,0 +1,132 @@
+"""Domain errors with an HTTP status and a code, and the one handler that renders them all as
+``{"error": {"code", "message", "param"}}`` (DESIGN.md)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("stillhouse.api")
+
+
+class ErrorBody(BaseModel):
+    """The error object."""
+
+    code: str = Field(..., description="Stable machine-readable code, e.g. 'not_found', 'invalid_request', 'file_too_large'.")
+    message: str = Field(..., description="What went wrong and what was expected, for a person.")
+    param: str | None = Field(None, description="The request field at fault (dotted path), when there is one.")
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx response body."""
+
+    error: ErrorBody
+
+
+class ApiError(Exception):
+    """Base domain error: ``status`` (HTTP), ``code``, ``message`` and optional ``param``."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers
+        if code:
+            self.code = code
+
+
+class NotFound(ApiError):
+    """404: the resource does not exist."""
+
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ApiError):
+    """409: the resource is in a state that forbids the request."""
+
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    """413: the upload is over the configured limit."""
+
+    status = 413
+    code = "file_too_large"
+
+
+class Unprocessable(ApiError):
+    """422: the request is well-formed but its content is invalid (bad spec, unreadable file)."""
+
+    status = 422
+    code = "invalid_request"
+
+
+class ServiceUnavailable(ApiError):
+    """503: a dependency (database, broker) is not reachable."""
+
+    status = 503
+    code = "unavailable"
+
+
+def error_json(status: int, code: str, message: str, param: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    """A JSONResponse in the error shape."""
+    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message, "param": param}}, headers=headers)
+
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+               406: "not_acceptable", 409: "conflict", 411: "length_required", 413: "file_too_large", 415: "unsupported_media_type",
+               416: "range_not_satisfiable", 422: "invalid_request", 429: "rate_limited"}
+
+
+def _loc(loc: tuple[Any, ...]) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error (domain, validation, HTTP, unexpected) in the one error shape."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_json(exc.status, exc.code, exc.message, exc.param, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        param = _loc(tuple(first.get("loc", ())))
+        msg = first.get("msg", "invalid request")
+        if first.get("type") == "extra_forbidden":
+            msg = f"unknown field {param!r}"
+        elif param:
+            msg = f"{param}: {msg}"
+        if len(errors) > 1:
+            msg += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+        return error_json(422, "invalid_request", msg, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return error_json(exc.status_code, code, str(exc.detail), None, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_json(500, "internal_error", "internal server error; the event is logged on the server")
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "Not found"},
+    422: {"model": ErrorResponse, "description": "Invalid request"},
+}

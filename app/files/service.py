@@ -1,0 +1,101 @@
+"""Business logic of uploaded files: validate and store an upload, list, read, delete."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.errors import Conflict, NotFound, Unprocessable
+from app.files.schemas import Purpose
+from app.files.upload import ReceivedUpload
+from app.jobs.states import LIVE
+from app.models import File, Job, JobFile, new_id
+from app.storage import LocalStore
+from worker.distill.errors import DistillError
+from worker.distill.formats import inspect_file
+
+log = logging.getLogger("stillhouse.files")
+
+PURPOSES: tuple[str, ...] = ("teacher", "dataset", "student_init")
+
+
+def check_purpose(value: str | None) -> Purpose:
+    """The ``purpose`` form field, validated. Raises Unprocessable (422) when missing or unknown."""
+    if value not in PURPOSES:
+        raise Unprocessable(f"'purpose' must be one of {', '.join(PURPOSES)}; got {value!r}", param="purpose")
+    return value  # type: ignore[return-value]
+
+
+def inspect_upload(path: Path, purpose: str) -> dict:
+    """Sniff and validate a stored upload (runs torch/onnx/numpy loaders; call in a thread).
+
+    Returns the columns for ``File`` (format, parameters, shapes, details). Raises Unprocessable (422)
+    with code ``unsafe_checkpoint`` or ``invalid_file`` and a message saying what was expected.
+    """
+    try:
+        info = inspect_file(path, purpose)
+    except DistillError as e:
+        raise Unprocessable(e.message, param="file", code=e.code) from e
+    return {"format": info.format, "parameters": info.parameters, "input_shape": info.input_shape,
+            "output_shape": info.output_shape, "details": info.details}
+
+
+def store_file(session: Session, store: LocalStore, received: ReceivedUpload, purpose: str, meta: dict) -> File:
+    """Move the validated temp file into the store under a server-generated key and commit its row.
+
+    The client's filename is kept only as metadata (base name, at most 255 characters). If the
+    commit fails the stored bytes are removed again, so no orphan file is left.
+    """
+    file_id = new_id("file")
+    key = store.file_key(file_id)
+    raw = (received.filename or "upload").replace("\\", "/").replace("\x00", "")
+    filename = (raw.rsplit("/", 1)[-1] or "upload")[:255]
+    store.publish(received.path, key)
+    row = File(id=file_id, purpose=purpose, filename=filename, bytes=received.bytes, sha256=received.sha256,
+               storage_key=key, **meta)
+    try:
+        session.add(row)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        store.delete(key)
+        raise
+    return row
+
+
+def get_file(session: Session, file_id: str) -> File:
+    """The file row. Raises NotFound (404)."""
+    row = session.get(File, file_id)
+    if row is None:
+        raise NotFound(f"no file {file_id!r}", param="file_id")
+    return row
+
+
+def list_files(session: Session, *, limit: int, after: str | None, purpose: str | None) -> tuple[list[File], bool]:
+    """Files newest first, ``limit`` at most, starting after file ``after``; returns (rows, has_more)."""
+    q = select(File).order_by(File.created_at.desc(), File.id.desc())
+    if purpose:
+        q = q.where(File.purpose == purpose)
+    if after:
+        anchor = get_file(session, after)
+        q = q.where((File.created_at < anchor.created_at) | ((File.created_at == anchor.created_at) & (File.id < anchor.id)))
+    rows = list(session.scalars(q.limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def delete_file(session: Session, store: LocalStore, file_id: str) -> None:
+    """Delete a file and its bytes. Raises NotFound (404), or Conflict (409) while a queued or running job uses it."""
+    row = get_file(session, file_id)
+    live = session.scalars(
+        select(Job.id).join(JobFile, JobFile.job_id == Job.id).where(JobFile.file_id == file_id, Job.status.in_(LIVE)).limit(1)
+    ).first()
+    if live:
+        raise Conflict(f"file {file_id} is used by live job {live}; cancel it or wait until it ends", param="file_id",
+                       code="file_in_use")
+    session.query(JobFile).filter(JobFile.file_id == file_id).delete(synchronize_session=False)
+    session.delete(row)
+    session.commit()
+    store.delete(row.storage_key)

@@ -1,0 +1,47 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from app.db import get_engine
+from app.errors import ErrorResponse, ServiceUnavailable
+from app.queue import broker_ok
+
+router = APIRouter(tags=["health"])
+
+
+class Health(BaseModel):
+    """Health answer."""
+
+    status: Literal["ok"] = Field("ok", description="Always 'ok' when answered with 200.")
+    checks: dict[str, str] = Field(default_factory=dict, description="Per dependency: 'ok'.")
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """Liveness: the process answers HTTP."""
+    return Health()
+
+
+def _db_ok() -> str | None:
+    try:
+        with get_engine().connect() as c:
+            c.execute(text("SELECT 1"))
+        return None
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {e}"
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": ErrorResponse, "description": "A dependency is down"}})
+async def readyz() -> Health:
+    """Readiness: the database answers ``SELECT 1`` and the broker accepts a connection. 503 ``unavailable`` otherwise."""
+    db, broker = await run_in_threadpool(_db_ok), await run_in_threadpool(broker_ok)
+    if db or broker:
+        raise ServiceUnavailable("; ".join(f"{k}: {v}" for k, v in (("database", db), ("broker", broker)) if v))
+    return Health(checks={"database": "ok", "broker": "ok"})

@@ -1,0 +1,99 @@
+"""``/v1/jobs``: create, list, read, cancel; events, metrics, report, artifacts."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, status
+from fastapi.responses import FileResponse
+
+from app.deps import SessionDep, StoreDep
+from app.errors import ERROR_RESPONSES, ErrorResponse
+from app.jobs import service
+from app.jobs.schemas import ArtifactList, ArtifactObject, EventObject, JobObject, MetricObject, Status
+from app.pagination import Limit, Page
+from worker.distill.spec import JobSpec
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+JobId = Annotated[str, Path(description="Job id, 'job_…'.")]
+_409 = {409: {"model": ErrorResponse, "description": "Conflict with the job's state"}}
+
+
+def _artifact(job_id: str, a: Any) -> ArtifactObject:
+    return ArtifactObject(name=a.name, bytes=a.bytes, sha256=a.sha256, content_type=a.content_type, created_at=a.created_at,
+                          url=f"/v1/jobs/{job_id}/artifacts/{a.name}")
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobObject,
+             responses={503: {"model": ErrorResponse, "description": "Broker unreachable"}, **ERROR_RESPONSES})
+def create_job(spec: JobSpec, session: SessionDep) -> JobObject:
+    """Create a distillation job from a spec; it is queued and sent to a worker after the commit.
+
+    422 for an invalid spec (unknown fields, numbers out of range, missing or wrong-purpose files,
+    unknown architectures); 503 ``broker_unavailable`` if the broker cannot be reached.
+    """
+    return service.to_schema(service.create_job(session, spec))
+
+
+@router.get("", response_model=Page[JobObject], responses=ERROR_RESPONSES)
+def list_jobs(session: SessionDep, limit: Limit = 20,
+              after: Annotated[str | None, Query(description="Return jobs after this job id.")] = None,
+              status: Annotated[Status | None, Query(description="Only jobs in this status.")] = None) -> Page[JobObject]:
+    """List jobs, newest first."""
+    rows, more = service.list_jobs(session, limit=limit, after=after, status=status)
+    return Page[JobObject](data=[service.to_schema(j) for j in rows], has_more=more)
+
+
+@router.get("/{job_id}", response_model=JobObject, responses=ERROR_RESPONSES)
+def get_job(job_id: JobId, session: SessionDep) -> JobObject:
+    """Read a job: status, phase, progress (epoch, step, fraction, eta), error, timings. 404 if unknown."""
+    return service.to_schema(service.get_job(session, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobObject, responses={**_409, **ERROR_RESPONSES})
+def cancel_job(job_id: JobId, session: SessionDep) -> JobObject:
+    """Cancel a job: queued -> cancelled at once; running -> cancelling -> cancelled within one step.
+    409 ``job_not_cancellable`` once it has finished."""
+    return service.to_schema(service.cancel_job(session, job_id))
+
+
+@router.get("/{job_id}/events", response_model=Page[EventObject], responses=ERROR_RESPONSES)
+def list_events(job_id: JobId, session: SessionDep, limit: Limit = 100,
+                after: Annotated[int | None, Query(ge=0, description="Only events with a larger id.")] = None) -> Page[EventObject]:
+    """A job's events (status and phase changes, resumes, errors), oldest first."""
+    rows, more = service.list_events(session, job_id, after=after, limit=limit)
+    return Page[EventObject](data=[EventObject.model_validate(r) for r in rows], has_more=more)
+
+
+@router.get("/{job_id}/metrics", response_model=Page[MetricObject], responses=ERROR_RESPONSES)
+def list_metrics(job_id: JobId, session: SessionDep, limit: Annotated[int, Query(ge=1, le=10000, description="Most rows (1-10000).")] = 1000,
+                 after: Annotated[int | None, Query(ge=0, description="Only rows with a larger id.")] = None,
+                 name: Annotated[str | None, Query(description="Only this metric, e.g. 'top1' or 'loss/kd'.")] = None,
+                 split: Annotated[str | None, Query(description="Only 'train' or 'val'.")] = None) -> Page[MetricObject]:
+    """A job's metric rows (per logged step and per epoch), in recording order."""
+    rows, more = service.list_metrics(session, job_id, name=name, split=split, after=after, limit=limit)
+    return Page[MetricObject](data=[MetricObject.model_validate(r) for r in rows], has_more=more)
+
+
+@router.get("/{job_id}/report", response_model=dict[str, Any], responses={**_409, **ERROR_RESPONSES})
+def get_report(job_id: JobId, session: SessionDep) -> dict[str, Any]:
+    """The compression report (JSON) of a succeeded job: teacher vs student top-1, agreement, mean KL,
+    parameters, bytes, compression ratio (teacher bytes / student bytes), FLOPs per sample, latency
+    p50/p95 (ms) per batch size, speedup, wall time per phase (s). 409 ``report_not_ready`` before success."""
+    return {"object": "report", "job_id": job_id, **service.get_report(session, job_id)}
+
+
+@router.get("/{job_id}/artifacts", response_model=ArtifactList, responses=ERROR_RESPONSES)
+def list_artifacts(job_id: JobId, session: SessionDep) -> ArtifactList:
+    """The job's downloadable artifacts (empty until it succeeds)."""
+    return ArtifactList(data=[_artifact(job_id, a) for a in service.list_artifacts(session, job_id)])
+
+
+@router.get("/{job_id}/artifacts/{name}", response_class=FileResponse,
+            responses={200: {"content": {"application/octet-stream": {}}, "description": "The artifact's bytes"}, **ERROR_RESPONSES})
+def download_artifact(job_id: JobId, name: Annotated[str, Path(description="Artifact name, e.g. student.safetensors.")],
+                      session: SessionDep, store: StoreDep) -> FileResponse:
+    """Download an artifact, streamed, with Content-Length, ``ETag`` = its sha256, and ``Range`` support (206)."""
+    a = service.get_artifact(session, job_id, name)
+    return FileResponse(store.path(a.storage_key), media_type=a.content_type, filename=a.name, headers={"etag": f'"{a.sha256}"'})

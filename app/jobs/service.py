@@ -1,0 +1,198 @@
+"""Business logic of jobs: create (validate references, commit, then enqueue), read, list, cancel,
+and the read side of events, metrics, report and artifacts."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
+from app.jobs import states
+from app.jobs.schemas import JobError, JobObject, Progress, Timings
+from app.models import Artifact, File, Job, JobEvent, JobFile, Metric, new_id, utcnow
+from app.queue import enqueue_job
+from worker.distill import models as registry
+from worker.distill.spec import JobSpec
+
+log = logging.getLogger("stillhouse.jobs")
+
+_WEIGHTS_ONLY = ("safetensors", "state_dict")
+
+
+def _check_file(session: Session, file_id: str, role: str, purpose: str) -> File:
+    row = session.get(File, file_id)
+    param = f"{role}.file_id" if role != "teacher" else "teacher.file_id"
+    if row is None:
+        raise Unprocessable(f"{param}: no file {file_id!r}; upload it first (POST /v1/files)", param=param, code="file_not_found")
+    if row.purpose != purpose:
+        raise Unprocessable(f"{param}: file {file_id} has purpose {row.purpose!r}, expected {purpose!r}", param=param,
+                            code="wrong_file_purpose")
+    return row
+
+
+def validate_references(session: Session, spec: JobSpec) -> dict[str, File]:
+    """Check what the spec refers to, beyond pydantic's field checks.
+
+    Files must exist with the right purpose; a forced teacher format must match the detected one;
+    weights-only teachers need an architecture (in the spec or in the file's metadata);
+    architectures must be registered; a transfer set must be unlabelled. Raises Unprocessable (422).
+    Returns the referenced files by role.
+    """
+    files: dict[str, File] = {"teacher": _check_file(session, spec.teacher.file_id, "teacher", "teacher")}
+    teacher = files["teacher"]
+    if spec.teacher.format != "auto" and spec.teacher.format != teacher.format:
+        raise Unprocessable(f"teacher.format is {spec.teacher.format!r} but the uploaded file is {teacher.format!r}",
+                            param="teacher.format")
+    if teacher.format in _WEIGHTS_ONLY and spec.teacher.architecture is None and not teacher.details.get("architecture"):
+        raise Unprocessable(f"teacher file {teacher.id} holds weights only ({teacher.format}); give teacher.architecture "
+                            f"(one of {', '.join(registry.available())}) with its kwargs", param="teacher.architecture")
+    for param, arch in (("teacher.architecture.name", spec.teacher.architecture), ("student.architecture.name", spec.student.architecture)):
+        if arch is not None and arch.name not in registry.available():
+            raise Unprocessable(f"{param}: unknown architecture {arch.name!r}; available: {', '.join(registry.available())}", param=param)
+    for role, file_id in spec.file_ids().items():
+        if role != "teacher":
+            files[role] = _check_file(session, file_id, role, "dataset")
+    transfer = files.get("data.transfer")
+    if transfer is not None and (transfer.format != "npz" or transfer.details.get("labelled_samples", 0) > 0):
+        raise Unprocessable("data.transfer must be an NPZ file with inputs 'X' only (unlabelled); labelled rows belong in data.train",
+                            param="data.transfer.file_id")
+    return files
+
+
+def create_job(session: Session, spec: JobSpec) -> Job:
+    """Create a queued job, commit, then send its id to the workers.
+
+    Raises Unprocessable (422) for bad references, ServiceUnavailable (503) when the broker cannot be
+    reached (the committed job is then marked failed with code ``broker_unavailable``, so nothing is
+    left queued forever).
+    """
+    files = validate_references(session, spec)
+    job = Job(id=new_id("job"), name=spec.name, status=states.QUEUED, spec=spec.model_dump(mode="json"), attempt=0)
+    session.add(job)
+    session.flush()
+    for role, f in files.items():
+        session.add(JobFile(job_id=job.id, role=role, file_id=f.id))
+    session.add(JobEvent(job_id=job.id, type="status", message="job created and queued", data={"status": states.QUEUED}))
+    session.commit()
+    try:
+        enqueue_job(job.id)
+    except Exception as e:  # noqa: BLE001 - any broker failure
+        log.exception("could not enqueue %s", job.id)
+        states.transition(session, job.id, states.FAILED, error_code="broker_unavailable",
+                          error_message=f"could not reach the broker: {e}")
+        session.commit()
+        raise ServiceUnavailable(f"job {job.id} was created but the broker is unreachable ({type(e).__name__}); it is marked failed",
+                                 code="broker_unavailable") from e
+    return job
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    """The job row. Raises NotFound (404)."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id!r}", param="job_id")
+    return job
+
+
+def list_jobs(session: Session, *, limit: int, after: str | None, status: str | None) -> tuple[list[Job], bool]:
+    """Jobs newest first, optionally of one status; returns (rows, has_more)."""
+    q = select(Job).order_by(Job.created_at.desc(), Job.id.desc())
+    if status:
+        q = q.where(Job.status == status)
+    if after:
+        a = get_job(session, after)
+        q = q.where((Job.created_at < a.created_at) | ((Job.created_at == a.created_at) & (Job.id < a.id)))
+    rows = list(session.scalars(q.limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def cancel_job(session: Session, job_id: str) -> Job:
+    """Cancel: a queued job becomes ``cancelled`` at once (it will never start); a running one becomes
+    ``cancelling`` and its worker stops within one step. Cancelling twice is harmless.
+    Raises NotFound (404), Conflict (409 ``job_not_cancellable``) for a finished job."""
+    job = get_job(session, job_id)
+    if job.status == states.CANCELLING:
+        return job
+    ok = (states.transition(session, job_id, states.CANCELLED, event="cancelled before it started")
+          or states.transition(session, job_id, states.CANCELLING, event="cancel requested; stopping at the next step"))
+    if not ok:
+        session.rollback()
+        job = get_job(session, job_id)
+        if job.status == states.CANCELLING:
+            return job
+        raise Conflict(f"job {job_id} is already {job.status}; only queued or running jobs can be cancelled",
+                       code="job_not_cancellable")
+    session.commit()
+    session.expire_all()
+    return get_job(session, job_id)
+
+
+def _seconds(a: datetime | None, b: datetime | None) -> float | None:
+    return None if a is None or b is None else round((b - a).total_seconds(), 3)
+
+
+def to_schema(job: Job) -> JobObject:
+    """The API view of a job row."""
+    now = utcnow()
+    return JobObject(
+        id=job.id, name=job.name, status=job.status, phase=job.phase, attempt=job.attempt,
+        progress=Progress(epoch=job.progress_epoch, epochs=job.progress_epochs, step=job.progress_step,
+                          total_steps=job.progress_total_steps, fraction=job.progress_fraction, eta_s=job.progress_eta_s),
+        error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+        created_at=job.created_at, updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
+        timings=Timings(queued_s=_seconds(job.created_at, job.started_at or (None if job.finished_at else now)),
+                        running_s=_seconds(job.started_at, job.finished_at or now) if job.started_at else None),
+        spec=JobSpec.model_validate(job.spec),
+    )
+
+
+def list_events(session: Session, job_id: str, *, after: int | None, limit: int) -> tuple[list[JobEvent], bool]:
+    """A job's events in order, those with id > ``after``; returns (rows, has_more). Raises NotFound."""
+    get_job(session, job_id)
+    q = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+    if after is not None:
+        q = q.where(JobEvent.id > after)
+    rows = list(session.scalars(q.limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def list_metrics(session: Session, job_id: str, *, name: str | None, split: str | None, after: int | None,
+                 limit: int) -> tuple[list[Metric], bool]:
+    """A job's metric rows in recording order, filtered by name/split; returns (rows, has_more). Raises NotFound."""
+    get_job(session, job_id)
+    q = select(Metric).where(Metric.job_id == job_id).order_by(Metric.id)
+    if name:
+        q = q.where(Metric.name == name)
+    if split:
+        q = q.where(Metric.split == split)
+    if after is not None:
+        q = q.where(Metric.id > after)
+    rows = list(session.scalars(q.limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def get_report(session: Session, job_id: str) -> dict[str, Any]:
+    """The compression report of a succeeded job. Raises NotFound, Conflict (409 ``report_not_ready``)."""
+    job = get_job(session, job_id)
+    if job.report is None:
+        raise Conflict(f"job {job_id} is {job.status}; the report exists once it has succeeded", code="report_not_ready")
+    return job.report
+
+
+def list_artifacts(session: Session, job_id: str) -> list[Artifact]:
+    """A job's published artifacts by name (empty until it succeeds). Raises NotFound."""
+    get_job(session, job_id)
+    return list(session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)))
+
+
+def get_artifact(session: Session, job_id: str, name: str) -> Artifact:
+    """One artifact. Raises NotFound (404) for an unknown job or name."""
+    get_job(session, job_id)
+    row = session.scalars(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name)).first()
+    if row is None:
+        raise NotFound(f"job {job_id} has no artifact {name!r}", param="name")
+    return row

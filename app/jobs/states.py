@@ -1,0 +1,58 @@
+"""Job states and the allowed transitions, declared once and enforced here (by both API and worker).
+
+``transition`` is a compare-and-set: ``UPDATE jobs SET status=:to WHERE id=:id AND status IN (allowed)``,
+so two processes racing (a cancel and a finishing worker, two deliveries of one task) cannot both win.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from app.models import Job, JobEvent, utcnow
+
+QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+STATUSES = (QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED)
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+LIVE = frozenset({QUEUED, RUNNING, CANCELLING})
+
+# to-state -> the states it may be entered from
+ALLOWED_FROM: dict[str, frozenset[str]] = {
+    RUNNING: frozenset({QUEUED, RUNNING}),  # RUNNING -> RUNNING: a redelivered task resuming (attempt + 1)
+    CANCELLING: frozenset({RUNNING}),
+    CANCELLED: frozenset({QUEUED, RUNNING, CANCELLING}),
+    SUCCEEDED: frozenset({RUNNING}),
+    FAILED: frozenset({QUEUED, RUNNING, CANCELLING}),
+    QUEUED: frozenset(),
+}
+
+
+class TransitionRefused(Exception):
+    """The job was not in a state from which ``to`` may be entered."""
+
+
+def transition(session: Session, job_id: str, to: str, *, event: str | None = None, data: dict[str, Any] | None = None,
+               **fields: Any) -> bool:
+    """Move job ``job_id`` to status ``to`` if its current status allows it; set ``fields`` in the same UPDATE.
+
+    Terminal states also set ``finished_at``. Adds a ``status`` event with message ``event`` (default
+    "status -> <to>"). Returns False (and changes nothing) when the current status forbids the move.
+    Does not commit. Raises ValueError for an unknown state.
+    """
+    if to not in ALLOWED_FROM:
+        raise ValueError(f"unknown job status {to!r}")
+    now = utcnow()
+    values: dict[str, Any] = {"status": to, "updated_at": now, **fields}
+    if to in TERMINAL:
+        values.setdefault("finished_at", now)
+    res = session.execute(
+        update(Job).where(Job.id == job_id, Job.status.in_(ALLOWED_FROM[to])).values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1:
+        return False
+    session.add(JobEvent(job_id=job_id, type="status", message=event or f"status -> {to}", data={"status": to, **(data or {})}))
+    return True

@@ -1,0 +1,54 @@
+"""The FastAPI application: ``create_app()`` wires routers and the error handlers."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.db import migrate
+from app.errors import install_error_handlers
+from app.files.router import router as files_router
+from app.health.router import router as health_router
+from app.jobs.router import router as jobs_router
+from app.settings import get_settings
+
+log = logging.getLogger("stillhouse.api")
+
+
+def create_app(*, auto_migrate: bool | None = None) -> FastAPI:
+    """Build the API. With ``auto_migrate`` (default: on for the embedded SQLite database) the
+    Alembic migrations are applied at start-up; production runs ``alembic upgrade head`` first."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        settings = get_settings()
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if auto_migrate if auto_migrate is not None else settings.database_url is None:
+            migrate(settings)
+        try:
+            import torch
+
+            torch.set_num_threads(1)  # the API only inspects uploads; leave the cores to the workers
+        except Exception:  # pragma: no cover
+            pass
+        log.info("stillhouse API ready: database=%s broker=%s data_dir=%s", settings.resolved_database_url.split("@")[-1],
+                 settings.broker_url.split("@")[-1], settings.data_dir.resolve())
+        yield
+
+    app = FastAPI(
+        title="stillhouse",
+        version="0.1.0",
+        description="Knowledge-distillation jobs over HTTP: upload a teacher and data, POST a job spec, follow its "
+                    "progress, download the distilled student and its compression report.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(files_router)
+    app.include_router(jobs_router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,30 @@
+"""Uploaded files: teachers, datasets and student initialisations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, UTCDateTime, utcnow
+
+
+class File(Base):
+    """One stored upload. ``storage_key`` is server-generated; ``filename`` is the client's name, metadata only."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    purpose: Mapped[str] = mapped_column(String(20))
+    filename: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    format: Mapped[str] = mapped_column(String(20))
+    parameters: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    input_shape: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    output_shape: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    storage_key: Mapped[str] = mapped_column(String(255))

@@ -1,0 +1,53 @@
+"""The Celery application, configured from ``Settings`` (importable by the API: no torch here).
+
+Reliability settings: ``task_acks_late`` + ``task_reject_on_worker_lost`` (a job whose worker dies is
+redelivered and resumes from its last epoch checkpoint), prefetch 1 (a long job never holds a second
+one hostage), no result backend (the SQL job row is the truth).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from app.settings import Settings, get_settings
+
+RUN_JOB_TASK = "stillhouse.run_job"
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    """A Celery app for ``settings``: Redis (or any Celery broker URL) in production, the filesystem
+    transport under ``<data_dir>/broker`` when ``broker_url`` is ``filesystem://``."""
+    settings = settings or get_settings()
+    app = Celery("stillhouse", broker=settings.broker_url, include=["worker.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_default_queue=settings.queue,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_concurrency=settings.worker_concurrency,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    if settings.is_embedded_broker:
+        folder = (settings.data_dir / "broker").resolve()
+        for sub in ("queue", "control", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        app.conf.broker_transport_options = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "control_folder": str(folder / "control"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+            "polling_interval": 0.2,
+        }
+        app.conf.worker_enable_remote_control = False
+    else:
+        app.conf.broker_transport_options = {"visibility_timeout": settings.visibility_timeout_s}
+    return app
+
+
+celery_app = make_celery()

@@ -1,0 +1,289 @@
+"""A typed Python client for the stillhouse API (httpx).
+
+    from client import Stillhouse
+    sh = Stillhouse("http://127.0.0.1:8000")
+    teacher = sh.upload("teacher.safetensors", purpose="teacher")
+    job = sh.create_job({...spec...})
+    job = sh.wait(job.id)
+    sh.download(job.id, "student.safetensors", "out/")
+
+Every API error is raised as ``ApiError`` carrying the HTTP status, ``code``, ``message`` and ``param``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class ApiError(Exception):
+    """An error answer of the API (or no answer): ``status`` (HTTP, 0 if unreachable), ``code``, ``message``, ``param``."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(f"{code}: {message}" + (f" (param: {param})" if param else ""))
+        self.status, self.code, self.message, self.param = status, code, message, param
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class FileInfo(_Model):
+    """An uploaded file: id, purpose, filename, bytes, sha256, detected format, parameters and shapes (models)."""
+
+    id: str
+    purpose: str
+    filename: str
+    bytes: int
+    sha256: str
+    format: str
+    parameters: int | None = None
+    input_shape: list[Any] | None = None
+    output_shape: list[Any] | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+
+
+class Progress(_Model):
+    """Training progress: epoch/epochs, step/total_steps, fraction (0..1), eta_s (seconds)."""
+
+    epoch: int | None = None
+    epochs: int | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    fraction: float | None = None
+    eta_s: float | None = None
+
+
+class JobError(_Model):
+    """Why a job failed: ``code`` and ``message``."""
+
+    code: str
+    message: str
+
+
+class Job(_Model):
+    """A job: status, phase, progress, error, attempt, timestamps, timings and its spec."""
+
+    id: str
+    name: str | None = None
+    status: str
+    phase: str | None = None
+    progress: Progress
+    error: JobError | None = None
+    attempt: int
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    timings: dict[str, float | None] = Field(default_factory=dict)
+    spec: dict[str, Any]
+
+    @property
+    def done(self) -> bool:
+        """True in a final status (succeeded, failed, cancelled)."""
+        return self.status in FINAL_STATUSES
+
+
+class Event(_Model):
+    """A job event: id, created_at, type, message, data."""
+
+    id: int
+    created_at: datetime
+    type: str
+    message: str
+    data: dict[str, Any] | None = None
+
+
+class Metric(_Model):
+    """A metric row: name, split, step, epoch, value."""
+
+    id: int
+    name: str
+    split: str
+    step: int
+    epoch: int
+    value: float
+
+
+class Artifact(_Model):
+    """A downloadable artifact: name, bytes, sha256, content_type, url."""
+
+    name: str
+    bytes: int
+    sha256: str
+    content_type: str
+    url: str
+
+
+class Stillhouse:
+    """Client of one stillhouse API at ``base_url`` (e.g. ``http://127.0.0.1:8000``). ``timeout`` in seconds."""
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, timeout: float = 60.0,
+                 transport: httpx.BaseTransport | None = None, headers: dict[str, str] | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport, headers=headers)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> "Stillhouse":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ------------------------------------------------------------------------------
+    @staticmethod
+    def _raise_for(resp: httpx.Response) -> None:
+        if resp.is_success:
+            return
+        try:
+            err = resp.json()["error"]
+            raise ApiError(resp.status_code, err.get("code", "error"), err.get("message", resp.text), err.get("param"))
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(resp.status_code, "http_error", resp.text[:500] or resp.reason_phrase) from None
+
+    def _request(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            resp = self._http.request(method, path, **kw)
+        except httpx.TransportError as e:
+            raise ApiError(0, "unreachable", f"cannot reach {self.base_url}: {e}") from e
+        self._raise_for(resp)
+        return resp.json()
+
+    def _pages(self, path: str, params: dict[str, Any], cursor: Callable[[dict[str, Any]], Any]) -> Iterator[dict[str, Any]]:
+        params = {k: v for k, v in params.items() if v is not None}
+        while True:
+            page = self._request("GET", path, params=params)
+            yield from page["data"]
+            if not page["has_more"] or not page["data"]:
+                return
+            params["after"] = cursor(page["data"][-1])
+
+    # -- health --------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """GET /healthz."""
+        return self._request("GET", "/healthz")
+
+    def ready(self) -> dict[str, Any]:
+        """GET /readyz; raises ApiError(503) when the database or broker is down."""
+        return self._request("GET", "/readyz")
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Poll /readyz until it answers 200; raises ApiError after ``timeout_s`` seconds."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.ready()
+                return
+            except ApiError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.25)
+
+    # -- files ---------------------------------------------------------------------------------
+    def upload(self, path: str | Path, purpose: str) -> FileInfo:
+        """Upload a file (streamed from disk) with ``purpose`` teacher|dataset|student_init; returns its FileInfo."""
+        path = Path(path)
+        with path.open("rb") as fh:
+            data = self._request("POST", "/v1/files", files={"file": (path.name, fh)}, data={"purpose": purpose})
+        return FileInfo.model_validate(data)
+
+    def get_file(self, file_id: str) -> FileInfo:
+        """GET /v1/files/{id}."""
+        return FileInfo.model_validate(self._request("GET", f"/v1/files/{file_id}"))
+
+    def list_files(self, purpose: str | None = None) -> list[FileInfo]:
+        """All files (newest first), optionally of one purpose."""
+        return [FileInfo.model_validate(d) for d in self._pages("/v1/files", {"purpose": purpose, "limit": 100}, lambda d: d["id"])]
+
+    def delete_file(self, file_id: str) -> None:
+        """DELETE /v1/files/{id}; ApiError 409 while a live job uses it."""
+        self._request("DELETE", f"/v1/files/{file_id}")
+
+    # -- jobs ----------------------------------------------------------------------------------
+    def create_job(self, spec: dict[str, Any]) -> Job:
+        """POST /v1/jobs with a spec dict; ApiError 422 for an invalid spec."""
+        return Job.model_validate(self._request("POST", "/v1/jobs", json=spec))
+
+    def get_job(self, job_id: str) -> Job:
+        """GET /v1/jobs/{id}."""
+        return Job.model_validate(self._request("GET", f"/v1/jobs/{job_id}"))
+
+    def list_jobs(self, status: str | None = None, limit: int = 20) -> list[Job]:
+        """The newest ``limit`` jobs, optionally of one status."""
+        page = self._request("GET", "/v1/jobs", params={k: v for k, v in {"status": status, "limit": limit}.items() if v})
+        return [Job.model_validate(d) for d in page["data"]]
+
+    def cancel(self, job_id: str) -> Job:
+        """POST /v1/jobs/{id}/cancel; ApiError 409 once the job has finished."""
+        return Job.model_validate(self._request("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    def events(self, job_id: str, after: int | None = None) -> list[Event]:
+        """All events of a job with id > ``after``, oldest first."""
+        return [Event.model_validate(d) for d in self._pages(f"/v1/jobs/{job_id}/events", {"after": after, "limit": 1000}, lambda d: d["id"])]
+
+    def metrics(self, job_id: str, name: str | None = None, split: str | None = None) -> list[Metric]:
+        """All metric rows of a job, optionally one name/split."""
+        params = {"name": name, "split": split, "limit": 10000}
+        return [Metric.model_validate(d) for d in self._pages(f"/v1/jobs/{job_id}/metrics", params, lambda d: d["id"])]
+
+    def report(self, job_id: str) -> dict[str, Any]:
+        """The compression report (JSON); ApiError 409 ``report_not_ready`` before the job succeeded."""
+        return self._request("GET", f"/v1/jobs/{job_id}/report")
+
+    def artifacts(self, job_id: str) -> list[Artifact]:
+        """The job's artifacts."""
+        return [Artifact.model_validate(d) for d in self._request("GET", f"/v1/jobs/{job_id}/artifacts")["data"]]
+
+    def download(self, job_id: str, name: str, dest: str | Path, chunk: int = 1024 * 1024) -> Path:
+        """Stream artifact ``name`` into directory ``dest``; checks its sha256 against the ETag.
+
+        Returns the file path. Raises ApiError (404 unknown, ``checksum_mismatch`` on a corrupt transfer)."""
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        out = dest / Path(name).name
+        tmp = out.with_name(out.name + ".part")
+        h = hashlib.sha256()
+        try:
+            with self._http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{name}") as resp:
+                if not resp.is_success:
+                    resp.read()
+                    self._raise_for(resp)
+                etag = resp.headers.get("etag", "").strip('"')
+                with tmp.open("wb") as fh:
+                    for block in resp.iter_bytes(chunk):
+                        h.update(block)
+                        fh.write(block)
+        except httpx.TransportError as e:
+            tmp.unlink(missing_ok=True)
+            raise ApiError(0, "unreachable", f"download of {name} failed: {e}") from e
+        if etag and h.hexdigest() != etag:
+            tmp.unlink(missing_ok=True)
+            raise ApiError(0, "checksum_mismatch", f"{name}: sha256 {h.hexdigest()} does not match the server's {etag}")
+        tmp.replace(out)
+        return out
+
+    def wait(self, job_id: str, *, poll_s: float = 0.5, timeout_s: float | None = None,
+             on_update: Callable[[Job], None] | None = None) -> Job:
+        """Poll the job every ``poll_s`` seconds until it reaches a final status; ``on_update`` sees each poll.
+        Raises TimeoutError after ``timeout_s`` seconds."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            job = self.get_job(job_id)
+            if on_update:
+                on_update(job)
+            if job.done:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job.status} after {timeout_s} s")
+            time.sleep(poll_s)

@@ -1,0 +1,189 @@
+"""``/v1/files``: every accepted format is recognised and described; every bad upload gets a clear 4xx
+in the error shape and leaves nothing behind."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from tests import files as mk
+
+
+def assert_error(resp, status: int, code: str | None = None) -> dict:
+    """The response has ``status`` and the one error shape (and ``code`` when given)."""
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "param"}, body
+    assert body["error"]["message"]
+    if code:
+        assert body["error"]["code"] == code, body
+    return body["error"]
+
+
+async def upload(api, path: Path, purpose: str = "teacher", filename: str | None = None):
+    with path.open("rb") as fh:
+        return await api.post("/v1/files", files={"file": (filename or path.name, fh)}, data={"purpose": purpose})
+
+
+def stored_files(backend) -> list[Path]:
+    root = backend.data_dir
+    return [p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] in ("files", "tmp")]
+
+
+@pytest.mark.parametrize("maker,fmt", [
+    (mk.safetensors_file, "safetensors"), (mk.state_dict_file, "state_dict"),
+    (mk.torchscript_file, "torchscript"), (mk.onnx_file, "onnx"),
+])
+async def test_model_formats_are_detected_and_described(api, backend, tmp_path, maker, fmt):
+    path = maker(tmp_path)
+    resp = await upload(api, path)
+    assert resp.status_code == 201, resp.text
+    f = resp.json()
+    assert f["id"].startswith("file_") and f["object"] == "file"
+    assert f["format"] == fmt
+    assert f["bytes"] == path.stat().st_size
+    assert f["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert f["parameters"] == 64 * 16 + 16 + 16 * 10 + 10
+    assert f["filename"] == path.name
+    if fmt == "onnx":
+        assert f["input_shape"][1:] == [1, 8, 8] or f["input_shape"] == [1, 8, 8]
+    if fmt == "safetensors":
+        assert f["details"]["architecture"]["name"] == "mlp"
+    # stored under a server-generated name, byte for byte
+    stored = backend.data_dir / "files" / f["id"]
+    assert stored.read_bytes() == path.read_bytes()
+    got = await api.get(f"/v1/files/{f['id']}")
+    assert got.status_code == 200 and got.json()["sha256"] == f["sha256"]
+
+
+@pytest.mark.parametrize("maker,fmt,labels", [(mk.npz_file, "npz", True), (mk.csv_file, "csv", True)])
+async def test_dataset_formats(api, tmp_path, maker, fmt, labels):
+    resp = await upload(api, maker(tmp_path), purpose="dataset")
+    assert resp.status_code == 201, resp.text
+    d = resp.json()
+    assert d["format"] == fmt
+    assert d["details"]["has_labels"] is labels
+    assert d["details"]["num_classes"] == 10
+    assert d["details"]["samples"] in (30, 40)
+
+
+async def test_unlabelled_npz_is_a_transfer_set(api, tmp_path):
+    resp = await upload(api, mk.npz_file(tmp_path, labels=False), purpose="dataset")
+    assert resp.status_code == 201
+    assert resp.json()["details"]["has_labels"] is False
+    assert resp.json()["details"]["unlabelled"] == 40
+
+
+async def test_code_running_pickle_is_refused_and_never_runs(api, backend, tmp_path):
+    marker = tmp_path / "pwned"
+    for path in (mk.malicious_checkpoint(tmp_path, marker), mk.raw_pickle(tmp_path, marker)):
+        err = assert_error(await upload(api, path), 422, "unsafe_checkpoint")
+        assert err["param"] == "file"
+    assert not marker.exists(), "the pickle payload ran"
+    assert stored_files(backend) == []
+
+
+async def test_non_tensor_objects_are_named(api, tmp_path):
+    resp = await upload(api, mk.namespace_checkpoint(tmp_path))
+    if resp.status_code == 201:  # tensors extracted safely
+        assert resp.json()["parameters"] == 1210
+    else:
+        err = assert_error(resp, 422)
+        assert "Namespace" in err["message"]
+
+
+@pytest.mark.parametrize("maker", [mk.truncated_safetensors, mk.random_bytes, mk.zip_without_model])
+async def test_unreadable_model_files_get_422_saying_what_was_expected(api, backend, tmp_path, maker):
+    err = assert_error(await upload(api, maker(tmp_path)), 422, "invalid_file")
+    assert any(w in err["message"] for w in ("expected", "safetensors", "TorchScript")), err
+    assert stored_files(backend) == []
+
+
+async def test_dataset_uploaded_as_teacher_and_model_as_dataset(api, tmp_path):
+    err = assert_error(await upload(api, mk.npz_file(tmp_path), purpose="teacher"), 422, "invalid_file")
+    assert "NPZ" in err["message"] or "npz" in err["message"]
+    err = assert_error(await upload(api, mk.safetensors_file(tmp_path), purpose="dataset"), 422, "invalid_file")
+    assert "dataset" in err["message"]
+
+
+async def test_bad_datasets(api, tmp_path):
+    import numpy as np
+
+    no_x = tmp_path / "nox.npz"
+    np.savez(no_x, features=np.zeros((3, 4)))
+    err = assert_error(await upload(api, no_x, purpose="dataset"), 422, "invalid_file")
+    assert "'X'" in err["message"] or "X" in err["message"]
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("a,b,label\n1,hello,0\n2,3,1\n")
+    err = assert_error(await upload(api, bad_csv, purpose="dataset"), 422, "invalid_file")
+    assert "numeric" in err["message"] or "hello" in err["message"]
+
+
+async def test_purpose_is_required_and_checked(api, tmp_path):
+    p = mk.safetensors_file(tmp_path)
+    with p.open("rb") as fh:
+        err = assert_error(await api.post("/v1/files", files={"file": (p.name, fh)}), 422)
+    assert err["param"] == "purpose"
+    err = assert_error(await upload(api, p, purpose="weights"), 422)
+    assert err["param"] == "purpose"
+
+
+async def test_not_multipart_and_missing_file_part(api):
+    assert_error(await api.post("/v1/files", content=b"hello", headers={"content-type": "application/octet-stream"}), 422)
+    err = assert_error(await api.post("/v1/files", data={"purpose": "teacher"}, files={"other": ("x", b"1")}), 422)
+    assert err["param"] == "file"
+
+
+async def test_size_limit_answers_413_and_keeps_nothing(api, backend, tmp_path, monkeypatch):
+    from app.settings import get_settings
+
+    monkeypatch.setenv("STILLHOUSE_MAX_UPLOAD_BYTES", "1000")
+    get_settings.cache_clear()
+    err = assert_error(await upload(api, mk.safetensors_file(tmp_path)), 413, "file_too_large")
+    assert "1000" in err["message"]
+    assert stored_files(backend) == []
+
+
+async def test_size_limit_without_content_length(api, backend, tmp_path, monkeypatch):
+    """A chunked body (no Content-Length) is cut off at the limit while streaming."""
+    from app.settings import get_settings
+
+    monkeypatch.setenv("STILLHOUSE_MAX_UPLOAD_BYTES", "5000")
+    get_settings.cache_clear()
+    boundary = "xyzzy"
+
+    async def body():
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nteacher\r\n"
+               f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\n\r\n").encode()
+        for _ in range(10):
+            yield b"\0" * 1000
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    resp = await api.post("/v1/files", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert_error(resp, 413, "file_too_large")
+    assert stored_files(backend) == []
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/abs/path.safetensors", "..\\..\\win.safetensors", "nul\x00byte.safetensors"])
+async def test_client_filename_is_never_a_path(api, backend, tmp_path, name):
+    resp = await upload(api, mk.safetensors_file(tmp_path), filename=name)
+    assert resp.status_code == 201, resp.text
+    f = resp.json()
+    assert "/" not in f["filename"] and "\\" not in f["filename"] and "\x00" not in f["filename"]
+    assert (backend.data_dir / "files" / f["id"]).is_file()
+    assert not (backend.data_dir.parent / "etc").exists()
+
+
+async def test_list_paginates_and_delete(api, tmp_path):
+    ids = [(await upload(api, mk.npz_file(tmp_path, name=f"d{i}.npz"), purpose="dataset")).json()["id"] for i in range(3)]
+    page = (await api.get("/v1/files", params={"limit": 2})).json()
+    assert page["object"] == "list" and page["has_more"] is True
+    assert [f["id"] for f in page["data"]] == ids[::-1][:2]
+    rest = (await api.get("/v1/files", params={"limit": 2, "after": page["data"][-1]["id"]})).json()
+    assert [f["id"] for f in rest["data"]] == [ids[0]] and rest["has_more"] is False
+    resp = await api.delete(f"/v1/files/{ids[0]}")
+    assert resp.status_code == 200 and resp.json()["deleted"] is True
+    assert_error(await api.get(f"/v1/files/{ids[0]}"), 404, "not_found")
+    assert_error(await api.delete(f"/v1/files/{ids[0]}"), 404, "not_found")

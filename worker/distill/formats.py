@@ -1,0 +1,501 @@
+"""Safe detection, validation and loading of uploaded checkpoints and datasets.
+
+Used by the API when a file is uploaded (``sniff`` + ``inspect_file``) and by the worker when a job
+runs (``load_tensors``, ``read_dataset``). Pickle data is never unpickled beyond
+``torch.load(weights_only=True)``; NPZ files are read with ``allow_pickle=False``.
+
+Model formats: ``safetensors``, ``torchscript``, ``state_dict`` (``torch.save`` of a mapping of tensors,
+zip or legacy pickle), ``onnx``. Dataset formats: ``npz`` (``X`` of shape ``(N, ...)``, optional integer
+``y`` of shape ``(N,)`` with -1 = unlabelled) and ``csv`` (header row, numeric columns, label column
+``label`` unless told otherwise).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import pickle
+import re
+import struct
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import DistillError
+
+MODEL_FORMATS = ("safetensors", "torchscript", "state_dict", "onnx")
+DATASET_FORMATS = ("npz", "csv")
+PURPOSES = ("teacher", "student_init", "dataset")
+ARCH_METADATA_KEY = "stillhouse.architecture"
+
+_FORMAT_NAMES = {
+    "safetensors": "safetensors",
+    "torchscript": "TorchScript",
+    "state_dict": "a PyTorch state dict",
+    "onnx": "ONNX",
+    "npz": "NPZ",
+    "csv": "CSV",
+}
+_EXPECTED_MODEL = "a model checkpoint (safetensors, TorchScript, ONNX or a PyTorch state dict)"
+_EXPECTED_DATASET = "a dataset (NPZ with 'X' and optional 'y', or CSV with a header row)"
+_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@dataclass(frozen=True)
+class FileInput:
+    """An uploaded file handed to the core: its ``path``, sniffed ``format`` (see ``sniff``; 'auto' = sniff
+    again) and size in ``bytes``."""
+
+    path: Path
+    format: str
+    bytes: int
+
+
+@dataclass
+class FileInfo:
+    """What ``inspect_file`` found.
+
+    ``format``: one of ``sniff``'s results. ``parameters``: scalar parameter count of a model (buffers such as
+    BatchNorm running statistics excluded when they can be told apart), None for datasets.
+    ``input_shape``/``output_shape``: full tensor shapes *including* the batch dimension, ``None`` entries for
+    dynamic dimensions (e.g. ``[None, 1, 8, 8]`` and ``[None, 10]``), or None when unknown.
+    ``details``: format-specific facts (datasets: samples, feature_shape, has_labels, num_classes,
+    unlabelled; models: tensors, architecture, opset, ...). JSON-serialisable.
+    """
+
+    format: str
+    parameters: int | None = None
+    input_shape: list[int | None] | None = None
+    output_shape: list[int | None] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------- sniff
+
+
+def _invalid(msg: str) -> DistillError:
+    return DistillError("invalid_file", msg, "file")
+
+
+def _safetensors_header(path: Path, size: int) -> dict[str, Any] | None:
+    """Parse a safetensors header; None when the file does not look like safetensors at all.
+
+    Raises ``invalid_file`` for a file that starts like safetensors but is truncated or inconsistent.
+    """
+    with open(path, "rb") as f:
+        head = f.read(9)
+        if len(head) < 9:
+            return None
+        (n,) = struct.unpack("<Q", head[:8])
+        if head[8:9] != b"{":
+            return None
+        if n > size - 8 or n > 100 * 1024 * 1024:
+            raise _invalid(
+                f"truncated or corrupt safetensors file: the header declares {n} bytes but the file has {size - 8} after the length"
+            )
+        f.seek(8)
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _invalid(f"corrupt safetensors header (not valid JSON: {e})") from None
+    if not isinstance(header, dict):
+        raise _invalid("corrupt safetensors header (expected a JSON object)")
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(entry, dict) or "data_offsets" not in entry:
+            raise _invalid(f"corrupt safetensors header: entry {name!r} has no data_offsets")
+        end = max(end, int(entry["data_offsets"][1]))
+    if 8 + n + end != size:
+        raise _invalid(
+            f"truncated or corrupt safetensors file: tensors need {8 + n + end} bytes, the file has {size}"
+        )
+    return header
+
+
+def _looks_like_text(sample: bytes) -> bool:
+    if not sample or b"\x00" in sample:
+        return False
+    try:
+        text = sample.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(sample) - 4:  # a multi-byte character cut at the end of the sample is fine
+            return False
+        text = sample[: e.start].decode("utf-8")
+    return all(ch.isprintable() or ch in "\t\r\n" for ch in text)
+
+
+def sniff(path: str | Path) -> str:
+    """Detect a file's format from its content (never its name).
+
+    Returns one of 'safetensors', 'torchscript', 'state_dict', 'onnx', 'npz', 'csv'.
+    Raises ``DistillError('invalid_file', ...)`` saying what was expected when none fits (random bytes,
+    a truncated safetensors file, an empty file, an unknown zip archive, text without a header row).
+    Cost: reads the safetensors header, the zip directory, or (for ONNX) parses the protobuf.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise _invalid(f"empty file; expected {_EXPECTED_MODEL} or {_EXPECTED_DATASET}")
+    with open(path, "rb") as f:
+        head = f.read(64 * 1024)
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except zipfile.BadZipFile as e:
+            raise _invalid(f"corrupt zip archive ({e}); expected a TorchScript/torch.save archive or NPZ") from None
+        if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
+            return "torchscript"
+        if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+            return "state_dict"
+        if names and all(n.endswith(".npy") for n in names):
+            return "npz"
+        raise _invalid("zip archive that is neither a TorchScript/torch.save archive nor an NPZ of .npy arrays")
+    if _safetensors_header(path, size) is not None:
+        return "safetensors"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "state_dict"  # legacy (non-zip) torch.save / pickle: only ever loaded with weights_only=True
+    if _looks_like_text(head):
+        first = head.splitlines()[0] if head.splitlines() else b""
+        if first.strip():
+            return "csv"
+        raise _invalid("text file without a header row; expected CSV with a header")
+    try:
+        import onnx
+
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+        if len(model.graph.output) == 0:
+            raise ValueError("graph has no outputs")
+        return "onnx"
+    except Exception:  # noqa: BLE001 - anything unparsable is simply not ONNX
+        pass
+    raise _invalid(f"unrecognised file format; expected {_EXPECTED_MODEL} or {_EXPECTED_DATASET}")
+
+
+# ------------------------------------------------------------------------------------- model loading
+
+
+def _unsafe(err: Exception) -> DistillError:
+    text = str(err)
+    m = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"global[s]? ['`\"]?([\w.]+)", text)
+    what = f"the disallowed global {m.group(1)}" if m else "objects that weights-only loading does not allow"
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return DistillError(
+        "unsafe_checkpoint",
+        f"refused to load: the checkpoint wants to construct {what} (only tensors and plain containers are "
+        f"allowed; torch said: {first[:300]})",
+        "file",
+    )
+
+
+def _torch_load_weights_only(path: Path) -> Any:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise _unsafe(e) from None
+    except RuntimeError as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise _unsafe(e) from None
+        raise _invalid(f"unreadable PyTorch checkpoint: {str(e).splitlines()[0][:300]}") from None
+    except Exception as e:  # noqa: BLE001 - EOFError, ValueError, zip errors on corrupt files
+        raise _invalid(f"unreadable PyTorch checkpoint ({type(e).__name__}: {str(e)[:300]})") from None
+
+
+def state_dict_from_object(obj: Any) -> dict[str, torch.Tensor]:
+    """Extract a flat ``{name: Tensor}`` state dict from a weights-only-loaded object.
+
+    Accepts the mapping itself or one nested under ``'state_dict'`` or ``'model'`` (as training scripts save
+    ``{'epoch': ..., 'state_dict': ...}``). Raises ``DistillError('invalid_file')`` naming the first key whose
+    value is not a tensor, or when there is no mapping of str → Tensor at all.
+    """
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise _invalid(f"expected a state dict (a mapping of parameter names to tensors), got {type(obj).__name__}")
+    for k, v in obj.items():
+        if not isinstance(k, str):
+            raise _invalid(f"state dict key {k!r} is not a string")
+        if not isinstance(v, torch.Tensor):
+            raise _invalid(f"state dict entry {k!r} is a {type(v).__name__}, expected a tensor")
+    return dict(obj)
+
+
+def load_tensors(path: str | Path, fmt: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a weights-only checkpoint (``fmt`` 'safetensors' or 'state_dict') onto the CPU.
+
+    Returns ``(state_dict, metadata)``; metadata is the safetensors ``__metadata__`` (``{}`` for state dicts).
+    Raises ``DistillError('unsafe_checkpoint')`` when a pickle wants disallowed globals (naming them) and
+    ``DistillError('invalid_file')`` for corrupt files or non-tensor entries.
+    """
+    path = Path(path)
+    if fmt == "safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(path), device="cpu")
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+        except Exception as e:  # noqa: BLE001 - SafetensorError and friends
+            raise _invalid(f"unreadable safetensors file: {e}") from None
+        return tensors, meta
+    if fmt == "state_dict":
+        return state_dict_from_object(_torch_load_weights_only(path)), {}
+    raise DistillError("invalid_spec", f"format {fmt!r} is not a weights-only checkpoint format", "teacher.format")
+
+
+def architecture_from_metadata(meta: dict[str, str]) -> dict[str, Any] | None:
+    """The stillhouse architecture ``{"name", "kwargs"}`` stored in safetensors metadata, or None.
+
+    Raises ``DistillError('invalid_file')`` when the key is present but is not a JSON object with a name.
+    """
+    raw = meta.get(ARCH_METADATA_KEY)
+    if raw is None:
+        return None
+    try:
+        arch = json.loads(raw)
+    except json.JSONDecodeError:
+        raise _invalid(f"metadata {ARCH_METADATA_KEY!r} is not valid JSON") from None
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or not isinstance(arch.get("kwargs", {}), dict):
+        raise _invalid(f"metadata {ARCH_METADATA_KEY!r} must be {{'name': str, 'kwargs': {{...}}}}")
+    return {"name": arch["name"], "kwargs": dict(arch.get("kwargs", {}))}
+
+
+def _count_weights(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() for k, t in tensors.items() if not k.endswith(_BUFFER_SUFFIXES))
+
+
+def onnx_shapes(model: Any) -> tuple[list[int | None] | None, list[int | None] | None]:
+    """Shapes ``(input, output)`` of an ``onnx.ModelProto``'s first real graph input and first output;
+    ``None`` for dynamic dimensions, None overall when the shape is not declared."""
+    inits = {i.name for i in model.graph.initializer}
+
+    def dims(vi: Any) -> list[int | None] | None:
+        t = vi.type.tensor_type
+        if not t.HasField("shape"):
+            return None
+        return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim]
+
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    return (dims(inputs[0]) if inputs else None), (dims(model.graph.output[0]) if model.graph.output else None)
+
+
+def _inspect_model(path: Path, fmt: str) -> FileInfo:
+    if fmt in ("safetensors", "state_dict"):
+        tensors, meta = load_tensors(path, fmt)
+        info = FileInfo(fmt, parameters=_count_weights(tensors), details={"tensors": len(tensors)})
+        arch = architecture_from_metadata(meta)
+        if arch is not None:
+            from .models import build, describe, parameter_count
+
+            try:
+                filled = describe(arch["name"], arch["kwargs"])
+                model = build(arch["name"], arch["kwargs"])
+                model.load_state_dict(tensors, strict=True)
+            except (DistillError, RuntimeError) as e:
+                raise _invalid(f"the stored architecture metadata does not match the weights: {e}") from None
+            info.parameters = parameter_count(model)
+            info.input_shape = [None, *filled["kwargs"]["input_shape"]]
+            info.output_shape = [None, filled["kwargs"]["num_classes"]]
+            info.details["architecture"] = filled
+        if any(k.startswith("module.") for k in tensors):
+            info.details["module_prefix"] = True
+        return info
+    if fmt == "torchscript":
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as e:  # noqa: BLE001
+            raise _invalid(f"unreadable TorchScript archive: {str(e).splitlines()[0][:300]}") from None
+        return FileInfo(fmt, parameters=sum(p.numel() for p in module.parameters()), details={})
+    if fmt == "onnx":
+        import onnx
+        import onnxruntime as ort
+
+        try:
+            model = onnx.load(str(path))
+            onnx.checker.check_model(model)
+            ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001
+            raise _invalid(f"invalid ONNX model: {str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from None
+        params = sum(math.prod(init.dims) for init in model.graph.initializer)
+        in_shape, out_shape = onnx_shapes(model)
+        opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)
+        return FileInfo(fmt, parameters=int(params), input_shape=in_shape, output_shape=out_shape, details={"opset": opset})
+    raise _invalid(f"expected {_EXPECTED_MODEL}, got {_FORMAT_NAMES.get(fmt, fmt)}")
+
+
+# ----------------------------------------------------------------------------------------- datasets
+
+
+def _labels(y: np.ndarray, where: str) -> np.ndarray:
+    if y.dtype.kind not in "iuf" or y.dtype == np.float16:
+        raise _invalid(f"{where}: labels must be integers, got dtype {y.dtype}")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise _invalid(f"{where}: labels must be integer-valued")
+    if y.size and y.min() < -1:
+        raise _invalid(f"{where}: labels must be >= -1 (-1 = unlabelled), found {int(y.min())}")
+    return y.astype(np.int64)
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = list(z.keys())
+            if "X" not in keys:
+                raise _invalid(f"NPZ has no 'X' array (found: {', '.join(keys) or 'nothing'}); expected X of shape (N, ...) and optional y")
+            x = z["X"]
+            y = z["y"] if "y" in keys else None
+    except DistillError:
+        raise
+    except ValueError as e:  # object arrays need pickle
+        raise _invalid(f"NPZ arrays must be numeric, not Python objects ({e})") from None
+    except Exception as e:  # noqa: BLE001
+        raise _invalid(f"unreadable NPZ file ({type(e).__name__}: {e})") from None
+    if x.dtype.kind not in "iufb":
+        raise _invalid(f"NPZ 'X' must be numeric, got dtype {x.dtype}")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise _invalid(f"NPZ 'X' must have shape (N, ...) with N >= 1 and at least 2 dimensions, got {list(x.shape)}")
+    if y is not None:
+        if y.shape != (x.shape[0],):
+            raise _invalid(f"NPZ 'y' must have shape ({x.shape[0]},) to match X, got {list(y.shape)}")
+        y = _labels(y, "NPZ 'y'")
+    return x, y
+
+
+def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header or not any(h.strip() for h in header):
+                raise _invalid("CSV has no header row")
+            header = [h.strip() for h in header]
+            rows: list[list[float]] = []
+            for lineno, row in enumerate(reader, start=2):
+                if not row or all(not c.strip() for c in row):
+                    continue
+                if len(row) != len(header):
+                    raise _invalid(f"CSV line {lineno} has {len(row)} columns, the header has {len(header)}")
+                values = []
+                for col, cell in zip(header, row):
+                    try:
+                        values.append(float(cell))
+                    except ValueError:
+                        raise _invalid(
+                            f"CSV column {col!r} is not numeric (line {lineno}: {cell[:40]!r}); every column must be a number"
+                        ) from None
+                rows.append(values)
+    except UnicodeDecodeError:
+        raise _invalid("CSV is not UTF-8 text") from None
+    if not rows:
+        raise _invalid("CSV has a header but no data rows")
+    table = np.asarray(rows, dtype=np.float64)
+    if label_column in header:
+        j = header.index(label_column)
+        y = _labels(table[:, j], f"CSV column {label_column!r}")
+        x = np.delete(table, j, axis=1)
+    else:
+        y = None
+        x = table
+    if x.shape[1] == 0:
+        raise _invalid("CSV has no feature columns besides the label column")
+    return x, y
+
+
+def read_dataset(path: str | Path, fmt: str, label_column: str = "label") -> tuple[np.ndarray, np.ndarray | None]:
+    """Read an NPZ or CSV dataset as ``(X float32 [N, ...], y int64 [N] or None)``; ``y == -1`` = unlabelled.
+
+    Raises ``DistillError('invalid_file')`` for a missing/non-numeric X, labels that are not integers ≥ -1,
+    a non-numeric CSV column (named), or a model file.
+    """
+    path = Path(path)
+    if fmt == "npz":
+        x, y = _read_npz(path)
+    elif fmt == "csv":
+        x, y = _read_csv(path, label_column)
+    else:
+        raise _invalid(f"expected {_EXPECTED_DATASET}, got {_FORMAT_NAMES.get(fmt, fmt)}")
+    x = x.astype(np.float32)
+    if not np.all(np.isfinite(x)):
+        raise _invalid("dataset features contain NaN or infinity")
+    return x, y
+
+
+def dataset_details(x: np.ndarray, y: np.ndarray | None) -> dict[str, Any]:
+    """Facts about a dataset: samples, feature_shape, has_labels, num_classes (max label + 1 or None),
+    unlabelled (row count with label -1 or no label)."""
+    labelled = y[y >= 0] if y is not None else np.zeros(0, dtype=np.int64)
+    return {
+        "samples": int(x.shape[0]),
+        "feature_shape": [int(d) for d in x.shape[1:]],
+        "has_labels": bool(labelled.size),
+        "num_classes": int(labelled.max()) + 1 if labelled.size else None,
+        "unlabelled": int(x.shape[0] - labelled.size),
+    }
+
+
+def inspect_file(path: str | Path, purpose: str, label_column: str = "label") -> FileInfo:
+    """Sniff and fully validate an upload for ``purpose`` ∈ {'teacher', 'student_init', 'dataset'}.
+
+    Models are loaded (safetensors via ``safetensors.torch.load_file``, state dicts via
+    ``torch.load(weights_only=True)`` only, TorchScript via ``torch.jit.load``, ONNX via onnxruntime on CPU);
+    datasets are read completely. Raises ``DistillError`` with code ``invalid_file`` (unreadable, wrong kind
+    for the purpose, non-tensor entries, bad dataset) or ``unsafe_checkpoint`` (a pickle wanting disallowed
+    globals, which are named; nothing of it is executed). ``ValueError`` for an unknown purpose.
+    """
+    if purpose not in PURPOSES:
+        raise ValueError(f"unknown purpose {purpose!r}; expected one of {PURPOSES}")
+    path = Path(path)
+    fmt = sniff(path)
+    if purpose == "dataset":
+        if fmt not in DATASET_FORMATS:
+            raise _invalid(f"expected {_EXPECTED_DATASET}, got {_FORMAT_NAMES[fmt]}")
+        x, y = read_dataset(path, fmt, label_column)
+        return FileInfo(fmt, details=dataset_details(x, y))
+    if fmt not in MODEL_FORMATS:
+        raise _invalid(f"expected {_EXPECTED_MODEL}, got {_FORMAT_NAMES[fmt]}")
+    return _inspect_model(path, fmt)
+
+
+def file_bytes_text(n: int) -> str:
+    """Human-readable size of ``n`` bytes (e.g. '1.2 MB'), for messages and summaries."""
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"
+
+
+__all__ = [
+    "ARCH_METADATA_KEY",
+    "DATASET_FORMATS",
+    "MODEL_FORMATS",
+    "FileInfo",
+    "FileInput",
+    "architecture_from_metadata",
+    "dataset_details",
+    "file_bytes_text",
+    "inspect_file",
+    "load_tensors",
+    "onnx_shapes",
+    "read_dataset",
+    "sniff",
+    "state_dict_from_object",
+]

@@ -1,0 +1,368 @@
+"""``run_job``: one distillation job from spec to report and artifacts.
+
+Phases (reported through the ``Reporter``): loading_teacher → training → evaluating → exporting.
+Artifacts are written to a temporary folder and moved to ``workdir/artifacts`` only when everything
+succeeded, so a failed or cancelled job leaves no partial artifacts (the per-epoch ``checkpoint.pt``
+stays in ``workdir`` for a redelivered job to resume from).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import DataBundle, load_data
+from .errors import DistillError, StopRequested
+from .formats import ARCH_METADATA_KEY, FileInput, sniff
+from .loop import TrainOutcome, batched_logits, spec_fingerprint, train_student
+from .measure import count_flops, module_latency, resolve_device
+from .methods import build_method
+from .models import build, describe, parameter_count
+from .reporter import Reporter
+from .spec import JobSpec
+from .teachers import Teacher, load_teacher
+
+ONNX_OPSET = 17
+ONNX_TOLERANCE = 1e-3
+ARTIFACTS_DIR = "artifacts"
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """The files a job uses: the ``teacher`` checkpoint and the datasets ``files`` keyed by file id."""
+
+    teacher: FileInput
+    files: dict[str, FileInput]
+
+
+@dataclass
+class DistillResult:
+    """A finished job: the JSON-serialisable compression ``report`` and the ``artifacts`` written
+    (paths inside ``workdir/artifacts``: student.safetensors, student.json, optionally student.onnx)."""
+
+    report: dict[str, Any]
+    artifacts: list[Path]
+
+
+def _r(x: float | None, digits: int = 4) -> float | None:
+    """Round for the report (None and non-finite values become None)."""
+    if x is None or not math.isfinite(x):
+        return None
+    return round(float(x), digits)
+
+
+def _ratio(a: float | None, b: float | None, digits: int = 2) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return _r(a / b, digits)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def _check_time(deadline: float, spec: JobSpec, where: str) -> None:
+    if time.perf_counter() > deadline:
+        raise DistillError("max_runtime_exceeded", f"training.max_runtime_s={spec.training.max_runtime_s:g} s reached {where}",
+                           "training.max_runtime_s")
+
+
+def _check_stop(reporter: Reporter, where: str) -> None:
+    if reporter.should_stop():
+        raise StopRequested(f"stop requested {where}")
+
+
+def _build_student(spec: JobSpec, teacher: Teacher, data: DataBundle, num_classes: int, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    arch = spec.student.architecture
+    kwargs = dict(arch.kwargs)
+    kwargs.setdefault("input_shape", list(teacher.input_shape or data.input_shape))
+    kwargs.setdefault("num_classes", num_classes)
+    filled = describe(arch.name, kwargs)
+    torch.manual_seed(spec.training.seed)
+    student = build(arch.name, kwargs).to(device)
+    return student, filled
+
+
+def _probe(spec: JobSpec, teacher: Teacher, data: DataBundle, device: torch.device) -> int:
+    """Run the teacher on two samples; return its number of outputs K. Raises shape_mismatch."""
+    sample = (data.val_x if data.val_x.shape[0] else data.train_x)[:2].to(device)
+    try:
+        out = teacher(sample)
+    except DistillError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any backend error here means the data does not fit
+        raise DistillError("shape_mismatch", f"the teacher cannot take samples of shape {data.input_shape}: {_first_line(e)}",
+                           "data.input_shape") from None
+    if out.dim() != 2:
+        raise DistillError("shape_mismatch", f"the teacher outputs shape {list(out.shape)}, expected [batch, classes] logits", "teacher")
+    k = int(out.shape[1])
+    if data.num_classes is not None and data.num_classes > k:
+        raise DistillError("shape_mismatch", f"the data has labels up to {data.num_classes - 1} but the teacher outputs {k} classes", "data")
+    return k
+
+
+def _probe_student(student: nn.Module, filled: dict[str, Any], data: DataBundle, k: int, device: torch.device) -> None:
+    sample = data.train_x[:2].to(device)
+    declared = list(filled["kwargs"]["input_shape"])
+    if math.prod(declared) != math.prod(data.input_shape):
+        raise DistillError("shape_mismatch", f"the student's input_shape is {declared} but the data's samples have shape {data.input_shape}",
+                           "student.architecture.kwargs.input_shape")
+    student.eval()
+    try:
+        with torch.no_grad():
+            out = student(sample)
+    except Exception as e:  # noqa: BLE001
+        raise DistillError("shape_mismatch", f"the student (input_shape {declared}) cannot take samples of shape {data.input_shape}: {_first_line(e)}",
+                           "student.architecture.kwargs.input_shape") from None
+    finally:
+        student.train()
+    if out.shape[1] != k:
+        raise DistillError("shape_mismatch", f"the teacher outputs {k} classes but the student outputs {out.shape[1]}",
+                           "student.architecture.kwargs.num_classes")
+
+
+def evaluate(teacher: Teacher, student: nn.Module, data: DataBundle, device: torch.device, latency_batch_sizes: list[int],
+             latency_iterations: int) -> dict[str, Any]:
+    """Validation comparison of ``teacher`` and ``student`` (eval mode) on ``data.val_x`` / ``val_y``.
+
+    Returns {'teacher': {...}, 'student': {...}, 'agreement', 'mean_kl'}: per model 'val_top1' (fraction, None
+    without validation labels), 'parameters', 'flops_per_sample' (FlopCounterMode, batch of 1; None when not
+    countable) and 'latency_ms' {str(batch): {'p50', 'p95'}} in milliseconds on ``device``; 'agreement' is the
+    fraction of validation samples where both argmaxes agree; 'mean_kl' is KL(teacher ‖ student) at T=1 in nats,
+    batchmean.
+    """
+    student.eval()
+    vx = data.val_x.to(device)
+    vy = data.val_y.to(device)
+    with torch.inference_mode():
+        t_logits = batched_logits(teacher, vx)
+        s_logits = batched_logits(student, vx)
+        t_pred, s_pred = t_logits.argmax(1), s_logits.argmax(1)
+        agreement = float((t_pred == s_pred).float().mean())
+        mean_kl = float(F.kl_div(F.log_softmax(s_logits, 1), F.log_softmax(t_logits, 1), log_target=True, reduction="batchmean"))
+        mask = vy >= 0
+        labelled = bool(mask.any())
+        t_top1 = float((t_pred[mask] == vy[mask]).float().mean()) if labelled else None
+        s_top1 = float((s_pred[mask] == vy[mask]).float().mean()) if labelled else None
+    shape = list(data.input_shape)
+    t_lat, s_lat = {}, {}
+    for b in latency_batch_sizes:
+        t = teacher.latency(b, latency_iterations)
+        s = module_latency(student, shape, b, latency_iterations, device)
+        t_lat[str(b)] = {"p50": _r(t["p50_ms"]), "p95": _r(t["p95_ms"])}
+        s_lat[str(b)] = {"p50": _r(s["p50_ms"]), "p95": _r(s["p95_ms"])}
+    return {
+        "teacher": {"val_top1": _r(t_top1), "parameters": teacher.parameters, "flops_per_sample": teacher.flops_per_sample, "latency_ms": t_lat},
+        "student": {"val_top1": _r(s_top1), "parameters": parameter_count(student),
+                    "flops_per_sample": count_flops(student, shape, device), "latency_ms": s_lat},
+        "agreement": _r(agreement), "mean_kl": _r(mean_kl, 6),
+    }
+
+
+def export_onnx(student: nn.Module, example: torch.Tensor, path: Path, opset: int = ONNX_OPSET) -> dict[str, Any]:
+    """Export ``student`` to ONNX at ``path`` (legacy TorchScript exporter, ``dynamo=False``; input 'input'
+    ``[batch, *input_shape]``, output 'logits' ``[batch, K]``, dynamic batch axis; deprecation warnings
+    suppressed), then run it in onnxruntime (CPU) on ``example`` ``[B, *input_shape]`` and compare with PyTorch.
+
+    Returns {'max_abs_diff', 'opset'}. Raises ``DistillError('internal_error')`` when the difference exceeds
+    1e-3 or the export fails.
+    """
+    import onnxruntime as ort
+
+    model = copy.deepcopy(student).to("cpu").eval()
+    example = example.to("cpu", torch.float32)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = sess.run(["logits"], {"input": example.numpy()})[0]
+    except Exception as e:  # noqa: BLE001
+        raise DistillError("internal_error", f"ONNX export failed: {_first_line(e)}") from None
+    with torch.inference_mode():
+        want = model(example).numpy()
+    diff = float(np.abs(got - want).max())
+    if not diff <= ONNX_TOLERANCE:
+        raise DistillError("internal_error", f"the ONNX student differs from PyTorch by {diff:.3g} (> {ONNX_TOLERANCE:g})")
+    return {"max_abs_diff": diff, "opset": opset}
+
+
+def _export(spec: JobSpec, student: nn.Module, filled: dict[str, Any], data: DataBundle, teacher: Teacher, outdir: Path,
+            summary: dict[str, Any]) -> dict[str, Any] | None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in student.state_dict().items()}
+    save_file(tensors, str(outdir / "student.safetensors"), metadata={ARCH_METADATA_KEY: json.dumps(filled)})
+    onnx_info = None
+    if "onnx" in spec.export.formats:
+        onnx_info = export_onnx(student, data.val_x[:64] if data.val_x.shape[0] else data.train_x[:64], outdir / "student.onnx")
+    card = {
+        "architecture": filled,
+        "input_shape": list(data.input_shape),
+        "num_classes": filled["kwargs"]["num_classes"],
+        "input_name": "input",
+        "output_name": "logits",
+        "output": "logits [batch, num_classes]; apply softmax for class probabilities",
+        "preprocessing": data.preprocessing,
+        "dtype": "float32",
+        "weights": "student.safetensors",
+        "onnx": "student.onnx" if onnx_info else None,
+        "torch_version": torch.__version__,
+        "method": spec.method.model_dump(),
+        "teacher": {"format": teacher.format, "parameters": teacher.parameters, "architecture": teacher.architecture},
+        "job_name": spec.name,
+        "metrics": summary,
+        "load_with": "worker.distill.models.build(architecture['name'], architecture['kwargs']).load_state_dict("
+                     "safetensors.torch.load_file('student.safetensors'))",
+    }
+    (outdir / "student.json").write_text(json.dumps(card, indent=2))
+    return onnx_info
+
+
+def _summary_sentence(report: dict[str, Any]) -> str:
+    t, s = report["teacher"], report["student"]
+    text = f"The {s['architecture']['name']} student has {s['parameters']:,} parameters vs the teacher's {t['parameters']:,}"
+    details = []
+    if report["compression_ratio"]:
+        details.append(f"{report['compression_ratio']:.1f}x smaller on disk")
+    bs = next(iter(report["speedup"]), None)
+    sp = report["speedup"].get(bs) if bs is not None else None
+    if sp:
+        details.append(f"{sp:.1f}x faster at batch {bs}" if sp >= 1 else f"{1 / sp:.1f}x slower at batch {bs}")
+    if details:
+        text += f" ({', '.join(details)})"
+    text += f" and agrees with it on {report['agreement']:.1%} of validation samples"
+    drop = report["top1_drop_points"]
+    if drop is not None:
+        rel = f"{drop:.1f} points below" if drop >= 0 else f"{-drop:.1f} points above"
+        text += f"; its validation top-1 is {s['val_top1']:.1%}, {rel} the teacher's {t['val_top1']:.1%}"
+    return text + "."
+
+
+def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter, *, runtime_used_s: float = 0.0) -> DistillResult:
+    """Run one distillation job and return its report and artifacts.
+
+    ``workdir``: the job's private folder (created if needed); holds ``checkpoint.pt`` (resumed from when it
+    exists and matches the spec) and receives ``artifacts/`` (replaced). ``runtime_used_s``: seconds the job
+    already ran before a redelivery, deducted from ``training.max_runtime_s``.
+
+    Raises ``DistillError`` (codes: invalid_spec, invalid_file, unsafe_checkpoint, shape_mismatch,
+    non_finite_loss, max_runtime_exceeded, internal_error) or ``StopRequested`` (cancelled); in every failure
+    ``workdir/artifacts`` does not exist afterwards. Other exceptions are bugs and propagate unchanged.
+    """
+    t_start = time.perf_counter()
+    budget = spec.training.max_runtime_s - runtime_used_s
+    if budget <= 0:
+        raise DistillError("max_runtime_exceeded", f"the job already used {runtime_used_s:g} s of training.max_runtime_s={spec.training.max_runtime_s:g}",
+                           "training.max_runtime_s")
+    deadline = t_start + budget
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    final_dir = workdir / ARTIFACTS_DIR
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    device = resolve_device(spec.training.device)
+    times: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ loading_teacher
+    reporter.phase("loading_teacher")
+    t0 = time.perf_counter()
+    fmt = spec.teacher.format if spec.teacher.format != "auto" else inputs.teacher.format
+    if fmt in ("auto", "", None):
+        fmt = sniff(inputs.teacher.path)
+    teacher = load_teacher(inputs.teacher.path, fmt, spec.teacher.architecture, device)
+    data = load_data(spec.data, inputs.files, input_shape=teacher.input_shape)
+    if teacher.input_shape is None:
+        teacher.input_shape = list(data.input_shape)
+    k = _probe(spec, teacher, data, device)
+    student, filled = _build_student(spec, teacher, data, k, device)
+    _probe_student(student, filled, data, k, device)
+    method = build_method(spec.method, has_labels=data.has_labels)
+    times["loading_teacher"] = time.perf_counter() - t0
+    _check_time(deadline, spec, "while loading")
+
+    # ------------------------------------------------------------------ training
+    reporter.phase("training")
+    t0 = time.perf_counter()
+    outcome: TrainOutcome = train_student(student=student, teacher=teacher, method=method, data=data, training=spec.training,
+                                          device=device, workdir=workdir, reporter=reporter, deadline=deadline,
+                                          fingerprint=spec_fingerprint(spec))
+    times["training"] = time.perf_counter() - t0
+    _check_stop(reporter, "after training")
+    _check_time(deadline, spec, "after training")
+
+    # ------------------------------------------------------------------ evaluating
+    reporter.phase("evaluating")
+    t0 = time.perf_counter()
+    ev = evaluate(teacher, student, data, device, list(spec.evaluation.latency_batch_sizes), spec.evaluation.latency_iterations)
+    times["evaluating"] = time.perf_counter() - t0
+    _check_stop(reporter, "after evaluation")
+
+    # ------------------------------------------------------------------ exporting
+    reporter.phase("exporting")
+    t0 = time.perf_counter()
+    tmp_dir = workdir / f".artifacts-tmp-{os.getpid()}"
+    if tmp_dir.exists():
+        shutil.rmtree(tmp_dir)
+    tmp_dir.mkdir()
+    try:
+        summary = {"val_top1": ev["student"]["val_top1"], "agreement": ev["agreement"], "teacher_val_top1": ev["teacher"]["val_top1"]}
+        onnx_info = _export(spec, student, filled, data, teacher, tmp_dir, summary)
+        student_bytes = (tmp_dir / "student.safetensors").stat().st_size
+        os.replace(tmp_dir, final_dir)
+    finally:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    times["exporting"] = time.perf_counter() - t0
+    names = ["student.safetensors", "student.json"] + (["student.onnx"] if onnx_info else [])
+    artifacts = [final_dir / n for n in names]
+    times["total"] = time.perf_counter() - t_start
+
+    t_ev, s_ev = ev["teacher"], ev["student"]
+    speedup = {}
+    for b in t_ev["latency_ms"]:
+        speedup[b] = _ratio(t_ev["latency_ms"][b]["p50"], s_ev["latency_ms"][b]["p50"])
+    drop = None
+    if t_ev["val_top1"] is not None and s_ev["val_top1"] is not None:
+        drop = _r((t_ev["val_top1"] - s_ev["val_top1"]) * 100, 2)
+    report: dict[str, Any] = {
+        "teacher": {"format": teacher.format, "parameters": teacher.parameters, "bytes": inputs.teacher.bytes,
+                    "flops_per_sample": t_ev["flops_per_sample"], "val_top1": t_ev["val_top1"], "latency_ms": t_ev["latency_ms"],
+                    "architecture": teacher.architecture, "notes": list(teacher.notes)},
+        "student": {"format": "safetensors", "parameters": s_ev["parameters"], "bytes": student_bytes,
+                    "flops_per_sample": s_ev["flops_per_sample"], "val_top1": s_ev["val_top1"], "latency_ms": s_ev["latency_ms"],
+                    "architecture": filled, "notes": []},
+        "agreement": ev["agreement"],
+        "mean_kl": ev["mean_kl"],
+        "compression_ratio": _ratio(inputs.teacher.bytes, student_bytes),
+        "parameter_ratio": _ratio(teacher.parameters, s_ev["parameters"]),
+        "flops_ratio": _ratio(t_ev["flops_per_sample"], s_ev["flops_per_sample"]),
+        "speedup": speedup,
+        "top1_drop_points": drop,
+        "data": {**data.counts, "num_classes": data.num_classes, "input_shape": list(data.input_shape),
+                 "validation": data.validation, "preprocessing": data.preprocessing},
+        "training": {"epochs": outcome.epochs, "steps": outcome.steps, "steps_per_epoch": outcome.steps_per_epoch,
+                     "resumed_from_epoch": outcome.resumed_from_epoch,
+                     "final_loss_terms": {k2: _r(v, 6) for k2, v in outcome.final_loss_terms.items()},
+                     "method": spec.method.name, "device": str(device), "threads": torch.get_num_threads(),
+                     "seed": spec.training.seed, "training_time_s": _r(outcome.elapsed_s, 3)},
+        "onnx": {"max_abs_diff": float(f"{onnx_info['max_abs_diff']:.3g}"), "opset": onnx_info["opset"]} if onnx_info else None,
+        "wall_time_s": {k2: _r(v, 3) for k2, v in times.items()},
+    }
+    report["summary"] = _summary_sentence(report)
+    return DistillResult(report=report, artifacts=artifacts)

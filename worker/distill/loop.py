@@ -1,0 +1,312 @@
+"""The distillation training loop: seeded, resumable from per-epoch checkpoints, cancellable between steps.
+
+Per step: teacher logits for the batch under ``torch.inference_mode()``, student forward, the method's loss
+terms summed, backward, optimizer and per-step LR-schedule step. Loss terms are accumulated on the device and
+read back only every ``log_every_steps`` steps and at epoch ends (the only host syncs besides one per epoch),
+so the loop costs little more than a bare PyTorch loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from .data import DataBundle
+from .errors import DistillError, StopRequested
+from .methods import Method
+from .reporter import MetricRow, Reporter
+from .spec import JobSpec, OptimizerSpec, TrainingSpec
+from .teachers import Teacher
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_VERSION = 1
+EVAL_BATCH = 1024
+
+
+@dataclass
+class TrainOutcome:
+    """What training did: ``epochs`` (completed, = spec epochs), global optimizer ``steps``,
+    ``resumed_from_epoch`` (checkpoint epoch or None), ``final_loss_terms`` (last epoch's mean of every term
+    and 'total'), ``elapsed_s`` (training seconds including those before a resume), ``steps_per_epoch``."""
+
+    epochs: int
+    steps: int
+    steps_per_epoch: int
+    resumed_from_epoch: int | None
+    final_loss_terms: dict[str, float]
+    elapsed_s: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimizer steps per epoch over ``n`` rows: ``ceil(n / batch_size)``, except that a final batch of a single
+    row is dropped (BatchNorm cannot train on one sample), i.e. ``n // batch_size`` when ``n % batch_size == 1``
+    and ``n > 1``."""
+    if n <= 0:
+        raise DistillError("invalid_spec", "the training set is empty", "data.train")
+    steps = math.ceil(n / batch_size)
+    if n > 1 and n % batch_size == 1:
+        steps -= 1
+    return max(1, steps)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of epoch ``epoch`` (1-based) for shuffling and dropout, so a resumed run repeats a straight one."""
+    return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)
+
+
+def make_optimizer(spec: OptimizerSpec, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay; Loshchilov & Hutter 2019) or SGD with momentum, from the spec."""
+    if spec.name == "adamw":
+        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    if spec.name == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    raise DistillError("invalid_spec", f"unknown optimizer {spec.name!r}", "training.optimizer.name")
+
+
+class _Cosine:
+    """Per-step cosine factor ``0.5 (1 + cos(pi * step / total))`` (Loshchilov & Hutter 2017, SGDR without
+    restarts); a class (not a lambda) so LambdaLR's state is plain data."""
+
+    def __init__(self, total_steps: int) -> None:
+        self.total_steps = max(1, total_steps)
+
+    def __call__(self, step: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
+
+
+def _constant(step: int) -> float:
+    return 1.0
+
+
+def make_scheduler(opt: torch.optim.Optimizer, schedule: str, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step ``LambdaLR``: 'cosine' decays the LR from its peak to 0 over ``total_steps``; 'constant' keeps it."""
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(opt, _Cosine(total_steps))
+    if schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, _constant)
+    raise DistillError("invalid_spec", f"unknown schedule {schedule!r}", "training.schedule")
+
+
+def spec_fingerprint(spec: JobSpec) -> str:
+    """sha256 of everything in the spec that changes training (not name, evaluation or export): a checkpoint
+    is only resumed by a job with the same fingerprint."""
+    payload = spec.model_dump(mode="json", exclude={"name", "evaluation", "export"})
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _cpu_state(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu").clone()
+    if isinstance(obj, dict):
+        return {k: _cpu_state(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_state(v) for v in obj)
+    return obj
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> int:
+    """``torch.save`` ``state`` (tensors, numbers, strings, nested dicts/lists only) to ``path`` atomically: write
+    ``path.tmp`` then ``os.replace``. Returns the size in bytes."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(_cpu_state(state), tmp)
+    os.replace(tmp, path)
+    return path.stat().st_size
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """Read a checkpoint with ``torch.load(weights_only=True)``; None when absent or unreadable."""
+    if not path.exists():
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a corrupt checkpoint means starting over, not failing
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+@torch.no_grad()
+def batched_logits(fn: Any, x: torch.Tensor, batch: int = EVAL_BATCH) -> torch.Tensor:
+    """Concatenated ``fn(x[i:i+batch])`` over ``x [N, ...]`` → ``[N, K]`` (no grad)."""
+    return torch.cat([fn(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
+
+
+def train_student(
+    *,
+    student: nn.Module,
+    teacher: Teacher,
+    method: Method,
+    data: DataBundle,
+    training: TrainingSpec,
+    device: torch.device,
+    workdir: Path,
+    reporter: Reporter,
+    deadline: float,
+    fingerprint: str,
+) -> TrainOutcome:
+    """Train ``student`` (already on ``device``) to match ``teacher`` with ``method`` on ``data.train_x/y``.
+
+    Epoch ``e`` shuffles with ``torch.Generator`` seeded by ``epoch_seed(training.seed, e)`` and reseeds the
+    global RNG the same way (dropout), so a run resumed from ``workdir/checkpoint.pt`` (written at every epoch
+    end, with student, optimizer and scheduler state) ends bit-identical to a straight one on CPU.
+    ``deadline`` is a ``time.perf_counter()`` value. Reports metrics (split 'train': 'loss/<term>' and
+    'loss/total' means every ``log_every_steps`` steps and at epoch end, 'lr', 'top1'; split 'train_epoch':
+    epoch means of the loss terms; split 'val': 'top1', 'agreement') and progress.
+
+    Raises ``StopRequested`` (``reporter.should_stop()``, checked before every step),
+    ``DistillError('max_runtime_exceeded')`` (deadline passed between steps) and
+    ``DistillError('non_finite_loss')`` (a NaN/inf loss, detected at the next log point or epoch end).
+    """
+    n = int(data.train_x.shape[0])
+    bs = min(training.batch_size, n)
+    spe = steps_per_epoch(n, bs)
+    epochs = training.epochs
+    total_steps = epochs * spe
+    log_every = training.log_every_steps
+    opt = make_optimizer(training.optimizer, student.parameters())
+    sched = make_scheduler(opt, training.schedule, total_steps)
+    names = method.term_names + ["total"]
+    ckpt_path = workdir / CHECKPOINT_NAME
+
+    start_epoch, step, prior_elapsed = 1, 0, 0.0
+    resumed: int | None = None
+    final_terms: dict[str, float] = {}
+    ckpt = load_checkpoint(ckpt_path)
+    if ckpt is not None and (ckpt.get("version") != CHECKPOINT_VERSION or ckpt.get("fingerprint") != fingerprint):
+        reporter.event("checkpoint_ignored", "found a checkpoint of a different job spec; starting from scratch", None)
+        ckpt = None
+    if ckpt is not None:
+        student.load_state_dict(ckpt["student"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        resumed = int(ckpt["epoch"])
+        start_epoch, step, prior_elapsed = resumed + 1, int(ckpt["step"]), float(ckpt["elapsed_s"])
+        final_terms = {k: float(v) for k, v in ckpt.get("loss_terms", {}).items()}
+        reporter.discard_metrics_after(resumed)
+        reporter.event("resumed", f"resumed from the checkpoint of epoch {resumed} (step {step})",
+                       {"epoch": resumed, "step": step})
+    else:
+        reporter.discard_metrics_after(0)
+
+    x = data.train_x.to(device)
+    y = data.train_y.to(device)
+    labelled = y >= 0
+    vx = data.val_x.to(device)
+    vy = data.val_y.to(device)
+    val_labelled = bool((vy >= 0).any())
+    teacher_val_pred = batched_logits(teacher, vx).argmax(dim=1)
+
+    run_start = time.perf_counter()
+    start_step = step
+    progress_every = max(1, spe // 20)
+    history: list[dict[str, Any]] = []
+    n_terms = len(names)
+
+    def emit_progress(epoch: int) -> None:
+        now = time.perf_counter()
+        done = step - start_step
+        eta = (now - run_start) / done * (total_steps - step) if done > 0 else None
+        reporter.progress(epoch=epoch, epochs=epochs, step=step, total_steps=total_steps,
+                          fraction=step / total_steps, eta_s=eta)
+
+    def check_finite(values: list[float], epoch: int) -> None:
+        if not all(math.isfinite(v) for v in values):
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in zip(names, values))
+            raise DistillError(
+                "non_finite_loss",
+                f"the loss became non-finite by step {step} (epoch {epoch}): {shown}; try a lower learning rate "
+                f"(now {training.optimizer.lr:g}) or check the teacher's outputs",
+                "training.optimizer.lr",
+            )
+
+    for epoch in range(start_epoch, epochs + 1):
+        es = epoch_seed(training.seed, epoch)
+        torch.manual_seed(es)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(es)).to(device)
+        labelled_seen = int(labelled[perm[: spe * bs]].sum())
+        student.train()
+        log_acc = torch.zeros(n_terms, device=device)
+        ep_acc = torch.zeros(n_terms, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        log_count = 0
+        for i in range(spe):
+            if reporter.should_stop():
+                raise StopRequested(f"stop requested before step {step + 1}")
+            if time.perf_counter() > deadline:
+                raise DistillError("max_runtime_exceeded",
+                                   f"training.max_runtime_s={training.max_runtime_s:g} s reached at step {step} of {total_steps}",
+                                   "training.max_runtime_s")
+            idx = perm[i * bs : (i + 1) * bs]
+            xb = x[idx]
+            yb = y[idx]
+            t_logits = teacher(xb).clone()  # out of inference mode so autograd may save it
+            s_logits = student(xb)
+            terms = method(s_logits, t_logits, yb)
+            values = list(terms.values())
+            total = values[0] if len(values) == 1 else torch.stack(values).sum()
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            log_count += 1
+            with torch.no_grad():
+                log_acc.add_(torch.stack([*values, total]))
+                correct.add_((s_logits.argmax(dim=1) == yb).sum())  # unlabelled rows (-1) never match
+            last = i == spe - 1
+            if step % log_every == 0 or last:
+                means = (log_acc / log_count).tolist()
+                check_finite(means, epoch)
+                reporter.metrics([MetricRow(f"loss/{k}", "train", step, epoch, v) for k, v in zip(names, means)])
+                ep_acc.add_(log_acc)
+                log_acc.zero_()
+                log_count = 0
+            if step % progress_every == 0 or last:
+                emit_progress(epoch)
+
+        ep_means = (ep_acc / spe).tolist()
+        check_finite(ep_means, epoch)
+        final_terms = dict(zip(names, ep_means))
+        student.eval()
+        s_val = batched_logits(student, vx)
+        student.train()
+        s_pred = s_val.argmax(dim=1)
+        agreement = float((s_pred == teacher_val_pred).float().mean())
+        lr = float(sched.get_last_lr()[0])
+        rows = [MetricRow(f"loss/{k}", "train_epoch", step, epoch, v) for k, v in final_terms.items()]
+        rows.append(MetricRow("lr", "train", step, epoch, lr))
+        record: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr, "agreement": agreement, **final_terms}
+        if labelled_seen:
+            top1_train = int(correct) / labelled_seen
+            rows.append(MetricRow("top1", "train", step, epoch, top1_train))
+            record["train_top1"] = top1_train
+        if val_labelled:
+            mask = vy >= 0
+            top1_val = float((s_pred[mask] == vy[mask]).float().mean())
+            rows.append(MetricRow("top1", "val", step, epoch, top1_val))
+            record["val_top1"] = top1_val
+        rows.append(MetricRow("agreement", "val", step, epoch, agreement))
+        reporter.metrics(rows)
+        history.append(record)
+        elapsed = prior_elapsed + time.perf_counter() - run_start
+        size = save_checkpoint(ckpt_path, {
+            "version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "epoch": epoch, "step": step,
+            "student": student.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "elapsed_s": elapsed, "loss_terms": final_terms,
+        })
+        reporter.event("checkpoint_saved", f"epoch {epoch} checkpoint saved", {"epoch": epoch, "step": step, "bytes": size})
+        emit_progress(epoch)
+
+    student.eval()
+    return TrainOutcome(epochs=epochs, steps=step, steps_per_epoch=spe, resumed_from_epoch=resumed,
+                        final_loss_terms=final_terms, elapsed_s=prior_elapsed + time.perf_counter() - run_start,
+                        history=history)

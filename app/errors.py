@@ -26,7 +26,7 @@ class ErrorBody(BaseModel):
 class ErrorResponse(BaseModel):
     """Every 4xx/5xx response body."""
 
-    error: ErrorBody
+    error: ErrorBody = Field(..., description="The error: code, message, param.")
 
 
 class ApiError(Exception):

@@ -16,6 +16,7 @@ from app.jobs.schemas import JobError, JobObject, Progress, Timings
 from app.models import Artifact, File, Job, JobEvent, JobFile, Metric, new_id, utcnow
 from app.queue import enqueue_job
 from worker.distill import models as registry
+from worker.distill.errors import DistillError
 from worker.distill.spec import JobSpec
 
 log = logging.getLogger("stillhouse.jobs")
@@ -51,13 +52,20 @@ def validate_references(session: Session, spec: JobSpec) -> dict[str, File]:
         raise Unprocessable(f"teacher file {teacher.id} holds weights only ({teacher.format}); give teacher.architecture "
                             f"(one of {', '.join(registry.available())}) with its kwargs", param="teacher.architecture")
     for param, arch in (("teacher.architecture.name", spec.teacher.architecture), ("student.architecture.name", spec.student.architecture)):
-        if arch is not None and arch.name not in registry.available():
+        if arch is None:
+            continue
+        if arch.name not in registry.available():
             raise Unprocessable(f"{param}: unknown architecture {arch.name!r}; available: {', '.join(registry.available())}", param=param)
+        try:  # argument names (values are range-checked when the worker builds it with the real shapes)
+            registry.describe(arch.name, {"input_shape": [1, 1, 1], "num_classes": 2, **arch.kwargs})
+        except DistillError as e:
+            prefix = param.rsplit(".", 1)[0]
+            raise Unprocessable(f"{prefix}: {e.message}", param=f"{prefix.rsplit('.', 1)[0]}.{e.param}" if e.param else prefix) from e
     for role, file_id in spec.file_ids().items():
         if role != "teacher":
             files[role] = _check_file(session, file_id, role, "dataset")
     transfer = files.get("data.transfer")
-    if transfer is not None and (transfer.format != "npz" or transfer.details.get("labelled_samples", 0) > 0):
+    if transfer is not None and (transfer.format != "npz" or transfer.details.get("has_labels")):
         raise Unprocessable("data.transfer must be an NPZ file with inputs 'X' only (unlabelled); labelled rows belong in data.train",
                             param="data.transfer.file_id")
     return files

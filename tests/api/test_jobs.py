@@ -1,0 +1,180 @@
+"""``/v1/jobs``: spec validation (unknown fields, ranges, references), the state machine seen from the
+API (cancel), lists and the sub-resources' errors. No worker runs here; tests/e2e covers execution."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from tests import files as mk
+from tests.api.test_files import assert_error, upload
+
+
+@pytest.fixture
+async def teacher_id(api, tmp_path) -> str:
+    return (await upload(api, mk.safetensors_file(tmp_path))).json()["id"]
+
+
+def spec_for(teacher_id: str, **over) -> dict:
+    spec = {
+        "name": "t",
+        "teacher": {"file_id": teacher_id},
+        "student": {"architecture": {"name": "mlp", "kwargs": {"hidden_sizes": [8]}}},
+        "data": {"train": {"builtin": "digits"}},
+        "method": {"name": "kd", "temperature": 4.0, "alpha": 0.9},
+        "training": {"epochs": 1},
+    }
+    for path, value in over.items():
+        node = spec
+        keys = path.split(".")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return spec
+
+
+async def test_create_read_list(api, teacher_id):
+    resp = await api.post("/v1/jobs", json=spec_for(teacher_id))
+    assert resp.status_code == 201, resp.text
+    job = resp.json()
+    assert job["id"].startswith("job_") and job["status"] == "queued" and job["attempt"] == 0
+    # defaults are filled in and echoed
+    assert job["spec"]["training"]["batch_size"] == 64 and job["spec"]["data"]["validation"]["fraction"] == 0.2
+    got = (await api.get(f"/v1/jobs/{job['id']}")).json()
+    assert got["id"] == job["id"] and got["timings"]["queued_s"] >= 0
+    listed = (await api.get("/v1/jobs", params={"status": "queued"})).json()
+    assert [j["id"] for j in listed["data"]] == [job["id"]]
+    assert (await api.get("/v1/jobs", params={"status": "running"})).json()["data"] == []
+    events = (await api.get(f"/v1/jobs/{job['id']}/events")).json()["data"]
+    assert events[0]["type"] == "status" and events[0]["data"]["status"] == "queued"
+
+
+@pytest.mark.parametrize("path,value,param", [
+    ("method.temperature", 0, "method.temperature"),
+    ("method.temperature", -1.5, "method.temperature"),
+    ("method.alpha", 1.5, "method.alpha"),
+    ("method.alpha", -0.1, "method.alpha"),
+    ("training.epochs", 0, "training.epochs"),
+    ("training.batch_size", 0, "training.batch_size"),
+    ("training.optimizer", {"name": "adamw", "lr": 0}, "training.optimizer.lr"),
+    ("training.device", "tpu", "training.device"),
+    ("method.name", "magic", "method.name"),
+    ("data.validation", {"fraction": 1.0}, "data.validation.fraction"),
+    ("data.train", {"builtin": "imagenet"}, "data.train.builtin"),
+])
+async def test_out_of_range_numbers_and_bad_choices_get_422_naming_the_field(api, teacher_id, path, value, param):
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(teacher_id, **{path: value})), 422, "invalid_request")
+    assert err["param"] == param, err
+
+
+async def test_unknown_fields_are_rejected(api, teacher_id):
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(teacher_id, **{"training.epochz": 3})), 422)
+    assert err["param"] == "training.epochz" and "unknown field" in err["message"]
+    err = assert_error(await api.post("/v1/jobs", json={**spec_for(teacher_id), "extra": 1}), 422)
+    assert err["param"] == "extra"
+
+
+async def test_dataset_needs_exactly_one_source(api, teacher_id):
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(teacher_id, **{"data.train": {}})), 422)
+    assert "exactly one" in err["message"]
+
+
+async def test_references_must_exist_and_have_the_right_purpose(api, teacher_id, tmp_path):
+    err = assert_error(await api.post("/v1/jobs", json=spec_for("file_doesnotexist")), 422, "file_not_found")
+    assert err["param"] == "teacher.file_id"
+    data_id = (await upload(api, mk.npz_file(tmp_path), purpose="dataset")).json()["id"]
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(data_id)), 422, "wrong_file_purpose")
+    assert "dataset" in err["message"]
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(teacher_id, **{"data.train": {"file_id": teacher_id}})), 422,
+                       "wrong_file_purpose")
+    assert err["param"] == "data.train.file_id"
+
+
+async def test_weights_only_teacher_needs_an_architecture(api, tmp_path):
+    bare = (await upload(api, mk.safetensors_file(tmp_path, with_metadata=False))).json()["id"]
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(bare)), 422)
+    assert err["param"] == "teacher.architecture"
+    ok = spec_for(bare, **{"teacher.architecture": mk.MLP})
+    assert (await api.post("/v1/jobs", json=ok)).status_code == 201
+
+
+async def test_unknown_architecture_and_kwargs(api, teacher_id):
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(teacher_id, **{"student.architecture": {"name": "gpt9"}})), 422)
+    assert err["param"] == "student.architecture.name" and "mlp" in err["message"]
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(
+        teacher_id, **{"student.architecture": {"name": "mlp", "kwargs": {"hidden": [3]}}})), 422)
+    assert "hidden" in err["message"]
+
+
+async def test_forced_teacher_format_must_match(api, teacher_id):
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(teacher_id, **{"teacher.format": "onnx"})), 422)
+    assert err["param"] == "teacher.format"
+
+
+async def test_transfer_set_must_be_unlabelled(api, teacher_id, tmp_path):
+    labelled = (await upload(api, mk.npz_file(tmp_path), purpose="dataset")).json()["id"]
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(teacher_id, **{"data.transfer": {"file_id": labelled}})), 422)
+    assert err["param"] == "data.transfer.file_id"
+    raw = (await upload(api, mk.npz_file(tmp_path, labels=False, name="raw.npz"), purpose="dataset")).json()["id"]
+    assert (await api.post("/v1/jobs", json=spec_for(teacher_id, **{"data.transfer": {"file_id": raw}}))).status_code == 201
+
+
+async def test_cancel_queued_job_and_finished_job(api, teacher_id):
+    job = (await api.post("/v1/jobs", json=spec_for(teacher_id))).json()
+    resp = await api.post(f"/v1/jobs/{job['id']}/cancel")
+    assert resp.status_code == 200 and resp.json()["status"] == "cancelled" and resp.json()["finished_at"]
+    err = assert_error(await api.post(f"/v1/jobs/{job['id']}/cancel"), 409, "job_not_cancellable")
+    assert "cancelled" in err["message"]
+
+
+async def test_file_in_use_by_live_job_cannot_be_deleted(api, teacher_id):
+    job = (await api.post("/v1/jobs", json=spec_for(teacher_id))).json()
+    assert_error(await api.delete(f"/v1/files/{teacher_id}"), 409, "file_in_use")
+    await api.post(f"/v1/jobs/{job['id']}/cancel")
+    assert (await api.delete(f"/v1/files/{teacher_id}")).status_code == 200
+
+
+async def test_sub_resources_of_unknown_job_are_404_and_report_is_409_until_done(api, teacher_id):
+    for sub in ("", "/events", "/metrics", "/report", "/artifacts", "/artifacts/student.onnx"):
+        assert_error(await api.get(f"/v1/jobs/job_nope{sub}"), 404, "not_found")
+    assert_error(await api.post("/v1/jobs/job_nope/cancel"), 404, "not_found")
+    job = (await api.post("/v1/jobs", json=spec_for(teacher_id))).json()
+    assert_error(await api.get(f"/v1/jobs/{job['id']}/report"), 409, "report_not_ready")
+    assert (await api.get(f"/v1/jobs/{job['id']}/artifacts")).json()["data"] == []
+    assert_error(await api.get(f"/v1/jobs/{job['id']}/artifacts/student.onnx"), 404)
+
+
+async def test_unknown_route_and_method_use_the_error_shape(api):
+    assert_error(await api.get("/v1/nothing"), 404, "not_found")
+    assert_error(await api.put("/v1/jobs"), 405, "method_not_allowed")
+    assert_error(await api.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}), 422)
+
+
+async def test_health_and_ready(api):
+    assert (await api.get("/healthz")).json()["status"] == "ok"
+    ready = await api.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+async def test_readyz_reports_an_unreachable_broker(api, monkeypatch):
+    from app.queue import _celery_for
+    from app.settings import get_settings
+
+    monkeypatch.setenv("STILLHOUSE_BROKER_URL", "redis://127.0.0.1:1/0")
+    get_settings.cache_clear()
+    _celery_for.cache_clear()
+    err = assert_error(await api.get("/readyz"), 503, "unavailable")
+    assert "broker" in err["message"]
+
+
+async def test_openapi_documents_every_field(api):
+    schema = (await api.get("/openapi.json")).json()
+    undocumented = []
+    for name, comp in schema["components"]["schemas"].items():
+        for field, prop in comp.get("properties", {}).items():
+            if "description" not in prop and name not in ("ValidationError", "HTTPValidationError"):
+                undocumented.append(f"{name}.{field}")
+    assert undocumented == []
+    assert "multipart/form-data" in schema["paths"]["/v1/files"]["post"]["requestBody"]["content"]

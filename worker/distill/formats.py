@@ -186,14 +186,17 @@ def sniff(path: str | Path) -> str:
 
 
 def _unsafe(err: Exception) -> DistillError:
-    text = str(err)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
     m = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"global[s]? ['`\"]?([\w.]+)", text)
-    what = f"the disallowed global {m.group(1)}" if m else "objects that weights-only loading does not allow"
-    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    if m:
+        what = f"the disallowed global {m.group(1)}"
+    else:  # quote torch's specific reason line, not its advice to disable weights_only
+        reason = next((ln.strip() for ln in text.splitlines() if "Unsupported" in ln or "not allowed" in ln), "")
+        what = f"objects that weights-only loading does not allow ({reason[:200]})" if reason else "objects that weights-only loading does not allow"
     return DistillError(
         "unsafe_checkpoint",
-        f"refused to load: the checkpoint wants to construct {what} (only tensors and plain containers are "
-        f"allowed; torch said: {first[:300]})",
+        f"refused to load: the checkpoint wants to construct {what}; only tensors and plain containers "
+        "(dict, list, numbers, strings) are accepted. Save weights with safetensors or torch.save(model.state_dict())",
         "file",
     )
 

@@ -84,7 +84,8 @@ class TorchTeacher(Teacher):
 
     def __init__(self, module: nn.Module, fmt: str, device: torch.device, **kw: Any) -> None:
         module = module.to(device).eval()
-        module.requires_grad_(False)
+        for p in module.parameters():  # not module.requires_grad_(): ScriptModules do not support it
+            p.requires_grad_(False)
         self.module = module
         super().__init__(fmt, device, parameters=parameter_count(module), **kw)
 
@@ -166,7 +167,7 @@ def load_weights_strict(model: nn.Module, tensors: dict[str, torch.Tensor], what
     few missing and unexpected keys (and shape mismatches) when the weights do not fit the architecture."""
     own = model.state_dict()
     missing = [k for k in own if k not in tensors]
-    unexpected = [k for k in tensors if k not in own]
+    unexpected = sorted(k for k in tensors if k not in own)
     wrong = [f"{k} {list(tensors[k].shape)} vs {list(v.shape)}" for k, v in own.items() if k in tensors and tensors[k].shape != v.shape]
     if missing or unexpected or wrong:
         parts = []

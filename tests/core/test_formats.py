@@ -220,6 +220,13 @@ def test_npz_bad_arrays(tmp_path, arrays, needle):
     assert needle in err.message
 
 
+def test_dataset_with_infinite_values(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, X=np.array([[1.0, np.inf], [0.0, 0.0]]))
+    err = _expect("invalid_file", inspect_file, path, "dataset")
+    assert "infinity" in err.message
+
+
 def test_csv_with_non_numeric_column(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("size,colour,label\n1,red,0\n2,blue,1\n")

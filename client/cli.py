@@ -255,7 +255,7 @@ def render_report(r: dict[str, Any]) -> None:
     summary.add_row("agreement with teacher", _fmt(r.get("agreement"), "pct"))
     summary.add_row("mean KL(teacher‖student)", _fmt(r.get("mean_kl")))
     if r.get("top1_drop_points") is not None:
-        summary.add_row("top-1 lost", f"{r['top1_drop_points']:+.2f} points")
+        summary.add_row("top-1 lost (teacher − student)", f"{r['top1_drop_points']:.2f} points")
     if r.get("onnx"):
         summary.add_row("ONNX max |Δ| vs PyTorch", _fmt(r["onnx"].get("max_abs_diff")))
     for phase, sec in (r.get("wall_time_s") or {}).items():

@@ -1,0 +1,35 @@
+# stillhouse — `make demo` (install + a real distillation job end to end), `make test` (the whole suite).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A CPU wheel of torch lies on the build machines; GPU users: `make TORCH_SPEC='torch>=2.4' install`.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test up worker api clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install (torch first)
+
+demo: $(STAMP)  ## make the demo teacher, start API + worker, run a job over HTTP, print the report, stop
+	$(PY) demo/run.py
+
+test: $(STAMP)  ## the whole test suite (PostgreSQL + Redis tests skip unless reachable; CI requires them)
+	$(PY) -m pytest
+
+up: $(STAMP)  ## API + one worker in the foreground on the configured settings; Ctrl-C stops both
+	$(PY) -m app up
+
+api: $(STAMP)  ## the API alone
+	$(PY) -m app serve
+
+worker: $(STAMP)  ## one worker alone
+	$(PY) -m worker
+
+clean:  ## remove the venv, ./var and demo outputs
+	rm -rf $(VENV) var demo/out

@@ -1,0 +1,187 @@
+"""End to end over real HTTP with a real Celery worker process: on the embedded default (SQLite +
+filesystem broker) and on PostgreSQL + Redis. Small real jobs on scikit-learn's digits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from client import ApiError
+from tests.e2e.conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def spec(teacher_id: str, **over) -> dict:
+    s = {
+        "name": "e2e",
+        "teacher": {"file_id": teacher_id},
+        "student": {"architecture": {"name": "mlp", "kwargs": {"hidden_sizes": [32]}}},
+        "data": {"train": {"builtin": "digits"}, "validation": {"fraction": 0.2, "seed": 0}},
+        "method": {"name": "kd", "temperature": 4.0, "alpha": 0.9},
+        "training": {"epochs": 3, "batch_size": 64, "optimizer": {"name": "adamw", "lr": 0.005}, "seed": 0,
+                     "log_every_steps": 5},
+        "evaluation": {"latency_iterations": 10, "latency_batch_sizes": [1, 64]},
+    }
+    for k, v in over.items():
+        node, keys = s, k.split(".")
+        for kk in keys[:-1]:
+            node = node.setdefault(kk, {})
+        node[keys[-1]] = v
+    return s
+
+
+def wait_for(pred, timeout_s: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_job_succeeds_and_downloaded_student_reproduces_the_report(live, digits_teacher, tmp_path):
+    c = live.client
+    teacher = c.upload(digits_teacher, "teacher")
+    job = c.create_job(spec(teacher.id, **{"training.epochs": 6}))
+    job = c.wait(job.id, timeout_s=240)
+    assert job.status == "succeeded", (job.error, live.log("worker"))
+    assert job.attempt == 1 and job.progress.fraction == 1.0 and job.progress.epoch == 6
+
+    phases = [e.data["phase"] for e in c.events(job.id) if e.type == "phase"]
+    assert phases == ["loading_teacher", "training", "evaluating", "exporting"]
+    statuses = [e.data["status"] for e in c.events(job.id) if e.type == "status"]
+    assert statuses == ["queued", "running", "succeeded"]
+
+    val_top1 = c.metrics(job.id, name="top1", split="val")
+    assert [m.epoch for m in val_top1] == [1, 2, 3, 4, 5, 6]
+    terms = {m.name for m in c.metrics(job.id, split="train")}
+    assert {"loss/kd", "loss/ce", "loss/total", "top1"} <= terms
+    steps_per_epoch = -(-1437 // 64)
+    step_rows = [m for m in c.metrics(job.id, name="loss/total", split="train") if m.step % 5 == 0]
+    assert len(step_rows) >= (6 * steps_per_epoch) // 5
+
+    r = c.report(job.id)
+    assert r["teacher"]["val_top1"] > 0.9 and r["student"]["val_top1"] > 0.85
+    assert r["compression_ratio"] == pytest.approx(r["teacher"]["bytes"] / r["student"]["bytes"], rel=0.01)
+    assert r["student"]["parameters"] == 64 * 32 + 32 + 32 * 10 + 10
+    assert r["teacher"]["flops_per_sample"] > r["student"]["flops_per_sample"] > 0
+    for who in ("teacher", "student"):
+        for bs in ("1", "64"):
+            lat = r[who]["latency_ms"][bs]
+            assert 0 < lat["p50"] <= lat["p95"]
+    assert 0 <= r["agreement"] <= 1 and r["mean_kl"] >= 0
+    assert r["onnx"]["max_abs_diff"] < 1e-3
+    assert set(r["wall_time_s"]) >= {"loading_teacher", "training", "evaluating", "exporting", "total"}
+
+    arts = {a.name: a for a in c.artifacts(job.id)}
+    assert set(arts) == {"student.safetensors", "student.json", "student.onnx"}
+    paths = {n: c.download(job.id, n, tmp_path) for n in arts}
+    assert paths["student.safetensors"].stat().st_size == arts["student.safetensors"].bytes == r["student"]["bytes"]
+
+    # rebuild the student from the downloaded files alone and re-measure its validation top-1
+    from safetensors.torch import load_file
+
+    from worker.distill import models
+    from worker.distill.data import load_builtin, split_validation
+
+    meta = json.loads(paths["student.json"].read_text())
+    student = models.build(meta["architecture"]["name"], meta["architecture"]["kwargs"]).eval()
+    student.load_state_dict(load_file(str(paths["student.safetensors"])))
+    x, y, _ = load_builtin("digits")
+    _, va = split_validation(y, 0.2, seed=0)
+    with torch.inference_mode():
+        pred = student(torch.as_tensor(x[va])).argmax(1).numpy()
+    assert (pred == y[va]).mean() == pytest.approx(r["student"]["val_top1"], abs=1e-4)
+
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(paths["student.onnx"]), providers=["CPUExecutionProvider"])
+    onnx_pred = sess.run(None, {sess.get_inputs()[0].name: x[va[:7]].astype(np.float32)})[0].argmax(1)
+    assert (onnx_pred == pred[:7]).all()
+
+    # the download honours Range and carries the sha256 as ETag
+    import httpx
+
+    resp = httpx.get(f"{live.url}/v1/jobs/{job.id}/artifacts/student.safetensors", headers={"Range": "bytes=0-7"})
+    assert resp.status_code == 206 and len(resp.content) == 8
+    assert resp.headers["etag"].strip('"') == arts["student.safetensors"].sha256
+
+
+def test_same_spec_and_seed_give_the_same_metrics(live, digits_teacher):
+    c = live.client
+    teacher = c.upload(digits_teacher, "teacher")
+    ids = [c.create_job(spec(teacher.id, **{"training.epochs": 1, "export.formats": ["safetensors"]})).id for _ in range(2)]
+    jobs = [c.wait(i, timeout_s=180) for i in ids]
+    assert all(j.status == "succeeded" for j in jobs)
+    a, b = ([(m.name, m.split, m.step, m.value) for m in c.metrics(i) if m.name != "lr"] for i in ids)
+    assert a == b and len(a) > 5
+
+
+def test_shape_mismatch_fails_the_job_naming_both_sizes(live, digits_teacher):
+    c = live.client
+    teacher = c.upload(digits_teacher, "teacher")
+    job = c.create_job(spec(teacher.id, **{"student.architecture": {"name": "mlp", "kwargs": {"num_classes": 5}}}))
+    job = c.wait(job.id, timeout_s=120)
+    assert job.status == "failed" and job.error.code == "shape_mismatch"
+    assert "10" in job.error.message and "5" in job.error.message
+    assert c.artifacts(job.id) == []
+    with pytest.raises(ApiError) as e:
+        c.report(job.id)
+    assert e.value.status == 409 and e.value.code == "report_not_ready"
+
+
+def test_cancel_running_job_stops_it_and_a_cancelled_queued_job_never_starts(live, digits_teacher):
+    c = live.client
+    teacher = c.upload(digits_teacher, "teacher")
+    long = c.create_job(spec(teacher.id, **{"training.epochs": 2000}))
+    queued = c.create_job(spec(teacher.id))
+    wait_for(lambda: (j := c.get_job(long.id)).status == "running" and (j.progress.step or 0) > 0, 120, "the long job to train")
+    assert c.get_job(queued.id).status == "queued"  # one worker, prefetch 1: it waits
+    assert c.cancel(queued.id).status == "cancelled"
+    t0 = time.monotonic()
+    assert c.cancel(long.id).status in ("cancelling", "cancelled")
+    done = c.wait(long.id, poll_s=0.1, timeout_s=30)
+    stopped_after = time.monotonic() - t0
+    assert done.status == "cancelled" and stopped_after < 5, stopped_after
+    assert c.artifacts(long.id) == []
+    # the worker is free again and the cancelled queued job was never started
+    follow = c.wait(c.create_job(spec(teacher.id, **{"training.epochs": 1})).id, timeout_s=120)
+    assert follow.status == "succeeded"
+    q = c.get_job(queued.id)
+    assert q.status == "cancelled" and q.attempt == 0 and q.started_at is None
+
+
+def test_cli_submit_with_paths_wait_report_download(live, digits_teacher, tmp_path, backend_session):
+    if backend_session.name != "sqlite":
+        pytest.skip("the CLI is exercised once, on the embedded default")
+    import yaml
+
+    spec_file = tmp_path / "job.yaml"
+    s = spec("x")
+    s["teacher"] = {"path": str(digits_teacher)}
+    s["training"]["epochs"] = 2
+    spec_file.write_text(yaml.safe_dump(s))
+    cli = [sys.executable, "-m", "client.cli", "--api", live.url]
+
+    def run(*args):
+        res = subprocess.run([*cli, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr + res.stdout
+        return res.stdout
+
+    job_id = run("submit", str(spec_file)).strip().splitlines()[-1]
+    assert job_id.startswith("job_")
+    run("wait", job_id)
+    out = run("report", job_id)
+    assert "validation top-1" in out and "compression ratio" in out
+    run("download", job_id, "--dir", str(tmp_path / "dl"))
+    assert (tmp_path / "dl" / "student.safetensors").is_file()
+    bad = subprocess.run([*cli, "status", "job_missing"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "not_found" in bad.stderr

@@ -20,7 +20,7 @@ demo: $(STAMP)  ## make the demo teacher, start API + worker, run a job over HTT
 	$(PY) demo/run.py
 
 test: $(STAMP)  ## the whole test suite (PostgreSQL + Redis tests skip unless reachable; CI requires them)
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 up: $(STAMP)  ## API + one worker in the foreground on the configured settings; Ctrl-C stops both
 	$(PY) -m app up

@@ -1,0 +1,181 @@
+"""Benchmark: the same distillation once as a job through the service and once as a bare PyTorch loop.
+
+Same data (mnist5k, default 80/20 split, seed 0), same teacher (a CNN trained here once and cached in
+bench/out/), same student (mlp [128]), same KD loss (T=4, alpha=0.9), optimizer (AdamW, cosine per
+step), epochs, batch size, seed, and 1 torch thread on both sides. The service run is timed from
+``POST /v1/jobs`` until the job reads ``succeeded`` (so it includes queueing, the worker's claim, SQL
+metrics and progress, per-epoch checkpoints, latency measurement and ONNX export); the bare loop is
+timed from loading the teacher to the final validation accuracy. Runs alternate (bare, service, ...)
+``--repeats`` times; medians and their ratio are printed.
+
+    .venv/bin/python bench/service_vs_bare.py [--epochs 30] [--repeats 3]
+
+Target (issue 2): service / bare <= 1.10 for a job of about a minute on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+TEACHER_ARCH = {"name": "cnn", "kwargs": {"channels": [32, 64], "kernel_size": 3, "hidden": 128}}
+STUDENT_ARCH = {"name": "mlp", "kwargs": {"hidden_sizes": [128]}}
+T, ALPHA, LR, BATCH, SEED = 4.0, 0.9, 3e-3, 64, 0
+
+
+def make_teacher(path: Path) -> None:
+    """Train the mnist5k CNN teacher on the training rows of the default split (cached)."""
+    from worker.distill.data import load_builtin, split_validation
+    from worker.distill.teacher_training import save_model, train_classifier
+
+    x, y, _ = load_builtin("mnist5k")
+    tr, va = split_validation(y, 0.2, seed=0)
+    t0 = time.perf_counter()
+    model = train_classifier(TEACHER_ARCH, x[tr], y[tr], epochs=8, seed=0)
+    with torch.inference_mode():
+        acc = (model(torch.as_tensor(x[va])).argmax(1).numpy() == y[va]).mean()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_model(model, model.stillhouse_architecture, path)
+    print(f"teacher: {TEACHER_ARCH} val top-1 {100 * acc:.2f}% (trained in {time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def bare(teacher_path: Path, epochs: int) -> tuple[float, float]:
+    """The bare loop: returns (wall seconds, student validation top-1)."""
+    from safetensors.torch import load_file
+
+    from worker.distill import models
+    from worker.distill.data import load_builtin, split_validation
+    from worker.distill.formats import architecture_from_metadata
+
+    t0 = time.perf_counter()
+    x, y, _ = load_builtin("mnist5k")
+    tr, va = split_validation(y, 0.2, seed=0)
+    xt, yt = torch.as_tensor(x[tr]), torch.as_tensor(y[tr], dtype=torch.int64)
+    xv, yv = torch.as_tensor(x[va]), torch.as_tensor(y[va], dtype=torch.int64)
+    from safetensors import safe_open
+
+    with safe_open(str(teacher_path), "pt") as f:
+        arch = architecture_from_metadata(f.metadata())
+    teacher = models.build(arch["name"], arch["kwargs"])
+    teacher.load_state_dict(load_file(str(teacher_path)))
+    teacher.eval().requires_grad_(False)
+    torch.manual_seed(SEED)
+    student = models.build(STUDENT_ARCH["name"], {**STUDENT_ARCH["kwargs"], "input_shape": [1, 28, 28], "num_classes": 10})
+    opt = torch.optim.AdamW(student.parameters(), lr=LR, weight_decay=0.0)
+    n = xt.shape[0]
+    spe = math.ceil(n / BATCH)
+    total = epochs * spe
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    for epoch in range(1, epochs + 1):
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(SEED * 1_000_003 + epoch))
+        student.train()
+        for i in range(spe):
+            idx = perm[i * BATCH:(i + 1) * BATCH]
+            xb, yb = xt[idx], yt[idx]
+            with torch.inference_mode():
+                tl = teacher(xb)
+            tl = tl.clone()
+            sl = student(xb)
+            kd = F.kl_div(F.log_softmax(sl / T, 1), F.log_softmax(tl / T, 1), log_target=True, reduction="batchmean") * T * T
+            loss = ALPHA * kd + (1 - ALPHA) * F.cross_entropy(sl, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        student.eval()
+        with torch.inference_mode():
+            acc = (student(xv).argmax(1) == yv).float().mean().item()
+    return time.perf_counter() - t0, acc
+
+
+class Service:
+    """API + one worker on a fresh embedded data dir, 1 torch thread per job."""
+
+    def __init__(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        data = OUT / "var"
+        shutil.rmtree(data, ignore_errors=True)
+        env = {**os.environ, "STILLHOUSE_DATA_DIR": str(data), "STILLHOUSE_PORT": str(self.port), "STILLHOUSE_TORCH_THREADS": "1"}
+        env.pop("STILLHOUSE_DATABASE_URL", None)
+        env.pop("STILLHOUSE_BROKER_URL", None)
+        self.log = open(OUT / "service.log", "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "app", "up"], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        from client import Stillhouse
+
+        self.client = Stillhouse(f"http://127.0.0.1:{self.port}")
+        self.client.wait_ready(timeout_s=90)
+
+    def run(self, teacher_id: str, epochs: int) -> tuple[float, float, dict]:
+        spec = {
+            "name": "bench", "teacher": {"file_id": teacher_id},
+            "student": {"architecture": STUDENT_ARCH},
+            "data": {"train": {"builtin": "mnist5k"}, "validation": {"fraction": 0.2, "seed": 0}},
+            "method": {"name": "kd", "temperature": T, "alpha": ALPHA},
+            "training": {"epochs": epochs, "batch_size": BATCH, "optimizer": {"name": "adamw", "lr": LR, "weight_decay": 0.0},
+                         "schedule": "cosine", "seed": SEED},
+        }
+        t0 = time.perf_counter()
+        job = self.client.create_job(spec)
+        job = self.client.wait(job.id, poll_s=0.25)
+        wall = time.perf_counter() - t0
+        if job.status != "succeeded":
+            raise SystemExit(f"service job {job.status}: {job.error}")
+        r = self.client.report(job.id)
+        return wall, r["student"]["val_top1"], r
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+def main() -> None:
+    """Run the comparison and print the figures."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    OUT.mkdir(parents=True, exist_ok=True)
+    teacher = OUT / "mnist5k_teacher.safetensors"
+    if not teacher.exists():
+        make_teacher(teacher)
+    svc = Service()
+    try:
+        teacher_id = svc.client.upload(teacher, "teacher").id
+        rows = []
+        for i in range(args.repeats):
+            b_wall, b_acc = bare(teacher, args.epochs)
+            s_wall, s_acc, rep = svc.run(teacher_id, args.epochs)
+            rows.append((b_wall, s_wall, b_acc, s_acc, rep["wall_time_s"]))
+            print(f"run {i + 1}: bare {b_wall:6.1f} s (top-1 {100 * b_acc:.2f}%)   service {s_wall:6.1f} s "
+                  f"(top-1 {100 * s_acc:.2f}%; phases {rep['wall_time_s']})   ratio {s_wall / b_wall:.3f}", flush=True)
+    finally:
+        svc.close()
+    b = statistics.median(r[0] for r in rows)
+    s = statistics.median(r[1] for r in rows)
+    ratios = [r[1] / r[0] for r in rows]
+    print(f"\nmedian over {args.repeats} alternating runs, {args.epochs} epochs of mnist5k, 1 torch thread each:")
+    print(f"  bare PyTorch loop : {b:7.2f} s")
+    print(f"  service job       : {s:7.2f} s  (POST /v1/jobs -> succeeded, incl. evaluation, latency, ONNX export)")
+    print(f"  ratio service/bare: {s / b:.3f}  (median of per-run ratios {statistics.median(ratios):.3f}; target <= 1.10)")
+
+
+if __name__ == "__main__":
+    main()

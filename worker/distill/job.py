@@ -292,7 +292,7 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     k = _probe(spec, teacher, data, device)
     student, filled = _build_student(spec, teacher, data, k, device)
     _probe_student(student, filled, data, k, device)
-    method = build_method(spec.method, has_labels=data.has_labels)
+    method = build_method(spec.method, has_labels=data.has_labels, all_labelled=data.counts["unlabelled"] == 0)
     times["loading_teacher"] = time.perf_counter() - t0
     _check_time(deadline, spec, "while loading")
 

@@ -8,10 +8,12 @@ so the loop costs little more than a bare PyTorch loop.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,8 +107,9 @@ def spec_fingerprint(spec: JobSpec) -> str:
 
 
 def _cpu_state(obj: Any) -> Any:
+    """A snapshot of ``obj`` with every tensor copied to a new CPU tensor (safe to save while training goes on)."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu").clone()
+        return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
         return {k: _cpu_state(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -114,13 +117,51 @@ def _cpu_state(obj: Any) -> Any:
     return obj
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> int:
+def save_checkpoint(path: Path, state: dict[str, Any], snapshot_taken: bool = False) -> int:
     """``torch.save`` ``state`` (tensors, numbers, strings, nested dicts/lists only) to ``path`` atomically: write
-    ``path.tmp`` then ``os.replace``. Returns the size in bytes."""
+    ``path.tmp`` then ``os.replace``. ``snapshot_taken``: ``state`` is already a private CPU copy. Returns the
+    size in bytes."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(_cpu_state(state), tmp)
+    torch.save(state if snapshot_taken else _cpu_state(state), tmp)
     os.replace(tmp, path)
     return path.stat().st_size
+
+
+class CheckpointWriter:
+    """Writes checkpoints in a background thread so the next epoch trains while the previous one is saved.
+
+    ``submit(path, state)`` snapshots ``state`` (tensors copied to CPU, so training may change the originals),
+    waits for any write still running, then starts writing it with ``save_checkpoint``. ``wait()`` blocks until
+    the last write finished and re-raises its error, if any. At most one write is in flight, so a crash leaves
+    either the previous or the new complete checkpoint (``os.replace`` is atomic).
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.last_bytes = 0
+
+    def _write(self, path: Path, snapshot: dict[str, Any]) -> None:
+        try:
+            self.last_bytes = save_checkpoint(path, snapshot, snapshot_taken=True)
+        except BaseException as e:  # noqa: BLE001 - handed to the training thread by wait()
+            self._error = e
+
+    def submit(self, path: Path, state: dict[str, Any]) -> None:
+        """Snapshot ``state`` now and write it to ``path`` in the background."""
+        snapshot = _cpu_state(state)
+        self.wait()
+        self._thread = threading.Thread(target=self._write, args=(path, snapshot), name="stillhouse-checkpoint", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until no write is in flight; raise the last write's error (as ``OSError`` etc.)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:
@@ -210,6 +251,7 @@ def train_student(
     progress_every = max(1, spe // 20)
     history: list[dict[str, Any]] = []
     n_terms = len(names)
+    writer = CheckpointWriter()
 
     def emit_progress(epoch: int) -> None:
         now = time.perf_counter()
@@ -228,83 +270,92 @@ def train_student(
                 "training.optimizer.lr",
             )
 
-    for epoch in range(start_epoch, epochs + 1):
-        es = epoch_seed(training.seed, epoch)
-        torch.manual_seed(es)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(es)).to(device)
-        labelled_seen = int(labelled[perm[: spe * bs]].sum())
-        student.train()
-        log_acc = torch.zeros(n_terms, device=device)
-        ep_acc = torch.zeros(n_terms, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        log_count = 0
-        for i in range(spe):
-            if reporter.should_stop():
-                raise StopRequested(f"stop requested before step {step + 1}")
-            if time.perf_counter() > deadline:
-                raise DistillError("max_runtime_exceeded",
-                                   f"training.max_runtime_s={training.max_runtime_s:g} s reached at step {step} of {total_steps}",
-                                   "training.max_runtime_s")
-            idx = perm[i * bs : (i + 1) * bs]
-            xb = x[idx]
-            yb = y[idx]
-            t_logits = teacher(xb).clone()  # out of inference mode so autograd may save it
-            s_logits = student(xb)
-            terms = method(s_logits, t_logits, yb)
-            values = list(terms.values())
-            total = values[0] if len(values) == 1 else torch.stack(values).sum()
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            log_count += 1
-            with torch.no_grad():
-                log_acc.add_(torch.stack([*values, total]))
-                correct.add_((s_logits.argmax(dim=1) == yb).sum())  # unlabelled rows (-1) never match
-            last = i == spe - 1
-            if step % log_every == 0 or last:
-                means = (log_acc / log_count).tolist()
-                check_finite(means, epoch)
-                reporter.metrics([MetricRow(f"loss/{k}", "train", step, epoch, v) for k, v in zip(names, means)])
-                ep_acc.add_(log_acc)
-                log_acc.zero_()
-                log_count = 0
-            if step % progress_every == 0 or last:
-                emit_progress(epoch)
+    try:
+        for epoch in range(start_epoch, epochs + 1):
+            es = epoch_seed(training.seed, epoch)
+            torch.manual_seed(es)
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(es)).to(device)
+            seen = perm[: min(n, spe * bs)]
+            labelled_seen = int(labelled[seen].sum())
+            student.train()
+            log_acc = torch.zeros(n_terms, device=device)
+            ep_acc = torch.zeros(n_terms, device=device)
+            preds = torch.empty(seen.shape[0], dtype=torch.int64, device=device)
+            log_count = 0
+            for i in range(spe):
+                if reporter.should_stop():
+                    raise StopRequested(f"stop requested before step {step + 1}")
+                if time.perf_counter() > deadline:
+                    raise DistillError("max_runtime_exceeded",
+                                       f"training.max_runtime_s={training.max_runtime_s:g} s reached at step {step} of {total_steps}",
+                                       "training.max_runtime_s")
+                idx = perm[i * bs : (i + 1) * bs]
+                xb = x[idx]
+                yb = y[idx]
+                t_logits = teacher(xb).clone()  # out of inference mode so autograd may save it
+                s_logits = student(xb)
+                terms = method(s_logits, t_logits, yb)
+                values = list(terms.values())
+                total = values[0]
+                for v in values[1:]:
+                    total = total + v
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                log_count += 1
+                with torch.no_grad():
+                    log_acc.add_(torch.stack([*values, total]))
+                    torch.argmax(s_logits, dim=1, out=preds[i * bs : i * bs + xb.shape[0]])
+                last = i == spe - 1
+                if step % log_every == 0 or last:
+                    means = (log_acc / log_count).tolist()
+                    check_finite(means, epoch)
+                    reporter.metrics([MetricRow(f"loss/{k}", "train", step, epoch, v) for k, v in zip(names, means)])
+                    ep_acc.add_(log_acc)
+                    log_acc.zero_()
+                    log_count = 0
+                if step % progress_every == 0 or last:
+                    emit_progress(epoch)
 
-        ep_means = (ep_acc / spe).tolist()
-        check_finite(ep_means, epoch)
-        final_terms = dict(zip(names, ep_means))
-        student.eval()
-        s_val = batched_logits(student, vx)
-        student.train()
-        s_pred = s_val.argmax(dim=1)
-        agreement = float((s_pred == teacher_val_pred).float().mean())
-        lr = float(sched.get_last_lr()[0])
-        rows = [MetricRow(f"loss/{k}", "train_epoch", step, epoch, v) for k, v in final_terms.items()]
-        rows.append(MetricRow("lr", "train", step, epoch, lr))
-        record: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr, "agreement": agreement, **final_terms}
-        if labelled_seen:
-            top1_train = int(correct) / labelled_seen
-            rows.append(MetricRow("top1", "train", step, epoch, top1_train))
-            record["train_top1"] = top1_train
-        if val_labelled:
-            mask = vy >= 0
-            top1_val = float((s_pred[mask] == vy[mask]).float().mean())
-            rows.append(MetricRow("top1", "val", step, epoch, top1_val))
-            record["val_top1"] = top1_val
-        rows.append(MetricRow("agreement", "val", step, epoch, agreement))
-        reporter.metrics(rows)
-        history.append(record)
-        elapsed = prior_elapsed + time.perf_counter() - run_start
-        size = save_checkpoint(ckpt_path, {
-            "version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "epoch": epoch, "step": step,
-            "student": student.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "elapsed_s": elapsed, "loss_terms": final_terms,
-        })
-        reporter.event("checkpoint_saved", f"epoch {epoch} checkpoint saved", {"epoch": epoch, "step": step, "bytes": size})
-        emit_progress(epoch)
+            ep_means = (ep_acc / spe).tolist()
+            check_finite(ep_means, epoch)
+            final_terms = dict(zip(names, ep_means))
+            student.eval()
+            s_val = batched_logits(student, vx)
+            student.train()
+            s_pred = s_val.argmax(dim=1)
+            agreement = float((s_pred == teacher_val_pred).float().mean())
+            lr = float(sched.get_last_lr()[0])
+            rows = [MetricRow(f"loss/{k}", "train_epoch", step, epoch, v) for k, v in final_terms.items()]
+            rows.append(MetricRow("lr", "train", step, epoch, lr))
+            record: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr, "agreement": agreement, **final_terms}
+            if labelled_seen:
+                top1_train = int((preds == y[seen]).sum()) / labelled_seen  # unlabelled rows (-1) never match
+                rows.append(MetricRow("top1", "train", step, epoch, top1_train))
+                record["train_top1"] = top1_train
+            if val_labelled:
+                mask = vy >= 0
+                top1_val = float((s_pred[mask] == vy[mask]).float().mean())
+                rows.append(MetricRow("top1", "val", step, epoch, top1_val))
+                record["val_top1"] = top1_val
+            rows.append(MetricRow("agreement", "val", step, epoch, agreement))
+            reporter.metrics(rows)
+            history.append(record)
+            elapsed = prior_elapsed + time.perf_counter() - run_start
+            writer.submit(ckpt_path, {
+                "version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "epoch": epoch, "step": step,
+                "student": student.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "elapsed_s": elapsed, "loss_terms": final_terms,
+            })
+            reporter.event("checkpoint_saved", f"epoch {epoch} checkpoint written", {"epoch": epoch, "step": step})
+            emit_progress(epoch)
+    except BaseException:
+        with contextlib.suppress(Exception):  # a stop or failure still leaves the last epoch's checkpoint complete
+            writer.wait()
+        raise
+    writer.wait()
 
     student.eval()
     return TrainOutcome(epochs=epochs, steps=step, steps_per_epoch=spe, resumed_from_epoch=resumed,

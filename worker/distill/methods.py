@@ -38,13 +38,14 @@ def available_methods() -> list[str]:
     return sorted(_METHODS)
 
 
-def build_method(spec: MethodSpec, has_labels: bool) -> "Method":
+def build_method(spec: MethodSpec, has_labels: bool, all_labelled: bool = False) -> "Method":
     """Instantiate ``spec.name`` with its temperature/alpha. ``has_labels``: whether the training set has any
-    labelled row (without labels the teacher term gets weight 1 and no 'ce' term is produced).
+    labelled row (without labels the teacher term gets weight 1 and no 'ce' term is produced); ``all_labelled``:
+    whether every row is labelled (enables the cheaper plain-mean cross-entropy).
     Raises ``DistillError('invalid_spec')`` for an unknown name."""
     if spec.name not in _METHODS:
         raise DistillError("invalid_spec", f"unknown method {spec.name!r}; available: {', '.join(available_methods())}", "method.name")
-    return _METHODS[spec.name](temperature=spec.temperature, alpha=spec.alpha, has_labels=has_labels)
+    return _METHODS[spec.name](temperature=spec.temperature, alpha=spec.alpha, has_labels=has_labels, all_labelled=all_labelled)
 
 
 def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -73,12 +74,18 @@ class Method(ABC):
 
     ``temperature`` T > 0, ``alpha`` in [0, 1] (weight of the teacher term; ``1 - alpha`` weighs ground-truth
     cross-entropy on labelled rows), ``has_labels`` (False: the whole training set is unlabelled, so the
-    teacher term has weight 1 and there is no 'ce' term). Subclasses implement ``teacher_term``.
+    teacher term has weight 1 and there is no 'ce' term), ``all_labelled`` (True: every training row is
+    labelled, so the 'ce' term may use the plain batch mean — same value, fewer kernels per step).
+    Subclasses implement ``teacher_term`` (and ``teacher_scale``).
     """
 
     name: str = "method"
 
-    def __init__(self, temperature: float = 4.0, alpha: float = 0.9, has_labels: bool = True) -> None:
+    def teacher_scale(self) -> float:
+        """Constant factor multiplying ``teacher_term`` (1 unless a subclass says otherwise)."""
+        return 1.0
+
+    def __init__(self, temperature: float = 4.0, alpha: float = 0.9, has_labels: bool = True, all_labelled: bool = False) -> None:
         if not temperature > 0:
             raise DistillError("invalid_spec", f"temperature must be > 0, got {temperature}", "method.temperature")
         if not 0.0 <= alpha <= 1.0:
@@ -86,6 +93,9 @@ class Method(ABC):
         self.temperature = float(temperature)
         self.has_labels = has_labels
         self.alpha = float(alpha) if has_labels else 1.0
+        self.all_labelled = bool(all_labelled and has_labels)
+        self._teacher_weight = self.alpha * self.teacher_scale()
+        self._ce_weight = 1.0 - self.alpha
 
     @property
     def term_names(self) -> list[str]:
@@ -100,9 +110,10 @@ class Method(ABC):
         """Weighted loss terms ``{self.name: alpha * teacher_term, 'ce': (1 - alpha) * CE on labelled rows}``
         (the 'ce' term only when ``has_labels``; it is 0 for a batch without labelled rows). Inputs: ``student_logits``
         ``[B, K]`` (requires grad), ``teacher_logits`` ``[B, K]`` (no grad), ``labels`` ``[B]`` int64."""
-        terms = {self.name: self.alpha * self.teacher_term(student_logits, teacher_logits)}
+        terms = {self.name: self._teacher_weight * self.teacher_term(student_logits, teacher_logits)}
         if self.has_labels:
-            terms["ce"] = (1.0 - self.alpha) * masked_cross_entropy(student_logits, labels)
+            ce = F.cross_entropy(student_logits, labels) if self.all_labelled else masked_cross_entropy(student_logits, labels)
+            terms["ce"] = self._ce_weight * ce
         return terms
 
 
@@ -113,9 +124,13 @@ class SoftTargetKD(Method):
     ``ce = (1 - alpha) · CE(s, y)`` over labelled rows. The T² factor keeps the soft-target gradients' scale
     independent of T."""
 
+    def teacher_scale(self) -> float:
+        """T², as in Hinton et al. 2015."""
+        return self.temperature * self.temperature
+
     def teacher_term(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        t = self.temperature
-        return (t * t) * soft_kl(student_logits, teacher_logits, t)
+        """``KL(softmax(t/T) ‖ softmax(s/T))``, batchmean (the T² factor is applied via ``teacher_scale``)."""
+        return soft_kl(student_logits, teacher_logits, self.temperature)
 
 
 @register_method("hard_label")
@@ -125,4 +140,5 @@ class HardLabelKD(Method):
     ``ce = (1 - alpha) · CE(s, y)`` over labelled rows. The temperature is not used."""
 
     def teacher_term(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the student against the teacher's argmax class."""
         return F.cross_entropy(student_logits, teacher_logits.argmax(dim=1))

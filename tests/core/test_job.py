@@ -187,3 +187,27 @@ def test_fully_unlabelled_training_set(teacher_file, tmp_path, digits):
     assert set(r["training"]["final_loss_terms"]) == {"hard_label", "total"}
     assert r["agreement"] > 0.8  # learnt from the teacher alone
     assert not [row for row in rep.rows if row.name == "top1"]
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_torchscript_and_onnx_teachers(teacher_model, tmp_path, fmt):
+    import warnings
+
+    example = torch.zeros(1, 1, 8, 8)
+    path = tmp_path / f"teacher.{fmt}"
+    if fmt == "torchscript":
+        torch.jit.trace(teacher_model, example).save(str(path))
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(teacher_model, (example,), str(path), dynamo=False, input_names=["input"],
+                              output_names=["logits"], dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}})
+    result, _ = run(make_spec(training={"epochs": 2}), FileInput(path, "auto", path.stat().st_size), tmp_path / "job")
+    r = result.report
+    assert r["teacher"]["format"] == fmt and r["teacher"]["val_top1"] > 0.95
+    assert r["student"]["architecture"]["kwargs"]["input_shape"] == [1, 8, 8]
+    if fmt == "onnx":
+        assert r["teacher"]["flops_per_sample"] is None and r["flops_ratio"] is None
+    else:
+        assert r["flops_ratio"] > 1
+    assert r["agreement"] > 0.7

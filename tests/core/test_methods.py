@@ -100,3 +100,13 @@ def test_bad_hyperparameters_rejected():
     assert e.value.code == "invalid_spec"
     with pytest.raises(DistillError):
         SoftTargetKD(alpha=1.5)
+
+
+def test_fully_labelled_fast_path_equals_masked_ce():
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(16, 7, generator=g), torch.randn(16, 7, generator=g)
+    labels = torch.randint(0, 7, (16,), generator=g)
+    fast = SoftTargetKD(alpha=0.6, all_labelled=True)(s, t, labels)
+    slow = SoftTargetKD(alpha=0.6, all_labelled=False)(s, t, labels)
+    torch.testing.assert_close(fast["ce"], slow["ce"])
+    torch.testing.assert_close(fast["kd"], slow["kd"])

@@ -13,6 +13,7 @@ def test_available_lists_builtin_architectures():
     assert {"mlp", "cnn", "resnet"} <= set(available())
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 @pytest.mark.parametrize(
     "name,kwargs,shape",
     [

@@ -135,8 +135,8 @@ class SoftTargetKD(Method):
 
 @register_method("hard_label")
 class HardLabelKD(Method):
-    """Hard-label distillation (pseudo-labelling with the teacher's argmax, as in Hinton et al. 2015's
-    hard-target baseline): term ``hard_label = alpha · CE(s, argmax t)`` over all rows, plus
+    """Hard-label distillation (the teacher's argmax as the target, "hard distillation" of Touvron et al. 2021,
+    "Training data-efficient image transformers & distillation through attention"): term ``hard_label = alpha · CE(s, argmax t)`` over all rows, plus
     ``ce = (1 - alpha) · CE(s, y)`` over labelled rows. The temperature is not used."""
 
     def teacher_term(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:

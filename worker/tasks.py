@@ -23,6 +23,8 @@ def _set_threads(**_: object) -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set in this process
         pass
+    import worker.runner  # noqa: F401 - import the core (torch, onnx, sklearn, ...) now, not inside the first job
+
     log.info("worker child: torch intra-op threads = %d", n)
 
 

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     )
     queue: str = Field("stillhouse", description="Celery queue the API sends jobs to and workers consume.")
     visibility_timeout_s: int = Field(6 * 3600, ge=10, description="Redis visibility timeout, seconds (redelivery of unacked jobs).")
+    max_attempts: int = Field(3, ge=1, description="Starts of one job (redeliveries after a worker died) before it fails with worker_lost.")
     progress_interval_s: float = Field(0.5, gt=0, description="Least seconds between progress/cancel-check writes to SQL.")
 
     @property

@@ -28,8 +28,9 @@ log = logging.getLogger("stillhouse.worker")
 CONTENT_TYPES = {".safetensors": "application/octet-stream", ".onnx": "application/octet-stream", ".json": "application/json"}
 
 
-def _claim(sessions, job_id: str) -> Job | None:
-    """Move the job to running (attempt + 1). None when it must not run (unknown, finished, cancelled)."""
+def _claim(sessions, job_id: str, max_attempts: int) -> Job | None:
+    """Move the job to running (attempt + 1). None when it must not run (unknown, finished, cancelled,
+    or redelivered after ``max_attempts`` starts: then it fails with ``worker_lost``)."""
     with sessions.begin() as s:
         job = s.get(Job, job_id)
         if job is None:
@@ -39,6 +40,11 @@ def _claim(sessions, job_id: str) -> Job | None:
             states.transition(s, job_id, states.CANCELLED, event="cancelled before the redelivered task resumed")
             return None
         redelivered = job.status == states.RUNNING
+        if redelivered and job.attempt >= max_attempts:
+            states.transition(s, job_id, states.FAILED, error_code="worker_lost", phase=None,
+                              error_message=f"the worker running this job died {job.attempt} times; giving up "
+                                            f"(STILLHOUSE_MAX_ATTEMPTS={max_attempts})", event="failed: worker_lost")
+            return None
         ok = states.transition(
             s, job_id, states.RUNNING, attempt=job.attempt + 1, worker=socket.gethostname(),
             started_at=job.started_at or states.utcnow(),
@@ -86,7 +92,7 @@ def execute(job_id: str, settings: Settings | None = None) -> str | None:
     settings = settings or get_settings()
     sessions = session_factory(settings)
     store = LocalStore(settings)
-    job = _claim(sessions, job_id)
+    job = _claim(sessions, job_id, settings.max_attempts)
     if job is None:
         return None
     workdir = store.path(f"{store.job_key(job_id)}/work")

@@ -185,3 +185,36 @@ def test_cli_submit_with_paths_wait_report_download(live, digits_teacher, tmp_pa
     assert (tmp_path / "dl" / "student.safetensors").is_file()
     bad = subprocess.run([*cli, "status", "job_missing"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "not_found" in bad.stderr
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_killed_worker_child_is_redelivered_and_resumes_from_its_checkpoint(live, digits_teacher):
+    """kill -9 the process running the job mid-training: Celery rejects the task (acks_late +
+    reject_on_worker_lost), a new child takes it, and it resumes from the last epoch checkpoint with
+    one continuous set of metrics."""
+    import os
+    import signal
+
+    c = live.client
+    teacher = c.upload(digits_teacher, "teacher")
+    epochs = 30
+    job = c.create_job(spec(teacher.id, **{"training.epochs": epochs, "export.formats": ["safetensors"],
+                                           "student.architecture": {"name": "mlp", "kwargs": {"hidden_sizes": [256, 256]}}}))
+    wait_for(lambda: (c.get_job(job.id).progress.epoch or 0) >= 4, 120, "epoch 4")
+    children = _children(live.procs["worker"].pid)
+    assert len(children) == 1
+    os.kill(children[0], signal.SIGKILL)
+    done = c.wait(job.id, timeout_s=240)
+    assert done.status == "succeeded", (done.error, live.log("worker"))
+    assert done.attempt == 2
+    resumed = [e for e in c.events(job.id) if e.type == "resumed"]
+    assert len(resumed) == 1 and resumed[0].data["epoch"] >= 3
+    epochs_logged = [m.epoch for m in c.metrics(job.id, name="top1", split="val")]
+    assert epochs_logged == list(range(1, epochs + 1))  # no duplicated or missing epochs
+    steps = [m.step for m in c.metrics(job.id, name="loss/total", split="train")]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))
+    assert c.report(job.id)["training"]["resumed_from_epoch"] == resumed[0].data["epoch"]

@@ -18,3 +18,23 @@ class Page(BaseModel, Generic[T]):
     object: str = Field("list", description="Always 'list'.")
     data: list[T] = Field(..., description="The items, in list order.")
     has_more: bool = Field(..., description="True when more items follow; pass the last item's id as 'after'.")
+
+
+def newest_first(session, query, model, *, limit: int, anchor=None) -> tuple[list, bool]:
+    """Run ``query`` (a ``select(model)``) newest first by (created_at, id), the rows after ``anchor``
+    (a row of ``model`` or None), at most ``limit``; returns (rows, has_more)."""
+    query = query.order_by(model.created_at.desc(), model.id.desc())
+    if anchor is not None:
+        query = query.where((model.created_at < anchor.created_at)
+                            | ((model.created_at == anchor.created_at) & (model.id < anchor.id)))
+    rows = list(session.scalars(query.limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def oldest_first(session, query, model, *, limit: int, after: int | None) -> tuple[list, bool]:
+    """Run ``query`` in increasing integer ``id`` order, ids above ``after``, at most ``limit``; returns (rows, has_more)."""
+    query = query.order_by(model.id)
+    if after is not None:
+        query = query.where(model.id > after)
+    rows = list(session.scalars(query.limit(limit + 1)))
+    return rows[:limit], len(rows) > limit

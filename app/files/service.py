@@ -13,6 +13,7 @@ from app.files.schemas import Purpose
 from app.files.upload import ReceivedUpload
 from app.jobs.states import LIVE
 from app.models import File, Job, JobFile, new_id
+from app.pagination import newest_first
 from app.storage import LocalStore
 from worker.distill.errors import DistillError
 from worker.distill.formats import inspect_file
@@ -76,14 +77,10 @@ def get_file(session: Session, file_id: str) -> File:
 
 def list_files(session: Session, *, limit: int, after: str | None, purpose: str | None) -> tuple[list[File], bool]:
     """Files newest first, ``limit`` at most, starting after file ``after``; returns (rows, has_more)."""
-    q = select(File).order_by(File.created_at.desc(), File.id.desc())
+    q = select(File)
     if purpose:
         q = q.where(File.purpose == purpose)
-    if after:
-        anchor = get_file(session, after)
-        q = q.where((File.created_at < anchor.created_at) | ((File.created_at == anchor.created_at) & (File.id < anchor.id)))
-    rows = list(session.scalars(q.limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    return newest_first(session, q, File, limit=limit, anchor=get_file(session, after) if after else None)
 
 
 def delete_file(session: Session, store: LocalStore, file_id: str) -> None:

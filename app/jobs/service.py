@@ -14,6 +14,7 @@ from app.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
 from app.jobs import states
 from app.jobs.schemas import JobError, JobObject, Progress, Timings
 from app.models import Artifact, File, Job, JobEvent, JobFile, Metric, new_id, utcnow
+from app.pagination import newest_first, oldest_first
 from app.queue import enqueue_job
 from worker.distill import models as registry
 from worker.distill.errors import DistillError
@@ -108,14 +109,10 @@ def get_job(session: Session, job_id: str) -> Job:
 
 def list_jobs(session: Session, *, limit: int, after: str | None, status: str | None) -> tuple[list[Job], bool]:
     """Jobs newest first, optionally of one status; returns (rows, has_more)."""
-    q = select(Job).order_by(Job.created_at.desc(), Job.id.desc())
+    q = select(Job)
     if status:
         q = q.where(Job.status == status)
-    if after:
-        a = get_job(session, after)
-        q = q.where((Job.created_at < a.created_at) | ((Job.created_at == a.created_at) & (Job.id < a.id)))
-    rows = list(session.scalars(q.limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    return newest_first(session, q, Job, limit=limit, anchor=get_job(session, after) if after else None)
 
 
 def cancel_job(session: Session, job_id: str) -> Job:
@@ -161,26 +158,19 @@ def to_schema(job: Job) -> JobObject:
 def list_events(session: Session, job_id: str, *, after: int | None, limit: int) -> tuple[list[JobEvent], bool]:
     """A job's events in order, those with id > ``after``; returns (rows, has_more). Raises NotFound."""
     get_job(session, job_id)
-    q = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
-    if after is not None:
-        q = q.where(JobEvent.id > after)
-    rows = list(session.scalars(q.limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    return oldest_first(session, select(JobEvent).where(JobEvent.job_id == job_id), JobEvent, limit=limit, after=after)
 
 
 def list_metrics(session: Session, job_id: str, *, name: str | None, split: str | None, after: int | None,
                  limit: int) -> tuple[list[Metric], bool]:
     """A job's metric rows in recording order, filtered by name/split; returns (rows, has_more). Raises NotFound."""
     get_job(session, job_id)
-    q = select(Metric).where(Metric.job_id == job_id).order_by(Metric.id)
+    q = select(Metric).where(Metric.job_id == job_id)
     if name:
         q = q.where(Metric.name == name)
     if split:
         q = q.where(Metric.split == split)
-    if after is not None:
-        q = q.where(Metric.id > after)
-    rows = list(session.scalars(q.limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    return oldest_first(session, q, Metric, limit=limit, after=after)
 
 
 def get_report(session: Session, job_id: str) -> dict[str, Any]:

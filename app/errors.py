@@ -107,7 +107,11 @@ def install_error_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         param = _loc(tuple(first.get("loc", ())))
         msg = first.get("msg", "invalid request")
-        if first.get("type") == "extra_forbidden":
+        if first.get("type") == "json_invalid":
+            param, msg = None, f"the request body is not valid JSON ({first.get('ctx', {}).get('error', msg)})"
+        elif first.get("type") == "missing" and param is None:
+            msg = "the request body is required (a JSON object)"
+        elif first.get("type") == "extra_forbidden":
             msg = f"unknown field {param!r}"
         elif param:
             msg = f"{param}: {msg}"

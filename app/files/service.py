@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, NotFound, Unprocessable
@@ -80,7 +81,10 @@ def list_files(session: Session, *, limit: int, after: str | None, purpose: str 
     q = select(File)
     if purpose:
         q = q.where(File.purpose == purpose)
-    return newest_first(session, q, File, limit=limit, anchor=get_file(session, after) if after else None)
+    anchor = session.get(File, after) if after else None
+    if after and anchor is None:
+        raise Unprocessable(f"after: no file {after!r} to continue from", param="after")
+    return newest_first(session, q, File, limit=limit, anchor=anchor)
 
 
 def delete_file(session: Session, store: LocalStore, file_id: str) -> None:
@@ -94,5 +98,10 @@ def delete_file(session: Session, store: LocalStore, file_id: str) -> None:
                        code="file_in_use")
     session.query(JobFile).filter(JobFile.file_id == file_id).delete(synchronize_session=False)
     session.delete(row)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError as e:  # a job referring to it was created meanwhile
+        session.rollback()
+        raise Conflict(f"file {file_id} was just put to use by a new job; try again once it ends", param="file_id",
+                       code="file_in_use") from e
     store.delete(row.storage_key)

@@ -10,12 +10,14 @@ from fastapi.responses import FileResponse
 from app.deps import SessionDep, StoreDep
 from app.errors import ERROR_RESPONSES, ErrorResponse
 from app.jobs import service
+from app.jobs.download import ArtifactResponse
 from app.jobs.schemas import ArtifactList, ArtifactObject, EventObject, JobObject, MetricObject, Status
 from app.pagination import Limit, Page
 from worker.distill.spec import JobSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
+MAX_ID = 2**63 - 1  # ids are 64-bit integers in SQL
 JobId = Annotated[str, Path(description="Job id, 'job_…'.")]
 _409 = {409: {"model": ErrorResponse, "description": "Conflict with the job's state"}}
 
@@ -60,7 +62,7 @@ def cancel_job(job_id: JobId, session: SessionDep) -> JobObject:
 
 @router.get("/{job_id}/events", response_model=Page[EventObject], responses=ERROR_RESPONSES)
 def list_events(job_id: JobId, session: SessionDep, limit: Limit = 100,
-                after: Annotated[int | None, Query(ge=0, description="Only events with a larger id.")] = None) -> Page[EventObject]:
+                after: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Only events with a larger id.")] = None) -> Page[EventObject]:
     """A job's events (status and phase changes, resumes, errors), oldest first."""
     rows, more = service.list_events(session, job_id, after=after, limit=limit)
     return Page[EventObject](data=[EventObject.model_validate(r) for r in rows], has_more=more)
@@ -68,7 +70,7 @@ def list_events(job_id: JobId, session: SessionDep, limit: Limit = 100,
 
 @router.get("/{job_id}/metrics", response_model=Page[MetricObject], responses=ERROR_RESPONSES)
 def list_metrics(job_id: JobId, session: SessionDep, limit: Annotated[int, Query(ge=1, le=10000, description="Most rows (1-10000).")] = 1000,
-                 after: Annotated[int | None, Query(ge=0, description="Only rows with a larger id.")] = None,
+                 after: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Only rows with a larger id.")] = None,
                  name: Annotated[str | None, Query(description="Only this metric, e.g. 'top1' or 'loss/kd'.")] = None,
                  split: Annotated[str | None, Query(description="Only 'train' or 'val'.")] = None) -> Page[MetricObject]:
     """A job's metric rows (per logged step and per epoch), in recording order."""
@@ -94,6 +96,7 @@ def list_artifacts(job_id: JobId, session: SessionDep) -> ArtifactList:
             responses={200: {"content": {"application/octet-stream": {}}, "description": "The artifact's bytes"}, **ERROR_RESPONSES})
 def download_artifact(job_id: JobId, name: Annotated[str, Path(description="Artifact name, e.g. student.safetensors.")],
                       session: SessionDep, store: StoreDep) -> FileResponse:
-    """Download an artifact, streamed, with Content-Length, ``ETag`` = its sha256, and ``Range`` support (206)."""
+    """Download an artifact, streamed, with Content-Length, ``ETag`` = its sha256, and ``Range`` support (206;
+    a malformed Range is ignored, an unsatisfiable one gets 416 ``range_not_satisfiable``)."""
     a = service.get_artifact(session, job_id, name)
-    return FileResponse(store.path(a.storage_key), media_type=a.content_type, filename=a.name, headers={"etag": f'"{a.sha256}"'})
+    return ArtifactResponse(store.path(a.storage_key), sha256=a.sha256, media_type=a.content_type, filename=a.name)

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
@@ -65,6 +66,17 @@ def validate_references(session: Session, spec: JobSpec) -> dict[str, File]:
     for role, file_id in spec.file_ids().items():
         if role != "teacher":
             files[role] = _check_file(session, file_id, role, "dataset")
+    for role, ref in (("data.train", spec.data.train), ("data.validation", spec.data.validation), ("data.transfer", spec.data.transfer)):
+        f = files.get(role)
+        if f is None or ref is None or ref.label_column == "label":
+            continue
+        param = f"{role}.label_column"
+        if f.format != "csv":
+            raise Unprocessable(f"{param}: label_column applies to CSV files only; {f.id} is {f.format}", param=param)
+        columns = f.details.get("columns") or []
+        if ref.label_column not in columns:
+            shown = ", ".join(columns[:10]) + (", ..." if len(columns) > 10 else "")
+            raise Unprocessable(f"{param}: file {f.id} has no column {ref.label_column!r} (columns: {shown})", param=param)
     transfer = files.get("data.transfer")
     if transfer is not None and (transfer.format != "npz" or transfer.details.get("has_labels")):
         raise Unprocessable("data.transfer must be an NPZ file with inputs 'X' only (unlabelled); labelled rows belong in data.train",
@@ -86,7 +98,12 @@ def create_job(session: Session, spec: JobSpec) -> Job:
     for role, f in files.items():
         session.add(JobFile(job_id=job.id, role=role, file_id=f.id))
     session.add(JobEvent(job_id=job.id, type="status", message="job created and queued", data={"status": states.QUEUED}))
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError as e:  # a referenced file was deleted between the check and the commit
+        session.rollback()
+        raise Unprocessable("a file this job refers to was deleted while the job was being created; upload it again",
+                            code="file_not_found") from e
     try:
         enqueue_job(job.id)
     except Exception as e:  # noqa: BLE001 - any broker failure
@@ -112,7 +129,10 @@ def list_jobs(session: Session, *, limit: int, after: str | None, status: str | 
     q = select(Job)
     if status:
         q = q.where(Job.status == status)
-    return newest_first(session, q, Job, limit=limit, anchor=get_job(session, after) if after else None)
+    anchor = session.get(Job, after) if after else None
+    if after and anchor is None:
+        raise Unprocessable(f"after: no job {after!r} to continue from", param="after")
+    return newest_first(session, q, Job, limit=limit, anchor=anchor)
 
 
 def cancel_job(session: Session, job_id: str) -> Job:
@@ -122,7 +142,7 @@ def cancel_job(session: Session, job_id: str) -> Job:
     job = get_job(session, job_id)
     if job.status == states.CANCELLING:
         return job
-    ok = (states.transition(session, job_id, states.CANCELLED, event="cancelled before it started")
+    ok = (states.transition(session, job_id, states.CANCELLED, only_from={states.QUEUED}, event="cancelled before it started")
           or states.transition(session, job_id, states.CANCELLING, event="cancel requested; stopping at the next step"))
     if not ok:
         session.rollback()

@@ -34,11 +34,11 @@ class TransitionRefused(Exception):
     """The job was not in a state from which ``to`` may be entered."""
 
 
-def transition(session: Session, job_id: str, to: str, *, event: str | None = None, data: dict[str, Any] | None = None,
-               **fields: Any) -> bool:
+def transition(session: Session, job_id: str, to: str, *, only_from: set[str] | None = None, event: str | None = None,
+               data: dict[str, Any] | None = None, **fields: Any) -> bool:
     """Move job ``job_id`` to status ``to`` if its current status allows it; set ``fields`` in the same UPDATE.
 
-    Terminal states also set ``finished_at``. Adds a ``status`` event with message ``event`` (default
+    ``only_from`` narrows the allowed source states further (never widens them). Terminal states also set ``finished_at``. Adds a ``status`` event with message ``event`` (default
     "status -> <to>"). Returns False (and changes nothing) when the current status forbids the move.
     Does not commit. Raises ValueError for an unknown state.
     """
@@ -48,8 +48,9 @@ def transition(session: Session, job_id: str, to: str, *, event: str | None = No
     values: dict[str, Any] = {"status": to, "updated_at": now, **fields}
     if to in TERMINAL:
         values.setdefault("finished_at", now)
+    sources = ALLOWED_FROM[to] & only_from if only_from is not None else ALLOWED_FROM[to]
     res = session.execute(
-        update(Job).where(Job.id == job_id, Job.status.in_(ALLOWED_FROM[to])).values(**values)
+        update(Job).where(Job.id == job_id, Job.status.in_(sources)).values(**values)
         .execution_options(synchronize_session=False)
     )
     if res.rowcount != 1:

@@ -187,3 +187,13 @@ async def test_list_paginates_and_delete(api, tmp_path):
     assert resp.status_code == 200 and resp.json()["deleted"] is True
     assert_error(await api.get(f"/v1/files/{ids[0]}"), 404, "not_found")
     assert_error(await api.delete(f"/v1/files/{ids[0]}"), 404, "not_found")
+
+
+async def test_csv_with_byte_order_mark(api, tmp_path):
+    """Excel writes UTF-8 CSV with a byte-order mark; its first column must not be mangled."""
+    p = mk.csv_file(tmp_path)
+    bom = tmp_path / "excel.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + p.read_bytes())
+    resp = await upload(api, bom, purpose="dataset")
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["details"]["columns"][0] == "f0" and resp.json()["details"]["has_labels"] is True

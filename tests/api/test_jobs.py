@@ -178,3 +178,107 @@ async def test_openapi_documents_every_field(api):
                 undocumented.append(f"{name}.{field}")
     assert undocumented == []
     assert "multipart/form-data" in schema["paths"]["/v1/files"]["post"]["requestBody"]["content"]
+
+
+async def test_cancel_of_a_running_job_goes_through_cancelling(api, teacher_id):
+    """running -> cancelling (the worker then stops at its next step and moves it to cancelled)."""
+    from app.db import session_scope
+    from app.jobs import states
+
+    job = (await api.post("/v1/jobs", json=spec_for(teacher_id))).json()
+    with session_scope() as s:
+        assert states.transition(s, job["id"], states.RUNNING, attempt=1)
+    resp = await api.post(f"/v1/jobs/{job['id']}/cancel")
+    assert resp.status_code == 200 and resp.json()["status"] == "cancelling"
+    again = await api.post(f"/v1/jobs/{job['id']}/cancel")
+    assert again.status_code == 200 and again.json()["status"] == "cancelling"
+    messages = [e["message"] for e in (await api.get(f"/v1/jobs/{job['id']}/events")).json()["data"]]
+    assert "cancel requested; stopping at the next step" in messages
+    assert not any("before it started" in m for m in messages)
+
+
+async def test_cursor_errors(api, teacher_id):
+    job = (await api.post("/v1/jobs", json=spec_for(teacher_id))).json()
+    for path in (f"/v1/jobs/{job['id']}/events", f"/v1/jobs/{job['id']}/metrics"):
+        err = assert_error(await api.get(path, params={"after": 2**63}), 422)
+        assert err["param"] == "after"
+        assert (await api.get(path, params={"after": 2**63 - 1})).json()["data"] == []
+    for path in ("/v1/jobs", "/v1/files"):
+        err = assert_error(await api.get(path, params={"after": "garbage"}), 422)
+        assert err["param"] == "after"
+
+
+async def test_body_errors_say_what_is_wrong(api):
+    err = assert_error(await api.post("/v1/jobs", content=b"{nope", headers={"content-type": "application/json"}), 422)
+    assert "not valid JSON" in err["message"] and err["param"] is None
+    err = assert_error(await api.post("/v1/jobs"), 422)
+    assert "body is required" in err["message"]
+
+
+async def test_validation_fraction_cannot_be_null(api, teacher_id):
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(teacher_id, **{"data.validation": {"fraction": None}})), 422)
+    assert err["param"] == "data.validation.fraction"
+
+
+async def test_label_column_must_exist_in_the_csv(api, teacher_id, tmp_path):
+    csv_id = (await upload(api, mk.csv_file(tmp_path), purpose="dataset")).json()["id"]
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(
+        teacher_id, **{"data.train": {"file_id": csv_id, "label_column": "nope"}})), 422)
+    assert err["param"] == "data.train.label_column" and "f0" in err["message"]
+    npz_id = (await upload(api, mk.npz_file(tmp_path), purpose="dataset")).json()["id"]
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(
+        teacher_id, **{"data.train": {"file_id": npz_id, "label_column": "target"}})), 422)
+    assert "CSV files only" in err["message"]
+    ok = spec_for(teacher_id, **{"data.train": {"file_id": csv_id, "label_column": "f3"}})
+    assert (await api.post("/v1/jobs", json=ok)).status_code == 201
+
+
+async def test_file_deleted_while_the_job_is_created(api, teacher_id, tmp_path, monkeypatch):
+    """The race between DELETE /v1/files and POST /v1/jobs ends in a clean 422, not a 500."""
+    from app.db import session_scope
+    from app.jobs import service
+    from app.models import File
+
+    data_id = (await upload(api, mk.npz_file(tmp_path), purpose="dataset")).json()["id"]
+    original = service.validate_references
+
+    def racing(session, spec):
+        files = original(session, spec)
+        with session_scope() as other:  # a concurrent DELETE commits here
+            other.delete(other.get(File, data_id))
+        return files
+
+    monkeypatch.setattr(service, "validate_references", racing)
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(teacher_id, **{"data.train": {"file_id": data_id}})), 422,
+                       "file_not_found")
+    assert "deleted" in err["message"]
+    assert (await api.get("/v1/jobs")).json()["data"] == []
+
+
+async def test_artifact_download_ranges(api, backend, teacher_id):
+    from app.db import session_scope
+    from app.models import Artifact
+
+    job = (await api.post("/v1/jobs", json=spec_for(teacher_id))).json()
+    key = f"jobs/{job['id']}/artifacts/student.json"
+    path = backend.data_dir / key
+    path.parent.mkdir(parents=True)
+    payload = b'{"hello": "world", "n": 12345}'
+    path.write_bytes(payload)
+    import hashlib
+
+    sha = hashlib.sha256(payload).hexdigest()
+    with session_scope() as s:
+        s.add(Artifact(job_id=job["id"], name="student.json", bytes=len(payload), sha256=sha,
+                       content_type="application/json", storage_key=key))
+    url = f"/v1/jobs/{job['id']}/artifacts/student.json"
+    full = await api.get(url)
+    assert full.status_code == 200 and full.content == payload and full.headers["etag"] == f'"{sha}"'
+    assert full.headers["content-length"] == str(len(payload))
+    part = await api.get(url, headers={"Range": "bytes=2-6"})
+    assert part.status_code == 206 and part.content == payload[2:7]
+    for bad in ("bytes=9-0", "bytes=abc", "items=0-1"):
+        resp = await api.get(url, headers={"Range": bad})
+        assert resp.status_code == 200 and resp.content == payload, bad
+    err = assert_error(await api.get(url, headers={"Range": "bytes=5000-6000"}), 416, "range_not_satisfiable")
+    assert err["param"] == "Range"

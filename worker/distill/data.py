@@ -156,7 +156,7 @@ def load_data(data_spec: DataSpec, files: Mapping[str, FileInput], *, input_shap
         tx, ty = x, y
         vdesc: dict[str, Any] = {"file_id": vspec.file_id, "rows": int(vx.shape[0])}
     else:
-        fraction = vspec.fraction if vspec.fraction is not None else 0.2
+        fraction = vspec.fraction
         tr, va = split_validation(y, fraction, vspec.seed)
         tx, ty, vx, vy = x[tr], y[tr], x[va], y[va]
         vdesc = {"fraction": fraction, "seed": vspec.seed, "rows": int(va.size),

@@ -147,6 +147,7 @@ def sniff(path: str | Path) -> str:
         raise _invalid(f"empty file; expected {_EXPECTED_MODEL} or {_EXPECTED_DATASET}")
     with open(path, "rb") as f:
         head = f.read(64 * 1024)
+    head = head.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Excel's CSV export)
     if head.startswith(b"PK\x03\x04"):
         try:
             with zipfile.ZipFile(path) as z:
@@ -383,7 +384,7 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray | None]:
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if not header or not any(h.strip() for h in header):
@@ -419,6 +420,15 @@ def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray | N
     if x.shape[1] == 0:
         raise _invalid("CSV has no feature columns besides the label column")
     return x, y
+
+
+def csv_columns(path: str | Path) -> list[str]:
+    """The header row of a CSV file (stripped names). Raises ``DistillError('invalid_file')`` if unreadable."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return [h.strip() for h in next(csv.reader(f), [])]
+    except (OSError, UnicodeDecodeError) as e:
+        raise _invalid(f"cannot read the CSV header: {e}") from None
 
 
 def read_dataset(path: str | Path, fmt: str, label_column: str = "label") -> tuple[np.ndarray, np.ndarray | None]:
@@ -470,7 +480,10 @@ def inspect_file(path: str | Path, purpose: str, label_column: str = "label") ->
         if fmt not in DATASET_FORMATS:
             raise _invalid(f"expected {_EXPECTED_DATASET}, got {_FORMAT_NAMES[fmt]}")
         x, y = read_dataset(path, fmt, label_column)
-        return FileInfo(fmt, details=dataset_details(x, y))
+        details = dataset_details(x, y)
+        if fmt == "csv":
+            details["columns"] = csv_columns(path)
+        return FileInfo(fmt, details=details)
     if fmt not in MODEL_FORMATS:
         raise _invalid(f"expected {_EXPECTED_MODEL}, got {_FORMAT_NAMES[fmt]}")
     return _inspect_model(path, fmt)

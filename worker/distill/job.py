@@ -243,7 +243,7 @@ def _summary_sentence(report: dict[str, Any]) -> str:
     bs = next(iter(report["speedup"]), None)
     sp = report["speedup"].get(bs) if bs is not None else None
     if sp:
-        details.append(f"{sp:.1f}x faster at batch {bs}" if sp >= 1 else f"{1 / sp:.1f}x slower at batch {bs}")
+        details.append(f"{sp:.1f}x faster at batch {bs}" if sp >= 1 else f"{1 / sp:.2f}x slower at batch {bs}")
     if details:
         text += f" ({', '.join(details)})"
     text += f" and agrees with it on {report['agreement']:.1%} of validation samples"

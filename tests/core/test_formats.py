@@ -111,7 +111,8 @@ def test_csv_with_label_column(tmp_path):
     path.write_text("a,b,label\n0.5,1,0\n2,3e-1,1\n1,1,-1\n")
     assert sniff(path) == "csv"
     info = inspect_file(path, "dataset")
-    assert info.details == {"samples": 3, "feature_shape": [2], "has_labels": True, "num_classes": 2, "unlabelled": 1}
+    assert info.details == {"samples": 3, "feature_shape": [2], "has_labels": True, "num_classes": 2, "unlabelled": 1,
+                            "columns": ["a", "b", "label"]}
     x, y = read_dataset(path, "csv")
     assert x.dtype == np.float32 and x.tolist() == [[0.5, 1.0], [2.0, pytest.approx(0.3)], [1.0, 1.0]]
     assert y.tolist() == [0, 1, -1]

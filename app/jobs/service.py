@@ -37,12 +37,57 @@ def _check_file(session: Session, file_id: str, role: str, purpose: str) -> File
     return row
 
 
+BUILTIN_SHAPES = {"digits": [1, 8, 8], "mnist5k": [1, 28, 28]}
+
+
+def _known_shapes(files: dict[str, File], spec: JobSpec) -> tuple[list[int] | None, int | None]:
+    """Best guess, before the worker runs anything, of the per-sample input shape and the teacher's class count."""
+    teacher = files["teacher"]
+    arch = (teacher.details or {}).get("architecture") or {}
+    shape = (arch.get("kwargs") or {}).get("input_shape")
+    if shape is None and teacher.input_shape and all(isinstance(d, int) for d in teacher.input_shape[1:]):
+        shape = teacher.input_shape[1:]
+    if shape is None:
+        shape = spec.data.input_shape or BUILTIN_SHAPES.get(spec.data.train.builtin or "")
+    if shape is None and "data.train" in files:
+        shape = (files["data.train"].details or {}).get("feature_shape")
+    k = (arch.get("kwargs") or {}).get("num_classes")
+    if k is None and teacher.output_shape and isinstance(teacher.output_shape[-1], int):
+        k = teacher.output_shape[-1]
+    return shape, k
+
+
+def _check_architecture(prefix: str, name: str, kwargs: dict, files: dict[str, File], spec: JobSpec) -> None:
+    """Refuse unknown argument names and out-of-range values now (422) rather than in a failed job.
+
+    The model is built on PyTorch's ``meta`` device (no memory) with the shapes known at this point;
+    where the input shape is not known yet only the argument names are checked.
+    """
+    shape, k = _known_shapes(files, spec)
+    full = {"num_classes": k or 2, **kwargs}
+    if shape is not None:
+        full.setdefault("input_shape", list(shape))
+    try:
+        if "input_shape" in full:
+            import torch
+
+            with torch.device("meta"):
+                registry.build(name, full)
+        else:
+            registry.describe(name, {"input_shape": [1, 1, 1], **full})
+    except DistillError as e:
+        raise Unprocessable(f"{prefix}: {e.message}", param=f"{prefix.rsplit('.', 1)[0]}.{e.param}" if e.param else prefix) from e
+    except Exception:  # noqa: BLE001 - shapes guessed here may be wrong; the worker checks with the real data
+        pass
+
+
 def validate_references(session: Session, spec: JobSpec) -> dict[str, File]:
     """Check what the spec refers to, beyond pydantic's field checks.
 
     Files must exist with the right purpose; a forced teacher format must match the detected one;
     weights-only teachers need an architecture (in the spec or in the file's metadata);
-    architectures must be registered; a transfer set must be unlabelled. Raises Unprocessable (422).
+    architectures must be registered with valid kwargs; a CSV label column must exist; a transfer set must be
+    unlabelled. Raises Unprocessable (422).
     Returns the referenced files by role.
     """
     files: dict[str, File] = {"teacher": _check_file(session, spec.teacher.file_id, "teacher", "teacher")}
@@ -53,19 +98,15 @@ def validate_references(session: Session, spec: JobSpec) -> dict[str, File]:
     if teacher.format in _WEIGHTS_ONLY and spec.teacher.architecture is None and not teacher.details.get("architecture"):
         raise Unprocessable(f"teacher file {teacher.id} holds weights only ({teacher.format}); give teacher.architecture "
                             f"(one of {', '.join(registry.available())}) with its kwargs", param="teacher.architecture")
+    for role, file_id in spec.file_ids().items():
+        if role != "teacher":
+            files[role] = _check_file(session, file_id, role, "dataset")
     for param, arch in (("teacher.architecture.name", spec.teacher.architecture), ("student.architecture.name", spec.student.architecture)):
         if arch is None:
             continue
         if arch.name not in registry.available():
             raise Unprocessable(f"{param}: unknown architecture {arch.name!r}; available: {', '.join(registry.available())}", param=param)
-        try:  # argument names (values are range-checked when the worker builds it with the real shapes)
-            registry.describe(arch.name, {"input_shape": [1, 1, 1], "num_classes": 2, **arch.kwargs})
-        except DistillError as e:
-            prefix = param.rsplit(".", 1)[0]
-            raise Unprocessable(f"{prefix}: {e.message}", param=f"{prefix.rsplit('.', 1)[0]}.{e.param}" if e.param else prefix) from e
-    for role, file_id in spec.file_ids().items():
-        if role != "teacher":
-            files[role] = _check_file(session, file_id, role, "dataset")
+        _check_architecture(param.rsplit(".", 1)[0], arch.name, arch.kwargs, files, spec)
     for role, ref in (("data.train", spec.data.train), ("data.validation", spec.data.validation), ("data.transfer", spec.data.transfer)):
         f = files.get(role)
         if f is None or ref is None or ref.label_column == "label":

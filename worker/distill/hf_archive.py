@@ -322,6 +322,7 @@ def safe_extract(path: str | Path, dest: Path, *, max_unpacked_bytes: int, max_m
         dest.mkdir(parents=True, exist_ok=True)
         base = dest.resolve()
         budget = [max_unpacked_bytes]
+        name = ""
         try:
             for m in members:
                 target = base.joinpath(*m.parts)
@@ -330,8 +331,8 @@ def safe_extract(path: str | Path, dest: Path, *, max_unpacked_bytes: int, max_m
                 if m.kind == "dir":
                     target.mkdir(parents=True, exist_ok=True)
                     continue
-                target.parent.mkdir(parents=True, exist_ok=True)
                 name = "/".join(m.parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
                 if kind == "zip":
                     with archive.open(m.ref) as src:
                         _copy_limited(src, target, m.size, budget, name)
@@ -346,7 +347,10 @@ def safe_extract(path: str | Path, dest: Path, *, max_unpacked_bytes: int, max_m
             raise
         except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, ValueError, RuntimeError) as e:
             _clear(dest, created_dest)
-            raise _invalid(f"corrupt archive while extracting ({type(e).__name__}: {str(e)[:300]})") from None
+            raise _invalid(
+                f"refused archive: member {name[:200]!r} is corrupt or does not match its declared size "
+                f"({type(e).__name__}: {str(e)[:300]})"
+            ) from None
         except BaseException:
             _clear(dest, created_dest)
             raise

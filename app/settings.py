@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="API bind address.")
     port: int = Field(8000, ge=1, le=65535, description="API port.")
     max_upload_bytes: int = Field(2 * 1024**3, ge=1, description="Largest accepted upload, bytes; larger ones get 413.")
+    max_unpacked_bytes: int = Field(4 * 1024**3, ge=1, description="Largest unpacked size of an uploaded Hugging Face archive, bytes; larger ones get 422.")
     upload_chunk_bytes: int = Field(1024 * 1024, ge=4096, description="Chunk size used when streaming uploads and downloads, bytes.")
     worker_concurrency: int = Field(1, ge=1, description="Jobs one worker process runs at once (Celery prefork children).")
     torch_threads: int | None = Field(

@@ -231,8 +231,48 @@ def _fmt(v: Any, kind: str = "") -> str:
     return str(v)
 
 
+def render_text_report(r: dict[str, Any]) -> None:
+    """Print the report of a text job (sentence_embedding or sequence_classification)."""
+    t, s = r.get("teacher", {}), r.get("student", {})
+    tab = Table(title=f"compression report · {r.get('job_id', '')} · {r.get('task')}", title_justify="left")
+    tab.add_column("")
+    tab.add_column("teacher", justify="right")
+    tab.add_column("student", justify="right")
+    tab.add_row("layers", _fmt(t.get("layers")), _fmt(s.get("layers")))
+    tab.add_row("parameters", _fmt(t.get("parameters")), _fmt(s.get("parameters")))
+    tab.add_row("bytes", _fmt(t.get("bytes"), "bytes"), _fmt(s.get("bytes"), "bytes"))
+    if r.get("task") == "sentence_embedding":
+        tab.add_row("linear-probe accuracy", _fmt(r.get("probe_teacher"), "pct"), _fmt(r.get("probe_student"), "pct"))
+    else:
+        tab.add_row("validation top-1", _fmt(r.get("teacher_top1"), "pct"), _fmt(r.get("student_top1"), "pct"))
+    tl, sl = (t.get("latency_ms") or {}).get("1", {}), (s.get("latency_ms") or {}).get("1", {})
+    tab.add_row("latency p50/p95 per sentence", f"{_fmt(tl.get('p50'))} / {_fmt(tl.get('p95'))} ms", f"{_fmt(sl.get('p50'))} / {_fmt(sl.get('p95'))} ms")
+    for bs, v in (t.get("throughput_per_s") or {}).items():
+        tab.add_row(f"throughput @ batch {bs}", f"{_fmt(v)} /s", f"{_fmt((s.get('throughput_per_s') or {}).get(bs))} /s")
+    console.print(tab)
+    summary = Table(show_header=False, box=None)
+    if r.get("task") == "sentence_embedding":
+        summary.add_row("mean cosine to teacher (held-out)", _fmt(r.get("mean_cosine")))
+        summary.add_row("probe accuracy, student / teacher", _fmt(r.get("probe_ratio"), "pct"))
+    else:
+        summary.add_row("agreement with teacher", _fmt(r.get("agreement"), "pct"))
+    summary.add_row("parameter ratio", _fmt(r.get("parameter_ratio"), "x"))
+    for k, v in (r.get("speedup") or {}).items():
+        summary.add_row(f"speedup ({k})", _fmt(v, "x"))
+    if r.get("cache"):
+        summary.add_row("teacher outputs cached", str(r["cache"].get("teacher_outputs")))
+    for phase, sec in (r.get("wall_time_s") or {}).items():
+        summary.add_row(f"wall time · {phase}", f"{sec:.2f} s")
+    console.print(summary)
+    if r.get("summary"):
+        console.print(f"\n[bold]{r['summary']}[/]", highlight=False)
+
+
 def render_report(r: dict[str, Any]) -> None:
     """Print a compression report as tables (teacher vs student, ratios, latency, phases)."""
+    if r.get("task") in ("sentence_embedding", "sequence_classification"):
+        render_text_report(r)
+        return
     t, s = r.get("teacher", {}), r.get("student", {})
     tab = Table(title=f"compression report · {r.get('job_id', '')}", title_justify="left")
     tab.add_column("")

@@ -25,7 +25,8 @@ from worker.reporter_sql import SqlReporter
 
 log = logging.getLogger("stillhouse.worker")
 
-CONTENT_TYPES = {".safetensors": "application/octet-stream", ".onnx": "application/octet-stream", ".json": "application/json"}
+CONTENT_TYPES = {".safetensors": "application/octet-stream", ".onnx": "application/octet-stream", ".json": "application/json",
+                 ".zip": "application/zip"}
 
 
 def _claim(sessions, job_id: str, max_attempts: int) -> Job | None:
@@ -101,7 +102,7 @@ def execute(job_id: str, settings: Settings | None = None) -> str | None:
     t0 = time.monotonic()
     try:
         spec = JobSpec.model_validate(job.spec)
-        result = run_job(spec, _inputs(sessions, store, job_id), workdir, reporter)
+        result = run_job(spec, _inputs(sessions, store, job_id), workdir, reporter, max_unpacked_bytes=settings.max_unpacked_bytes)
         reporter.flush()
         if reporter.should_stop():
             raise StopRequested()

@@ -15,6 +15,7 @@ from app.files.upload import ReceivedUpload
 from app.jobs.states import LIVE
 from app.models import File, Job, JobFile, new_id
 from app.pagination import newest_first
+from app.settings import get_settings
 from app.storage import LocalStore
 from worker.distill.errors import DistillError
 from worker.distill.formats import inspect_file
@@ -34,11 +35,12 @@ def check_purpose(value: str | None) -> Purpose:
 def inspect_upload(path: Path, purpose: str) -> dict:
     """Sniff and validate a stored upload (runs torch/onnx/numpy loaders; call in a thread).
 
-    Returns the columns for ``File`` (format, parameters, shapes, details). Raises Unprocessable (422)
+    Hugging Face archives are unpacked into a temporary folder (at most ``STILLHOUSE_MAX_UNPACKED_BYTES``) and loaded offline. Returns the columns for ``File`` (format, parameters, shapes,
+    details). Raises Unprocessable (422)
     with code ``unsafe_checkpoint`` or ``invalid_file`` and a message saying what was expected.
     """
     try:
-        info = inspect_file(path, purpose)
+        info = inspect_file(path, purpose, max_unpacked_bytes=get_settings().max_unpacked_bytes)
     except DistillError as e:
         raise Unprocessable(e.message, param="file", code=e.code) from e
     return {"format": info.format, "parameters": info.parameters, "input_shape": info.input_shape,

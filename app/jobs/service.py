@@ -81,6 +81,63 @@ def _check_architecture(prefix: str, name: str, kwargs: dict, files: dict[str, F
         pass
 
 
+TEXT_TASKS = ("sequence_classification", "sentence_embedding")
+
+
+def job_task(spec: JobSpec, teacher: File) -> str:
+    """The task the job will run: the spec's, or from the teacher ('hf' with a classification head ->
+    sequence_classification, other 'hf' -> sentence_embedding, anything else -> classification)."""
+    if spec.task != "auto":
+        return spec.task
+    if teacher.format != "hf":
+        return "classification"
+    return "sequence_classification" if (teacher.details or {}).get("task") == "sequence_classification" else "sentence_embedding"
+
+
+def _check_task(spec: JobSpec, files: dict[str, File]) -> None:
+    """Teacher, student, data and method must suit the task. Raises Unprocessable (422)."""
+    teacher = files["teacher"]
+    task = job_task(spec, teacher)
+    text = task in TEXT_TASKS
+    if text != (teacher.format == "hf"):
+        raise Unprocessable(f"task {task!r} " + ("needs a Hugging Face teacher (a model folder uploaded as .zip or .tar.gz)" if text
+                            else f"is for tensor teachers; a Hugging Face teacher needs task {' or '.join(TEXT_TASKS)}"), param="task")
+    if text and spec.student.from_teacher is None:
+        raise Unprocessable("a Hugging Face teacher needs student.from_teacher ({num_layers: N} or {keep_layers: [...]})",
+                            param="student.from_teacher")
+    if not text and spec.student.architecture is None:
+        raise Unprocessable("student.from_teacher needs a Hugging Face teacher; give student.architecture", param="student.architecture")
+    if task == "sequence_classification" and (teacher.details or {}).get("task") != "sequence_classification":
+        raise Unprocessable(f"teacher {teacher.id} has no classification head; use task 'sentence_embedding'", param="task")
+    if text:
+        d = teacher.details or {}
+        ft = spec.student.from_teacher
+        layers = d.get("num_hidden_layers")
+        if layers and ft.num_layers and ft.num_layers > layers:
+            raise Unprocessable(f"student.from_teacher.num_layers={ft.num_layers} but the teacher has {layers} layers",
+                                param="student.from_teacher.num_layers")
+        if layers and ft.keep_layers and max(ft.keep_layers) >= layers:
+            raise Unprocessable(f"student.from_teacher.keep_layers {ft.keep_layers} name layers the teacher lacks (it has {layers}: 0..{layers - 1})",
+                                param="student.from_teacher.keep_layers")
+        vocab = ft.config.get("vocab_size")
+        if vocab is not None and d.get("vocab_size") is not None and int(vocab) != int(d["vocab_size"]):
+            raise Unprocessable(f"the student's vocabulary ({vocab} tokens) differs from the teacher's ({d['vocab_size']} tokens); the "
+                                "student shares the teacher's tokenizer", param="student.from_teacher.config.vocab_size")
+    method = spec.method.name
+    explicit = "name" in spec.method.model_fields_set
+    if task == "sentence_embedding" and explicit and method != "embedding":
+        raise Unprocessable(f"task sentence_embedding uses method 'embedding', not {method!r}", param="method.name")
+    if task != "sentence_embedding" and method == "embedding":
+        raise Unprocessable(f"method 'embedding' is for task sentence_embedding; task {task!r} uses 'kd' or 'hard_label'", param="method.name")
+    for role, ref in (("data.train", spec.data.train), ("data.transfer", spec.data.transfer)):
+        if ref is None:
+            continue
+        is_text = ref.builtin == "rotten_tomatoes" if ref.builtin else (files[role].details or {}).get("kind") == "text"
+        if is_text != text:
+            raise Unprocessable(f"{role}: task {task!r} needs " + ("text data (JSONL, a CSV with a text column, or builtin rotten_tomatoes)"
+                                if text else "tensor data (NPZ, numeric CSV, or builtin digits/mnist5k)"), param=role)
+
+
 def validate_references(session: Session, spec: JobSpec) -> dict[str, File]:
     """Check what the spec refers to, beyond pydantic's field checks.
 
@@ -101,6 +158,7 @@ def validate_references(session: Session, spec: JobSpec) -> dict[str, File]:
     for role, file_id in spec.file_ids().items():
         if role != "teacher":
             files[role] = _check_file(session, file_id, role, "dataset")
+    _check_task(spec, files)
     for param, arch in (("teacher.architecture.name", spec.teacher.architecture), ("student.architecture.name", spec.student.architecture)):
         if arch is None:
             continue

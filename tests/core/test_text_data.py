@@ -53,6 +53,15 @@ def test_jsonl_with_class_names_and_unicode(tmp_path):
     assert d["num_classes"] == 2 and d["label_names"] == ["neg", "pos"] and d["unlabelled"] == 2
 
 
+def test_class_names_of_another_file(tmp_path):
+    """A validation file lacking a class maps names onto the training file's ids."""
+    path = _jsonl(tmp_path / "val.jsonl", [{"text": "a", "label": "pos"}, {"text": "b", "label": "neg"}])
+    td = read_text_dataset(path, "jsonl", label_names=["neg", "neutral", "pos"])
+    assert td.labels.tolist() == [2, 0] and td.label_names == ["neg", "neutral", "pos"]
+    err = _expect("invalid_file", read_text_dataset, path, "jsonl", label_names=["neg", "neutral"])
+    assert "line 1: label 'pos' is not one of the known class names" in err.message
+
+
 def test_jsonl_without_labels(tmp_path):
     path = _jsonl(tmp_path / "d.jsonl", [{"text": "a"}, {"text": "bb"}])
     td = read_text_dataset(path, "jsonl")

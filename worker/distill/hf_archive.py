@@ -135,10 +135,11 @@ def _zip_members(z: zipfile.ZipFile, max_members: int) -> list[_Member]:
     return out
 
 
-def _tar_members(t: tarfile.TarFile, max_members: int) -> list[_Member]:
+def _tar_members(t: tarfile.TarFile, max_members: int, max_unpacked_bytes: int) -> list[_Member]:
     out = []
     count = 0
-    for info in t:  # streams through the archive; stops early when there are too many members
+    declared = 0
+    for info in t:  # streams through the archive; stops early when there are too many members or bytes
         count += 1
         if count > max_members:
             raise _invalid(f"refused archive: it has more than {max_members} members")
@@ -151,9 +152,17 @@ def _tar_members(t: tarfile.TarFile, max_members: int) -> list[_Member]:
             raise _invalid(f"refused archive: member {name[:200]!r} is a device or FIFO")
         if not (info.isreg() or info.isdir()):
             raise _invalid(f"refused archive: member {name[:200]!r} has an unsupported type ({info.type!r})")
+        size = int(info.size) if info.isreg() else 0
+        declared += size
+        if declared > max_unpacked_bytes:  # before reading on: skipping a member's data means inflating it
+            from .formats import file_bytes_text
+
+            raise _invalid(
+                f"refused archive: it unpacks to more than the limit of {file_bytes_text(max_unpacked_bytes)}"
+            )
         if parts is None:
             continue
-        out.append(_Member(parts, "dir" if info.isdir() else "file", int(info.size) if info.isreg() else 0, info))
+        out.append(_Member(parts, "dir" if info.isdir() else "file", size, info))
     return out
 
 
@@ -178,25 +187,27 @@ def _open_archive(path: Path) -> Iterator[tuple[str, Any]]:
         raise _invalid("not a .zip or .tar.gz archive")
 
 
-def _list_members(kind: str, archive: Any, max_members: int) -> list[_Member]:
+def _list_members(kind: str, archive: Any, max_members: int, max_unpacked_bytes: int) -> list[_Member]:
     try:
         if kind == "zip":
             return _zip_members(archive, max_members)
-        return _tar_members(archive, max_members)
+        return _tar_members(archive, max_members, max_unpacked_bytes)
     except DistillError:
         raise
     except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, ValueError) as e:
         raise _invalid(f"corrupt archive ({type(e).__name__}: {e})") from None
 
 
-def is_hf_archive(path: str | Path) -> bool:
+def is_hf_archive(path: str | Path, *, max_scan_bytes: int = 4 * 1024**3) -> bool:
     """True when ``path`` is a .zip (starts with ``PK\\x03\\x04``) or a gzip-compressed tar (starts with
     ``1f 8b``) whose members include ``config.json`` at the root or inside its single top-level folder.
 
-    Only reads the zip directory or streams the tar headers (decompressing the whole .tar.gz once); never
-    writes anything. Corrupt or unsafe archives that still show a ``config.json`` answer True, so that
-    ``safe_extract`` can refuse them with a precise message; unreadable ones answer False. Never raises for
-    a readable path (OSError if ``path`` cannot be opened).
+    Only reads the zip directory or the tar headers; never writes anything. A tar is read up to its
+    ``config.json`` at the root, else to its end (decompressing the .tar.gz once) — but once members
+    totalling more than ``max_scan_bytes`` have been passed without a decision the answer is True, so
+    that ``safe_extract`` refuses the archive by its size limit instead of the scan inflating a gzip bomb.
+    Corrupt or unsafe archives that show a ``config.json`` answer True too, for ``safe_extract`` to refuse
+    with a precise message; unreadable ones answer False. OSError if ``path`` cannot be opened.
     """
     path = Path(path)
     kind = _archive_kind(path)
@@ -209,8 +220,14 @@ def is_hf_archive(path: str | Path) -> bool:
         else:
             with tarfile.open(path, mode="r:gz") as t:
                 names = []
+                scanned = 0
                 for info in t:
                     names.append(info.name + ("/" if info.isdir() else ""))
+                    if tuple(p for p in info.name.split("/") if p not in ("", ".")) == ("config.json",):
+                        return True
+                    scanned += int(info.size) if info.isreg() else 0
+                    if scanned > max_scan_bytes:
+                        return True
                     if len(names) > 100_000:
                         break
     except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, ValueError):
@@ -287,7 +304,7 @@ def safe_extract(path: str | Path, dest: Path, *, max_unpacked_bytes: int, max_m
     if not created_dest and (not dest.is_dir() or any(dest.iterdir())):
         raise ValueError(f"extraction folder {dest} must be absent or an empty directory")
     with _open_archive(path) as (kind, archive):
-        members = _list_members(kind, archive, max_members)
+        members = _list_members(kind, archive, max_members, max_unpacked_bytes)
         seen: set[tuple[str, ...]] = set()
         total = 0
         for m in members:

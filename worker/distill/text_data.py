@@ -60,10 +60,12 @@ class _Labels:
     def __init__(self, where: str) -> None:
         self.where = where
         self.values: list[int | str | None] = []
+        self.lines: list[int] = []
         self.kind: str | None = None  # 'int' | 'name'
         self.first: str = ""
 
     def add(self, value: int | str | None, line: int) -> None:
+        self.lines.append(line)
         if value is None or value == -1 or value == "":
             self.values.append(None)
             return
@@ -78,10 +80,14 @@ class _Labels:
             )
         self.values.append(value)
 
-    def resolve(self) -> tuple[np.ndarray, list[str] | None]:
+    def resolve(self, known: list[str] | None = None) -> tuple[np.ndarray, list[str] | None]:
         if self.kind == "name":
-            names = sorted({v for v in self.values if isinstance(v, str)})
+            names = sorted({v for v in self.values if isinstance(v, str)}) if known is None else list(known)
             ids = {n: i for i, n in enumerate(names)}
+            for v, line in zip(self.values, self.lines):
+                if isinstance(v, str) and v not in ids:
+                    shown = ", ".join(repr(n) for n in names[:20])
+                    raise _invalid(f"{self.where} line {line}: label {v!r} is not one of the known class names ({shown})")
             return np.array([ids[v] if isinstance(v, str) else -1 for v in self.values], dtype=np.int64), names
         return np.array([-1 if v is None else int(v) for v in self.values], dtype=np.int64), None
 
@@ -132,7 +138,7 @@ def looks_like_jsonl(path: str | Path) -> bool:
     return False
 
 
-def _read_jsonl(path: Path, text_key: str, label_key: str) -> TextData:
+def _read_jsonl(path: Path, text_key: str, label_key: str, known: list[str] | None) -> TextData:
     texts: list[str] = []
     labels = _Labels("JSONL")
     any_label = False
@@ -164,7 +170,7 @@ def _read_jsonl(path: Path, text_key: str, label_key: str) -> TextData:
             labels.add(_json_label(obj.get(label_key), "JSONL", lineno, label_key), lineno)
     if not texts:
         raise _invalid("JSONL file has no rows (expected one JSON object per line)")
-    ids, names = labels.resolve()
+    ids, names = labels.resolve(known)
     return TextData(texts, ids if any_label else None, names)
 
 
@@ -237,7 +243,7 @@ def classify_csv(path: str | Path, label_column: str = "label", text_column: str
     )
 
 
-def _read_text_csv(path: Path, text_column: str, label_column: str) -> TextData:
+def _read_text_csv(path: Path, text_column: str, label_column: str, known: list[str] | None) -> TextData:
     header, rows = _csv_rows(path)
     if text_column not in header:
         raise _invalid(f"CSV has no text column {text_column!r} (columns: {', '.join(header)})")
@@ -256,25 +262,35 @@ def _read_text_csv(path: Path, text_column: str, label_column: str) -> TextData:
             labels.add(_csv_label(row[li], line, label_column), line)
     if not texts:
         raise _invalid("CSV has a header but no data rows")
-    ids, names = labels.resolve()
+    ids, names = labels.resolve(known)
     return TextData(texts, ids if li is not None else None, names)
 
 
-def read_text_dataset(path: str | Path, fmt: str, *, text_column: str = "text", label_column: str = "label") -> TextData:
+def read_text_dataset(
+    path: str | Path,
+    fmt: str,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    label_names: list[str] | None = None,
+) -> TextData:
     """Read a text dataset: ``fmt`` 'jsonl' or 'csv' (the keys/columns ``text_column`` and ``label_column``).
 
     Returns ``TextData(texts [N], labels int64 [N] or None, label_names or None)``. Rows with a missing, null,
-    -1 or empty-string label are unlabelled (-1). Raises ``DistillError('invalid_file')`` with the line
+    -1 or empty-string label are unlabelled (-1). String class names map to ids by sorted order — or, when
+    ``label_names`` is given (e.g. the training file's, so a validation file that lacks a class gets the same
+    ids), by position in ``label_names``; a name not in it is an error. Raises ``DistillError('invalid_file')`` with the line
     number for: invalid JSON, a line that is not an object, a missing/empty/non-string text, a bad label
-    (not an integer >= -1 nor a string, or integers mixed with class names), a ragged CSV row; and for a file
+    (not an integer >= -1 nor a string, integers mixed with class names, a name outside ``label_names``), a
+    ragged CSV row; and for a file
     without rows, or a CSV without ``text_column`` (the message lists the columns). ``DistillError
     ('invalid_spec')`` for another ``fmt``.
     """
     path = Path(path)
     if fmt == "jsonl":
-        return _read_jsonl(path, text_column, label_column)
+        return _read_jsonl(path, text_column, label_column, label_names)
     if fmt == "csv":
-        return _read_text_csv(path, text_column, label_column)
+        return _read_text_csv(path, text_column, label_column, label_names)
     raise DistillError("invalid_spec", f"format {fmt!r} is not a text dataset format (expected jsonl or csv)", "format")
 
 

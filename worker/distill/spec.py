@@ -243,7 +243,7 @@ class JobSpec(_Strict):
     method: MethodSpec = Field(default_factory=MethodSpec, description="Distillation method.")
     embedding: EmbeddingMethodSpec = Field(default_factory=EmbeddingMethodSpec, description="Embedding losses (sentence_embedding).")
     pooling: PoolingSpec = Field(default_factory=PoolingSpec, description="Sentence pooling (sentence_embedding).")
-    cache: CacheSpec = Field(default_factory=CacheSpec, description="Teacher-output caching.")
+    cache: CacheSpec = Field(default_factory=CacheSpec, description="Whether the teacher's outputs are computed once and reused.")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Training loop settings.")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Report measurements.")
     export: ExportSpec = Field(default_factory=ExportSpec, description="Exported artifacts.")

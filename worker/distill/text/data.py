@@ -35,8 +35,10 @@ class TextBundle:
         return int(ys.max()) + 1 if ys.size else None
 
 
-def _read(ref: DatasetRef, files: Mapping[str, FileInput], text_column: str, param: str):
-    from ..text_data import load_rotten_tomatoes, read_text_dataset
+def _read(ref: DatasetRef, files: Mapping[str, FileInput], text_column: str, param: str, label_names: list[str] | None = None):
+    """One text dataset; a CSV without ``text_column`` uses its only non-numeric column (as detected at upload).
+    ``label_names``: map string labels onto these ids (the training file's), so train and validation agree."""
+    from ..text_data import classify_csv, load_rotten_tomatoes, read_text_dataset
 
     if ref.builtin is not None:
         if ref.builtin != "rotten_tomatoes":
@@ -47,7 +49,9 @@ def _read(ref: DatasetRef, files: Mapping[str, FileInput], text_column: str, par
         raise DistillError("invalid_spec", f"{param}: file {ref.file_id} is not available to this job", param)
     if f.format not in ("jsonl", "csv"):
         raise DistillError("invalid_spec", f"{param}: text tasks need JSONL or CSV with a text column, got {f.format}", param)
-    return read_text_dataset(f.path, f.format, text_column=text_column, label_column=ref.label_column)
+    if f.format == "csv":
+        text_column = classify_csv(f.path, ref.label_column, text_column) or text_column
+    return read_text_dataset(f.path, f.format, text_column=text_column, label_column=ref.label_column, label_names=label_names)
 
 
 def load_text_data(spec: DataSpec, files: Mapping[str, FileInput]) -> TextBundle:
@@ -58,7 +62,7 @@ def load_text_data(spec: DataSpec, files: Mapping[str, FileInput]) -> TextBundle
     labels = np.asarray(train.labels if train.labels is not None else np.full(len(train.texts), -1), dtype=np.int64)
     if spec.validation.file_id:
         val = _read(DatasetRef(file_id=spec.validation.file_id, label_column=spec.validation.label_column), files,
-                    spec.text_column, "data.validation")
+                    spec.text_column, "data.validation", label_names=train.label_names)
         tr_idx = np.arange(len(train.texts))
         val_texts = list(val.texts)
         val_labels = np.asarray(val.labels if val.labels is not None else np.full(len(val_texts), -1), dtype=np.int64)

@@ -205,7 +205,8 @@ def save_student_folder(student: nn.Module, tokenizer, out: Path, *, task: str, 
 
     _quiet()
     transformer = st_models.Transformer(str(out), max_seq_length=max_seq_length)
-    modules: list[nn.Module] = [transformer, st_models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode=mode)]
+    dim_of = getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension
+    modules: list[nn.Module] = [transformer, st_models.Pooling(dim_of(), pooling_mode=mode)]
     if projection is not None:
         dense = st_models.Dense(projection.in_features, projection.out_features, bias=True, activation_function=nn.Identity())
         with torch.no_grad():

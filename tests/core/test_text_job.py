@@ -1,0 +1,160 @@
+"""The text side of the core: layer selection, weight copying (DistilBERT recipe), pooling, batching, and
+short real jobs on a tiny BERT encoder / classifier with MiniLM's tokenizer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from worker.distill.errors import DistillError, StopRequested
+from worker.distill.reporter import RecordingReporter
+from worker.distill.spec import FromTeacherSpec, JobSpec
+from worker.distill.text.data import collate, length_batches
+from worker.distill.text.hf import derive_student, layers_to_keep, pool
+from worker.distill.text.job import run_text_job
+
+from tests.core.conftest import MINILM_TOKENIZER_FILES
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(minilm_dir, tmp_path_factory):
+    """A tiny random BertModel (4 layers, hidden 32) with MiniLM's tokenizer and a mean+normalize sentence-transformers pipeline."""
+    from transformers import BertConfig, BertModel
+
+    out = tmp_path_factory.mktemp("tiny-enc") / "enc"
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                     max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(out)
+    for name in MINILM_TOKENIZER_FILES:
+        shutil.copy(minilm_dir / name, out / name)
+    shutil.copytree(minilm_dir / "1_Pooling", out / "1_Pooling")
+    (out / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}))
+    shutil.copy(minilm_dir / "modules.json", out / "modules.json")
+    return out
+
+
+@pytest.fixture(scope="session")
+def reviews(tmp_path_factory):
+    """300 labelled review sentences as JSONL."""
+    from worker.distill.text_data import load_rotten_tomatoes
+
+    td = load_rotten_tomatoes()
+    p = tmp_path_factory.mktemp("rev") / "r.jsonl"
+    p.write_text("".join(json.dumps({"text": t, "label": int(y)}) + "\n" for t, y in list(zip(td.texts, td.labels))[:300]))
+    return p
+
+
+def spec(**over) -> JobSpec:
+    s = {"task": "sentence_embedding", "teacher": {"file_id": "file_t"}, "student": {"from_teacher": {"num_layers": 2}},
+         "data": {"train": {"file_id": "file_d"}, "validation": {"fraction": 0.25}, "max_seq_length": 32},
+         "method": {"name": "embedding"}, "training": {"epochs": 2, "batch_size": 16, "optimizer": {"name": "adamw", "lr": 1e-3}},
+         "evaluation": {"latency_iterations": 5, "throughput_batch_size": 8, "probe_max_samples": 200}}
+    for k, v in over.items():
+        node, keys = s, k.split(".")
+        for kk in keys[:-1]:
+            node = node.setdefault(kk, {})
+        node[keys[-1]] = v
+    return JobSpec.model_validate(s)
+
+
+def files(reviews):
+    from worker.distill.formats import FileInput
+
+    return {"file_d": FileInput(path=reviews, format="jsonl", bytes=reviews.stat().st_size)}
+
+
+def test_layers_to_keep():
+    assert layers_to_keep(6, FromTeacherSpec(num_layers=3)) == [0, 2, 5]
+    assert layers_to_keep(12, FromTeacherSpec(num_layers=6)) == [0, 2, 4, 7, 9, 11]
+    assert layers_to_keep(6, FromTeacherSpec(num_layers=1)) == [5]
+    assert layers_to_keep(6, FromTeacherSpec(keep_layers=[0, 2, 4])) == [0, 2, 4]
+    with pytest.raises(DistillError, match="has 6 layers"):
+        layers_to_keep(6, FromTeacherSpec(keep_layers=[0, 6]))
+    with pytest.raises(DistillError, match="only 6 layers"):
+        layers_to_keep(6, FromTeacherSpec(num_layers=7))
+
+
+def test_derived_student_copies_embeddings_and_kept_layers(minilm_dir):
+    from worker.distill.text.hf import load_model
+
+    teacher = load_model(minilm_dir, "sentence_embedding")
+    student, facts = derive_student(teacher, FromTeacherSpec(keep_layers=[1, 4]), "sentence_embedding", seed=0)
+    assert facts["keep_layers"] == [1, 4] and student.config.num_hidden_layers == 2
+    t, s = teacher.state_dict(), student.state_dict()
+    assert torch.equal(s["embeddings.word_embeddings.weight"], t["embeddings.word_embeddings.weight"])
+    assert torch.equal(s["encoder.layer.0.attention.self.query.weight"], t["encoder.layer.1.attention.self.query.weight"])
+    assert torch.equal(s["encoder.layer.1.output.dense.weight"], t["encoder.layer.4.output.dense.weight"])
+    narrow, facts = derive_student(teacher, FromTeacherSpec(num_layers=2, hidden_size=128, intermediate_size=256, num_attention_heads=4),
+                                   "sentence_embedding", seed=0)
+    assert narrow.config.hidden_size == 128 and facts["initialised"] == "fresh"
+    with pytest.raises(DistillError, match="30522"):
+        derive_student(teacher, FromTeacherSpec(num_layers=2, config={"vocab_size": 100}), "sentence_embedding", seed=0)
+
+
+def test_pooling_modes():
+    states = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert torch.allclose(pool(states, mask, "mean"), torch.tensor([[2.0, 3.0]]))
+    assert torch.allclose(pool(states, mask, "max"), torch.tensor([[3.0, 4.0]]))
+    assert torch.allclose(pool(states, mask, "cls"), torch.tensor([[1.0, 2.0]]))
+
+
+def test_length_batches_cover_every_row_once_and_group_lengths():
+    lengths = np.random.default_rng(0).integers(5, 60, size=1000)
+    batches = length_batches(lengths, 32, seed=1)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
+    random_spread = np.mean([lengths[b].max() - lengths[b].min() for b in np.array_split(np.arange(1000), 32)])
+    assert spread < random_spread / 3
+    assert [b.tolist() for b in batches] == [b.tolist() for b in length_batches(lengths, 32, seed=1)]
+    ids, mask = collate([[1, 2, 3], [4]], np.array([0, 1]), 0, torch.device("cpu"))
+    assert ids.tolist() == [[1, 2, 3], [4, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_sentence_embedding_job_learns_and_exports(tiny_encoder_dir, reviews, tmp_path):
+    rep = RecordingReporter()
+    res = run_text_job(spec(**{"training.epochs": 3}), tiny_encoder_dir, 1000, files(reviews), tmp_path / "w", rep)
+    r = res.report
+    assert r["task"] == "sentence_embedding" and r["pooling"] == {"mode": "mean", "normalize": True}
+    cos = [row.value for row in rep.rows if row.name == "cosine"]
+    assert len(cos) == 3 and cos[-1] > cos[0]
+    assert r["student"]["kept_teacher_layers"] == [0, 3]
+    assert r["cache"]["teacher_outputs"] is True and r["cache"]["teacher_passes_saved"] == 2 * r["data"]["train"]
+    assert r["onnx"]["max_abs_diff"] < 1e-3 and r["export_checks"]["sentence_transformers_max_abs_diff"] < 1e-3
+    assert rep.phases == ["loading_teacher", "caching_teacher_outputs", "training", "evaluating", "exporting"]
+    with zipfile.ZipFile(res.artifacts[0]) as z:
+        assert "student_hf/modules.json" in z.namelist() and "student_hf/model.safetensors" in z.namelist()
+
+
+def test_feature_matching_disables_the_cache_and_logs_every_term(tiny_encoder_dir, reviews, tmp_path):
+    rep = RecordingReporter()
+    s = spec(**{"training.epochs": 1, "embedding": {"cosine_weight": 1.0, "mse_weight": 1.0,
+                                                    "hidden_layers": [{"student": 1, "teacher": 3}],
+                                                    "attention_layers": [{"student": 0, "teacher": 0}]},
+                "export.formats": ["safetensors"]})
+    r = run_text_job(s, tiny_encoder_dir, 1000, files(reviews), tmp_path / "w", rep).report
+    assert r["cache"]["teacher_outputs"] is False
+    assert set(r["training"]["final_loss_terms"]) == {"cosine", "mse", "hidden", "attention", "total"}
+    with pytest.raises(DistillError, match="layer pair"):
+        run_text_job(spec(**{"embedding": {"hidden_layers": [{"student": 5, "teacher": 0}]}}), tiny_encoder_dir, 1000,
+                     files(reviews), tmp_path / "w2", RecordingReporter())
+
+
+def test_cancel_and_resume(tiny_encoder_dir, reviews, tmp_path):
+    wd = tmp_path / "w"
+    s = spec(**{"training.epochs": 2, "export.formats": ["safetensors"]})
+    steps_per_epoch = -(-225 // 16)
+    with pytest.raises(StopRequested):
+        run_text_job(s, tiny_encoder_dir, 1000, files(reviews), wd, RecordingReporter(stop_after_steps=steps_per_epoch + 3))
+    assert not (wd / "artifacts").exists() and (wd / "checkpoint.pt").exists()
+    rep = RecordingReporter()
+    r = run_text_job(s, tiny_encoder_dir, 1000, files(reviews), wd, rep).report
+    assert r["training"]["resumed_from_epoch"] == 1 and [e[0] for e in rep.events].count("resumed") == 1
+    straight = run_text_job(s, tiny_encoder_dir, 1000, files(reviews), tmp_path / "w3", RecordingReporter()).report
+    assert r["mean_cosine"] == straight["mean_cosine"]

@@ -197,3 +197,33 @@ async def test_csv_with_byte_order_mark(api, tmp_path):
     resp = await upload(api, bom, purpose="dataset")
     assert resp.status_code == 201, resp.text
     assert resp.json()["details"]["columns"][0] == "f0" and resp.json()["details"]["has_labels"] is True
+
+
+@pytest.mark.parametrize("member", ["../evil/config.json", "/abs/config.json"])
+async def test_hf_archive_escaping_its_folder_is_refused(api, backend, tmp_path, member):
+    import zipfile
+
+    p = tmp_path / "model.zip"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("model/config.json", "{}")
+        z.writestr(member, "{}")
+    err = assert_error(await upload(api, p), 422)
+    assert err["code"] in ("invalid_file", "unsafe_checkpoint")
+    assert stored_files(backend) == []
+    assert not (tmp_path / "evil").exists()
+
+
+async def test_hf_archive_over_the_unpacked_limit(api, backend, tmp_path, monkeypatch):
+    import zipfile
+
+    from app.settings import get_settings
+
+    monkeypatch.setenv("STILLHOUSE_MAX_UNPACKED_BYTES", "1000")
+    get_settings.cache_clear()
+    p = tmp_path / "big.zip"
+    with zipfile.ZipFile(p, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("m/config.json", "{}")
+        z.writestr("m/model.safetensors", b"\0" * 50_000)
+    err = assert_error(await upload(api, p), 422, "invalid_file")
+    assert "1000" in err["message"] or "limit" in err["message"]
+    assert stored_files(backend) == []

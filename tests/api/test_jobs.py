@@ -3,9 +3,10 @@ API (cancel), lists and the sub-resources' errors. No worker runs here; tests/e2
 
 from __future__ import annotations
 
-import copy
 
 import pytest
+
+from tests.specs import override
 
 from tests import files as mk
 from tests.api.test_files import assert_error, upload
@@ -25,13 +26,7 @@ def spec_for(teacher_id: str, **over) -> dict:
         "method": {"name": "kd", "temperature": 4.0, "alpha": 0.9},
         "training": {"epochs": 1},
     }
-    for path, value in over.items():
-        node = spec
-        keys = path.split(".")
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = value
-    return spec
+    return override(spec, **over)
 
 
 async def test_create_read_list(api, teacher_id):

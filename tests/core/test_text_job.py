@@ -9,6 +9,8 @@ import zipfile
 
 import numpy as np
 import pytest
+
+from tests.specs import override
 import torch
 
 from worker.distill.errors import DistillError, StopRequested
@@ -55,12 +57,7 @@ def spec(**over) -> JobSpec:
          "data": {"train": {"file_id": "file_d"}, "validation": {"fraction": 0.25}, "max_seq_length": 32},
          "method": {"name": "embedding"}, "training": {"epochs": 2, "batch_size": 16, "optimizer": {"name": "adamw", "lr": 1e-3}},
          "evaluation": {"latency_iterations": 5, "throughput_batch_size": 8, "probe_max_samples": 200}}
-    for k, v in over.items():
-        node, keys = s, k.split(".")
-        for kk in keys[:-1]:
-            node = node.setdefault(kk, {})
-        node[keys[-1]] = v
-    return JobSpec.model_validate(s)
+    return JobSpec.model_validate(override(s, **over))
 
 
 def files(reviews):

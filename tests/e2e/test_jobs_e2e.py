@@ -10,6 +10,8 @@ import time
 
 import numpy as np
 import pytest
+
+from tests.specs import override
 import torch
 
 from client import ApiError
@@ -29,12 +31,7 @@ def spec(teacher_id: str, **over) -> dict:
                      "log_every_steps": 5},
         "evaluation": {"latency_iterations": 10, "latency_batch_sizes": [1, 64]},
     }
-    for k, v in over.items():
-        node, keys = s, k.split(".")
-        for kk in keys[:-1]:
-            node = node.setdefault(kk, {})
-        node[keys[-1]] = v
-    return s
+    return override(s, **over)
 
 
 def wait_for(pred, timeout_s: float = 60, what: str = "condition"):

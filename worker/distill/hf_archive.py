@@ -24,7 +24,7 @@ import stat
 import tarfile
 import tempfile
 import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import DistillError

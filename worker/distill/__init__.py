@@ -8,7 +8,9 @@ KD methods (``methods``), the training loop (``loop``) and teacher training for 
 from .data import DataBundle, load_builtin, load_data, split_validation
 from .errors import ERROR_CODES, DistillError, StopRequested
 from .formats import FileInfo, FileInput, inspect_file, read_dataset, sniff
-from .job import DistillResult, JobInputs, evaluate, export_onnx, run_job
+from .evaluation import evaluate
+from .export import export_onnx
+from .job import DistillResult, JobInputs, run_job
 from .loop import TrainOutcome, train_student
 from .methods import HardLabelKD, Method, SoftTargetKD, available_methods, build_method, register_method
 from .models import available, build, describe, register

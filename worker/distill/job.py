@@ -8,35 +8,30 @@ stays in ``workdir`` for a redelivered job to resume from).
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 import os
 import shutil
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .data import DataBundle, load_data
+from .evaluation import evaluate, ratio as _ratio, rnd as _r, summary_sentence as _summary_sentence
+from .export import export_student as _export
 from .errors import DistillError, StopRequested
-from .formats import ARCH_METADATA_KEY, FileInput, sniff
-from .loop import TrainOutcome, batched_logits, spec_fingerprint, train_student
-from .measure import count_flops, module_latency, resolve_device
+from .formats import FileInput, sniff
+from .loop import TrainOutcome, spec_fingerprint, train_student
+from .measure import resolve_device
 from .methods import build_method
-from .models import build, describe, parameter_count
+from .models import build, describe
 from .reporter import Reporter
 from .spec import JobSpec
 from .teachers import Teacher, load_teacher
 
-ONNX_OPSET = 17
-ONNX_TOLERANCE = 1e-3
 ARTIFACTS_DIR = "artifacts"
 
 
@@ -55,19 +50,6 @@ class DistillResult:
 
     report: dict[str, Any]
     artifacts: list[Path]
-
-
-def _r(x: float | None, digits: int = 4) -> float | None:
-    """Round for the report (None and non-finite values become None)."""
-    if x is None or not math.isfinite(x):
-        return None
-    return round(float(x), digits)
-
-
-def _ratio(a: float | None, b: float | None, digits: int = 2) -> float | None:
-    if a is None or b is None or b == 0:
-        return None
-    return _r(a / b, digits)
 
 
 def _first_line(e: BaseException) -> str:
@@ -133,125 +115,6 @@ def _probe_student(student: nn.Module, filled: dict[str, Any], data: DataBundle,
     if out.shape[1] != k:
         raise DistillError("shape_mismatch", f"the teacher outputs {k} classes but the student outputs {out.shape[1]}",
                            "student.architecture.kwargs.num_classes")
-
-
-def evaluate(teacher: Teacher, student: nn.Module, data: DataBundle, device: torch.device, latency_batch_sizes: list[int],
-             latency_iterations: int) -> dict[str, Any]:
-    """Validation comparison of ``teacher`` and ``student`` (eval mode) on ``data.val_x`` / ``val_y``.
-
-    Returns {'teacher': {...}, 'student': {...}, 'agreement', 'mean_kl'}: per model 'val_top1' (fraction, None
-    without validation labels), 'parameters', 'flops_per_sample' (FlopCounterMode, batch of 1; None when not
-    countable) and 'latency_ms' {str(batch): {'p50', 'p95'}} in milliseconds on ``device``; 'agreement' is the
-    fraction of validation samples where both argmaxes agree; 'mean_kl' is KL(teacher ‖ student) at T=1 in nats,
-    batchmean.
-    """
-    student.eval()
-    vx = data.val_x.to(device)
-    vy = data.val_y.to(device)
-    with torch.inference_mode():
-        t_logits = batched_logits(teacher, vx)
-        s_logits = batched_logits(student, vx)
-        t_pred, s_pred = t_logits.argmax(1), s_logits.argmax(1)
-        agreement = float((t_pred == s_pred).float().mean())
-        mean_kl = float(F.kl_div(F.log_softmax(s_logits, 1), F.log_softmax(t_logits, 1), log_target=True, reduction="batchmean"))
-        mask = vy >= 0
-        labelled = bool(mask.any())
-        t_top1 = float((t_pred[mask] == vy[mask]).float().mean()) if labelled else None
-        s_top1 = float((s_pred[mask] == vy[mask]).float().mean()) if labelled else None
-    shape = list(data.input_shape)
-    t_lat, s_lat = {}, {}
-    for b in latency_batch_sizes:
-        t = teacher.latency(b, latency_iterations)
-        s = module_latency(student, shape, b, latency_iterations, device)
-        t_lat[str(b)] = {"p50": _r(t["p50_ms"]), "p95": _r(t["p95_ms"])}
-        s_lat[str(b)] = {"p50": _r(s["p50_ms"]), "p95": _r(s["p95_ms"])}
-    return {
-        "teacher": {"val_top1": _r(t_top1), "parameters": teacher.parameters, "flops_per_sample": teacher.flops_per_sample, "latency_ms": t_lat},
-        "student": {"val_top1": _r(s_top1), "parameters": parameter_count(student),
-                    "flops_per_sample": count_flops(student, shape, device), "latency_ms": s_lat},
-        "agreement": _r(agreement), "mean_kl": _r(mean_kl, 6),
-    }
-
-
-def export_onnx(student: nn.Module, example: torch.Tensor, path: Path, opset: int = ONNX_OPSET) -> dict[str, Any]:
-    """Export ``student`` to ONNX at ``path`` (legacy TorchScript exporter, ``dynamo=False``; input 'input'
-    ``[batch, *input_shape]``, output 'logits' ``[batch, K]``, dynamic batch axis; deprecation warnings
-    suppressed), then run it in onnxruntime (CPU) on ``example`` ``[B, *input_shape]`` and compare with PyTorch.
-
-    Returns {'max_abs_diff', 'opset'}. Raises ``DistillError('internal_error')`` when the difference exceeds
-    1e-3 or the export fails.
-    """
-    import onnxruntime as ort
-
-    model = copy.deepcopy(student).to("cpu").eval()
-    example = example.to("cpu", torch.float32)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset)
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = sess.run(["logits"], {"input": example.numpy()})[0]
-    except Exception as e:  # noqa: BLE001
-        raise DistillError("internal_error", f"ONNX export failed: {_first_line(e)}") from None
-    with torch.inference_mode():
-        want = model(example).numpy()
-    diff = float(np.abs(got - want).max())
-    if not diff <= ONNX_TOLERANCE:
-        raise DistillError("internal_error", f"the ONNX student differs from PyTorch by {diff:.3g} (> {ONNX_TOLERANCE:g})")
-    return {"max_abs_diff": diff, "opset": opset}
-
-
-def _export(spec: JobSpec, student: nn.Module, filled: dict[str, Any], data: DataBundle, teacher: Teacher, outdir: Path,
-            summary: dict[str, Any]) -> dict[str, Any] | None:
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in student.state_dict().items()}
-    save_file(tensors, str(outdir / "student.safetensors"), metadata={ARCH_METADATA_KEY: json.dumps(filled)})
-    onnx_info = None
-    if "onnx" in spec.export.formats:
-        onnx_info = export_onnx(student, data.val_x[:64] if data.val_x.shape[0] else data.train_x[:64], outdir / "student.onnx")
-    card = {
-        "architecture": filled,
-        "input_shape": list(data.input_shape),
-        "num_classes": filled["kwargs"]["num_classes"],
-        "input_name": "input",
-        "output_name": "logits",
-        "output": "logits [batch, num_classes]; apply softmax for class probabilities",
-        "preprocessing": data.preprocessing,
-        "dtype": "float32",
-        "weights": "student.safetensors",
-        "onnx": "student.onnx" if onnx_info else None,
-        "torch_version": torch.__version__,
-        "method": spec.method.model_dump(),
-        "teacher": {"format": teacher.format, "parameters": teacher.parameters, "architecture": teacher.architecture},
-        "job_name": spec.name,
-        "metrics": summary,
-        "load_with": "worker.distill.models.build(architecture['name'], architecture['kwargs']).load_state_dict("
-                     "safetensors.torch.load_file('student.safetensors'))",
-    }
-    (outdir / "student.json").write_text(json.dumps(card, indent=2))
-    return onnx_info
-
-
-def _summary_sentence(report: dict[str, Any]) -> str:
-    t, s = report["teacher"], report["student"]
-    text = f"The {s['architecture']['name']} student has {s['parameters']:,} parameters vs the teacher's {t['parameters']:,}"
-    details = []
-    if report["compression_ratio"]:
-        details.append(f"{report['compression_ratio']:.1f}x smaller on disk")
-    bs = next(iter(report["speedup"]), None)
-    sp = report["speedup"].get(bs) if bs is not None else None
-    if sp:
-        details.append(f"{sp:.1f}x faster at batch {bs}" if sp >= 1 else f"{1 / sp:.2f}x slower at batch {bs}")
-    if details:
-        text += f" ({', '.join(details)})"
-    text += f" and agrees with it on {report['agreement']:.1%} of validation samples"
-    drop = report["top1_drop_points"]
-    if drop is not None:
-        rel = f"{drop:.1f} points below" if drop >= 0 else f"{-drop:.1f} points above"
-        text += f"; its validation top-1 is {s['val_top1']:.1%}, {rel} the teacher's {t['val_top1']:.1%}"
-    return text + "."
 
 
 def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter, *, runtime_used_s: float = 0.0,

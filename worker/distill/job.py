@@ -225,6 +225,7 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
                     "architecture": filled, "notes": []},
         "agreement": ev["agreement"],
         "mean_kl": ev["mean_kl"],
+        **ev.get("extra", {}),  # evaluation.py: top-5, per-class accuracy, calibration, teacher-student confusion
         "compression_ratio": _ratio(inputs.teacher.bytes, student_bytes),
         "parameter_ratio": _ratio(teacher.parameters, s_ev["parameters"]),
         "flops_ratio": _ratio(t_ev["flops_per_sample"], s_ev["flops_per_sample"]),

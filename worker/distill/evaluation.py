@@ -34,7 +34,8 @@ def evaluate(teacher: Teacher, student: nn.Module, data: DataBundle, device: tor
              latency_iterations: int) -> dict[str, Any]:
     """Validation comparison of ``teacher`` and ``student`` (eval mode) on ``data.val_x`` / ``val_y``.
 
-    Returns {'teacher': {...}, 'student': {...}, 'agreement', 'mean_kl'}: per model 'val_top1' (fraction, None
+    Returns {'teacher': {...}, 'student': {...}, 'agreement', 'mean_kl', 'extra'}: 'extra' is
+    ``classification_metrics`` (top-5, per-class accuracy, ECE, teacher-student confusion); per model 'val_top1' (fraction, None
     without validation labels), 'parameters', 'flops_per_sample' (FlopCounterMode, batch of 1; None when not
     countable) and 'latency_ms' {str(batch): {'p50', 'p95'}} in milliseconds on ``device``; 'agreement' is the
     fraction of validation samples where both argmaxes agree; 'mean_kl' is KL(teacher ‖ student) at T=1 in nats,
@@ -60,11 +61,74 @@ def evaluate(teacher: Teacher, student: nn.Module, data: DataBundle, device: tor
         s = module_latency(student, shape, b, latency_iterations, device)
         t_lat[str(b)] = {"p50": rnd(t["p50_ms"]), "p95": rnd(t["p95_ms"])}
         s_lat[str(b)] = {"p50": rnd(s["p50_ms"]), "p95": rnd(s["p95_ms"])}
+    extra = classification_metrics(t_logits.float().cpu(), s_logits.float().cpu(), vy.cpu())
     return {
+        "extra": extra,
         "teacher": {"val_top1": rnd(t_top1), "parameters": teacher.parameters, "flops_per_sample": teacher.flops_per_sample, "latency_ms": t_lat},
         "student": {"val_top1": rnd(s_top1), "parameters": parameter_count(student),
                     "flops_per_sample": count_flops(student, shape, device), "latency_ms": s_lat},
         "agreement": rnd(agreement), "mean_kl": rnd(mean_kl, 6),
+    }
+
+
+def top_k_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float | None:
+    """Fraction of labelled rows (``labels >= 0``) whose label is among the ``k`` largest of ``logits [N, K]``; None without labels."""
+    mask = labels >= 0
+    if not bool(mask.any()):
+        return None
+    top = logits[mask].topk(min(k, logits.shape[1]), dim=1).indices
+    return float((top == labels[mask].unsqueeze(1)).any(dim=1).float().mean())
+
+
+def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float | None:
+    """Expected calibration error (Naeini et al. 2015; the 15-bin form of Guo et al. 2017): the sample-weighted mean
+    over equal-width confidence bins of |accuracy − mean confidence|, on labelled rows of ``logits [N, K]``. A fraction
+    in [0, 1]; None without labels."""
+    mask = labels >= 0
+    if not bool(mask.any()):
+        return None
+    probs = logits[mask].softmax(dim=1)
+    conf, pred = probs.max(dim=1)
+    correct = (pred == labels[mask]).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    ece = torch.zeros(())
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (conf > lo) & (conf <= hi)
+        if bool(inside.any()):
+            ece += inside.float().mean() * (correct[inside].mean() - conf[inside].mean()).abs()
+    return float(ece)
+
+
+def classification_metrics(t_logits: torch.Tensor, s_logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """Report block comparing teacher and student on validation data (``t_logits``/``s_logits`` ``[N, K]``, ``labels [N]``,
+    -1 = unlabelled):
+
+    - ``top5`` {teacher, student}: top-5 accuracy, only when K >= 10 (else None);
+    - ``per_class_top1`` {teacher: [K], student: [K]}: top-1 per true class (None for a class without rows);
+    - ``ece`` {teacher, student}: expected calibration error (15 bins);
+    - ``teacher_student_confusion``: [K][K] counts of (teacher prediction, student prediction) on all rows, and
+      ``disagreements_top`` the five most frequent off-diagonal pairs {teacher_class, student_class, count}.
+    """
+    k = t_logits.shape[1]
+    t_pred, s_pred = t_logits.argmax(1), s_logits.argmax(1)
+    per_class: dict[str, list[float | None]] = {"teacher": [], "student": []}
+    for c in range(k):
+        rows = labels == c
+        for who, pred in (("teacher", t_pred), ("student", s_pred)):
+            per_class[who].append(rnd(float((pred[rows] == c).float().mean())) if bool(rows.any()) else None)
+    confusion = torch.zeros((k, k), dtype=torch.long)
+    confusion.index_put_((t_pred, s_pred), torch.ones_like(t_pred), accumulate=True)
+    off = [(int(confusion[i, j]), i, j) for i in range(k) for j in range(k) if i != j and confusion[i, j] > 0]
+    off.sort(reverse=True)
+    has_labels = bool((labels >= 0).any())
+    return {
+        "top5": {"teacher": rnd(top_k_accuracy(t_logits, labels, 5)), "student": rnd(top_k_accuracy(s_logits, labels, 5))}
+        if k >= 10 and has_labels else None,
+        "per_class_top1": per_class if has_labels else None,
+        "ece": {"teacher": rnd(expected_calibration_error(t_logits, labels)), "student": rnd(expected_calibration_error(s_logits, labels))}
+        if has_labels else None,
+        "teacher_student_confusion": confusion.tolist(),
+        "disagreements_top": [{"teacher_class": i, "student_class": j, "count": n} for n, i, j in off[:5]],
     }
 
 

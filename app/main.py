@@ -12,6 +12,7 @@ from app.errors import install_error_handlers
 from app.files.router import router as files_router
 from app.health.router import router as health_router
 from app.jobs.router import router as jobs_router
+from app.reports.router import router as reports_router
 from app.settings import get_settings
 
 log = logging.getLogger("stillhouse.api")
@@ -47,6 +48,7 @@ def create_app(*, auto_migrate: bool | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(files_router)
+    app.include_router(reports_router)
     app.include_router(jobs_router)
     return app
 

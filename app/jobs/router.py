@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, status
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, HTMLResponse
 
 from app.deps import SessionDep, StoreDep
 from app.errors import ERROR_RESPONSES, ErrorResponse
@@ -78,11 +78,17 @@ def list_metrics(job_id: JobId, session: SessionDep, limit: Annotated[int, Query
     return Page[MetricObject](data=[MetricObject.model_validate(r) for r in rows], has_more=more)
 
 
-@router.get("/{job_id}/report", response_model=dict[str, Any], responses={**_409, **ERROR_RESPONSES})
-def get_report(job_id: JobId, session: SessionDep) -> dict[str, Any]:
-    """The compression report (JSON) of a succeeded job: teacher vs student top-1, agreement, mean KL,
-    parameters, bytes, compression ratio (teacher bytes / student bytes), FLOPs per sample, latency
-    p50/p95 (ms) per batch size, speedup, wall time per phase (s). 409 ``report_not_ready`` before success."""
+@router.get("/{job_id}/report", response_model=dict[str, Any], responses={200: {"content": {"text/html": {}}}, **_409, **ERROR_RESPONSES})
+def get_report(job_id: JobId, session: SessionDep,
+               format: Annotated[Literal["json", "html"], Query(description="'json', or 'html' for a page with plots.")] = "json"):
+    """The compression report of a succeeded job: teacher vs student top-1 (and top-5, per-class top-1, expected
+    calibration error, teacher-student confusion), agreement, mean KL, parameters, bytes, compression ratio
+    (teacher bytes / student bytes), FLOPs per sample, latency p50/p95 (ms) per batch size, speedup, wall time
+    per phase (s). ``format=html`` renders it as a page with plots. 409 ``report_not_ready`` before success."""
+    if format == "html":
+        from app.reports.service import job_report_html
+
+        return HTMLResponse(job_report_html(session, job_id))
     return {"object": "report", "job_id": job_id, **service.get_report(session, job_id)}
 
 

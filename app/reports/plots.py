@@ -1,0 +1,80 @@
+"""Plots of a report as inline SVG (matplotlib, Agg backend): training curves, accuracy vs size, latency."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.find("<svg"):]
+
+
+def training_curves(metrics: list[dict[str, Any]]) -> str | None:
+    """Loss terms (epoch means) and validation top-1 / cosine / agreement per epoch, as SVG; None without rows."""
+    loss: dict[str, dict[int, float]] = {}
+    val: dict[str, dict[int, float]] = {}
+    for m in metrics:
+        if m["name"].startswith("loss/") and m["split"] in ("train_epoch", "baseline_train_epoch"):
+            label = m["name"][5:] + (" (baseline)" if m["split"].startswith("baseline") else "")
+            loss.setdefault(label, {})[m["epoch"]] = m["value"]
+        elif m["split"] in ("val", "baseline_val") and m["name"] in ("top1", "cosine", "agreement"):
+            label = m["name"] + (" (baseline)" if m["split"].startswith("baseline") else "")
+            val.setdefault(label, {})[m["epoch"]] = m["value"]
+    if not loss and not val:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for name, series in sorted(loss.items()):
+        xs = sorted(series)
+        axes[0].plot(xs, [series[x] for x in xs], marker=".", label=name)
+    axes[0].set(title="loss terms per epoch", xlabel="epoch", ylabel="loss")
+    for name, series in sorted(val.items()):
+        xs = sorted(series)
+        axes[1].plot(xs, [series[x] for x in xs], marker=".", label=name)
+    axes[1].set(title="validation per epoch", xlabel="epoch", ylabel="fraction")
+    for ax in axes:
+        if ax.lines:
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    return _svg(fig)
+
+
+def accuracy_vs_size(points: list[tuple[str, float, float]]) -> str | None:
+    """Scatter of (label, bytes, top-1) for teacher / baseline / student / quantised student, as SVG."""
+    points = [p for p in points if p[1] and p[2] is not None]
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for label, size, acc in points:
+        ax.scatter(size / 1024, 100 * acc, s=40)
+        ax.annotate(label, (size / 1024, 100 * acc), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xscale("log")
+    ax.set(title="accuracy vs size", xlabel="size on disk (KiB, log)", ylabel="validation top-1 (%)")
+    ax.grid(alpha=0.3)
+    return _svg(fig)
+
+
+def latency_bars(series: dict[str, dict[str, float]], unit: str = "ms", title: str = "latency p50") -> str | None:
+    """Grouped bars: for each key (e.g. 'batch 1') a bar per model ({model: {key: value}}), as SVG."""
+    keys = sorted({k for v in series.values() for k in v}, key=lambda k: (len(k), k))
+    if not keys:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    width = 0.8 / max(1, len(series))
+    for i, (model, vals) in enumerate(series.items()):
+        xs = [j + i * width for j in range(len(keys))]
+        ax.bar(xs, [vals.get(k, 0) or 0 for k in keys], width=width, label=model)
+    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(keys))], keys)
+    ax.set(title=title, ylabel=unit)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    return _svg(fig)

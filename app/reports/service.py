@@ -1,0 +1,50 @@
+"""Reports for the HTML view and the job-comparison view."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.errors import Unprocessable
+from app.jobs.service import get_job, get_report
+from app.models import Metric
+from app.reports.render import render_html, report_view
+
+EPOCH_SPLITS = ("train_epoch", "val", "baseline_train_epoch", "baseline_val")
+MAX_COMPARE = 20
+
+
+def epoch_metrics(session: Session, job_id: str) -> list[dict[str, Any]]:
+    """The job's epoch-level metric rows (loss terms per epoch, validation values) as dicts."""
+    rows = session.scalars(select(Metric).where(Metric.job_id == job_id, Metric.split.in_(EPOCH_SPLITS)).order_by(Metric.id))
+    return [{"name": m.name, "split": m.split, "epoch": m.epoch, "step": m.step, "value": m.value} for m in rows]
+
+
+def job_report_html(session: Session, job_id: str) -> str:
+    """The HTML page of one succeeded job's report. Raises NotFound (404), Conflict (409 report_not_ready)."""
+    report = get_report(session, job_id)
+    job = get_job(session, job_id)
+    return render_html(f"compression report · {job_id}", [report_view(job_id, job.name, report, epoch_metrics(session, job_id))])
+
+
+def parse_job_ids(job_ids: str) -> list[str]:
+    """``a,b,c`` -> ['a', 'b', 'c'] (order kept, duplicates dropped). Raises Unprocessable (422) for none or too many."""
+    ids = list(dict.fromkeys(j.strip() for j in job_ids.split(",") if j.strip()))
+    if not ids:
+        raise Unprocessable("job_ids: give one or more job ids separated by commas", param="job_ids")
+    if len(ids) > MAX_COMPARE:
+        raise Unprocessable(f"job_ids: at most {MAX_COMPARE} jobs can be compared at once, got {len(ids)}", param="job_ids")
+    return ids
+
+
+def compare(session: Session, job_ids: list[str]) -> list[dict[str, Any]]:
+    """The reports of several succeeded jobs, in the given order. Raises NotFound / Conflict naming the first bad id."""
+    return [{"object": "report", "job_id": j, **get_report(session, j)} for j in job_ids]
+
+
+def compare_html(session: Session, job_ids: list[str]) -> str:
+    """Several jobs' reports side by side as one HTML page."""
+    views = [report_view(j, get_job(session, j).name, get_report(session, j), epoch_metrics(session, j)) for j in job_ids]
+    return render_html(f"{len(views)} reports side by side", views)

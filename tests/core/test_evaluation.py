@@ -36,3 +36,32 @@ def test_classification_block():
     assert {(d["teacher_class"], d["student_class"]) for d in m["disagreements_top"]} == {(0, 1), (1, 0)}
     ten = classification_metrics(torch.randn(20, 10), torch.randn(20, 10), torch.arange(20) % 10)
     assert set(ten["top5"]) == {"teacher", "student"}
+
+
+def test_onnx_export_checks_batch_1_and_7(tmp_path):
+    from worker.distill import models
+    from worker.distill.export import export_onnx
+
+    torch.manual_seed(0)
+    m = models.build("cnn", {"input_shape": [1, 8, 8], "num_classes": 10, "channels": [4], "hidden": 8}).eval()
+    info = export_onnx(m, torch.randn(3, 1, 8, 8), tmp_path / "s.onnx")
+    assert info["checked_batch_sizes"] == [1, 7] and set(info["max_abs_diff_by_batch"]) == {"1", "7"}
+    assert info["max_abs_diff"] < 1e-4
+
+
+def test_dynamic_int8_quantisation_is_smaller_and_close(tmp_path):
+    from worker.distill import models
+    from worker.distill.export import quantize_dynamic_int8, save_torchscript
+
+    torch.manual_seed(0)
+    m = models.build("mlp", {"input_shape": [64], "num_classes": 10, "hidden_sizes": [512, 512]}).eval()
+    q = quantize_dynamic_int8(m)
+    x = torch.randn(16, 64)
+    assert (q(x) - m(x)).abs().max() < 0.05
+    assert type(q[1]).__module__.startswith("torch.ao.nn.quantized") or any("quantized" in type(mod).__module__ for mod in q.modules())
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / "f.safetensors"))
+    size = save_torchscript(q, x, tmp_path / "q.pt")
+    assert size < (tmp_path / "f.safetensors").stat().st_size / 2.5  # int8 weights: about 4x fewer bytes
+    assert torch.allclose(torch.jit.load(str(tmp_path / "q.pt"))(x), q(x))

@@ -71,6 +71,22 @@ def evaluate(teacher: Teacher, student: nn.Module, data: DataBundle, device: tor
     }
 
 
+def evaluate_variant(model: nn.Module, data: DataBundle, batch_sizes: list[int], iterations: int) -> dict[str, Any]:
+    """Validation top-1 (fraction; None without labels) and CPU latency p50/p95 (ms) per batch size of an extra
+    student artifact (e.g. the int8-quantised one), run on the CPU where such models run."""
+    cpu = torch.device("cpu")
+    model = model.to(cpu).eval()
+    with torch.inference_mode():
+        pred = batched_logits(model, data.val_x).argmax(1)
+    mask = data.val_y >= 0
+    top1 = float((pred[mask] == data.val_y[mask]).float().mean()) if bool(mask.any()) else None
+    lat = {}
+    for b in batch_sizes:
+        m = module_latency(model, list(data.input_shape), b, iterations, cpu)
+        lat[str(b)] = {"p50": rnd(m["p50_ms"]), "p95": rnd(m["p95_ms"])}
+    return {"val_top1": rnd(top1), "latency_ms": lat, "device": "cpu"}
+
+
 def top_k_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float | None:
     """Fraction of labelled rows (``labels >= 0``) whose label is among the ``k`` largest of ``logits [N, K]``; None without labels."""
     mask = labels >= 0

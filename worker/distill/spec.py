@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 BUILTIN_DATASETS = ("digits", "mnist5k", "rotten_tomatoes")
 TEXT_BUILTINS = ("rotten_tomatoes",)
 TEACHER_FORMATS = ("auto", "safetensors", "state_dict", "torchscript", "onnx", "hf")
-METHODS = ("kd", "hard_label", "embedding")
+METHODS = ("kd", "hard_label", "dkd", "fitnet", "attention_transfer", "rkd", "prototype", "embedding")
 TASKS = ("auto", "classification", "sequence_classification", "sentence_embedding")
 
 
@@ -134,21 +134,122 @@ class DataSpec(_Strict):
     )
 
 
-class MethodSpec(_Strict):
-    """The distillation method and its hyper-parameters."""
+LOGIT_METHODS = ("kd", "hard_label", "dkd")
+FEATURE_METHODS = ("fitnet", "attention_transfer", "rkd", "prototype")
 
-    name: Literal["kd", "hard_label", "embedding"] = Field(
+# Which optional fields each method reads; setting another method's field explicitly is a 422.
+_METHOD_FIELDS: dict[str, frozenset[str]] = {
+    "kd": frozenset({"temperature", "logit_standardization"}),
+    "hard_label": frozenset(),
+    "dkd": frozenset({"temperature", "logit_standardization", "dkd_alpha", "dkd_beta", "dkd_warmup_epochs"}),
+    "fitnet": frozenset({"student_layer", "teacher_layer"}),
+    "attention_transfer": frozenset({"student_layer", "teacher_layer", "at_p", "at_beta"}),
+    "rkd": frozenset({"student_layer", "teacher_layer", "rkd_distance_weight", "rkd_angle_weight"}),
+    "prototype": frozenset({"student_layer", "teacher_layer", "prototype_mse_weight", "prototype_kl_weight",
+                            "prototype_temperature"}),
+    "embedding": frozenset(),
+}
+_LAYER_REQUIRED = ("fitnet", "attention_transfer")
+
+
+class _MethodParams(_Strict):
+    """Hyper-parameters shared by the main method and the extra terms; each method reads only its own."""
+
+    temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature T (kd, dkd).")
+    logit_standardization: bool = Field(
+        False, description="kd/dkd: z-score each sample's student and teacher logits over the classes (mean 0, unbiased std 1, "
+        "+1e-7) before dividing by T (Sun et al. 2024, 'Logit Standardization in Knowledge Distillation').")
+    dkd_alpha: float = Field(1.0, ge=0, le=1000, description="dkd: weight of TCKD, the binary target/non-target KL (Zhao et al. 2022).")
+    dkd_beta: float = Field(8.0, ge=0, le=1000, description="dkd: weight of NCKD, the KL among non-target classes (Zhao et al. 2022).")
+    dkd_warmup_epochs: int = Field(1, ge=1, le=10_000, description="dkd: the TCKD+NCKD weight ramps as min(epoch / warmup, 1) "
+                                   "(mdistiller; 1 = no ramp; mdistiller uses 20 for 240-epoch CIFAR-100 runs).")
+    student_layer: str | None = Field(None, min_length=1, max_length=300, description="Feature methods: the student module "
+                                      "whose output is matched, by its path in model.named_modules() (e.g. 'features.3'). "
+                                      "rkd/prototype default to the penultimate features (the input of the last Linear).")
+    teacher_layer: str | None = Field(None, min_length=1, max_length=300, description="Feature methods: the teacher module, "
+                                      "likewise (needs a PyTorch teacher: safetensors or state_dict).")
+    at_p: float = Field(2.0, gt=0, le=8, description="attention_transfer: the power p of |A|^p (Zagoruyko & Komodakis 2017).")
+    at_beta: float = Field(1000.0, ge=0, le=1e6, description="attention_transfer: beta; the term is beta/2 * mean squared "
+                           "difference of the normalised maps, as the authors' code.")
+    rkd_distance_weight: float = Field(25.0, ge=0, le=1e4, description="rkd: weight of the distance-wise loss (Park et al. 2019).")
+    rkd_angle_weight: float = Field(50.0, ge=0, le=1e4, description="rkd: weight of the angle-wise loss (Park et al. 2019).")
+    prototype_mse_weight: float = Field(1.0, ge=0, le=1e4, description="prototype: weight of the MSE to the class prototype.")
+    prototype_kl_weight: float = Field(1.0, ge=0, le=1e4, description="prototype: weight of the similarity-distribution KL.")
+    prototype_temperature: float = Field(0.1, gt=0, le=100, description="prototype: temperature of the softmax over cosine "
+                                         "similarities to the prototypes (cosines lie in [-1, 1], hence a small default).")
+
+    def _check_fields(self, name: str) -> None:
+        allowed = _METHOD_FIELDS.get(name, frozenset())
+        for f in sorted(self.model_fields_set & set(_MethodParams.model_fields)):
+            if f not in allowed:
+                raise ValueError(f"{f!r} is not a parameter of method {name!r}"
+                                 + (f" (it reads: {', '.join(sorted(allowed))})" if allowed else ""))
+        if name in _LAYER_REQUIRED and (self.student_layer is None or self.teacher_layer is None):
+            raise ValueError(f"method {name!r} needs 'student_layer' and 'teacher_layer' (module paths as in model.named_modules())")
+
+
+class ExtraMethodSpec(_MethodParams):
+    """A further weighted loss added to the main method's terms (e.g. a FitNets hint next to kd).
+
+    Its terms are ``weight x`` the method's own terms; an extra never adds a ground-truth 'ce' term (the main
+    method owns it)."""
+
+    name: Literal["kd", "hard_label", "dkd", "fitnet", "attention_transfer", "rkd", "prototype"] = Field(
+        ..., description="Registered method of the extra term.")
+    weight: float = Field(1.0, ge=0, le=1e4, description="Multiplier of this extra's terms.")
+
+    @model_validator(mode="after")
+    def _fields(self) -> "ExtraMethodSpec":
+        self._check_fields(self.name)
+        return self
+
+
+class MethodSpec(_MethodParams):
+    """The distillation method, its hyper-parameters and optional extra weighted terms.
+
+    ``{name: kd, temperature: 4, alpha: 0.9}`` is plain Hinton KD. A combination::
+
+        {name: kd, temperature: 4, alpha: 0.9,
+         extra: [{name: fitnet, weight: 1.0, student_layer: "1", teacher_layer: "4"}]}
+
+    gives terms ``kd = 0.9 T^2 KL``, ``ce = 0.1 CE`` and ``fitnet = 1.0 MSE(adapter(s_feat), t_feat)``.
+    Setting a parameter the named method does not read is an error (e.g. ``dkd_beta`` on kd).
+    """
+
+    name: Literal["kd", "hard_label", "dkd", "fitnet", "attention_transfer", "rkd", "prototype", "embedding"] = Field(
         "kd",
         description="'kd': soft labels, T^2 * KL(softmax(t/T) || softmax(s/T)) (Hinton et al. 2015); "
-        "'hard_label': cross-entropy to the teacher's argmax; 'embedding' (task sentence_embedding): cosine and/or MSE "
-        "between student and teacher sentence embeddings, plus optional TinyBERT-style hidden-state and attention matching.",
+        "'hard_label': cross-entropy to the teacher's argmax (Touvron et al. 2021); 'dkd': decoupled KD, TCKD + NCKD "
+        "(Zhao et al. 2022); 'fitnet': hint MSE through a learned 1x1-conv/linear adapter (Romero et al. 2015); "
+        "'attention_transfer': spatial attention maps (Zagoruyko & Komodakis 2017); 'rkd': distance and angle relations "
+        "(Park et al. 2019); 'prototype': class prototypes of the teacher's penultimate features; "
+        "'embedding' (task sentence_embedding): cosine and/or MSE between student and teacher sentence embeddings, plus "
+        "optional TinyBERT-style hidden-state and attention matching.",
     )
-    temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature T (kd only).")
     alpha: float = Field(
         0.9, ge=0, le=1,
         description="Weight of the teacher term; (1 - alpha) weighs ground-truth cross-entropy on labelled rows. "
-        "Unlabelled rows use the teacher term alone.",
+        "Unlabelled rows use the teacher term alone. Not used by dkd (see ce_weight).",
     )
+    ce_weight: float | None = Field(
+        None, ge=0, le=1000, description="Weight of the ground-truth cross-entropy term; default 1 - alpha, except for dkd "
+        "where it defaults to 1.0 (mdistiller's CE_LOSS_WEIGHT).")
+    extra: list[ExtraMethodSpec] = Field(default_factory=list, max_length=8, description="Further weighted loss terms "
+                                         "(any method but 'embedding'), added to the main method's terms.")
+
+    @model_validator(mode="after")
+    def _fields(self) -> "MethodSpec":
+        self._check_fields(self.name)
+        if self.name == "dkd" and "alpha" in self.model_fields_set:
+            raise ValueError("'alpha' is not a parameter of method 'dkd': its terms are weighted by dkd_alpha/dkd_beta "
+                             "and the cross-entropy by ce_weight (default 1.0)")
+        if self.name == "embedding" and (self.extra or self.ce_weight is not None):
+            raise ValueError("method 'embedding' takes no 'extra' terms and no 'ce_weight'")
+        return self
+
+    def components(self) -> list[tuple[str, "_MethodParams"]]:
+        """``[(param_path, spec)]`` of the main method (``'method'``) and each extra (``'method.extra.<i>'``)."""
+        return [("method", self)] + [(f"method.extra.{i}", e) for i, e in enumerate(self.extra)]
 
 
 class LayerPair(_Strict):
@@ -191,7 +292,9 @@ class CacheSpec(_Strict):
     """Teacher-output caching."""
 
     teacher_outputs: Literal["auto", "on", "off"] = Field(
-        "auto", description="'auto': compute the teacher's outputs once per job when nothing random touches the input.")
+        "auto", description="'auto': compute the teacher's outputs (logits and the features a method needs) once per job "
+        "when nothing random touches the input (always so today) and they fit in 2 GiB, else per step; 'on': always once "
+        "(a 422-style invalid_spec when they would not fit); 'off': recompute at every step.")
 
 
 class TrainingSpec(_Strict):
@@ -203,9 +306,17 @@ class TrainingSpec(_Strict):
     schedule: Literal["cosine", "constant"] = Field("cosine", description="Learning-rate schedule over all steps.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of initialisation and shuffling: same spec + seed gives the same metrics on CPU.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' picks CUDA when the worker has it.")
-    precision: Literal["fp32"] = Field("fp32", description="Numeric precision of training.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Numeric precision of the student's forward pass (torch.autocast; losses and the teacher stay "
+        "float32): 'bf16' on CPU or CUDA, 'fp16' on CUDA only (with a gradient scaler).")
     max_runtime_s: float = Field(3600, gt=0, le=7 * 24 * 3600, description="Wall-clock limit of the job, seconds.")
     log_every_steps: int = Field(20, ge=1, description="Training loss terms are recorded every this many steps (and per epoch).")
+
+    @model_validator(mode="after")
+    def _precision(self) -> "TrainingSpec":
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ValueError("precision 'fp16' needs CUDA; use 'bf16' (or 'fp32') on the CPU")
+        return self
 
 
 class EvaluationSpec(_Strict):
@@ -216,8 +327,18 @@ class EvaluationSpec(_Strict):
         default_factory=lambda: [1, 64], min_length=1, max_length=4, description="Batch sizes at which latency is measured."
     )
     throughput_batch_size: int = Field(32, ge=1, le=4096, description="Text tasks: batch size of the throughput measurement.")
+    compare_baseline: bool = Field(False, description="Also train the same student architecture alone (cross-entropy on the "
+                                   "labels only; same data, split, epochs, optimizer, batch size and seed) and report the "
+                                   "distillation gain in top-1 points (which may be negative).")
     probe_max_samples: int = Field(4000, ge=10, le=1_000_000, description="Embedding tasks: most training texts used to fit the "
                                    "linear probe (logistic regression) on each model's embeddings.")
+
+
+class PruneSpec(_Strict):
+    """Magnitude pruning of the distilled student, then a short fine-tune with the same distillation loss."""
+
+    amount: float = Field(..., gt=0, lt=1, description="Fraction of the weights of every Linear/Conv layer set to zero (smallest |w| first).")
+    fine_tune_epochs: int = Field(2, ge=0, le=1000, description="Epochs of fine-tuning with the job's distillation loss after pruning.")
 
 
 class ExportSpec(_Strict):
@@ -227,6 +348,9 @@ class ExportSpec(_Strict):
         default_factory=lambda: ["safetensors", "onnx"], min_length=1,
         description="'safetensors' (+ student.json) is always written; 'onnx' adds student.onnx checked with onnxruntime.",
     )
+    quantize: Literal["none", "dynamic_int8"] = Field(
+        "none", description="'dynamic_int8': also ship student_int8.pt (TorchScript; Linear weights int8), evaluated in the report.")
+    prune: PruneSpec | None = Field(None, description="Also ship a magnitude-pruned, fine-tuned student_pruned.safetensors, evaluated in the report.")
 
 
 class JobSpec(_Strict):

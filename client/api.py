@@ -241,6 +241,26 @@ class Stillhouse:
         """The compression report (JSON); ApiError 409 ``report_not_ready`` before the job succeeded."""
         return self._request("GET", f"/v1/jobs/{job_id}/report")
 
+    def _text(self, path: str, params: dict[str, Any]) -> str:
+        try:
+            resp = self._http.get(path, params=params)
+        except httpx.TransportError as e:
+            raise ApiError(0, "unreachable", f"cannot reach {self.base_url}: {e}") from e
+        self._raise_for(resp)
+        return resp.text
+
+    def report_html(self, job_id: str) -> str:
+        """The report as an HTML page with plots; ApiError 409 before the job succeeded."""
+        return self._text(f"/v1/jobs/{job_id}/report", {"format": "html"})
+
+    def compare_html(self, job_ids: list[str]) -> str:
+        """Several succeeded jobs' reports side by side as one HTML page."""
+        return self._text("/v1/reports", {"job_ids": ",".join(job_ids), "format": "html"})
+
+    def compare(self, job_ids: list[str]) -> list[dict[str, Any]]:
+        """Several succeeded jobs' reports, in the given order (GET /v1/reports?job_ids=...)."""
+        return self._request("GET", "/v1/reports", params={"job_ids": ",".join(job_ids)})["data"]
+
     def artifacts(self, job_id: str) -> list[Artifact]:
         """The job's artifacts."""
         return [Artifact.model_validate(d) for d in self._request("GET", f"/v1/jobs/{job_id}/artifacts")["data"]]

@@ -306,16 +306,46 @@ def render_report(r: dict[str, Any]) -> None:
 
 
 @app.command()
-def report(job_id: str, as_json: bool = typer.Option(False, "--json", help="Print the raw JSON.")) -> None:
+def report(job_id: str, as_json: bool = typer.Option(False, "--json", help="Print the raw JSON."),
+           html: Optional[Path] = typer.Option(None, "--html", help="Also write the HTML report (with plots) to this file.")) -> None:
     """Print a succeeded job's compression report."""
     try:
         r = _client().report(job_id)
+        if html is not None:
+            html.write_text(_client().report_html(job_id))
+            err.print(f"HTML report written to {html}", highlight=False)
     except ApiError as e:
         _fail(e)
     if as_json:
         print(json.dumps(r, indent=2))
     else:
         render_report(r)
+
+
+
+
+@app.command()
+def compare(job_ids: list[str] = typer.Argument(..., help="Two or more job ids."),
+            html: Optional[Path] = typer.Option(None, "--html", help="Write the side-by-side HTML page to this file.")) -> None:
+    """Compare succeeded jobs: top-1, size, latency and gain side by side."""
+    client = _client()
+    try:
+        reports = client.compare(job_ids)
+        if html is not None:
+            html.write_text(client.compare_html(job_ids))
+            err.print(f"HTML comparison written to {html}", highlight=False)
+    except ApiError as e:
+        _fail(e)
+    t = Table("job", "task", "teacher top-1", "student top-1", "student bytes", "compression", "speedup @1", "gain")
+    for r in reports:
+        task = r.get("task", "classification")
+        s_top1 = r.get("student", {}).get("val_top1", r.get("student_top1", r.get("probe_student")))
+        t_top1 = r.get("teacher", {}).get("val_top1", r.get("teacher_top1", r.get("probe_teacher")))
+        gain = r.get("distillation_gain_points")
+        t.add_row(r["job_id"], task, _fmt(t_top1, "pct"), _fmt(s_top1, "pct"), _fmt(r.get("student", {}).get("bytes"), "bytes"),
+                  _fmt(r.get("compression_ratio"), "x"), _fmt((r.get("speedup") or {}).get("1"), "x"),
+                  "–" if gain is None else f"{gain:+.2f}")
+    console.print(t)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -178,6 +178,10 @@ def test_cli_submit_with_paths_wait_report_download(live, digits_teacher, tmp_pa
     run("wait", job_id)
     out = run("report", job_id)
     assert "validation top-1" in out and "compression ratio" in out
+    run("report", job_id, "--html", str(tmp_path / "r.html"))
+    assert "<svg" in (tmp_path / "r.html").read_text()
+    out = run("compare", job_id, job_id, "--html", str(tmp_path / "c.html"))
+    assert out.count(job_id) >= 1 and (tmp_path / "c.html").is_file()
     run("download", job_id, "--dir", str(tmp_path / "dl"))
     assert (tmp_path / "dl" / "student.safetensors").is_file()
     bad = subprocess.run([*cli, "status", "job_missing"], cwd=ROOT, capture_output=True, text=True)

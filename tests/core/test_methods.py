@@ -21,8 +21,8 @@ def softmax(z: list[float]) -> list[float]:
     return [v / sum(e) for v in e]
 
 
-def test_registry_has_both_methods():
-    assert available_methods() == ["hard_label", "kd"]
+def test_registry_has_every_method():
+    assert available_methods() == ["attention_transfer", "dkd", "fitnet", "hard_label", "kd", "prototype", "rkd"]
     assert isinstance(build_method(MethodSpec(name="kd"), True), SoftTargetKD)
     assert isinstance(build_method(MethodSpec(name="hard_label"), True), HardLabelKD)
 

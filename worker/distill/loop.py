@@ -1,7 +1,9 @@
 """The distillation training loop: seeded, resumable from per-epoch checkpoints, cancellable between steps.
 
-Per step: teacher logits for the batch under ``torch.inference_mode()``, student forward, the method's loss
-terms summed, backward, optimizer and per-step LR-schedule step. Loss terms are accumulated on the device and
+Per step: teacher logits (and the features a method reads) for the batch — from the per-job cache
+(``TeacherCache``, computed once before training) or under ``torch.inference_mode()`` — student forward
+(under ``torch.autocast`` for bf16/fp16), the method's loss terms (float32) summed, backward, optimizer and
+per-step LR-schedule step. Loss terms are accumulated on the device and
 read back only every ``log_every_steps`` steps and at epoch ends (the only host syncs besides one per epoch),
 so the loop costs little more than a bare PyTorch loop.
 """
@@ -24,7 +26,8 @@ from torch import nn
 
 from .data import DataBundle
 from .errors import DistillError, StopRequested
-from .methods import Method
+from .features import FeatureRecorder
+from .methods import CombinedMethod, Method
 from .reporter import MetricRow, Reporter
 from .spec import JobSpec, OptimizerSpec, TrainingSpec
 from .teachers import Teacher
@@ -32,6 +35,53 @@ from .teachers import Teacher
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
 EVAL_BATCH = 1024
+
+
+@dataclass
+class TeacherCache:
+    """Teacher outputs for every training row, computed once: ``logits [N, K]`` float32 and ``features``
+    ``{layer: Tensor[N, ...]}`` (the teacher layers the method reads), on the training device; ``seconds`` spent
+    computing them and ``bytes`` they take."""
+
+    logits: torch.Tensor
+    features: dict[str, torch.Tensor]
+    seconds: float
+    bytes: int
+
+
+def teacher_outputs(teacher: Teacher, x: torch.Tensor, layers: list[str], batch: int = EVAL_BATCH,
+                    param: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The teacher's logits ``[N, K]`` and features ``{layer: [N, ...]}`` (forward hooks on ``teacher.module``, see
+    ``features.FeatureRecorder``) for ``x [N, ...]``, in batches of ``batch`` rows, as ordinary (non-inference)
+    tensors on ``x``'s device. On the CPU a row's outputs do not depend on the batch it is computed in, so
+    these equal the per-step ones bit for bit. Raises ``DistillError('invalid_spec')`` for a layer the teacher
+    lacks or a teacher without modules (layers requested of an ONNX teacher)."""
+    rec = None
+    if layers:
+        module = getattr(teacher, "module", None)
+        if not isinstance(module, nn.Module):
+            raise DistillError("invalid_spec", f"a {teacher.format} teacher cannot give intermediate features", param)
+        rec = FeatureRecorder(module, layers, param)
+    logits: list[torch.Tensor] = []
+    feats: dict[str, list[torch.Tensor]] = {k: [] for k in layers}
+    try:
+        for i in range(0, x.shape[0], batch):
+            if rec is not None:
+                rec.active = True
+            logits.append(teacher(x[i : i + batch]).clone())
+            if rec is not None:
+                rec.active = False
+                for k, v in rec.pop().items():
+                    feats[k].append(v.float().clone())
+    finally:
+        if rec is not None:
+            rec.close()
+    return torch.cat(logits), {k: torch.cat(v) for k, v in feats.items()}
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """``torch.bfloat16`` / ``torch.float16`` for 'bf16' / 'fp16', None for 'fp32' (no autocast)."""
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 @dataclass
@@ -185,7 +235,7 @@ def train_student(
     *,
     student: nn.Module,
     teacher: Teacher,
-    method: Method,
+    method: Method | CombinedMethod,
     data: DataBundle,
     training: TrainingSpec,
     device: torch.device,
@@ -193,6 +243,10 @@ def train_student(
     reporter: Reporter,
     deadline: float,
     fingerprint: str,
+    teacher_cache: TeacherCache | None = None,
+    split_prefix: str = "",
+    checkpoint_name: str = CHECKPOINT_NAME,
+    owns_metrics: bool = True,
 ) -> TrainOutcome:
     """Train ``student`` (already on ``device``) to match ``teacher`` with ``method`` on ``data.train_x/y``.
 
@@ -201,7 +255,16 @@ def train_student(
     end, with student, optimizer and scheduler state) ends bit-identical to a straight one on CPU.
     ``deadline`` is a ``time.perf_counter()`` value. Reports metrics (split 'train': 'loss/<term>' and
     'loss/total' means every ``log_every_steps`` steps and at epoch end, 'lr', 'top1'; split 'train_epoch':
-    epoch means of the loss terms; split 'val': 'top1', 'agreement') and progress.
+    epoch means of the loss terms; split 'val': 'top1', 'agreement') and progress. ``split_prefix`` (e.g.
+    'baseline_') is put before every split name, ``checkpoint_name`` names the checkpoint file, and
+    ``owns_metrics=False`` (a second training pass in the same job) leaves earlier metric rows alone.
+
+    ``method`` may read features: its ``student_layers`` are captured with forward hooks on ``student``, its
+    ``teacher_layers`` come from ``teacher_cache`` when given (then the teacher is not run per step; the cache's
+    rows are the rows of ``data.train_x``) or from hooks on the teacher per step. A method with learned parts
+    (adapters) is trained with the student and saved in the checkpoint. ``training.precision`` 'bf16'/'fp16' runs
+    the student's forward under ``torch.autocast`` on ``device`` (fp16 with a gradient scaler); losses are
+    computed in float32. After every epoch the student's parameters are checked to be finite.
 
     Raises ``StopRequested`` (``reporter.should_stop()``, checked before every step),
     ``DistillError('max_runtime_exceeded')`` (deadline passed between steps) and
@@ -213,10 +276,19 @@ def train_student(
     epochs = training.epochs
     total_steps = epochs * spe
     log_every = training.log_every_steps
-    opt = make_optimizer(training.optimizer, student.parameters())
+    params = list(student.parameters()) + [p for p in method.parameters() if p.requires_grad]
+    opt = make_optimizer(training.optimizer, params)
     sched = make_scheduler(opt, training.schedule, total_steps)
     names = method.term_names + ["total"]
-    ckpt_path = workdir / CHECKPOINT_NAME
+    ckpt_path = workdir / checkpoint_name
+    amp_dtype = autocast_dtype(training.precision)
+    if training.precision == "fp16" and device.type != "cuda":
+        raise DistillError("invalid_spec", "precision 'fp16' needs a CUDA device; use 'bf16' on the CPU", "training.precision")
+    scaler = torch.amp.GradScaler(device.type) if training.precision == "fp16" else None
+    sp = split_prefix
+    s_layers = list(getattr(method, "student_layers", []))
+    t_layers = [] if teacher_cache is not None else list(getattr(method, "teacher_layers", []))
+    uses_teacher = bool(getattr(method, "needs_teacher", True))
 
     start_epoch, step, prior_elapsed = 1, 0, 0.0
     resumed: int | None = None
@@ -227,15 +299,18 @@ def train_student(
         ckpt = None
     if ckpt is not None:
         student.load_state_dict(ckpt["student"])
+        if "method" in ckpt:
+            method.load_state_dict(ckpt["method"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         resumed = int(ckpt["epoch"])
         start_epoch, step, prior_elapsed = resumed + 1, int(ckpt["step"]), float(ckpt["elapsed_s"])
         final_terms = {k: float(v) for k, v in ckpt.get("loss_terms", {}).items()}
-        reporter.discard_metrics_after(resumed)
+        if owns_metrics:
+            reporter.discard_metrics_after(resumed)
         reporter.event("resumed", f"resumed from the checkpoint of epoch {resumed} (step {step})",
                        {"epoch": resumed, "step": step})
-    else:
+    elif owns_metrics:
         reporter.discard_metrics_after(0)
 
     x = data.train_x.to(device)
@@ -252,6 +327,12 @@ def train_student(
     history: list[dict[str, Any]] = []
     n_terms = len(names)
     writer = CheckpointWriter()
+    s_rec = FeatureRecorder(student, s_layers, "method") if s_layers else None
+    t_module = getattr(teacher, "module", None)
+    if t_layers and not isinstance(t_module, nn.Module):
+        raise DistillError("invalid_spec", f"a {teacher.format} teacher cannot give intermediate features", "method")
+    t_rec = FeatureRecorder(t_module, t_layers, "method") if t_layers else None
+    no_feats: dict[str, torch.Tensor] = {}
 
     def emit_progress(epoch: int) -> None:
         now = time.perf_counter()
@@ -266,9 +347,17 @@ def train_student(
             raise DistillError(
                 "non_finite_loss",
                 f"the loss became non-finite by step {step} (epoch {epoch}): {shown}; try a lower learning rate "
-                f"(now {training.optimizer.lr:g}) or check the teacher's outputs",
+                f"(now {training.optimizer.lr:g}){', precision fp32' if amp_dtype is not None else ''} or check the teacher's outputs",
                 "training.optimizer.lr",
             )
+
+    def check_finite_weights(epoch: int) -> None:
+        with torch.no_grad():
+            ok = bool(torch.isfinite(torch.stack([p.detach().float().sum() for p in params])).all()) if params else True
+        if not ok:
+            raise DistillError("non_finite_loss", f"the student's weights became non-finite by step {step} (epoch {epoch}); try a "
+                               f"lower learning rate (now {training.optimizer.lr:g})"
+                               f"{' or precision fp32' if amp_dtype is not None else ''}", "training.optimizer.lr")
 
     try:
         for epoch in range(start_epoch, epochs + 1):
@@ -292,16 +381,47 @@ def train_student(
                 idx = perm[i * bs : (i + 1) * bs]
                 xb = x[idx]
                 yb = y[idx]
-                t_logits = teacher(xb).clone()  # out of inference mode so autograd may save it
-                s_logits = student(xb)
-                terms = method(s_logits, t_logits, yb)
+                t_feats = no_feats
+                if teacher_cache is not None:
+                    t_logits = teacher_cache.logits[idx]
+                    if teacher_cache.features:
+                        t_feats = {k: v[idx] for k, v in teacher_cache.features.items()}
+                elif uses_teacher:
+                    if t_rec is not None:
+                        t_rec.active = True
+                    t_logits = teacher(xb).clone()  # out of inference mode so autograd may save it
+                    if t_rec is not None:
+                        t_rec.active = False
+                        t_feats = {k: v.float().clone() for k, v in t_rec.pop().items()}
+                else:
+                    t_logits = None
+                if s_rec is not None:
+                    s_rec.active = True
+                if amp_dtype is None:
+                    s_logits = student(xb)
+                else:
+                    with torch.autocast(device_type=device.type, dtype=amp_dtype):
+                        s_logits = student(xb)
+                    s_logits = s_logits.float()
+                s_feats = no_feats
+                if s_rec is not None:
+                    s_rec.active = False
+                    s_feats = s_rec.pop()
+                    if amp_dtype is not None:
+                        s_feats = {k: v.float() for k, v in s_feats.items()}
+                terms = method(s_logits, t_logits, yb, epoch=epoch, student_features=s_feats, teacher_features=t_feats)
                 values = list(terms.values())
                 total = values[0]
                 for v in values[1:]:
                     total = total + v
                 opt.zero_grad(set_to_none=True)
-                total.backward()
-                opt.step()
+                if scaler is None:
+                    total.backward()
+                    opt.step()
+                else:
+                    scaler.scale(total).backward()
+                    scaler.step(opt)
+                    scaler.update()
                 sched.step()
                 step += 1
                 log_count += 1
@@ -312,7 +432,7 @@ def train_student(
                 if step % log_every == 0 or last:
                     means = (log_acc / log_count).tolist()
                     check_finite(means, epoch)
-                    reporter.metrics([MetricRow(f"loss/{k}", "train", step, epoch, v) for k, v in zip(names, means)])
+                    reporter.metrics([MetricRow(f"loss/{k}", f"{sp}train", step, epoch, v) for k, v in zip(names, means)])
                     ep_acc.add_(log_acc)
                     log_acc.zero_()
                     log_count = 0
@@ -321,6 +441,7 @@ def train_student(
 
             ep_means = (ep_acc / spe).tolist()
             check_finite(ep_means, epoch)
+            check_finite_weights(epoch)
             final_terms = dict(zip(names, ep_means))
             student.eval()
             s_val = batched_logits(student, vx)
@@ -328,25 +449,26 @@ def train_student(
             s_pred = s_val.argmax(dim=1)
             agreement = float((s_pred == teacher_val_pred).float().mean())
             lr = float(sched.get_last_lr()[0])
-            rows = [MetricRow(f"loss/{k}", "train_epoch", step, epoch, v) for k, v in final_terms.items()]
-            rows.append(MetricRow("lr", "train", step, epoch, lr))
+            rows = [MetricRow(f"loss/{k}", f"{sp}train_epoch", step, epoch, v) for k, v in final_terms.items()]
+            rows.append(MetricRow("lr", f"{sp}train", step, epoch, lr))
             record: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr, "agreement": agreement, **final_terms}
             if labelled_seen:
                 top1_train = int((preds == y[seen]).sum()) / labelled_seen  # unlabelled rows (-1) never match
-                rows.append(MetricRow("top1", "train", step, epoch, top1_train))
+                rows.append(MetricRow("top1", f"{sp}train", step, epoch, top1_train))
                 record["train_top1"] = top1_train
             if val_labelled:
                 mask = vy >= 0
                 top1_val = float((s_pred[mask] == vy[mask]).float().mean())
-                rows.append(MetricRow("top1", "val", step, epoch, top1_val))
+                rows.append(MetricRow("top1", f"{sp}val", step, epoch, top1_val))
                 record["val_top1"] = top1_val
-            rows.append(MetricRow("agreement", "val", step, epoch, agreement))
+            rows.append(MetricRow("agreement", f"{sp}val", step, epoch, agreement))
             reporter.metrics(rows)
             history.append(record)
             elapsed = prior_elapsed + time.perf_counter() - run_start
             writer.submit(ckpt_path, {
                 "version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "epoch": epoch, "step": step,
-                "student": student.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "student": student.state_dict(), "method": method.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
                 "elapsed_s": elapsed, "loss_terms": final_terms,
             })
             reporter.event("checkpoint_saved", f"epoch {epoch} checkpoint written", {"epoch": epoch, "step": step})
@@ -355,6 +477,10 @@ def train_student(
         with contextlib.suppress(Exception):  # a stop or failure still leaves the last epoch's checkpoint complete
             writer.wait()
         raise
+    finally:
+        for rec in (s_rec, t_rec):
+            if rec is not None:
+                rec.close()
     writer.wait()
 
     student.eval()

@@ -137,7 +137,8 @@ class DataSpec(_Strict):
 LOGIT_METHODS = ("kd", "hard_label", "dkd")
 FEATURE_METHODS = ("fitnet", "attention_transfer", "rkd", "prototype")
 
-# Which optional fields each method reads; setting another method's field explicitly is a 422.
+# Which optional fields each method reads; setting another method's field explicitly is a 422 (except
+# 'temperature', which specs have always been allowed to carry, whatever the method).
 _METHOD_FIELDS: dict[str, frozenset[str]] = {
     "kd": frozenset({"temperature", "logit_standardization"}),
     "hard_label": frozenset(),
@@ -179,9 +180,10 @@ class _MethodParams(_Strict):
                                          "similarities to the prototypes (cosines lie in [-1, 1], hence a small default).")
 
     def _check_fields(self, name: str) -> None:
-        allowed = _METHOD_FIELDS.get(name, frozenset())
+        allowed = _METHOD_FIELDS.get(name, frozenset()) | {"temperature"}  # temperature: tolerated everywhere, as before
         for f in sorted(self.model_fields_set & set(_MethodParams.model_fields)):
-            if f not in allowed:
+            # a default value is tolerated, so a full model_dump() of any spec validates again
+            if f not in allowed and getattr(self, f) != _MethodParams.model_fields[f].default:
                 raise ValueError(f"{f!r} is not a parameter of method {name!r}"
                                  + (f" (it reads: {', '.join(sorted(allowed))})" if allowed else ""))
         if name in _LAYER_REQUIRED and (self.student_layer is None or self.teacher_layer is None):
@@ -213,7 +215,8 @@ class MethodSpec(_MethodParams):
          extra: [{name: fitnet, weight: 1.0, student_layer: "1", teacher_layer: "4"}]}
 
     gives terms ``kd = 0.9 T^2 KL``, ``ce = 0.1 CE`` and ``fitnet = 1.0 MSE(adapter(s_feat), t_feat)``.
-    Setting a parameter the named method does not read is an error (e.g. ``dkd_beta`` on kd).
+    Setting a parameter the named method does not read to a non-default value is an error (e.g. ``dkd_beta: 3`` on kd),
+    so a typo'd combination fails at creation while a full ``model_dump()`` still validates.
     """
 
     name: Literal["kd", "hard_label", "dkd", "fitnet", "attention_transfer", "rkd", "prototype", "embedding"] = Field(
@@ -240,7 +243,7 @@ class MethodSpec(_MethodParams):
     @model_validator(mode="after")
     def _fields(self) -> "MethodSpec":
         self._check_fields(self.name)
-        if self.name == "dkd" and "alpha" in self.model_fields_set:
+        if self.name == "dkd" and "alpha" in self.model_fields_set and self.alpha != MethodSpec.model_fields["alpha"].default:
             raise ValueError("'alpha' is not a parameter of method 'dkd': its terms are weighted by dkd_alpha/dkd_beta "
                              "and the cross-entropy by ce_weight (default 1.0)")
         if self.name == "embedding" and (self.extra or self.ce_weight is not None):

@@ -1,0 +1,180 @@
+"""Intermediate features of PyTorch models, captured with forward hooks, for feature-based distillation.
+
+Layers are named by the module path a user sees in ``model.named_modules()`` (e.g. ``'features.3'`` of an
+``nn.Sequential``, ``'stages.1.conv2'`` of the ResNet). The special name ``'penultimate'`` means the *input* of
+the model's last ``nn.Linear`` (the features the classifier reads), captured with a forward pre-hook.
+
+Hooks need eager PyTorch modules: TorchScript modules accept hook registration but never run the hooks
+inside scripted code, and ONNX teachers have no modules at all, so feature methods refuse those teachers
+(``methods.check_method_supported``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import DistillError
+
+PENULTIMATE = "penultimate"
+
+
+def last_linear(model: nn.Module) -> tuple[str, nn.Linear] | None:
+    """``(name, module)`` of the last ``nn.Linear`` in ``model.named_modules()`` order, or None when there is none."""
+    found = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            found = (name, mod)
+    return found
+
+
+def resolve_layer(model: nn.Module, name: str, param: str | None = None) -> nn.Module:
+    """The module called ``name`` in ``model.named_modules()`` (``'penultimate'``: the last ``nn.Linear``, whose
+    input is captured).
+
+    Raises ``DistillError('invalid_spec')`` naming ``param`` when there is no such module (the message lists up to
+    30 available names) or, for 'penultimate', when the model has no ``nn.Linear``.
+    """
+    modules = dict(model.named_modules())
+    if name in modules and name != "":
+        return modules[name]
+    if name == PENULTIMATE:
+        ll = last_linear(model)
+        if ll is None:
+            raise DistillError("invalid_spec", "the model has no nn.Linear, so it has no 'penultimate' features; name a layer", param)
+        return ll[1]
+    names = [n for n in modules if n]
+    shown = ", ".join(names[:30]) + (", ..." if len(names) > 30 else "")
+    raise DistillError("invalid_spec", f"no layer {name!r} in the model; its layers are: {shown or '(none)'}", param)
+
+
+class FeatureRecorder:
+    """Forward hooks on ``model`` that keep the latest output of each layer in ``layers`` while ``active``.
+
+    ``features`` maps each layer name to its last captured tensor ``[B, ...]`` (for 'penultimate': the input of
+    the last ``nn.Linear``). Use ``pop()`` after a forward pass to take and clear them; ``close()`` removes the
+    hooks. ``param`` names the spec field in errors. Raises ``DistillError('invalid_spec')`` for an unknown layer
+    (at construction), and from ``pop()`` when a layer produced nothing (a module never called, or a TorchScript
+    module whose hooks do not run) or a non-tensor output.
+    """
+
+    def __init__(self, model: nn.Module, layers: list[str], param: str | None = None) -> None:
+        self.layers = list(dict.fromkeys(layers))
+        self.param = param
+        self.features: dict[str, Any] = {}
+        self.active = False
+        self._handles = []
+        for name in self.layers:
+            mod = resolve_layer(model, name, param)
+            if name == PENULTIMATE and name not in dict(model.named_modules()):
+                self._handles.append(mod.register_forward_pre_hook(self._pre_hook(name)))
+            else:
+                self._handles.append(mod.register_forward_hook(self._hook(name)))
+
+    def _hook(self, name: str):
+        def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
+            if self.active:
+                self.features[name] = out
+
+        return hook
+
+    def _pre_hook(self, name: str):
+        def hook(_mod: nn.Module, inp: Any) -> None:
+            if self.active:
+                self.features[name] = inp[0] if isinstance(inp, tuple) and inp else inp
+
+        return hook
+
+    def pop(self) -> dict[str, torch.Tensor]:
+        """The captured features ``{layer: Tensor[B, ...]}`` of the last forward pass, then cleared."""
+        out, self.features = self.features, {}
+        for name in self.layers:
+            if name not in out:
+                raise DistillError("invalid_spec", f"layer {name!r} produced no output during the forward pass (is it used by the "
+                                   "model's forward? TorchScript modules do not run hooks)", self.param)
+            if not isinstance(out[name], torch.Tensor):
+                raise DistillError("invalid_spec", f"layer {name!r} outputs {type(out[name]).__name__}, not a tensor; choose "
+                                   "another layer", self.param)
+        return out
+
+    def close(self) -> None:
+        """Remove the hooks."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+@torch.no_grad()
+def feature_shapes(model: nn.Module, layers: list[str], sample: torch.Tensor, param: str | None = None) -> dict[str, tuple[int, ...]]:
+    """Per-sample output shapes ``{layer: (C, H, W) or (D,) ...}`` of ``layers`` for one eval-mode forward pass of
+    ``sample [B, *input_shape]`` (the model's train/eval mode is restored). Raises as ``FeatureRecorder``."""
+    if not layers:
+        return {}
+    rec = FeatureRecorder(model, layers, param)
+    was_training = model.training
+    try:
+        model.eval()
+        rec.active = True
+        with torch.inference_mode():
+            model(sample)
+        feats = rec.pop()
+    finally:
+        rec.close()
+        model.train(was_training)
+    return {k: tuple(int(d) for d in v.shape[1:]) for k, v in feats.items()}
+
+
+@torch.no_grad()
+def list_layers(model: nn.Module, input_shape: list[int] | tuple[int, ...], device: torch.device | str = "cpu") -> list[dict[str, Any]]:
+    """Every named sub-module of ``model`` with its output shape, for choosing feature-distillation layers.
+
+    Runs one eval-mode forward pass of zeros ``[1, *input_shape]`` (float32, on ``device``) with a forward hook on
+    every module. Returns ``[{"name": "features.3", "type": "ReLU", "output_shape": [32, 14, 14]}, ...]`` in
+    ``named_modules()`` order (the root module excluded), ``output_shape`` being the per-sample shape (batch
+    dimension dropped), or None for a module not called in the forward pass or returning a non-tensor. When the
+    model has an ``nn.Linear``, a last entry ``{"name": "penultimate", "type": "input of <last Linear>",
+    "output_shape": [...]}`` describes the classifier's input features. The model's train/eval mode is restored.
+
+    Raises ``DistillError('shape_mismatch')`` when the model cannot take inputs of ``input_shape``.
+    """
+    mods = [(n, m) for n, m in model.named_modules() if n]
+    shapes: dict[str, list[int] | None] = {}
+    handles = []
+
+    def make(name: str):
+        def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+            shapes[name] = [int(d) for d in out.shape[1:]] if isinstance(out, torch.Tensor) else None
+
+        return hook
+
+    ll = last_linear(model)
+    pen: dict[str, list[int]] = {}
+    for n, m in mods:
+        handles.append(m.register_forward_hook(make(n)))
+    if ll is not None:
+        handles.append(ll[1].register_forward_pre_hook(lambda _m, inp: pen.setdefault("s", [int(d) for d in inp[0].shape[1:]])))
+    was_training = model.training
+    try:
+        model.eval()
+        x = torch.zeros(1, *[int(d) for d in input_shape], device=device)
+        try:
+            model(x)
+        except Exception as e:  # noqa: BLE001 - any error here means the input shape does not fit
+            raise DistillError("shape_mismatch", f"the model cannot take inputs of shape {list(input_shape)}: "
+                               f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}", "input_shape") from None
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    out = [{"name": n, "type": type(m).__name__, "output_shape": shapes.get(n)} for n, m in mods]
+    if ll is not None and "s" in pen:
+        out.append({"name": PENULTIMATE, "type": f"input of {ll[0]} (Linear)", "output_shape": pen["s"]})
+    return out
+
+
+def numel(shape: tuple[int, ...] | list[int]) -> int:
+    """Number of elements of a per-sample shape (1 for ``()``)."""
+    return int(math.prod(shape)) if shape else 1

@@ -41,10 +41,12 @@ def test_distils_digits_teacher_into_mlp(teacher_file, tmp_path):
     assert r["training"]["steps"] == 12 * SPE and r["training"]["resumed_from_epoch"] is None
     assert set(r["training"]["final_loss_terms"]) == {"kd", "ce", "total"}
     assert r["data"]["validation"]["rows"] == 360 and r["data"]["num_classes"] == 10
-    assert set(r["wall_time_s"]) == {"loading_teacher", "training", "evaluating", "exporting", "total"}
+    assert set(r["wall_time_s"]) == {"loading_teacher", "caching_teacher_outputs", "training", "evaluating", "exporting", "total"}
     assert isinstance(r["summary"], str) and "agrees" in r["summary"]
     json.dumps(r)  # JSON-serialisable
-    assert rep.phases == ["loading_teacher", "training", "evaluating", "exporting"]
+    assert rep.phases == ["loading_teacher", "caching_teacher_outputs", "training", "evaluating", "exporting"]
+    assert r["cache"]["teacher_outputs"] is True and r["cache"]["teacher_passes_saved"] == 11 * 1437
+    assert "deterministic" in r["cache"]["reason"] and r["cache"]["cache_seconds"] >= 0
     # metric rows: per epoch val top-1/agreement/lr, loss terms every 10 steps
     val_top1 = [row for row in rep.rows if row.name == "top1" and row.split == "val"]
     assert [row.epoch for row in val_top1] == list(range(1, 13))
@@ -113,8 +115,9 @@ def test_cancel_leaves_no_artifacts(teacher_file, tmp_path):
 
 
 def test_cancel_during_evaluation_leaves_no_artifacts(teacher_file, tmp_path):
-    # the checks: one per step (1 epoch), one after training, one after evaluation -> stop at the last
-    rep = RecordingReporter(stop_after_steps=SPE + 1)
+    # the checks: one after caching the teacher's outputs, one per step (1 epoch), one after training, one after
+    # evaluation -> stop at the last
+    rep = RecordingReporter(stop_after_steps=SPE + 2)
     with pytest.raises(StopRequested):
         run(make_spec(training={"epochs": 1}), teacher_file, tmp_path / "job", reporter=rep)
     assert "evaluating" in rep.phases and not (tmp_path / "job/artifacts").exists()

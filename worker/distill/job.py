@@ -1,6 +1,8 @@
 """``run_job``: one distillation job from spec to report and artifacts.
 
-Phases (reported through the ``Reporter``): loading_teacher → training → evaluating → exporting.
+Phases (reported through the ``Reporter``): loading_teacher → caching_teacher_outputs (when the teacher's
+outputs are cached, or a method needs a pass over the training data) → training (the distilled student, then,
+with ``evaluation.compare_baseline``, the same student trained alone) → evaluating → exporting.
 Artifacts are written to a temporary folder and moved to ``workdir/artifacts`` only when everything
 succeeded, so a failed or cancelled job leaves no partial artifacts (the per-epoch ``checkpoint.pt``
 stays in ``workdir`` for a redelivered job to resume from).
@@ -24,15 +26,18 @@ from .evaluation import evaluate, ratio as _ratio, rnd as _r, summary_sentence a
 from .export import export_student as _export
 from .errors import DistillError, StopRequested
 from .formats import FileInput, sniff
-from .loop import TrainOutcome, spec_fingerprint, train_student
+from .features import feature_shapes, numel
+from .loop import TeacherCache, TrainOutcome, batched_logits, spec_fingerprint, teacher_outputs, train_student
 from .measure import resolve_device
-from .methods import build_method
+from .methods import CombinedMethod, LabelsOnly, Method, build_method, check_method_supported
 from .models import build, describe
 from .reporter import Reporter
 from .spec import JobSpec
 from .teachers import Teacher, load_teacher
 
 ARTIFACTS_DIR = "artifacts"
+CACHE_LIMIT_BYTES = 2 * 1024**3  # teacher-output cache ceiling: 'on' beyond it is invalid_spec, 'auto' falls back to per-step
+BASELINE_CHECKPOINT = "baseline_checkpoint.pt"
 
 
 @dataclass(frozen=True)
@@ -46,10 +51,13 @@ class JobInputs:
 @dataclass
 class DistillResult:
     """A finished job: the JSON-serialisable compression ``report`` and the ``artifacts`` written
-    (paths inside ``workdir/artifacts``: student.safetensors, student.json, optionally student.onnx)."""
+    (paths inside ``workdir/artifacts``: student.safetensors, student.json, optionally student.onnx);
+    ``baseline_student``: with ``evaluation.compare_baseline``, the same student architecture trained alone
+    (eval mode, on the job's device), else None."""
 
     report: dict[str, Any]
     artifacts: list[Path]
+    baseline_student: nn.Module | None = None
 
 
 def _first_line(e: BaseException) -> str:
@@ -117,6 +125,61 @@ def _probe_student(student: nn.Module, filled: dict[str, Any], data: DataBundle,
                            "student.architecture.kwargs.num_classes")
 
 
+def _setup_method(method: Method | CombinedMethod, student: nn.Module, teacher: Teacher, data: DataBundle,
+                  device: torch.device, seed: int) -> None:
+    """Probe the feature shapes the method reads and build its adapters (seeded, without disturbing the global RNG)."""
+    s_layers, t_layers = method.student_layers, method.teacher_layers
+    if not s_layers and not t_layers:
+        return
+    module = getattr(teacher, "module", None)
+    if t_layers and not isinstance(module, nn.Module):
+        raise DistillError("invalid_spec", f"a {teacher.format} teacher cannot give the intermediate features feature methods need",
+                           "method.name")
+    sample = data.train_x[:2].to(device)
+    s_shapes = feature_shapes(student, s_layers, sample, "method.student_layer")
+    t_shapes = feature_shapes(module, t_layers, sample, "method.teacher_layer") if t_layers else {}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed + 7919)
+        method.setup(s_shapes, t_shapes)
+    method.to(device)
+
+
+def _plan_cache(spec: JobSpec, method: Method | CombinedMethod, teacher: Teacher, data: DataBundle, k: int,
+                device: torch.device) -> tuple[bool, str, int]:
+    """Whether to cache the teacher's outputs: ``(use, reason, bytes)``. Raises ``DistillError('invalid_spec')`` for
+    cache.teacher_outputs='on' when they would exceed ``CACHE_LIMIT_BYTES``."""
+    mode = spec.cache.teacher_outputs
+    n = int(data.train_x.shape[0])
+    t_layers = method.teacher_layers
+    shapes = feature_shapes(teacher.module, t_layers, data.train_x[:2].to(device)) if t_layers else {}
+    size = 4 * n * (k + sum(numel(s) for s in shapes.values()))
+    what = "logits" + (f" and features of {', '.join(t_layers)}" if t_layers else "")
+    mib = size / 1024**2
+    if mode == "off":
+        return False, "turned off in the spec (cache.teacher_outputs='off'): the teacher runs at every step", size
+    if size > CACHE_LIMIT_BYTES:
+        msg = (f"the teacher's {what} for {n} training rows would take {mib:,.0f} MiB, over the "
+               f"{CACHE_LIMIT_BYTES / 1024**3:g} GiB cache limit")
+        if mode == "on":
+            raise DistillError("invalid_spec", msg + "; use cache.teacher_outputs 'auto' or 'off', or fewer/smaller feature layers",
+                               "cache.teacher_outputs")
+        return False, msg + ": the teacher runs at every step", size
+    why = "forced on in the spec" if mode == "on" else "the input pipeline is deterministic (no augmentation)"
+    return True, f"{why}: the teacher's {what} were computed once for {n} training rows ({mib:.1f} MiB) and reused every epoch", size
+
+
+def _gain_sentence(gain: float | None, distilled: float | None, alone: float | None) -> str:
+    if gain is None or distilled is None or alone is None:
+        return ""
+    if gain > 0:
+        return (f" Distillation helped: the distilled student's top-1 ({distilled:.1%}) is {gain:.2f} points above the same "
+                f"student trained alone ({alone:.1%}).")
+    if gain < 0:
+        return (f" Distillation did not help: the same student trained alone reached {alone:.1%} top-1, {-gain:.2f} points "
+                f"above the distilled student's {distilled:.1%}.")
+    return f" Distillation made no difference: the distilled student and the student trained alone both reached {alone:.1%} top-1."
+
+
 def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter, *, runtime_used_s: float = 0.0,
             max_unpacked_bytes: int = 4 * 1024**3) -> DistillResult:
     """Run one distillation job and return its report and artifacts.
@@ -132,6 +195,9 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     ``workdir/artifacts`` does not exist afterwards. Other exceptions are bugs and propagate unchanged.
     """
     fmt = spec.teacher.format if spec.teacher.format != "auto" else inputs.teacher.format
+    if fmt in ("auto", "", None):
+        fmt = sniff(inputs.teacher.path)
+    check_method_supported(spec.method, fmt)
     if fmt == "hf" or spec.task in ("sequence_classification", "sentence_embedding"):
         if fmt != "hf":
             raise DistillError("invalid_spec", f"task {spec.task!r} needs a Hugging Face teacher ('hf' archive), got {fmt}", "task")
@@ -154,13 +220,14 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     if final_dir.exists():
         shutil.rmtree(final_dir)
     device = resolve_device(spec.training.device)
+    if spec.training.precision == "fp16" and device.type != "cuda":
+        raise DistillError("invalid_spec", f"precision 'fp16' needs CUDA but the job runs on {device.type}; use 'bf16' or 'fp32'",
+                           "training.precision")
     times: dict[str, float] = {}
 
     # ------------------------------------------------------------------ loading_teacher
     reporter.phase("loading_teacher")
     t0 = time.perf_counter()
-    if fmt in ("auto", "", None):
-        fmt = sniff(inputs.teacher.path)
     teacher = load_teacher(inputs.teacher.path, fmt, spec.teacher.architecture, device)
     data = load_data(spec.data, inputs.files, input_shape=teacher.input_shape)
     if teacher.input_shape is None:
@@ -168,17 +235,67 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     k = _probe(spec, teacher, data, device)
     student, filled = _build_student(spec, teacher, data, k, device)
     _probe_student(student, filled, data, k, device)
-    method = build_method(spec.method, has_labels=data.has_labels, all_labelled=data.counts["unlabelled"] == 0)
+    all_labelled = data.counts["unlabelled"] == 0
+    method = build_method(spec.method, has_labels=data.has_labels, all_labelled=all_labelled)
+    _setup_method(method, student, teacher, data, device, spec.training.seed)
+    use_cache, cache_reason, _ = _plan_cache(spec, method, teacher, data, k, device)
     times["loading_teacher"] = time.perf_counter() - t0
     _check_time(deadline, spec, "while loading")
+
+    # ------------------------------------------------------------------ caching_teacher_outputs
+    cache: TeacherCache | None = None
+    if use_cache or method.needs_dataset_pass:
+        reporter.phase("caching_teacher_outputs")
+        t0 = time.perf_counter()
+        x = data.train_x.to(device)
+        t_logits, t_feats = teacher_outputs(teacher, x, method.teacher_layers, param="method.teacher_layer")
+        if method.needs_dataset_pass:
+            method.prepare(t_logits, t_feats, data.train_y.to(device))
+        secs = time.perf_counter() - t0
+        if use_cache:
+            nbytes = t_logits.numel() * 4 + sum(v.numel() * v.element_size() for v in t_feats.values())
+            cache = TeacherCache(logits=t_logits, features=t_feats, seconds=secs, bytes=nbytes)
+        else:
+            del t_logits, t_feats
+        times["caching_teacher_outputs"] = secs
+        _check_stop(reporter, "after caching teacher outputs")
+        _check_time(deadline, spec, "after caching teacher outputs")
 
     # ------------------------------------------------------------------ training
     reporter.phase("training")
     t0 = time.perf_counter()
+    fingerprint = spec_fingerprint(spec)
     outcome: TrainOutcome = train_student(student=student, teacher=teacher, method=method, data=data, training=spec.training,
                                           device=device, workdir=workdir, reporter=reporter, deadline=deadline,
-                                          fingerprint=spec_fingerprint(spec))
+                                          fingerprint=fingerprint, teacher_cache=cache)
     times["training"] = time.perf_counter() - t0
+    n_train = int(data.train_x.shape[0])
+    epochs_run = outcome.epochs - (outcome.resumed_from_epoch or 0)
+    rows_per_epoch = min(n_train, outcome.steps_per_epoch * min(spec.training.batch_size, n_train))
+    cache_info = {"teacher_outputs": cache is not None, "reason": cache_reason,
+                  "teacher_passes_saved": max(0, epochs_run * rows_per_epoch - n_train) if cache is not None else 0,
+                  "cache_seconds": _r(cache.seconds, 3) if cache is not None else 0.0}
+    if cache is not None:
+        cache_info["bytes"] = cache.bytes
+    del cache
+
+    baseline: nn.Module | None = None
+    baseline_outcome: TrainOutcome | None = None
+    baseline_note: str | None = None
+    if spec.evaluation.compare_baseline:
+        _check_stop(reporter, "before the baseline")
+        if not data.has_labels:
+            baseline_note = "no labelled training rows: a student cannot be trained alone"
+        else:
+            reporter.event("baseline_started", "training the same student alone (cross-entropy on labels only) for comparison",
+                           {"epochs": spec.training.epochs})
+            t0 = time.perf_counter()
+            baseline, _ = _build_student(spec, teacher, data, k, device)
+            baseline_outcome = train_student(student=baseline, teacher=teacher, method=LabelsOnly(all_labelled=all_labelled),
+                                             data=data, training=spec.training, device=device, workdir=workdir, reporter=reporter,
+                                             deadline=deadline, fingerprint=fingerprint + ":baseline", split_prefix="baseline_",
+                                             checkpoint_name=BASELINE_CHECKPOINT, owns_metrics=False)
+            times["baseline_training"] = time.perf_counter() - t0
     _check_stop(reporter, "after training")
     _check_time(deadline, spec, "after training")
 
@@ -241,5 +358,30 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
         "onnx": {"max_abs_diff": float(f"{onnx_info['max_abs_diff']:.3g}"), "opset": onnx_info["opset"]} if onnx_info else None,
         "wall_time_s": {k2: _r(v, 3) for k2, v in times.items()},
     }
+    report["cache"] = cache_info
+    report["training"]["precision"] = spec.training.precision
+    report["training"]["method_detail"] = method.describe()
+    protos = [p for p in (method.parts if isinstance(method, CombinedMethod) else [method]) if p.name == "prototype"]
+    if protos:
+        report["training"]["prototype_class_counts"] = protos[0].class_counts
     report["summary"] = _summary_sentence(report)
-    return DistillResult(report=report, artifacts=artifacts)
+    if spec.evaluation.compare_baseline:
+        gain = None
+        if baseline is not None and baseline_outcome is not None:
+            b_top1 = None
+            if data.val_has_labels:
+                baseline.eval()
+                vx, vy = data.val_x.to(device), data.val_y.to(device)
+                pred = batched_logits(baseline, vx).argmax(dim=1)
+                mask = vy >= 0
+                b_top1 = float((pred[mask] == vy[mask]).float().mean())
+            report["baseline"] = {"val_top1": _r(b_top1), "training_time_s": _r(baseline_outcome.elapsed_s, 3),
+                                  "parameters": s_ev["parameters"], "method": "cross-entropy on labels only",
+                                  "epochs": baseline_outcome.epochs, "steps": baseline_outcome.steps}
+            if b_top1 is not None and s_ev["val_top1"] is not None:
+                gain = _r((s_ev["val_top1"] - b_top1) * 100, 2)
+            report["summary"] += _gain_sentence(gain, s_ev["val_top1"], report["baseline"]["val_top1"])
+        else:
+            report["baseline"] = {"val_top1": None, "training_time_s": None, "note": baseline_note}
+        report["distillation_gain_points"] = gain
+    return DistillResult(report=report, artifacts=artifacts, baseline_student=baseline)

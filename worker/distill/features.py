@@ -134,7 +134,8 @@ def list_layers(model: nn.Module, input_shape: list[int] | tuple[int, ...], devi
     Runs one eval-mode forward pass of zeros ``[1, *input_shape]`` (float32, on ``device``) with a forward hook on
     every module. Returns ``[{"name": "features.3", "type": "ReLU", "output_shape": [32, 14, 14]}, ...]`` in
     ``named_modules()`` order (the root module excluded), ``output_shape`` being the per-sample shape (batch
-    dimension dropped), or None for a module not called in the forward pass or returning a non-tensor. When the
+    dimension dropped), or None for a module not called in the forward pass, returning a non-tensor, or part of
+    a TorchScript model (scripted code runs no hooks; ``type`` is then the scripted module's original class name). When the
     model has an ``nn.Linear``, a last entry ``{"name": "penultimate", "type": "input of <last Linear>",
     "output_shape": [...]}`` describes the classifier's input features. The model's train/eval mode is restored.
 
@@ -153,9 +154,18 @@ def list_layers(model: nn.Module, input_shape: list[int] | tuple[int, ...], devi
     ll = last_linear(model)
     pen: dict[str, list[int]] = {}
     for n, m in mods:
-        handles.append(m.register_forward_hook(make(n)))
+        try:
+            handles.append(m.register_forward_hook(make(n)))
+        except RuntimeError:  # ScriptModules refuse hooks: listed without an output shape
+            pass
+    def pre_hook(_m: nn.Module, inp: Any) -> None:  # must return None: a value would replace the Linear's input
+        pen["s"] = [int(d) for d in inp[0].shape[1:]]
+
     if ll is not None:
-        handles.append(ll[1].register_forward_pre_hook(lambda _m, inp: pen.setdefault("s", [int(d) for d in inp[0].shape[1:]])))
+        try:
+            handles.append(ll[1].register_forward_pre_hook(pre_hook))
+        except RuntimeError:
+            pass
     was_training = model.training
     try:
         model.eval()
@@ -169,7 +179,7 @@ def list_layers(model: nn.Module, input_shape: list[int] | tuple[int, ...], devi
         for h in handles:
             h.remove()
         model.train(was_training)
-    out = [{"name": n, "type": type(m).__name__, "output_shape": shapes.get(n)} for n, m in mods]
+    out = [{"name": n, "type": getattr(m, "original_name", None) or type(m).__name__, "output_shape": shapes.get(n)} for n, m in mods]
     if ll is not None and "s" in pen:
         out.append({"name": PENULTIMATE, "type": f"input of {ll[0]} (Linear)", "output_shape": pen["s"]})
     return out

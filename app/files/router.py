@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, status
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import SessionDep, SettingsDep, StoreDep
@@ -66,6 +67,33 @@ def list_files(session: SessionDep, limit: Limit = 100,
 def get_file(file_id: str, session: SessionDep) -> FileObject:
     """Read one file's metadata. 404 if there is no such file."""
     return FileObject.model_validate(service.get_file(session, file_id))
+
+
+class Layer(BaseModel):
+    """A named module of a model."""
+
+    name: str = Field(..., description="Module path as in named_modules(), e.g. 'features.3'; 'penultimate' is the classifier's input.")
+    type: str = Field(..., description="Module class, e.g. Conv2d, ReLU, Linear.")
+    output_shape: list[int] | None = Field(None, description="Per-sample output shape (batch dimension dropped); null if not called.")
+
+
+class LayerList(BaseModel):
+    """The layers of a model."""
+
+    object: Literal["list"] = Field("list", description="Always 'list'.")
+    data: list[Layer] = Field(..., description="Layers in definition order.")
+    has_more: bool = Field(False, description="Always false.")
+
+
+@router.get("/{file_id}/layers", response_model=LayerList, responses=ERROR_RESPONSES)
+def list_layers(file_id: str, session: SessionDep, store: StoreDep,
+                input_shape: Annotated[str | None, Query(description="Per-sample input shape, e.g. '1,28,28' (default: from the file).",
+                                                         pattern=r"^\d+(,\d+){0,3}$")] = None) -> LayerList:
+    """The named layers of an uploaded PyTorch model with their output shapes, to pick ``student_layer`` /
+    ``teacher_layer`` for feature methods. 404 unknown file; 422 for datasets, ONNX and Hugging Face models
+    (``features_unavailable``), or an unknown / unusable input shape."""
+    shape = [int(d) for d in input_shape.split(",")] if input_shape else None
+    return LayerList(data=[Layer(**d) for d in service.list_layers(session, store, file_id, shape)])
 
 
 @router.delete("/{file_id}", response_model=FileDeleted,

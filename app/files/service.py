@@ -107,3 +107,47 @@ def delete_file(session: Session, store: LocalStore, file_id: str) -> None:
         raise Conflict(f"file {file_id} was just put to use by a new job; try again once it ends", param="file_id",
                        code="file_in_use") from e
     store.delete(row.storage_key)
+
+
+def list_layers(session: Session, store: LocalStore, file_id: str, input_shape: list[int] | None) -> list[dict]:
+    """The named modules of an uploaded PyTorch model (safetensors with stillhouse metadata, TorchScript) with their
+    per-sample output shapes, for choosing feature-distillation layers (e.g. ``features.3``). Runs one forward
+    pass of zeros ``[1, *input_shape]`` on the CPU; ``input_shape`` defaults to the one known from the file.
+
+    Raises NotFound (404); Unprocessable (422): a dataset, an ONNX or Hugging Face model (``features_unavailable``),
+    a weights-only file without architecture metadata, an unknown input shape, or one the model cannot take.
+    """
+    from worker.distill.features import list_layers as module_layers
+    from worker.distill.teachers import load_teacher
+
+    row = get_file(session, file_id)
+    if row.purpose == "dataset":
+        raise Unprocessable(f"file {file_id} is a dataset; layers exist for models", param="file_id")
+    if row.format == "onnx":
+        raise Unprocessable("an ONNX model gives no intermediate features here; feature methods (fitnet, attention_transfer, rkd, "
+                            "prototype) need a PyTorch teacher given by weights (safetensors/state dict + architecture)",
+                            param="file_id", code="features_unavailable")
+    if row.format == "hf":
+        raise Unprocessable(f"Hugging Face models are matched by transformer layer index (0..{(row.details or {}).get('num_hidden_layers', '?')} - 1) "
+                            "in embedding.hidden_layers / attention_layers", param="file_id", code="features_unavailable")
+    arch = (row.details or {}).get("architecture")
+    if row.format in ("safetensors", "state_dict") and not arch:
+        raise Unprocessable(f"file {file_id} holds weights only and no architecture metadata; its layers are those of the "
+                            "registry architecture you pair it with", param="file_id")
+    shape = input_shape or ((arch or {}).get("kwargs") or {}).get("input_shape")
+    if shape is None and row.input_shape and all(isinstance(d, int) for d in row.input_shape[1:]):
+        shape = row.input_shape[1:]
+    if not shape:
+        raise Unprocessable("the model's input shape is not known; pass ?input_shape=1,28,28", param="input_shape")
+    try:
+        teacher = load_teacher(store.path(row.storage_key), row.format, arch, torch_device("cpu"))
+        return module_layers(teacher.module, list(shape), "cpu")
+    except DistillError as e:
+        raise Unprocessable(e.message, param="input_shape" if e.code == "shape_mismatch" else "file_id", code=e.code) from e
+
+
+def torch_device(name: str):
+    """``torch.device(name)`` (imported lazily)."""
+    import torch
+
+    return torch.device(name)

@@ -227,3 +227,22 @@ async def test_hf_archive_over_the_unpacked_limit(api, backend, tmp_path, monkey
     err = assert_error(await upload(api, p), 422, "invalid_file")
     assert "1000" in err["message"] or "limit" in err["message"]
     assert stored_files(backend) == []
+
+
+async def test_layers_of_uploaded_models(api, tmp_path):
+    f = (await upload(api, mk.safetensors_file(tmp_path))).json()
+    layers = (await api.get(f"/v1/files/{f['id']}/layers")).json()["data"]
+    by_name = {l["name"]: l for l in layers}
+    assert by_name["1"]["type"] == "Linear" and by_name["1"]["output_shape"] == [16]
+    assert by_name["penultimate"]["output_shape"] == [16]
+    ts = (await upload(api, mk.torchscript_file(tmp_path))).json()
+    err = assert_error(await api.get(f"/v1/files/{ts['id']}/layers"), 422)
+    assert err["param"] == "input_shape"
+    assert len((await api.get(f"/v1/files/{ts['id']}/layers", params={"input_shape": "1,8,8"})).json()["data"]) >= 3
+    bad = assert_error(await api.get(f"/v1/files/{f['id']}/layers", params={"input_shape": "3,5"}), 422)
+    assert bad["param"] == "input_shape"
+    onnx = (await upload(api, mk.onnx_file(tmp_path))).json()
+    assert_error(await api.get(f"/v1/files/{onnx['id']}/layers"), 422, "features_unavailable")
+    data = (await upload(api, mk.npz_file(tmp_path), purpose="dataset")).json()
+    assert_error(await api.get(f"/v1/files/{data['id']}/layers"), 422)
+    assert_error(await api.get("/v1/files/file_nope/layers"), 404)

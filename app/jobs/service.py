@@ -19,6 +19,7 @@ from app.pagination import newest_first, oldest_first
 from app.queue import enqueue_job
 from worker.distill import models as registry
 from worker.distill.errors import DistillError
+from worker.distill.methods import check_method_supported
 from worker.distill.spec import JobSpec
 
 log = logging.getLogger("stillhouse.jobs")
@@ -159,6 +160,10 @@ def validate_references(session: Session, spec: JobSpec) -> dict[str, File]:
         if role != "teacher":
             files[role] = _check_file(session, file_id, role, "dataset")
     _check_task(spec, files)
+    try:
+        check_method_supported(spec.method, spec.teacher.format if spec.teacher.format != "auto" else teacher.format)
+    except DistillError as e:
+        raise Unprocessable(e.message, param=e.param or "method.name") from e
     for param, arch in (("teacher.architecture.name", spec.teacher.architecture), ("student.architecture.name", spec.student.architecture)):
         if arch is None:
             continue

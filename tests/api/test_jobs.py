@@ -297,3 +297,12 @@ async def test_cnn_student_needs_an_image_shape(api, tmp_path):
     assert "input_shape" in err["param"]
     ok = spec_for(teacher, **{"student.architecture": {"name": "cnn", "kwargs": {"channels": [4, 8], "hidden": 16}}})
     assert (await api.post("/v1/jobs", json=ok)).status_code == 201
+
+
+async def test_feature_method_on_an_onnx_teacher_is_refused_at_creation(api, tmp_path):
+    onnx_id = (await upload(api, mk.onnx_file(tmp_path))).json()["id"]
+    spec = spec_for(onnx_id, method={"name": "kd", "extra": [{"name": "fitnet", "weight": 1.0, "student_layer": "0", "teacher_layer": "1"}]})
+    err = assert_error(await api.post("/v1/jobs", json=spec), 422)
+    assert "ONNX" in err["message"] and err["param"].startswith("method")
+    plain = spec_for(onnx_id)
+    assert (await api.post("/v1/jobs", json=plain)).status_code == 201

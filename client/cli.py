@@ -336,15 +336,16 @@ def compare(job_ids: list[str] = typer.Argument(..., help="Two or more job ids."
             err.print(f"HTML comparison written to {html}", highlight=False)
     except ApiError as e:
         _fail(e)
-    t = Table("job", "task", "teacher top-1", "student top-1", "student bytes", "compression", "speedup @1", "gain")
+    t = Table("task", "teacher top-1", "student top-1", "student bytes", "compression", "speedup @1", "gain")
+    t.add_column("job", no_wrap=True, min_width=max(len(j) for j in job_ids))
     for r in reports:
         task = r.get("task", "classification")
         s_top1 = r.get("student", {}).get("val_top1", r.get("student_top1", r.get("probe_student")))
         t_top1 = r.get("teacher", {}).get("val_top1", r.get("teacher_top1", r.get("probe_teacher")))
         gain = r.get("distillation_gain_points")
-        t.add_row(r["job_id"], task, _fmt(t_top1, "pct"), _fmt(s_top1, "pct"), _fmt(r.get("student", {}).get("bytes"), "bytes"),
+        t.add_row(task, _fmt(t_top1, "pct"), _fmt(s_top1, "pct"), _fmt(r.get("student", {}).get("bytes"), "bytes"),
                   _fmt(r.get("compression_ratio"), "x"), _fmt((r.get("speedup") or {}).get("1"), "x"),
-                  "–" if gain is None else f"{gain:+.2f}")
+                  "–" if gain is None else f"{gain:+.2f}", r["job_id"])
     console.print(t)
 
 

@@ -129,7 +129,7 @@ def _check_task(spec: JobSpec, files: dict[str, File]) -> None:
     if task == "sentence_embedding" and explicit and method != "embedding":
         raise Unprocessable(f"task sentence_embedding uses method 'embedding', not {method!r}", param="method.name")
     if task != "sentence_embedding" and method == "embedding":
-        raise Unprocessable(f"method 'embedding' is for task sentence_embedding; task {task!r} uses 'kd' or 'hard_label'", param="method.name")
+        raise Unprocessable(f"method 'embedding' is for task sentence_embedding; task {task!r} uses a logit method (kd, hard_label, dkd) or, for tensor teachers, the feature methods", param="method.name")
     for role, ref in (("data.train", spec.data.train), ("data.transfer", spec.data.transfer)):
         if ref is None:
             continue

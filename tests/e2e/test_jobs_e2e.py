@@ -53,7 +53,7 @@ def test_job_succeeds_and_downloaded_student_reproduces_the_report(live, digits_
     assert job.attempt == 1 and job.progress.fraction == 1.0 and job.progress.epoch == 6
 
     phases = [e.data["phase"] for e in c.events(job.id) if e.type == "phase"]
-    assert phases == ["loading_teacher", "training", "evaluating", "exporting"]
+    assert phases == ["loading_teacher", "caching_teacher_outputs", "training", "evaluating", "exporting"]
     statuses = [e.data["status"] for e in c.events(job.id) if e.type == "status"]
     assert statuses == ["queued", "running", "succeeded"]
 

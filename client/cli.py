@@ -298,6 +298,16 @@ def render_report(r: dict[str, Any]) -> None:
         summary.add_row("top-1 lost (teacher − student)", f"{r['top1_drop_points']:.2f} points")
     if r.get("onnx"):
         summary.add_row("ONNX max |Δ| vs PyTorch", _fmt(r["onnx"].get("max_abs_diff")))
+    for key, label in (("quantized", "int8 student"), ("pruned", "pruned student")):
+        v = r.get(key)
+        if v:
+            lat = (v.get("latency_ms") or {}).get("1", {})
+            summary.add_row(f"{label} ({v['artifact']})", f"top-1 {_fmt(v.get('val_top1'), 'pct')}, {_fmt(v.get('bytes'), 'bytes')}, "
+                                                           f"p50 @1 {_fmt(lat.get('p50'))} ms (CPU)")
+    if r.get("baseline") and r["baseline"].get("val_top1") is not None:
+        summary.add_row("student trained alone", f"top-1 {_fmt(r['baseline']['val_top1'], 'pct')}")
+    if r.get("distillation_gain_points") is not None:
+        summary.add_row("distillation gain", f"{r['distillation_gain_points']:+.2f} points")
     for phase, sec in (r.get("wall_time_s") or {}).items():
         summary.add_row(f"wall time · {phase}", f"{sec:.2f} s")
     console.print(summary)

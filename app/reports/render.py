@@ -36,16 +36,16 @@ def _bytes(v: Any) -> str:
 
 def _tensor_view(r: dict[str, Any]) -> dict[str, Any]:
     t, s = r.get("teacher", {}), r.get("student", {})
-    base, quant = r.get("baseline"), r.get("quantized")
-    models = [("teacher", t), *([("student alone", {**s, **base})] if base else []), ("distilled student", s),
-              *([("quantised student", quant)] if quant else [])]
+    base, quant, pruned = r.get("baseline"), r.get("quantized"), r.get("pruned")
+    extras = [*([("quantised student", quant)] if quant else []), *([("pruned student", pruned)] if pruned else [])]
+    models = [("teacher", t), *([("student alone", {**s, **base})] if base else []), ("distilled student", s), *extras]
     rows = [["validation top-1", *[_pct(m.get("val_top1")) for _, m in models]]]
     if r.get("top5"):
         rows.append(["top-5", _pct(r["top5"].get("teacher")), *(["–"] if base else []), _pct(r["top5"].get("student")),
-                     *(["–"] if quant else [])])
+                     *(["–"] * len(extras))])
     if r.get("ece"):
         rows.append(["expected calibration error", _pct(r["ece"].get("teacher")), *(["–"] if base else []), _pct(r["ece"].get("student")),
-                     *(["–"] if quant else [])])
+                     *(["–"] * len(extras))])
     rows += [["parameters", *[_num(m.get("parameters")) for _, m in models]],
              ["bytes on disk", *[_bytes(m.get("bytes")) for _, m in models]],
              ["FLOPs / sample", *[_num(m.get("flops_per_sample")) for _, m in models]]]

@@ -65,3 +65,27 @@ def test_dynamic_int8_quantisation_is_smaller_and_close(tmp_path):
     size = save_torchscript(q, x, tmp_path / "q.pt")
     assert size < (tmp_path / "f.safetensors").stat().st_size / 2.5  # int8 weights: about 4x fewer bytes
     assert torch.allclose(torch.jit.load(str(tmp_path / "q.pt"))(x), q(x))
+
+
+def test_job_ships_and_evaluates_quantised_and_pruned_students(teacher_file, tmp_path):
+    """export.quantize + export.prune: extra artifacts, each evaluated in the report (real digits run)."""
+    from worker.distill import JobInputs, JobSpec, RecordingReporter, run_job
+
+    fi = teacher_file
+    spec = JobSpec.model_validate({
+        "teacher": {"file_id": "file_t"}, "student": {"architecture": {"name": "mlp", "kwargs": {"hidden_sizes": [512, 512]}}},
+        "data": {"train": {"builtin": "digits"}}, "training": {"epochs": 4, "optimizer": {"lr": 0.002}},
+        "evaluation": {"latency_iterations": 5}, "export": {"formats": ["safetensors"], "quantize": "dynamic_int8",
+                                                             "prune": {"amount": 0.5, "fine_tune_epochs": 1}}})
+    rep = RecordingReporter()
+    res = run_job(spec, JobInputs(teacher=fi, files={"file_t": fi}), tmp_path / "w", rep)
+    r = res.report
+    names = {p.name for p in res.artifacts}
+    assert {"student_int8.pt", "student_pruned.safetensors"} <= names and all(p.exists() for p in res.artifacts)
+    q, pr = r["quantized"], r["pruned"]
+    # 300k float32 weights -> int8: well under half the bytes (on a tiny model TorchScript's own overhead dominates)
+    assert q["bytes"] < r["student"]["bytes"] / 2 and abs(q["val_top1"] - r["student"]["val_top1"]) < 0.05
+    assert set(q["latency_ms"]) == {"1", "64"}
+    assert 0.49 <= pr["sparsity"] <= 0.51 and pr["val_top1"] > 0.5
+    assert any(row.split == "prune_train_epoch" for row in rep.rows)
+    assert torch.jit.load(str(tmp_path / "w" / "artifacts" / "student_int8.pt"))(torch.zeros(2, 1, 8, 8)).shape == (2, 10)

@@ -180,6 +180,67 @@ def _gain_sentence(gain: float | None, distilled: float | None, alone: float | N
     return f" Distillation made no difference: the distilled student and the student trained alone both reached {alone:.1%} top-1."
 
 
+def prune_and_fine_tune(spec: JobSpec, student: nn.Module, teacher: Teacher, method: nn.Module, data: DataBundle, device: torch.device,
+                        workdir: Path, reporter: Reporter, deadline: float, fingerprint: str, cache: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """Magnitude pruning (``torch.nn.utils.prune.l1_unstructured``; Han et al. 2015) of every Linear/Conv weight of a
+    copy of ``student`` by ``export.prune.amount``, then ``fine_tune_epochs`` of training with the job's own
+    distillation loss while the pruning masks hold the zeros, then the masks are made permanent.
+    Returns (pruned model, {'amount', 'sparsity' (zero fraction of the pruned weights), 'fine_tune_epochs'})."""
+    import copy
+
+    from torch.nn.utils import prune
+
+    cfg = spec.export.prune
+    pruned = copy.deepcopy(student)
+    targets = [(m, "weight") for m in pruned.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    for m, name in targets:
+        prune.l1_unstructured(m, name, amount=cfg.amount)
+    reporter.event("pruning", f"pruned {cfg.amount:.0%} of the weights of {len(targets)} layers; fine-tuning {cfg.fine_tune_epochs} epochs",
+                   {"amount": cfg.amount, "layers": len(targets)})
+    if cfg.fine_tune_epochs:
+        train_student(student=pruned, teacher=teacher, method=method, data=data,
+                      training=spec.training.model_copy(update={"epochs": cfg.fine_tune_epochs}), device=device, workdir=workdir,
+                      reporter=reporter, deadline=deadline, fingerprint=fingerprint + ":prune", split_prefix="prune_",
+                      checkpoint_name="prune_checkpoint.pt", owns_metrics=False, teacher_cache=cache)
+    for m, name in targets:
+        prune.remove(m, name)
+    zeros = sum(int((m.weight == 0).sum()) for m, _ in targets)
+    total = sum(m.weight.numel() for m, _ in targets)
+    return pruned.eval(), {"amount": cfg.amount, "sparsity": _r(zeros / max(1, total)), "fine_tune_epochs": cfg.fine_tune_epochs}
+
+
+def _export_variants(spec: JobSpec, student: nn.Module, pruned: nn.Module | None, prune_info: dict[str, Any] | None,
+                     filled: dict[str, Any], data: DataBundle, outdir: Path) -> dict[str, Any]:
+    """Write and evaluate the extra students the spec asks for: ``quantized`` (dynamic int8, ``student_int8.pt``
+    TorchScript) and ``pruned`` (``student_pruned.safetensors``). Each report block: artifact, bytes, val_top1 and
+    CPU latency p50/p95 (ms) per batch size."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from .evaluation import evaluate_variant
+    from .export import quantize_dynamic_int8, save_torchscript
+    from .formats import ARCH_METADATA_KEY
+
+    out: dict[str, Any] = {}
+    sizes, iters = list(spec.evaluation.latency_batch_sizes), spec.evaluation.latency_iterations
+    example = data.val_x[:1] if data.val_x.shape[0] else data.train_x[:1]
+    if spec.export.quantize == "dynamic_int8":
+        q = quantize_dynamic_int8(student)
+        size = save_torchscript(q, example, outdir / "student_int8.pt")
+        out["quantized"] = {"method": "dynamic_int8 (Linear weights int8, activations quantised on the fly)", "artifact": "student_int8.pt",
+                            "bytes": size, "parameters": sum(p.numel() for p in student.parameters()),
+                            **evaluate_variant(q, data, sizes, iters), "load_with": "torch.jit.load('student_int8.pt')"}
+    if pruned is not None and prune_info is not None:
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in pruned.state_dict().items()}
+        save_file(tensors, str(outdir / "student_pruned.safetensors"), metadata={ARCH_METADATA_KEY: json.dumps(filled)})
+        out["pruned"] = {**prune_info, "artifact": "student_pruned.safetensors", "bytes": (outdir / "student_pruned.safetensors").stat().st_size,
+                         "parameters": sum(p.numel() for p in pruned.parameters()), **evaluate_variant(pruned, data, sizes, iters),
+                         "note": "unstructured zeros: the dense file is no smaller and dense kernels no faster; the sparsity "
+                                 "pays off with sparse storage or kernels"}
+    return out
+
+
 def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter, *, runtime_used_s: float = 0.0,
             max_unpacked_bytes: int = 4 * 1024**3) -> DistillResult:
     """Run one distillation job and return its report and artifacts.
@@ -277,6 +338,14 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
                   "cache_seconds": _r(cache.seconds, 3) if cache is not None else 0.0}
     if cache is not None:
         cache_info["bytes"] = cache.bytes
+    pruned: nn.Module | None = None
+    prune_info: dict[str, Any] | None = None
+    if spec.export.prune is not None:
+        _check_stop(reporter, "before pruning")
+        t0 = time.perf_counter()
+        pruned, prune_info = prune_and_fine_tune(spec, student, teacher, method, data, device, workdir, reporter, deadline,
+                                                 fingerprint, cache)
+        times["pruning"] = time.perf_counter() - t0
     del cache
 
     baseline: nn.Module | None = None
@@ -317,12 +386,13 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
         summary = {"val_top1": ev["student"]["val_top1"], "agreement": ev["agreement"], "teacher_val_top1": ev["teacher"]["val_top1"]}
         onnx_info = _export(spec, student, filled, data, teacher, tmp_dir, summary)
         student_bytes = (tmp_dir / "student.safetensors").stat().st_size
+        variants = _export_variants(spec, student, pruned, prune_info, filled, data, tmp_dir)
         os.replace(tmp_dir, final_dir)
     finally:
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir, ignore_errors=True)
     times["exporting"] = time.perf_counter() - t0
-    names = ["student.safetensors", "student.json"] + (["student.onnx"] if onnx_info else [])
+    names = ["student.safetensors", "student.json"] + (["student.onnx"] if onnx_info else []) + [v["artifact"] for v in variants.values()]
     artifacts = [final_dir / n for n in names]
     times["total"] = time.perf_counter() - t_start
 
@@ -364,6 +434,7 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     protos = [p for p in (method.parts if isinstance(method, CombinedMethod) else [method]) if p.name == "prototype"]
     if protos:
         report["training"]["prototype_class_counts"] = protos[0].class_counts
+    report.update(variants)
     report["summary"] = _summary_sentence(report)
     if spec.evaluation.compare_baseline:
         gain = None

@@ -28,12 +28,9 @@ def create_app(*, auto_migrate: bool | None = None) -> FastAPI:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         if auto_migrate if auto_migrate is not None else settings.database_url is None:
             migrate(settings)
-        try:
-            import torch
+        import torch
 
-            torch.set_num_threads(1)  # the API only inspects uploads; leave the cores to the workers
-        except Exception:  # pragma: no cover
-            pass
+        torch.set_num_threads(1)  # the API only inspects uploads; leave the cores to the workers
         log.info("stillhouse API ready: database=%s broker=%s data_dir=%s", settings.resolved_database_url.split("@")[-1],
                  settings.broker_url.split("@")[-1], settings.data_dir.resolve())
         yield

@@ -78,8 +78,8 @@ def _check_architecture(prefix: str, name: str, kwargs: dict, files: dict[str, F
             registry.describe(name, {"input_shape": [1, 1, 1], **full})
     except DistillError as e:
         raise Unprocessable(f"{prefix}: {e.message}", param=f"{prefix.rsplit('.', 1)[0]}.{e.param}" if e.param else prefix) from e
-    except Exception:  # noqa: BLE001 - shapes guessed here may be wrong; the worker checks with the real data
-        pass
+    except Exception as e:  # noqa: BLE001 - shapes guessed here may be wrong; the worker checks with the real data
+        log.debug("architecture %s not checked at creation (%s: %s); the worker will", name, type(e).__name__, e)
 
 
 TEXT_TASKS = ("sequence_classification", "sentence_embedding")

@@ -155,3 +155,45 @@ def test_cancel_and_resume(tiny_encoder_dir, reviews, tmp_path):
     assert r["training"]["resumed_from_epoch"] == 1 and [e[0] for e in rep.events].count("resumed") == 1
     straight = run_text_job(s, tiny_encoder_dir, 1000, files(reviews), tmp_path / "w3", RecordingReporter()).report
     assert r["mean_cosine"] == straight["mean_cosine"]
+
+
+def test_dkd_warm_up_reaches_text_jobs(minilm_dir, tmp_path, reviews):
+    """The text loop passes the epoch to the method, so dkd's warm-up weight w(epoch) = min(epoch / warmup, 1) applies."""
+    import shutil
+
+    from transformers import BertConfig, BertForSequenceClassification
+
+    folder = tmp_path / "cls"
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                     max_position_embeddings=128, num_labels=2)
+    torch.manual_seed(0)
+    BertForSequenceClassification(cfg).save_pretrained(folder)
+    for name in MINILM_TOKENIZER_FILES:
+        shutil.copy(minilm_dir / name, folder / name)
+    seen = []
+    from worker.distill import methods as methods_module
+
+    original = methods_module.build_method
+
+    def spy(*a, **kw):
+        m = original(*a, **kw)
+        inner = m.forward
+
+        def forward(*fa, **fkw):
+            seen.append(fkw.get("epoch"))
+            return inner(*fa, **fkw)
+
+        m.forward = forward
+        return m
+
+    import worker.distill.text.job as text_job
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(text_job, "build_method", spy)
+    try:
+        s = spec(task="sequence_classification", method={"name": "dkd", "temperature": 2.0, "dkd_warmup_epochs": 2},
+                 **{"student.from_teacher": {"num_layers": 1}, "training.epochs": 2, "export.formats": ["safetensors"]})
+        run_text_job(s, folder, 1000, files(reviews), tmp_path / "w", RecordingReporter())
+    finally:
+        mp.undo()
+    assert set(seen) == {1, 2}

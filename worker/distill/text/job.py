@@ -298,7 +298,7 @@ def run_text_job(spec: JobSpec, folder: Path, teacher_bytes: int, files: dict, w
                     with torch.inference_mode():
                         t_logits = t_fn(x, m)
                     t_logits = t_logits.clone()
-                terms = method(s_logits, t_logits, labels_t[torch.as_tensor(idx)].to(device))
+                terms = method(s_logits, t_logits, labels_t[torch.as_tensor(idx)].to(device), epoch=epoch)
             total = sum(terms.values())
             opt.zero_grad(set_to_none=True)
             total.backward()

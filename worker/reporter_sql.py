@@ -69,11 +69,15 @@ class SqlReporter:
             self._flush(s)
             s.add(JobEvent(job_id=self.job_id, type=type, message=message, data=data))
 
-    def discard_metrics_after(self, epoch: int) -> None:
-        """Delete this job's metric rows of epochs after ``epoch`` (work of an attempt that did not reach its checkpoint)."""
-        self._rows = [r for r in self._rows if r["epoch"] <= epoch]
+    def discard_metrics_after(self, epoch: int, splits: Sequence[str] | None = None) -> None:
+        """Delete this job's metric rows of epochs after ``epoch`` (only of ``splits`` when given): the work of an
+        attempt that did not reach its checkpoint."""
+        self._rows = [r for r in self._rows if r["epoch"] <= epoch or (splits is not None and r["split"] not in splits)]
+        query = delete(Metric).where(Metric.job_id == self.job_id, Metric.epoch > epoch)
+        if splits is not None:
+            query = query.where(Metric.split.in_(list(splits)))
         with self.sessions.begin() as s:
-            s.execute(delete(Metric).where(Metric.job_id == self.job_id, Metric.epoch > epoch))
+            s.execute(query)
 
     def should_stop(self) -> bool:
         """True once the job is cancelling/cancelled; the status is read at most every ``interval_s`` seconds."""

@@ -306,3 +306,20 @@ async def test_feature_method_on_an_onnx_teacher_is_refused_at_creation(api, tmp
     assert "ONNX" in err["message"] and err["param"].startswith("method")
     plain = spec_for(onnx_id)
     assert (await api.post("/v1/jobs", json=plain)).status_code == 201
+
+
+async def test_sql_reporter_discards_only_the_given_splits(api, teacher_id):
+    from app.db import session_factory
+    from worker.distill.reporter import MetricRow
+    from worker.reporter_sql import SqlReporter
+
+    job = (await api.post("/v1/jobs", json=spec_for(teacher_id))).json()
+    rep = SqlReporter(session_factory(), job["id"], interval_s=0)
+    rep.metrics([MetricRow("top1", split, 10 * e, e, 0.5) for split in ("val", "baseline_val") for e in (1, 2, 3)])
+    rep.flush()
+    rep.discard_metrics_after(1, ["baseline_val"])
+    rows = (await api.get(f"/v1/jobs/{job['id']}/metrics")).json()["data"]
+    assert sorted((r["split"], r["epoch"]) for r in rows) == [("baseline_val", 1), ("val", 1), ("val", 2), ("val", 3)]
+    rep.discard_metrics_after(2)
+    rows = (await api.get(f"/v1/jobs/{job['id']}/metrics")).json()["data"]
+    assert sorted((r["split"], r["epoch"]) for r in rows) == [("baseline_val", 1), ("val", 1), ("val", 2)]

@@ -214,3 +214,27 @@ def test_torchscript_and_onnx_teachers(teacher_model, tmp_path, fmt):
     else:
         assert r["flops_ratio"] > 1
     assert r["agreement"] > 0.7
+
+
+class _CrashInBaselineEpoch2(RecordingReporter):
+    """Stops the job once the baseline pass has logged a step of its epoch 2 (a crash mid-epoch)."""
+
+    def metrics(self, rows):
+        super().metrics(rows)
+        if any(r.split == "baseline_train" and r.epoch == 2 for r in rows):
+            self.stop_after_steps = 0
+
+
+def test_resumed_baseline_pass_never_logs_an_epoch_twice(teacher_file, tmp_path):
+    spec = make_spec(training={"epochs": 3, "log_every_steps": 5}, evaluation={"compare_baseline": True, "latency_iterations": 5})
+    crashed = _CrashInBaselineEpoch2()
+    with pytest.raises(StopRequested):
+        run(spec, teacher_file, tmp_path / "w", reporter=crashed)
+    assert any(r.split == "baseline_train" and r.epoch == 2 for r in crashed.rows)
+    again = RecordingReporter(rows=list(crashed.rows))
+    result, rep = run(spec, teacher_file, tmp_path / "w", reporter=again)
+    keys = [(r.name, r.split, r.step) for r in rep.rows]
+    assert len(keys) == len(set(keys)), "a metric row was logged twice"
+    assert [r.epoch for r in rep.rows if r.split == "baseline_val" and r.name == "top1"] == [1, 2, 3]
+    assert [r.epoch for r in rep.rows if r.split == "val" and r.name == "top1"] == [1, 2, 3]
+    assert result.report["baseline"]["val_top1"] is not None

@@ -257,7 +257,8 @@ def train_student(
     'loss/total' means every ``log_every_steps`` steps and at epoch end, 'lr', 'top1'; split 'train_epoch':
     epoch means of the loss terms; split 'val': 'top1', 'agreement') and progress. ``split_prefix`` (e.g.
     'baseline_') is put before every split name, ``checkpoint_name`` names the checkpoint file, and
-    ``owns_metrics=False`` (a second training pass in the same job) leaves earlier metric rows alone.
+    ``owns_metrics=False`` (a second training pass in the same job) discards, when it (re)starts, only the rows of
+    its own splits after its checkpoint's epoch, leaving the main pass's rows alone.
 
     ``method`` may read features: its ``student_layers`` are captured with forward hooks on ``student``, its
     ``teacher_layers`` come from ``teacher_cache`` when given (then the teacher is not run per step; the cache's
@@ -293,6 +294,7 @@ def train_student(
     start_epoch, step, prior_elapsed = 1, 0, 0.0
     resumed: int | None = None
     final_terms: dict[str, float] = {}
+    own_splits = [split_prefix + name for name in ("train", "train_epoch", "val")]  # the rows this pass writes
     ckpt = load_checkpoint(ckpt_path)
     if ckpt is not None and (ckpt.get("version") != CHECKPOINT_VERSION or ckpt.get("fingerprint") != fingerprint):
         reporter.event("checkpoint_ignored", "found a checkpoint of a different job spec; starting from scratch", None)
@@ -306,12 +308,11 @@ def train_student(
         resumed = int(ckpt["epoch"])
         start_epoch, step, prior_elapsed = resumed + 1, int(ckpt["step"]), float(ckpt["elapsed_s"])
         final_terms = {k: float(v) for k, v in ckpt.get("loss_terms", {}).items()}
-        if owns_metrics:
-            reporter.discard_metrics_after(resumed)
+        reporter.discard_metrics_after(resumed, None if owns_metrics else own_splits)
         reporter.event("resumed", f"resumed from the checkpoint of epoch {resumed} (step {step})",
                        {"epoch": resumed, "step": step})
-    elif owns_metrics:
-        reporter.discard_metrics_after(0)
+    else:
+        reporter.discard_metrics_after(0, None if owns_metrics else own_splits)
 
     x = data.train_x.to(device)
     y = data.train_y.to(device)

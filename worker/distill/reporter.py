@@ -38,8 +38,9 @@ class Reporter(Protocol):
     def event(self, type: str, message: str, data: dict[str, Any] | None = None) -> None:
         """Record a notable event (resumed, checkpoint_saved, ...)."""
 
-    def discard_metrics_after(self, epoch: int) -> None:
-        """Drop metric rows with ``epoch > epoch``: called when (re)starting from a checkpoint of that epoch (0 = none)."""
+    def discard_metrics_after(self, epoch: int, splits: Sequence[str] | None = None) -> None:
+        """Drop metric rows with ``epoch > epoch`` (only those of ``splits`` when given): called when (re)starting a
+        training pass from a checkpoint of that epoch (0 = none), so a resumed pass never logs an epoch twice."""
 
     def should_stop(self) -> bool:
         """True when the job was cancelled; checked between steps."""
@@ -70,8 +71,8 @@ class RecordingReporter:
     def event(self, type: str, message: str, data: dict[str, Any] | None = None) -> None:
         self.events.append((type, message, data))
 
-    def discard_metrics_after(self, epoch: int) -> None:
-        self.rows = [r for r in self.rows if r.epoch <= epoch]
+    def discard_metrics_after(self, epoch: int, splits: Sequence[str] | None = None) -> None:
+        self.rows = [r for r in self.rows if r.epoch <= epoch or (splits is not None and r.split not in splits)]
 
     def should_stop(self) -> bool:
         self._checks += 1

@@ -140,14 +140,7 @@ def list_layers(session: Session, store: LocalStore, file_id: str, input_shape: 
     if not shape:
         raise Unprocessable("the model's input shape is not known; pass ?input_shape=1,28,28", param="input_shape")
     try:
-        teacher = load_teacher(store.path(row.storage_key), row.format, arch, torch_device("cpu"))
+        teacher = load_teacher(store.path(row.storage_key), row.format, arch, "cpu")
         return module_layers(teacher.module, list(shape), "cpu")
     except DistillError as e:
         raise Unprocessable(e.message, param="input_shape" if e.code == "shape_mismatch" else "file_id", code=e.code) from e
-
-
-def torch_device(name: str):
-    """``torch.device(name)`` (imported lazily)."""
-    import torch
-
-    return torch.device(name)

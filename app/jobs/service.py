@@ -29,7 +29,7 @@ _WEIGHTS_ONLY = ("safetensors", "state_dict")
 
 def _check_file(session: Session, file_id: str, role: str, purpose: str) -> File:
     row = session.get(File, file_id)
-    param = f"{role}.file_id" if role != "teacher" else "teacher.file_id"
+    param = f"{role}.file_id"
     if row is None:
         raise Unprocessable(f"{param}: no file {file_id!r}; upload it first (POST /v1/files)", param=param, code="file_not_found")
     if row.purpose != purpose:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 ERROR_CODES = (
     "invalid_spec",
     "invalid_file",
@@ -36,3 +38,10 @@ class DistillError(Exception):
 
 class StopRequested(Exception):
     """Raised between steps when the reporter's ``should_stop()`` is true (the job was cancelled)."""
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message for a job error: its first line (ANSI colour codes removed), at most 300
+    characters, or the exception's type name when the message is empty."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]

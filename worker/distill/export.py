@@ -14,18 +14,13 @@ import torch
 from torch import nn
 
 from .data import DataBundle
-from .errors import DistillError
+from .errors import DistillError, first_line
 from .formats import ARCH_METADATA_KEY
 from .spec import JobSpec
 from .teachers import Teacher
 
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-3
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def export_onnx(student: nn.Module, example: torch.Tensor, path: Path, opset: int = ONNX_OPSET,
@@ -61,7 +56,7 @@ def export_onnx(student: nn.Module, example: torch.Tensor, path: Path, opset: in
     except DistillError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise DistillError("internal_error", f"ONNX export failed: {_first_line(e)}") from None
+        raise DistillError("internal_error", f"ONNX export failed: {first_line(e)}") from None
     diff = max(by_batch.values())
     if not diff <= ONNX_TOLERANCE:
         raise DistillError("internal_error", f"the ONNX student differs from PyTorch by {diff:.3g} (> {ONNX_TOLERANCE:g})")

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import DistillError
+from .errors import DistillError, first_line
 
 PENULTIMATE = "penultimate"
 
@@ -174,7 +174,7 @@ def list_layers(model: nn.Module, input_shape: list[int] | tuple[int, ...], devi
             model(x)
         except Exception as e:  # noqa: BLE001 - any error here means the input shape does not fit
             raise DistillError("shape_mismatch", f"the model cannot take inputs of shape {list(input_shape)}: "
-                               f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}", "input_shape") from None
+                               f"{first_line(e)}", "input_shape") from None
     finally:
         for h in handles:
             h.remove()

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import DistillError
+from .errors import DistillError, first_line
 from .hf_archive import inspect_hf_folder, is_hf_archive, safe_extract
 from .text_data import classify_csv, looks_like_jsonl, read_text_dataset, text_details
 
@@ -236,7 +236,7 @@ def _torch_load_weights_only(path: Path) -> Any:
     except RuntimeError as e:
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             raise _unsafe(e) from None
-        raise _invalid(f"unreadable PyTorch checkpoint: {str(e).splitlines()[0][:300]}") from None
+        raise _invalid(f"unreadable PyTorch checkpoint: {first_line(e)}") from None
     except Exception as e:  # noqa: BLE001 - EOFError, ValueError, zip errors on corrupt files
         raise _invalid(f"unreadable PyTorch checkpoint ({type(e).__name__}: {str(e)[:300]})") from None
 
@@ -348,7 +348,7 @@ def _inspect_model(path: Path, fmt: str) -> FileInfo:
         try:
             module = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:  # noqa: BLE001
-            raise _invalid(f"unreadable TorchScript archive: {str(e).splitlines()[0][:300]}") from None
+            raise _invalid(f"unreadable TorchScript archive: {first_line(e)}") from None
         return FileInfo(fmt, parameters=sum(p.numel() for p in module.parameters()), details={})
     if fmt == "onnx":
         import onnx
@@ -359,7 +359,7 @@ def _inspect_model(path: Path, fmt: str) -> FileInfo:
             onnx.checker.check_model(model)
             ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001
-            raise _invalid(f"invalid ONNX model: {str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from None
+            raise _invalid(f"invalid ONNX model: {first_line(e)}") from None
         params = sum(math.prod(init.dims) for init in model.graph.initializer)
         in_shape, out_shape = onnx_shapes(model)
         opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)

@@ -27,7 +27,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import DistillError
+from .errors import DistillError, first_line
 
 ZIP_MAGIC = b"PK\x03\x04"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -453,11 +453,6 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _first_line(e: Exception) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:300]
-
-
 def _weight_files(folder: Path) -> tuple[str, list[Path]]:
     """('safetensors' | 'bin', files) of the weights transformers will load, checking sharded indexes."""
     for fmt, single, index in (("safetensors", "model.safetensors", "model.safetensors.index.json"),
@@ -587,7 +582,7 @@ def inspect_hf_folder(folder: str | Path) -> dict[str, Any]:
         try:
             config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
         except Exception as e:  # noqa: BLE001 - ValueError/OSError/KeyError for unknown or broken configs
-            raise _invalid(f"config.json cannot be loaded by transformers: {_first_line(e)}") from None
+            raise _invalid(f"config.json cannot be loaded by transformers: {first_line(e)}") from None
         archs = [a for a in (getattr(config, "architectures", None) or []) if isinstance(a, str)]
         head = any(a.endswith("ForSequenceClassification") for a in archs)
         auto = transformers.AutoModelForSequenceClassification if head else transformers.AutoModel
@@ -597,7 +592,7 @@ def inspect_hf_folder(folder: str | Path) -> dict[str, Any]:
         try:
             model, info = auto.from_pretrained(folder, **kwargs)
         except Exception as e:  # noqa: BLE001
-            raise _invalid(f"the weights cannot be loaded into {auto.__name__} for this config: {_first_line(e)}") from None
+            raise _invalid(f"the weights cannot be loaded into {auto.__name__} for this config: {first_line(e)}") from None
         problems = []
         for what, keys in (("missing", info.get("missing_keys")), ("unexpected", info.get("unexpected_keys")),
                            ("shape-mismatched", info.get("mismatched_keys"))):
@@ -620,7 +615,7 @@ def inspect_hf_folder(folder: str | Path) -> dict[str, Any]:
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
         except Exception as e:  # noqa: BLE001
-            raise _invalid(f"the tokenizer cannot be loaded: {_first_line(e)}") from None
+            raise _invalid(f"the tokenizer cannot be loaded: {first_line(e)}") from None
 
     def attr(name: str) -> Any:
         value = getattr(config, name, None)

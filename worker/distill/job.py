@@ -24,13 +24,13 @@ from torch import nn
 from .data import DataBundle, load_data
 from .evaluation import evaluate, ratio as _ratio, rnd as _r, summary_sentence as _summary_sentence
 from .export import export_student as _export
-from .errors import DistillError, StopRequested
+from .errors import DistillError, StopRequested, first_line
 from .formats import FileInput, sniff
 from .features import feature_shapes, numel
 from .loop import TeacherCache, TrainOutcome, batched_logits, spec_fingerprint, teacher_outputs, train_student
 from .measure import resolve_device
 from .methods import CombinedMethod, LabelsOnly, Method, build_method, check_method_supported
-from .models import build, describe
+from .models import build, describe, parameter_count
 from .reporter import Reporter
 from .spec import JobSpec
 from .teachers import Teacher, load_teacher
@@ -58,11 +58,6 @@ class DistillResult:
     report: dict[str, Any]
     artifacts: list[Path]
     baseline_student: nn.Module | None = None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def _check_time(deadline: float, spec: JobSpec, where: str) -> None:
@@ -95,7 +90,7 @@ def _probe(spec: JobSpec, teacher: Teacher, data: DataBundle, device: torch.devi
     except DistillError:
         raise
     except Exception as e:  # noqa: BLE001 - any backend error here means the data does not fit
-        raise DistillError("shape_mismatch", f"the teacher cannot take samples of shape {data.input_shape}: {_first_line(e)}",
+        raise DistillError("shape_mismatch", f"the teacher cannot take samples of shape {data.input_shape}: {first_line(e)}",
                            "data.input_shape") from None
     if out.dim() != 2:
         raise DistillError("shape_mismatch", f"the teacher outputs shape {list(out.shape)}, expected [batch, classes] logits", "teacher")
@@ -116,7 +111,7 @@ def _probe_student(student: nn.Module, filled: dict[str, Any], data: DataBundle,
         with torch.no_grad():
             out = student(sample)
     except Exception as e:  # noqa: BLE001
-        raise DistillError("shape_mismatch", f"the student (input_shape {declared}) cannot take samples of shape {data.input_shape}: {_first_line(e)}",
+        raise DistillError("shape_mismatch", f"the student (input_shape {declared}) cannot take samples of shape {data.input_shape}: {first_line(e)}",
                            "student.architecture.kwargs.input_shape") from None
     finally:
         student.train()
@@ -229,13 +224,13 @@ def _export_variants(spec: JobSpec, student: nn.Module, pruned: nn.Module | None
         q = quantize_dynamic_int8(student)
         size = save_torchscript(q, example, outdir / "student_int8.pt")
         out["quantized"] = {"method": "dynamic_int8 (Linear weights int8, activations quantised on the fly)", "artifact": "student_int8.pt",
-                            "bytes": size, "parameters": sum(p.numel() for p in student.parameters()),
+                            "bytes": size, "parameters": parameter_count(student),
                             **evaluate_variant(q, data, sizes, iters), "load_with": "torch.jit.load('student_int8.pt')"}
     if pruned is not None and prune_info is not None:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in pruned.state_dict().items()}
         save_file(tensors, str(outdir / "student_pruned.safetensors"), metadata={ARCH_METADATA_KEY: json.dumps(filled)})
         out["pruned"] = {**prune_info, "artifact": "student_pruned.safetensors", "bytes": (outdir / "student_pruned.safetensors").stat().st_size,
-                         "parameters": sum(p.numel() for p in pruned.parameters()), **evaluate_variant(pruned, data, sizes, iters),
+                         "parameters": parameter_count(pruned), **evaluate_variant(pruned, data, sizes, iters),
                          "note": "unstructured zeros: the dense file is no smaller and dense kernels no faster; the sparsity "
                                  "pays off with sparse storage or kernels"}
     return out

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import DistillError
+from .errors import DistillError, first_line
 from .formats import architecture_from_metadata, load_tensors, onnx_shapes, sniff
 from .measure import count_flops, latency_ms, module_latency
 from .models import build, describe, parameter_count
@@ -126,7 +126,7 @@ class OnnxTeacher(Teacher):
             opts.intra_op_num_threads = torch.get_num_threads()
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as e:  # noqa: BLE001
-            raise DistillError("invalid_file", f"invalid ONNX teacher: {str(e).splitlines()[0][:300] if str(e) else type(e).__name__}", "teacher") from None
+            raise DistillError("invalid_file", f"invalid ONNX teacher: {first_line(e)}", "teacher") from None
         in_shape, out_shape = onnx_shapes(model)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
@@ -226,7 +226,7 @@ def load_teacher(path: str | Path, fmt: str, architecture: ArchitectureSpec | di
         try:
             module = torch.jit.load(str(path), map_location=device)
         except Exception as e:  # noqa: BLE001
-            raise DistillError("invalid_file", f"unreadable TorchScript teacher: {str(e).splitlines()[0][:300]}", "teacher") from None
+            raise DistillError("invalid_file", f"unreadable TorchScript teacher: {first_line(e)}", "teacher") from None
         return TorchTeacher(module, fmt, device, num_classes=None, input_shape=None)
     if fmt == "onnx":
         return OnnxTeacher(path, device)

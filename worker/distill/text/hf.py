@@ -174,10 +174,16 @@ class SentenceEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)
-        emb = pool(out.last_hidden_state, attention_mask, self.mode)
-        if self.projection is not None:
-            emb = self.projection(emb)
-        return F.normalize(emb, dim=-1) if self.normalize else emb
+        return from_states(out.last_hidden_state, attention_mask, self.mode, self.normalize, self.projection)
+
+
+def from_states(states: torch.Tensor, mask: torch.Tensor, mode: str, normalize: bool, projection: nn.Module | None) -> torch.Tensor:
+    """Pool ``[B, T, H]`` token states into ``[B, D]`` embeddings, project and L2-normalise as the pipeline does
+    (``SentenceEncoder`` and the training loop, which needs the states for feature losses too, share it)."""
+    emb = pool(states, mask, mode)
+    if projection is not None:
+        emb = projection(emb)
+    return F.normalize(emb, dim=-1) if normalize else emb
 
 
 class Classifier(nn.Module):

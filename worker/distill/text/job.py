@@ -32,14 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DistillError, StopRequested
+from ..evaluation import rnd as _r
+from ..errors import DistillError, StopRequested, first_line
 from ..loop import load_checkpoint, make_optimizer, make_scheduler, save_checkpoint, spec_fingerprint
 from ..measure import resolve_device
 from ..methods import build_method
+from ..models import parameter_count
 from ..reporter import MetricRow, Reporter
 from ..spec import JobSpec
 from .data import TextBundle, collate, length_batches, load_text_data, tokenize
-from .hf import Classifier, SentenceEncoder, derive_student, load_model, load_tokenizer, pipeline_pooling, save_student_folder, st_embeddings
+from .hf import Classifier, SentenceEncoder, from_states, derive_student, load_model, load_tokenizer, pipeline_pooling, save_student_folder, st_embeddings
 
 EVAL_BATCH = 64
 ONNX_TOLERANCE = 1e-3
@@ -57,10 +59,6 @@ def resolve_task(spec: JobSpec, folder: Path) -> str:
     except (OSError, ValueError):
         archs = []
     return "sequence_classification" if any(a.endswith("ForSequenceClassification") for a in archs) else "sentence_embedding"
-
-
-def _r(x: float | None, d: int = 4) -> float | None:
-    return None if x is None or not math.isfinite(x) else round(float(x), d)
 
 
 @torch.inference_mode()
@@ -420,8 +418,8 @@ def run_text_job(spec: JobSpec, folder: Path, teacher_bytes: int, files: dict, w
     artifacts = [final_dir / n for n in ("student_hf.zip", "student.json") + (("student.onnx",) if onnx_info else ())]
     times["total"] = time.perf_counter() - t_start
 
-    t_params = sum(p.numel() for p in teacher.parameters())
-    s_params = sum(p.numel() for p in student_model.parameters()) + (sum(p.numel() for p in projection.parameters()) if projection else 0)
+    t_params = parameter_count(teacher)
+    s_params = parameter_count(student_model) + (parameter_count(projection) if projection else 0)
     tk = f"throughput_batch_{tb}_per_s"
     report: dict[str, Any] = {
         "task": task,
@@ -453,16 +451,6 @@ def run_text_job(spec: JobSpec, folder: Path, teacher_bytes: int, files: dict, w
     return DistillResult(report=report, artifacts=artifacts)
 
 
-def from_states(states: torch.Tensor, mask: torch.Tensor, mode: str, normalize: bool, projection: nn.Module | None) -> torch.Tensor:
-    """Pool ``[B, T, H]`` token states into ``[B, D]`` embeddings, project and normalise as the pipeline does."""
-    from .hf import pool
-
-    e = pool(states, mask, mode)
-    if projection is not None:
-        e = projection(e)
-    return F.normalize(e, dim=-1) if normalize else e
-
-
 def _export_onnx(fn: nn.Module, tokenizer, texts: list[str], max_len: int, path: Path) -> dict[str, Any]:
     """Export ``fn(input_ids, attention_mask)`` to ONNX (dynamic batch and token axes) and compare onnxruntime with PyTorch."""
     import onnxruntime as ort
@@ -482,7 +470,7 @@ def _export_onnx(fn: nn.Module, tokenizer, texts: list[str], max_len: int, path:
         with torch.inference_mode():
             want = fn(other["input_ids"], other["attention_mask"]).numpy()
     except Exception as e:  # noqa: BLE001
-        raise DistillError("internal_error", f"ONNX export of the student failed: {str(e).splitlines()[0][:300]}") from None
+        raise DistillError("internal_error", f"ONNX export of the student failed: {first_line(e)}") from None
     diff = float(np.abs(got - want).max())
     if diff > ONNX_TOLERANCE:
         raise DistillError("internal_error", f"the ONNX student differs from PyTorch by {diff:.3g}")

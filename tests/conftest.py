@@ -111,7 +111,7 @@ def backend(backend_session: Backend, monkeypatch: pytest.MonkeyPatch) -> Iterat
     import sqlalchemy as sa
 
     from app.db import get_engine
-    from app.models import Base
+    from app.models import DEFAULT_TENANT, Base, Tenant
 
     import shutil
 
@@ -121,6 +121,7 @@ def backend(backend_session: Backend, monkeypatch: pytest.MonkeyPatch) -> Iterat
     with get_engine().begin() as c:
         for table in reversed(Base.metadata.sorted_tables):
             c.execute(sa.delete(table))
+        c.execute(sa.insert(Tenant).values(id=DEFAULT_TENANT, name=DEFAULT_TENANT))  # as migration 0002 creates it
     yield backend_session
 
 

@@ -9,14 +9,30 @@ from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, Stri
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, UTCDateTime, utcnow
+from app.models.tenant import DEFAULT_TENANT
 
 
 class Job(Base):
-    """A distillation job. ``status`` only changes through ``app.jobs.states.transition``."""
+    """A distillation job. ``status`` only changes through ``app.jobs.states.transition``.
+
+    Durability columns: ``lease_owner`` / ``lease_expires_at`` (the worker that holds the job, renewed by its
+    heartbeat; a second delivery finds a live lease and exits), ``enqueued_at`` (when the last message for it
+    was sent; NULL = committed but never sent, which the sweep repairs), ``handbacks`` (graceful hand-backs,
+    not counted as worker deaths). ``idempotency_key`` + ``request_sha256``: the ``Idempotency-Key`` of the
+    creating request and the sha256 of its body (unique per tenant).
+    """
 
     __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True, default=DEFAULT_TENANT)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    request_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    handbacks: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     name: Mapped[str | None] = mapped_column(String(200), nullable=True)

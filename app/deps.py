@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Iterator
 
-from fastapi import Depends
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from app.auth.mode import auth_mode, is_loopback
+from app.auth.service import DEFAULT_PRINCIPAL, AuthTenant, authenticate
 from app.db import session_factory
+from app.errors import Unauthorized
 from app.settings import Settings, get_settings
 from app.storage import LocalStore
 
@@ -32,3 +36,35 @@ def get_store() -> LocalStore:
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[LocalStore, Depends(get_store)]
+
+_bearer = HTTPBearer(auto_error=False, scheme_name="ApiKey",
+                     description="An API key: `Authorization: Bearer sh_…`. An operator creates one with "
+                                 "`python -m app keys create --tenant NAME`. Not needed when the server runs with authentication "
+                                 "off (bound to loopback); a key sent anyway is checked and selects its tenant.")
+
+
+def get_current_tenant(request: Request, session: SessionDep, settings: SettingsDep,
+                       credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> AuthTenant:
+    """The tenant the request acts as.
+
+    With an ``Authorization`` header: the key's tenant (401 ``unauthorized`` if the header is not ``Bearer <key>``
+    or the key is unknown or revoked), whatever the mode. Without one: 401 when keys are required
+    (``STILLHOUSE_AUTH``), else the built-in tenant ``default``; even then a keyless request from a non-loopback
+    client is refused (401), in case the server was bound elsewhere than ``STILLHOUSE_HOST`` says (e.g. by running
+    uvicorn by hand). Every 401 carries ``WWW-Authenticate: Bearer``.
+    """
+    if request.headers.get("authorization") is not None:
+        if credentials is None:
+            raise Unauthorized("the Authorization header must be 'Bearer <API key>'", invalid_token=True)
+        return authenticate(session, credentials.credentials)
+    if auth_mode(settings).required:
+        raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>' (an operator creates keys with "
+                           "`python -m app keys create --tenant NAME`)")
+    client = request.client
+    if client is not None and not is_loopback(client.host):
+        raise Unauthorized(f"an API key is required for requests from {client.host}: without a key only loopback clients are "
+                           "served; send 'Authorization: Bearer <key>'")
+    return DEFAULT_PRINCIPAL
+
+
+CurrentTenant = Annotated[AuthTenant, Depends(get_current_tenant)]

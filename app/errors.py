@@ -44,6 +44,18 @@ class ApiError(Exception):
             self.code = code
 
 
+class Unauthorized(ApiError):
+    """401: no API key, or one that is malformed, unknown or revoked, where a key is required. Carries
+    ``WWW-Authenticate: Bearer`` (RFC 6750)."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, invalid_token: bool = False) -> None:
+        challenge = 'Bearer realm="stillhouse"' + (', error="invalid_token"' if invalid_token else "")
+        super().__init__(message, param="Authorization", headers={"WWW-Authenticate": challenge})
+
+
 class NotFound(ApiError):
     """404: the resource does not exist."""
 
@@ -70,6 +82,13 @@ class Unprocessable(ApiError):
 
     status = 422
     code = "invalid_request"
+
+
+class TooManyRequests(ApiError):
+    """429: a per-tenant limit is reached; ``Retry-After`` (seconds) says when to try again."""
+
+    status = 429
+    code = "rate_limited"
 
 
 class ServiceUnavailable(ApiError):
@@ -131,6 +150,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing, invalid or revoked API key (when keys are required)"},
     404: {"model": ErrorResponse, "description": "Not found"},
     422: {"model": ErrorResponse, "description": "Invalid request"},
 }

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.auth.mode import announce_auth_mode
 from app.db import migrate
 from app.errors import install_error_handlers
 from app.files.router import router as files_router
@@ -25,6 +26,7 @@ def create_app(*, auto_migrate: bool | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         settings = get_settings()
+        announce_auth_mode(settings)  # raises (start-up fails) for STILLHOUSE_AUTH=off on a non-loopback host
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         if auto_migrate if auto_migrate is not None else settings.database_url is None:
             migrate(settings)

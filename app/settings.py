@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,6 +38,15 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(6 * 3600, ge=10, description="Redis visibility timeout, seconds (redelivery of unacked jobs).")
     max_attempts: int = Field(3, ge=1, description="Starts of one job (redeliveries after a worker died) before it fails with worker_lost.")
     progress_interval_s: float = Field(0.5, gt=0, description="Least seconds between progress/cancel-check writes to SQL.")
+    auth: Literal["auto", "required", "off"] = Field(
+        "auto", description="API keys: 'auto' = off when bound to loopback (host 127.0.0.0/8, ::1, localhost), required otherwise; "
+                            "'required'; 'off' (refused at start-up unless the host is loopback).")
+    max_running_jobs_per_tenant: int = Field(
+        50, ge=1, description="Live jobs (queued, running, cancelling) one tenant may have; more get 429. A tenant's own "
+                              "max_running_jobs overrides it.")
+    max_storage_bytes_per_tenant: int = Field(
+        100 * 1024**3, ge=1, description="Bytes one tenant may store (its uploads + its jobs' artifacts); an upload over it gets "
+                                         "413. A tenant's own max_storage_bytes overrides it.")
 
     @property
     def resolved_database_url(self) -> str:

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.auth.limits import check_storage, lock_tenant
 from app.errors import Conflict, NotFound, Unprocessable
 from app.files.schemas import Purpose
 from app.files.upload import ReceivedUpload
@@ -47,18 +48,22 @@ def inspect_upload(path: Path, purpose: str) -> dict:
             "output_shape": info.output_shape, "details": info.details}
 
 
-def store_file(session: Session, store: LocalStore, received: ReceivedUpload, purpose: str, meta: dict) -> File:
-    """Move the validated temp file into the store under a server-generated key and commit its row.
+def store_file(session: Session, store: LocalStore, received: ReceivedUpload, purpose: str, meta: dict, tenant_id: str) -> File:
+    """Move the validated temp file into the store under a server-generated key and commit its row, owned by
+    ``tenant_id``.
 
+    The tenant's storage quota is checked again under the tenant's lock (so concurrent uploads cannot pass it
+    together): Raises PayloadTooLarge (413 ``storage_quota_exceeded``), leaving the temp file to the caller.
     The client's filename is kept only as metadata (base name, at most 255 characters). If the
     commit fails the stored bytes are removed again, so no orphan file is left.
     """
+    check_storage(session, lock_tenant(session, tenant_id), get_settings(), received.bytes)
     file_id = new_id("file")
     key = store.file_key(file_id)
     raw = (received.filename or "upload").replace("\\", "/").replace("\x00", "")
     filename = (raw.rsplit("/", 1)[-1] or "upload")[:255]
     store.publish(received.path, key)
-    row = File(id=file_id, purpose=purpose, filename=filename, bytes=received.bytes, sha256=received.sha256,
+    row = File(id=file_id, tenant_id=tenant_id, purpose=purpose, filename=filename, bytes=received.bytes, sha256=received.sha256,
                storage_key=key, **meta)
     try:
         session.add(row)
@@ -70,28 +75,32 @@ def store_file(session: Session, store: LocalStore, received: ReceivedUpload, pu
     return row
 
 
-def get_file(session: Session, file_id: str) -> File:
-    """The file row. Raises NotFound (404)."""
+def get_file(session: Session, file_id: str, tenant_id: str) -> File:
+    """The file row, if it belongs to ``tenant_id``. Raises NotFound (404) alike for unknown ids and other tenants' files."""
     row = session.get(File, file_id)
-    if row is None:
+    if row is None or row.tenant_id != tenant_id:
         raise NotFound(f"no file {file_id!r}", param="file_id")
     return row
 
 
-def list_files(session: Session, *, limit: int, after: str | None, purpose: str | None) -> tuple[list[File], bool]:
-    """Files newest first, ``limit`` at most, starting after file ``after``; returns (rows, has_more)."""
-    q = select(File)
+def list_files(session: Session, tenant_id: str, *, limit: int, after: str | None, purpose: str | None) -> tuple[list[File], bool]:
+    """The tenant's files newest first, ``limit`` at most, starting after file ``after``; returns (rows, has_more).
+    Raises Unprocessable (422) when ``after`` is not one of the tenant's files."""
+    q = select(File).where(File.tenant_id == tenant_id)
     if purpose:
         q = q.where(File.purpose == purpose)
     anchor = session.get(File, after) if after else None
+    if anchor is not None and anchor.tenant_id != tenant_id:
+        anchor = None
     if after and anchor is None:
         raise Unprocessable(f"after: no file {after!r} to continue from", param="after")
     return newest_first(session, q, File, limit=limit, anchor=anchor)
 
 
-def delete_file(session: Session, store: LocalStore, file_id: str) -> None:
-    """Delete a file and its bytes. Raises NotFound (404), or Conflict (409) while a queued or running job uses it."""
-    row = get_file(session, file_id)
+def delete_file(session: Session, store: LocalStore, file_id: str, tenant_id: str) -> None:
+    """Delete one of the tenant's files and its bytes. Raises NotFound (404), or Conflict (409) while a queued or
+    running job uses it."""
+    row = get_file(session, file_id, tenant_id)
     live = session.scalars(
         select(Job.id).join(JobFile, JobFile.job_id == Job.id).where(JobFile.file_id == file_id, Job.status.in_(LIVE)).limit(1)
     ).first()
@@ -109,7 +118,7 @@ def delete_file(session: Session, store: LocalStore, file_id: str) -> None:
     store.delete(row.storage_key)
 
 
-def list_layers(session: Session, store: LocalStore, file_id: str, input_shape: list[int] | None) -> list[dict]:
+def list_layers(session: Session, store: LocalStore, file_id: str, tenant_id: str, input_shape: list[int] | None) -> list[dict]:
     """The named modules of an uploaded PyTorch model (safetensors with stillhouse metadata, TorchScript) with their
     per-sample output shapes, for choosing feature-distillation layers (e.g. ``features.3``). Runs one forward
     pass of zeros ``[1, *input_shape]`` on the CPU; ``input_shape`` defaults to the one known from the file.
@@ -120,7 +129,7 @@ def list_layers(session: Session, store: LocalStore, file_id: str, input_shape: 
     from worker.distill.features import list_layers as module_layers
     from worker.distill.teachers import load_teacher
 
-    row = get_file(session, file_id)
+    row = get_file(session, file_id, tenant_id)
     if row.purpose == "dataset":
         raise Unprocessable(f"file {file_id} is a dataset; layers exist for models", param="file_id")
     if row.format == "onnx":

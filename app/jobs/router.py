@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import FileResponse, HTMLResponse
 
-from app.deps import SessionDep, StoreDep
+from app.deps import CurrentTenant, SessionDep, StoreDep
 from app.errors import ERROR_RESPONSES, ErrorResponse
 from app.jobs import service
 from app.jobs.download import ArtifactResponse
@@ -28,58 +28,71 @@ def _artifact(job_id: str, a: Any) -> ArtifactObject:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobObject,
-             responses={503: {"model": ErrorResponse, "description": "Broker unreachable"}, **ERROR_RESPONSES})
-def create_job(spec: JobSpec, session: SessionDep) -> JobObject:
-    """Create a distillation job from a spec; it is queued and sent to a worker after the commit.
+             responses={409: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body"},
+                        429: {"model": ErrorResponse, "description": "The tenant's live-job limit is reached (see Retry-After)"},
+                        503: {"model": ErrorResponse, "description": "Broker unreachable"}, **ERROR_RESPONSES})
+def create_job(spec: JobSpec, session: SessionDep, tenant: CurrentTenant, response: Response,
+               idempotency_key: Annotated[str | None, Header(
+                   alias="Idempotency-Key", min_length=1, max_length=255,
+                   description="Any string up to 255 characters, unique per tenant. Repeating a request with the same key and "
+                               "body returns the job the first one created (201, header Idempotent-Replayed: true) and starts "
+                               "nothing; the same key with another body gets 409 idempotency_key_reused.")] = None) -> JobObject:
+    """Create a distillation job from a spec, owned by the caller's tenant; it is queued and sent to a worker after
+    the commit.
 
-    422 for an invalid spec (unknown fields, numbers out of range, missing or wrong-purpose files,
-    unknown architectures); 503 ``broker_unavailable`` if the broker cannot be reached.
+    422 for an invalid spec (unknown fields, numbers out of range, missing, wrong-purpose or other tenants' files,
+    unknown architectures); 409 ``idempotency_key_reused``; 429 ``too_many_jobs`` when the tenant already has its
+    limit of live (queued, running, cancelling) jobs, with ``Retry-After`` in seconds; 503 ``broker_unavailable``
+    if the broker cannot be reached.
     """
-    return service.to_schema(service.create_job(session, spec))
+    job, replayed = service.create_job(session, spec, tenant.id, idempotency_key=idempotency_key)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return service.to_schema(job)
 
 
 @router.get("", response_model=Page[JobObject], responses=ERROR_RESPONSES)
-def list_jobs(session: SessionDep, limit: Limit = 20,
+def list_jobs(session: SessionDep, tenant: CurrentTenant, limit: Limit = 20,
               after: Annotated[str | None, Query(description="Return jobs after this job id.")] = None,
               status: Annotated[Status | None, Query(description="Only jobs in this status.")] = None) -> Page[JobObject]:
-    """List jobs, newest first."""
-    rows, more = service.list_jobs(session, limit=limit, after=after, status=status)
+    """List the tenant's jobs, newest first. 422 if ``after`` names none of them."""
+    rows, more = service.list_jobs(session, tenant.id, limit=limit, after=after, status=status)
     return Page[JobObject](data=[service.to_schema(j) for j in rows], has_more=more)
 
 
 @router.get("/{job_id}", response_model=JobObject, responses=ERROR_RESPONSES)
-def get_job(job_id: JobId, session: SessionDep) -> JobObject:
-    """Read a job: status, phase, progress (epoch, step, fraction, eta), error, timings. 404 if unknown."""
-    return service.to_schema(service.get_job(session, job_id))
+def get_job(job_id: JobId, session: SessionDep, tenant: CurrentTenant) -> JobObject:
+    """Read a job: status, phase, progress (epoch, step, fraction, eta), error, timings. 404 if the tenant has no such job."""
+    return service.to_schema(service.get_job(session, job_id, tenant.id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobObject, responses={**_409, **ERROR_RESPONSES})
-def cancel_job(job_id: JobId, session: SessionDep) -> JobObject:
+def cancel_job(job_id: JobId, session: SessionDep, tenant: CurrentTenant) -> JobObject:
     """Cancel a job: queued -> cancelled at once; running -> cancelling -> cancelled within one step.
     409 ``job_not_cancellable`` once it has finished."""
-    return service.to_schema(service.cancel_job(session, job_id))
+    return service.to_schema(service.cancel_job(session, job_id, tenant.id))
 
 
 @router.get("/{job_id}/events", response_model=Page[EventObject], responses=ERROR_RESPONSES)
-def list_events(job_id: JobId, session: SessionDep, limit: Limit = 100,
+def list_events(job_id: JobId, session: SessionDep, tenant: CurrentTenant, limit: Limit = 100,
                 after: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Only events with a larger id.")] = None) -> Page[EventObject]:
     """A job's events (status and phase changes, resumes, errors), oldest first."""
-    rows, more = service.list_events(session, job_id, after=after, limit=limit)
+    rows, more = service.list_events(session, job_id, tenant.id, after=after, limit=limit)
     return Page[EventObject](data=[EventObject.model_validate(r) for r in rows], has_more=more)
 
 
 @router.get("/{job_id}/metrics", response_model=Page[MetricObject], responses=ERROR_RESPONSES)
-def list_metrics(job_id: JobId, session: SessionDep, limit: Annotated[int, Query(ge=1, le=10000, description="Most rows (1-10000).")] = 1000,
+def list_metrics(job_id: JobId, session: SessionDep, tenant: CurrentTenant, limit: Annotated[int, Query(ge=1, le=10000, description="Most rows (1-10000).")] = 1000,
                  after: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Only rows with a larger id.")] = None,
                  name: Annotated[str | None, Query(description="Only this metric, e.g. 'top1' or 'loss/kd'.")] = None,
                  split: Annotated[str | None, Query(description="Only 'train' or 'val'.")] = None) -> Page[MetricObject]:
     """A job's metric rows (per logged step and per epoch), in recording order."""
-    rows, more = service.list_metrics(session, job_id, name=name, split=split, after=after, limit=limit)
+    rows, more = service.list_metrics(session, job_id, tenant.id, name=name, split=split, after=after, limit=limit)
     return Page[MetricObject](data=[MetricObject.model_validate(r) for r in rows], has_more=more)
 
 
 @router.get("/{job_id}/report", response_model=dict[str, Any], responses={200: {"content": {"text/html": {}}}, **_409, **ERROR_RESPONSES})
-def get_report(job_id: JobId, session: SessionDep,
+def get_report(job_id: JobId, session: SessionDep, tenant: CurrentTenant,
                format: Annotated[Literal["json", "html"], Query(description="'json', or 'html' for a page with plots.")] = "json"):
     """The compression report of a succeeded job: teacher vs student top-1 (and top-5, per-class top-1, expected
     calibration error, teacher-student confusion), agreement, mean KL, parameters, bytes, compression ratio
@@ -88,21 +101,21 @@ def get_report(job_id: JobId, session: SessionDep,
     if format == "html":
         from app.reports.service import job_report_html
 
-        return HTMLResponse(job_report_html(session, job_id))
-    return {"object": "report", "job_id": job_id, **service.get_report(session, job_id)}
+        return HTMLResponse(job_report_html(session, job_id, tenant.id))
+    return {"object": "report", "job_id": job_id, **service.get_report(session, job_id, tenant.id)}
 
 
 @router.get("/{job_id}/artifacts", response_model=ArtifactList, responses=ERROR_RESPONSES)
-def list_artifacts(job_id: JobId, session: SessionDep) -> ArtifactList:
+def list_artifacts(job_id: JobId, session: SessionDep, tenant: CurrentTenant) -> ArtifactList:
     """The job's downloadable artifacts (empty until it succeeds)."""
-    return ArtifactList(data=[_artifact(job_id, a) for a in service.list_artifacts(session, job_id)])
+    return ArtifactList(data=[_artifact(job_id, a) for a in service.list_artifacts(session, job_id, tenant.id)])
 
 
 @router.get("/{job_id}/artifacts/{name}", response_class=FileResponse,
             responses={200: {"content": {"application/octet-stream": {}}, "description": "The artifact's bytes"}, **ERROR_RESPONSES})
 def download_artifact(job_id: JobId, name: Annotated[str, Path(description="Artifact name, e.g. student.safetensors.")],
-                      session: SessionDep, store: StoreDep) -> FileResponse:
+                      session: SessionDep, store: StoreDep, tenant: CurrentTenant) -> FileResponse:
     """Download an artifact, streamed, with Content-Length, ``ETag`` = its sha256, and ``Range`` support (206;
     a malformed Range is ignored, an unsatisfiable one gets 416 ``range_not_satisfiable``)."""
-    a = service.get_artifact(session, job_id, name)
+    a = service.get_artifact(session, job_id, name, tenant.id)
     return ArtifactResponse(store.path(a.storage_key), sha256=a.sha256, media_type=a.content_type, filename=a.name)

@@ -3,6 +3,8 @@ and the read side of events, metrics, report and artifacts."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from datetime import datetime
 from typing import Any
@@ -11,12 +13,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.auth.limits import check_job_slot, lock_tenant
 from app.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
 from app.jobs import states
 from app.jobs.schemas import JobError, JobObject, Progress, Timings
 from app.models import Artifact, File, Job, JobEvent, JobFile, Metric, new_id, utcnow
 from app.pagination import newest_first, oldest_first
 from app.queue import enqueue_job
+from app.settings import get_settings
 from worker.distill import models as registry
 from worker.distill.errors import DistillError
 from worker.distill.methods import check_method_supported
@@ -27,10 +31,10 @@ log = logging.getLogger("stillhouse.jobs")
 _WEIGHTS_ONLY = ("safetensors", "state_dict")
 
 
-def _check_file(session: Session, file_id: str, role: str, purpose: str) -> File:
+def _check_file(session: Session, file_id: str, role: str, purpose: str, tenant_id: str) -> File:
     row = session.get(File, file_id)
     param = f"{role}.file_id"
-    if row is None:
+    if row is None or row.tenant_id != tenant_id:  # another tenant's file is as unknown as a missing one
         raise Unprocessable(f"{param}: no file {file_id!r}; upload it first (POST /v1/files)", param=param, code="file_not_found")
     if row.purpose != purpose:
         raise Unprocessable(f"{param}: file {file_id} has purpose {row.purpose!r}, expected {purpose!r}", param=param,
@@ -139,16 +143,17 @@ def _check_task(spec: JobSpec, files: dict[str, File]) -> None:
                                 if text else "tensor data (NPZ, numeric CSV, or builtin digits/mnist5k)"), param=role)
 
 
-def validate_references(session: Session, spec: JobSpec) -> dict[str, File]:
+def validate_references(session: Session, spec: JobSpec, tenant_id: str) -> dict[str, File]:
     """Check what the spec refers to, beyond pydantic's field checks.
 
-    Files must exist with the right purpose; a forced teacher format must match the detected one;
+    Files must exist, belong to ``tenant_id`` (another tenant's file gets the same ``file_not_found`` as an
+    unknown one) and have the right purpose; a forced teacher format must match the detected one;
     weights-only teachers need an architecture (in the spec or in the file's metadata);
     architectures must be registered with valid kwargs; a CSV label column must exist; a transfer set must be
     unlabelled. Raises Unprocessable (422).
     Returns the referenced files by role.
     """
-    files: dict[str, File] = {"teacher": _check_file(session, spec.teacher.file_id, "teacher", "teacher")}
+    files: dict[str, File] = {"teacher": _check_file(session, spec.teacher.file_id, "teacher", "teacher", tenant_id)}
     teacher = files["teacher"]
     if spec.teacher.format != "auto" and spec.teacher.format != teacher.format:
         raise Unprocessable(f"teacher.format is {spec.teacher.format!r} but the uploaded file is {teacher.format!r}",
@@ -158,7 +163,7 @@ def validate_references(session: Session, spec: JobSpec) -> dict[str, File]:
                             f"(one of {', '.join(registry.available())}) with its kwargs", param="teacher.architecture")
     for role, file_id in spec.file_ids().items():
         if role != "teacher":
-            files[role] = _check_file(session, file_id, role, "dataset")
+            files[role] = _check_file(session, file_id, role, "dataset", tenant_id)
     _check_task(spec, files)
     try:
         check_method_supported(spec.method, spec.teacher.format if spec.teacher.format != "auto" else teacher.format)
@@ -188,15 +193,48 @@ def validate_references(session: Session, spec: JobSpec) -> dict[str, File]:
     return files
 
 
-def create_job(session: Session, spec: JobSpec) -> Job:
-    """Create a queued job, commit, then send its id to the workers.
+def request_sha256(spec: JobSpec) -> str:
+    """sha256 hex of the validated spec's canonical JSON (defaults filled in, keys sorted, no whitespace): two
+    bodies that validate to the same spec have the same digest."""
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
-    Raises Unprocessable (422) for bad references, ServiceUnavailable (503) when the broker cannot be
-    reached (the committed job is then marked failed with code ``broker_unavailable``, so nothing is
-    left queued forever).
+
+def _replay(session: Session, tenant_id: str, key: str, digest: str) -> Job | None:
+    """The tenant's job created with Idempotency-Key ``key``, or None. Raises Conflict (409
+    ``idempotency_key_reused``) when that job was created from another body."""
+    job = session.scalars(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)).first()
+    if job is not None and job.request_sha256 != digest:
+        session.rollback()
+        raise Conflict(f"Idempotency-Key {key!r} was already used for job {job.id} with another request body; use a new key "
+                       "for a new job", param="Idempotency-Key", code="idempotency_key_reused")
+    return job
+
+
+def create_job(session: Session, spec: JobSpec, tenant_id: str, *, idempotency_key: str | None = None) -> tuple[Job, bool]:
+    """Create a queued job of ``tenant_id``, commit, then send its id to the workers. Returns (job, replayed).
+
+    With ``idempotency_key`` (≤ 255 characters, unique per tenant) a repeat of the same body returns the job the
+    key first created, with ``replayed`` True, and sends nothing to the broker; concurrent duplicates are
+    serialised by the tenant lock (and the unique constraint on (tenant_id, idempotency_key) as a last guard).
+    The live-job limit is checked under the same lock, so concurrent creations cannot pass it together.
+
+    Raises Unprocessable (422) for bad references, Conflict (409 ``idempotency_key_reused``) for a key used with
+    another body, TooManyRequests (429 ``too_many_jobs``) at the tenant's live-job limit, ServiceUnavailable (503)
+    when the broker cannot be reached (the committed job is then marked failed with code ``broker_unavailable``,
+    so nothing is left queued forever).
     """
-    files = validate_references(session, spec)
-    job = Job(id=new_id("job"), name=spec.name, status=states.QUEUED, spec=spec.model_dump(mode="json"), attempt=0)
+    digest = request_sha256(spec)
+    if idempotency_key is not None and (job := _replay(session, tenant_id, idempotency_key, digest)) is not None:
+        return job, True
+    files = validate_references(session, spec, tenant_id)
+    tenant = lock_tenant(session, tenant_id)  # serialises this tenant's creations until commit/rollback
+    if idempotency_key is not None and (job := _replay(session, tenant_id, idempotency_key, digest)) is not None:
+        session.rollback()  # release the lock
+        return job, True
+    check_job_slot(session, tenant, get_settings())
+    job = Job(id=new_id("job"), tenant_id=tenant_id, name=spec.name, status=states.QUEUED, spec=spec.model_dump(mode="json"),
+              attempt=0, idempotency_key=idempotency_key, request_sha256=digest)
     session.add(job)
     session.flush()
     for role, f in files.items():
@@ -204,8 +242,10 @@ def create_job(session: Session, spec: JobSpec) -> Job:
     session.add(JobEvent(job_id=job.id, type="status", message="job created and queued", data={"status": states.QUEUED}))
     try:
         session.commit()
-    except IntegrityError as e:  # a referenced file was deleted between the check and the commit
+    except IntegrityError as e:  # a referenced file was deleted between the check and the commit (or, in theory, a duplicate key)
         session.rollback()
+        if idempotency_key is not None and (job := _replay(session, tenant_id, idempotency_key, digest)) is not None:
+            return job, True
         raise Unprocessable("a file this job refers to was deleted while the job was being created; upload it again",
                             code="file_not_found") from e
     try:
@@ -217,47 +257,50 @@ def create_job(session: Session, spec: JobSpec) -> Job:
         session.commit()
         raise ServiceUnavailable(f"job {job.id} was created but the broker is unreachable ({type(e).__name__}); it is marked failed",
                                  code="broker_unavailable") from e
-    return job
+    return job, False
 
 
-def get_job(session: Session, job_id: str) -> Job:
-    """The job row. Raises NotFound (404)."""
+def get_job(session: Session, job_id: str, tenant_id: str) -> Job:
+    """The job row, if it belongs to ``tenant_id``. Raises NotFound (404) alike for unknown ids and other tenants' jobs."""
     job = session.get(Job, job_id)
-    if job is None:
+    if job is None or job.tenant_id != tenant_id:
         raise NotFound(f"no job {job_id!r}", param="job_id")
     return job
 
 
-def list_jobs(session: Session, *, limit: int, after: str | None, status: str | None) -> tuple[list[Job], bool]:
-    """Jobs newest first, optionally of one status; returns (rows, has_more)."""
-    q = select(Job)
+def list_jobs(session: Session, tenant_id: str, *, limit: int, after: str | None, status: str | None) -> tuple[list[Job], bool]:
+    """The tenant's jobs newest first, optionally of one status; returns (rows, has_more). Raises Unprocessable (422)
+    when ``after`` is not one of the tenant's jobs."""
+    q = select(Job).where(Job.tenant_id == tenant_id)
     if status:
         q = q.where(Job.status == status)
     anchor = session.get(Job, after) if after else None
+    if anchor is not None and anchor.tenant_id != tenant_id:
+        anchor = None
     if after and anchor is None:
         raise Unprocessable(f"after: no job {after!r} to continue from", param="after")
     return newest_first(session, q, Job, limit=limit, anchor=anchor)
 
 
-def cancel_job(session: Session, job_id: str) -> Job:
+def cancel_job(session: Session, job_id: str, tenant_id: str) -> Job:
     """Cancel: a queued job becomes ``cancelled`` at once (it will never start); a running one becomes
     ``cancelling`` and its worker stops within one step. Cancelling twice is harmless.
-    Raises NotFound (404), Conflict (409 ``job_not_cancellable``) for a finished job."""
-    job = get_job(session, job_id)
+    Raises NotFound (404, also for another tenant's job), Conflict (409 ``job_not_cancellable``) for a finished job."""
+    job = get_job(session, job_id, tenant_id)
     if job.status == states.CANCELLING:
         return job
     ok = (states.transition(session, job_id, states.CANCELLED, only_from={states.QUEUED}, event="cancelled before it started")
           or states.transition(session, job_id, states.CANCELLING, event="cancel requested; stopping at the next step"))
     if not ok:
         session.rollback()
-        job = get_job(session, job_id)
+        job = get_job(session, job_id, tenant_id)
         if job.status == states.CANCELLING:
             return job
         raise Conflict(f"job {job_id} is already {job.status}; only queued or running jobs can be cancelled",
                        code="job_not_cancellable")
     session.commit()
     session.expire_all()
-    return get_job(session, job_id)
+    return get_job(session, job_id, tenant_id)
 
 
 def _seconds(a: datetime | None, b: datetime | None) -> float | None:
@@ -279,16 +322,18 @@ def to_schema(job: Job) -> JobObject:
     )
 
 
-def list_events(session: Session, job_id: str, *, after: int | None, limit: int) -> tuple[list[JobEvent], bool]:
-    """A job's events in order, those with id > ``after``; returns (rows, has_more). Raises NotFound."""
-    get_job(session, job_id)
+def list_events(session: Session, job_id: str, tenant_id: str, *, after: int | None, limit: int) -> tuple[list[JobEvent], bool]:
+    """A job's events in order, those with id > ``after``; returns (rows, has_more). Raises NotFound (also for another
+    tenant's job)."""
+    get_job(session, job_id, tenant_id)
     return oldest_first(session, select(JobEvent).where(JobEvent.job_id == job_id), JobEvent, limit=limit, after=after)
 
 
-def list_metrics(session: Session, job_id: str, *, name: str | None, split: str | None, after: int | None,
+def list_metrics(session: Session, job_id: str, tenant_id: str, *, name: str | None, split: str | None, after: int | None,
                  limit: int) -> tuple[list[Metric], bool]:
-    """A job's metric rows in recording order, filtered by name/split; returns (rows, has_more). Raises NotFound."""
-    get_job(session, job_id)
+    """A job's metric rows in recording order, filtered by name/split; returns (rows, has_more). Raises NotFound (also
+    for another tenant's job)."""
+    get_job(session, job_id, tenant_id)
     q = select(Metric).where(Metric.job_id == job_id)
     if name:
         q = q.where(Metric.name == name)
@@ -297,23 +342,23 @@ def list_metrics(session: Session, job_id: str, *, name: str | None, split: str 
     return oldest_first(session, q, Metric, limit=limit, after=after)
 
 
-def get_report(session: Session, job_id: str) -> dict[str, Any]:
-    """The compression report of a succeeded job. Raises NotFound, Conflict (409 ``report_not_ready``)."""
-    job = get_job(session, job_id)
+def get_report(session: Session, job_id: str, tenant_id: str) -> dict[str, Any]:
+    """The compression report of one of the tenant's succeeded jobs. Raises NotFound, Conflict (409 ``report_not_ready``)."""
+    job = get_job(session, job_id, tenant_id)
     if job.report is None:
         raise Conflict(f"job {job_id} is {job.status}; the report exists once it has succeeded", code="report_not_ready")
     return job.report
 
 
-def list_artifacts(session: Session, job_id: str) -> list[Artifact]:
-    """A job's published artifacts by name (empty until it succeeds). Raises NotFound."""
-    get_job(session, job_id)
+def list_artifacts(session: Session, job_id: str, tenant_id: str) -> list[Artifact]:
+    """A job's published artifacts by name (empty until it succeeds). Raises NotFound (also for another tenant's job)."""
+    get_job(session, job_id, tenant_id)
     return list(session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)))
 
 
-def get_artifact(session: Session, job_id: str, name: str) -> Artifact:
-    """One artifact. Raises NotFound (404) for an unknown job or name."""
-    get_job(session, job_id)
+def get_artifact(session: Session, job_id: str, name: str, tenant_id: str) -> Artifact:
+    """One artifact. Raises NotFound (404) for an unknown job (or another tenant's) or name."""
+    get_job(session, job_id, tenant_id)
     row = session.scalars(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name)).first()
     if row is None:
         raise NotFound(f"job {job_id} has no artifact {name!r}", param="name")

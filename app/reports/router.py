@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import SessionDep
+from app.deps import CurrentTenant, SessionDep
 from app.errors import ERROR_RESPONSES, ErrorResponse
 from app.reports import service
 
@@ -26,19 +26,20 @@ class ReportList(BaseModel):
 
 
 @router.get("/v1/reports", response_model=ReportList, responses={200: {"content": {"text/html": {}}}, **_409, **ERROR_RESPONSES})
-async def compare_reports(session: SessionDep,
+async def compare_reports(session: SessionDep, tenant: CurrentTenant,
                           job_ids: Annotated[str, Query(description="Comma-separated job ids (at most 20), e.g. job_a,job_b.")],
                           format: Annotated[Literal["json", "html"], Query(description="'json' or 'html' (a page with the reports side by side).")] = "json"):
     """Compare several jobs: their reports side by side (JSON list, or one HTML page with tables and plots).
-    404 for an unknown job, 409 ``report_not_ready`` for a job that has not succeeded, 422 for a bad ``job_ids``."""
+    404 for an unknown job (or another tenant's), 409 ``report_not_ready`` for a job that has not succeeded, 422 for a bad ``job_ids``."""
     ids = service.parse_job_ids(job_ids)
     if format == "html":
-        return HTMLResponse(await run_in_threadpool(service.compare_html, session, ids))
-    return ReportList(data=await run_in_threadpool(service.compare, session, ids))
+        return HTMLResponse(await run_in_threadpool(service.compare_html, session, ids, tenant.id))
+    return ReportList(data=await run_in_threadpool(service.compare, session, ids, tenant.id))
 
 
 @router.get("/v1/jobs/{job_id}/report.html", response_class=HTMLResponse, responses={**_409, **ERROR_RESPONSES})
-async def report_page(job_id: Annotated[str, Path(description="Job id, 'job_…'.")], session: SessionDep) -> HTMLResponse:
+async def report_page(job_id: Annotated[str, Path(description="Job id, 'job_…'.")], session: SessionDep,
+                      tenant: CurrentTenant) -> HTMLResponse:
     """The report of a succeeded job as an HTML page: tables and plots (loss terms and validation accuracy per
-    epoch, accuracy vs size, latency). Same as ``GET /v1/jobs/{id}/report?format=html``."""
-    return HTMLResponse(await run_in_threadpool(service.job_report_html, session, job_id))
+    epoch, accuracy vs size, latency). Same as ``GET /v1/jobs/{id}/report?format=html``. 404 if the tenant has no such job."""
+    return HTMLResponse(await run_in_threadpool(service.job_report_html, session, job_id, tenant.id))

@@ -22,10 +22,11 @@ def epoch_metrics(session: Session, job_id: str) -> list[dict[str, Any]]:
     return [{"name": m.name, "split": m.split, "epoch": m.epoch, "step": m.step, "value": m.value} for m in rows]
 
 
-def job_report_html(session: Session, job_id: str) -> str:
-    """The HTML page of one succeeded job's report. Raises NotFound (404), Conflict (409 report_not_ready)."""
-    report = get_report(session, job_id)
-    job = get_job(session, job_id)
+def job_report_html(session: Session, job_id: str, tenant_id: str) -> str:
+    """The HTML page of one of the tenant's succeeded jobs' report. Raises NotFound (404, also for another tenant's
+    job), Conflict (409 report_not_ready)."""
+    report = get_report(session, job_id, tenant_id)
+    job = get_job(session, job_id, tenant_id)
     return render_html(f"compression report · {job_id}", [report_view(job_id, job.name, report, epoch_metrics(session, job_id))])
 
 
@@ -39,12 +40,14 @@ def parse_job_ids(job_ids: str) -> list[str]:
     return ids
 
 
-def compare(session: Session, job_ids: list[str]) -> list[dict[str, Any]]:
-    """The reports of several succeeded jobs, in the given order. Raises NotFound / Conflict naming the first bad id."""
-    return [{"object": "report", "job_id": j, **get_report(session, j)} for j in job_ids]
+def compare(session: Session, job_ids: list[str], tenant_id: str) -> list[dict[str, Any]]:
+    """The reports of several of the tenant's succeeded jobs, in the given order. Raises NotFound (an unknown id or
+    another tenant's) / Conflict naming the first bad id."""
+    return [{"object": "report", "job_id": j, **get_report(session, j, tenant_id)} for j in job_ids]
 
 
-def compare_html(session: Session, job_ids: list[str]) -> str:
-    """Several jobs' reports side by side as one HTML page."""
-    views = [report_view(j, get_job(session, j).name, get_report(session, j), epoch_metrics(session, j)) for j in job_ids]
+def compare_html(session: Session, job_ids: list[str], tenant_id: str) -> str:
+    """Several of the tenant's jobs' reports side by side as one HTML page. Raises as ``compare``."""
+    views = [report_view(j, get_job(session, j, tenant_id).name, get_report(session, j, tenant_id), epoch_metrics(session, j))
+             for j in job_ids]
     return render_html(f"{len(views)} reports side by side", views)

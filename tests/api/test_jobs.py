@@ -237,8 +237,8 @@ async def test_file_deleted_while_the_job_is_created(api, teacher_id, tmp_path, 
     data_id = (await upload(api, mk.npz_file(tmp_path), purpose="dataset")).json()["id"]
     original = service.validate_references
 
-    def racing(session, spec):
-        files = original(session, spec)
+    def racing(session, spec, tenant_id):
+        files = original(session, spec, tenant_id)
         with session_scope() as other:  # a concurrent DELETE commits here
             other.delete(other.get(File, data_id))
         return files

@@ -1,0 +1,111 @@
+"""Per-tenant limits: live jobs (429 ``too_many_jobs``) and stored bytes (413 ``storage_quota_exceeded``).
+
+A tenant's ``max_running_jobs`` / ``max_storage_bytes`` override the service-wide
+``STILLHOUSE_MAX_RUNNING_JOBS_PER_TENANT`` / ``STILLHOUSE_MAX_STORAGE_BYTES_PER_TENANT``.
+
+Checks that must not race (two job creations of one tenant both seeing one free slot) run after
+``lock_tenant``: an ``UPDATE tenants SET updated_at=…`` first in the transaction, which holds the tenant's row
+lock on PostgreSQL and the database's write lock on SQLite until commit or rollback, so a tenant's creations
+are serialised while other tenants' proceed (PostgreSQL).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.errors import PayloadTooLarge, TooManyRequests, Unauthorized
+from app.jobs.states import LIVE, RUNNING
+from app.models import Artifact, File, Job, Tenant, utcnow
+from app.settings import Settings
+
+DEFAULT_RETRY_AFTER_S = 30
+"""Retry-After (seconds) of a 429 when no running job of the tenant has an ETA."""
+
+
+def lock_tenant(session: Session, tenant_id: str) -> Tenant:
+    """Take the tenant's lock for the rest of the transaction (see the module doc) and return its fresh row.
+
+    Raises Unauthorized (401) if the tenant no longer exists (its key outlived it)."""
+    res = session.execute(update(Tenant).where(Tenant.id == tenant_id).values(updated_at=utcnow())
+                          .execution_options(synchronize_session=False))
+    if res.rowcount != 1:
+        session.rollback()
+        raise Unauthorized(f"tenant {tenant_id!r} does not exist", invalid_token=True)
+    return session.get(Tenant, tenant_id, populate_existing=True)
+
+
+def job_limit(tenant: Tenant, settings: Settings) -> int:
+    """Most live jobs (queued, running, cancelling) the tenant may have."""
+    return tenant.max_running_jobs or settings.max_running_jobs_per_tenant
+
+
+def storage_limit(tenant: Tenant, settings: Settings) -> int:
+    """Most bytes the tenant may store (uploads + artifacts)."""
+    return tenant.max_storage_bytes or settings.max_storage_bytes_per_tenant
+
+
+def live_jobs(session: Session, tenant_id: str) -> int:
+    """How many of the tenant's jobs are queued, running or cancelling."""
+    return session.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.status.in_(LIVE))) or 0
+
+
+def storage_used(session: Session, tenant_id: str) -> int:
+    """Bytes the tenant stores: its uploaded files plus its jobs' published artifacts."""
+    files = session.scalar(select(func.coalesce(func.sum(File.bytes), 0)).where(File.tenant_id == tenant_id)) or 0
+    artifacts = session.scalar(select(func.coalesce(func.sum(Artifact.bytes), 0)).join(Job, Job.id == Artifact.job_id)
+                               .where(Job.tenant_id == tenant_id)) or 0
+    return int(files) + int(artifacts)
+
+
+def retry_after_s(session: Session, tenant_id: str) -> int:
+    """Seconds to suggest in Retry-After: the smallest training ETA of the tenant's running jobs, clamped to
+    1..3600, else ``DEFAULT_RETRY_AFTER_S``."""
+    eta = session.scalar(select(func.min(Job.progress_eta_s)).where(Job.tenant_id == tenant_id, Job.status == RUNNING))
+    return DEFAULT_RETRY_AFTER_S if eta is None else int(min(3600, max(1, round(eta))))
+
+
+def check_job_slot(session: Session, tenant: Tenant, settings: Settings) -> None:
+    """Refuse a new job when the tenant already has its limit of live jobs. Call after ``lock_tenant``.
+
+    Raises TooManyRequests (429 ``too_many_jobs``, with ``Retry-After``), after rolling back (releasing the lock)."""
+    limit, live = job_limit(tenant, settings), live_jobs(session, tenant.id)
+    if live >= limit:
+        wait = retry_after_s(session, tenant.id)
+        session.rollback()
+        raise TooManyRequests(
+            f"tenant {tenant.name!r} has {live} live jobs (queued, running or cancelling) and its limit is {limit} "
+            f"(max_running_jobs); wait for one to end or cancel one, then retry", code="too_many_jobs",
+            headers={"Retry-After": str(wait)})
+
+
+def quota_error(tenant_name: str, limit: int, used: int, adding: int | None) -> PayloadTooLarge:
+    """The 413 ``storage_quota_exceeded`` error, naming the quota, the bytes used and left."""
+    what = f"an upload of {adding} bytes" if adding is not None else "this upload"
+    return PayloadTooLarge(
+        f"{what} would take tenant {tenant_name!r} over its storage quota of {limit} bytes (max_storage_bytes): {used} bytes "
+        f"are used by its files and job artifacts, {max(0, limit - used)} left; delete files (DELETE /v1/files/{{id}}) to make room",
+        param="file", code="storage_quota_exceeded")
+
+
+def remaining_storage(session: Session, tenant_id: str, settings: Settings) -> tuple[str, int, int]:
+    """(tenant name, quota in bytes, bytes used), read without locking to decide an upload's byte limit before its
+    body arrives. Ends the read transaction, so none stays open while a long body streams in.
+    Raises Unauthorized (401) if the tenant no longer exists."""
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None:
+        session.rollback()
+        raise Unauthorized(f"tenant {tenant_id!r} does not exist", invalid_token=True)
+    out = tenant.name, storage_limit(tenant, settings), storage_used(session, tenant_id)
+    session.rollback()
+    return out
+
+
+def check_storage(session: Session, tenant: Tenant, settings: Settings, adding: int) -> None:
+    """Refuse to store ``adding`` more bytes when that passes the tenant's quota. Call after ``lock_tenant``.
+
+    Raises PayloadTooLarge (413 ``storage_quota_exceeded``), after rolling back (releasing the lock)."""
+    limit, used = storage_limit(tenant, settings), storage_used(session, tenant.id)
+    if used + adding > limit:
+        session.rollback()
+        raise quota_error(tenant.name, limit, used, adding)

@@ -1,7 +1,7 @@
 """A typed Python client for the stillhouse API (httpx).
 
     from client import Stillhouse
-    sh = Stillhouse("http://127.0.0.1:8000")
+    sh = Stillhouse("http://127.0.0.1:8000", api_key="sh_…")   # or STILLHOUSE_API_KEY; none needed on a loopback server
     teacher = sh.upload("teacher.safetensors", purpose="teacher")
     job = sh.create_job({...spec...})
     job = sh.wait(job.id)
@@ -13,6 +13,7 @@ Every API error is raised as ``ApiError`` carrying the HTTP status, ``code``, ``
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -124,11 +125,19 @@ class Artifact(_Model):
 
 
 class Stillhouse:
-    """Client of one stillhouse API at ``base_url`` (e.g. ``http://127.0.0.1:8000``). ``timeout`` in seconds."""
+    """Client of one stillhouse API at ``base_url`` (e.g. ``http://127.0.0.1:8000``). ``timeout`` in seconds.
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, timeout: float = 60.0,
+    ``api_key`` (default: the ``STILLHOUSE_API_KEY`` environment variable; pass ``""`` for none) is sent as
+    ``Authorization: Bearer <key>`` on every request; it selects the tenant whose files and jobs the client sees.
+    """
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None, timeout: float = 60.0,
                  transport: httpx.BaseTransport | None = None, headers: dict[str, str] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        key = os.environ.get("STILLHOUSE_API_KEY") if api_key is None else api_key
+        headers = dict(headers or {})
+        if key:
+            headers["Authorization"] = f"Bearer {key.strip()}"
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport, headers=headers)
 
     def close(self) -> None:
@@ -211,9 +220,13 @@ class Stillhouse:
         self._request("DELETE", f"/v1/files/{file_id}")
 
     # -- jobs ----------------------------------------------------------------------------------
-    def create_job(self, spec: dict[str, Any]) -> Job:
-        """POST /v1/jobs with a spec dict; ApiError 422 for an invalid spec."""
-        return Job.model_validate(self._request("POST", "/v1/jobs", json=spec))
+    def create_job(self, spec: dict[str, Any], *, idempotency_key: str | None = None) -> Job:
+        """POST /v1/jobs with a spec dict; ApiError 422 for an invalid spec, 429 ``too_many_jobs`` at the tenant's limit.
+
+        With ``idempotency_key`` (≤ 255 characters) a retry of the same spec returns the same job instead of a second
+        one; the same key with another spec raises ApiError 409 ``idempotency_key_reused``."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
+        return Job.model_validate(self._request("POST", "/v1/jobs", json=spec, headers=headers))
 
     def get_job(self, job_id: str) -> Job:
         """GET /v1/jobs/{id}."""

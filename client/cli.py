@@ -6,7 +6,8 @@
     stillhouse report JOB_ID
     stillhouse download JOB_ID --dir out/
 
-The API address comes from ``--api`` or ``STILLHOUSE_API_URL`` (default http://127.0.0.1:8000).
+The API address comes from ``--api`` or ``STILLHOUSE_API_URL`` (default http://127.0.0.1:8000), the API key
+(when the server requires one) from ``--api-key`` or ``STILLHOUSE_API_KEY``.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ PATH_FIELDS = (("teacher",), "teacher"), (("data", "train"), "dataset"), (("data
 
 class _State:
     api_url: str = "http://127.0.0.1:8000"
+    api_key: str | None = None
 
 
 def _client() -> Stillhouse:
-    return Stillhouse(_State.api_url)
+    return Stillhouse(_State.api_url, api_key=_State.api_key or "")
 
 
 def _fail(e: ApiError) -> None:
@@ -46,9 +48,13 @@ def _fail(e: ApiError) -> None:
 
 
 @app.callback()
-def main(api: str = typer.Option("http://127.0.0.1:8000", "--api", envvar="STILLHOUSE_API_URL", help="Base URL of the API.")) -> None:
-    """Talk to the stillhouse API at --api."""
+def main(api: str = typer.Option("http://127.0.0.1:8000", "--api", envvar="STILLHOUSE_API_URL", help="Base URL of the API."),
+         api_key: Optional[str] = typer.Option(None, "--api-key", envvar="STILLHOUSE_API_KEY", show_default=False,
+                                               help="API key (sh_…), sent as 'Authorization: Bearer'; not needed on a "
+                                                    "loopback server with authentication off.")) -> None:
+    """Talk to the stillhouse API at --api (with --api-key when it requires keys)."""
     _State.api_url = api
+    _State.api_key = api_key
 
 
 @app.command()

@@ -33,7 +33,8 @@ PREFIX_RE = re.compile(r"^sh_[0-9a-f]{8}$")
 TENANT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 LAST_USED_RESOLUTION_S = 60
 """``api_keys.last_used_at`` is written at most once per this many seconds per key (not once per request)."""
-_UNSET = object()
+KEEP = object()
+"""Passed to ``set_limits``: leave this limit as it is."""
 
 
 @dataclass(frozen=True)
@@ -142,16 +143,16 @@ def list_tenants(session: Session) -> list[Tenant]:
     return list(session.scalars(select(Tenant).order_by(Tenant.created_at, Tenant.id)))
 
 
-def set_limits(session: Session, name: str, *, max_running_jobs: int | None | object = _UNSET,
-               max_storage_bytes: int | None | object = _UNSET) -> Tenant:
+def set_limits(session: Session, name: str, *, max_running_jobs: int | None | object = KEEP,
+               max_storage_bytes: int | None | object = KEEP) -> Tenant:
     """Change a tenant's limits and commit: an int sets it, None restores the service default, leaving an argument
     out keeps the current value. Raises NotFound, Unprocessable (a limit below 1)."""
     row = get_tenant(session, name)
-    _check_limits(None if max_running_jobs is _UNSET else max_running_jobs,  # type: ignore[arg-type]
-                  None if max_storage_bytes is _UNSET else max_storage_bytes)  # type: ignore[arg-type]
-    if max_running_jobs is not _UNSET:
+    _check_limits(None if max_running_jobs is KEEP else max_running_jobs,  # type: ignore[arg-type]
+                  None if max_storage_bytes is KEEP else max_storage_bytes)  # type: ignore[arg-type]
+    if max_running_jobs is not KEEP:
         row.max_running_jobs = max_running_jobs  # type: ignore[assignment]
-    if max_storage_bytes is not _UNSET:
+    if max_storage_bytes is not KEEP:
         row.max_storage_bytes = max_storage_bytes  # type: ignore[assignment]
     row.updated_at = utcnow()
     session.commit()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections import Counter
 from pathlib import Path
 
 from tests.conftest import Backend
@@ -33,6 +34,19 @@ def _task_job_id(raw: bytes | str) -> str:
         body = base64.b64decode(body)
     args = json.loads(body)[0]
     return args[0]
+
+
+class SentMessages:
+    """The broker messages sent since it was made: the queue is shared by a whole test session, so earlier tests'
+    messages are subtracted (as a multiset: a second message for one job still shows)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.before = Counter(broker_messages(backend))
+
+    def job_ids(self) -> list[str]:
+        """Job ids of the messages sent since, sorted (one entry per message)."""
+        return sorted((Counter(broker_messages(self.backend)) - self.before).elements())
 
 
 def broker_messages(backend: Backend) -> list[str]:

@@ -235,12 +235,12 @@ def create_job(session: Session, spec: JobSpec, tenant_id: str, *, idempotency_k
     check_job_slot(session, tenant, get_settings())
     job = Job(id=new_id("job"), tenant_id=tenant_id, name=spec.name, status=states.QUEUED, spec=spec.model_dump(mode="json"),
               attempt=0, idempotency_key=idempotency_key, request_sha256=digest)
-    session.add(job)
-    session.flush()
-    for role, f in files.items():
-        session.add(JobFile(job_id=job.id, role=role, file_id=f.id))
-    session.add(JobEvent(job_id=job.id, type="status", message="job created and queued", data={"status": states.QUEUED}))
     try:
+        session.add(job)
+        session.flush()
+        for role, f in files.items():
+            session.add(JobFile(job_id=job.id, role=role, file_id=f.id))
+        session.add(JobEvent(job_id=job.id, type="status", message="job created and queued", data={"status": states.QUEUED}))
         session.commit()
     except IntegrityError as e:  # a referenced file was deleted between the check and the commit (or, in theory, a duplicate key)
         session.rollback()

@@ -41,17 +41,14 @@ cli.add_typer(keys_cli, name="keys")
 def serve() -> None:
     """Run the API with uvicorn on ``STILLHOUSE_HOST``:``STILLHOUSE_PORT``. Exits with status 2 and a message when
     ``STILLHOUSE_AUTH=off`` is set on a non-loopback host."""
-    from app.auth.mode import auth_mode
+    from app.auth.mode import AuthConfigError, check_auth_config
 
     s = get_settings()
-    if auth_mode(s).refused:
-        from app.auth.mode import AuthConfigError, announce_auth_mode
-
-        try:
-            announce_auth_mode(s)
-        except AuthConfigError as e:
-            print(f"stillhouse: {e}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
+    try:
+        check_auth_config(s)  # before binding anything; the app's start-up announces the mode
+    except AuthConfigError as e:
+        print(f"stillhouse: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     uvicorn.run("app.main:app", host=s.host, port=s.port, log_level="info", access_log=False)
 
 

@@ -72,16 +72,22 @@ def auth_mode(settings: Settings) -> AuthMode:
     return AuthMode(not loopback, "auto", settings.host)
 
 
-def announce_auth_mode(settings: Settings) -> AuthMode:
-    """Log and print (to stderr) which mode is in force; called at API start-up.
-
-    Raises AuthConfigError when ``STILLHOUSE_AUTH=off`` is set on a non-loopback host."""
+def check_auth_config(settings: Settings) -> AuthMode:
+    """The mode for ``settings``. Raises AuthConfigError when ``STILLHOUSE_AUTH=off`` is set on a non-loopback host."""
     mode = auth_mode(settings)
     if mode.refused:
         raise AuthConfigError(
             f"STILLHOUSE_AUTH=off is refused: the API would be bound to {settings.host}, which is not a loopback address, "
             f"so anyone who can reach it would act as tenant {DEFAULT_TENANT!r}. Bind to 127.0.0.1 (STILLHOUSE_HOST), or use "
             "STILLHOUSE_AUTH=auto/required and create keys with `python -m app keys create --tenant NAME`.")
+    return mode
+
+
+def announce_auth_mode(settings: Settings) -> AuthMode:
+    """Print (to stderr) and log (where logging is configured) which mode is in force; called at API start-up.
+
+    Raises AuthConfigError when ``STILLHOUSE_AUTH=off`` is set on a non-loopback host."""
+    mode = check_auth_config(settings)
     line = mode.describe()
     if log.hasHandlers():  # without a handler, logging's last-resort handler would print the line a second time
         (log.warning if not mode.required else log.info)("%s", line)

@@ -14,6 +14,7 @@ from app.health.router import router as health_router
 from app.jobs.router import router as jobs_router
 from app.reports.router import router as reports_router
 from app.settings import get_settings
+from app.storage import LocalStore
 
 log = logging.getLogger("stillhouse.api")
 
@@ -26,6 +27,9 @@ def create_app(*, auto_migrate: bool | None = None) -> FastAPI:
     async def lifespan(_: FastAPI):
         settings = get_settings()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        swept = LocalStore(settings).sweep_temp()
+        if swept:
+            log.info("removed %d upload temp file(s) left by a stopped API process", swept)
         if auto_migrate if auto_migrate is not None else settings.database_url is None:
             migrate(settings)
         import torch

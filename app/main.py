@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.db import migrate
-from app.errors import install_error_handlers
+from app.errors import RejectNulMiddleware, install_error_handlers
 from app.files.router import router as files_router
 from app.health.router import router as health_router
 from app.jobs.router import router as jobs_router
@@ -47,6 +47,7 @@ def create_app(*, auto_migrate: bool | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(RejectNulMiddleware)
     app.include_router(health_router)
     app.include_router(files_router)
     app.include_router(reports_router)

@@ -32,8 +32,12 @@ def create_app(*, auto_migrate: bool | None = None) -> FastAPI:
             log.info("removed %d upload temp file(s) left by a stopped API process", swept)
         if auto_migrate if auto_migrate is not None else settings.database_url is None:
             migrate(settings)
+        import anyio
         import torch
 
+        # sync endpoints run in anyio's thread pool: no more threads than pooled SQL connections (measured with
+        # bench/load_status.py: 40 threads on 10 connections opened and closed connections all the time)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
         torch.set_num_threads(1)  # the API only inspects uploads; leave the cores to the workers
         log.info("stillhouse API ready: database=%s broker=%s data_dir=%s", settings.resolved_database_url.split("@")[-1],
                  settings.broker_url.split("@")[-1], settings.data_dir.resolve())

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(6 * 3600, ge=10, description="Redis visibility timeout, seconds (redelivery of unacked jobs).")
     max_attempts: int = Field(3, ge=1, description="Starts of one job (redeliveries after a worker died) before it fails with worker_lost.")
     progress_interval_s: float = Field(0.5, gt=0, description="Least seconds between progress/cancel-check writes to SQL.")
+    db_pool_size: int = Field(
+        20, ge=1, le=200, description="SQL connections one process keeps open (PostgreSQL; 20 more may open in bursts). The API "
+        "runs at most this many request threads, so requests neither wait for a connection nor open and close extra ones.")
 
     @property
     def resolved_database_url(self) -> str:

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, status
 from fastapi.responses import FileResponse, HTMLResponse
+from starlette.concurrency import run_in_threadpool
 
 from app.deps import SessionDep, StoreDep
 from app.errors import ERROR_RESPONSES, ErrorResponse
@@ -48,9 +49,11 @@ def list_jobs(session: SessionDep, limit: Limit = 20,
 
 
 @router.get("/{job_id}", response_model=JobObject, responses=ERROR_RESPONSES)
-def get_job(job_id: JobId, session: SessionDep) -> JobObject:
-    """Read a job: status, phase, progress (epoch, step, fraction, eta), error, timings. 404 if unknown."""
-    return service.to_schema(service.get_job(session, job_id))
+async def get_job(job_id: JobId) -> JobObject:
+    """Read a job: status, phase, progress (epoch, step, fraction, eta), error, timings. 404 if unknown.
+
+    The endpoint clients poll: one worker-thread hand-off per request (``service.job_status``)."""
+    return await run_in_threadpool(service.job_status, job_id)
 
 
 @router.post("/{job_id}/cancel", response_model=JobObject, responses={**_409, **ERROR_RESPONSES})

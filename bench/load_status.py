@@ -115,15 +115,46 @@ def expected_metric_rows(spec: dict, n_train: int, val_labelled: bool = True) ->
     return log_points * terms + s.training.epochs * per_epoch, s.training.epochs * spe
 
 
-class Stats:
-    """Latencies (seconds) and status codes of the status polls of one phase."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its children (uvicorn workers), from /proc."""
+    total = 0.0
+    try:
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        children = []
+    for p in [pid, *children]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
-    def __init__(self) -> None:
+
+def own_cpu_seconds() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class Stats:
+    """Latencies (seconds) and status codes of the status polls of one phase, and the CPU seconds the API
+    (``api_pid``) and this process (the pollers) used meanwhile."""
+
+    def __init__(self, api_pid: int) -> None:
         self.latencies: list[float] = []
         self.codes: dict[int, int] = {}
         self.errors: list[str] = []
+        self.api_pid = api_pid
         self.t0 = time.perf_counter()
         self.t1: float | None = None
+        self.cpu0 = (cpu_seconds(api_pid), own_cpu_seconds())
+        self.cpu1: tuple[float, float] | None = None
+
+    def end(self) -> None:
+        self.t1 = time.perf_counter()
+        self.cpu1 = (cpu_seconds(self.api_pid), own_cpu_seconds())
 
     def summary(self, name: str) -> str:
         secs = (self.t1 or time.perf_counter()) - self.t0
@@ -134,14 +165,22 @@ class Stats:
         def pct(p: float) -> float:
             return 1000 * lat[min(len(lat) - 1, max(0, math.ceil(p / 100 * len(lat)) - 1))]
 
+        cpu = ""
+        if self.cpu1:
+            api, own = (self.cpu1[0] - self.cpu0[0]), (self.cpu1[1] - self.cpu0[1])
+            cpu = (f"\n    CPU per request: API {1000 * api / len(lat):.2f} ms ({api / secs:.2f} cores), pollers {1000 * own / len(lat):.2f} ms "
+                   f"({own / secs:.2f} cores); machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         return (f"{name}: {len(lat):,} requests in {secs:.1f} s = {len(lat) / secs:,.0f} req/s; latency ms p50 {pct(50):.1f} "
-                f"p95 {pct(95):.1f} p99 {pct(99):.1f} max {1000 * lat[-1]:.1f}; status codes {dict(sorted(self.codes.items()))}")
+                f"p95 {pct(95):.1f} p99 {pct(99):.1f} max {1000 * lat[-1]:.1f}; status codes {dict(sorted(self.codes.items()))}{cpu}")
 
 
 async def poller(base: str, headers: dict, ids: list[str], offset: int, state: dict) -> None:
     """One client: GET /v1/jobs/{id} in a loop over ``ids`` on its own connection; records into ``state['stats']``."""
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    # made before the clock starts: creating 50 clients (an SSL context each) stalls the event loop for seconds
     async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=30) as client:
+        state["ready"] += 1
+        await state["go"].wait()
         i = offset
         while not state["stop"]:
             job_id = ids[i % len(ids)]
@@ -159,7 +198,7 @@ async def poller(base: str, headers: dict, ids: list[str], offset: int, state: d
                 state["last"][job_id] = r.json()["status"]
 
 
-async def run_load(base: str, headers: dict, teacher_id: str, args: argparse.Namespace) -> tuple[list[str], Stats, Stats]:
+async def run_load(base: str, headers: dict, teacher_id: str, args: argparse.Namespace, api_pid: int) -> tuple[list[str], Stats, Stats]:
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
         t = time.perf_counter()
         resps = await asyncio.gather(*[client.post("/v1/jobs", json=job_spec(teacher_id, i, args.epochs)) for i in range(args.jobs)])
@@ -168,8 +207,12 @@ async def run_load(base: str, headers: dict, teacher_id: str, args: argparse.Nam
             raise RuntimeError(f"job creation failed: {bad[0].status_code} {bad[0].text}")
         ids = [r.json()["id"] for r in resps]
         print(f"submitted {len(ids)} jobs in {time.perf_counter() - t:.2f} s", flush=True)
-    state = {"stop": False, "stats": Stats(), "last": {}}
+    state = {"stop": False, "stats": None, "last": {}, "ready": 0, "go": asyncio.Event()}
     tasks = [asyncio.create_task(poller(base, headers, ids, k, state)) for k in range(args.pollers)]
+    while state["ready"] < args.pollers:
+        await asyncio.sleep(0.01)
+    state["stats"] = Stats(api_pid)
+    state["go"].set()
     final = {"succeeded", "failed", "cancelled"}
     t = time.perf_counter()
     while True:
@@ -183,11 +226,11 @@ async def run_load(base: str, headers: dict, teacher_id: str, args: argparse.Nam
             print(f"timed out after {args.timeout_s} s with {done}/{len(ids)} jobs ended", flush=True)
             break
     busy = state["stats"]
-    busy.t1 = time.perf_counter()
-    idle = Stats()
+    busy.end()
+    idle = Stats(api_pid)
     state["stats"] = idle
     await asyncio.sleep(args.idle_s)
-    idle.t1 = time.perf_counter()
+    idle.end()
     state["stop"] = True
     await asyncio.gather(*tasks)
     return ids, busy, idle
@@ -254,7 +297,7 @@ def main() -> int:
         print(f"teacher trained and uploaded in {time.perf_counter() - t:.1f} s ({teacher_id}); API {args.api_workers} process(es), "
               f"{args.workers} workers (nice {args.worker_nice}), {args.jobs} jobs x {args.epochs} epochs, {args.pollers} pollers", flush=True)
 
-        ids, busy, idle = asyncio.run(run_load(base, headers, teacher_id, args))
+        ids, busy, idle = asyncio.run(run_load(base, headers, teacher_id, args, procs["api"].pid))
 
         # ---------------------------------------------------------------- checks
         c = httpx.Client(base_url=base, headers=headers, timeout=60)

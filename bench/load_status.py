@@ -46,6 +46,7 @@ TEACHER = {"name": "cnn", "kwargs": {"channels": [16, 32], "hidden": 64}}
 
 
 def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -69,6 +70,7 @@ def create_database() -> tuple[str, callable]:
 
 
 def train_teacher(path: Path) -> None:
+    """Train the tiny digits CNN teacher (6 epochs, 1 thread, as the tests do) and save it as safetensors at ``path``."""
     import torch
 
     from worker.distill.data import load_builtin, split_validation
@@ -82,6 +84,7 @@ def train_teacher(path: Path) -> None:
 
 
 def job_spec(teacher_id: str, i: int, epochs: int) -> dict:
+    """The spec of load job ``i``: digits, mlp [32] student, kd, ``epochs`` epochs, seed ``i``, safetensors export only."""
     return {
         "name": f"load-{i:02d}",
         "teacher": {"file_id": teacher_id},
@@ -132,6 +135,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def own_cpu_seconds() -> float:
+    """User + system CPU seconds of this process (the pollers)."""
     import resource
 
     r = resource.getrusage(resource.RUSAGE_SELF)
@@ -153,10 +157,12 @@ class Stats:
         self.cpu1: tuple[float, float] | None = None
 
     def end(self) -> None:
+        """Close the phase: its end time and CPU seconds."""
         self.t1 = time.perf_counter()
         self.cpu1 = (cpu_seconds(self.api_pid), own_cpu_seconds())
 
     def summary(self, name: str) -> str:
+        """One line of req/s and p50/p95/p99/max latency (ms) and status codes, plus CPU per request."""
         secs = (self.t1 or time.perf_counter()) - self.t0
         lat = sorted(self.latencies)
         if not lat:
@@ -199,6 +205,7 @@ async def poller(base: str, headers: dict, ids: list[str], offset: int, state: d
 
 
 async def run_load(base: str, headers: dict, teacher_id: str, args: argparse.Namespace, api_pid: int) -> tuple[list[str], Stats, Stats]:
+    """Submit the jobs at once, poll with ``args.pollers`` clients until every job ended, then ``args.idle_s`` more seconds; returns (job ids, stats while jobs ran, stats after)."""
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
         t = time.perf_counter()
         resps = await asyncio.gather(*[client.post("/v1/jobs", json=job_spec(teacher_id, i, args.epochs)) for i in range(args.jobs)])
@@ -237,6 +244,7 @@ async def run_load(base: str, headers: dict, teacher_id: str, args: argparse.Nam
 
 
 def main() -> int:
+    """Run the load test; exit code 0 when no 5xx, no job lost and every job's metric rows are as logged."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=20)
     ap.add_argument("--pollers", type=int, default=50)

@@ -45,6 +45,7 @@ PIECE = 16 * MiB
 
 
 def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -81,10 +82,12 @@ class RssSampler:
             time.sleep(self.interval_s)
 
     def phase(self, name: str) -> None:
+        """Start recording the peak of phase ``name`` (from the current RSS)."""
         self.current = name
         self.peaks[name] = status_kib(self.pid, "VmRSS")
 
     def stop(self) -> None:
+        """Stop sampling."""
         self._stop.set()
         self._thread.join()
 
@@ -107,6 +110,7 @@ def make_npz(path: Path, rows: int, cols: int) -> str:
 
 
 def sha256_of(path: Path, start: int = 0, length: int | None = None) -> str:
+    """Hex sha256 of ``length`` bytes of ``path`` from byte ``start`` (to the end when None), read in pieces."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         f.seek(start)
@@ -169,6 +173,7 @@ def download(client: httpx.Client, url: str, headers: dict[str, str] | None = No
 
 
 def main() -> int:
+    """Run the benchmark; exit code 0 when both phases grew the API's RSS by less than 64 MiB."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gib", type=float, default=1.0, help="size of the upload's X and of the artifact, GiB (default 1)")
     ap.add_argument("--keep", action="store_true", help="keep bench/out/memory/ afterwards")

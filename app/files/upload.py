@@ -80,6 +80,7 @@ class _Sink:
         self._headers, self._name, self._is_file = {}, None, False
 
     def on_end(self) -> None:
+        """The closing boundary was parsed: the body is complete."""
         self.complete = True
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:

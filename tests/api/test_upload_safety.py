@@ -28,6 +28,7 @@ def multipart(file_bytes: bytes, *, filename: bytes | None = b"d.csv", purpose: 
 
 
 def csv_bytes(rows: int = 20) -> bytes:
+    """A numeric CSV with a header and ``rows`` rows (columns a, b, label)."""
     return b"a,b,label\n" + b"".join(f"{i},{i * 2},{i % 3}\n".encode() for i in range(rows))
 
 
@@ -37,6 +38,7 @@ def leftovers(backend) -> list[str]:
 
 
 def file_rows() -> int:
+    """Rows in the files table, counted directly."""
     from app.db import get_engine
     from app.models import File
 

@@ -32,6 +32,7 @@ def server(backend_session: Backend, tmp_path_factory) -> Iterator[Live]:
 
 
 def head(purpose: bytes = b"dataset", filename: bytes = b"d.csv") -> bytes:
+    """The multipart body up to the file part's data: the 'purpose' field, then the 'file' part headers."""
     return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n".encode() + purpose + b"\r\n"
             + f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"".encode() + filename + b"\"\r\n\r\n")
 
@@ -40,6 +41,7 @@ TAIL = f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
 def request_head(port: int, extra: str) -> bytes:
+    """The request line and headers of a multipart POST /v1/files, with ``extra`` header lines."""
     return (f"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n{extra}\r\n").encode()
 
@@ -69,11 +71,13 @@ def read_response(sock: socket.socket, timeout: float = 30) -> tuple[int, dict |
 
 
 def temp_files(backend: Backend) -> list[Path]:
+    """Upload temp files under <data_dir>/tmp."""
     d = backend.data_dir / "tmp"
     return sorted(d.glob("upload-*")) if d.exists() else []
 
 
 def file_rows(backend: Backend) -> int:
+    """Rows in the files table of ``backend``'s database, counted directly."""
     from app.settings import Settings
 
     url = Settings(**{k.removeprefix("STILLHOUSE_").lower(): v for k, v in backend.env().items()}).resolved_database_url
@@ -86,6 +90,7 @@ def file_rows(backend: Backend) -> int:
 
 
 def wait_for(cond, timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll ``cond()`` every 50 ms until true; AssertionError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
@@ -95,6 +100,7 @@ def wait_for(cond, timeout: float = 20.0, what: str = "condition") -> None:
 
 
 def assert_error_shape(body: dict) -> dict:
+    """``body`` is exactly {'error': {code, message, param}}; returns the error object."""
     assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "param"}, body
     return body["error"]
 

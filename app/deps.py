@@ -7,6 +7,7 @@ from typing import Annotated, Iterator
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.auth.mode import auth_mode, is_loopback
 from app.auth.service import DEFAULT_PRINCIPAL, AuthTenant, authenticate
@@ -43,8 +44,13 @@ _bearer = HTTPBearer(auto_error=False, scheme_name="ApiKey",
                                  "off (bound to loopback); a key sent anyway is checked and selects its tenant.")
 
 
-def get_current_tenant(request: Request, session: SessionDep, settings: SettingsDep,
-                       credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> AuthTenant:
+def _authenticate(token: str) -> AuthTenant:
+    with session_factory()() as session:
+        return authenticate(session, token)
+
+
+async def get_current_tenant(request: Request,
+                             credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> AuthTenant:
     """The tenant the request acts as.
 
     With an ``Authorization`` header: the key's tenant (401 ``unauthorized`` if the header is not ``Bearer <key>``
@@ -52,12 +58,15 @@ def get_current_tenant(request: Request, session: SessionDep, settings: Settings
     (``STILLHOUSE_AUTH``), else the built-in tenant ``default``; even then a keyless request from a non-loopback
     client is refused (401), in case the server was bound elsewhere than ``STILLHOUSE_HOST`` says (e.g. by running
     uvicorn by hand). Every 401 carries ``WWW-Authenticate: Bearer``.
+
+    Async and session-free on purpose: a keyless request costs no thread hand-off and no SQL; a key is looked up
+    in a worker thread with its own short session (the status endpoint clients poll has no session dependency).
     """
     if request.headers.get("authorization") is not None:
         if credentials is None:
             raise Unauthorized("the Authorization header must be 'Bearer <API key>'", invalid_token=True)
-        return authenticate(session, credentials.credentials)
-    if auth_mode(settings).required:
+        return await run_in_threadpool(_authenticate, credentials.credentials)
+    if auth_mode(get_settings()).required:
         raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>' (an operator creates keys with "
                            "`python -m app keys create --tenant NAME`)")
     client = request.client

@@ -108,6 +108,9 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
                416: "range_not_satisfiable", 422: "invalid_request", 429: "rate_limited"}
 
 
+_BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 detail when a body cannot be decoded
+
+
 def _loc(loc: tuple[Any, ...]) -> str | None:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or None
@@ -140,6 +143,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == _BODY_PARSE_ERROR:  # FastAPI: a JSON body that is not UTF-8
+            return error_json(422, "invalid_request", "the request body is not valid JSON (it must be UTF-8 encoded JSON)")
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return error_json(exc.status_code, code, str(exc.detail), None, getattr(exc, "headers", None))
 
@@ -147,6 +152,29 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_json(500, "internal_error", "internal server error; the event is logged on the server")
+
+
+class RejectNulMiddleware:
+    """Answers 422 ``invalid_request`` to a request whose path or query string holds a NUL character (raw or
+    ``%00``): no id, cursor or filter with one can exist, and PostgreSQL text cannot even be compared with one
+    (psycopg raises, which was a 500). Pure ASGI, so streamed bodies pass through untouched."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            raw_path = scope.get("raw_path") or scope.get("path", "").encode("utf-8", "surrogateescape")
+            where = None
+            if "\x00" in scope.get("path", "") or b"%00" in raw_path.lower():
+                where = "path"
+            elif b"%00" in scope.get("query_string", b"").lower() or b"\x00" in scope.get("query_string", b""):
+                where = "query"
+            if where:
+                resp = error_json(422, "invalid_request", f"the request {where} contains a NUL character (%00)", where)
+                await resp(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

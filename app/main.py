@@ -9,12 +9,13 @@ from fastapi import FastAPI
 
 from app.auth.mode import announce_auth_mode
 from app.db import migrate
-from app.errors import install_error_handlers
+from app.errors import RejectNulMiddleware, install_error_handlers
 from app.files.router import router as files_router
 from app.health.router import router as health_router
 from app.jobs.router import router as jobs_router
 from app.reports.router import router as reports_router
 from app.settings import get_settings
+from app.storage import LocalStore
 
 log = logging.getLogger("stillhouse.api")
 
@@ -28,10 +29,17 @@ def create_app(*, auto_migrate: bool | None = None) -> FastAPI:
         settings = get_settings()
         announce_auth_mode(settings)  # raises (start-up fails) for STILLHOUSE_AUTH=off on a non-loopback host
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        swept = LocalStore(settings).sweep_temp()
+        if swept:
+            log.info("removed %d upload temp file(s) left by a stopped API process", swept)
         if auto_migrate if auto_migrate is not None else settings.database_url is None:
             migrate(settings)
+        import anyio
         import torch
 
+        # sync endpoints run in anyio's thread pool: no more threads than pooled SQL connections (measured with
+        # bench/load_status.py: 40 threads on 10 connections opened and closed connections all the time)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
         torch.set_num_threads(1)  # the API only inspects uploads; leave the cores to the workers
         log.info("stillhouse API ready: database=%s broker=%s data_dir=%s", settings.resolved_database_url.split("@")[-1],
                  settings.broker_url.split("@")[-1], settings.data_dir.resolve())
@@ -45,6 +53,7 @@ def create_app(*, auto_migrate: bool | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(RejectNulMiddleware)
     app.include_router(health_router)
     app.include_router(files_router)
     app.include_router(reports_router)

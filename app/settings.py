@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     max_storage_bytes_per_tenant: int = Field(
         100 * 1024**3, ge=1, description="Bytes one tenant may store (its uploads + its jobs' artifacts); an upload over it gets "
                                          "413. A tenant's own max_storage_bytes overrides it.")
+    db_pool_size: int = Field(
+        20, ge=1, le=200, description="SQL connections one process keeps open (PostgreSQL; 20 more may open in bursts). The API "
+        "runs at most this many request threads, so requests neither wait for a connection nor open and close extra ones.")
 
     @property
     def resolved_database_url(self) -> str:

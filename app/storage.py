@@ -31,6 +31,23 @@ class LocalStore:
         d.mkdir(parents=True, exist_ok=True)
         return d / f"upload-{uuid.uuid4().hex}"
 
+    def sweep_temp(self, older_than_s: float = 3600.0) -> int:
+        """Remove upload temp files (``tmp/upload-*``) not modified for ``older_than_s`` seconds: those of uploads
+        cut by a killed API process (every other failure removes its own at once). An upload in progress
+        writes at least every chunk, so it is never that idle. Returns how many were removed."""
+        import time
+
+        removed = 0
+        cutoff = time.time() - older_than_s
+        for p in (self.root / "tmp").glob("upload-*"):
+            try:
+                if p.is_file() and p.stat().st_mtime < cutoff:
+                    p.unlink()
+                    removed += 1
+            except FileNotFoundError:  # removed meanwhile by its own request or another process
+                continue
+        return removed
+
     def publish(self, src: Path, key: str) -> Path:
         """Atomically move ``src`` to ``key`` and return the final path."""
         dst = self.path(key)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from app.auth.limits import check_storage, lock_tenant
 from app.errors import Conflict, NotFound, Unprocessable
 from app.files.schemas import Purpose
-from app.files.upload import ReceivedUpload
+from app.files.upload import ReceivedUpload, safe_filename
 from app.jobs.states import LIVE
 from app.models import File, Job, JobFile, new_id
 from app.pagination import newest_first
@@ -54,14 +54,14 @@ def store_file(session: Session, store: LocalStore, received: ReceivedUpload, pu
 
     The tenant's storage quota is checked again under the tenant's lock (so concurrent uploads cannot pass it
     together): Raises PayloadTooLarge (413 ``storage_quota_exceeded``), leaving the temp file to the caller.
-    The client's filename is kept only as metadata (base name, at most 255 characters). If the
-    commit fails the stored bytes are removed again, so no orphan file is left.
+    The client's filename is kept only as metadata, already reduced by ``upload.safe_filename`` (base name,
+    no control characters, at most 255 characters). If the commit fails the stored bytes are removed again,
+    so no orphan file is left.
     """
     check_storage(session, lock_tenant(session, tenant_id), get_settings(), received.bytes)
     file_id = new_id("file")
     key = store.file_key(file_id)
-    raw = (received.filename or "upload").replace("\\", "/").replace("\x00", "")
-    filename = (raw.rsplit("/", 1)[-1] or "upload")[:255]
+    filename = safe_filename(received.filename)  # idempotent; guards callers that build ReceivedUpload themselves
     store.publish(received.path, key)
     row = File(id=file_id, tenant_id=tenant_id, purpose=purpose, filename=filename, bytes=received.bytes, sha256=received.sha256,
                storage_key=key, **meta)

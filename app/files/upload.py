@@ -1,10 +1,13 @@
 """Streaming multipart upload: the body is parsed as it arrives (python-multipart's push parser),
 the file part written to a temporary file in ``upload_chunk_bytes`` blocks and hashed (sha256) on
-the way; at most one chunk of the body is ever in memory. Over-limit uploads stop at the limit."""
+the way; at most one chunk of the body is ever in memory. Over-limit uploads stop at the limit; a body
+that ends before its closing boundary (a lying Content-Length, a cut connection) is refused, never stored
+truncated. The client's filename is metadata only (``safe_filename``)."""
 
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +19,26 @@ from starlette.requests import ClientDisconnect, Request
 from app.errors import PayloadTooLarge, Unprocessable
 
 MAX_FIELD_BYTES = 1024  # text fields ('purpose') are short
+MAX_PARTS = 16  # 'file', 'purpose' and a few a client may add; more is not a real upload
+MAX_FILENAME_CHARS = 255  # the files.filename column
+_DROP_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")  # control, format (bidi overrides, zero-width), line/paragraph separators
+
+
+def safe_filename(raw: str | None) -> str:
+    """The client's file name reduced to safe metadata: NFC-normalised, its base name only (after the last ``/``
+    or ``\\``), control/format characters (NUL, ESC, bidi overrides, zero-width) removed, surrounding spaces
+    trimmed, at most ``MAX_FILENAME_CHARS`` characters (the extension, up to 16 characters, kept). ``'upload'``
+    when nothing is left (empty, ``.``, ``..``). It is never used as a path: stored files get server ids."""
+    name = unicodedata.normalize("NFC", raw or "")
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch) not in _DROP_CATEGORIES).strip()
+    if name in ("", ".", ".."):
+        return "upload"
+    if len(name) > MAX_FILENAME_CHARS:
+        stem, dot, ext = name.rpartition(".")
+        ext = dot + ext if dot and stem and len(ext) <= 16 else ""
+        name = name[: MAX_FILENAME_CHARS - len(ext)] + ext
+    return name
 
 
 @dataclass
@@ -46,10 +69,19 @@ class _Sink:
         self._name: str | None = None
         self._is_file = False
         self._field = bytearray()
+        self.parts = 0
+        self.complete = False  # the closing boundary was seen
 
     # -- callbacks -----------------------------------------------------------------------------
     def on_part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise Unprocessable(f"more than {MAX_PARTS} multipart parts; send 'file' and 'purpose'", param="file")
         self._headers, self._name, self._is_file = {}, None, False
+
+    def on_end(self) -> None:
+        """The closing boundary was parsed: the body is complete."""
+        self.complete = True
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._hname += data[start:end]
@@ -64,13 +96,12 @@ class _Sink:
     def on_headers_finished(self) -> None:
         _, opts = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._name = opts.get(b"name", b"").decode("utf-8", "replace") or None
-        filename = opts.get(b"filename")
-        self._is_file = filename is not None and self._name == "file"
+        self._is_file = self._name == "file"  # with or without a filename (which may be empty)
         if self._is_file:
             self.out.file_parts += 1
             if self.out.file_parts > 1:
                 raise Unprocessable("send exactly one 'file' part", param="file")
-            self.out.filename = filename.decode("utf-8", "replace")
+            self.out.filename = safe_filename(opts.get(b"filename", b"").decode("utf-8", "replace"))
             self._fh = open(self.path, "wb")
         self._field = bytearray()
 
@@ -118,10 +149,13 @@ class _Sink:
 async def receive_upload(request: Request, tmp_path: Path, *, limit: int, chunk: int) -> ReceivedUpload:
     """Stream a ``multipart/form-data`` request body into ``tmp_path``.
 
-    Returns the text fields, the file part's size (bytes) and sha256. Raises ``PayloadTooLarge`` (413)
-    as soon as the declared Content-Length or the bytes received pass ``limit`` (+ 64 KiB of form
-    overhead for the header), ``Unprocessable`` (422) for a body that is not multipart or has no
-    or several ``file`` parts. The caller removes ``tmp_path`` on every failure.
+    Returns the text fields, the file part's size (bytes), sha256 and sanitised filename. Raises
+    ``PayloadTooLarge`` (413) before reading any of the body when the declared Content-Length passes
+    ``limit`` + 64 KiB of form overhead, and as soon as the file bytes received pass ``limit`` (a chunked
+    body, or a Content-Length that lies). ``Unprocessable`` (422) for a body that is not multipart, is
+    malformed (e.g. a part header over python-multipart's 4 KiB line limit), ends before its closing
+    boundary, was cut by the client disconnecting, has more than ``MAX_PARTS`` parts, or no or several
+    ``file`` parts. The caller removes ``tmp_path`` on every failure.
     """
     ctype, opts = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in opts:
@@ -133,7 +167,7 @@ async def receive_upload(request: Request, tmp_path: Path, *, limit: int, chunk:
     parser = MultipartParser(opts[b"boundary"], callbacks={
         "on_part_begin": sink.on_part_begin, "on_part_data": sink.on_part_data, "on_part_end": sink.on_part_end,
         "on_header_field": sink.on_header_field, "on_header_value": sink.on_header_value,
-        "on_header_end": sink.on_header_end, "on_headers_finished": sink.on_headers_finished,
+        "on_header_end": sink.on_header_end, "on_headers_finished": sink.on_headers_finished, "on_end": sink.on_end,
     })
     try:
         async for data in request.stream():
@@ -144,11 +178,15 @@ async def receive_upload(request: Request, tmp_path: Path, *, limit: int, chunk:
         parser.finalize()
         await anyio.to_thread.run_sync(sink.flush)
     except MultipartParseError as e:
-        raise Unprocessable(f"malformed multipart body: {e}", param="file") from e
+        hint = " (a part header line, e.g. its filename, is limited to 4 KiB)" if "header size" in str(e) else ""
+        raise Unprocessable(f"malformed multipart body: {e}{hint}", param="file") from e
     except ClientDisconnect as e:
         raise Unprocessable("client disconnected before the upload finished", param="file") from e
     finally:
         sink.close()
     if sink.out.file_parts == 0:
-        raise Unprocessable("missing the 'file' part (multipart field named 'file' with a filename)", param="file")
+        raise Unprocessable("missing the 'file' part (a multipart field named 'file')", param="file")
+    if not sink.complete:
+        raise Unprocessable(f"the multipart body ended before its closing boundary after {sink.out.bytes} bytes of the file "
+                            "(truncated upload, or a Content-Length smaller than the body); nothing was stored", param="file")
     return sink.finish()

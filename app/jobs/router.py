@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import FileResponse, HTMLResponse
+from starlette.concurrency import run_in_threadpool
 
 from app.deps import CurrentTenant, SessionDep, StoreDep
 from app.errors import ERROR_RESPONSES, ErrorResponse
@@ -61,9 +62,11 @@ def list_jobs(session: SessionDep, tenant: CurrentTenant, limit: Limit = 20,
 
 
 @router.get("/{job_id}", response_model=JobObject, responses=ERROR_RESPONSES)
-def get_job(job_id: JobId, session: SessionDep, tenant: CurrentTenant) -> JobObject:
-    """Read a job: status, phase, progress (epoch, step, fraction, eta), error, timings. 404 if the tenant has no such job."""
-    return service.to_schema(service.get_job(session, job_id, tenant.id))
+async def get_job(job_id: JobId, tenant: CurrentTenant) -> JobObject:
+    """Read a job: status, phase, progress (epoch, step, fraction, eta), error, timings. 404 if the tenant has no such job.
+
+    The endpoint clients poll: one worker-thread hand-off per request (``service.job_status``)."""
+    return await run_in_threadpool(service.job_status, job_id, tenant.id)
 
 
 @router.post("/{job_id}/cancel", response_model=JobObject, responses={**_409, **ERROR_RESPONSES})

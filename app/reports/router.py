@@ -15,6 +15,10 @@ from app.reports import service
 
 router = APIRouter(tags=["reports"])
 _409 = {409: {"model": ErrorResponse, "description": "A job has no report yet"}}
+_JSON_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+# errors of an HTML route are JSON too: declared by content, not "model" (which would take the route's text/html)
+_HTML_ROUTE_ERRORS = {code: {"description": spec["description"], "content": _JSON_ERROR}
+                      for code, spec in {**_409, **ERROR_RESPONSES}.items()}
 
 
 class ReportList(BaseModel):
@@ -37,7 +41,7 @@ async def compare_reports(session: SessionDep, tenant: CurrentTenant,
     return ReportList(data=await run_in_threadpool(service.compare, session, ids, tenant.id))
 
 
-@router.get("/v1/jobs/{job_id}/report.html", response_class=HTMLResponse, responses={**_409, **ERROR_RESPONSES})
+@router.get("/v1/jobs/{job_id}/report.html", response_class=HTMLResponse, responses=_HTML_ROUTE_ERRORS)
 async def report_page(job_id: Annotated[str, Path(description="Job id, 'job_…'.")], session: SessionDep,
                       tenant: CurrentTenant) -> HTMLResponse:
     """The report of a succeeded job as an HTML page: tables and plots (loss terms and validation accuracy per

@@ -58,7 +58,7 @@ def test_mismatched_keys_are_listed(teacher_file):
     wrong = ArchitectureSpec(name="mlp", kwargs={"input_shape": [1, 8, 8], "num_classes": 10})
     with pytest.raises(DistillError) as e:
         load_teacher(teacher_file.path, "safetensors", wrong, "cpu")
-    assert e.value.code == "invalid_file"
+    assert e.value.code == "shape_mismatch" and e.value.param == "teacher.architecture"
     assert "missing keys" in e.value.message and "1.weight" in e.value.message
     assert "unexpected keys" in e.value.message and "0.weight" in e.value.message
 
@@ -67,7 +67,7 @@ def test_wrong_shapes_are_explained(teacher_file):
     wrong = ArchitectureSpec(name="cnn", kwargs={**TEACHER_ARCH["kwargs"], "hidden": 32, "input_shape": [1, 8, 8], "num_classes": 10})
     with pytest.raises(DistillError) as e:
         load_teacher(teacher_file.path, "safetensors", wrong, "cpu")
-    assert e.value.code == "invalid_file" and "wrong shapes" in e.value.message
+    assert e.value.code == "shape_mismatch" and "wrong shapes" in e.value.message
 
 
 def test_torchscript_teacher(teacher_model, tmp_path, batch, reference):

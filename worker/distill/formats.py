@@ -14,6 +14,7 @@ object per line).
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
@@ -210,18 +211,50 @@ def sniff(path: str | Path) -> str:
 # ------------------------------------------------------------------------------------- model loading
 
 
-def _unsafe(err: Exception) -> DistillError:
+# Classes that a checkpoint may hold beside its tensors and that torch's weights-only unpickler is allowed to
+# rebuild here. Each one is provably inert to rebuild: the unpickler creates it with ``cls.__new__`` (object's),
+# fills its instance ``__dict__`` (BUILD; the class defines no ``__setstate__``) and, for REDUCE, could only call
+# ``cls(*args)``, whose ``__init__`` takes keyword arguments only, so positional arguments fail with TypeError.
+# No code of the file's choosing runs, and the object is dropped after its tensors are taken.
+INERT_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
+torch.serialization.add_safe_globals(list(INERT_GLOBALS))
+
+# keys under which training scripts store the model's weights beside other things, most specific first
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
+
+
+def _type_name(obj: Any) -> str:
+    t = type(obj)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _unsafe_globals(path: Path | None) -> list[str]:
+    """Names of the globals a ``torch.save`` zip archive refers to that weights-only loading refuses, read from the
+    pickle's opcodes without executing any of them; [] when they cannot be listed (legacy format, corrupt file)."""
+    if path is None:
+        return []
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # noqa: BLE001 - only used to improve a message
+        return []
+
+
+def _unsafe(err: Exception, path: Path | None = None) -> DistillError:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    names = _unsafe_globals(path)
     m = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"global[s]? ['`\"]?([\w.]+)", text)
-    if m:
+    if names:
+        what = f"the disallowed global{'s' if len(names) > 1 else ''} {', '.join(names[:10])}" + (" ..." if len(names) > 10 else "")
+    elif m:
         what = f"the disallowed global {m.group(1)}"
     else:  # quote torch's specific reason line, not its advice to disable weights_only
         reason = next((ln.strip() for ln in text.splitlines() if "Unsupported" in ln or "not allowed" in ln), "")
         what = f"objects that weights-only loading does not allow ({reason[:200]})" if reason else "objects that weights-only loading does not allow"
     return DistillError(
         "unsafe_checkpoint",
-        f"refused to load: the checkpoint wants to construct {what}; only tensors and plain containers "
-        "(dict, list, numbers, strings) are accepted. Save weights with safetensors or torch.save(model.state_dict())",
+        f"refused to load: the checkpoint wants to construct {what}; only tensors, plain containers "
+        "(dict, list, numbers, strings) and argparse.Namespace are accepted. Save weights with safetensors or "
+        "torch.save(model.state_dict())",
         "file",
     )
 
@@ -232,43 +265,74 @@ def _torch_load_weights_only(path: Path) -> Any:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise _unsafe(e) from None
+        raise _unsafe(e, path) from None
     except RuntimeError as e:
         if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise _unsafe(e) from None
+            raise _unsafe(e, path) from None
         raise _invalid(f"unreadable PyTorch checkpoint: {first_line(e)}") from None
     except Exception as e:  # noqa: BLE001 - EOFError, ValueError, zip errors on corrupt files
         raise _invalid(f"unreadable PyTorch checkpoint ({type(e).__name__}: {str(e)[:300]})") from None
 
 
-def state_dict_from_object(obj: Any) -> dict[str, torch.Tensor]:
-    """Extract a flat ``{name: Tensor}`` state dict from a weights-only-loaded object.
+def _is_tensor_map(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
-    Accepts the mapping itself or one nested under ``'state_dict'`` or ``'model'`` (as training scripts save
-    ``{'epoch': ..., 'state_dict': ...}``). Raises ``DistillError('invalid_file')`` naming the first key whose
-    value is not a tensor, or when there is no mapping of str → Tensor at all.
-    """
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
+
+def _check_tensor_map(obj: Any) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not obj:
         raise _invalid(f"expected a state dict (a mapping of parameter names to tensors), got {type(obj).__name__}")
     for k, v in obj.items():
         if not isinstance(k, str):
             raise _invalid(f"state dict key {k!r} is not a string")
         if not isinstance(v, torch.Tensor):
-            raise _invalid(f"state dict entry {k!r} is a {type(v).__name__}, expected a tensor")
+            raise _invalid(f"state dict entry {k!r} is a {_type_name(v)}, expected a tensor")
     return dict(obj)
 
 
-def load_tensors(path: str | Path, fmt: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def extract_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A flat ``{name: Tensor}`` state dict from a weights-only-loaded object, and notes on what was left aside.
+
+    Accepts the mapping itself, or a training checkpoint holding it beside other things (epoch, optimizer state,
+    an ``argparse.Namespace`` of arguments...): under the first of ``STATE_DICT_KEYS`` present
+    ('state_dict', 'model_state_dict', 'model', 'net', 'network'), else under the only key whose value is a
+    mapping of names to tensors. The notes name the key used and the entries ignored (with their types).
+    Raises ``DistillError('invalid_file')`` naming the first entry that is not a tensor, when several candidate
+    state dicts exist under unknown keys, or when there is no mapping of str -> Tensor at all.
+    """
+    if _is_tensor_map(obj):
+        return dict(obj), []
+    if isinstance(obj, dict):
+        key = next((k for k in STATE_DICT_KEYS if isinstance(obj.get(k), dict)), None)
+        if key is None:
+            maps = [k for k, v in obj.items() if isinstance(k, str) and _is_tensor_map(v)]
+            if len(maps) > 1:
+                raise _invalid(f"the checkpoint holds several state dicts ({', '.join(repr(k) for k in maps[:5])}); "
+                               f"save the one to distil from alone, or under the key 'state_dict'")
+            key = maps[0] if maps else None
+        if key is not None:
+            tensors = _check_tensor_map(obj[key])
+            rest = [f"{k} ({_type_name(v)})" for k, v in obj.items() if k != key]
+            note = f"took the {len(tensors)} tensors under {key!r}"
+            if rest:
+                note += f"; ignored {', '.join(rest[:8])}" + (f" and {len(rest) - 8} more" if len(rest) > 8 else "")
+            return tensors, [note]
+    return _check_tensor_map(obj), []
+
+
+def state_dict_from_object(obj: Any) -> dict[str, torch.Tensor]:
+    """``extract_state_dict(obj)`` without the notes: a flat ``{name: Tensor}`` state dict. Raises
+    ``DistillError('invalid_file')`` as ``extract_state_dict`` does."""
+    return extract_state_dict(obj)[0]
+
+
+def load_tensors(path: str | Path, fmt: str, notes: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Load a weights-only checkpoint (``fmt`` 'safetensors' or 'state_dict') onto the CPU.
 
     Returns ``(state_dict, metadata)``; metadata is the safetensors ``__metadata__`` (``{}`` for state dicts).
-    Raises ``DistillError('unsafe_checkpoint')`` when a pickle wants disallowed globals (naming them) and
-    ``DistillError('invalid_file')`` for corrupt files or non-tensor entries.
+    A state dict saved inside a training checkpoint is taken out (``extract_state_dict``); what was left aside
+    is appended to ``notes`` when given. Raises ``DistillError('unsafe_checkpoint')`` when a pickle wants
+    disallowed globals (naming them all) and ``DistillError('invalid_file')`` for corrupt files or non-tensor
+    entries.
     """
     path = Path(path)
     if fmt == "safetensors":
@@ -283,7 +347,10 @@ def load_tensors(path: str | Path, fmt: str) -> tuple[dict[str, torch.Tensor], d
             raise _invalid(f"unreadable safetensors file: {e}") from None
         return tensors, meta
     if fmt == "state_dict":
-        return state_dict_from_object(_torch_load_weights_only(path)), {}
+        tensors, found = extract_state_dict(_torch_load_weights_only(path))
+        if notes is not None:
+            notes.extend(found)
+        return tensors, {}
     raise DistillError("invalid_spec", f"format {fmt!r} is not a weights-only checkpoint format", "teacher.format")
 
 
@@ -325,8 +392,11 @@ def onnx_shapes(model: Any) -> tuple[list[int | None] | None, list[int | None] |
 
 def _inspect_model(path: Path, fmt: str) -> FileInfo:
     if fmt in ("safetensors", "state_dict"):
-        tensors, meta = load_tensors(path, fmt)
+        notes: list[str] = []
+        tensors, meta = load_tensors(path, fmt, notes)
         info = FileInfo(fmt, parameters=_count_weights(tensors), details={"tensors": len(tensors)})
+        if notes:
+            info.details["notes"] = notes
         arch = architecture_from_metadata(meta)
         if arch is not None:
             from .models import build, describe, parameter_count
@@ -490,6 +560,102 @@ def dataset_details(x: np.ndarray, y: np.ndarray | None) -> dict[str, Any]:
     }
 
 
+NPZ_CHUNK_BYTES = 8 * 1024 * 1024  # bytes of one array read at a time when an NPZ upload is inspected
+
+
+def _npz_member(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[Any, tuple[int, ...], np.dtype]:
+    """Open an .npy member of an NPZ and read its header: ``(open member positioned at the data, shape, dtype)``."""
+    f = z.open(info)
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f".npy format version {version[0]}.{version[1]} (structured arrays) is not supported")
+    except BaseException:
+        f.close()
+        raise
+    return f, tuple(int(d) for d in shape), dtype
+
+
+def _npz_chunks(f: Any, dtype: np.dtype, count: int, chunk_bytes: int) -> Any:
+    """Yield the ``count`` elements of an open .npy member in storage order as 1-D arrays of at most
+    ``chunk_bytes`` bytes. Raises ``invalid_file`` when the member ends early."""
+    step = max(1, chunk_bytes // max(1, dtype.itemsize)) * dtype.itemsize
+    left = count * dtype.itemsize
+    while left:
+        buf = f.read(min(step, left))
+        if not buf or len(buf) % dtype.itemsize:
+            raise _invalid("truncated NPZ member: the array holds fewer bytes than its header declares")
+        left -= len(buf)
+        yield np.frombuffer(buf, dtype=dtype)
+
+
+def inspect_npz(path: str | Path, *, max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
+                chunk_bytes: int = NPZ_CHUNK_BYTES) -> dict[str, Any]:
+    """Validate an NPZ dataset without loading it: ``dataset_details`` of ``X`` and optional ``y``.
+
+    Reads each member's .npy header from the zip directory, then streams the data ``chunk_bytes`` at a time
+    (so memory stays flat for a file of any size): X must be numeric with shape (N, ...), N >= 1, and finite
+    once cast to float32 (as ``read_dataset`` casts it); y, when present, integer-valued labels >= -1 of shape
+    (N,). Object arrays are refused without unpickling anything. Raises ``DistillError('invalid_file')`` with
+    the same messages as ``read_dataset`` for the same faults, and when the members would unpack to more than
+    ``max_unpacked_bytes`` bytes (a zip bomb guard) or the archive is corrupt (bad CRC, truncated member).
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = {i.filename[: -len(".npy")]: i for i in z.infolist() if i.filename.endswith(".npy")}
+            unpacked = sum(i.file_size for i in z.infolist())
+            if unpacked > max_unpacked_bytes:
+                raise _invalid(f"NPZ unpacks to {unpacked} bytes, over the limit of {max_unpacked_bytes} bytes")
+            if "X" not in members:
+                raise _invalid(f"NPZ has no 'X' array (found: {', '.join(members) or 'nothing'}); expected X of shape (N, ...) and optional y")
+            f, shape, dtype = _npz_member(z, members["X"])
+            with f:
+                if dtype.hasobject:
+                    raise _invalid("NPZ arrays must be numeric, not Python objects (object arrays need pickle, which is never loaded)")
+                if dtype.kind not in "iufb":
+                    raise _invalid(f"NPZ 'X' must be numeric, got dtype {dtype}")
+                if len(shape) < 2 or shape[0] == 0:
+                    raise _invalid(f"NPZ 'X' must have shape (N, ...) with N >= 1 and at least 2 dimensions, got {list(shape)}")
+                count = math.prod(shape)
+                if count * dtype.itemsize > members["X"].file_size:
+                    raise _invalid(f"truncated NPZ member 'X': its header declares {count * dtype.itemsize} bytes of data")
+                for chunk in _npz_chunks(f, dtype, count, chunk_bytes):
+                    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, as in read_dataset
+                        finite = dtype.kind != "f" or np.isfinite(chunk.astype(np.float32)).all()
+                    if not finite:
+                        raise _invalid("dataset features contain NaN or infinity")
+            n = shape[0]
+            y_seen = y_labelled = 0
+            y_max = -1
+            if "y" in members:
+                f, y_shape, y_dtype = _npz_member(z, members["y"])
+                with f:
+                    if y_dtype.hasobject:
+                        raise _invalid("NPZ arrays must be numeric, not Python objects (object arrays need pickle, which is never loaded)")
+                    if y_shape != (n,):
+                        raise _invalid(f"NPZ 'y' must have shape ({n},) to match X, got {list(y_shape)}")
+                    if n * y_dtype.itemsize > members["y"].file_size:
+                        raise _invalid(f"truncated NPZ member 'y': its header declares {n * y_dtype.itemsize} bytes of data")
+                    for chunk in _npz_chunks(f, y_dtype, n, chunk_bytes):
+                        labels = _labels(chunk, "NPZ 'y'")
+                        y_seen += labels.size
+                        good = labels[labels >= 0]
+                        y_labelled += int(good.size)
+                        if good.size:
+                            y_max = max(y_max, int(good.max()))
+    except DistillError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:  # bad CRC, corrupt header, truncated archive
+        raise _invalid(f"unreadable NPZ file ({type(e).__name__}: {e})") from None
+    return {"samples": n, "feature_shape": list(shape[1:]), "has_labels": bool(y_labelled),
+            "num_classes": y_max + 1 if y_labelled else None, "unlabelled": n - y_labelled}
+
+
 def _inspect_hf(path: Path, max_unpacked_bytes: int) -> FileInfo:
     """Extract an 'hf' archive into a temporary folder (next to the file, else the system's), inspect it."""
     try:
@@ -537,8 +703,9 @@ def inspect_file(
     Models are loaded (safetensors via ``safetensors.torch.load_file``, state dicts via
     ``torch.load(weights_only=True)`` only, TorchScript via ``torch.jit.load``, ONNX via onnxruntime on CPU,
     'hf' archives extracted with ``hf_archive.safe_extract`` — at most ``max_unpacked_bytes`` bytes unpacked —
-    into a temporary folder that is removed afterwards, then loaded with transformers offline); datasets are
-    read completely.
+    into a temporary folder that is removed afterwards, then loaded with transformers offline); NPZ datasets are
+    streamed from their .npy headers and data in chunks (``inspect_npz``: flat memory, at most
+    ``max_unpacked_bytes`` unpacked), CSV and JSONL are read completely.
 
     Datasets: NPZ and numeric CSV give ``dataset_details`` (CSV adds ``columns``). A CSV with a ``text``
     column — or whose only column besides ``label_column`` is non-numeric — is a text dataset:
@@ -561,8 +728,7 @@ def inspect_file(
             return _inspect_csv_dataset(path, label_column)
         if fmt == "jsonl":
             return FileInfo(fmt, details=text_details(read_text_dataset(path, "jsonl", label_column=label_column)))
-        x, y = read_dataset(path, fmt, label_column)
-        return FileInfo(fmt, details=dataset_details(x, y))
+        return FileInfo(fmt, details=inspect_npz(path, max_unpacked_bytes=max_unpacked_bytes))
     if fmt not in MODEL_FORMATS:
         raise _invalid(f"expected {_EXPECTED_MODEL}, got {_FORMAT_NAMES[fmt]}")
     if fmt == "hf":
@@ -589,8 +755,10 @@ __all__ = [
     "FileInput",
     "architecture_from_metadata",
     "dataset_details",
+    "extract_state_dict",
     "file_bytes_text",
     "inspect_file",
+    "inspect_npz",
     "load_tensors",
     "onnx_shapes",
     "read_dataset",

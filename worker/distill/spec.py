@@ -356,8 +356,38 @@ class ExportSpec(_Strict):
     prune: PruneSpec | None = Field(None, description="Also ship a magnitude-pruned, fine-tuned student_pruned.safetensors, evaluated in the report.")
 
 
+def _nul_path(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first string (key or value) in ``value`` holding a NUL character, else None."""
+    if isinstance(value, str):
+        return path or "(body)" if "\x00" in value else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            here = f"{path}.{k}" if path else str(k)
+            if isinstance(k, str) and "\x00" in k:
+                return here
+            found = _nul_path(v, here)
+            if found:
+                return found
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = _nul_path(v, f"{path}.{i}" if path else str(i))
+            if found:
+                return found
+    return None
+
+
 class JobSpec(_Strict):
-    """A distillation job: teacher, student, data, method, training, evaluation and export."""
+    """A distillation job: teacher, student, data, method, training, evaluation and export.
+
+    No string in it may hold a NUL character (PostgreSQL text cannot store one): ValueError naming the field."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        where = _nul_path(data)
+        if where:
+            raise ValueError(f"{where!r} contains a NUL character (\\u0000)")
+        return data
 
     name: str | None = Field(None, max_length=200, description="Free-form job name.")
     task: Literal["auto", "classification", "sequence_classification", "sentence_embedding"] = Field(

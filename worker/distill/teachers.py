@@ -163,8 +163,9 @@ def _strip_module_prefix(tensors: dict[str, torch.Tensor], notes: list[str]) -> 
 
 
 def load_weights_strict(model: nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
-    """``model.load_state_dict(tensors, strict=True)``; raises ``DistillError('invalid_file')`` listing the first
-    few missing and unexpected keys (and shape mismatches) when the weights do not fit the architecture."""
+    """``model.load_state_dict(tensors, strict=True)``; raises ``DistillError('shape_mismatch')`` (param
+    ``<what>.architecture``) listing the first five missing and unexpected keys (and shape mismatches, file vs
+    architecture) when the weights do not fit the architecture."""
     own = model.state_dict()
     missing = [k for k in own if k not in tensors]
     unexpected = sorted(k for k in tensors if k not in own)
@@ -177,7 +178,8 @@ def load_weights_strict(model: nn.Module, tensors: dict[str, torch.Tensor], what
             parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:5])}")
         if wrong:
             parts.append(f"wrong shapes (file vs architecture): {'; '.join(wrong[:5])}")
-        raise DistillError("invalid_file", f"the {what} weights do not match the architecture: {'; '.join(parts)}", what)
+        raise DistillError("shape_mismatch", f"the {what} weights do not match the architecture: {'; '.join(parts)}",
+                           f"{what}.architecture")
     model.load_state_dict(tensors, strict=True)
 
 
@@ -188,17 +190,18 @@ def load_teacher(path: str | Path, fmt: str, architecture: ArchitectureSpec | di
     ``fmt``: 'safetensors' | 'state_dict' | 'torchscript' | 'onnx' | 'auto' (sniffed). Weights-only formats
     need ``architecture`` (the spec's, else the safetensors ``stillhouse.architecture`` metadata; the spec
     wins). Raises ``DistillError``: ``invalid_spec`` (no architecture for weights-only formats, bad
-    architecture), ``invalid_file`` (weights not matching: missing/unexpected keys listed; unreadable file),
-    ``unsafe_checkpoint`` (pickle with disallowed globals). A 'module.' prefix (DataParallel) is stripped and
-    noted in ``teacher.notes``.
+    architecture), ``shape_mismatch`` (weights not matching the architecture: the first missing/unexpected keys
+    listed), ``invalid_file`` (unreadable file, non-tensor entries), ``unsafe_checkpoint`` (pickle with
+    disallowed globals). A 'module.' prefix (DataParallel) is stripped, and a state dict taken out of a training
+    checkpoint (beside optimizer state, arguments...), noted in ``teacher.notes``.
     """
     path = Path(path)
     device = torch.device(device)
     if fmt == "auto":
         fmt = sniff(path)
     if fmt in ("safetensors", "state_dict"):
-        tensors, meta = load_tensors(path, fmt)
         notes: list[str] = []
+        tensors, meta = load_tensors(path, fmt, notes)
         if architecture is not None:
             arch = architecture.model_dump() if isinstance(architecture, ArchitectureSpec) else dict(architecture)
             source = "job spec"

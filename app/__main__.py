@@ -1,4 +1,4 @@
-"""``python -m app``: run the API (``serve``), or the API and one worker together (``up``).
+"""``python -m app``: run the API (``serve``), the API and one worker together (``up``), or the sweep alone (``sweep``).
 
 ``up`` is what ``make up`` runs: both processes in the foreground on the configured settings
 (the embedded default needs no server); Ctrl-C (SIGINT) or SIGTERM stops both.
@@ -68,12 +68,16 @@ def up() -> int:
 
 
 def main() -> None:
-    """Command-line entry: ``python -m app [serve|up]`` (default ``serve``)."""
+    """Command-line entry: ``python -m app [serve|up|sweep]`` (default ``serve``)."""
     ap = argparse.ArgumentParser(prog="python -m app", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", nargs="?", default="serve", choices=["serve", "up"])
+    ap.add_argument("command", nargs="?", default="serve", choices=["serve", "up", "sweep"])
     args = ap.parse_args()
     if args.command == "up":
         sys.exit(up())
+    if args.command == "sweep":  # the sweep loop alone (app/sweep.py)
+        from app.sweep import main as sweep_main
+
+        sys.exit(sweep_main([]))
     serve()
 
 

@@ -16,7 +16,7 @@ from app.jobs import states
 from app.jobs.schemas import JobError, JobObject, Progress, Timings
 from app.models import Artifact, File, Job, JobEvent, JobFile, Metric, new_id, utcnow
 from app.pagination import newest_first, oldest_first
-from app.queue import enqueue_job
+from app.queue import enqueue_job, mark_sent
 from worker.distill import models as registry
 from worker.distill.errors import DistillError
 from worker.distill.methods import check_method_supported
@@ -189,7 +189,10 @@ def validate_references(session: Session, spec: JobSpec) -> dict[str, File]:
 
 
 def create_job(session: Session, spec: JobSpec) -> Job:
-    """Create a queued job, commit, then send its id to the workers.
+    """Create a queued job, commit, then send its id to the workers and record the send (``enqueued_at``).
+
+    A job committed but never sent (the process died in between) keeps ``enqueued_at`` NULL; the sweep
+    (``app.sweep``) sends it.
 
     Raises Unprocessable (422) for bad references, ServiceUnavailable (503) when the broker cannot be
     reached (the committed job is then marked failed with code ``broker_unavailable``, so nothing is
@@ -217,6 +220,11 @@ def create_job(session: Session, spec: JobSpec) -> Job:
         session.commit()
         raise ServiceUnavailable(f"job {job.id} was created but the broker is unreachable ({type(e).__name__}); it is marked failed",
                                  code="broker_unavailable") from e
+    try:
+        mark_sent(session, job.id)
+    except Exception:  # noqa: BLE001 - the job is sent; left marked unsent, the sweep sends it once more (harmless)
+        session.rollback()
+        log.exception("could not record that %s was sent", job.id)
     return job
 
 

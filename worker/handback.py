@@ -2,9 +2,12 @@
 
 ``SIGTERM`` to a worker's main process (``docker stop``, ``python -m app up``, Ctrl-C) starts Celery's warm
 shutdown, which waits for running tasks; Celery resets ``SIGTERM`` to its default in prefork children, so they
-would otherwise be killed or waited for. The main process therefore forwards ``HANDBACK_SIGNAL`` (``SIGUSR2``) to
-its pool children (``forward_to_children``, from Celery's ``worker_shutting_down`` signal); a child's handler
-(``install_child_handler``, from ``worker_process_init``) only sets a flag. The job's reporter reads the flag
+would otherwise be killed or waited for. The main process therefore forwards ``HANDBACK_SIGNAL`` to its pool
+children (``forward_to_children``, from Celery's ``worker_shutting_down`` signal); a child's handler
+(``install_child_handler``, from ``worker_process_init`` and again at the start of every job) only sets a flag.
+``HANDBACK_SIGNAL`` is a real-time signal (``SIGRTMIN + 1``) on Linux: billiard re-points every classic
+termination signal (``SIGUSR1``, ``SIGUSR2``, ...) of a pool child at its own exit handler after the child's
+initializer ran, but leaves real-time signals alone. Elsewhere it is ``SIGUSR2``, re-installed at each job start. The job's reporter reads the flag
 before every training step: the job saves a checkpoint of the step it reached, moves back to ``queued``
 (``handbacks + 1``, not counted as an attempt), releases its lease and sends its message again; the task
 returns, and the worker exits.
@@ -25,7 +28,7 @@ import psutil
 
 log = logging.getLogger("stillhouse.worker")
 
-HANDBACK_SIGNAL = signal.SIGUSR2
+HANDBACK_SIGNAL = signal.SIGRTMIN + 1 if hasattr(signal, "SIGRTMIN") else signal.SIGUSR2
 _requested = threading.Event()
 
 
@@ -39,9 +42,15 @@ def request() -> None:
     _requested.set()
 
 
+def _on_signal(*_: object) -> None:
+    _requested.set()
+
+
 def install_child_handler() -> None:
-    """In a pool child: make ``HANDBACK_SIGNAL`` set the hand-back flag (it would otherwise end the process)."""
-    signal.signal(HANDBACK_SIGNAL, lambda *_: _requested.set())
+    """In a pool child: make ``HANDBACK_SIGNAL`` set the hand-back flag (it would otherwise end the process).
+    Idempotent and cheap; call it from the process's main thread."""
+    if signal.getsignal(HANDBACK_SIGNAL) is not _on_signal:
+        signal.signal(HANDBACK_SIGNAL, _on_signal)
 
 
 def forward_to_children(pid: int | None = None) -> list[int]:

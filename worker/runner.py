@@ -209,6 +209,8 @@ def execute(job_id: str, settings: Settings | None = None) -> str | None:
     settings = settings or get_settings()
     sessions = session_factory(settings)
     store = LocalStore(settings)
+    if threading.current_thread() is threading.main_thread():
+        handback.install_child_handler()  # again: a pool may re-point signals after the child's initializer
     if handback.requested():  # this worker is shutting down: leave the job to another one
         log.info("job %s delivered while this worker shuts down; sending it back to the queue untouched", job_id)
         _resend(sessions, settings, job_id)

@@ -37,6 +37,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
         folder = (settings.data_dir / "broker").resolve()
         for sub in ("queue", "control", "processed"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
+        app.conf.broker_transport = "worker.fs_transport:Transport"  # kombu's, with atomic message files
         app.conf.broker_transport_options = {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),

@@ -93,9 +93,50 @@ class Cluster:
             q = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
             return [e for e in s.scalars(q) if type is None or e.type == type]
 
+    def row_unlocked(self, job_id: str) -> bool:
+        """True when no transaction holds the job's row (PostgreSQL) or the database's write lock (SQLite) right
+        now: every write of a job's run starts by updating that row."""
+        if self.settings.database_url is None:
+            import sqlite3
+
+            conn = sqlite3.connect(self.settings.data_dir / "stillhouse.db", timeout=0.3)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return True
+            except sqlite3.OperationalError:
+                return False
+            finally:
+                conn.close()
+        import sqlalchemy as sa
+
+        from app.db import get_engine
+
+        with get_engine(self.settings).connect() as conn:
+            try:
+                with conn.begin():
+                    conn.execute(sa.text("SET LOCAL lock_timeout = '300ms'"))
+                    conn.execute(sa.text("SELECT id FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id})
+                return True
+            except sa.exc.OperationalError:
+                return False
+
+    def freeze(self, name: str, job_id: str) -> None:
+        """SIGSTOP a worker's whole process group at a moment when it holds no lock in the database (as a
+        machine that stops answering would, without wedging everyone else behind its open transaction)."""
+        pgid = self.procs[name].pid
+        for _ in range(50):
+            os.killpg(pgid, signal.SIGSTOP)
+            time.sleep(0.3)
+            if self.row_unlocked(job_id):
+                return
+            os.killpg(pgid, signal.SIGCONT)
+            time.sleep(0.1)
+        raise AssertionError(f"could not freeze {name} outside a transaction")
+
     def close(self) -> None:
         for p in self.procs.values():
             if p.poll() is None:
+                os.killpg(p.pid, signal.SIGCONT)  # a frozen worker cannot act on SIGTERM
                 os.killpg(p.pid, signal.SIGTERM)
         for p in self.procs.values():
             try:
@@ -179,6 +220,33 @@ def test_whole_worker_killed_then_a_new_worker_resumes_the_job(cluster, digits_t
     assert c.report(job.id)["training"]["resumed_from_epoch"] == resumed[0].data["epoch"]
     row = cl.job_row(job.id)
     assert row.lease_owner is None and row.handbacks == 0 and row.runtime_s > 0
+
+
+def test_a_frozen_worker_whose_job_was_taken_over_writes_nothing_when_it_wakes(cluster, digits_teacher):
+    """SIGSTOP the whole worker (a machine that stops answering: a partition, a long pause) past its lease; the sweep
+    re-sends the job and a second worker takes it over. Woken up (SIGCONT), the first worker finds its lease gone
+    and stops at its next step without writing: one continuous set of metrics, one result."""
+    cl = cluster()
+    cl.start_worker("w1")
+    c = cl.client
+    teacher = c.upload(digits_teacher, "teacher")
+    job = c.create_job(spec(teacher.id, **LONG))
+    wait_for(lambda: (c.get_job(job.id).progress.epoch or 0) >= 3, 180, "epoch 3")
+    cl.freeze("w1", job.id)
+    frozen_owner = cl.job_row(job.id).lease_owner
+    cl.start_worker("w2")
+    wait_for(lambda: (r := cl.job_row(job.id)).attempt == 2 and r.lease_owner != frozen_owner, 180, "the takeover")
+    os.killpg(cl.procs["w1"].pid, signal.SIGCONT)
+    wait_for(lambda: "lost its lease; stopped without writing anything more" in cl.log("w1"), 120, "w1 to notice")
+    done = c.wait(job.id, timeout_s=400)
+    assert done.status == "succeeded", (done.error, cl.log("w1")[-3000:], cl.log("w2")[-3000:])
+    assert done.attempt == 2
+    statuses = [e.data["status"] for e in c.events(job.id) if e.type == "status"]
+    assert statuses == ["queued", "running", "running", "succeeded"]
+    assert_one_continuous_history(c, job.id, 40)
+    arts = c.artifacts(job.id)
+    assert [a.name for a in arts] == ["student.json", "student.safetensors"]
+    assert cl.procs["w1"].poll() is None  # the frozen worker lives on and takes other jobs
 
 
 def test_whole_worker_killed_and_none_comes_back_fails_worker_lost(cluster, digits_teacher):

@@ -61,10 +61,21 @@ def _hand_back_jobs(**_: object) -> None:
         threading.Thread(target=_stop_sweeper, daemon=True).start()  # never block inside the signal handler
 
 
-@celery_app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True)
-def run_job(job_id: str) -> str | None:
+DB_RETRY_S = 5.0  # seconds between deliveries of a job whose database could not be reached
+
+
+@celery_app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, bind=True, max_retries=None)
+def run_job(self, job_id: str) -> str | None:
     """Run distillation job ``job_id`` (see ``worker.runner.execute``); returns its final status (``queued`` when
-    handed back, None when this delivery did not run it)."""
+    handed back, None when this delivery did not run it). When the database cannot be reached (``OperationalError``:
+    before the job was claimed, or while recording its end) the message is sent again ``DB_RETRY_S`` seconds later
+    (``celery.exceptions.Retry``), for as long as it takes, instead of being acknowledged and lost."""
+    from sqlalchemy.exc import OperationalError
+
     from worker.runner import execute
 
-    return execute(job_id)
+    try:
+        return execute(job_id)
+    except OperationalError as e:
+        log.warning("job %s: database unreachable (%s); delivering it again in %g s", job_id, str(e).splitlines()[0], DB_RETRY_S)
+        raise self.retry(exc=e, countdown=DB_RETRY_S)

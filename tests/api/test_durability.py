@@ -336,3 +336,22 @@ async def test_runtime_of_earlier_attempts_counts_toward_max_runtime(api, teache
     r = row(jid)
     assert (r["status"], r["error_code"], r["attempt"], r["lease_owner"]) == ("failed", "max_runtime_exceeded", 2, None)
     assert "already used 5" in r["error_message"] and r["runtime_s"] >= 5.0
+
+
+async def test_a_delivery_that_cannot_reach_the_database_is_retried_not_lost(api, job_id, monkeypatch):
+    from celery.exceptions import Retry
+
+    from worker.tasks import DB_RETRY_S, run_job
+
+    real = os.environ.get("STILLHOUSE_DATABASE_URL")
+    monkeypatch.setenv("STILLHOUSE_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:1/stillhouse")  # nothing listens
+    get_settings.cache_clear()
+    with pytest.raises(Retry) as e:
+        run_job.apply(args=[job_id], throw=True)
+    assert e.value.when == DB_RETRY_S  # the message is sent again, not acknowledged and dropped
+    if real is None:
+        monkeypatch.delenv("STILLHOUSE_DATABASE_URL")
+    else:
+        monkeypatch.setenv("STILLHOUSE_DATABASE_URL", real)
+    get_settings.cache_clear()
+    assert row(job_id)["status"] == "queued" and row(job_id)["attempt"] == 0

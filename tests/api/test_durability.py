@@ -355,3 +355,21 @@ async def test_a_delivery_that_cannot_reach_the_database_is_retried_not_lost(api
         monkeypatch.setenv("STILLHOUSE_DATABASE_URL", real)
     get_settings.cache_clear()
     assert row(job_id)["status"] == "queued" and row(job_id)["attempt"] == 0
+
+
+async def test_python_m_app_sweep_once_sends_an_unsent_job(api, teacher_id, backend):
+    import json
+    from pathlib import Path
+
+    s = settings()
+    drain_queue(s)
+    jid = commit_unsent_job(s, spec_for(teacher_id))
+    set_job(s, jid, updated_at=ago(60))
+    env = {**os.environ, **backend.env()}
+    if backend.database_url is None:
+        env.pop("STILLHOUSE_DATABASE_URL", None)
+    out = subprocess.run([sys.executable, "-m", "app.sweep", "--once"], cwd=Path(__file__).resolve().parents[2], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["sent"] == [jid]
+    assert drain_queue(s) == [jid]

@@ -19,14 +19,11 @@ expires, as after a crash.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import threading
 
 import psutil
-
-log = logging.getLogger("stillhouse.worker")
 
 HANDBACK_SIGNAL = signal.SIGRTMIN + 1 if hasattr(signal, "SIGRTMIN") else signal.SIGUSR2
 _requested = threading.Event()

@@ -1,5 +1,5 @@
-"""``python -m app``: run the API (``serve``, the default), or the API and one worker together (``up``), and
-administer tenants and API keys (``tenants …``, ``keys …``).
+"""``python -m app``: run the API (``serve``, the default), the API and one worker together (``up``), the sweep
+alone (``sweep``), and administer tenants and API keys (``tenants …``, ``keys …``).
 
 ``up`` is what ``make up`` runs: both processes in the foreground on the configured settings
 (the embedded default needs no server); Ctrl-C (SIGINT) or SIGTERM stops both.
@@ -112,6 +112,15 @@ def serve_cmd() -> None:
 def up_cmd() -> None:
     """Run the API and one worker in the foreground; Ctrl-C stops both."""
     raise typer.Exit(up())
+
+
+@cli.command(name="sweep")
+def sweep_cmd(once: bool = typer.Option(False, "--once", help="One pass, print what it did as JSON, exit.")) -> None:
+    """Run the sweep (app/sweep.py) alone: re-send unsent jobs and jobs whose worker died, fail lost ones. The API and
+    every worker already run it; this is for cron or a separate process."""
+    from app.sweep import main as sweep_main
+
+    raise typer.Exit(sweep_main(["--once"] if once else []))
 
 
 # -- admin -----------------------------------------------------------------------------------------------------------

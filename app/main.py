@@ -43,7 +43,11 @@ def create_app(*, auto_migrate: bool | None = None) -> FastAPI:
         torch.set_num_threads(1)  # the API only inspects uploads; leave the cores to the workers
         log.info("stillhouse API ready: database=%s broker=%s data_dir=%s", settings.resolved_database_url.split("@")[-1],
                  settings.broker_url.split("@")[-1], settings.data_dir.resolve())
+        from app.sweep import start_sweeper
+
+        stop_sweeper = start_sweeper(settings, "stillhouse-api-sweep")  # re-sends unsent jobs and those whose worker died
         yield
+        stop_sweeper()
 
     app = FastAPI(
         title="stillhouse",

@@ -35,8 +35,23 @@ class Settings(BaseSettings):
         None, ge=1, description="PyTorch intra-op threads per job; default: cores available / worker concurrency."
     )
     queue: str = Field("stillhouse", description="Celery queue the API sends jobs to and workers consume.")
-    visibility_timeout_s: int = Field(6 * 3600, ge=10, description="Redis visibility timeout, seconds (redelivery of unacked jobs).")
-    max_attempts: int = Field(3, ge=1, description="Starts of one job (redeliveries after a worker died) before it fails with worker_lost.")
+    visibility_timeout_s: int = Field(
+        6 * 3600, ge=1, description="Redis: seconds before an unacknowledged job message is delivered again (the job lease makes "
+                                    "a second delivery of a running job exit at once).")
+    max_attempts: int = Field(
+        3, ge=1, description="Starts of one job after its worker died (attempt - hand-backs) before it fails with worker_lost.")
+    lease_ttl_s: float = Field(
+        30.0, gt=0, description="Seconds a worker's lease on a running job lasts; its heartbeat renews it every third of that. "
+                                "A job whose lease expired is sent again by the sweep.")
+    sweep_interval_s: float = Field(
+        10.0, gt=0, description="Seconds between sweeps (in the API and in every worker's main process) that re-send unsent "
+                                "jobs and jobs whose worker died, and fail jobs no worker took up.")
+    worker_lost_timeout_s: float = Field(
+        1800.0, gt=0, description="Seconds after a running job's lease expired (its worker died) before the sweep fails it "
+                                  "with worker_lost, when no worker has taken it up again.")
+    unsent_grace_s: float = Field(
+        10.0, gt=0, description="Seconds a queued job may stay unsent (row committed, message never sent: the API died "
+                                "between the two) before the sweep sends it.")
     progress_interval_s: float = Field(0.5, gt=0, description="Least seconds between progress/cancel-check writes to SQL.")
     auth: Literal["auto", "required", "off"] = Field(
         "auto", description="API keys: 'auto' = off when bound to loopback (host 127.0.0.0/8, ::1, localhost), required otherwise; "

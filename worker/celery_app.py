@@ -1,8 +1,9 @@
 """The Celery application, configured from ``Settings`` (importable by the API: no torch here).
 
-Reliability settings: ``task_acks_late`` + ``task_reject_on_worker_lost`` (a job whose worker dies is
+Reliability settings: ``task_acks_late`` + ``task_reject_on_worker_lost`` (a job whose worker child dies is
 redelivered and resumes from its last epoch checkpoint), prefetch 1 (a long job never holds a second
-one hostage), no result backend (the SQL job row is the truth).
+one hostage), no result backend (the SQL job row is the truth). Redeliveries are harmless: a job runs only under
+its database lease (``worker.runner``), and the sweep (``app.sweep``) re-sends what no broker redelivers.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
         folder = (settings.data_dir / "broker").resolve()
         for sub in ("queue", "control", "processed"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
+        app.conf.broker_transport = "worker.fs_transport:Transport"  # kombu's, with atomic message files
         app.conf.broker_transport_options = {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
@@ -46,7 +48,14 @@ def make_celery(settings: Settings | None = None) -> Celery:
         }
         app.conf.worker_enable_remote_control = False
     else:
-        app.conf.broker_transport_options = {"visibility_timeout": settings.visibility_timeout_s}
+        vt = settings.visibility_timeout_s
+        app.conf.broker_transport_options = {
+            "visibility_timeout": vt,
+            # kombu scans for messages to redeliver every interval x throttle seconds (default 10 x 10): keep that well
+            # under a short visibility timeout so it means what it says
+            "unacked_restore_interval": max(1, min(10, vt // 4)),
+            "unacked_restore_throttle": 1 if vt < 1000 else 10,
+        }
     return app
 
 

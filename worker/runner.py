@@ -1,5 +1,11 @@
-"""Running one job on a worker: claim it in SQL, call the distillation core, publish artifacts and
-the report, and always end in a final status (never left ``running`` by an exception)."""
+"""Running one job on a worker: claim its lease in SQL, call the distillation core, publish artifacts and the
+report, and always end in a final status (never left ``running`` by an exception), or hand the job back when the
+worker shuts down.
+
+Every write is conditional on this process still holding the job's lease (``app.jobs.leases``): a second delivery
+of a job whose lease is live exits at once without writing anything, and a process that lost its lease (another
+worker took the job over after it stopped answering) stops at its next step without writing anything more.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +13,24 @@ import logging
 import mimetypes
 import shutil
 import socket
+import threading
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from app.db import session_factory
-from app.jobs import states
-from app.models import Artifact, File, Job, JobFile
+from app.jobs import leases, states
+from app.models import Artifact, File, Job, JobFile, utcnow
 from app.settings import Settings, get_settings
 from app.storage import LocalStore, sha256_file
+from worker import handback
 from worker.distill.errors import DistillError, StopRequested
 from worker.distill.job import FileInput, JobInputs, run_job
 from worker.distill.spec import JobSpec
-from worker.reporter_sql import SqlReporter
+from worker.reporter_sql import CANCEL, HANDBACK, LeaseLost, SqlReporter
 
 log = logging.getLogger("stillhouse.worker")
 
@@ -29,33 +38,132 @@ CONTENT_TYPES = {".safetensors": "application/octet-stream", ".onnx": "applicati
                  ".zip": "application/zip"}
 
 
-def _claim(sessions, job_id: str, max_attempts: int) -> Job | None:
-    """Move the job to running (attempt + 1). None when it must not run (unknown, finished, cancelled,
-    or redelivered after ``max_attempts`` starts: then it fails with ``worker_lost``)."""
-    with sessions.begin() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            log.warning("job %s does not exist; dropping the message", job_id)
-            return None
-        if job.status == states.CANCELLING:
-            states.transition(s, job_id, states.CANCELLED, event="cancelled before the redelivered task resumed")
-            return None
-        redelivered = job.status == states.RUNNING
-        if redelivered and job.attempt >= max_attempts:
-            states.transition(s, job_id, states.FAILED, error_code="worker_lost", phase=None,
-                              error_message=f"the worker running this job died {job.attempt} times; giving up "
-                                            f"(STILLHOUSE_MAX_ATTEMPTS={max_attempts})", event="failed: worker_lost")
-            return None
-        ok = states.transition(
-            s, job_id, states.RUNNING, attempt=job.attempt + 1, worker=socket.gethostname(),
-            started_at=job.started_at or states.utcnow(),
-            event=f"{'resumed after redelivery' if redelivered else 'started'} on {socket.gethostname()} (attempt {job.attempt + 1})",
-        )
-        if not ok:
-            log.info("job %s is %s; not running it", job_id, job.status)
-            return None
+@dataclass(frozen=True)
+class Claimed:
+    """A job this process now holds: its ``attempt`` (1 = first start), the ``runtime_s`` it used in earlier
+    attempts, and its ``spec`` (JSON)."""
+
+    attempt: int
+    runtime_s: float
+    spec: dict
+
+
+class Lease:
+    """The lease this process holds on a job, renewed by a daemon heartbeat thread every ``ttl_s / 3`` seconds.
+
+    Each renewal is ``UPDATE jobs SET lease_expires_at = now + ttl, runtime_s = ... WHERE id = :job AND lease_owner =
+    :owner``; when it matches no row (the job was taken over or finished) or no renewal succeeded for ``ttl_s``
+    seconds (database unreachable: the lease may have expired and been claimed), ``lost()`` turns true for good.
+    ``runtime_s()``: the job's running seconds, earlier attempts included.
+    """
+
+    def __init__(self, sessions, job_id: str, owner: str, ttl_s: float, runtime_before_s: float) -> None:
+        self.sessions, self.job_id, self.owner, self.ttl_s = sessions, job_id, owner, ttl_s
+        self._before = runtime_before_s
+        self._t0 = self._last_ok = time.monotonic()
+        self._lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+
+    def runtime_s(self) -> float:
+        """Seconds the job has run: earlier attempts plus this one so far."""
+        return self._before + (time.monotonic() - self._t0)
+
+    def lost(self) -> bool:
+        """True once the lease is (or may be) held by someone else."""
+        if not self._lost.is_set() and time.monotonic() - self._last_ok > self.ttl_s:
+            log.warning("job %s: lease not renewed for %.1f s; stopping", self.job_id, time.monotonic() - self._last_ok)
+            self._lost.set()
+        return self._lost.is_set()
+
+    def renew(self) -> bool:
+        """Extend the lease by ``ttl_s`` from now and record the runtime; False (and ``lost()``) when it is gone.
+        Raises the database's error when it cannot be reached."""
+        with self.sessions.begin() as s:
+            res = s.execute(update(Job).where(Job.id == self.job_id, Job.lease_owner == self.owner,
+                                              Job.status.in_([states.RUNNING, states.CANCELLING]))
+                            .values(lease_expires_at=leases.expiry(utcnow(), self.ttl_s), runtime_s=self.runtime_s())
+                            .execution_options(synchronize_session=False))
+        if res.rowcount != 1:
+            self._lost.set()
+            return False
+        self._last_ok = time.monotonic()
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                if not self.renew():
+                    log.warning("job %s: lease of %s was taken over; stopping at the next step without writing", self.job_id, self.owner)
+                    return
+            except Exception as e:  # noqa: BLE001 - retry until lost() says the lease may be gone
+                log.warning("job %s: lease renewal failed (%s: %s)", self.job_id, type(e).__name__, e)
+                if self.lost():
+                    return
+
+    def start(self) -> "Lease":
+        """Start the heartbeat thread; returns self."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the heartbeat (the lease stays as last written; final transitions clear it)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _claim(sessions, job_id: str, owner: str, settings: Settings) -> Claimed | None:
+    """Take job ``job_id``'s lease with one compare-and-set and move it to running (attempt + 1).
+
+    It succeeds only when the job is queued, or running with a dead lease (expired, or held by a process of this
+    host that no longer exists). None when the job must not run here: unknown, finished, leased by a live process
+    (a second delivery: nothing is written), or a redelivery that ends it (a cancelling job whose worker died ->
+    cancelled; started ``max_attempts`` times after worker deaths -> failed ``worker_lost``).
+    """
+    now = utcnow()
     with sessions() as s:
-        return s.get(Job, job_id)
+        job = s.get(Job, job_id)
+    if job is None:
+        log.warning("job %s does not exist; dropping the message", job_id)
+        return None
+    if job.status in states.TERMINAL:
+        log.info("job %s is already %s; dropping this delivery", job_id, job.status)
+        return None
+    if job.status != states.QUEUED and not leases.lease_dead(job.lease_owner, job.lease_expires_at, now):
+        log.info("job %s is leased by %s until %s; this delivery exits without side effects", job_id, job.lease_owner,
+                 job.lease_expires_at.isoformat() if job.lease_expires_at else "?")
+        return None
+    seen_dead = job.lease_owner if job.status != states.QUEUED and leases.owner_dead_here(job.lease_owner) else None
+    same = [Job.attempt == job.attempt, leases.dead_lease_clause(now, seen_dead)]
+    with sessions.begin() as s:
+        if job.status == states.CANCELLING:
+            if states.transition(s, job_id, states.CANCELLED, where=same, phase=None,
+                                 event="cancelled; its worker died before it stopped the job, nothing published"):
+                _drop_workdir(LocalStore(settings), job_id)
+            return None
+        if job.status == states.RUNNING and job.attempt - job.handbacks >= settings.max_attempts:
+            msg = (f"the worker running this job died {job.attempt - job.handbacks} times; giving up "
+                   f"(STILLHOUSE_MAX_ATTEMPTS={settings.max_attempts})")
+            if states.transition(s, job_id, states.FAILED, only_from={states.RUNNING}, where=same, error_code="worker_lost",
+                                 error_message=msg, phase=None, event="failed: worker_lost", data={"code": "worker_lost", "message": msg}):
+                _drop_workdir(LocalStore(settings), job_id)
+            return None
+        attempt = job.attempt + 1
+        if job.status == states.RUNNING:
+            how = f"resumed after its worker ({job.lease_owner}) died"
+        elif job.handbacks:
+            how = "resumed after a hand-back"
+        else:
+            how = "started"
+        ok = states.transition(
+            s, job_id, states.RUNNING, where=same, attempt=attempt, worker=socket.gethostname(), lease_owner=owner,
+            lease_expires_at=leases.expiry(now, settings.lease_ttl_s), started_at=job.started_at or now,
+            event=f"{how} on {owner} (attempt {attempt})", data={"attempt": attempt, "worker": owner},
+        )
+    if not ok:
+        log.info("job %s was claimed or changed by someone else meanwhile; this delivery exits", job_id)
+        return None
+    return Claimed(attempt=attempt, runtime_s=float(job.runtime_s or 0.0), spec=job.spec)
 
 
 def _inputs(sessions, store: LocalStore, job_id: str) -> JobInputs:
@@ -67,78 +175,162 @@ def _inputs(sessions, store: LocalStore, job_id: str) -> JobInputs:
     return JobInputs(teacher=files[teacher.id], files=files)
 
 
-def _publish(sessions, store: LocalStore, job_id: str, paths: list[Path]) -> None:
-    """Move artifacts to ``jobs/<id>/artifacts/`` and record them (name, bytes, sha256)."""
+def _drop_workdir(store: LocalStore, job_id: str) -> None:
+    shutil.rmtree(store.path(f"{store.job_key(job_id)}/work"), ignore_errors=True)
+
+
+def _stage_artifacts(store: LocalStore, job_id: str, attempt: int, paths: list[Path]) -> tuple[str, list[Artifact]]:
+    """Move artifacts to ``jobs/<id>/artifacts/attempt-<n>/`` (a folder of this attempt only) and describe them
+    (name, bytes, sha256); returns the folder's key and the rows to insert."""
+    folder = f"{store.job_key(job_id)}/artifacts/attempt-{attempt}"
     rows = []
     for p in paths:
-        key = f"{store.job_key(job_id)}/artifacts/{p.name}"
+        key = f"{folder}/{p.name}"
         dst = store.path(key)
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(p), dst)
         ctype = CONTENT_TYPES.get(dst.suffix) or mimetypes.guess_type(dst.name)[0] or "application/octet-stream"
         rows.append(Artifact(job_id=job_id, name=p.name, bytes=dst.stat().st_size, sha256=sha256_file(dst),
                              content_type=ctype, storage_key=key))
-    with sessions.begin() as s:
-        s.query(Artifact).filter(Artifact.job_id == job_id).delete()
-        s.add_all(rows)
+    return folder, rows
 
 
 def execute(job_id: str, settings: Settings | None = None) -> str | None:
-    """Run job ``job_id`` to a final status; returns that status (None when the job was not run).
+    """Run job ``job_id`` to a final status; returns that status, ``queued`` when it was handed back, or None when
+    this process did not run it or lost it (see ``_claim``; a lost lease ends the run without writing anything).
 
-    Success publishes artifacts and the report and moves the job to ``succeeded``; a cancel ends it
-    ``cancelled`` with nothing published; a ``DistillError`` ends it ``failed`` with its code; any
-    other exception ends it ``failed`` with ``internal_error`` and the exception text.
+    Success publishes artifacts and the report and moves the job to ``succeeded`` in one transaction; a cancel ends
+    it ``cancelled`` with nothing published; a ``DistillError`` ends it ``failed`` with its code; any other exception
+    ends it ``failed`` with ``internal_error`` and the exception text. When the worker shuts down
+    (``worker.handback``), the job stops before its next step, keeps a checkpoint of that step, moves back to
+    ``queued`` (``handbacks + 1``) and its message is sent again. Each of these writes happens only while this
+    process holds the job's lease.
     """
     settings = settings or get_settings()
     sessions = session_factory(settings)
     store = LocalStore(settings)
-    job = _claim(sessions, job_id, settings.max_attempts)
-    if job is None:
+    if threading.current_thread() is threading.main_thread():
+        handback.install_child_handler()  # again: a pool may re-point signals after the child's initializer
+    if handback.requested():  # this worker is shutting down: leave the job to another one
+        log.info("job %s delivered while this worker shuts down; sending it back to the queue untouched", job_id)
+        _resend(sessions, settings, job_id)
         return None
+    owner = leases.owner_id()
+    claimed = _claim(sessions, job_id, owner, settings)
+    if claimed is None:
+        return None
+    lease = Lease(sessions, job_id, owner, settings.lease_ttl_s, claimed.runtime_s).start()
     workdir = store.path(f"{store.job_key(job_id)}/work")
     workdir.mkdir(parents=True, exist_ok=True)
-    reporter = SqlReporter(sessions, job_id, interval_s=settings.progress_interval_s)
+    reporter = SqlReporter(sessions, job_id, interval_s=settings.progress_interval_s, owner=owner, lease_lost=lease.lost,
+                           handback=handback.requested)
     t0 = time.monotonic()
     try:
-        spec = JobSpec.model_validate(job.spec)
-        result = run_job(spec, _inputs(sessions, store, job_id), workdir, reporter, max_unpacked_bytes=settings.max_unpacked_bytes)
-        reporter.flush()
-        if reporter.should_stop():
-            raise StopRequested()
-        _publish(sessions, store, job_id, list(result.artifacts))
-        with sessions.begin() as s:
-            ok = states.transition(s, job_id, states.SUCCEEDED, report=result.report, phase=None, progress_eta_s=0.0,
-                                   event=f"succeeded in {time.monotonic() - t0:.1f} s")
-            if not ok:  # cancelled while exporting: unpublish
-                s.query(Artifact).filter(Artifact.job_id == job_id).delete()
-        if not ok:
-            store.delete(f"{store.job_key(job_id)}/artifacts")
-            with sessions.begin() as s:
-                states.transition(s, job_id, states.CANCELLED, event="cancelled while exporting; nothing published")
-        shutil.rmtree(workdir, ignore_errors=True)
-        return states.SUCCEEDED if ok else states.CANCELLED
-    except StopRequested:
-        reporter.flush()
-        with sessions.begin() as s:
-            states.transition(s, job_id, states.CANCELLED, phase=None, event="cancelled; stopped between steps, nothing published")
-        shutil.rmtree(workdir, ignore_errors=True)
-        return states.CANCELLED
-    except DistillError as e:
-        log.warning("job %s failed: %s", job_id, e)
-        return _fail(sessions, job_id, e.code, e.message, reporter, workdir)
-    except Exception as e:  # noqa: BLE001 - the job must end failed, never stuck running
-        log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
-        return _fail(sessions, job_id, "internal_error", f"{type(e).__name__}: {e}", reporter, workdir)
+        try:
+            spec = JobSpec.model_validate(claimed.spec)
+            result = run_job(spec, _inputs(sessions, store, job_id), workdir, reporter, runtime_used_s=claimed.runtime_s,
+                             max_unpacked_bytes=settings.max_unpacked_bytes)
+            reporter.flush()
+            if reporter.cancel_requested():
+                raise StopRequested()
+            return _succeed(sessions, store, job_id, owner, claimed.attempt, lease, result, workdir, time.monotonic() - t0)
+        except StopRequested:
+            if reporter.stop_reason == HANDBACK:
+                return _hand_back(sessions, settings, job_id, owner, reporter, lease)
+            if reporter.stop_reason != CANCEL:
+                raise LeaseLost(f"job {job_id}: lease lost")
+            reporter.flush()
+            return _cancelled(sessions, store, job_id, owner, lease, "cancelled; stopped between steps, nothing published")
+        except LeaseLost:
+            raise
+        except DistillError as e:
+            log.warning("job %s failed: %s", job_id, e)
+            return _fail(sessions, store, job_id, owner, lease, e.code, e.message, reporter)
+        except Exception as e:  # noqa: BLE001 - the job must end failed, never stuck running
+            log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
+            return _fail(sessions, store, job_id, owner, lease, "internal_error", f"{type(e).__name__}: {e}", reporter)
+    except LeaseLost:
+        log.warning("job %s: this process (%s) lost its lease; stopped without writing anything more", job_id, owner)
+        return None
+    finally:
+        lease.stop()
 
 
-def _fail(sessions, job_id: str, code: str, message: str, reporter: SqlReporter, workdir: Path) -> str:
+def _succeed(sessions, store: LocalStore, job_id: str, owner: str, attempt: int, lease: Lease, result, workdir: Path,
+             seconds: float) -> str | None:
+    """Publish the artifacts and move the job to ``succeeded`` in one transaction, while holding the lease. A job
+    cancelled meanwhile ends ``cancelled`` with its staged artifacts deleted; a lost lease publishes nothing."""
+    if lease.lost():
+        raise LeaseLost(job_id)
+    folder, rows = _stage_artifacts(store, job_id, attempt, list(result.artifacts))
+    with sessions.begin() as s:
+        ok = states.transition(s, job_id, states.SUCCEEDED, holder=owner, report=result.report, phase=None, progress_eta_s=0.0,
+                               runtime_s=lease.runtime_s(), event=f"succeeded in {seconds:.1f} s")
+        if ok:
+            s.query(Artifact).filter(Artifact.job_id == job_id).delete()
+            s.add_all(rows)
+    if ok:
+        _drop_workdir(store, job_id)
+        return states.SUCCEEDED
+    store.delete(folder)
+    return _cancelled(sessions, store, job_id, owner, lease, "cancelled while exporting; nothing published")
+
+
+def _cancelled(sessions, store: LocalStore, job_id: str, owner: str, lease: Lease, event: str) -> str | None:
+    with sessions.begin() as s:
+        ok = states.transition(s, job_id, states.CANCELLED, only_from={states.CANCELLING}, holder=owner,
+                               phase=None, runtime_s=lease.runtime_s(), event=event)
+    if not ok:
+        raise LeaseLost(job_id)
+    _drop_workdir(store, job_id)
+    return states.CANCELLED
+
+
+def _fail(sessions, store: LocalStore, job_id: str, owner: str, lease: Lease, code: str, message: str,
+          reporter: SqlReporter) -> str | None:
     try:
         reporter.flush()
+    except LeaseLost:
+        raise
     except Exception:  # noqa: BLE001 - the failure itself must still be recorded
         log.exception("could not flush metrics of %s", job_id)
     with sessions.begin() as s:
-        states.transition(s, job_id, states.FAILED, error_code=code, error_message=message[:4000], phase=None,
-                          event=f"failed: {code}", data={"code": code, "message": message[:4000]})
-    shutil.rmtree(workdir, ignore_errors=True)
+        ok = states.transition(s, job_id, states.FAILED, holder=owner, error_code=code, error_message=message[:4000], phase=None,
+                               runtime_s=lease.runtime_s(), event=f"failed: {code}", data={"code": code, "message": message[:4000]})
+    if not ok:
+        raise LeaseLost(job_id)
+    _drop_workdir(store, job_id)
     return states.FAILED
+
+
+def _hand_back(sessions, settings: Settings, job_id: str, owner: str, reporter: SqlReporter, lease: Lease) -> str | None:
+    """The worker shuts down: release the lease, move the job back to ``queued`` (``handbacks + 1``; its checkpoint
+    stays in the work folder) and send its message again. A job cancelled meanwhile ends ``cancelled`` instead."""
+    reporter.flush()
+    with sessions.begin() as s:
+        ok = states.transition(s, job_id, states.QUEUED, only_from={states.RUNNING}, holder=owner, lease_owner=None,
+                               lease_expires_at=None, enqueued_at=None, handbacks=Job.handbacks + 1, phase=None,
+                               progress_eta_s=None, runtime_s=lease.runtime_s(), event=f"handed back by {owner} on shutdown",
+                               data={"worker": owner})
+    if not ok:
+        return _cancelled(sessions, LocalStore(settings), job_id, owner, lease, "cancelled; stopped between steps, nothing published")
+    log.info("job %s handed back on shutdown", job_id)
+    _resend(sessions, settings, job_id)
+    return states.QUEUED
+
+
+def _resend(sessions, settings: Settings, job_id: str) -> None:
+    """Send the job's message again and record it; when the broker cannot be reached, mark the job unsent so the
+    sweep sends it."""
+    from app.queue import enqueue_job, mark_sent
+
+    try:
+        enqueue_job(job_id, settings)
+    except Exception as e:  # noqa: BLE001 - any broker failure: the sweep sends it later
+        log.warning("job %s: could not send its message again (%s: %s); the sweep will", job_id, type(e).__name__, e)
+        with sessions.begin() as s:
+            s.execute(update(Job).where(Job.id == job_id, Job.status == states.QUEUED).values(enqueued_at=None, updated_at=utcnow())
+                      .execution_options(synchronize_session=False))
+        return
+    with sessions() as s:
+        mark_sent(s, job_id)

@@ -1,22 +1,35 @@
-"""Celery tasks. A task takes a job id only; the SQL job row is the truth."""
+"""Celery tasks and the worker's life-cycle hooks. A task takes a job id only; the SQL job row is the truth.
+
+Hooks: each pool child sets its PyTorch threads, drops the database connections it inherited from the main process
+and installs the hand-back signal handler (``worker.handback``); the main process runs the sweep (``app.sweep``)
+in a daemon thread once it is ready, and on shutdown tells its children to hand their jobs back.
+"""
 
 from __future__ import annotations
 
 import logging
 
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
 from app.settings import get_settings
+from worker import handback
 from worker.celery_app import RUN_JOB_TASK, celery_app
 
 log = logging.getLogger("stillhouse.worker")
 
+_stop_sweeper = None
+
 
 @worker_process_init.connect
-def _set_threads(**_: object) -> None:
-    """Set PyTorch's intra-op threads in each worker child (see ``Settings.resolved_torch_threads``)."""
+def _init_child(**_: object) -> None:
+    """In each worker child: PyTorch's intra-op threads (see ``Settings.resolved_torch_threads``), no database
+    connection shared with the parent, the hand-back signal handler, and the core imported before the first job."""
     import torch
 
+    from app.db import get_engine
+
+    get_engine().dispose(close=False)  # connections inherited through fork belong to the main process
+    handback.install_child_handler()
     n = get_settings().resolved_torch_threads()
     torch.set_num_threads(n)
     try:
@@ -28,9 +41,41 @@ def _set_threads(**_: object) -> None:
     log.info("worker child: torch intra-op threads = %d", n)
 
 
-@celery_app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True)
-def run_job(job_id: str) -> str | None:
-    """Run distillation job ``job_id`` (see ``worker.runner.execute``); returns its final status."""
+@worker_ready.connect
+def _start_sweeper(**_: object) -> None:
+    """In the worker's main process: sweep every ``STILLHOUSE_SWEEP_INTERVAL_S`` (re-send jobs whose worker died)."""
+    global _stop_sweeper
+    from app.sweep import start_sweeper
+
+    _stop_sweeper = start_sweeper(get_settings(), "stillhouse-worker-sweep")
+
+
+@worker_shutting_down.connect
+def _hand_back_jobs(**_: object) -> None:
+    """In the worker's main process, from its SIGTERM/SIGINT handler: tell every pool child to hand its job back
+    (it stops before its next step), so the warm shutdown ends within seconds; stop sweeping."""
+    handback.forward_to_children()
+    if _stop_sweeper is not None:
+        import threading
+
+        threading.Thread(target=_stop_sweeper, daemon=True).start()  # never block inside the signal handler
+
+
+DB_RETRY_S = 5.0  # seconds between deliveries of a job whose database could not be reached
+
+
+@celery_app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, bind=True, max_retries=None)
+def run_job(self, job_id: str) -> str | None:
+    """Run distillation job ``job_id`` (see ``worker.runner.execute``); returns its final status (``queued`` when
+    handed back, None when this delivery did not run it). When the database cannot be reached (``OperationalError``:
+    before the job was claimed, or while recording its end) the message is sent again ``DB_RETRY_S`` seconds later
+    (``celery.exceptions.Retry``), for as long as it takes, instead of being acknowledged and lost."""
+    from sqlalchemy.exc import OperationalError
+
     from worker.runner import execute
 
-    return execute(job_id)
+    try:
+        return execute(job_id)
+    except OperationalError as e:
+        log.warning("job %s: database unreachable (%s); delivering it again in %g s", job_id, str(e).splitlines()[0], DB_RETRY_S)
+        raise self.retry(exc=e, countdown=DB_RETRY_S)

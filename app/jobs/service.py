@@ -20,7 +20,7 @@ from app.jobs import states
 from app.jobs.schemas import JobError, JobObject, Progress, Timings
 from app.models import Artifact, File, Job, JobEvent, JobFile, Metric, new_id, utcnow
 from app.pagination import newest_first, oldest_first
-from app.queue import enqueue_job
+from app.queue import enqueue_job, mark_sent
 from app.settings import get_settings
 from worker.distill import models as registry
 from worker.distill.errors import DistillError
@@ -213,7 +213,9 @@ def _replay(session: Session, tenant_id: str, key: str, digest: str) -> Job | No
 
 
 def create_job(session: Session, spec: JobSpec, tenant_id: str, *, idempotency_key: str | None = None) -> tuple[Job, bool]:
-    """Create a queued job of ``tenant_id``, commit, then send its id to the workers. Returns (job, replayed).
+    """Create a queued job of ``tenant_id``, commit, then send its id to the workers and record the send
+    (``enqueued_at``). Returns (job, replayed). A job committed but never sent (the process died in between) keeps
+    ``enqueued_at`` NULL; the sweep (``app.sweep``) sends it.
 
     With ``idempotency_key`` (≤ 255 characters, unique per tenant) a repeat of the same body returns the job the
     key first created, with ``replayed`` True, and sends nothing to the broker; concurrent duplicates are
@@ -258,6 +260,11 @@ def create_job(session: Session, spec: JobSpec, tenant_id: str, *, idempotency_k
         session.commit()
         raise ServiceUnavailable(f"job {job.id} was created but the broker is unreachable ({type(e).__name__}); it is marked failed",
                                  code="broker_unavailable") from e
+    try:
+        mark_sent(session, job.id)
+    except Exception:  # noqa: BLE001 - the job is sent; left marked unsent, the sweep sends it once more (harmless)
+        session.rollback()
+        log.exception("could not record that %s was sent", job.id)
     return job, False
 
 

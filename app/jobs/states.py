@@ -6,9 +6,9 @@ so two processes racing (a cancel and a finishing worker, two deliveries of one 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
-from sqlalchemy import update
+from sqlalchemy import ColumnElement, update
 from sqlalchemy.orm import Session
 
 from app.models import Job, JobEvent, utcnow
@@ -26,7 +26,7 @@ ALLOWED_FROM: dict[str, frozenset[str]] = {
     CANCELLED: frozenset({QUEUED, RUNNING, CANCELLING}),
     SUCCEEDED: frozenset({RUNNING}),
     FAILED: frozenset({QUEUED, RUNNING, CANCELLING}),
-    QUEUED: frozenset(),
+    QUEUED: frozenset({RUNNING}),  # a graceful hand-back: the worker stopped on shutdown and re-sent the job
 }
 
 
@@ -35,12 +35,15 @@ class TransitionRefused(Exception):
 
 
 def transition(session: Session, job_id: str, to: str, *, only_from: set[str] | None = None, event: str | None = None,
-               data: dict[str, Any] | None = None, **fields: Any) -> bool:
+               data: dict[str, Any] | None = None, holder: str | None = None, where: Sequence[ColumnElement[bool]] = (),
+               **fields: Any) -> bool:
     """Move job ``job_id`` to status ``to`` if its current status allows it; set ``fields`` in the same UPDATE.
 
-    ``only_from`` narrows the allowed source states further (never widens them). Terminal states also set ``finished_at``. Adds a ``status`` event with message ``event`` (default
-    "status -> <to>"). Returns False (and changes nothing) when the current status forbids the move.
-    Does not commit. Raises ValueError for an unknown state.
+    ``only_from`` narrows the allowed source states further (never widens them). ``holder``: only while that
+    process holds the job's lease (``app.jobs.leases``); ``where``: further SQL conditions, all in the same
+    compare-and-set. Terminal states also set ``finished_at`` and clear the lease. Adds a ``status`` event with
+    message ``event`` (default "status -> <to>"). Returns False (and changes nothing) when the current status (or
+    a condition) forbids the move. Does not commit. Raises ValueError for an unknown state.
     """
     if to not in ALLOWED_FROM:
         raise ValueError(f"unknown job status {to!r}")
@@ -48,9 +51,14 @@ def transition(session: Session, job_id: str, to: str, *, only_from: set[str] | 
     values: dict[str, Any] = {"status": to, "updated_at": now, **fields}
     if to in TERMINAL:
         values.setdefault("finished_at", now)
+        values.setdefault("lease_owner", None)
+        values.setdefault("lease_expires_at", None)
     sources = ALLOWED_FROM[to] & only_from if only_from is not None else ALLOWED_FROM[to]
+    conditions = [Job.id == job_id, Job.status.in_(sources), *where]
+    if holder is not None:
+        conditions.append(Job.lease_owner == holder)
     res = session.execute(
-        update(Job).where(Job.id == job_id, Job.status.in_(sources)).values(**values)
+        update(Job).where(*conditions).values(**values)
         .execution_options(synchronize_session=False)
     )
     if res.rowcount != 1:

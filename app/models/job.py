@@ -18,7 +18,8 @@ class Job(Base):
     Durability columns: ``lease_owner`` / ``lease_expires_at`` (the worker that holds the job, renewed by its
     heartbeat; a second delivery finds a live lease and exits), ``enqueued_at`` (when the last message for it
     was sent; NULL = committed but never sent, which the sweep repairs), ``handbacks`` (graceful hand-backs,
-    not counted as worker deaths). ``idempotency_key`` + ``request_sha256``: the ``Idempotency-Key`` of the
+    not counted as worker deaths), ``runtime_s`` (seconds the job has run on workers, summed over attempts; written by the
+    heartbeat, checked against ``training.max_runtime_s``). ``idempotency_key`` + ``request_sha256``: the ``Idempotency-Key`` of the
     creating request and the sha256 of its body (unique per tenant).
     """
 
@@ -33,6 +34,7 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     handbacks: Mapped[int] = mapped_column(Integer, default=0)
+    runtime_s: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     name: Mapped[str | None] = mapped_column(String(200), nullable=True)

@@ -33,7 +33,8 @@ from .spec import JobSpec, OptimizerSpec, TrainingSpec
 from .teachers import Teacher
 
 CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 1  # written at epoch ends
+PARTIAL_CHECKPOINT_VERSION = 2  # written within an epoch when a job is handed back (``partial`` holds the epoch's state)
 EVAL_BATCH = 1024
 
 
@@ -267,6 +268,11 @@ def train_student(
     the student's forward under ``torch.autocast`` on ``device`` (fp16 with a gradient scaler); losses are
     computed in float32. After every epoch the student's parameters are checked to be finite.
 
+    When ``reporter.should_stop()`` is true before a step and ``reporter.checkpoint_on_stop()`` too (a hand-back: the
+    worker is shutting down), the loop first writes a *partial* checkpoint of the step it reached (the epoch's finished
+    steps, its running loss sums and predictions, and the RNG state), from which a resumed run skips those steps and
+    continues bit-identical to a straight run on CPU.
+
     Raises ``StopRequested`` (``reporter.should_stop()``, checked before every step),
     ``DistillError('max_runtime_exceeded')`` (deadline passed between steps) and
     ``DistillError('non_finite_loss')`` (a NaN/inf loss, detected at the next log point or epoch end).
@@ -295,8 +301,10 @@ def train_student(
     resumed: int | None = None
     final_terms: dict[str, float] = {}
     own_splits = [split_prefix + name for name in ("train", "train_epoch", "val")]  # the rows this pass writes
+    partial: dict[str, Any] | None = None  # the unfinished epoch's state, from a hand-back checkpoint
     ckpt = load_checkpoint(ckpt_path)
-    if ckpt is not None and (ckpt.get("version") != CHECKPOINT_VERSION or ckpt.get("fingerprint") != fingerprint):
+    if ckpt is not None and (ckpt.get("version") not in (CHECKPOINT_VERSION, PARTIAL_CHECKPOINT_VERSION)
+                             or ckpt.get("fingerprint") != fingerprint):
         reporter.event("checkpoint_ignored", "found a checkpoint of a different job spec; starting from scratch", None)
         ckpt = None
     if ckpt is not None:
@@ -308,9 +316,16 @@ def train_student(
         resumed = int(ckpt["epoch"])
         start_epoch, step, prior_elapsed = resumed + 1, int(ckpt["step"]), float(ckpt["elapsed_s"])
         final_terms = {k: float(v) for k, v in ckpt.get("loss_terms", {}).items()}
-        reporter.discard_metrics_after(resumed, None if owns_metrics else own_splits)
-        reporter.event("resumed", f"resumed from the checkpoint of epoch {resumed} (step {step})",
-                       {"epoch": resumed, "step": step})
+        partial = ckpt.get("partial")
+        if partial is not None:
+            reporter.discard_metrics_after(resumed, None if owns_metrics else own_splits, step=step)
+            reporter.event("resumed", f"resumed within epoch {resumed + 1} at step {step} ({int(partial['steps_done'])} of its "
+                           f"{spe} steps done) from the checkpoint saved when the job was handed back",
+                           {"epoch": resumed, "step": step, "steps_done_in_epoch": int(partial["steps_done"])})
+        else:
+            reporter.discard_metrics_after(resumed, None if owns_metrics else own_splits)
+            reporter.event("resumed", f"resumed from the checkpoint of epoch {resumed} (step {step})",
+                           {"epoch": resumed, "step": step})
     else:
         reporter.discard_metrics_after(0, None if owns_metrics else own_splits)
 
@@ -360,6 +375,24 @@ def train_student(
                                f"lower learning rate (now {training.optimizer.lr:g})"
                                f"{' or precision fp32' if amp_dtype is not None else ''}", "training.optimizer.lr")
 
+    def save_partial(epoch: int, steps_done: int, log_acc: torch.Tensor, ep_acc: torch.Tensor, log_count: int,
+                     preds: torch.Tensor) -> None:
+        """Write the hand-back checkpoint: ``steps_done`` steps of ``epoch`` finished, the next one not started."""
+        writer.wait()  # the previous epoch's checkpoint first, so this newer one is the one left on disk
+        rng = {"cpu": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        save_checkpoint(ckpt_path, {
+            "version": PARTIAL_CHECKPOINT_VERSION, "fingerprint": fingerprint, "epoch": epoch - 1, "step": step,
+            "student": student.state_dict(), "method": method.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "elapsed_s": prior_elapsed + time.perf_counter() - run_start,
+            "loss_terms": final_terms,
+            "partial": {"epoch": epoch, "steps_done": steps_done, "rng": rng, "log_acc": log_acc, "ep_acc": ep_acc,
+                        "log_count": log_count, "preds": preds},
+        })
+        reporter.event("checkpoint_saved", f"checkpoint at step {step} ({steps_done} of the {spe} steps of epoch {epoch}) "
+                       "saved to hand the job back", {"epoch": epoch - 1, "step": step, "steps_done_in_epoch": steps_done})
+
     try:
         for epoch in range(start_epoch, epochs + 1):
             es = epoch_seed(training.seed, epoch)
@@ -372,8 +405,21 @@ def train_student(
             ep_acc = torch.zeros(n_terms, device=device)
             preds = torch.empty(seen.shape[0], dtype=torch.int64, device=device)
             log_count = 0
-            for i in range(spe):
+            first = 0
+            if partial is not None and int(partial["epoch"]) == epoch:  # continue the epoch a hand-back interrupted
+                first = int(partial["steps_done"])
+                torch.set_rng_state(partial["rng"]["cpu"])
+                if device.type == "cuda" and "cuda" in partial["rng"]:
+                    torch.cuda.set_rng_state(partial["rng"]["cuda"], device)
+                log_acc.copy_(partial["log_acc"].to(device))
+                ep_acc.copy_(partial["ep_acc"].to(device))
+                preds.copy_(partial["preds"].to(device))
+                log_count = int(partial["log_count"])
+                partial = None
+            for i in range(first, spe):
                 if reporter.should_stop():
+                    if getattr(reporter, "checkpoint_on_stop", lambda: False)():
+                        save_partial(epoch, i, log_acc, ep_acc, log_count, preds)
                     raise StopRequested(f"stop requested before step {step + 1}")
                 if time.perf_counter() > deadline:
                     raise DistillError("max_runtime_exceeded",

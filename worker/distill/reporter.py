@@ -38,23 +38,31 @@ class Reporter(Protocol):
     def event(self, type: str, message: str, data: dict[str, Any] | None = None) -> None:
         """Record a notable event (resumed, checkpoint_saved, ...)."""
 
-    def discard_metrics_after(self, epoch: int, splits: Sequence[str] | None = None) -> None:
-        """Drop metric rows with ``epoch > epoch`` (only those of ``splits`` when given): called when (re)starting a
-        training pass from a checkpoint of that epoch (0 = none), so a resumed pass never logs an epoch twice."""
+    def discard_metrics_after(self, epoch: int, splits: Sequence[str] | None = None, step: int | None = None) -> None:
+        """Drop metric rows with ``epoch > epoch`` (only those of ``splits`` when given), or, with ``step`` (a checkpoint
+        taken within an epoch), those with ``step > step``: called when (re)starting a training pass from a checkpoint
+        of that epoch (0 = none), so a resumed pass never logs an epoch or a step twice."""
 
     def should_stop(self) -> bool:
-        """True when the job was cancelled; checked between steps."""
+        """True when the job must stop (cancelled, or its worker is shutting down); checked between steps."""
+
+    def checkpoint_on_stop(self) -> bool:
+        """Asked once ``should_stop()`` is true: True when the stop is a hand-back (the job will resume elsewhere), so
+        the loop saves a checkpoint of the step it reached; False for a cancel. Optional: a reporter without this
+        method is treated as returning False."""
 
 
 @dataclass
 class RecordingReporter:
-    """A ``Reporter`` that keeps everything in lists (for tests and library use); ``stop_after_steps`` simulates a cancel."""
+    """A ``Reporter`` that keeps everything in lists (for tests and library use); ``stop_after_steps`` simulates a cancel
+    after that many ``should_stop`` checks, or, with ``hand_back``, a hand-back (``checkpoint_on_stop`` is then true)."""
 
     phases: list[str] = field(default_factory=list)
     progress_calls: list[dict[str, Any]] = field(default_factory=list)
     rows: list[MetricRow] = field(default_factory=list)
     events: list[tuple[str, str, dict[str, Any] | None]] = field(default_factory=list)
     stop_after_steps: int | None = None
+    hand_back: bool = False
     _checks: int = 0
 
     def phase(self, phase: str) -> None:
@@ -71,9 +79,13 @@ class RecordingReporter:
     def event(self, type: str, message: str, data: dict[str, Any] | None = None) -> None:
         self.events.append((type, message, data))
 
-    def discard_metrics_after(self, epoch: int, splits: Sequence[str] | None = None) -> None:
-        self.rows = [r for r in self.rows if r.epoch <= epoch or (splits is not None and r.split not in splits)]
+    def discard_metrics_after(self, epoch: int, splits: Sequence[str] | None = None, step: int | None = None) -> None:
+        self.rows = [r for r in self.rows if (r.step <= step if step is not None else r.epoch <= epoch)
+                     or (splits is not None and r.split not in splits)]
 
     def should_stop(self) -> bool:
         self._checks += 1
         return self.stop_after_steps is not None and self._checks > self.stop_after_steps
+
+    def checkpoint_on_stop(self) -> bool:
+        return self.hand_back

@@ -1,0 +1,72 @@
+"""Helpers of the durability tests: jobs committed but never sent, the broker's queue depth, a dead process id."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime, timedelta
+
+from sqlalchemy import update
+
+from app.models import DEFAULT_TENANT, Job, JobEvent, JobFile, new_id, utcnow
+from app.settings import Settings
+
+
+def commit_unsent_job(settings: Settings, spec: dict, tenant_id: str = DEFAULT_TENANT) -> str:
+    """Commit a queued job exactly as ``POST /v1/jobs`` does, but never send its message: what is left when the API
+    dies between the commit and the send. Returns the job id."""
+    from app.db import session_factory
+    from app.jobs import states
+    from app.jobs.service import validate_references
+    from worker.distill.spec import JobSpec
+
+    parsed = JobSpec.model_validate(spec)
+    with session_factory(settings).begin() as s:
+        files = validate_references(s, parsed, tenant_id)
+        job = Job(id=new_id("job"), tenant_id=tenant_id, name=parsed.name, status=states.QUEUED, spec=parsed.model_dump(mode="json"), attempt=0)
+        s.add(job)
+        s.flush()
+        for role, f in files.items():
+            s.add(JobFile(job_id=job.id, role=role, file_id=f.id))
+        s.add(JobEvent(job_id=job.id, type="status", message="job created and queued", data={"status": states.QUEUED}))
+        return job.id
+
+
+def set_job(settings: Settings, job_id: str, **values) -> None:
+    """Write columns of a job row directly (to put it in the state a crash leaves)."""
+    from app.db import session_factory
+
+    with session_factory(settings).begin() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def ago(seconds: float) -> datetime:
+    """UTC now minus ``seconds``."""
+    return utcnow() - timedelta(seconds=seconds)
+
+
+def queue_depth(settings: Settings) -> int:
+    """Messages waiting in the settings' queue on its real broker (Redis list or filesystem folder)."""
+    from app.queue import celery
+
+    with celery(settings).connection_for_read() as conn:
+        return conn.default_channel.queue_declare(settings.queue).message_count
+
+
+def drain_queue(settings: Settings) -> list[str]:
+    """Take every waiting message off the queue; returns the job ids they carried, in order."""
+    from app.queue import celery
+
+    ids = []
+    with celery(settings).connection_for_read() as conn:
+        ch = conn.default_channel
+        while (msg := ch.basic_get(settings.queue, no_ack=True)) is not None:
+            ids.append(msg.decode()[0][0])  # Celery message protocol 2: body = [args, kwargs, embed]
+    return ids
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid

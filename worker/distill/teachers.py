@@ -116,7 +116,10 @@ class TorchTeacher(Teacher):
         decision depends on the model and data only (never on a timing), so equal specs stay bit-identical."""
         if sample.dim() != 4 or self.device.type != "cpu":
             return None
-        ref = self.forward(sample)
+        try:
+            ref = self.forward(sample)
+        except Exception:  # noqa: BLE001 - not this method's error to report: training will meet it with its own message
+            return None
         try:
             self.module.to(memory_format=torch.channels_last)
             self.memory_format = torch.channels_last

@@ -103,6 +103,21 @@ def bare(teacher_path: Path, epochs: int) -> tuple[float, float]:
     return time.perf_counter() - t0, acc
 
 
+def job_spec(teacher_id: str, epochs: int, cache: str = "off") -> dict:
+    """The benchmark's job spec (JSON-shaped): mnist5k with the default 80/20 split (seed 0), ``STUDENT_ARCH``, kd with
+    ``T``/``ALPHA``, AdamW (``LR``, no weight decay) with a per-step cosine schedule, ``BATCH``, ``SEED``, ``epochs``, and
+    ``cache.teacher_outputs`` = ``cache`` ('off': the teacher runs at every step, the same work as the bare loop)."""
+    return {
+        "name": "bench", "teacher": {"file_id": teacher_id},
+        "student": {"architecture": STUDENT_ARCH},
+        "data": {"train": {"builtin": "mnist5k"}, "validation": {"fraction": 0.2, "seed": 0}},
+        "method": {"name": "kd", "temperature": T, "alpha": ALPHA},
+        "cache": {"teacher_outputs": cache},
+        "training": {"epochs": epochs, "batch_size": BATCH, "optimizer": {"name": "adamw", "lr": LR, "weight_decay": 0.0},
+                     "schedule": "cosine", "seed": SEED},
+    }
+
+
 class Service:
     """API + one worker on a fresh embedded data dir, 1 torch thread per job."""
 
@@ -122,16 +137,10 @@ class Service:
         self.client = Stillhouse(f"http://127.0.0.1:{self.port}")
         self.client.wait_ready(timeout_s=90)
 
-    def run(self, teacher_id: str, epochs: int) -> tuple[float, float, dict]:
-        spec = {
-            "name": "bench", "teacher": {"file_id": teacher_id},
-            "student": {"architecture": STUDENT_ARCH},
-            "data": {"train": {"builtin": "mnist5k"}, "validation": {"fraction": 0.2, "seed": 0}},
-            "method": {"name": "kd", "temperature": T, "alpha": ALPHA},
-            "cache": {"teacher_outputs": "off"},  # the same work as the bare loop: the teacher runs at every step
-            "training": {"epochs": epochs, "batch_size": BATCH, "optimizer": {"name": "adamw", "lr": LR, "weight_decay": 0.0},
-                         "schedule": "cosine", "seed": SEED},
-        }
+    def run(self, teacher_id: str, epochs: int, cache: str = "off") -> tuple[float, float, dict]:
+        """Run ``job_spec(teacher_id, epochs, cache)`` as a job: returns (seconds from POST to succeeded, student
+        validation top-1 as a fraction, the job's report). Raises ``SystemExit`` when the job does not succeed."""
+        spec = job_spec(teacher_id, epochs, cache)
         t0 = time.perf_counter()
         job = self.client.create_job(spec)
         job = self.client.wait(job.id, poll_s=0.25)

@@ -2,8 +2,9 @@
 
 Reliability settings: ``task_acks_late`` + ``task_reject_on_worker_lost`` (a job whose worker child dies is
 redelivered and resumes from its last epoch checkpoint), prefetch 1 (a long job never holds a second
-one hostage), no result backend (the SQL job row is the truth). Redeliveries are harmless: a job runs only under
-its database lease (``worker.runner``), and the sweep (``app.sweep``) re-sends what no broker redelivers.
+one hostage), no result backend (the SQL job row is the truth), and children given ``CHILD_START_TIMEOUT_S``
+to start. Redeliveries are harmless: a job runs only under its database lease (``worker.runner``), and the
+sweep (``app.sweep``) re-sends what no broker redelivers.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from celery import Celery
 from app.settings import Settings, get_settings
 
 RUN_JOB_TASK = "stillhouse.run_job"
+# A prefork child must report "up" within this many seconds or Celery SIGKILLs it and starts another. Celery's default
+# (4 s) is shorter than a child's start here (worker_process_init imports torch and the core: 3-8 s on a busy 2-core
+# machine), which turned every child restart, e.g. after a killed job, into an endless kill-and-restart loop.
+CHILD_START_TIMEOUT_S = 120.0
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
@@ -32,6 +37,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
+        worker_proc_alive_timeout=CHILD_START_TIMEOUT_S,
     )
     if settings.is_embedded_broker:
         folder = (settings.data_dir / "broker").resolve()

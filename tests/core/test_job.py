@@ -38,6 +38,7 @@ def test_distils_digits_teacher_into_mlp(teacher_file, tmp_path):
     assert r["parameter_ratio"] > 1 and r["flops_ratio"] > 1
     assert set(r["speedup"]) == {"1", "16"} and set(r["teacher"]["latency_ms"]["16"]) == {"p50", "p95"}
     assert r["onnx"]["max_abs_diff"] < 1e-3 and r["onnx"]["opset"] == 17
+    assert any("channels-last" in note for note in r["teacher"]["notes"])  # a CPU conv teacher runs NHWC
     assert r["training"]["steps"] == 12 * SPE and r["training"]["resumed_from_epoch"] is None
     assert set(r["training"]["final_loss_terms"]) == {"kd", "ce", "total"}
     assert r["data"]["validation"]["rows"] == 360 and r["data"]["num_classes"] == 10

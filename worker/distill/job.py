@@ -289,6 +289,9 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     if teacher.input_shape is None:
         teacher.input_shape = list(data.input_shape)
     k = _probe(spec, teacher, data, device)
+    layout_note = teacher.use_channels_last(data.train_x[: spec.training.batch_size].to(device))
+    if layout_note:
+        teacher.notes.append(layout_note)
     student, filled = _build_student(spec, teacher, data, k, device)
     _probe_student(student, filled, data, k, device)
     all_labelled = data.counts["unlabelled"] == 0

@@ -35,7 +35,14 @@ from .teachers import Teacher
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_VERSION = 1  # written at epoch ends
 PARTIAL_CHECKPOINT_VERSION = 2  # written within an epoch when a job is handed back (``partial`` holds the epoch's state)
-EVAL_BATCH = 1024
+EVAL_BATCH = 1024  # rows per no-grad inference batch (teacher cache, validation) on an accelerator
+CPU_EVAL_BATCH = 128  # ... and on the CPU, where big conv batches fall out of cache: one thread ran the mnist5k CNN
+# teacher over 4,000 rows about 2x slower in 1,024-row batches than in 64-128-row ones (bench/vs_torchdistill.py)
+
+
+def inference_batch(device: torch.device) -> int:
+    """Rows per no-grad inference batch on ``device``: ``CPU_EVAL_BATCH`` on the CPU, else ``EVAL_BATCH``."""
+    return CPU_EVAL_BATCH if device.type == "cpu" else EVAL_BATCH
 
 
 @dataclass
@@ -50,13 +57,15 @@ class TeacherCache:
     bytes: int
 
 
-def teacher_outputs(teacher: Teacher, x: torch.Tensor, layers: list[str], batch: int = EVAL_BATCH,
+def teacher_outputs(teacher: Teacher, x: torch.Tensor, layers: list[str], batch: int | None = None,
                     param: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The teacher's logits ``[N, K]`` and features ``{layer: [N, ...]}`` (forward hooks on ``teacher.module``, see
-    ``features.FeatureRecorder``) for ``x [N, ...]``, in batches of ``batch`` rows, as ordinary (non-inference)
+    ``features.FeatureRecorder``) for ``x [N, ...]``, in batches of ``batch`` rows (default
+    ``inference_batch(x.device)``), as ordinary (non-inference)
     tensors on ``x``'s device. On the CPU a row's outputs do not depend on the batch it is computed in, so
     these equal the per-step ones bit for bit. Raises ``DistillError('invalid_spec')`` for a layer the teacher
     lacks or a teacher without modules (layers requested of an ONNX teacher)."""
+    batch = batch or inference_batch(x.device)
     rec = None
     if layers:
         module = getattr(teacher, "module", None)
@@ -227,8 +236,10 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
 
 
 @torch.no_grad()
-def batched_logits(fn: Any, x: torch.Tensor, batch: int = EVAL_BATCH) -> torch.Tensor:
-    """Concatenated ``fn(x[i:i+batch])`` over ``x [N, ...]`` → ``[N, K]`` (no grad)."""
+def batched_logits(fn: Any, x: torch.Tensor, batch: int | None = None) -> torch.Tensor:
+    """Concatenated ``fn(x[i:i+batch])`` over ``x [N, ...]`` → ``[N, K]`` (no grad); ``batch`` defaults to
+    ``inference_batch(x.device)``."""
+    batch = batch or inference_batch(x.device)
     return torch.cat([fn(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
 
 

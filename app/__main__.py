@@ -318,7 +318,11 @@ def keys_revoke(key: str = typer.Argument(..., metavar="KEY_ID_OR_PREFIX", help=
 
 
 def main() -> None:
-    """Command-line entry: ``python -m app [serve|up|tenants …|keys …]`` (default ``serve``)."""
+    """Command-line entry: ``python -m app [serve|up|sweep|tenants …|keys …]`` (default ``serve``). Invalid
+    ``STILLHOUSE_*`` settings end it with one line each and status 2."""
+    from app.settings import settings_or_exit
+
+    settings_or_exit()
     cli(prog_name="python -m app")
 
 

@@ -133,6 +133,8 @@ def install_error_handlers(app: FastAPI) -> None:
             param, msg = None, f"the request body is not valid JSON ({first.get('ctx', {}).get('error', msg)})"
         elif first.get("type") == "missing" and param is None:
             msg = "the request body is required (a JSON object)"
+        elif param is None and tuple(first.get("loc", ())) == ("body",) and first.get("type") in ("model_attributes_type", "dict_type"):
+            msg = "the request body must be a JSON object sent with 'Content-Type: application/json' (the CLI also reads YAML files)"
         elif first.get("type") == "extra_forbidden":
             msg = f"unknown field {param!r}"
         elif param:

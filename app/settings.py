@@ -9,11 +9,12 @@ transport (needs no server) and artifacts under ``./var/``. Production sets
 from __future__ import annotations
 
 import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import ByteSize, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,9 +28,9 @@ class Settings(BaseSettings):
     broker_url: str = Field("filesystem://", description="Celery broker URL; 'filesystem://' is the embedded transport under <data_dir>/broker.")
     host: str = Field("127.0.0.1", description="API bind address.")
     port: int = Field(8000, ge=1, le=65535, description="API port.")
-    max_upload_bytes: int = Field(2 * 1024**3, ge=1, description="Largest accepted upload, bytes; larger ones get 413.")
-    max_unpacked_bytes: int = Field(4 * 1024**3, ge=1, description="Largest unpacked size of an uploaded Hugging Face archive, bytes; larger ones get 422.")
-    upload_chunk_bytes: int = Field(1024 * 1024, ge=4096, description="Chunk size used when streaming uploads and downloads, bytes.")
+    max_upload_bytes: ByteSize = Field(2 * 1024**3, ge=1, description="Largest accepted upload, bytes; larger ones get 413.")
+    max_unpacked_bytes: ByteSize = Field(4 * 1024**3, ge=1, description="Largest unpacked size of an uploaded Hugging Face archive, bytes; larger ones get 422.")
+    upload_chunk_bytes: ByteSize = Field(1024 * 1024, ge=4096, description="Chunk size used when streaming uploads and downloads, bytes.")
     worker_concurrency: int = Field(1, ge=1, description="Jobs one worker process runs at once (Celery prefork children).")
     torch_threads: int | None = Field(
         None, ge=1, description="PyTorch intra-op threads per job; default: cores available / worker concurrency."
@@ -53,13 +54,16 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds a queued job may stay unsent (row committed, message never sent: the API died "
                                 "between the two) before the sweep sends it.")
     progress_interval_s: float = Field(0.5, gt=0, description="Least seconds between progress/cancel-check writes to SQL.")
+    max_student_parameters: int = Field(
+        1_000_000_000, ge=1, description="Largest student (parameters) a job may ask for; more gets 422 student_too_large. "
+                                         "Training takes about 16 bytes per parameter (fp32 weights, gradients, AdamW state).")
     auth: Literal["auto", "required", "off"] = Field(
         "auto", description="API keys: 'auto' = off when bound to loopback (host 127.0.0.0/8, ::1, localhost), required otherwise; "
                             "'required'; 'off' (refused at start-up unless the host is loopback).")
     max_running_jobs_per_tenant: int = Field(
         50, ge=1, description="Live jobs (queued, running, cancelling) one tenant may have; more get 429. A tenant's own "
                               "max_running_jobs overrides it.")
-    max_storage_bytes_per_tenant: int = Field(
+    max_storage_bytes_per_tenant: ByteSize = Field(
         100 * 1024**3, ge=1, description="Bytes one tenant may store (its uploads + its jobs' artifacts); an upload over it gets "
                                          "413. A tenant's own max_storage_bytes overrides it.")
     db_pool_size: int = Field(
@@ -97,3 +101,14 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings (cached; tests clear the cache with ``get_settings.cache_clear()``)."""
     return Settings()
+
+
+def settings_or_exit() -> Settings:
+    """The settings, or exit with status 2 and one line per invalid ``STILLHOUSE_*`` variable (instead of a
+    traceback). Sizes in bytes accept units (``2GiB``, ``500MB``); see pydantic's ``ByteSize``."""
+    try:
+        return get_settings()
+    except ValidationError as e:
+        lines = [f"STILLHOUSE_{'_'.join(str(p) for p in err['loc']).upper()}={err.get('input')!r}: {err['msg']}" for err in e.errors()]
+        print("stillhouse: invalid settings:\n  " + "\n  ".join(lines), file=sys.stderr)
+        raise SystemExit(2) from None

@@ -179,10 +179,15 @@ def run_sweeper(settings: Settings, stop: threading.Event) -> None:
     logged and the next pass tries again."""
     from app.db import session_factory
 
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
     sessions = session_factory(settings)
     while not stop.is_set():
         try:
             sweep(sessions, utcnow(), settings)
+        except (OperationalError, ProgrammingError) as e:  # database down, or not migrated yet (a worker started with the API)
+            log.warning("sweep skipped: database not reachable or not migrated yet (%s); retrying in %g s",
+                        str(e.orig if hasattr(e, "orig") else e).splitlines()[0], settings.sweep_interval_s)
         except Exception:  # noqa: BLE001 - keep sweeping through outages
             log.exception("sweep failed; retrying in %g s", settings.sweep_interval_s)
         stop.wait(settings.sweep_interval_s)

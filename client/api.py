@@ -72,7 +72,7 @@ class JobError(_Model):
 
 
 class Job(_Model):
-    """A job: status, phase, progress, error, attempt, timestamps, timings and its spec."""
+    """A job: status, phase, progress, error, attempt (and how many were hand-backs), timestamps, timings and its spec."""
 
     id: str
     name: str | None = None
@@ -81,6 +81,7 @@ class Job(_Model):
     progress: Progress
     error: JobError | None = None
     attempt: int
+    handbacks: int = 0
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None

@@ -102,13 +102,18 @@ def _touch(session: Session, key_id: str, now: datetime) -> None:
 
 
 # -- admin: tenants --------------------------------------------------------------------------------------------------
+MAX_JOBS_LIMIT = 2**31 - 1  # jobs.max_running_jobs is a 32-bit INTEGER
+MAX_BYTES_LIMIT = 2**63 - 1  # tenants.max_storage_bytes is a 64-bit BIGINT
+
+
 def _check_limits(max_running_jobs: int | None, max_storage_bytes: int | None) -> None:
-    if max_running_jobs is not None and max_running_jobs < 1:
-        raise Unprocessable(f"max_running_jobs must be at least 1 (or unset for the service default); got {max_running_jobs}",
-                            param="max_running_jobs")
-    if max_storage_bytes is not None and max_storage_bytes < 1:
-        raise Unprocessable(f"max_storage_bytes must be at least 1 byte (or unset for the service default); got {max_storage_bytes}",
-                            param="max_storage_bytes")
+    """Raises Unprocessable when a limit is below 1 or beyond what its column holds."""
+    if max_running_jobs is not None and not 1 <= max_running_jobs <= MAX_JOBS_LIMIT:
+        raise Unprocessable(f"max_running_jobs must be between 1 and {MAX_JOBS_LIMIT:,} (or unset for the service default); "
+                            f"got {max_running_jobs}", param="max_running_jobs")
+    if max_storage_bytes is not None and not 1 <= max_storage_bytes <= MAX_BYTES_LIMIT:
+        raise Unprocessable(f"max_storage_bytes must be between 1 byte and {MAX_BYTES_LIMIT:,} bytes (or unset for the service "
+                            f"default); got {max_storage_bytes}", param="max_storage_bytes")
 
 
 def get_tenant(session: Session, name: str) -> Tenant:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
@@ -9,7 +10,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import CurrentTenant, SessionDep, StoreDep
-from app.errors import ERROR_RESPONSES, ErrorResponse
+from app.errors import ERROR_RESPONSES, ErrorResponse, ServiceUnavailable
 from app.jobs import service
 from app.jobs.download import ArtifactResponse
 from app.jobs.schemas import ArtifactList, ArtifactObject, EventObject, JobObject, MetricObject, Status
@@ -17,6 +18,7 @@ from app.pagination import Limit, Page
 from worker.distill.spec import JobSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+log = logging.getLogger("stillhouse.api")
 
 MAX_ID = 2**63 - 1  # ids are 64-bit integers in SQL
 JobId = Annotated[str, Path(description="Job id, 'job_…'.")]
@@ -115,10 +117,20 @@ def list_artifacts(job_id: JobId, session: SessionDep, tenant: CurrentTenant) ->
 
 
 @router.get("/{job_id}/artifacts/{name}", response_class=FileResponse,
-            responses={200: {"content": {"application/octet-stream": {}}, "description": "The artifact's bytes"}, **ERROR_RESPONSES})
+            responses={200: {"content": {"application/octet-stream": {}}, "description": "The artifact's bytes"},
+                       503: {"model": ErrorResponse, "description": "The artifact's bytes are not in this server's storage"},
+                       **ERROR_RESPONSES})
 def download_artifact(job_id: JobId, name: Annotated[str, Path(description="Artifact name, e.g. student.safetensors.")],
                       session: SessionDep, store: StoreDep, tenant: CurrentTenant) -> FileResponse:
     """Download an artifact, streamed, with Content-Length, ``ETag`` = its sha256, and ``Range`` support (206;
-    a malformed Range is ignored, an unsatisfiable one gets 416 ``range_not_satisfiable``)."""
+    a malformed Range is ignored, an unsatisfiable one gets 416 ``range_not_satisfiable``). 503
+    ``artifact_unavailable`` when the row exists but its bytes are not in this API's storage (API and workers not
+    sharing ``STILLHOUSE_DATA_DIR``, or the file removed by hand)."""
     a = service.get_artifact(session, job_id, name, tenant.id)
-    return ArtifactResponse(store.path(a.storage_key), sha256=a.sha256, media_type=a.content_type, filename=a.name)
+    path = store.path(a.storage_key)
+    if not path.is_file():
+        log.error("artifact %s of %s is recorded but %s is missing", a.name, job_id, path)
+        raise ServiceUnavailable(f"artifact {a.name!r} of job {job_id} is recorded but its bytes are not in this server's storage; "
+                                 "the API and the workers must share STILLHOUSE_DATA_DIR (the operator is told in the API log)",
+                                 code="artifact_unavailable")
+    return ArtifactResponse(path, sha256=a.sha256, media_type=a.content_type, filename=a.name)

@@ -48,7 +48,10 @@ class JobObject(BaseModel):
     phase: str | None = Field(None, description="While running: loading_teacher, caching_teacher_outputs, training, evaluating, exporting.")
     progress: Progress = Field(..., description="Training progress.")
     error: JobError | None = Field(None, description="Set when the job failed.")
-    attempt: int = Field(..., description="How many times a worker started this job (2+ after a redelivery/resume).")
+    attempt: int = Field(..., description="How many times a worker started this job (2+ after a resume: a worker died or "
+                                          "handed the job back).")
+    handbacks: int = Field(0, description="How many of those starts followed a graceful hand-back (a worker stopped with "
+                                          "SIGTERM); attempt - handbacks counts toward STILLHOUSE_MAX_ATTEMPTS.")
     created_at: datetime = Field(..., description="Creation time, ISO-8601 UTC.")
     updated_at: datetime = Field(..., description="Last change, ISO-8601 UTC.")
     started_at: datetime | None = Field(None, description="First start on a worker.")

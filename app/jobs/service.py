@@ -67,24 +67,33 @@ def _check_architecture(prefix: str, name: str, kwargs: dict, files: dict[str, F
     """Refuse unknown argument names and out-of-range values now (422) rather than in a failed job.
 
     The model is built on PyTorch's ``meta`` device (no memory) with the shapes known at this point;
-    where the input shape is not known yet only the argument names are checked.
+    where the input shape is not known yet only the argument names are checked. A student with more than
+    ``STILLHOUSE_MAX_STUDENT_PARAMETERS`` parameters gets 422 ``student_too_large`` (it would exhaust the worker's
+    memory: about 16 bytes per parameter with AdamW in fp32).
     """
     shape, k = _known_shapes(files, spec)
     full = {"num_classes": k or 2, **kwargs}
     if shape is not None:
         full.setdefault("input_shape", list(shape))
+    parameters = None
     try:
         if "input_shape" in full:
             import torch
 
             with torch.device("meta"):
-                registry.build(name, full)
+                parameters = registry.parameter_count(registry.build(name, full))
         else:
             registry.describe(name, {"input_shape": [1, 1, 1], **full})
     except DistillError as e:
         raise Unprocessable(f"{prefix}: {e.message}", param=f"{prefix.rsplit('.', 1)[0]}.{e.param}" if e.param else prefix) from e
     except Exception as e:  # noqa: BLE001 - shapes guessed here may be wrong; the worker checks with the real data
         log.debug("architecture %s not checked at creation (%s: %s); the worker will", name, type(e).__name__, e)
+    limit = get_settings().max_student_parameters
+    if prefix.startswith("student") and parameters is not None and parameters > limit:
+        raise Unprocessable(f"{prefix}: this {name} student would have {parameters:,} parameters (about "
+                            f"{parameters * 16 / 1024**3:,.1f} GiB to train with AdamW in fp32), over this service's limit of "
+                            f"{limit:,} (STILLHOUSE_MAX_STUDENT_PARAMETERS); make it smaller", param=prefix,
+                            code="student_too_large")
 
 
 TEXT_TASKS = ("sequence_classification", "sentence_embedding")
@@ -340,7 +349,7 @@ def to_schema(job: Job) -> JobObject:
     """The API view of a job row."""
     now = utcnow()
     return JobObject(
-        id=job.id, name=job.name, status=job.status, phase=job.phase, attempt=job.attempt,
+        id=job.id, name=job.name, status=job.status, phase=job.phase, attempt=job.attempt, handbacks=job.handbacks or 0,
         progress=Progress(epoch=job.progress_epoch, epochs=job.progress_epochs, step=job.progress_step,
                           total_steps=job.progress_total_steps, fraction=job.progress_fraction, eta_s=job.progress_eta_s),
         error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,

@@ -184,7 +184,10 @@ async def test_admin_command_creates_lists_limits_and_revokes(api, backend):
     tenants = {t["name"]: t for t in json.loads(_run(["tenants", "list", "--json"], backend).stdout)}
     assert tenants["acme"]["max_running_jobs_is_default"] is True and tenants["acme"]["max_storage_bytes"] == 5_000_000
     bad = _run(["tenants", "set-limits", "acme", "--max-running-jobs", "0"], backend)
-    assert bad.returncode == 1 and "at least 1" in bad.stderr
+    assert bad.returncode == 1 and "between 1 and" in bad.stderr
+    for option, value in (("--max-running-jobs", "3000000000"), ("--max-storage-bytes", "99999999999999999999999")):
+        huge = _run(["tenants", "set-limits", "acme", option, value], backend)  # beyond the column: a clear message, not SQL's
+        assert huge.returncode == 1 and "between 1" in huge.stderr and "database" not in huge.stderr, huge.stderr
 
     revoked = _run(["keys", "revoke", rows[0]["id"]], backend)
     assert revoked.returncode == 0 and "revoked" in revoked.stderr, revoked.stderr

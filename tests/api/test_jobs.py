@@ -279,6 +279,35 @@ async def test_artifact_download_ranges(api, backend, teacher_id):
     assert err["param"] == "Range"
 
 
+async def test_artifact_whose_bytes_are_missing_is_a_clear_503(api, backend, teacher_id):
+    """A recorded artifact whose file is not in this API's storage (data dir not shared, file removed by hand)."""
+    from app.db import session_scope
+    from app.models import Artifact
+
+    job = (await api.post("/v1/jobs", json=spec_for(teacher_id))).json()
+    with session_scope() as s:
+        s.add(Artifact(job_id=job["id"], name="student.onnx", bytes=10, sha256="0" * 64,
+                       content_type="application/octet-stream", storage_key=f"jobs/{job['id']}/artifacts/student.onnx"))
+    err = assert_error(await api.get(f"/v1/jobs/{job['id']}/artifacts/student.onnx"), 503, "artifact_unavailable")
+    assert "STILLHOUSE_DATA_DIR" in err["message"]
+
+
+async def test_a_student_too_large_to_train_is_refused_at_creation(api, teacher_id, monkeypatch):
+    """Each width is in range, but two 1M-wide layers make a 10^12-parameter student: 422 naming the parameter count."""
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(
+        teacher_id, **{"student.architecture": {"name": "mlp", "kwargs": {"hidden_sizes": [1_000_000, 1_000_000]}}})), 422,
+        "student_too_large")
+    assert err["param"] == "student.architecture" and "STILLHOUSE_MAX_STUDENT_PARAMETERS" in err["message"]
+    monkeypatch.setenv("STILLHOUSE_MAX_STUDENT_PARAMETERS", "600")  # mlp [8] on digits: 610
+    from app.settings import get_settings
+
+    get_settings.cache_clear()
+    assert_error(await api.post("/v1/jobs", json=spec_for(teacher_id)), 422, "student_too_large")
+    monkeypatch.setenv("STILLHOUSE_MAX_STUDENT_PARAMETERS", "610")
+    get_settings.cache_clear()
+    assert (await api.post("/v1/jobs", json=spec_for(teacher_id))).status_code == 201
+
+
 @pytest.mark.parametrize("kwargs,needle", [
     ({"hidden_sizes": [-3]}, "hidden_sizes"), ({"hidden_sizes": "x"}, "hidden_sizes"), ({"hidden_sizes": [10**9]}, "hidden_sizes"),
     ({"activation": "bogus"}, "activation"), ({"dropout": 5}, "dropout"),
@@ -323,3 +352,10 @@ async def test_sql_reporter_discards_only_the_given_splits(api, teacher_id):
     rep.discard_metrics_after(2)
     rows = (await api.get(f"/v1/jobs/{job['id']}/metrics")).json()["data"]
     assert sorted((r["split"], r["epoch"]) for r in rows) == [("baseline_val", 1), ("val", 1), ("val", 2)]
+
+
+@pytest.mark.parametrize("content_type,body", [("text/plain", '{"name": "x"}'), ("application/yaml", "name: x\n"),
+                                               ("application/x-www-form-urlencoded", "name=x")])
+async def test_a_job_spec_in_another_content_type_says_json_is_expected(api, content_type, body):
+    err = assert_error(await api.post("/v1/jobs", content=body, headers={"Content-Type": content_type}), 422, "invalid_request")
+    assert "application/json" in err["message"], err

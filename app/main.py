@@ -5,17 +5,19 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 
 from app.auth.mode import announce_auth_mode
-from app.db import migrate
 from app.errors import RejectNulMiddleware, install_error_handlers
 from app.files.router import router as files_router
 from app.health.router import router as health_router
 from app.jobs.router import router as jobs_router
 from app.reports.router import router as reports_router
-from app.settings import get_settings
-from app.storage import LocalStore
+from stillhouse.db import migrate
+from stillhouse.jobs.sweep import start_sweeper
+from stillhouse.settings import get_settings
+from stillhouse.storage import LocalStore
 
 log = logging.getLogger("stillhouse.api")
 
@@ -34,16 +36,11 @@ def create_app(*, auto_migrate: bool | None = None) -> FastAPI:
             log.info("removed %d upload temp file(s) left by a stopped API process", swept)
         if auto_migrate if auto_migrate is not None else settings.database_url is None:
             migrate(settings)
-        import anyio
-        import torch
-
         # sync endpoints run in anyio's thread pool: no more threads than pooled SQL connections (measured with
         # bench/load_status.py: 40 threads on 10 connections opened and closed connections all the time)
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
-        torch.set_num_threads(1)  # the API only inspects uploads; leave the cores to the workers
         log.info("stillhouse API ready: database=%s broker=%s data_dir=%s", settings.resolved_database_url.split("@")[-1],
                  settings.broker_url.split("@")[-1], settings.data_dir.resolve())
-        from app.sweep import start_sweeper
 
         stop_sweeper = start_sweeper(settings, "stillhouse-api-sweep")  # re-sends unsent jobs and those whose worker died
         yield

@@ -3,14 +3,14 @@
 Creates a fresh PostgreSQL database (as tests/conftest.py does: ``CREATE DATABASE`` on 127.0.0.1:5432 as
 ``postgres``, dropped at the end) and a fresh Redis queue name, applies the migrations, starts the API
 (uvicorn, real HTTP on loopback) and 2 worker processes (``python -m worker``, 1 job and 1 torch thread
-each), trains a tiny digits CNN teacher (``worker.distill.teacher_training``, as the tests do) and uploads it,
+each), trains a tiny digits CNN teacher (``distill.teacher_training``, as the tests do) and uploads it,
 submits 20 small digits jobs at once, and meanwhile runs 50 concurrent pollers (asyncio + httpx, one
 connection each) doing ``GET /v1/jobs/{id}`` in a loop over the job ids until every job has ended.
 
 Checks: no 5xx on any request; every job ``succeeded`` (none lost); for each job its metric rows are
 exactly what the training loop logs for its spec (per step: the loss terms + total every
 ``log_every_steps`` steps and at each epoch end; per epoch: the epoch means, lr, train top-1, val top-1,
-agreement; see ``worker/distill/loop.py``), and its steps equal ``epochs x steps_per_epoch``.
+agreement; see ``distill/loop.py``), and its steps equal ``epochs x steps_per_epoch``.
 Prints requests/s and p50/p95/p99 latency (ms, as a client sees it) of the status endpoint while the jobs
 run, and again for ``--idle-s`` seconds after they ended (the same pollers, no training on the cores).
 
@@ -29,7 +29,6 @@ import math
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -73,8 +72,8 @@ def train_teacher(path: Path) -> None:
     """Train the tiny digits CNN teacher (6 epochs, 1 thread, as the tests do) and save it as safetensors at ``path``."""
     import torch
 
-    from worker.distill.data import load_builtin, split_validation
-    from worker.distill.teacher_training import save_model, train_classifier
+    from distill.data import load_builtin, split_validation
+    from distill.teacher_training import save_model, train_classifier
 
     torch.set_num_threads(1)
     x, y, _ = load_builtin("digits")
@@ -103,9 +102,9 @@ def expected_metric_rows(spec: dict, n_train: int, val_labelled: bool = True) ->
     ``log_every_steps``-th global step and at each epoch's last step, one row per loss term + 'total'; at each
     epoch end, the epoch means of the same terms, 'lr', train 'top1', val 'top1' (when validation has labels)
     and 'agreement'. Term names come from the method the spec builds (kd with labels: kd, ce)."""
-    from worker.distill.loop import steps_per_epoch
-    from worker.distill.methods import build_method
-    from worker.distill.spec import JobSpec
+    from distill.loop import steps_per_epoch
+    from distill.methods import build_method
+    from distill.spec import JobSpec
 
     s = JobSpec.model_validate(spec)
     terms = len(build_method(s.method, has_labels=True, all_labelled=True).term_names) + 1
@@ -270,8 +269,8 @@ def main() -> int:
     procs: dict[str, subprocess.Popen] = {}
     ok = True
     try:
-        from app.db import migrate
-        from app.settings import Settings
+        from stillhouse.db import migrate
+        from stillhouse.settings import Settings
 
         migrate(Settings(database_url=url, data_dir=out / "data"))
         if args.api_workers > 1:

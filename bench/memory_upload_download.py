@@ -9,7 +9,7 @@ data directory), then:
 2. downloads a 1 GiB artifact whole (200, sha256 checked against the ETag) and as ``Range`` requests (206,
    Content-Range and bytes checked). The artifact is a generated 1 GiB file under the job's artifact folder,
    recorded as a finished job plus an ``artifacts`` row through the service's own models and store
-   (``app.models.Job``/``Artifact``, ``LocalStore``), since training a 1 GiB student is not the point here;
+   (``stillhouse.models.Job``/``Artifact``, ``LocalStore``), since training a 1 GiB student is not the point here;
    downloads are served by ``app/jobs/download.py`` as for any job.
 
 A sampler thread reads the API process's ``VmRSS`` from ``/proc/<pid>/status`` every 10 ms. Printed: the
@@ -128,11 +128,11 @@ def make_artifact(env: dict[str, str], nbytes: int) -> tuple[str, str, Path]:
     """A finished job with one ``nbytes`` artifact 'big.bin' of random bytes, made through the service's models
     and store; returns (job id, sha256, path)."""
     os.environ.update(env)
-    from app.db import session_scope
-    from app.models import Artifact, Job, new_id
-    from app.models.base import utcnow
-    from app.settings import get_settings
-    from app.storage import LocalStore
+    from stillhouse.db import session_scope
+    from stillhouse.models import Artifact, Job, new_id
+    from stillhouse.models.base import utcnow
+    from stillhouse.settings import get_settings
+    from stillhouse.storage import LocalStore
 
     get_settings.cache_clear()
     settings = get_settings()

@@ -19,8 +19,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.service_vs_bare import TEACHER_ARCH, make_teacher  # noqa: E402
-from worker.distill import FileInput, JobInputs, JobSpec, RecordingReporter, run_job  # noqa: E402
+from bench.service_vs_bare import make_teacher  # noqa: E402
+from distill.formats import FileInput  # noqa: E402
+from distill.job import run_job  # noqa: E402
+from distill.reporter import RecordingReporter  # noqa: E402
+from distill.results import JobInputs  # noqa: E402
+from distill.spec import JobSpec  # noqa: E402
 
 MLP = {"name": "mlp", "kwargs": {"hidden_sizes": [64]}}
 SMALL_CNN = {"name": "cnn", "kwargs": {"channels": [8], "hidden": 0}}

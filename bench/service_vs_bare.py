@@ -40,8 +40,8 @@ T, ALPHA, LR, BATCH, SEED = 4.0, 0.9, 3e-3, 64, 0
 
 def make_teacher(path: Path) -> None:
     """Train the mnist5k CNN teacher on the training rows of the default split (cached)."""
-    from worker.distill.data import load_builtin, split_validation
-    from worker.distill.teacher_training import save_model, train_classifier
+    from distill.data import load_builtin, split_validation
+    from distill.teacher_training import save_model, train_classifier
 
     x, y, _ = load_builtin("mnist5k")
     tr, va = split_validation(y, 0.2, seed=0)
@@ -58,9 +58,9 @@ def bare(teacher_path: Path, epochs: int) -> tuple[float, float]:
     """The bare loop: returns (wall seconds, student validation top-1)."""
     from safetensors.torch import load_file
 
-    from worker.distill import models
-    from worker.distill.data import load_builtin, split_validation
-    from worker.distill.formats import architecture_from_metadata
+    from distill import models
+    from distill.data import load_builtin, split_validation
+    from distill.formats import architecture_from_metadata
 
     t0 = time.perf_counter()
     x, y, _ = load_builtin("mnist5k")

@@ -1,7 +1,7 @@
 """Benchmark: the same KD run in torchdistill and as stillhouse jobs (teacher-output cache off and on), side by side.
 
 Both sides use the same teacher (the mnist5k CNN of ``bench/service_vs_bare.py``, cached in bench/out/, loaded into
-the same ``worker/distill/models.py`` architecture), the same student (mlp [128], built after
+the same ``distill/models.py`` architecture), the same student (mlp [128], built after
 ``torch.manual_seed(SEED)``; the initial state dict's sha256 is compared across the two sides), the same data (mnist5k,
 ``split_validation(y, 0.2, seed=0)``: 4,000 training / 1,000 validation rows; the tensors' sha256 is compared), the same
 method (Hinton KD, T=4, 0.9 · T² · KL + 0.1 · CE; torchdistill's registered ``KDLoss`` with its ``alpha`` = CE weight =
@@ -75,7 +75,7 @@ TARGET_TOP1_POINTS, TARGET_OFF, TARGET_ON = 0.5, 1.05, 0.4
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    """stillhouse's per-epoch shuffling seed (``worker.distill.loop.epoch_seed``; written out here because the torchdistill
+    """stillhouse's per-epoch shuffling seed (``distill.loop.epoch_seed``; written out here because the torchdistill
     venv cannot import the loop's dependencies; ``ours_fingerprints`` checks the two agree)."""
     return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)
 
@@ -108,7 +108,7 @@ def data_sha256(*tensors: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------------- torchdistill side
 def _stillhouse_models() -> Any:
-    """``worker/distill/models.py`` (plain PyTorch) imported alone, without the package's ``__init__`` (which needs
+    """``distill/models.py`` (plain PyTorch) imported alone, without the package's ``__init__`` (which needs
     pydantic, onnx and the rest of the service's dependencies that the torchdistill venv does not have)."""
     pkg = types.ModuleType("_stillhouse_core")
     pkg.__path__ = [str(ROOT / "worker" / "distill")]
@@ -262,11 +262,11 @@ def ours_fingerprints(teacher: Path, epochs: int) -> dict[str, str]:
     import torch
 
     from bench.service_vs_bare import job_spec
-    from worker.distill import loop
-    from worker.distill.data import load_builtin, load_data, split_validation
-    from worker.distill.job import _build_student
-    from worker.distill.spec import JobSpec
-    from worker.distill.teachers import load_teacher
+    from distill import loop
+    from distill.data import load_builtin, load_data, split_validation
+    from distill.job import _build_student
+    from distill.spec import JobSpec
+    from distill.teachers import load_teacher
 
     spec = JobSpec.model_validate(job_spec("file_bench", epochs))
     cpu = torch.device("cpu")
@@ -280,7 +280,7 @@ def ours_fingerprints(teacher: Path, epochs: int) -> dict[str, str]:
     sched_ref = loop._Cosine(total)
     if any(loop.epoch_seed(spec.training.seed, e) != epoch_seed(spec.training.seed, e) for e in range(1, epochs + 1)) or \
             any(sched_ref(s) != cosine_factor(s, total) for s in range(total + 1)) or loop.inference_batch(cpu) != VAL_BATCH:
-        raise SystemExit("this script's epoch_seed/cosine_factor/VAL_BATCH no longer match worker/distill/loop.py: update them")
+        raise SystemExit("this script's epoch_seed/cosine_factor/VAL_BATCH no longer match distill/loop.py: update them")
     return {"init_sha256": state_sha256(student.state_dict()),
             "data_sha256": data_sha256(data.train_x, data.train_y, data.val_x, data.val_y)}
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from worker.distill.data import load_builtin, split_validation
-from worker.distill.teacher_training import save_model, train_classifier
+from distill.data import load_builtin, split_validation
+from distill.teacher_training import save_model, train_classifier
 
 ARCH = {"name": "cnn", "kwargs": {"channels": [64, 128], "kernel_size": 3, "hidden": 256}}
 

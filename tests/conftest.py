@@ -58,7 +58,7 @@ def _create_pg_database() -> tuple[str, callable]:
         c.execute(sa.text(f'CREATE DATABASE "{name}"'))
 
     def drop() -> None:
-        from app.db import _engine_for
+        from stillhouse.db import _engine_for
 
         _engine_for.cache_clear()
         with admin.connect() as c:
@@ -82,8 +82,8 @@ def make_backend(kind: str, base: Path) -> tuple[Backend, callable]:
 
 def apply_env(monkeypatch: pytest.MonkeyPatch, backend: Backend) -> None:
     """Point Settings (and everything cached on them) at ``backend``."""
-    from app.queue import _celery_for
-    from app.settings import get_settings
+    from stillhouse.jobs.queue import _celery_for
+    from stillhouse.settings import get_settings
 
     for k in ("STILLHOUSE_DATABASE_URL", "STILLHOUSE_BROKER_URL"):
         monkeypatch.delenv(k, raising=False)
@@ -97,8 +97,8 @@ def apply_env(monkeypatch: pytest.MonkeyPatch, backend: Backend) -> None:
 def backend_session(request, tmp_path_factory) -> Iterator[Backend]:
     """One migrated database per backend kind for the whole session."""
     backend, teardown = make_backend(request.param, tmp_path_factory.mktemp("backend"))
-    from app.db import migrate
-    from app.settings import Settings
+    from stillhouse.db import migrate
+    from stillhouse.settings import Settings
 
     migrate(Settings(**{k.removeprefix("STILLHOUSE_").lower(): v for k, v in backend.env().items()}))
     yield backend
@@ -110,8 +110,8 @@ def backend(backend_session: Backend, monkeypatch: pytest.MonkeyPatch) -> Iterat
     """The session's backend with settings applied and every table emptied before the test."""
     import sqlalchemy as sa
 
-    from app.db import get_engine
-    from app.models import DEFAULT_TENANT, Base, Tenant
+    from stillhouse.db import get_engine
+    from stillhouse.models import DEFAULT_TENANT, Base, Tenant
 
     import shutil
 

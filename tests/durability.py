@@ -8,17 +8,17 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import update
 
-from app.models import DEFAULT_TENANT, Job, JobEvent, JobFile, new_id, utcnow
-from app.settings import Settings
+from stillhouse.models import DEFAULT_TENANT, Job, JobEvent, JobFile, new_id, utcnow
+from stillhouse.settings import Settings
 
 
 def commit_unsent_job(settings: Settings, spec: dict, tenant_id: str = DEFAULT_TENANT) -> str:
     """Commit a queued job exactly as ``POST /v1/jobs`` does, but never send its message: what is left when the API
     dies between the commit and the send. Returns the job id."""
-    from app.db import session_factory
-    from app.jobs import states
+    from stillhouse.db import session_factory
+    from stillhouse.jobs import states
     from app.jobs.service import validate_references
-    from worker.distill.spec import JobSpec
+    from distill.spec import JobSpec
 
     parsed = JobSpec.model_validate(spec)
     with session_factory(settings).begin() as s:
@@ -34,7 +34,7 @@ def commit_unsent_job(settings: Settings, spec: dict, tenant_id: str = DEFAULT_T
 
 def set_job(settings: Settings, job_id: str, **values) -> None:
     """Write columns of a job row directly (to put it in the state a crash leaves)."""
-    from app.db import session_factory
+    from stillhouse.db import session_factory
 
     with session_factory(settings).begin() as s:
         s.execute(update(Job).where(Job.id == job_id).values(**values))
@@ -47,7 +47,7 @@ def ago(seconds: float) -> datetime:
 
 def queue_depth(settings: Settings) -> int:
     """Messages waiting in the settings' queue on its real broker (Redis list or filesystem folder)."""
-    from app.queue import celery
+    from stillhouse.jobs.queue import celery
 
     with celery(settings).connection_for_read() as conn:
         return conn.default_channel.queue_declare(settings.queue).message_count
@@ -55,7 +55,7 @@ def queue_depth(settings: Settings) -> int:
 
 def drain_queue(settings: Settings) -> list[str]:
     """Take every waiting message off the queue; returns the job ids they carried, in order."""
-    from app.queue import celery
+    from stillhouse.jobs.queue import celery
 
     ids = []
     with celery(settings).connection_for_read() as conn:

@@ -10,8 +10,8 @@ from typing import AsyncIterator
 import numpy as np
 import torch
 
-from worker.distill import models
-from worker.distill.teacher_training import save_model
+from distill import models
+from distill.teacher_training import save_model
 
 MLP = {"name": "mlp", "kwargs": {"input_shape": [1, 8, 8], "num_classes": 10, "hidden_sizes": [16]}}
 

@@ -13,7 +13,7 @@ from tests.conftest import Backend
 def make_tenant(name: str, *, max_running_jobs: int | None = None, max_storage_bytes: int | None = None) -> tuple[str, str]:
     """Create tenant ``name`` (with optional limits) and one key for it; returns (tenant id, whole key)."""
     from app.auth import service
-    from app.db import session_factory
+    from stillhouse.db import session_factory
 
     with session_factory()() as s:
         t = service.create_tenant(s, name, max_running_jobs=max_running_jobs, max_storage_bytes=max_storage_bytes)

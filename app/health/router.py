@@ -9,9 +9,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
-from app.db import get_engine
+from stillhouse.db import get_engine
 from app.errors import ErrorResponse, ServiceUnavailable
-from app.queue import broker_ok
+from stillhouse.jobs.queue import broker_ok
 
 router = APIRouter(tags=["health"])
 

@@ -13,9 +13,17 @@ from app.deps import CurrentTenant, SessionDep, StoreDep
 from app.errors import ERROR_RESPONSES, ErrorResponse, ServiceUnavailable
 from app.jobs import service
 from app.jobs.download import ArtifactResponse
-from app.jobs.schemas import ArtifactList, ArtifactObject, EventObject, JobObject, MetricObject, Status
+from app.jobs.schemas import (
+    ArtifactList,
+    ArtifactObject,
+    EventObject,
+    JobObject,
+    MetricObject,
+    Status,
+)
 from app.pagination import Limit, Page
-from worker.distill.spec import JobSpec
+from app.reports.service import job_report_html
+from distill.spec import JobSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger("stillhouse.api")
@@ -104,7 +112,6 @@ def get_report(job_id: JobId, session: SessionDep, tenant: CurrentTenant,
     (teacher bytes / student bytes), FLOPs per sample, latency p50/p95 (ms) per batch size, speedup, wall time
     per phase (s). ``format=html`` renders it as a page with plots. 409 ``report_not_ready`` before success."""
     if format == "html":
-        from app.reports.service import job_report_html
 
         return HTMLResponse(job_report_html(session, job_id, tenant.id))
     return {"object": "report", "job_id": job_id, **service.get_report(session, job_id, tenant.id)}

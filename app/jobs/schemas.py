@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from worker.distill.spec import JobSpec
+from distill.spec import JobSpec
 
 Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 

@@ -13,19 +13,18 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
+from app import model_checks
 from app.auth.limits import check_job_slot, lock_tenant
-from app.db import session_factory
+from stillhouse.db import session_factory
 from app.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
-from app.jobs import states
+from stillhouse.jobs import states
 from app.jobs.schemas import JobError, JobObject, Progress, Timings
-from app.models import Artifact, File, Job, JobEvent, JobFile, Metric, new_id, utcnow
+from stillhouse.models import Artifact, File, Job, JobEvent, JobFile, Metric, new_id, utcnow
 from app.pagination import newest_first, oldest_first
-from app.queue import enqueue_job, mark_sent
-from app.settings import get_settings
-from worker.distill import models as registry
-from worker.distill.errors import DistillError
-from worker.distill.methods import check_method_supported
-from worker.distill.spec import JobSpec
+from stillhouse.jobs.queue import enqueue_job, mark_sent
+from stillhouse.settings import get_settings
+from distill.errors import DistillError
+from distill.spec import JobSpec
 
 log = logging.getLogger("stillhouse.jobs")
 
@@ -78,12 +77,9 @@ def _check_architecture(prefix: str, name: str, kwargs: dict, files: dict[str, F
     parameters = None
     try:
         if "input_shape" in full:
-            import torch
-
-            with torch.device("meta"):
-                parameters = registry.parameter_count(registry.build(name, full))
+            parameters = model_checks.architecture_parameters(name, full)
         else:
-            registry.describe(name, {"input_shape": [1, 1, 1], **full})
+            model_checks.check_architecture_arguments(name, {"input_shape": [1, 1, 1], **full})
     except DistillError as e:
         raise Unprocessable(f"{prefix}: {e.message}", param=f"{prefix.rsplit('.', 1)[0]}.{e.param}" if e.param else prefix) from e
     except Exception as e:  # noqa: BLE001 - shapes guessed here may be wrong; the worker checks with the real data
@@ -170,20 +166,20 @@ def validate_references(session: Session, spec: JobSpec, tenant_id: str) -> dict
                             param="teacher.format")
     if teacher.format in _WEIGHTS_ONLY and spec.teacher.architecture is None and not teacher.details.get("architecture"):
         raise Unprocessable(f"teacher file {teacher.id} holds weights only ({teacher.format}); give teacher.architecture "
-                            f"(one of {', '.join(registry.available())}) with its kwargs", param="teacher.architecture")
+                            f"(one of {', '.join(model_checks.architecture_names())}) with its kwargs", param="teacher.architecture")
     for role, file_id in spec.file_ids().items():
         if role != "teacher":
             files[role] = _check_file(session, file_id, role, "dataset", tenant_id)
     _check_task(spec, files)
     try:
-        check_method_supported(spec.method, spec.teacher.format if spec.teacher.format != "auto" else teacher.format)
+        model_checks.check_method_supported(spec.method, spec.teacher.format if spec.teacher.format != "auto" else teacher.format)
     except DistillError as e:
         raise Unprocessable(e.message, param=e.param or "method.name") from e
     for param, arch in (("teacher.architecture.name", spec.teacher.architecture), ("student.architecture.name", spec.student.architecture)):
         if arch is None:
             continue
-        if arch.name not in registry.available():
-            raise Unprocessable(f"{param}: unknown architecture {arch.name!r}; available: {', '.join(registry.available())}", param=param)
+        if arch.name not in model_checks.architecture_names():
+            raise Unprocessable(f"{param}: unknown architecture {arch.name!r}; available: {', '.join(model_checks.architecture_names())}", param=param)
         _check_architecture(param.rsplit(".", 1)[0], arch.name, arch.kwargs, files, spec)
     for role, ref in (("data.train", spec.data.train), ("data.validation", spec.data.validation), ("data.transfer", spec.data.transfer)):
         f = files.get(role)
@@ -224,7 +220,7 @@ def _replay(session: Session, tenant_id: str, key: str, digest: str) -> Job | No
 def create_job(session: Session, spec: JobSpec, tenant_id: str, *, idempotency_key: str | None = None) -> tuple[Job, bool]:
     """Create a queued job of ``tenant_id``, commit, then send its id to the workers and record the send
     (``enqueued_at``). Returns (job, replayed). A job committed but never sent (the process died in between) keeps
-    ``enqueued_at`` NULL; the sweep (``app.sweep``) sends it.
+    ``enqueued_at`` NULL; the sweep (``stillhouse.jobs.sweep``) sends it.
 
     With ``idempotency_key`` (≤ 255 characters, unique per tenant) a repeat of the same body returns the job the
     key first created, with ``replayed`` True, and sends nothing to the broker; concurrent duplicates are

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import Unprocessable
 from app.jobs.service import get_job, get_report
-from app.models import Metric
+from stillhouse.models import Metric
 from app.reports.render import render_html, report_view
 
 EPOCH_SPLITS = ("train_epoch", "val", "baseline_train_epoch", "baseline_val")

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def require_keys(monkeypatch, mode: str = "required", host: str | None = None) -> None:
-    from app.settings import get_settings
+    from stillhouse.settings import get_settings
 
     monkeypatch.setenv("STILLHOUSE_AUTH", mode)
     if host is not None:
@@ -42,8 +42,8 @@ def test_keys_are_random_and_only_their_hash_is_stored(backend):
     from sqlalchemy import select
 
     from app.auth.service import KEY_RE
-    from app.db import session_factory
-    from app.models import ApiKey
+    from stillhouse.db import session_factory
+    from stillhouse.models import ApiKey
 
     _, k1 = make_tenant("acme")
     _, k2 = make_tenant("globex")
@@ -129,7 +129,7 @@ def test_is_loopback(host, loopback):
 
 def test_start_up_announces_the_mode(capsys):
     from app.auth.mode import AuthConfigError, announce_auth_mode
-    from app.settings import Settings
+    from stillhouse.settings import Settings
 
     assert announce_auth_mode(Settings(host="127.0.0.1", auth="auto")).required is False
     out = capsys.readouterr().err
@@ -201,8 +201,8 @@ async def test_admin_command_creates_lists_limits_and_revokes(api, backend):
 async def test_last_used_is_written_at_most_once_a_minute(api):
     from sqlalchemy import update
 
-    from app.db import session_factory
-    from app.models import ApiKey
+    from stillhouse.db import session_factory
+    from stillhouse.models import ApiKey
 
     _, key = make_tenant("acme")
 
@@ -226,7 +226,7 @@ async def test_last_used_is_written_at_most_once_a_minute(api):
 
 async def test_a_revoked_key_is_refused_at_once(api):
     from app.auth import service
-    from app.db import session_factory
+    from stillhouse.db import session_factory
 
     _, key = make_tenant("acme")
     assert (await api.get("/v1/jobs", headers=bearer(key))).status_code == 200

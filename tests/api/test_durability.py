@@ -16,18 +16,18 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from app.db import session_factory
-from app.jobs import leases, states
-from app.models import Job, JobEvent, Metric
-from app.settings import get_settings
-from app.sweep import sweep
+from stillhouse.db import session_factory
+from stillhouse.jobs import leases, states
+from stillhouse.models import Job, JobEvent, Metric
+from stillhouse.settings import get_settings
+from stillhouse.jobs.sweep import sweep
 from tests import files as mk
 from tests.api.test_files import upload
 from tests.durability import ago, commit_unsent_job, dead_pid, drain_queue, queue_depth, set_job
 from tests.specs import override
-from worker.distill.reporter import MetricRow
-from worker.reporter_sql import LeaseLost, SqlReporter
-from worker.runner import Lease, _claim, execute
+from distill.reporter import MetricRow
+from stillhouse.jobs.reporter import LeaseLost, SqlReporter
+from stillhouse.jobs.runner import Lease, _claim, execute
 
 OTHER_HOST_A = "worker-a.example:101:aaaa"  # owners on other hosts: only their expiry counts
 OTHER_HOST_B = "worker-b.example:202:bbbb"
@@ -368,7 +368,7 @@ async def test_python_m_app_sweep_once_sends_an_unsent_job(api, teacher_id, back
     env = {**os.environ, **backend.env()}
     if backend.database_url is None:
         env.pop("STILLHOUSE_DATABASE_URL", None)
-    out = subprocess.run([sys.executable, "-m", "app.sweep", "--once"], cwd=Path(__file__).resolve().parents[2], env=env,
+    out = subprocess.run([sys.executable, "-m", "stillhouse.jobs.sweep", "--once"], cwd=Path(__file__).resolve().parents[2], env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1])["sent"] == [jid]

@@ -137,7 +137,7 @@ async def test_not_multipart_and_missing_file_part(api):
 
 
 async def test_size_limit_answers_413_and_keeps_nothing(api, backend, tmp_path, monkeypatch):
-    from app.settings import get_settings
+    from stillhouse.settings import get_settings
 
     monkeypatch.setenv("STILLHOUSE_MAX_UPLOAD_BYTES", "1000")
     get_settings.cache_clear()
@@ -148,7 +148,7 @@ async def test_size_limit_answers_413_and_keeps_nothing(api, backend, tmp_path, 
 
 async def test_size_limit_without_content_length(api, backend, tmp_path, monkeypatch):
     """A chunked body (no Content-Length) is cut off at the limit while streaming."""
-    from app.settings import get_settings
+    from stillhouse.settings import get_settings
 
     monkeypatch.setenv("STILLHOUSE_MAX_UPLOAD_BYTES", "5000")
     get_settings.cache_clear()
@@ -207,7 +207,7 @@ async def test_hf_archive_escaping_its_folder_is_refused(api, backend, tmp_path,
 async def test_hf_archive_over_the_unpacked_limit(api, backend, tmp_path, monkeypatch):
     import zipfile
 
-    from app.settings import get_settings
+    from stillhouse.settings import get_settings
 
     monkeypatch.setenv("STILLHOUSE_MAX_UNPACKED_BYTES", "1000")
     get_settings.cache_clear()

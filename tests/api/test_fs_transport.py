@@ -1,19 +1,19 @@
 """The embedded broker (kombu's filesystem transport) never hands a consumer a half-written message: kombu creates
 the file and then writes it, and a consumer polling the folder in between read an empty payload, lost the message
-and (in a worker) died with "Unrecoverable error: JSONDecodeError". ``worker.fs_transport`` writes and renames."""
+and (in a worker) died with "Unrecoverable error: JSONDecodeError". ``stillhouse.jobs.fs_transport`` writes and renames."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-from app.settings import Settings
-from worker.celery_app import RUN_JOB_TASK, make_celery
+from stillhouse.settings import Settings
+from stillhouse.jobs.queue import RUN_JOB_TASK, make_celery
 
 
 def test_every_message_published_while_a_consumer_polls_arrives_whole(tmp_path):
     app = make_celery(Settings(data_dir=tmp_path, queue="race"))
-    assert app.conf.broker_transport == "worker.fs_transport:Transport"
+    assert app.conf.broker_transport == "stillhouse.jobs.fs_transport:Transport"
     n, got, errors = 2000, [], []
 
     def consume() -> None:

@@ -28,8 +28,8 @@ def sent(backend) -> SentMessages:
 def job_rows(**where) -> list:
     from sqlalchemy import select
 
-    from app.db import session_factory
-    from app.models import Job
+    from stillhouse.db import session_factory
+    from stillhouse.models import Job
 
     with session_factory()() as s:
         return list(s.scalars(select(Job).filter_by(**where)))

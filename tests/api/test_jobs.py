@@ -154,8 +154,8 @@ async def test_health_and_ready(api):
 
 
 async def test_readyz_reports_an_unreachable_broker(api, monkeypatch):
-    from app.queue import _celery_for
-    from app.settings import get_settings
+    from stillhouse.jobs.queue import _celery_for
+    from stillhouse.settings import get_settings
 
     monkeypatch.setenv("STILLHOUSE_BROKER_URL", "redis://127.0.0.1:1/0")
     get_settings.cache_clear()
@@ -177,8 +177,8 @@ async def test_openapi_documents_every_field(api):
 
 async def test_cancel_of_a_running_job_goes_through_cancelling(api, teacher_id):
     """running -> cancelling (the worker then stops at its next step and moves it to cancelled)."""
-    from app.db import session_scope
-    from app.jobs import states
+    from stillhouse.db import session_scope
+    from stillhouse.jobs import states
 
     job = (await api.post("/v1/jobs", json=spec_for(teacher_id))).json()
     with session_scope() as s:
@@ -230,9 +230,9 @@ async def test_label_column_must_exist_in_the_csv(api, teacher_id, tmp_path):
 
 async def test_file_deleted_while_the_job_is_created(api, teacher_id, tmp_path, monkeypatch):
     """The race between DELETE /v1/files and POST /v1/jobs ends in a clean 422, not a 500."""
-    from app.db import session_scope
+    from stillhouse.db import session_scope
     from app.jobs import service
-    from app.models import File
+    from stillhouse.models import File
 
     data_id = (await upload(api, mk.npz_file(tmp_path), purpose="dataset")).json()["id"]
     original = service.validate_references
@@ -251,8 +251,8 @@ async def test_file_deleted_while_the_job_is_created(api, teacher_id, tmp_path, 
 
 
 async def test_artifact_download_ranges(api, backend, teacher_id):
-    from app.db import session_scope
-    from app.models import Artifact
+    from stillhouse.db import session_scope
+    from stillhouse.models import Artifact
 
     job = (await api.post("/v1/jobs", json=spec_for(teacher_id))).json()
     key = f"jobs/{job['id']}/artifacts/student.json"
@@ -281,8 +281,8 @@ async def test_artifact_download_ranges(api, backend, teacher_id):
 
 async def test_artifact_whose_bytes_are_missing_is_a_clear_503(api, backend, teacher_id):
     """A recorded artifact whose file is not in this API's storage (data dir not shared, file removed by hand)."""
-    from app.db import session_scope
-    from app.models import Artifact
+    from stillhouse.db import session_scope
+    from stillhouse.models import Artifact
 
     job = (await api.post("/v1/jobs", json=spec_for(teacher_id))).json()
     with session_scope() as s:
@@ -299,7 +299,7 @@ async def test_a_student_too_large_to_train_is_refused_at_creation(api, teacher_
         "student_too_large")
     assert err["param"] == "student.architecture" and "STILLHOUSE_MAX_STUDENT_PARAMETERS" in err["message"]
     monkeypatch.setenv("STILLHOUSE_MAX_STUDENT_PARAMETERS", "600")  # mlp [8] on digits: 610
-    from app.settings import get_settings
+    from stillhouse.settings import get_settings
 
     get_settings.cache_clear()
     assert_error(await api.post("/v1/jobs", json=spec_for(teacher_id)), 422, "student_too_large")
@@ -338,9 +338,9 @@ async def test_feature_method_on_an_onnx_teacher_is_refused_at_creation(api, tmp
 
 
 async def test_sql_reporter_discards_only_the_given_splits(api, teacher_id):
-    from app.db import session_factory
-    from worker.distill.reporter import MetricRow
-    from worker.reporter_sql import SqlReporter
+    from stillhouse.db import session_factory
+    from distill.reporter import MetricRow
+    from stillhouse.jobs.reporter import SqlReporter
 
     job = (await api.post("/v1/jobs", json=spec_for(teacher_id))).json()
     rep = SqlReporter(session_factory(), job["id"], interval_s=0)

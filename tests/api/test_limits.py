@@ -21,15 +21,15 @@ async def _upload(api, path, headers, purpose="teacher", name=None):
 
 
 def _set_default(monkeypatch, var: str, value: int) -> None:
-    from app.settings import get_settings
+    from stillhouse.settings import get_settings
 
     monkeypatch.setenv(var, str(value))
     get_settings.cache_clear()
 
 
 async def test_live_job_limit_answers_429_with_retry_after(api, tmp_path):
-    from app.db import session_scope
-    from app.jobs import states
+    from stillhouse.db import session_scope
+    from stillhouse.jobs import states
 
     _, key = make_tenant("acme", max_running_jobs=2)
     h = bearer(key)
@@ -105,8 +105,8 @@ async def test_upload_over_quota_without_content_length_stops_mid_stream(api, ba
 
 
 async def test_artifacts_count_toward_storage(api, backend, tmp_path):
-    from app.db import session_scope
-    from app.models import Artifact
+    from stillhouse.db import session_scope
+    from stillhouse.models import Artifact
 
     model = mk.safetensors_file(tmp_path)
     size = model.stat().st_size

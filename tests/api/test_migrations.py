@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from app.db import get_engine
-from app.models import DEFAULT_TENANT, Base, Tenant
+from stillhouse.db import get_engine
+from stillhouse.models import DEFAULT_TENANT, Base, Tenant
 
 
 def test_migrations_match_models(backend) -> None:

@@ -15,9 +15,13 @@ def real_report(tmp_path_factory):
     """(report, metric rows) of a 3-epoch digits job: tiny CNN teacher -> mlp student."""
     import torch
 
-    from worker.distill import FileInput, JobInputs, JobSpec, RecordingReporter, run_job
-    from worker.distill.data import load_builtin, split_validation
-    from worker.distill.teacher_training import save_model, train_classifier
+    from distill.formats import FileInput
+    from distill.job import run_job
+    from distill.reporter import RecordingReporter
+    from distill.results import JobInputs
+    from distill.spec import JobSpec
+    from distill.data import load_builtin, split_validation
+    from distill.teacher_training import save_model, train_classifier
 
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("rep")
@@ -35,9 +39,9 @@ def real_report(tmp_path_factory):
 
 
 async def _succeeded_job(api, tmp_path, report, rows, name="<b>mine</b>"):
-    from app.db import session_scope
-    from app.jobs import states
-    from app.models import Metric
+    from stillhouse.db import session_scope
+    from stillhouse.jobs import states
+    from stillhouse.models import Metric
 
     teacher_id = (await upload(api, mk.safetensors_file(tmp_path))).json()["id"]
     job = (await api.post("/v1/jobs", json=spec_for(teacher_id, name=name))).json()

@@ -9,8 +9,8 @@ from tests.api.test_jobs import spec_for, teacher_id  # noqa: F401 - fixture
 
 
 async def test_status_is_one_select_without_the_report(api, backend, teacher_id):  # noqa: F811
-    from app.db import get_engine, session_scope
-    from app.models import Job
+    from stillhouse.db import get_engine, session_scope
+    from stillhouse.models import Job
 
     job = (await api.post("/v1/jobs", json=spec_for(teacher_id))).json()
     big = {"per_class": {str(i): list(range(50)) for i in range(200)}}
@@ -45,7 +45,7 @@ async def test_unknown_job_is_still_a_404_in_the_error_shape(api, backend):
 
 
 def test_one_sessionmaker_per_engine(backend):
-    from app.db import get_engine, session_factory
+    from stillhouse.db import get_engine, session_factory
 
     assert session_factory() is session_factory()
     assert session_factory().kw["bind"] is get_engine()

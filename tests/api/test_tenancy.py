@@ -50,9 +50,9 @@ async def _upload(api, path, purpose, headers):
 
 @pytest.fixture
 async def world(api, backend, tmp_path, real_report) -> World:  # noqa: F811
-    from app.db import session_scope
-    from app.jobs import states
-    from app.models import Artifact, Metric
+    from stillhouse.db import session_scope
+    from stillhouse.jobs import states
+    from stillhouse.models import Artifact, Metric
 
     _, key_a = make_tenant("tenant-a")
     _, key_b = make_tenant("tenant-b")
@@ -161,8 +161,8 @@ async def _upload_file(api, w: World, tmp_path) -> None:
 
 
 async def _owner_is(api, kind: str, obj_id: str, tenant_name: str) -> None:
-    from app.db import session_factory
-    from app.models import File, Job, Tenant
+    from stillhouse.db import session_factory
+    from stillhouse.models import File, Job, Tenant
 
     with session_factory()() as s:
         row = s.get(File if kind == "file" else Job, obj_id)

@@ -39,8 +39,8 @@ def leftovers(backend) -> list[str]:
 
 def file_rows() -> int:
     """Rows in the files table, counted directly."""
-    from app.db import get_engine
-    from app.models import File
+    from stillhouse.db import get_engine
+    from stillhouse.models import File
 
     with get_engine().connect() as c:
         return c.execute(sa.select(sa.func.count()).select_from(File)).scalar_one()
@@ -97,7 +97,7 @@ async def test_file_part_without_filename_is_accepted(api):
 
 
 async def test_declared_length_over_the_limit_is_answered_before_reading_the_body(api, backend, monkeypatch):
-    from app.settings import get_settings
+    from stillhouse.settings import get_settings
 
     monkeypatch.setenv("STILLHOUSE_MAX_UPLOAD_BYTES", "100000")
     get_settings.cache_clear()
@@ -117,7 +117,7 @@ async def test_declared_length_over_the_limit_is_answered_before_reading_the_bod
 
 async def test_lying_content_length_is_cut_off_while_streaming(api, backend, monkeypatch):
     """In-process the app gets every byte whatever Content-Length says: the byte count, not the header, decides."""
-    from app.settings import get_settings
+    from stillhouse.settings import get_settings
 
     monkeypatch.setenv("STILLHOUSE_MAX_UPLOAD_BYTES", "50000")
     get_settings.cache_clear()
@@ -154,7 +154,7 @@ def _failing_uploads(tmp_path):
 async def test_every_failure_path_removes_the_temporary_file(api, backend, tmp_path, monkeypatch, case):
     """The temporary file is written (where the body was read) and gone afterwards; no row, nothing stored."""
     from app.files import router
-    from app.settings import get_settings
+    from stillhouse.settings import get_settings
 
     monkeypatch.setenv("STILLHOUSE_MAX_UPLOAD_BYTES", "250000")
     monkeypatch.setenv("STILLHOUSE_UPLOAD_CHUNK_BYTES", "4096")  # written to disk every 4 KiB
@@ -197,8 +197,8 @@ def test_stale_temporary_files_are_swept(tmp_path):
     import os
     import time
 
-    from app.settings import Settings
-    from app.storage import LocalStore
+    from stillhouse.settings import Settings
+    from stillhouse.storage import LocalStore
 
     store = LocalStore(Settings(data_dir=tmp_path))
     old, fresh = store.temp_path(), store.temp_path()

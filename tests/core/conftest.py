@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from worker.distill import FileInput
-from worker.distill.data import load_builtin, split_validation
-from worker.distill.teacher_training import save_model, train_classifier
+from distill.formats import FileInput
+from distill.data import load_builtin, split_validation
+from distill.teacher_training import save_model, train_classifier
 
 torch.set_num_threads(1)
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from worker.distill import FileInput, JobInputs, JobSpec, RecordingReporter, run_job
+from distill.formats import FileInput
+from distill.job import run_job
+from distill.reporter import RecordingReporter
+from distill.results import JobInputs
+from distill.spec import JobSpec
 
 
 def make_spec(**overrides: Any) -> JobSpec:

@@ -12,9 +12,11 @@ import pickle
 import pytest
 import torch
 
-from worker.distill import DistillError, inspect_file, load_teacher
-from worker.distill.formats import extract_state_dict, load_tensors
-from worker.distill.models import build
+from distill.errors import DistillError
+from distill.formats import inspect_file
+from distill.teachers import load_teacher
+from distill.formats import extract_state_dict, load_tensors
+from distill.models import build
 
 from .conftest import TEACHER_ARCH
 from .helpers import make_spec, run
@@ -119,7 +121,7 @@ def test_job_report_says_what_was_done_to_a_dataparallel_training_checkpoint(tea
     path = tmp_path / "dp_ckpt.pt"
     sd = {f"module.{k}": v for k, v in teacher_model.state_dict().items()}
     torch.save({"state_dict": sd, "args": argparse.Namespace(lr=0.1), "epoch": 8}, path)
-    from worker.distill import FileInput
+    from distill.formats import FileInput
 
     arch = {"name": TEACHER_ARCH["name"], "kwargs": {**TEACHER_ARCH["kwargs"], "input_shape": [1, 8, 8], "num_classes": 10}}
     spec = make_spec(teacher={"file_id": "file_teacher", "architecture": arch}, training={"epochs": 1})

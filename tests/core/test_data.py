@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from worker.distill import DistillError, FileInput, load_data, split_validation
-from worker.distill.data import load_builtin
-from worker.distill.spec import DataSpec
+from distill.data import load_data, split_validation
+from distill.errors import DistillError
+from distill.formats import FileInput
+from distill.data import load_builtin
+from distill.spec import DataSpec
 
 
 def _npz(path, **arrays) -> FileInput:

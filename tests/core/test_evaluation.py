@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from worker.distill.evaluation import classification_metrics, expected_calibration_error, top_k_accuracy
+from distill.evaluation import classification_metrics, expected_calibration_error, top_k_accuracy
 
 
 def test_top_k_counts_labelled_rows_only():
@@ -39,8 +39,8 @@ def test_classification_block():
 
 
 def test_onnx_export_checks_batch_1_and_7(tmp_path):
-    from worker.distill import models
-    from worker.distill.export import export_onnx
+    from distill import models
+    from distill.export import export_onnx
 
     torch.manual_seed(0)
     m = models.build("cnn", {"input_shape": [1, 8, 8], "num_classes": 10, "channels": [4], "hidden": 8}).eval()
@@ -50,8 +50,8 @@ def test_onnx_export_checks_batch_1_and_7(tmp_path):
 
 
 def test_dynamic_int8_quantisation_is_smaller_and_close(tmp_path):
-    from worker.distill import models
-    from worker.distill.export import quantize_dynamic_int8, save_torchscript
+    from distill import models
+    from distill.export import quantize_dynamic_int8, save_torchscript
 
     torch.manual_seed(0)
     m = models.build("mlp", {"input_shape": [64], "num_classes": 10, "hidden_sizes": [512, 512]}).eval()
@@ -69,7 +69,10 @@ def test_dynamic_int8_quantisation_is_smaller_and_close(tmp_path):
 
 def test_job_ships_and_evaluates_quantised_and_pruned_students(teacher_file, tmp_path):
     """export.quantize + export.prune: extra artifacts, each evaluated in the report (real digits run)."""
-    from worker.distill import JobInputs, JobSpec, RecordingReporter, run_job
+    from distill.job import run_job
+    from distill.reporter import RecordingReporter
+    from distill.results import JobInputs
+    from distill.spec import JobSpec
 
     fi = teacher_file
     spec = JobSpec.model_validate({

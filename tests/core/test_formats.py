@@ -12,9 +12,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from worker.distill import DistillError, inspect_file, sniff
-from worker.distill.formats import read_dataset
-from worker.distill.models import build
+from distill.errors import DistillError
+from distill.formats import inspect_file, sniff
+from distill.formats import read_dataset
+from distill.models import build
 
 
 def _mlp() -> torch.nn.Module:

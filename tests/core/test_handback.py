@@ -7,8 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from worker.distill import RecordingReporter, StopRequested
-from worker.distill.loop import CHECKPOINT_VERSION, PARTIAL_CHECKPOINT_VERSION, load_checkpoint, steps_per_epoch
+from distill.errors import StopRequested
+from distill.reporter import RecordingReporter
+from distill.loop import CHECKPOINT_VERSION, PARTIAL_CHECKPOINT_VERSION, load_checkpoint, steps_per_epoch
 
 from .helpers import make_spec, run
 

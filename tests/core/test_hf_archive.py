@@ -22,8 +22,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from worker.distill import DistillError, inspect_file, sniff
-from worker.distill.hf_archive import MARKER_NAME, inspect_hf_folder, is_hf_archive, load_hf_archive, safe_extract
+from distill.errors import DistillError
+from distill.formats import inspect_file, sniff
+from distill.hf_archive import MARKER_NAME, inspect_hf_folder, is_hf_archive, load_hf_archive, safe_extract
 
 from .conftest import zip_folder
 

@@ -9,9 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from worker.distill import DistillError, FileInput, RecordingReporter, StopRequested, load_teacher
-from worker.distill.formats import ARCH_METADATA_KEY
-from worker.distill.loop import steps_per_epoch
+from distill.errors import DistillError, StopRequested
+from distill.formats import FileInput
+from distill.reporter import RecordingReporter
+from distill.teachers import load_teacher
+from distill.formats import ARCH_METADATA_KEY
+from distill.loop import steps_per_epoch
 
 from .helpers import make_spec, run
 

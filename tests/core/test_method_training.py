@@ -11,15 +11,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from worker.distill import DistillError, FileInput, JobSpec, RecordingReporter
-from worker.distill import data as data_module
-from worker.distill import job as job_module
-from worker.distill.data import load_builtin, split_validation
-from worker.distill.features import list_layers
-from worker.distill.methods import check_method_supported
-from worker.distill.models import build
-from worker.distill.spec import MethodSpec
-from worker.distill.teacher_training import save_model, train_classifier
+from distill.errors import DistillError
+from distill.formats import FileInput
+from distill.spec import JobSpec
+from distill import data as data_module
+from distill import job as job_module
+from distill.data import load_builtin, split_validation
+from distill.features import list_layers
+from distill.methods import check_method_supported
+from distill.models import build
+from distill.spec import MethodSpec
+from distill.teacher_training import save_model, train_classifier
 
 from .helpers import run
 

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from worker.distill import DistillError, build_method
-from worker.distill.methods import HardLabelKD, SoftTargetKD, available_methods, masked_cross_entropy
-from worker.distill.spec import MethodSpec
+from distill.errors import DistillError
+from distill.methods import build_method
+from distill.methods import HardLabelKD, SoftTargetKD, available_methods, masked_cross_entropy
+from distill.spec import MethodSpec
 
 
 def kl(p: list[float], q: list[float]) -> float:
@@ -114,7 +115,7 @@ def test_fully_labelled_fast_path_equals_masked_ce():
 
 # ----------------------------------------------------------------------------- the wider catalogue, by hand
 
-from worker.distill.methods import (  # noqa: E402
+from distill.methods import (  # noqa: E402
     AttentionTransfer, CombinedMethod, DecoupledKD, FitNet, PrototypeKD, RelationalKD, check_method_supported, dkd_parts,
     soft_kl, standardize_logits,
 )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from worker.distill import DistillError, available, build, describe, register
-from worker.distill.models import parameter_count
+from distill.errors import DistillError
+from distill.models import available, build, describe, register
+from distill.models import parameter_count
 
 
 def test_available_lists_builtin_architectures():

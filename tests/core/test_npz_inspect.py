@@ -9,8 +9,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from worker.distill import DistillError
-from worker.distill.formats import dataset_details, inspect_npz, read_dataset
+from distill.errors import DistillError
+from distill.formats import dataset_details, inspect_npz, read_dataset
 
 
 def _expect(fn, *args, **kw) -> DistillError:

@@ -8,7 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from worker.distill import ArchitectureSpec, DistillError, load_teacher
+from distill.errors import DistillError
+from distill.spec import ArchitectureSpec
+from distill.teachers import load_teacher
 
 from .conftest import TEACHER_ARCH
 
@@ -121,7 +123,7 @@ class _ViewsActivations(torch.nn.Module):
 
 @pytest.mark.parametrize("script", [False, True])
 def test_teacher_that_breaks_in_channels_last_stays_contiguous(batch, script):
-    from worker.distill.teachers import TorchTeacher
+    from distill.teachers import TorchTeacher
 
     torch.manual_seed(0)
     module = _ViewsActivations()
@@ -134,7 +136,7 @@ def test_teacher_that_breaks_in_channels_last_stays_contiguous(batch, script):
 
 
 def test_channels_last_is_not_tried_on_flat_inputs(teacher_model):
-    from worker.distill.teachers import TorchTeacher
+    from distill.teachers import TorchTeacher
 
     mlp = torch.nn.Sequential(torch.nn.Linear(64, 10))
     t = TorchTeacher(mlp, "safetensors", torch.device("cpu"), num_classes=10, input_shape=[64])

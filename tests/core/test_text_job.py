@@ -13,12 +13,12 @@ import pytest
 from tests.specs import override
 import torch
 
-from worker.distill.errors import DistillError, StopRequested
-from worker.distill.reporter import RecordingReporter
-from worker.distill.spec import FromTeacherSpec, JobSpec
-from worker.distill.text.data import collate, length_batches
-from worker.distill.text.hf import derive_student, layers_to_keep, pool
-from worker.distill.text.job import run_text_job
+from distill.errors import DistillError, StopRequested
+from distill.reporter import RecordingReporter
+from distill.spec import FromTeacherSpec, JobSpec
+from distill.text.data import collate, length_batches
+from distill.text.hf import derive_student, layers_to_keep, pool
+from distill.text.job import run_text_job
 
 from tests.core.conftest import MINILM_TOKENIZER_FILES
 
@@ -44,7 +44,7 @@ def tiny_encoder_dir(minilm_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def reviews(tmp_path_factory):
     """300 labelled review sentences as JSONL."""
-    from worker.distill.text_data import load_rotten_tomatoes
+    from distill.text_data import load_rotten_tomatoes
 
     td = load_rotten_tomatoes()
     p = tmp_path_factory.mktemp("rev") / "r.jsonl"
@@ -61,7 +61,7 @@ def spec(**over) -> JobSpec:
 
 
 def files(reviews):
-    from worker.distill.formats import FileInput
+    from distill.formats import FileInput
 
     return {"file_d": FileInput(path=reviews, format="jsonl", bytes=reviews.stat().st_size)}
 
@@ -78,7 +78,7 @@ def test_layers_to_keep():
 
 
 def test_derived_student_copies_embeddings_and_kept_layers(minilm_dir):
-    from worker.distill.text.hf import load_model
+    from distill.text.hf import load_model
 
     teacher = load_model(minilm_dir, "sentence_embedding")
     student, facts = derive_student(teacher, FromTeacherSpec(keep_layers=[1, 4]), "sentence_embedding", seed=0)
@@ -171,7 +171,7 @@ def test_dkd_warm_up_reaches_text_jobs(minilm_dir, tmp_path, reviews):
     for name in MINILM_TOKENIZER_FILES:
         shutil.copy(minilm_dir / name, folder / name)
     seen = []
-    from worker.distill import methods as methods_module
+    from distill import methods as methods_module
 
     original = methods_module.build_method
 
@@ -186,7 +186,7 @@ def test_dkd_warm_up_reaches_text_jobs(minilm_dir, tmp_path, reviews):
         m.forward = forward
         return m
 
-    import worker.distill.text.job as text_job
+    import distill.text.job as text_job
 
     mp = pytest.MonkeyPatch()
     mp.setattr(text_job, "build_method", spy)

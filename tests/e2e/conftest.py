@@ -85,8 +85,8 @@ def digits_teacher(tmp_path_factory) -> Path:
     """A small digits CNN teacher (safetensors with architecture metadata), trained on the default split's training rows."""
     import torch
 
-    from worker.distill.data import load_builtin, split_validation
-    from worker.distill.teacher_training import save_model, train_classifier
+    from distill.data import load_builtin, split_validation
+    from distill.teacher_training import save_model, train_classifier
 
     torch.set_num_threads(1)
     x, y, _ = load_builtin("digits")
@@ -133,7 +133,7 @@ def review_jsonl(tmp_path_factory) -> Path:
     """400 Rotten Tomatoes review sentences with fresh/rotten labels as JSONL ({"text", "label"})."""
     import json
 
-    from worker.distill.text_data import load_rotten_tomatoes
+    from distill.text_data import load_rotten_tomatoes
 
     td = load_rotten_tomatoes()
     path = tmp_path_factory.mktemp("text") / "reviews.jsonl"

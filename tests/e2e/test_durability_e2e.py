@@ -17,8 +17,8 @@ from typing import Iterator
 import pytest
 from sqlalchemy import select
 
-from app.models import Job, JobEvent
-from app.settings import Settings
+from stillhouse.models import Job, JobEvent
+from stillhouse.settings import Settings
 from client import Stillhouse
 from tests.conftest import REDIS_URL, Backend
 from tests.durability import commit_unsent_job
@@ -81,13 +81,13 @@ class Cluster:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
 
     def job_row(self, job_id: str) -> Job:
-        from app.db import session_factory
+        from stillhouse.db import session_factory
 
         with session_factory(self.settings)() as s:
             return s.get(Job, job_id)
 
     def events(self, job_id: str, type: str | None = None) -> list[JobEvent]:
-        from app.db import session_factory
+        from stillhouse.db import session_factory
 
         with session_factory(self.settings)() as s:
             q = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
@@ -109,7 +109,7 @@ class Cluster:
                 conn.close()
         import sqlalchemy as sa
 
-        from app.db import get_engine
+        from stillhouse.db import get_engine
 
         with get_engine(self.settings).connect() as conn:
             try:
@@ -181,7 +181,7 @@ def test_a_job_delivered_twice_runs_once(cluster, digits_teacher, backend_sessio
     job = c.create_job(spec(teacher.id, **LONG))
     wait_for(lambda: (c.get_job(job.id).progress.epoch or 0) >= 1, 120, "training")
     if not redis:
-        from app.queue import enqueue_job
+        from stillhouse.jobs.queue import enqueue_job
 
         enqueue_job(job.id, cl.settings)
     wait_for(lambda: "this delivery exits without side effects" in cl.log("w1") + cl.log("w2"), 120, "the second delivery")

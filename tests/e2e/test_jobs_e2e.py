@@ -86,8 +86,8 @@ def test_job_succeeds_and_downloaded_student_reproduces_the_report(live, digits_
     # rebuild the student from the downloaded files alone and re-measure its validation top-1
     from safetensors.torch import load_file
 
-    from worker.distill import models
-    from worker.distill.data import load_builtin, split_validation
+    from distill import models
+    from distill.data import load_builtin, split_validation
 
     meta = json.loads(paths["student.json"].read_text())
     student = models.build(meta["architecture"]["name"], meta["architecture"]["kwargs"]).eval()

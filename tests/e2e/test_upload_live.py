@@ -78,7 +78,7 @@ def temp_files(backend: Backend) -> list[Path]:
 
 def file_rows(backend: Backend) -> int:
     """Rows in the files table of ``backend``'s database, counted directly."""
-    from app.settings import Settings
+    from stillhouse.settings import Settings
 
     url = Settings(**{k.removeprefix("STILLHOUSE_").lower(): v for k, v in backend.env().items()}).resolved_database_url
     engine = sa.create_engine(url)

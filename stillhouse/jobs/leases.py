@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 import psutil
 from sqlalchemy import ColumnElement, or_
 
-from app.models import Job
+from stillhouse.models import Job
 
 _OWNER: tuple[int, str] | None = None  # (pid, owner id) of this process
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, UTCDateTime, utcnow
+from stillhouse.models.base import Base, UTCDateTime, utcnow
 
 DEFAULT_TENANT = "default"
 """The tenant every request acts as when authentication is off (loopback only); created by migration 0002."""

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from sqlalchemy import ColumnElement, update
 from sqlalchemy.orm import Session
 
-from app.models import Job, JobEvent, utcnow
+from stillhouse.models import Job, JobEvent, utcnow
 
 QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -40,7 +40,7 @@ def transition(session: Session, job_id: str, to: str, *, only_from: set[str] | 
     """Move job ``job_id`` to status ``to`` if its current status allows it; set ``fields`` in the same UPDATE.
 
     ``only_from`` narrows the allowed source states further (never widens them). ``holder``: only while that
-    process holds the job's lease (``app.jobs.leases``); ``where``: further SQL conditions, all in the same
+    process holds the job's lease (``stillhouse.jobs.leases``); ``where``: further SQL conditions, all in the same
     compare-and-set. Terminal states also set ``finished_at`` and clear the lease. Adds a ``status`` event with
     message ``event`` (default "status -> <to>"). Returns False (and changes nothing) when the current status (or
     a condition) forbids the move. Does not commit. Raises ValueError for an unknown state.

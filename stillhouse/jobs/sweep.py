@@ -15,7 +15,7 @@ main process run one each, every ``STILLHOUSE_SWEEP_INTERVAL_S``) can race safel
   - otherwise sent again, once per expiry (``enqueued_at`` older than the expiry), for any worker to resume from
     its last checkpoint.
 
-``python -m app sweep`` runs the loop alone (``python -m app.sweep --once``: one pass, printed as JSON).
+``python -m app sweep`` runs the loop alone (``python -m stillhouse.jobs.sweep --once``: one pass, printed as JSON).
 """
 
 from __future__ import annotations
@@ -30,11 +30,15 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.jobs import leases, states
-from app.models import Job, JobEvent, utcnow
-from app.settings import Settings, get_settings
+from stillhouse.db import session_factory
+from stillhouse.jobs import leases, states
+from stillhouse.jobs.queue import enqueue_job
+from stillhouse.models import Job, JobEvent, utcnow
+from stillhouse.settings import Settings, get_settings
+from stillhouse.storage import LocalStore
 
 log = logging.getLogger("stillhouse.sweep")
 
@@ -74,8 +78,6 @@ def _send_marked(sessions: sessionmaker[Session], job_id: str, marked: datetime,
 
 
 def _drop_workdir(settings: Settings, job_id: str) -> None:
-    from app.storage import LocalStore
-
     store = LocalStore(settings)
     store.delete(f"{store.job_key(job_id)}/work")
 
@@ -157,12 +159,10 @@ def sweep(session_factory: sessionmaker[Session], now: datetime, settings: Setti
           send: Callable[[str], None] | None = None) -> SweepResult:
     """One sweep pass at ``now`` (UTC) over the database of ``session_factory`` (see the module docstring).
 
-    ``send(job_id)`` sends a job's message (default: ``app.queue.enqueue_job`` with ``settings``); a send that
+    ``send(job_id)`` sends a job's message (default: ``stillhouse.jobs.queue.enqueue_job`` with ``settings``); a send that
     raises is recorded in ``send_errors`` and retried by the next pass. Database errors propagate.
     """
     if send is None:
-        from app.queue import enqueue_job
-
         def send(job_id: str) -> None:
             enqueue_job(job_id, settings)
 
@@ -177,10 +177,6 @@ def sweep(session_factory: sessionmaker[Session], now: datetime, settings: Setti
 def run_sweeper(settings: Settings, stop: threading.Event) -> None:
     """Sweep every ``settings.sweep_interval_s`` seconds until ``stop`` is set; errors (database or broker down) are
     logged and the next pass tries again."""
-    from app.db import session_factory
-
-    from sqlalchemy.exc import OperationalError, ProgrammingError
-
     sessions = session_factory(settings)
     while not stop.is_set():
         try:
@@ -208,15 +204,13 @@ def start_sweeper(settings: Settings | None = None, name: str = "stillhouse-swee
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m app.sweep [--once]``: sweep forever (until SIGINT/SIGTERM), or one pass printed as JSON."""
-    ap = argparse.ArgumentParser(prog="python -m app.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """``python -m stillhouse.jobs.sweep [--once]``: sweep forever (until SIGINT/SIGTERM), or one pass printed as JSON."""
+    ap = argparse.ArgumentParser(prog="python -m stillhouse.jobs.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--once", action="store_true", help="one pass, print what it did as JSON, exit")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     if args.once:
-        from app.db import session_factory
-
         print(json.dumps(asdict(sweep(session_factory(settings), utcnow(), settings))))
         return 0
     stop = threading.Event()

@@ -13,6 +13,7 @@ from ..data import split_validation
 from ..errors import DistillError
 from ..formats import FileInput
 from ..spec import DataSpec, DatasetRef
+from ..text_data import classify_csv, load_rotten_tomatoes, read_text_dataset
 
 
 @dataclass
@@ -38,8 +39,6 @@ class TextBundle:
 def _read(ref: DatasetRef, files: Mapping[str, FileInput], text_column: str, param: str, label_names: list[str] | None = None):
     """One text dataset; a CSV without ``text_column`` uses its only non-numeric column (as detected at upload).
     ``label_names``: map string labels onto these ids (the training file's), so train and validation agree."""
-    from ..text_data import classify_csv, load_rotten_tomatoes, read_text_dataset
-
     if ref.builtin is not None:
         if ref.builtin != "rotten_tomatoes":
             raise DistillError("invalid_spec", f"{param}: built-in {ref.builtin!r} is not a text dataset; use rotten_tomatoes", param)

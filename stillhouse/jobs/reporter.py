@@ -15,9 +15,9 @@ from typing import Any, Callable, Sequence
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.jobs.states import CANCELLED, CANCELLING
-from app.models import Job, JobEvent, Metric, utcnow
-from worker.distill.reporter import MetricRow
+from stillhouse.jobs.states import CANCELLED, CANCELLING
+from stillhouse.models import Job, JobEvent, Metric, utcnow
+from distill.reporter import MetricRow
 
 CANCEL, HANDBACK, LEASE_LOST = "cancel", "handback", "lease_lost"
 
@@ -33,7 +33,7 @@ class SqlReporter:
 
     ``owner``: the lease owner id this process holds the job under (None: unguarded writes, for tools and tests).
     ``lease_lost``: a callable that is true once the heartbeat lost the lease; ``handback``: a callable that is true
-    once the worker is shutting down (``worker.handback.requested``). ``stop_reason`` says why ``should_stop`` turned
+    once the worker is shutting down (``stillhouse.jobs.handback.requested``). ``stop_reason`` says why ``should_stop`` turned
     true: ``lease_lost``, ``cancel`` or ``handback``, in that order of precedence.
     """
 

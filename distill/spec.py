@@ -23,7 +23,7 @@ class _Strict(BaseModel):
 
 
 class ArchitectureSpec(_Strict):
-    """A model from the architecture registry (``worker.distill.models``): its name and keyword arguments."""
+    """A model from the architecture registry (``distill.models``): its name and keyword arguments."""
 
     name: str = Field(..., min_length=1, description="Registered architecture: 'mlp', 'cnn' or 'resnet'.")
     kwargs: dict[str, Any] = Field(

@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, UTCDateTime, utcnow
-from app.models.tenant import DEFAULT_TENANT
+from stillhouse.models.base import Base, UTCDateTime, utcnow
+from stillhouse.models.tenant import DEFAULT_TENANT
 
 
 class File(Base):

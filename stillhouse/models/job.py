@@ -8,12 +8,12 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, UTCDateTime, utcnow
-from app.models.tenant import DEFAULT_TENANT
+from stillhouse.models.base import Base, UTCDateTime, utcnow
+from stillhouse.models.tenant import DEFAULT_TENANT
 
 
 class Job(Base):
-    """A distillation job. ``status`` only changes through ``app.jobs.states.transition``.
+    """A distillation job. ``status`` only changes through ``stillhouse.jobs.states.transition``.
 
     Durability columns: ``lease_owner`` / ``lease_expires_at`` (the worker that holds the job, renewed by its
     heartbeat; a second delivery finds a live lease and exits), ``enqueued_at`` (when the last message for it

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import DistillError, first_line
+from .checkpoints import file_bytes_text, state_dict_from_object, torch_load_weights_only
 
 ZIP_MAGIC = b"PK\x03\x04"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -155,7 +156,6 @@ def _tar_members(t: tarfile.TarFile, max_members: int, max_unpacked_bytes: int) 
         size = int(info.size) if info.isreg() else 0
         declared += size
         if declared > max_unpacked_bytes:  # before reading on: skipping a member's data means inflating it
-            from .formats import file_bytes_text
 
             raise _invalid(
                 f"refused archive: it unpacks to more than the limit of {file_bytes_text(max_unpacked_bytes)}"
@@ -319,7 +319,6 @@ def safe_extract(path: str | Path, dest: Path, *, max_unpacked_bytes: int, max_m
                 except tarfile.FilterError as e:
                     raise _invalid(f"refused archive: member {m.ref.name[:200]!r} is not plain data ({e})") from None
         if total > max_unpacked_bytes:
-            from .formats import file_bytes_text
 
             raise _invalid(
                 f"refused archive: it unpacks to {file_bytes_text(total)}, more than the limit of "
@@ -565,10 +564,9 @@ def inspect_hf_folder(folder: str | Path) -> dict[str, Any]:
         raise _invalid(f"config.json is not valid JSON ({e})") from None
     weights, weight_paths = _weight_files(folder)
     if weights == "bin":
-        from .formats import _torch_load_weights_only, state_dict_from_object
 
         for p in weight_paths:  # refuses unsafe pickles before transformers sees them
-            state_dict_from_object(_torch_load_weights_only(p))
+            state_dict_from_object(torch_load_weights_only(p))
     if not any((folder / n).is_file() for n in TOKENIZER_FILES):
         raise _invalid(
             "no tokenizer files next to config.json; expected tokenizer.json, vocab.txt, vocab.json or a "

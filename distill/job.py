@@ -10,22 +10,26 @@ stays in ``workdir`` for a redelivered job to resume from).
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
+from torch.nn.utils import prune
 
 from .data import DataBundle, load_data
-from .evaluation import evaluate, ratio as _ratio, rnd as _r, summary_sentence as _summary_sentence
-from .export import export_student as _export
+from .evaluation import evaluate, evaluate_variant, ratio as _ratio, rnd as _r, summary_sentence as _summary_sentence
+from .export import export_student as _export, quantize_dynamic_int8, save_torchscript
 from .errors import DistillError, StopRequested, first_line
-from .formats import FileInput, sniff
+from .formats import ARCH_METADATA_KEY, sniff
+from .hf_archive import load_hf_archive
 from .features import feature_shapes, numel
 from .loop import TeacherCache, TrainOutcome, batched_logits, spec_fingerprint, teacher_outputs, train_student
 from .measure import resolve_device
@@ -33,31 +37,13 @@ from .methods import CombinedMethod, LabelsOnly, Method, build_method, check_met
 from .models import build, describe, parameter_count
 from .reporter import Reporter
 from .spec import JobSpec
+from .results import DistillResult, JobInputs
 from .teachers import Teacher, load_teacher
+from .text import run_text_job
 
 ARTIFACTS_DIR = "artifacts"
 CACHE_LIMIT_BYTES = 2 * 1024**3  # teacher-output cache ceiling: 'on' beyond it is invalid_spec, 'auto' falls back to per-step
 BASELINE_CHECKPOINT = "baseline_checkpoint.pt"
-
-
-@dataclass(frozen=True)
-class JobInputs:
-    """The files a job uses: the ``teacher`` checkpoint and the datasets ``files`` keyed by file id."""
-
-    teacher: FileInput
-    files: dict[str, FileInput]
-
-
-@dataclass
-class DistillResult:
-    """A finished job: the JSON-serialisable compression ``report`` and the ``artifacts`` written
-    (paths inside ``workdir/artifacts``: student.safetensors, student.json, optionally student.onnx);
-    ``baseline_student``: with ``evaluation.compare_baseline``, the same student architecture trained alone
-    (eval mode, on the job's device), else None."""
-
-    report: dict[str, Any]
-    artifacts: list[Path]
-    baseline_student: nn.Module | None = None
 
 
 def _check_time(deadline: float, spec: JobSpec, where: str) -> None:
@@ -181,10 +167,6 @@ def prune_and_fine_tune(spec: JobSpec, student: nn.Module, teacher: Teacher, met
     copy of ``student`` by ``export.prune.amount``, then ``fine_tune_epochs`` of training with the job's own
     distillation loss while the pruning masks hold the zeros, then the masks are made permanent.
     Returns (pruned model, {'amount', 'sparsity' (zero fraction of the pruned weights), 'fine_tune_epochs'})."""
-    import copy
-
-    from torch.nn.utils import prune
-
     cfg = spec.export.prune
     pruned = copy.deepcopy(student)
     targets = [(m, "weight") for m in pruned.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
@@ -209,14 +191,6 @@ def _export_variants(spec: JobSpec, student: nn.Module, pruned: nn.Module | None
     """Write and evaluate the extra students the spec asks for: ``quantized`` (dynamic int8, ``student_int8.pt``
     TorchScript) and ``pruned`` (``student_pruned.safetensors``). Each report block: artifact, bytes, val_top1 and
     CPU latency p50/p95 (ms) per batch size."""
-    import json
-
-    from safetensors.torch import save_file
-
-    from .evaluation import evaluate_variant
-    from .export import quantize_dynamic_int8, save_torchscript
-    from .formats import ARCH_METADATA_KEY
-
     out: dict[str, Any] = {}
     sizes, iters = list(spec.evaluation.latency_batch_sizes), spec.evaluation.latency_iterations
     example = data.val_x[:1] if data.val_x.shape[0] else data.train_x[:1]
@@ -244,7 +218,7 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     exists and matches the spec) and receives ``artifacts/`` (replaced). ``runtime_used_s``: seconds the job
     already ran before a redelivery, deducted from ``training.max_runtime_s``. A Hugging Face teacher ('hf'
     archive, unpacked into ``workdir/teacher`` up to ``max_unpacked_bytes``) runs the text tasks
-    (``worker.distill.text.run_text_job``).
+    (``distill.text.run_text_job``).
 
     Raises ``DistillError`` (codes: invalid_spec, invalid_file, unsafe_checkpoint, shape_mismatch,
     non_finite_loss, max_runtime_exceeded, internal_error) or ``StopRequested`` (cancelled); in every failure
@@ -257,9 +231,6 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     if fmt == "hf" or spec.task in ("sequence_classification", "sentence_embedding"):
         if fmt != "hf":
             raise DistillError("invalid_spec", f"task {spec.task!r} needs a Hugging Face teacher ('hf' archive), got {fmt}", "task")
-        from .hf_archive import load_hf_archive
-        from .text import run_text_job
-
         folder = load_hf_archive(inputs.teacher.path, Path(workdir) / "teacher", max_unpacked_bytes=max_unpacked_bytes)
         return run_text_job(spec, folder, inputs.teacher.bytes, inputs.files, Path(workdir), reporter, runtime_used_s=runtime_used_s)
     if spec.student.architecture is None:

@@ -39,6 +39,7 @@ from ..measure import resolve_device
 from ..methods import build_method
 from ..models import parameter_count
 from ..reporter import MetricRow, Reporter
+from ..results import DistillResult
 from ..spec import JobSpec
 from .data import TextBundle, collate, length_batches, load_text_data, tokenize
 from .hf import Classifier, SentenceEncoder, from_states, derive_student, load_model, load_tokenizer, pipeline_pooling, save_student_folder, st_embeddings
@@ -150,8 +151,6 @@ def run_text_job(spec: JobSpec, folder: Path, teacher_bytes: int, files: dict, w
     ``student.json``). Raises DistillError (invalid_spec, invalid_file, non_finite_loss, max_runtime_exceeded,
     internal_error) or StopRequested.
     """
-    from ..job import DistillResult
-
     t_start = time.perf_counter()
     deadline = t_start + spec.training.max_runtime_s - runtime_used_s
     device = resolve_device(spec.training.device)

@@ -9,7 +9,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from app.settings import Settings, get_settings
+from stillhouse.settings import Settings, get_settings
 
 
 class LocalStore:

@@ -14,7 +14,7 @@ from typing import Iterator
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.settings import Settings, get_settings
+from stillhouse.settings import Settings, get_settings
 
 
 def make_engine(url: str, pool_size: int = 20) -> Engine:

@@ -109,7 +109,7 @@ def export_student(spec: JobSpec, student: nn.Module, filled: dict[str, Any], da
         "teacher": {"format": teacher.format, "parameters": teacher.parameters, "architecture": teacher.architecture},
         "job_name": spec.name,
         "metrics": summary,
-        "load_with": "worker.distill.models.build(architecture['name'], architecture['kwargs']).load_state_dict("
+        "load_with": "distill.models.build(architecture['name'], architecture['kwargs']).load_state_dict("
                      "safetensors.torch.load_file('student.safetensors'))",
     }
     (outdir / "student.json").write_text(json.dumps(card, indent=2))

@@ -41,6 +41,6 @@ class Channel(filesystem.Channel):
 
 
 class Transport(filesystem.Transport):
-    """The filesystem transport with ``Channel`` above (``broker_transport = "worker.fs_transport:Transport"``)."""
+    """The filesystem transport with ``Channel`` above (``broker_transport = "stillhouse.jobs.fs_transport:Transport"``)."""
 
     Channel = Channel

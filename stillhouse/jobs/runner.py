@@ -2,7 +2,7 @@
 report, and always end in a final status (never left ``running`` by an exception), or hand the job back when the
 worker shuts down.
 
-Every write is conditional on this process still holding the job's lease (``app.jobs.leases``): a second delivery
+Every write is conditional on this process still holding the job's lease (``stillhouse.jobs.leases``): a second delivery
 of a job whose lease is live exits at once without writing anything, and a process that lost its lease (another
 worker took the job over after it stopped answering) stops at its next step without writing anything more.
 """
@@ -21,16 +21,19 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from app.db import session_factory
-from app.jobs import leases, states
-from app.models import Artifact, File, Job, JobFile, utcnow
-from app.settings import Settings, get_settings
-from app.storage import LocalStore, sha256_file
-from worker import handback
-from worker.distill.errors import DistillError, StopRequested
-from worker.distill.job import FileInput, JobInputs, run_job
-from worker.distill.spec import JobSpec
-from worker.reporter_sql import CANCEL, HANDBACK, LeaseLost, SqlReporter
+from stillhouse.db import session_factory
+from stillhouse.jobs import leases, states
+from stillhouse.jobs.queue import enqueue_job, mark_sent
+from stillhouse.models import Artifact, File, Job, JobFile, utcnow
+from stillhouse.settings import Settings, get_settings
+from stillhouse.storage import LocalStore, sha256_file
+from stillhouse.jobs import handback
+from distill.errors import DistillError, StopRequested
+from distill.formats import FileInput
+from distill.job import run_job
+from distill.results import JobInputs
+from distill.spec import JobSpec
+from stillhouse.jobs.reporter import CANCEL, HANDBACK, LeaseLost, SqlReporter
 
 log = logging.getLogger("stillhouse.worker")
 
@@ -202,7 +205,7 @@ def execute(job_id: str, settings: Settings | None = None) -> str | None:
     Success publishes artifacts and the report and moves the job to ``succeeded`` in one transaction; a cancel ends
     it ``cancelled`` with nothing published; a ``DistillError`` ends it ``failed`` with its code; any other exception
     ends it ``failed`` with ``internal_error`` and the exception text. When the worker shuts down
-    (``worker.handback``), the job stops before its next step, keeps a checkpoint of that step, moves back to
+    (``stillhouse.jobs.handback``), the job stops before its next step, keeps a checkpoint of that step, moves back to
     ``queued`` (``handbacks + 1``) and its message is sent again. Each of these writes happens only while this
     process holds the job's lease.
     """
@@ -322,8 +325,6 @@ def _hand_back(sessions, settings: Settings, job_id: str, owner: str, reporter: 
 def _resend(sessions, settings: Settings, job_id: str) -> None:
     """Send the job's message again and record it; when the broker cannot be reached, mark the job unsent so the
     sweep sends it."""
-    from app.queue import enqueue_job, mark_sent
-
     try:
         enqueue_job(job_id, settings)
     except Exception as e:  # noqa: BLE001 - any broker failure: the sweep sends it later

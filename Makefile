@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test up worker api clean
+.PHONY: install demo test test-quick up worker api clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ demo: $(STAMP)  ## make the demo teacher, start API + worker, run a job over HTT
 
 test: $(STAMP)  ## the whole test suite (PostgreSQL + Redis tests skip unless reachable; CI requires them)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-quick: $(STAMP)  ## the edit-test loop: everything but end-to-end, slow and PostgreSQL tests (under 2 minutes)
+	$(PY) -m pytest -q -m "not e2e and not slow and not postgres" $(PYTEST_ARGS)
 
 up: $(STAMP)  ## API + one worker in the foreground on the configured settings; Ctrl-C stops both
 	$(PY) -m app up

@@ -17,6 +17,8 @@ REQUIRE_SERVICES = os.environ.get("STILLHOUSE_REQUIRE_SERVICES") == "1"
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+pytest_plugins = ["tests.models"]  # the shared model and data fixtures (digits teacher, MiniLM, tiny BERT, reviews)
+
 
 def _reachable(host: str, port: int) -> bool:
     try:
@@ -93,7 +95,7 @@ def apply_env(monkeypatch: pytest.MonkeyPatch, backend: Backend) -> None:
     _celery_for.cache_clear()
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def backend_session(request, tmp_path_factory) -> Iterator[Backend]:
     """One migrated database per backend kind for the whole session."""
     backend, teardown = make_backend(request.param, tmp_path_factory.mktemp("backend"))

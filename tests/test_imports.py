@@ -185,6 +185,7 @@ print('HEAVY', heavy)
     assert "HEAVY []" in res.stdout, res.stdout
 
 
+@pytest.mark.slow
 def test_core_runs_with_the_serving_stack_unimportable(tmp_path):
     """With FastAPI, Celery, SQLAlchemy and the service's own packages made unimportable, every core module imports
     and a one-epoch distillation runs to its report."""

@@ -338,6 +338,7 @@ async def test_runtime_of_earlier_attempts_counts_toward_max_runtime(api, teache
     assert "already used 5" in r["error_message"] and r["runtime_s"] >= 5.0
 
 
+@pytest.mark.slow
 async def test_a_delivery_that_cannot_reach_the_database_is_retried_not_lost(api, job_id, monkeypatch):
     from celery.exceptions import Retry
 

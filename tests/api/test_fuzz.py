@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hypothesis
 import pytest
+
+pytestmark = pytest.mark.slow
 import schemathesis
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error

@@ -18,7 +18,7 @@ from distill.teachers import load_teacher
 from distill.formats import extract_state_dict, load_tensors
 from distill.models import build
 
-from .conftest import TEACHER_ARCH
+from tests.models import TEACHER_ARCH
 from .helpers import make_spec, run
 
 MLP = {"name": "mlp", "kwargs": {"input_shape": [1, 8, 8], "num_classes": 10, "hidden_sizes": [16]}}

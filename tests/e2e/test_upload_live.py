@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+pytestmark = pytest.mark.slow
 import sqlalchemy as sa
 
 from tests.conftest import Backend

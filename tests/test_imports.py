@@ -227,7 +227,7 @@ print('TOP1', res.report['student']['val_top1'])
     assert "TOP1 0." in res.stdout
 
 
-@pytest.mark.parametrize("module", ["distill.spec", "distill.errors", "distill.report"])
+@pytest.mark.parametrize("module", ["distill.spec", "distill.errors", "distill.report", "distill.report_builders"])
 def test_spec_errors_and_report_load_without_torch(module):
     res = _run(f"import sys, {module}; print('torch' in sys.modules)")
     assert res.returncode == 0, res.stderr

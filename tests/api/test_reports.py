@@ -5,7 +5,6 @@ have stored, including the task-less tensor reports of older versions), put on a
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import pytest
 
@@ -15,7 +14,7 @@ from tests.api.test_files import assert_error, upload
 from tests.api.test_jobs import spec_for
 from tests import files as mk
 from tests.durability import drain_queue
-from tests.fixtures import stored_reports
+from tests.fixtures import only_nulls_added, stored_reports
 
 STORED = stored_reports()
 
@@ -69,7 +68,7 @@ async def test_report_json_has_the_classification_extras(api, tmp_path, real_rep
     job_id = await _succeeded_job(api, tmp_path, report, rows)
     r = (await api.get(f"/v1/jobs/{job_id}/report")).json()
     assert r["job_id"] == job_id and r["object"] == "report" and r["task"] == "classification"
-    assert _only_nulls_added(report, r, exempt={"object", "job_id", "task"})
+    assert only_nulls_added(report, r, exempt={"object", "job_id", "task"})
     assert set(r["top5"]) == {"teacher", "student"} and len(r["per_class_top1"]["student"]) == 10
     assert 0 <= r["ece"]["student"] <= 1 and len(r["teacher_student_confusion"]) == 10
 
@@ -102,17 +101,6 @@ async def test_reports_side_by_side(api, tmp_path, real_report):
     assert_error(await api.get(f"/v1/jobs/{queued}/report.html"), 409, "report_not_ready")
 
 
-def _only_nulls_added(stored: Any, served: Any, exempt: set[str] = frozenset()) -> bool:
-    """True when ``served`` holds every value of ``stored`` unchanged (recursively) and its other keys are null
-    (the typed model's absent optional fields) or ``exempt`` top-level keys."""
-    if isinstance(stored, dict):
-        return (isinstance(served, dict) and all(k in served and _only_nulls_added(v, served[k]) for k, v in stored.items())
-                and all(served[k] is None or k in exempt for k in set(served) - set(stored)))
-    if isinstance(stored, list):
-        return isinstance(served, list) and len(stored) == len(served) and all(map(_only_nulls_added, stored, served))
-    return stored == served
-
-
 @pytest.mark.parametrize("name", sorted(STORED))
 async def test_stored_report_is_served_and_rendered(api, tmp_path, name):
     """A report as an earlier version stored it: JSON with its variant and every stored value unchanged, and the HTML
@@ -123,7 +111,7 @@ async def test_stored_report_is_served_and_rendered(api, tmp_path, name):
     assert resp.status_code == 200, resp.text
     r = resp.json()
     assert r["task"] == stored.get("task", "classification") and r["job_id"] == job_id and r["object"] == "report"
-    assert _only_nulls_added(stored, r, exempt={"object", "job_id", "task"})
+    assert only_nulls_added(stored, r, exempt={"object", "job_id", "task"})
     typed = parse_report(r)
     page = (await api.get(f"/v1/jobs/{job_id}/report.html")).text
     assert f"{job_id} · {name} · {typed.task}" in page
@@ -142,7 +130,7 @@ async def test_stored_reports_side_by_side(api, tmp_path):
     data = (await api.get("/v1/reports", params={"job_ids": ",".join(ids.values())})).json()["data"]
     assert [r["job_id"] for r in data] == list(ids.values())
     assert [r["task"] for r in data] == [r.get("task", "classification") for r in STORED.values()]
-    assert all(_only_nulls_added(STORED[name], r, {"object", "job_id", "task"}) for name, r in zip(ids, data))
+    assert all(only_nulls_added(STORED[name], r, {"object", "job_id", "task"}) for name, r in zip(ids, data))
     page = (await api.get("/v1/reports", params={"job_ids": ",".join(ids.values()), "format": "html"})).text
     assert f"{len(ids)} reports side by side" in page
     assert [page.index(j) < page.index(k) for j, k in zip(list(ids.values()), list(ids.values())[1:])] == [True] * (len(ids) - 1)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from distill.report import AnyReport, parse_report
 
@@ -125,6 +125,19 @@ class Artifact(_Model):
     sha256: str
     content_type: str
     url: str
+
+
+def _typed_report(data: Any) -> AnyReport:
+    """The API's report JSON as its ``distill.report`` variant. Raises ApiError ``unsupported_report`` when it fits
+    none (e.g. a task family this client does not know yet: upgrade the client)."""
+    try:
+        return parse_report(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        job_id, task = (data.get("job_id"), data.get("task")) if isinstance(data, dict) else (None, None)
+        raise ApiError(200, "unsupported_report", f"this client cannot read the report of job {job_id} (task {task!r}; "
+                       f"{where}: {first['msg']}); a newer client may") from None
 
 
 class Stillhouse:
@@ -256,7 +269,7 @@ class Stillhouse:
     def report(self, job_id: str) -> AnyReport:
         """The compression report, typed (``distill.report``: ClassificationReport, SequenceClassificationReport or
         SentenceEmbeddingReport, by ``task``); ApiError 409 ``report_not_ready`` before the job succeeded."""
-        return parse_report(self._request("GET", f"/v1/jobs/{job_id}/report"))
+        return _typed_report(self._request("GET", f"/v1/jobs/{job_id}/report"))
 
     def _text(self, path: str, params: dict[str, Any]) -> str:
         try:
@@ -276,7 +289,7 @@ class Stillhouse:
 
     def compare(self, job_ids: list[str]) -> list[AnyReport]:
         """Several succeeded jobs' typed reports, in the given order (GET /v1/reports?job_ids=...)."""
-        return [parse_report(r) for r in self._request("GET", "/v1/reports", params={"job_ids": ",".join(job_ids)})["data"]]
+        return [_typed_report(r) for r in self._request("GET", "/v1/reports", params={"job_ids": ",".join(job_ids)})["data"]]
 
     def artifacts(self, job_id: str) -> list[Artifact]:
         """The job's artifacts."""

@@ -126,3 +126,18 @@ print('TORCH', 'torch' in sys.modules)
     assert "TASKS ['classification', 'sequence_classification', 'sentence_embedding']" in res.stdout
     assert "TORCH False" in res.stdout and "linear-probe accuracy" in res.stdout
     assert all(j in res.stdout for j in chosen)
+
+
+def test_client_refuses_a_report_it_cannot_read_with_a_clear_error():
+    """A report of a task family this client does not know (a newer server): ApiError unsupported_report naming it."""
+    import httpx
+
+    from client import ApiError, Stillhouse
+
+    newer = {**STORED["sentence_embedding"], "task": "causal_lm", "job_id": "job_new"}
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=newer if "jobs" in request.url.path else {"data": [newer]}))
+    with Stillhouse("http://stillhouse.test", transport=transport) as c:
+        for call in (lambda: c.report("job_new"), lambda: c.compare(["job_new"])):
+            with pytest.raises(ApiError) as e:
+                call()
+            assert e.value.code == "unsupported_report" and "'causal_lm'" in e.value.message and "job_new" in e.value.message

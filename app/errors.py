@@ -98,6 +98,13 @@ class ServiceUnavailable(ApiError):
     code = "unavailable"
 
 
+class InternalError(ApiError):
+    """500: the server cannot answer, e.g. stored data it cannot read (the cause is logged)."""
+
+    status = 500
+    code = "internal_error"
+
+
 def error_json(status: int, code: str, message: str, param: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
     """A JSONResponse in the error shape."""
     return JSONResponse(status_code=status, content={"error": {"code": code, "message": message, "param": param}}, headers=headers)

@@ -88,7 +88,7 @@ def main() -> None:
         wall = time.perf_counter() - t0
         if job.status != "succeeded":
             raise SystemExit(f"job {job.status}: {job.error}")
-        r = c.report(job.id)
+        r = c.report(job.id).model_dump(mode="json")
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)

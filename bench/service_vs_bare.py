@@ -139,7 +139,7 @@ class Service:
 
     def run(self, teacher_id: str, epochs: int, cache: str = "off") -> tuple[float, float, dict]:
         """Run ``job_spec(teacher_id, epochs, cache)`` as a job: returns (seconds from POST to succeeded, student
-        validation top-1 as a fraction, the job's report). Raises ``SystemExit`` when the job does not succeed."""
+        validation top-1 as a fraction, the job's report as JSON). Raises ``SystemExit`` when the job does not succeed."""
         spec = job_spec(teacher_id, epochs, cache)
         t0 = time.perf_counter()
         job = self.client.create_job(spec)
@@ -148,7 +148,7 @@ class Service:
         if job.status != "succeeded":
             raise SystemExit(f"service job {job.status}: {job.error}")
         r = self.client.report(job.id)
-        return wall, r["student"]["val_top1"], r
+        return wall, r.student.val_top1, r.model_dump(mode="json")
 
     def close(self) -> None:
         self.proc.send_signal(signal.SIGINT)

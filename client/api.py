@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from distill.report import AnyReport, parse_report
 
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -123,6 +125,19 @@ class Artifact(_Model):
     sha256: str
     content_type: str
     url: str
+
+
+def _typed_report(data: Any) -> AnyReport:
+    """The API's report JSON as its ``distill.report`` variant. Raises ApiError ``unsupported_report`` when it fits
+    none (e.g. a task family this client does not know yet: upgrade the client)."""
+    try:
+        return parse_report(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        job_id, task = (data.get("job_id"), data.get("task")) if isinstance(data, dict) else (None, None)
+        raise ApiError(200, "unsupported_report", f"this client cannot read the report of job {job_id} (task {task!r}; "
+                       f"{where}: {first['msg']}); a newer client may") from None
 
 
 class Stillhouse:
@@ -251,9 +266,10 @@ class Stillhouse:
         params = {"name": name, "split": split, "limit": 10000}
         return [Metric.model_validate(d) for d in self._pages(f"/v1/jobs/{job_id}/metrics", params, lambda d: d["id"])]
 
-    def report(self, job_id: str) -> dict[str, Any]:
-        """The compression report (JSON); ApiError 409 ``report_not_ready`` before the job succeeded."""
-        return self._request("GET", f"/v1/jobs/{job_id}/report")
+    def report(self, job_id: str) -> AnyReport:
+        """The compression report, typed (``distill.report``: ClassificationReport, SequenceClassificationReport or
+        SentenceEmbeddingReport, by ``task``); ApiError 409 ``report_not_ready`` before the job succeeded."""
+        return _typed_report(self._request("GET", f"/v1/jobs/{job_id}/report"))
 
     def _text(self, path: str, params: dict[str, Any]) -> str:
         try:
@@ -271,9 +287,9 @@ class Stillhouse:
         """Several succeeded jobs' reports side by side as one HTML page."""
         return self._text("/v1/reports", {"job_ids": ",".join(job_ids), "format": "html"})
 
-    def compare(self, job_ids: list[str]) -> list[dict[str, Any]]:
-        """Several succeeded jobs' reports, in the given order (GET /v1/reports?job_ids=...)."""
-        return self._request("GET", "/v1/reports", params={"job_ids": ",".join(job_ids)})["data"]
+    def compare(self, job_ids: list[str]) -> list[AnyReport]:
+        """Several succeeded jobs' typed reports, in the given order (GET /v1/reports?job_ids=...)."""
+        return [_typed_report(r) for r in self._request("GET", "/v1/reports", params={"job_ids": ",".join(job_ids)})["data"]]
 
     def artifacts(self, job_id: str) -> list[Artifact]:
         """The job's artifacts."""

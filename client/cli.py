@@ -24,6 +24,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from client.api import ApiError, Job, Stillhouse
+from distill.report import (
+    AnyReport,
+    ClassificationReport,
+    LatencyMs,
+    ReportBase,
+    SentenceEmbeddingReport,
+    SequenceClassificationReport,
+    TextReportBase,
+)
 
 app = typer.Typer(help="Knowledge-distillation jobs on a stillhouse server.", no_args_is_help=True, add_completion=False)
 console = Console()
@@ -237,92 +246,100 @@ def _fmt(v: Any, kind: str = "") -> str:
     return str(v)
 
 
-def render_text_report(r: dict[str, Any]) -> None:
+def _latency(lat: LatencyMs | None) -> str:
+    return f"{_fmt(lat.p50 if lat else None)} / {_fmt(lat.p95 if lat else None)} ms"
+
+
+def render_text_report(r: TextReportBase) -> None:
     """Print the report of a text job (sentence_embedding or sequence_classification)."""
-    t, s = r.get("teacher", {}), r.get("student", {})
-    tab = Table(title=f"compression report · {r.get('job_id', '')} · {r.get('task')}", title_justify="left")
+    t, s = r.teacher, r.student
+    q = r.quality()
+    tab = Table(title=f"compression report · {r.job_id or ''} · {r.task}", title_justify="left")
     tab.add_column("")
     tab.add_column("teacher", justify="right")
     tab.add_column("student", justify="right")
-    tab.add_row("layers", _fmt(t.get("layers")), _fmt(s.get("layers")))
-    tab.add_row("parameters", _fmt(t.get("parameters")), _fmt(s.get("parameters")))
-    tab.add_row("bytes", _fmt(t.get("bytes"), "bytes"), _fmt(s.get("bytes"), "bytes"))
-    if r.get("task") == "sentence_embedding":
-        tab.add_row("linear-probe accuracy", _fmt(r.get("probe_teacher"), "pct"), _fmt(r.get("probe_student"), "pct"))
-    else:
-        tab.add_row("validation top-1", _fmt(r.get("teacher_top1"), "pct"), _fmt(r.get("student_top1"), "pct"))
-    tl, sl = (t.get("latency_ms") or {}).get("1", {}), (s.get("latency_ms") or {}).get("1", {})
-    tab.add_row("latency p50/p95 per sentence", f"{_fmt(tl.get('p50'))} / {_fmt(tl.get('p95'))} ms", f"{_fmt(sl.get('p50'))} / {_fmt(sl.get('p95'))} ms")
-    for bs, v in (t.get("throughput_per_s") or {}).items():
-        tab.add_row(f"throughput @ batch {bs}", f"{_fmt(v)} /s", f"{_fmt((s.get('throughput_per_s') or {}).get(bs))} /s")
+    tab.add_row("layers", _fmt(t.layers), _fmt(s.layers))
+    tab.add_row("parameters", _fmt(t.parameters), _fmt(s.parameters))
+    tab.add_row("bytes", _fmt(t.bytes, "bytes"), _fmt(s.bytes, "bytes"))
+    tab.add_row(q.label, _fmt(q.teacher, "pct"), _fmt(q.student, "pct"))
+    tab.add_row("latency p50/p95 per sentence", _latency(t.latency_ms.get("1")), _latency(s.latency_ms.get("1")))
+    for bs, v in t.throughput_per_s.items():
+        tab.add_row(f"throughput @ batch {bs}", f"{_fmt(v)} /s", f"{_fmt(s.throughput_per_s.get(bs))} /s")
     console.print(tab)
     summary = Table(show_header=False, box=None)
-    if r.get("task") == "sentence_embedding":
-        summary.add_row("mean cosine to teacher (held-out)", _fmt(r.get("mean_cosine")))
-        summary.add_row("probe accuracy, student / teacher", _fmt(r.get("probe_ratio"), "pct"))
-    else:
-        summary.add_row("agreement with teacher", _fmt(r.get("agreement"), "pct"))
-    summary.add_row("parameter ratio", _fmt(r.get("parameter_ratio"), "x"))
-    for k, v in (r.get("speedup") or {}).items():
+    if isinstance(r, SentenceEmbeddingReport):
+        summary.add_row("mean cosine to teacher (held-out)", _fmt(r.mean_cosine))
+        summary.add_row("probe accuracy, student / teacher", _fmt(r.probe_ratio, "pct"))
+    elif isinstance(r, SequenceClassificationReport):
+        summary.add_row("agreement with teacher", _fmt(r.agreement, "pct"))
+        summary.add_row("mean KL(teacher‖student)", _fmt(r.mean_kl))
+    summary.add_row("parameter ratio", _fmt(r.parameter_ratio, "x"))
+    summary.add_row("compression ratio (bytes)", _fmt(r.compression_ratio, "x"))
+    for k, v in r.speedup.items():
         summary.add_row(f"speedup ({k})", _fmt(v, "x"))
-    if r.get("cache"):
-        summary.add_row("teacher outputs cached", str(r["cache"].get("teacher_outputs")))
-    for phase, sec in (r.get("wall_time_s") or {}).items():
-        summary.add_row(f"wall time · {phase}", f"{sec:.2f} s")
+    summary.add_row("teacher outputs cached", str(r.cache.teacher_outputs))
+    if r.onnx:
+        summary.add_row("ONNX max |Δ| vs PyTorch", _fmt(r.onnx.max_abs_diff))
+    _phases(summary, r)
     console.print(summary)
-    if r.get("summary"):
-        console.print(f"\n[bold]{r['summary']}[/]", highlight=False)
+    if r.summary:
+        console.print(f"\n[bold]{r.summary}[/]", highlight=False)
 
 
-def render_report(r: dict[str, Any]) -> None:
+def _phases(summary: Table, r: ReportBase) -> None:
+    for phase, sec in r.wall_time_s.items():
+        summary.add_row(f"wall time · {phase}", f"{sec:.2f} s")
+
+
+def render_report(r: AnyReport) -> None:
     """Print a compression report as tables (teacher vs student, ratios, latency, phases)."""
-    if r.get("task") in ("sentence_embedding", "sequence_classification"):
+    if not isinstance(r, ClassificationReport):
         render_text_report(r)
         return
-    t, s = r.get("teacher", {}), r.get("student", {})
-    tab = Table(title=f"compression report · {r.get('job_id', '')}", title_justify="left")
+    t, s = r.teacher, r.student
+    tab = Table(title=f"compression report · {r.job_id or ''}", title_justify="left")
     tab.add_column("")
     tab.add_column("teacher", justify="right")
     tab.add_column("student", justify="right")
-    tab.add_row("validation top-1", _fmt(t.get("val_top1"), "pct"), _fmt(s.get("val_top1"), "pct"))
-    tab.add_row("parameters", _fmt(t.get("parameters")), _fmt(s.get("parameters")))
-    tab.add_row("bytes on disk", _fmt(t.get("bytes"), "bytes"), _fmt(s.get("bytes"), "bytes"))
-    tab.add_row("FLOPs / sample", _fmt(t.get("flops_per_sample")), _fmt(s.get("flops_per_sample")))
-    for bs, tl in (t.get("latency_ms") or {}).items():
-        sl = (s.get("latency_ms") or {}).get(bs, {})
-        tab.add_row(f"latency p50/p95 @ batch {bs}", f"{_fmt(tl.get('p50'))} / {_fmt(tl.get('p95'))} ms",
-                    f"{_fmt(sl.get('p50'))} / {_fmt(sl.get('p95'))} ms")
+    tab.add_row("validation top-1", _fmt(t.val_top1, "pct"), _fmt(s.val_top1, "pct"))
+    if r.top5:
+        tab.add_row("top-5", _fmt(r.top5.teacher, "pct"), _fmt(r.top5.student, "pct"))
+    tab.add_row("parameters", _fmt(t.parameters), _fmt(s.parameters))
+    tab.add_row("bytes on disk", _fmt(t.bytes, "bytes"), _fmt(s.bytes, "bytes"))
+    tab.add_row("FLOPs / sample", _fmt(t.flops_per_sample), _fmt(s.flops_per_sample))
+    for bs, tl in t.latency_ms.items():
+        tab.add_row(f"latency p50/p95 @ batch {bs}", _latency(tl), _latency(s.latency_ms.get(bs)))
     console.print(tab)
     summary = Table(show_header=False, box=None)
-    summary.add_row("compression ratio (bytes)", _fmt(r.get("compression_ratio"), "x"))
-    summary.add_row("parameter ratio", _fmt(r.get("parameter_ratio"), "x"))
-    for bs, v in (r.get("speedup") or {}).items():
+    summary.add_row("compression ratio (bytes)", _fmt(r.compression_ratio, "x"))
+    summary.add_row("parameter ratio", _fmt(r.parameter_ratio, "x"))
+    for bs, v in r.speedup.items():
         summary.add_row(f"speedup @ batch {bs}", _fmt(v, "x"))
-    summary.add_row("agreement with teacher", _fmt(r.get("agreement"), "pct"))
-    summary.add_row("mean KL(teacher‖student)", _fmt(r.get("mean_kl")))
-    if r.get("top1_drop_points") is not None:
-        summary.add_row("top-1 lost (teacher − student)", f"{r['top1_drop_points']:.2f} points")
-    if r.get("onnx"):
-        summary.add_row("ONNX max |Δ| vs PyTorch", _fmt(r["onnx"].get("max_abs_diff")))
-    for key, label in (("quantized", "int8 student"), ("pruned", "pruned student")):
-        v = r.get(key)
+    summary.add_row("agreement with teacher", _fmt(r.agreement, "pct"))
+    summary.add_row("mean KL(teacher‖student)", _fmt(r.mean_kl))
+    if r.top1_drop_points is not None:
+        summary.add_row("top-1 lost (teacher − student)", f"{r.top1_drop_points:.2f} points")
+    if r.onnx:
+        summary.add_row("ONNX max |Δ| vs PyTorch", _fmt(r.onnx.max_abs_diff))
+    for label, v in (("int8 student", r.quantized), ("pruned student", r.pruned)):
         if v:
-            lat = (v.get("latency_ms") or {}).get("1", {})
-            summary.add_row(f"{label} ({v['artifact']})", f"top-1 {_fmt(v.get('val_top1'), 'pct')}, {_fmt(v.get('bytes'), 'bytes')}, "
-                                                           f"p50 @1 {_fmt(lat.get('p50'))} ms (CPU)")
-    if r.get("baseline") and r["baseline"].get("val_top1") is not None:
-        summary.add_row("student trained alone", f"top-1 {_fmt(r['baseline']['val_top1'], 'pct')}")
-    if r.get("distillation_gain_points") is not None:
-        summary.add_row("distillation gain", f"{r['distillation_gain_points']:+.2f} points")
-    for phase, sec in (r.get("wall_time_s") or {}).items():
-        summary.add_row(f"wall time · {phase}", f"{sec:.2f} s")
+            summary.add_row(f"{label} ({v.artifact})", f"top-1 {_fmt(v.val_top1, 'pct')}, {_fmt(v.bytes, 'bytes')}, "
+                                                       f"p50 @1 {_fmt(v.latency_ms['1'].p50 if '1' in v.latency_ms else None)} ms (CPU)")
+    if r.baseline:
+        alone = f"top-1 {_fmt(r.baseline.val_top1, 'pct')}" if r.baseline.val_top1 is not None else (r.baseline.note or "–")
+        summary.add_row("student trained alone", alone)
+    if r.distillation_gain_points is not None:
+        summary.add_row("distillation gain", f"{r.distillation_gain_points:+.2f} points")
+    if r.cache:
+        summary.add_row("teacher outputs cached", str(r.cache.teacher_outputs))
+    _phases(summary, r)
     console.print(summary)
-    if r.get("summary"):
-        console.print(f"\n[bold]{r['summary']}[/]", highlight=False)
+    if r.summary:
+        console.print(f"\n[bold]{r.summary}[/]", highlight=False)
 
 
 @app.command()
-def report(job_id: str, as_json: bool = typer.Option(False, "--json", help="Print the raw JSON."),
+def report(job_id: str, as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
            html: Optional[Path] = typer.Option(None, "--html", help="Also write the HTML report (with plots) to this file.")) -> None:
     """Print a succeeded job's compression report."""
     try:
@@ -333,17 +350,16 @@ def report(job_id: str, as_json: bool = typer.Option(False, "--json", help="Prin
     except ApiError as e:
         _fail(e)
     if as_json:
-        print(json.dumps(r, indent=2))
+        print(r.model_dump_json(indent=2))
     else:
         render_report(r)
-
-
 
 
 @app.command()
 def compare(job_ids: list[str] = typer.Argument(..., help="Two or more job ids."),
             html: Optional[Path] = typer.Option(None, "--html", help="Write the side-by-side HTML page to this file.")) -> None:
-    """Compare succeeded jobs: top-1, size, latency and gain side by side."""
+    """Compare succeeded jobs: quality (validation top-1, or linear-probe accuracy for embeddings), size, latency and
+    gain side by side."""
     client = _client()
     try:
         reports = client.compare(job_ids)
@@ -352,16 +368,14 @@ def compare(job_ids: list[str] = typer.Argument(..., help="Two or more job ids."
             err.print(f"HTML comparison written to {html}", highlight=False)
     except ApiError as e:
         _fail(e)
-    t = Table("task", "teacher top-1", "student top-1", "student bytes", "compression", "speedup @1", "gain")
+    t = Table("task", "metric", "teacher", "student", "student bytes", "compression", "speedup @1", "gain")
     t.add_column("job", no_wrap=True, min_width=max(len(j) for j in job_ids))
     for r in reports:
-        task = r.get("task", "classification")
-        s_top1 = r.get("student", {}).get("val_top1", r.get("student_top1", r.get("probe_student")))
-        t_top1 = r.get("teacher", {}).get("val_top1", r.get("teacher_top1", r.get("probe_teacher")))
-        gain = r.get("distillation_gain_points")
-        t.add_row(task, _fmt(t_top1, "pct"), _fmt(s_top1, "pct"), _fmt(r.get("student", {}).get("bytes"), "bytes"),
-                  _fmt(r.get("compression_ratio"), "x"), _fmt((r.get("speedup") or {}).get("1"), "x"),
-                  "–" if gain is None else f"{gain:+.2f}", r["job_id"])
+        q = r.quality()
+        gain = r.gain_points()
+        t.add_row(r.task, q.label, _fmt(q.teacher, "pct"), _fmt(q.student, "pct"), _fmt(r.student.bytes, "bytes"),
+                  _fmt(r.compression_ratio, "x"), _fmt(r.speedup.get("1"), "x"), "–" if gain is None else f"{gain:+.2f}",
+                  r.job_id or "")
     console.print(t)
 
 

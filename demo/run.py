@@ -69,7 +69,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
-    ratio, drop = r["compression_ratio"], r["top1_drop_points"]
+    ratio, drop = r.compression_ratio, r.top1_drop_points
     ok = ratio >= 10 and drop is not None and drop <= 3
     print(f"\ndemo {'OK' if ok else 'MISSED ITS TARGET'}: student {ratio:.1f}x smaller than the teacher "
           f"(target >= 10x), top-1 {drop:.2f} points below it (target <= 3). Student files in {out.relative_to(ROOT)}/; "

@@ -3,7 +3,6 @@ parameters, FLOPs and latency, and the one-sentence summary of a report."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -14,20 +13,8 @@ from .data import DataBundle
 from .loop import batched_logits
 from .measure import count_flops, module_latency
 from .models import parameter_count
+from .report_builders import ratio, rnd  # noqa: F401 - rnd and ratio live with the report builders; job.py imports them here
 from .teachers import Teacher
-
-
-def rnd(x: float | None, digits: int = 4) -> float | None:
-    """Round for the report (None and non-finite values become None)."""
-    if x is None or not math.isfinite(x):
-        return None
-    return round(float(x), digits)
-
-
-def ratio(a: float | None, b: float | None, digits: int = 2) -> float | None:
-    if a is None or b is None or b == 0:
-        return None
-    return rnd(a / b, digits)
 
 
 def evaluate(teacher: Teacher, student: nn.Module, data: DataBundle, device: torch.device, latency_batch_sizes: list[int],

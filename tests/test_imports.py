@@ -227,8 +227,8 @@ print('TOP1', res.report['student']['val_top1'])
     assert "TOP1 0." in res.stdout
 
 
-@pytest.mark.parametrize("module", ["distill.spec", "distill.errors"])
-def test_spec_and_errors_load_without_torch(module):
+@pytest.mark.parametrize("module", ["distill.spec", "distill.errors", "distill.report", "distill.report_builders"])
+def test_spec_errors_and_report_load_without_torch(module):
     res = _run(f"import sys, {module}; print('torch' in sys.modules)")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False"

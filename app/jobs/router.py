@@ -23,6 +23,7 @@ from app.jobs.schemas import (
 )
 from app.pagination import Limit, Page
 from app.reports.service import job_report_html
+from distill.report import Report
 from distill.spec import JobSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -104,17 +105,26 @@ def list_metrics(job_id: JobId, session: SessionDep, tenant: CurrentTenant, limi
     return Page[MetricObject](data=[MetricObject.model_validate(r) for r in rows], has_more=more)
 
 
-@router.get("/{job_id}/report", response_model=dict[str, Any], responses={200: {"content": {"text/html": {}}}, **_409, **ERROR_RESPONSES})
+@router.get("/{job_id}/report", response_model=Report,
+            responses={200: {"content": {"text/html": {}}, "description": "The report: one variant per task family, selected "
+                                                                           "by 'task'"},
+                       500: {"model": ErrorResponse, "description": "The stored report cannot be read (report_unreadable)"},
+                       **_409, **ERROR_RESPONSES})
 def get_report(job_id: JobId, session: SessionDep, tenant: CurrentTenant,
                format: Annotated[Literal["json", "html"], Query(description="'json', or 'html' for a page with plots.")] = "json"):
-    """The compression report of a succeeded job: teacher vs student top-1 (and top-5, per-class top-1, expected
-    calibration error, teacher-student confusion), agreement, mean KL, parameters, bytes, compression ratio
-    (teacher bytes / student bytes), FLOPs per sample, latency p50/p95 (ms) per batch size, speedup, wall time
-    per phase (s). ``format=html`` renders it as a page with plots. 409 ``report_not_ready`` before success."""
-    if format == "html":
+    """The compression report of a succeeded job, one variant per task family (``task``: classification,
+    sequence_classification, sentence_embedding; reports stored without ``task`` are classification reports).
 
+    Classification: teacher vs student (and the student trained alone) validation top-1 (and top-5, per-class top-1,
+    expected calibration error, teacher-student confusion), agreement, mean KL (nats), parameters, bytes on disk,
+    compression ratio (teacher bytes / student bytes), FLOPs per sample, latency p50/p95 (ms) per batch size, speedup,
+    int8 and pruned variants. Text tasks: layers, parameters, bytes, per-sentence latency (ms), throughput
+    (sentences/s), agreement and top-1 or embedding cosine and linear-probe accuracy. All: training (epochs, steps, loss
+    terms), teacher-output cache, wall time per phase (s) and a summary sentence. ``format=html`` renders it as a page
+    with plots. 409 ``report_not_ready`` before success; 500 ``report_unreadable`` if the stored report is damaged."""
+    if format == "html":
         return HTMLResponse(job_report_html(session, job_id, tenant.id))
-    return {"object": "report", "job_id": job_id, **service.get_report(session, job_id, tenant.id)}
+    return service.get_report(session, job_id, tenant.id)
 
 
 @router.get("/{job_id}/artifacts", response_model=ArtifactList, responses=ERROR_RESPONSES)

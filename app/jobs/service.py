@@ -7,8 +7,8 @@ import hashlib
 import json
 import logging
 from datetime import datetime
-from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, defer
 from app import model_checks
 from app.auth.limits import check_job_slot, lock_tenant
 from stillhouse.db import session_factory
-from app.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
+from app.errors import Conflict, InternalError, NotFound, ServiceUnavailable, Unprocessable
 from stillhouse.jobs import states
 from app.jobs.schemas import JobError, JobObject, Progress, Timings
 from stillhouse.models import Artifact, File, Job, JobEvent, JobFile, Metric, new_id, utcnow
@@ -24,6 +24,7 @@ from app.pagination import newest_first, oldest_first
 from stillhouse.jobs.queue import enqueue_job, mark_sent
 from stillhouse.settings import get_settings
 from distill.errors import DistillError
+from distill.report import AnyReport, parse_report
 from distill.spec import JobSpec
 
 log = logging.getLogger("stillhouse.jobs")
@@ -376,12 +377,23 @@ def list_metrics(session: Session, job_id: str, tenant_id: str, *, name: str | N
     return oldest_first(session, q, Metric, limit=limit, after=after)
 
 
-def get_report(session: Session, job_id: str, tenant_id: str) -> dict[str, Any]:
-    """The compression report of one of the tenant's succeeded jobs. Raises NotFound, Conflict (409 ``report_not_ready``)."""
+def get_report(session: Session, job_id: str, tenant_id: str) -> AnyReport:
+    """The compression report of one of the tenant's succeeded jobs, as its typed variant (``distill.report``) with
+    ``job_id`` set; reports stored before the report was typed validate too. Raises NotFound, Conflict (409
+    ``report_not_ready``), InternalError (500 ``report_unreadable``, logged) for a stored report that fits no variant."""
     job = get_job(session, job_id, tenant_id)
     if job.report is None:
         raise Conflict(f"job {job_id} is {job.status}; the report exists once it has succeeded", code="report_not_ready")
-    return job.report
+    try:
+        report = parse_report(job.report)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        log.error("the stored report of %s does not fit the report schema: %s", job_id, e)
+        raise InternalError(f"the stored report of job {job_id} cannot be read ({where}: {first['msg']}); the event is logged "
+                            "on the server", code="report_unreadable") from None
+    report.job_id = job_id
+    return report
 
 
 def list_artifacts(session: Session, job_id: str, tenant_id: str) -> list[Artifact]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,14 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from app.reports import plots
+from distill.report import (
+    AnyReport,
+    ClassificationReport,
+    LatencyMs,
+    SentenceEmbeddingReport,
+    SequenceClassificationReport,
+    TextReportBase,
+)
 
 
 @lru_cache
@@ -34,72 +43,85 @@ def _bytes(v: Any) -> str:
     return f"{v / 1024:,.1f} KiB" if v < 1024**2 else f"{v / 1024**2:,.2f} MiB"
 
 
-def _tensor_view(r: dict[str, Any]) -> dict[str, Any]:
-    t, s = r.get("teacher", {}), r.get("student", {})
-    base, quant, pruned = r.get("baseline"), r.get("quantized"), r.get("pruned")
-    extras = [*([("quantised student", quant)] if quant else []), *([("pruned student", pruned)] if pruned else [])]
-    models = [("teacher", t), *([("student alone", {**s, **base})] if base else []), ("distilled student", s), *extras]
-    rows = [["validation top-1", *[_pct(m.get("val_top1")) for _, m in models]]]
-    if r.get("top5"):
-        rows.append(["top-5", _pct(r["top5"].get("teacher")), *(["–"] if base else []), _pct(r["top5"].get("student")),
-                     *(["–"] * len(extras))])
-    if r.get("ece"):
-        rows.append(["expected calibration error", _pct(r["ece"].get("teacher")), *(["–"] if base else []), _pct(r["ece"].get("student")),
-                     *(["–"] * len(extras))])
-    rows += [["parameters", *[_num(m.get("parameters")) for _, m in models]],
-             ["bytes on disk", *[_bytes(m.get("bytes")) for _, m in models]],
-             ["FLOPs / sample", *[_num(m.get("flops_per_sample")) for _, m in models]]]
-    for bs in (t.get("latency_ms") or {}):
-        rows.append([f"latency p50 / p95 @ batch {bs}",
-                     *[f"{_num((m.get('latency_ms') or {}).get(bs, {}).get('p50'))} / {_num((m.get('latency_ms') or {}).get(bs, {}).get('p95'))} ms"
-                       for _, m in models]])
-    ratios = [("compression ratio (teacher bytes / student bytes)", _num(r.get("compression_ratio"), "×")),
-              ("parameter ratio", _num(r.get("parameter_ratio"), "×")),
-              *[(f"speedup @ batch {k}", _num(v, "×")) for k, v in (r.get("speedup") or {}).items()],
-              ("agreement with the teacher", _pct(r.get("agreement"))), ("mean KL(teacher ‖ student)", _num(r.get("mean_kl")))]
-    if r.get("distillation_gain_points") is not None:
-        ratios.append(("distillation gain (distilled − alone)", f"{r['distillation_gain_points']:+.2f} points"))
-    if r.get("cache"):
-        ratios.append(("teacher outputs cached", str(r["cache"].get("teacher_outputs"))))
-    points = [(name, m.get("bytes"), m.get("val_top1")) for name, m in models]
-    lat = {name: {f"batch {k}": v.get("p50") for k, v in (m.get("latency_ms") or {}).items()} for name, m in models if m.get("latency_ms")}
-    return {"columns": [n for n, _ in models], "rows": rows, "ratios": ratios,
+def _latency(lat: LatencyMs | None) -> str:
+    return f"{_num(lat.p50 if lat else None)} / {_num(lat.p95 if lat else None)} ms"
+
+
+@dataclass(frozen=True)
+class _Column:
+    """One model's column of the classification table."""
+
+    name: str
+    val_top1: float | None
+    parameters: int | None
+    bytes: int | None
+    flops_per_sample: int | None
+    latency_ms: dict[str, LatencyMs]
+
+
+def _tensor_view(r: ClassificationReport) -> dict[str, Any]:
+    t, s = r.teacher, r.student
+    extras = [("quantised student", v) for v in [r.quantized] if v] + [("pruned student", v) for v in [r.pruned] if v]
+    base = [_Column("student alone", r.baseline.val_top1, r.baseline.parameters or s.parameters, s.bytes, s.flops_per_sample,
+                    s.latency_ms)] if r.baseline else []
+    models = [_Column("teacher", t.val_top1, t.parameters, t.bytes, t.flops_per_sample, t.latency_ms), *base,
+              _Column("distilled student", s.val_top1, s.parameters, s.bytes, s.flops_per_sample, s.latency_ms),
+              *[_Column(name, v.val_top1, v.parameters, v.bytes, None, v.latency_ms) for name, v in extras]]
+    rows = [["validation top-1", *[_pct(m.val_top1) for m in models]]]
+    for label, pair in (("top-5", r.top5), ("expected calibration error", r.ece)):
+        if pair:
+            rows.append([label, _pct(pair.teacher), *(["–"] * len(base)), _pct(pair.student), *(["–"] * len(extras))])
+    rows += [["parameters", *[_num(m.parameters) for m in models]],
+             ["bytes on disk", *[_bytes(m.bytes) for m in models]],
+             ["FLOPs / sample", *[_num(m.flops_per_sample) for m in models]]]
+    for bs in t.latency_ms:
+        rows.append([f"latency p50 / p95 @ batch {bs}", *[_latency(m.latency_ms.get(bs)) for m in models]])
+    ratios = [("compression ratio (teacher bytes / student bytes)", _num(r.compression_ratio, "×")),
+              ("parameter ratio", _num(r.parameter_ratio, "×")),
+              *[(f"speedup @ batch {k}", _num(v, "×")) for k, v in r.speedup.items()],
+              ("agreement with the teacher", _pct(r.agreement)), ("mean KL(teacher ‖ student)", _num(r.mean_kl))]
+    if r.distillation_gain_points is not None:
+        ratios.append(("distillation gain (distilled − alone)", f"{r.distillation_gain_points:+.2f} points"))
+    if r.cache:
+        ratios.append(("teacher outputs cached", str(r.cache.teacher_outputs)))
+    points = [(m.name, m.bytes, m.val_top1) for m in models]
+    lat = {m.name: {f"batch {k}": v.p50 for k, v in m.latency_ms.items()} for m in models if m.latency_ms}
+    return {"columns": [m.name for m in models], "rows": rows, "ratios": ratios,
             "extra_plots": [plots.accuracy_vs_size(points), plots.latency_bars(lat)]}
 
 
-def _text_view(r: dict[str, Any]) -> dict[str, Any]:
-    t, s = r.get("teacher", {}), r.get("student", {})
-    rows = [["layers", _num(t.get("layers")), _num(s.get("layers"))],
-            ["parameters", _num(t.get("parameters")), _num(s.get("parameters"))],
-            ["bytes", _bytes(t.get("bytes")), _bytes(s.get("bytes"))]]
-    if r.get("task") == "sentence_embedding":
-        rows.append(["linear-probe accuracy", _pct(r.get("probe_teacher")), _pct(r.get("probe_student"))])
-    else:
-        rows.append(["validation top-1", _pct(r.get("teacher_top1")), _pct(r.get("student_top1"))])
-    tl, sl = (t.get("latency_ms") or {}).get("1", {}), (s.get("latency_ms") or {}).get("1", {})
-    rows.append(["latency p50 / p95 per sentence", f"{_num(tl.get('p50'))} / {_num(tl.get('p95'))} ms",
-                 f"{_num(sl.get('p50'))} / {_num(sl.get('p95'))} ms"])
+def _text_view(r: TextReportBase) -> dict[str, Any]:
+    t, s = r.teacher, r.student
+    q = r.quality()
+    rows = [["layers", _num(t.layers), _num(s.layers)],
+            ["parameters", _num(t.parameters), _num(s.parameters)],
+            ["bytes", _bytes(t.bytes), _bytes(s.bytes)],
+            [q.label, _pct(q.teacher), _pct(q.student)]]
+    rows.append(["latency p50 / p95 per sentence", _latency(t.latency_ms.get("1")), _latency(s.latency_ms.get("1"))])
     tput = {}
-    for bs, v in (t.get("throughput_per_s") or {}).items():
-        sv = (s.get("throughput_per_s") or {}).get(bs)
+    for bs, v in t.throughput_per_s.items():
+        sv = s.throughput_per_s.get(bs)
         rows.append([f"throughput @ batch {bs}", f"{_num(v)} /s", f"{_num(sv)} /s"])
         tput = {"teacher": {f"batch {bs}": v}, "student": {f"batch {bs}": sv}}
-    ratios = [("mean cosine to the teacher", _num(r.get("mean_cosine"))), ("probe accuracy, student / teacher", _pct(r.get("probe_ratio"))),
-              ("agreement", _pct(r.get("agreement"))), ("parameter ratio", _num(r.get("parameter_ratio"), "×")),
-              *[(f"speedup ({k})", _num(v, "×")) for k, v in (r.get("speedup") or {}).items()]]
+    if isinstance(r, SentenceEmbeddingReport):
+        ratios = [("mean cosine to the teacher", _num(r.mean_cosine)), ("probe accuracy, student / teacher", _pct(r.probe_ratio))]
+    elif isinstance(r, SequenceClassificationReport):
+        ratios = [("agreement", _pct(r.agreement))]
+    else:
+        ratios = []
+    ratios += [("parameter ratio", _num(r.parameter_ratio, "×")), *[(f"speedup ({k})", _num(v, "×")) for k, v in r.speedup.items()]]
     return {"columns": ["teacher", "student"], "rows": rows, "ratios": [x for x in ratios if x[1] != "–"],
             "extra_plots": [plots.latency_bars(tput, unit="sentences / s", title="throughput")]}
 
 
-def report_view(job_id: str, name: str | None, report: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """What the template shows for one report: tables, ratios, plots (SVG strings), phases and the summary."""
-    text = report.get("task") in ("sentence_embedding", "sequence_classification")
-    view = _text_view(report) if text else _tensor_view(report)
+def report_view(job_id: str, name: str | None, report: AnyReport, metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the template shows for one typed report: tables, ratios, plots (SVG strings), phases and the summary."""
+    view = _tensor_view(report) if isinstance(report, ClassificationReport) else _text_view(report)
     curves = plots.training_curves(metrics)
-    return {"job_id": job_id, "name": name, "task": report.get("task", "classification"), "summary": report.get("summary", ""),
-            "gain": report.get("distillation_gain_points"), "columns": view["columns"], "rows": view["rows"], "ratios": view["ratios"],
+    return {"job_id": job_id, "name": name, "task": report.task, "summary": report.summary, "gain": report.gain_points(),
+            "columns": view["columns"], "rows": view["rows"], "ratios": view["ratios"],
             "plots": [p for p in [curves, *view["extra_plots"]] if p],
-            "phases": [(k, f"{v:.2f}") for k, v in (report.get("wall_time_s") or {}).items() if v is not None]}
+            "phases": [(k, f"{v:.2f}") for k, v in report.wall_time_s.items() if v is not None]}
 
 
 def render_html(title: str, views: list[dict[str, Any]]) -> str:

@@ -11,6 +11,7 @@ from app.errors import Unprocessable
 from app.jobs.service import get_job, get_report
 from stillhouse.models import Metric
 from app.reports.render import render_html, report_view
+from distill.report import AnyReport
 
 EPOCH_SPLITS = ("train_epoch", "val", "baseline_train_epoch", "baseline_val")
 MAX_COMPARE = 20
@@ -24,7 +25,7 @@ def epoch_metrics(session: Session, job_id: str) -> list[dict[str, Any]]:
 
 def job_report_html(session: Session, job_id: str, tenant_id: str) -> str:
     """The HTML page of one of the tenant's succeeded jobs' report. Raises NotFound (404, also for another tenant's
-    job), Conflict (409 report_not_ready)."""
+    job), Conflict (409 report_not_ready), InternalError (500 report_unreadable)."""
     report = get_report(session, job_id, tenant_id)
     job = get_job(session, job_id, tenant_id)
     return render_html(f"compression report · {job_id}", [report_view(job_id, job.name, report, epoch_metrics(session, job_id))])
@@ -40,10 +41,10 @@ def parse_job_ids(job_ids: str) -> list[str]:
     return ids
 
 
-def compare(session: Session, job_ids: list[str], tenant_id: str) -> list[dict[str, Any]]:
-    """The reports of several of the tenant's succeeded jobs, in the given order. Raises NotFound (an unknown id or
-    another tenant's) / Conflict naming the first bad id."""
-    return [{"object": "report", "job_id": j, **get_report(session, j, tenant_id)} for j in job_ids]
+def compare(session: Session, job_ids: list[str], tenant_id: str) -> list[AnyReport]:
+    """The typed reports of several of the tenant's succeeded jobs, in the given order. Raises NotFound (an unknown id or
+    another tenant's) / Conflict naming the first bad id / InternalError (500 report_unreadable)."""
+    return [get_report(session, j, tenant_id) for j in job_ids]
 
 
 def compare_html(session: Session, job_ids: list[str], tenant_id: str) -> str:

@@ -1,13 +1,22 @@
-"""Report views: JSON, the HTML page with plots, and several jobs side by side. The report comes from a real
-(small) run of the distillation core, stored on a job row as the worker would."""
+"""Report views: JSON (typed, with its schema in OpenAPI), the HTML page with plots, and several jobs side by side. The
+reports come from a real (small) run of the distillation core and from the stored-report fixtures (every shape jobs
+have stored, including the task-less tensor reports of older versions), put on a job row as the worker would."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
+from distill.report import parse_report
+from stillhouse.settings import get_settings
 from tests.api.test_files import assert_error, upload
 from tests.api.test_jobs import spec_for
 from tests import files as mk
+from tests.durability import drain_queue
+from tests.fixtures import only_nulls_added, stored_reports
+
+STORED = stored_reports()
 
 
 @pytest.fixture(scope="module")
@@ -16,12 +25,12 @@ def real_report(tmp_path_factory):
     import torch
 
     from distill.formats import FileInput
-    from distill.job import run_job
     from distill.reporter import RecordingReporter
     from distill.results import JobInputs
     from distill.spec import JobSpec
     from distill.data import load_builtin, split_validation
     from distill.teacher_training import save_model, train_classifier
+    from tests.core.helpers import run_job  # checks the report against distill.report
 
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("rep")
@@ -39,12 +48,14 @@ def real_report(tmp_path_factory):
 
 
 async def _succeeded_job(api, tmp_path, report, rows, name="<b>mine</b>"):
+    """A job created over the API and moved to succeeded with ``report`` and the metric ``rows``, as a worker would."""
     from stillhouse.db import session_scope
     from stillhouse.jobs import states
     from stillhouse.models import Metric
 
     teacher_id = (await upload(api, mk.safetensors_file(tmp_path))).json()["id"]
     job = (await api.post("/v1/jobs", json=spec_for(teacher_id, name=name))).json()
+    drain_queue(get_settings())  # no worker takes it; later tests expect an empty queue
     with session_scope() as s:
         assert states.transition(s, job["id"], states.RUNNING, attempt=1)
         s.add_all(Metric(job_id=job["id"], name=r.name, split=r.split, step=r.step, epoch=r.epoch, value=r.value) for r in rows)
@@ -56,7 +67,8 @@ async def test_report_json_has_the_classification_extras(api, tmp_path, real_rep
     report, rows = real_report
     job_id = await _succeeded_job(api, tmp_path, report, rows)
     r = (await api.get(f"/v1/jobs/{job_id}/report")).json()
-    assert r["job_id"] == job_id and r["object"] == "report"
+    assert r["job_id"] == job_id and r["object"] == "report" and r["task"] == "classification"
+    assert only_nulls_added(report, r, exempt={"object", "job_id", "task"})
     assert set(r["top5"]) == {"teacher", "student"} and len(r["per_class_top1"]["student"]) == 10
     assert 0 <= r["ece"]["student"] <= 1 and len(r["teacher_student_confusion"]) == 10
 
@@ -87,3 +99,75 @@ async def test_reports_side_by_side(api, tmp_path, real_report):
     queued = (await api.post("/v1/jobs", json=spec_for((await upload(api, mk.safetensors_file(tmp_path))).json()["id"]))).json()["id"]
     assert_error(await api.get("/v1/reports", params={"job_ids": f"{a},{queued}"}), 409, "report_not_ready")
     assert_error(await api.get(f"/v1/jobs/{queued}/report.html"), 409, "report_not_ready")
+
+
+@pytest.mark.parametrize("name", sorted(STORED))
+async def test_stored_report_is_served_and_rendered(api, tmp_path, name):
+    """A report as an earlier version stored it: JSON with its variant and every stored value unchanged, and the HTML
+    page with its figures."""
+    stored = STORED[name]
+    job_id = await _succeeded_job(api, tmp_path, copy.deepcopy(stored), [], name=name)
+    resp = await api.get(f"/v1/jobs/{job_id}/report")
+    assert resp.status_code == 200, resp.text
+    r = resp.json()
+    assert r["task"] == stored.get("task", "classification") and r["job_id"] == job_id and r["object"] == "report"
+    assert only_nulls_added(stored, r, exempt={"object", "job_id", "task"})
+    typed = parse_report(r)
+    page = (await api.get(f"/v1/jobs/{job_id}/report.html")).text
+    assert f"{job_id} · {name} · {typed.task}" in page
+    q = typed.quality()
+    assert q.label in page and f"{100 * q.student:.2f}%" in page
+    assert f"{typed.student.bytes / 1024:,.1f} KiB" in page or f"{typed.student.bytes / 1024**2:,.2f} MiB" in page
+    assert page.count("<svg") >= 1 and "wall time per phase: loading_teacher" in page
+    if name == "classification_full":
+        assert "quantised student" in page and "pruned student" in page and "student alone" in page
+        assert f"{typed.distillation_gain_points:+.2f} points" in page
+
+
+async def test_stored_reports_side_by_side(api, tmp_path):
+    """All stored shapes in one comparison: the JSON list keeps the order and each variant; the page shows them all."""
+    ids = {name: await _succeeded_job(api, tmp_path, copy.deepcopy(r), [], name=name) for name, r in STORED.items()}
+    data = (await api.get("/v1/reports", params={"job_ids": ",".join(ids.values())})).json()["data"]
+    assert [r["job_id"] for r in data] == list(ids.values())
+    assert [r["task"] for r in data] == [r.get("task", "classification") for r in STORED.values()]
+    assert all(only_nulls_added(STORED[name], r, {"object", "job_id", "task"}) for name, r in zip(ids, data))
+    page = (await api.get("/v1/reports", params={"job_ids": ",".join(ids.values()), "format": "html"})).text
+    assert f"{len(ids)} reports side by side" in page
+    assert [page.index(j) < page.index(k) for j, k in zip(list(ids.values()), list(ids.values())[1:])] == [True] * (len(ids) - 1)
+
+
+async def test_a_damaged_stored_report_is_a_clear_500_and_stays_stored(api, tmp_path):
+    from stillhouse.db import session_scope
+    from stillhouse.models import Job
+
+    damaged = {**copy.deepcopy(STORED["sequence_classification"]), "student_top1": "high"}
+    job_id = await _succeeded_job(api, tmp_path, damaged, [])
+    for url in (f"/v1/jobs/{job_id}/report", f"/v1/jobs/{job_id}/report.html", f"/v1/reports?job_ids={job_id}"):
+        err = assert_error(await api.get(url), 500, "report_unreadable")
+        assert job_id in err["message"] and "student_top1" in err["message"]
+    with session_scope() as s:
+        assert s.get(Job, job_id).report == damaged
+
+
+async def test_openapi_documents_the_report_variants(api):
+    schema = (await api.get("/openapi.json")).json()
+    comps = schema["components"]["schemas"]
+    body = schema["paths"]["/v1/jobs/{job_id}/report"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    mapping = {"classification": "ClassificationReport", "sequence_classification": "SequenceClassificationReport",
+               "sentence_embedding": "SentenceEmbeddingReport"}
+    assert body["discriminator"] == {"propertyName": "task",
+                                     "mapping": {k: f"#/components/schemas/{v}" for k, v in mapping.items()}}
+    assert sorted(x["$ref"] for x in body["oneOf"]) == sorted(f"#/components/schemas/{v}" for v in mapping.values())
+    listed = comps["ReportList"]["properties"]["data"]["items"]
+    assert listed["discriminator"]["propertyName"] == "task" and len(listed["oneOf"]) == 3
+    for task, name in mapping.items():
+        variant = comps[name]
+        assert variant["properties"]["task"]["const"] == task and "task" in variant["required"]
+        assert "summary" in variant["required"] and "ms" in comps["LatencyMs"]["properties"]["p50"]["description"]
+    cls = comps["ClassificationReport"]["properties"]
+    assert "percentage points" in cls["top1_drop_points"]["description"]
+    assert "nats" in cls["mean_kl"]["description"] and "seconds" in cls["wall_time_s"]["description"].lower()
+    assert "bytes" in comps["TensorModelSummary"]["properties"]["bytes"]["description"]
+    assert "fraction" in comps["TensorModelSummary"]["properties"]["val_top1"]["description"]
+    assert "Sentences per second" in comps["TextTeacherSummary"]["properties"]["throughput_per_s"]["description"]
+    assert "probe" in comps["SentenceEmbeddingReport"]["properties"]["probe_student"]["description"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from tests.api.test_jobs import spec_for, teacher_id  # noqa: F401 - fixture
+from tests.fixtures import stored_reports
 
 
 async def test_status_is_one_select_without_the_report(api, backend, teacher_id):  # noqa: F811
@@ -13,7 +14,7 @@ async def test_status_is_one_select_without_the_report(api, backend, teacher_id)
     from stillhouse.models import Job
 
     job = (await api.post("/v1/jobs", json=spec_for(teacher_id))).json()
-    big = {"per_class": {str(i): list(range(50)) for i in range(200)}}
+    big = {**stored_reports()["classification_full"], "per_class": {str(i): list(range(50)) for i in range(200)}}
     with session_scope() as s:
         s.get(Job, job["id"]).report = big
     statements: list[str] = []

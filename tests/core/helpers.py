@@ -1,15 +1,41 @@
-"""Helpers of the distillation-core tests (spec builder, run_job wrapper)."""
+"""Helpers of the distillation-core tests (spec builder; ``run_job``/``run_text_job`` wrappers that check every report
+the core writes against the typed ``distill.report`` model)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from distill import job as _job
 from distill.formats import FileInput
-from distill.job import run_job
+from distill.report import parse_report, unmodelled_keys
 from distill.reporter import RecordingReporter
-from distill.results import JobInputs
+from distill.results import DistillResult, JobInputs
 from distill.spec import JobSpec
+from distill.text import job as _text_job
+
+
+def check_report(report: dict[str, Any]) -> None:
+    """Assert that ``report`` (a dict the core wrote) validates as its ``distill.report`` variant, that the model covers
+    every key in it, and that validation changed nothing (a dump of the fields set gives the same dict back)."""
+    typed = parse_report(report)
+    assert typed.task == report.get("task", "classification")
+    assert unmodelled_keys(typed) == [], f"report keys missing from distill.report: {unmodelled_keys(typed)}"
+    assert typed.model_dump(mode="json", exclude_unset=True) == {"task": "classification", **report}
+
+
+def run_job(*args: Any, **kw: Any) -> DistillResult:
+    """``distill.job.run_job`` with ``check_report`` on its report."""
+    result = _job.run_job(*args, **kw)
+    check_report(result.report)
+    return result
+
+
+def run_text_job(*args: Any, **kw: Any) -> DistillResult:
+    """``distill.text.job.run_text_job`` with ``check_report`` on its report."""
+    result = _text_job.run_text_job(*args, **kw)
+    check_report(result.report)
+    return result
 
 
 def make_spec(**overrides: Any) -> JobSpec:
@@ -34,7 +60,7 @@ def make_spec(**overrides: Any) -> JobSpec:
 
 def run(spec: JobSpec, teacher: FileInput, workdir: Path, reporter: RecordingReporter | None = None,
         files: dict[str, FileInput] | None = None, **kw: Any):
-    """run_job with a RecordingReporter; returns (result, reporter)."""
+    """run_job (report checked) with a RecordingReporter; returns (result, reporter)."""
     reporter = reporter or RecordingReporter()
     result = run_job(spec, JobInputs(teacher=teacher, files=files or {}), workdir, reporter, **kw)
     return result, reporter

@@ -69,7 +69,7 @@ def test_dynamic_int8_quantisation_is_smaller_and_close(tmp_path):
 
 def test_job_ships_and_evaluates_quantised_and_pruned_students(teacher_file, tmp_path):
     """export.quantize + export.prune: extra artifacts, each evaluated in the report (real digits run)."""
-    from distill.job import run_job
+    from .helpers import run_job  # distill.job.run_job with the report checked
     from distill.reporter import RecordingReporter
     from distill.results import JobInputs
     from distill.spec import JobSpec

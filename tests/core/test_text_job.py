@@ -18,7 +18,7 @@ from distill.reporter import RecordingReporter
 from distill.spec import FromTeacherSpec, JobSpec
 from distill.text.data import collate, length_batches
 from distill.text.hf import derive_student, layers_to_keep, pool
-from distill.text.job import run_text_job
+from .helpers import run_text_job  # distill.text.job.run_text_job with the report checked
 
 from tests.models import MINILM_TOKENIZER_FILES
 

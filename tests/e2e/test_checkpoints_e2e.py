@@ -34,10 +34,10 @@ def test_dataparallel_training_checkpoint_is_accepted_and_the_report_says_so(liv
     assert f.details["module_prefix"] is True and "argparse.Namespace" in f.details["notes"][0]
     job = c.wait(c.create_job(spec(f.id, **{"teacher.architecture": CNN, "training.epochs": 1})).id, timeout_s=180)
     assert job.status == "succeeded", job.error
-    notes = c.report(job.id)["teacher"]["notes"]
+    notes = c.report(job.id).teacher.notes
     assert any("'module.' prefix" in n and "DataParallel" in n for n in notes), notes
     assert any("'state_dict'" in n and "args (argparse.Namespace)" in n and "epoch (int)" in n for n in notes), notes
-    assert c.report(job.id)["teacher"]["val_top1"] > 0.9  # the teacher's own weights were used
+    assert c.report(job.id).teacher.val_top1 > 0.9  # the teacher's own weights were used
 
 
 def test_weights_not_fitting_the_architecture_fail_the_job_listing_keys(live, dp_checkpoint):

@@ -217,7 +217,7 @@ def test_whole_worker_killed_then_a_new_worker_resumes_the_job(cluster, digits_t
     resumed = [e for e in c.events(job.id) if e.type == "resumed"]
     assert len(resumed) == 1 and resumed[0].data["epoch"] >= 3
     assert_one_continuous_history(c, job.id, epochs)
-    assert c.report(job.id)["training"]["resumed_from_epoch"] == resumed[0].data["epoch"]
+    assert c.report(job.id).training.resumed_from_epoch == resumed[0].data["epoch"]
     row = cl.job_row(job.id)
     assert row.lease_owner is None and row.handbacks == 0 and row.runtime_s > 0
 

@@ -66,22 +66,23 @@ def test_job_succeeds_and_downloaded_student_reproduces_the_report(live, digits_
     assert len(step_rows) >= (6 * steps_per_epoch) // 5
 
     r = c.report(job.id)
-    assert r["teacher"]["val_top1"] > 0.9 and r["student"]["val_top1"] > 0.85
-    assert r["compression_ratio"] == pytest.approx(r["teacher"]["bytes"] / r["student"]["bytes"], rel=0.01)
-    assert r["student"]["parameters"] == 64 * 32 + 32 + 32 * 10 + 10
-    assert r["teacher"]["flops_per_sample"] > r["student"]["flops_per_sample"] > 0
-    for who in ("teacher", "student"):
+    assert r.task == "classification" and r.job_id == job.id
+    assert r.teacher.val_top1 > 0.9 and r.student.val_top1 > 0.85
+    assert r.compression_ratio == pytest.approx(r.teacher.bytes / r.student.bytes, rel=0.01)
+    assert r.student.parameters == 64 * 32 + 32 + 32 * 10 + 10
+    assert r.teacher.flops_per_sample > r.student.flops_per_sample > 0
+    for who in (r.teacher, r.student):
         for bs in ("1", "64"):
-            lat = r[who]["latency_ms"][bs]
-            assert 0 < lat["p50"] <= lat["p95"]
-    assert 0 <= r["agreement"] <= 1 and r["mean_kl"] >= 0
-    assert r["onnx"]["max_abs_diff"] < 1e-3
-    assert set(r["wall_time_s"]) >= {"loading_teacher", "training", "evaluating", "exporting", "total"}
+            lat = who.latency_ms[bs]
+            assert 0 < lat.p50 <= lat.p95
+    assert 0 <= r.agreement <= 1 and r.mean_kl >= 0
+    assert r.onnx.max_abs_diff < 1e-3
+    assert set(r.wall_time_s) >= {"loading_teacher", "training", "evaluating", "exporting", "total"}
 
     arts = {a.name: a for a in c.artifacts(job.id)}
     assert set(arts) == {"student.safetensors", "student.json", "student.onnx"}
     paths = {n: c.download(job.id, n, tmp_path) for n in arts}
-    assert paths["student.safetensors"].stat().st_size == arts["student.safetensors"].bytes == r["student"]["bytes"]
+    assert paths["student.safetensors"].stat().st_size == arts["student.safetensors"].bytes == r.student.bytes
 
     # rebuild the student from the downloaded files alone and re-measure its validation top-1
     from safetensors.torch import load_file
@@ -96,7 +97,7 @@ def test_job_succeeds_and_downloaded_student_reproduces_the_report(live, digits_
     _, va = split_validation(y, 0.2, seed=0)
     with torch.inference_mode():
         pred = student(torch.as_tensor(x[va])).argmax(1).numpy()
-    assert (pred == y[va]).mean() == pytest.approx(r["student"]["val_top1"], abs=1e-4)
+    assert (pred == y[va]).mean() == pytest.approx(r.student.val_top1, abs=1e-4)
 
     import onnxruntime as ort
 
@@ -218,4 +219,4 @@ def test_killed_worker_child_is_redelivered_and_resumes_from_its_checkpoint(live
     assert epochs_logged == list(range(1, epochs + 1))  # no duplicated or missing epochs
     steps = [m.step for m in c.metrics(job.id, name="loss/total", split="train")]
     assert steps == sorted(steps) and len(steps) == len(set(steps))
-    assert c.report(job.id)["training"]["resumed_from_epoch"] == resumed[0].data["epoch"]
+    assert c.report(job.id).training.resumed_from_epoch == resumed[0].data["epoch"]

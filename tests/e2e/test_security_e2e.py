@@ -72,7 +72,7 @@ def test_tenants_keys_and_a_job_end_to_end(secured, digits_teacher, tmp_path):
         job = a.wait(a.create_job(spec(teacher.id, **{"training.epochs": 1, "export": {"formats": ["safetensors"]}})).id,
                      timeout_s=240)
         assert job.status == "succeeded", (job.error, secured.log("worker"))
-        assert [x.name for x in a.artifacts(job.id)] and a.report(job.id)["student"]["parameters"] > 0
+        assert [x.name for x in a.artifacts(job.id)] and a.report(job.id).student.parameters > 0
         assert a.download(job.id, "student.safetensors", tmp_path / "a").stat().st_size > 0
 
         for call in (lambda: b.get_job(job.id), lambda: b.report(job.id), lambda: b.artifacts(job.id), lambda: b.get_file(teacher.id),

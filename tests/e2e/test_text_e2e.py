@@ -70,19 +70,19 @@ def test_minilm_sentence_embedding_job(embedded_only, live, minilm_zip, review_j
     assert [m.epoch for m in c.metrics(job.id, name="cosine", split="val")] == [1]
 
     r = c.report(job.id)
-    assert r["task"] == "sentence_embedding" and r["pooling"] == {"mode": "mean", "normalize": True}
-    assert r["student"]["layers"] == 2 and r["student"]["kept_teacher_layers"] == [0, 5]
-    assert r["student"]["initialised"] == "copied from teacher"
-    assert 0.3 < r["mean_cosine"] <= 1.0
-    assert 0 < r["probe_teacher"] <= 1 and 0 < r["probe_student"] <= 1
+    assert r.task == "sentence_embedding" and (r.pooling.mode, r.pooling.normalize) == ("mean", True)
+    assert r.student.layers == 2 and r.student.kept_teacher_layers == [0, 5]
+    assert r.student.initialised == "copied from teacher"
+    assert 0.3 < r.mean_cosine <= 1.0
+    assert 0 < r.probe_teacher <= 1 and 0 < r.probe_student <= 1
     # speed itself is measured by bench/minilm_rotten_tomatoes.py, not asserted here (a busy machine flips it); the
     # report's speedup must be what its own latencies say, and the 2-layer student must be the smaller model
-    t_p50, s_p50 = r["teacher"]["latency_ms"]["1"]["p50"], r["student"]["latency_ms"]["1"]["p50"]
-    assert r["speedup"]["1"] == pytest.approx(t_p50 / s_p50, rel=0.02, abs=0.01)
-    assert r["speedup"]["throughput_16"] > 0
-    assert r["student"]["parameters"] < r["teacher"]["parameters"]
-    assert r["cache"]["teacher_outputs"] is True
-    assert r["onnx"]["max_abs_diff"] < 1e-3 and r["export_checks"]["sentence_transformers_max_abs_diff"] < 1e-3
+    t_p50, s_p50 = r.teacher.latency_ms["1"].p50, r.student.latency_ms["1"].p50
+    assert r.speedup["1"] == pytest.approx(t_p50 / s_p50, rel=0.02, abs=0.01)
+    assert r.speedup["throughput_16"] > 0
+    assert r.student.parameters < r.teacher.parameters
+    assert r.cache.teacher_outputs is True
+    assert r.onnx.max_abs_diff < 1e-3 and r.export_checks.sentence_transformers_max_abs_diff < 1e-3
 
     names = {a.name for a in c.artifacts(job.id)}
     assert names == {"student_hf.zip", "student.json", "student.onnx"}
@@ -140,6 +140,6 @@ def test_sequence_classification_teacher(embedded_only, live, tiny_classifier_zi
     job = c.wait(c.create_job(spec).id, timeout_s=300)
     assert job.status == "succeeded", (job.error, live.log("worker"))
     r = c.report(job.id)
-    assert r["task"] == "sequence_classification"
-    assert 0 <= r["agreement"] <= 1 and r["teacher_top1"] is not None and r["student_top1"] is not None
-    assert {"kd", "ce"} <= set(r["training"]["final_loss_terms"])
+    assert r.task == "sequence_classification"
+    assert 0 <= r.agreement <= 1 and r.teacher_top1 is not None and r.student_top1 is not None
+    assert {"kd", "ce"} <= set(r.training.final_loss_terms)

@@ -1,0 +1,466 @@
+"""The compression report: what a finished job measured, as one typed model per task family.
+
+Plain pydantic (no torch), shared by the core (which builds it), the API (``GET /v1/jobs/{id}/report`` returns it
+with this schema) and the client (``stillhouse report``, ``compare``). ``Report`` is a union discriminated by
+``task``:
+
+- ``ClassificationReport`` (``task: classification``): tensor inputs (images, tabular rows), a teacher and a
+  student from the architecture registry;
+- ``SequenceClassificationReport`` (``task: sequence_classification``): a Hugging Face classifier and a student
+  derived from it;
+- ``SentenceEmbeddingReport`` (``task: sentence_embedding``): a Hugging Face encoder and a student derived from it.
+
+A new task family (e.g. causal language models) is one more subclass of ``ReportBase`` with its own ``task``
+literal, added to ``Report``.
+
+Field names are the keys of the JSON the core has always stored in ``jobs.report``, so stored reports validate:
+reports written before the ``task`` key existed are tensor classification reports (``parse_report`` fills it in),
+and blocks added later (evaluation extras, the cache block, variants) are optional. Unknown keys are kept, not
+refused (a newer worker may write keys an older API does not know yet); the core's own tests check that every key
+it writes is modelled here (``unmodelled_keys``).
+
+Units: fractions in [0, 1] (top-1, agreement, ECE, sparsity), latencies in milliseconds, sizes in bytes, times in
+seconds, losses and KL divergences in nats, ratios as plain multiples (teacher / student).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, model_validator
+
+__all__ = [
+    "AnyReport", "BaselineSummary", "CacheSummary", "ClassificationReport", "Disagreement", "ExportChecks", "ExtraMethodDetail", "LatencyMs",
+    "MethodDetail", "ModelArchitecture", "OnnxCheck", "PerClassTop1", "PoolingSummary", "Preprocessing", "PrunedStudent",
+    "Quality", "QuantizedStudent", "Report", "ReportBase", "SentenceEmbeddingReport", "SequenceClassificationReport",
+    "StudentVariant", "TASKS", "TeacherStudentValue", "TensorDataSummary", "TensorModelSummary", "TextDataSummary",
+    "TextModelSummary", "TextReportBase", "TextStudentSummary", "TextTeacherSummary", "TrainingSummary", "ValidationSplit",
+    "parse_report", "unmodelled_keys",
+]
+
+TASKS = ("classification", "sequence_classification", "sentence_embedding")
+
+
+class _Part(BaseModel):
+    """Base of every report model: unknown keys are kept (see the module docstring)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+# ---------------------------------------------------------------------------------------------------- shared parts
+
+
+class LatencyMs(_Part):
+    """Forward-pass latency percentiles over ``evaluation.latency_iterations`` timed runs, in milliseconds."""
+
+    p50: float | None = Field(..., description="Median latency, ms.")
+    p95: float | None = Field(..., description="95th-percentile latency, ms.")
+
+
+class ValidationSplit(_Part):
+    """How the validation rows were made: a seeded, stratified fraction of the training rows, or a separate file."""
+
+    rows: int = Field(..., description="Validation rows.")
+    fraction: float | None = Field(None, description="Fraction of the labelled training rows held out (absent with a file).")
+    seed: int | None = Field(None, description="Seed of the split (absent with a file).")
+    stratified: bool | None = Field(None, description="Tensor tasks: whether the split kept the class proportions.")
+    file_id: str | None = Field(None, description="The validation file, when one was given instead of a fraction.")
+
+
+class CacheSummary(_Part):
+    """Whether the teacher's outputs were computed once and reused every epoch, and what that saved."""
+
+    teacher_outputs: bool = Field(..., description="True when the teacher's outputs were cached.")
+    reason: str = Field(..., description="Why (or why not), for a person.")
+    teacher_passes_saved: int = Field(..., description="Teacher forward passes over a training row that the cache avoided "
+                                                       "(rows seen in training minus rows computed once).")
+    cache_seconds: float | None = Field(None, description="Tensor tasks: seconds spent computing the cached outputs.")
+    bytes: int | None = Field(None, description="Tensor tasks: memory held by the cache, bytes (only when used).")
+
+
+class MethodDetail(_Part):
+    """The distillation method as it ran: its loss terms and the layers it read."""
+
+    name: str = Field(..., description="Registered method name, e.g. kd, dkd, fitnet, rkd, prototype.")
+    terms: list[str] = Field(..., description="Names of the loss terms it adds (as in training.final_loss_terms and the metrics).")
+    student_layers: list[str] | None = Field(None, description="Feature methods: student modules read ('penultimate' = the input "
+                                                               "of the last Linear).")
+    teacher_layers: list[str] | None = Field(None, description="Feature methods: teacher modules read.")
+    extra: list[ExtraMethodDetail] | None = Field(None, description="Further weighted methods added to the main one's terms.")
+
+
+class ExtraMethodDetail(MethodDetail):
+    """A further weighted method (``method.extra``)."""
+
+    weight: float = Field(..., description="Multiplier of this method's terms.")
+
+
+MethodDetail.model_rebuild()
+
+
+class TrainingSummary(_Part):
+    """How the student was trained."""
+
+    epochs: int = Field(..., description="Epochs run in all (including those before a resume).")
+    steps: int = Field(..., description="Optimizer steps in all.")
+    steps_per_epoch: int = Field(..., description="Optimizer steps per epoch.")
+    resumed_from_epoch: int | None = Field(None, description="The epoch whose checkpoint a redelivered job resumed from; None "
+                                                             "for a run without resume.")
+    final_loss_terms: dict[str, float | None] = Field(..., description="Mean of each loss term over the last epoch's steps "
+                                                                       "(nats; 'total' is their sum), keyed by term name.")
+    method: str = Field(..., description="The spec's method name ('embedding' for sentence embeddings).")
+    device: str = Field(..., description="Torch device trained on, e.g. 'cpu', 'cuda:0'.")
+    threads: int = Field(..., description="PyTorch intra-op threads of the worker.")
+    seed: int = Field(..., description="training.seed.")
+    training_time_s: float | None = Field(None, description="Tensor tasks: seconds of the training loop itself.")
+    precision: str | None = Field(None, description="training.precision the student's forward ran in: fp32, bf16 or fp16.")
+    method_detail: MethodDetail | None = Field(None, description="Tensor tasks: the method's terms and layers.")
+    prototype_class_counts: list[int] | None = Field(None, description="prototype method: training rows per class that "
+                                                                       "formed each class prototype.")
+
+
+class OnnxCheck(_Part):
+    """The exported ``student.onnx``, run by onnxruntime and compared with PyTorch."""
+
+    max_abs_diff: float = Field(..., description="Largest |onnxruntime - PyTorch| output difference on a check batch "
+                                                 "(logits, or embedding components).")
+    opset: int = Field(..., description="ONNX opset version.")
+    inputs: list[str] | None = Field(None, description="Text tasks: the graph's input names.")
+
+
+@dataclass(frozen=True)
+class Quality:
+    """A report's headline quality figure for teacher and student (not part of the JSON): ``label`` names it (e.g.
+    'validation top-1'), ``teacher``/``student`` are fractions in [0, 1] or None when not measurable."""
+
+    label: str
+    teacher: float | None
+    student: float | None
+
+
+class ReportBase(_Part):
+    """What every compression report holds, whatever the task."""
+
+    object: Literal["report"] = Field("report", description="Always 'report'.")
+    job_id: str | None = Field(None, description="The job, 'job_…' (set by the API; absent in the core's own result).")
+    task: str = Field(..., description="The task family; selects the report variant.")
+    summary: str = Field(..., description="One or two sentences for a person, with the headline figures.")
+    compression_ratio: float | None = Field(..., description="Teacher bytes on disk / student bytes on disk.")
+    parameter_ratio: float | None = Field(..., description="Teacher parameters / student parameters.")
+    speedup: dict[str, float | None] = Field(..., description="Teacher p50 latency / student p50 latency, keyed by batch size "
+                                                              "('1', '64', …); text tasks also 'throughput_<B>': student / "
+                                                              "teacher sentences per second at batch B.")
+    training: TrainingSummary = Field(..., description="Epochs, steps, final loss terms, method, device and seed of the training.")
+    onnx: OnnxCheck | None = Field(None, description="The ONNX export check; None when ONNX was not exported.")
+    wall_time_s: dict[str, float] = Field(..., description="Wall-clock seconds per phase, in the order run (loading_teacher, "
+                                                           "caching_teacher_outputs, training, pruning, baseline_training, "
+                                                           "evaluating, exporting) and 'total'.")
+
+    def quality(self) -> Quality:
+        """The headline quality figure of this task family (see ``Quality``)."""
+        raise NotImplementedError
+
+    def gain_points(self) -> float | None:
+        """Distilled student's top-1 minus the same student trained alone, in points; None when not measured."""
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------- classification
+
+
+class ModelArchitecture(_Part):
+    """An architecture from the registry (``distill.models``) with every keyword filled in."""
+
+    name: str = Field(..., description="Registered architecture, e.g. mlp, cnn, resnet.")
+    kwargs: dict[str, Any] = Field(..., description="Its keyword arguments (input_shape, num_classes, widths…).")
+
+
+class TensorModelSummary(_Part):
+    """Teacher or distilled student of a tensor task, measured on the validation rows and the worker's device."""
+
+    format: str = Field(..., description="Checkpoint format: safetensors, state_dict, torchscript or onnx (the student is "
+                                         "always safetensors).")
+    parameters: int = Field(..., description="Scalar parameters.")
+    bytes: int = Field(..., description="Size on disk, bytes: the uploaded teacher file, or student.safetensors.")
+    flops_per_sample: int | None = Field(..., description="Forward FLOPs for one sample (torch FlopCounterMode, a multiply-add "
+                                                          "= 2; matmul/conv only); None when not countable.")
+    val_top1: float | None = Field(..., description="Validation top-1 accuracy, fraction; None without validation labels.")
+    latency_ms: dict[str, LatencyMs] = Field(..., description="Latency per batch size (keys '1', '64', …), ms per batch.")
+    architecture: ModelArchitecture | None = Field(None, description="Registry architecture; None for TorchScript/ONNX teachers.")
+    notes: list[str] = Field(default_factory=list, description="Things done while loading, e.g. a stripped 'module.' prefix or "
+                                                               "the channels-last layout.")
+
+
+class TeacherStudentValue(_Part):
+    """One figure for teacher and student."""
+
+    teacher: float | None = Field(..., description="Teacher's value.")
+    student: float | None = Field(..., description="Student's value.")
+
+
+class PerClassTop1(_Part):
+    """Validation top-1 per true class (index = class id), fractions; None for a class without validation rows."""
+
+    teacher: list[float | None] = Field(..., description="Teacher's top-1 per class.")
+    student: list[float | None] = Field(..., description="Student's top-1 per class.")
+
+
+class Disagreement(_Part):
+    """A (teacher prediction, student prediction) pair on validation rows where they differ."""
+
+    teacher_class: int = Field(..., description="Class the teacher predicted.")
+    student_class: int = Field(..., description="Class the student predicted.")
+    count: int = Field(..., description="Validation rows with this pair.")
+
+
+class Preprocessing(_Part):
+    """What was done to raw inputs before the models saw them (also in student.json)."""
+
+    builtin: str | None = Field(None, description="The built-in dataset, if one was used.")
+    file_id: str | None = Field(None, description="The uploaded training file, if one was used.")
+    scale: float | None = Field(None, description="Multiplier applied to raw values (e.g. 1/16 for digits pixels).")
+    input_shape: list[int] | None = Field(None, description="Per-sample shape the inputs were reshaped to.")
+    dtype: str | None = Field(None, description="Element type the models received, e.g. float32.")
+
+
+class TensorDataSummary(_Part):
+    """Rows and shapes of a tensor job's data."""
+
+    train: int = Field(..., description="Training rows (transfer rows included).")
+    labelled: int = Field(..., description="Labelled training rows.")
+    unlabelled: int = Field(..., description="Unlabelled training rows (label -1 and the transfer set).")
+    transfer: int = Field(..., description="Rows of the unlabelled transfer set.")
+    validation: ValidationSplit = Field(..., description="How validation rows were made.")
+    num_classes: int | None = Field(None, description="Largest label + 1 over train and validation; None without labels.")
+    input_shape: list[int] = Field(..., description="Per-sample shape.")
+    preprocessing: Preprocessing = Field(..., description="What was done to raw inputs.")
+
+
+class StudentVariant(_Part):
+    """An extra student artifact derived from the distilled one, evaluated on the validation rows on the CPU."""
+
+    artifact: str = Field(..., description="Its artifact name.")
+    bytes: int = Field(..., description="Size on disk, bytes.")
+    parameters: int = Field(..., description="Scalar parameters (zeros included).")
+    val_top1: float | None = Field(..., description="Validation top-1, fraction; None without validation labels.")
+    latency_ms: dict[str, LatencyMs] = Field(..., description="CPU latency per batch size, ms per batch.")
+    device: str = Field("cpu", description="Where it was measured (always 'cpu', where such models run).")
+
+
+class QuantizedStudent(StudentVariant):
+    """The dynamically int8-quantised student (``export.quantize: dynamic_int8``; TorchScript)."""
+
+    method: str = Field(..., description="How it was quantised.")
+    load_with: str = Field(..., description="How to load it.")
+
+
+class PrunedStudent(StudentVariant):
+    """The magnitude-pruned, fine-tuned student (``export.prune``; L1 unstructured pruning, Han et al. 2015)."""
+
+    amount: float = Field(..., description="Fraction of each Linear/Conv weight set to zero (export.prune.amount).")
+    sparsity: float | None = Field(..., description="Measured fraction of zeros in the pruned weights.")
+    fine_tune_epochs: int = Field(..., description="Epochs of fine-tuning with the job's loss after pruning.")
+    note: str | None = Field(None, description="What the sparsity does and does not buy.")
+
+
+class BaselineSummary(_Part):
+    """The same student architecture trained alone (cross-entropy on labels only; same data, split, epochs, optimizer,
+    batch size and seed), for ``evaluation.compare_baseline``."""
+
+    val_top1: float | None = Field(..., description="Its validation top-1, fraction; None when it could not be trained or "
+                                                    "measured (see note).")
+    training_time_s: float | None = Field(..., description="Seconds of its training loop.")
+    parameters: int | None = Field(None, description="Its parameters (the distilled student's).")
+    method: str | None = Field(None, description="How it was trained.")
+    epochs: int | None = Field(None, description="Epochs run.")
+    steps: int | None = Field(None, description="Optimizer steps run.")
+    note: str | None = Field(None, description="Why there is no baseline, when there is none.")
+
+
+def _legacy_task(data: Any) -> Any:
+    """Reports stored before the ``task`` key existed are tensor classification reports."""
+    if isinstance(data, dict) and "task" not in data:
+        return {**data, "task": "classification"}
+    return data
+
+
+class ClassificationReport(ReportBase):
+    """Report of a tensor classification job (images, tabular rows): teacher / student (/ student trained alone),
+    size, FLOPs, latency, agreement and the evaluation extras. Soft-label KD after Hinton et al. 2015."""
+
+    task: Literal["classification"] = Field(..., description="'classification' (filled in for reports stored before the key "
+                                                             "existed).")
+    teacher: TensorModelSummary = Field(..., description="The teacher.")
+    student: TensorModelSummary = Field(..., description="The distilled student (student.safetensors).")
+    agreement: float | None = Field(..., description="Fraction of validation rows where teacher and student argmaxes agree.")
+    mean_kl: float | None = Field(..., description="KL(teacher ‖ student) of the softmax outputs at T = 1, nats, mean over "
+                                                   "validation rows.")
+    top5: TeacherStudentValue | None = Field(None, description="Top-5 accuracy, fractions; only with 10 or more classes and "
+                                                               "validation labels.")
+    per_class_top1: PerClassTop1 | None = Field(None, description="Top-1 per true class; None without validation labels.")
+    ece: TeacherStudentValue | None = Field(None, description="Expected calibration error (15 equal-width confidence bins; "
+                                                              "Naeini et al. 2015, Guo et al. 2017), fractions.")
+    teacher_student_confusion: list[list[int]] | None = Field(None, description="[K][K] counts of (teacher prediction, student "
+                                                                                "prediction) over validation rows.")
+    disagreements_top: list[Disagreement] | None = Field(None, description="The five most frequent off-diagonal pairs.")
+    flops_ratio: float | None = Field(..., description="Teacher FLOPs / student FLOPs per sample.")
+    top1_drop_points: float | None = Field(..., description="Teacher top-1 minus student top-1, percentage points.")
+    data: TensorDataSummary = Field(..., description="Rows and shapes of the data.")
+    cache: CacheSummary | None = Field(None, description="The teacher-output cache.")
+    quantized: QuantizedStudent | None = Field(None, description="The int8 student, with export.quantize.")
+    pruned: PrunedStudent | None = Field(None, description="The pruned student, with export.prune.")
+    baseline: BaselineSummary | None = Field(None, description="The student trained alone, with evaluation.compare_baseline.")
+    distillation_gain_points: float | None = Field(None, description="Distilled student's top-1 minus the baseline's, "
+                                                                     "percentage points (negative: distillation did not help).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_task(cls, data: Any) -> Any:
+        return _legacy_task(data)
+
+    def quality(self) -> Quality:
+        """Validation top-1 of teacher and student."""
+        return Quality("validation top-1", self.teacher.val_top1, self.student.val_top1)
+
+    def gain_points(self) -> float | None:
+        """``distillation_gain_points``."""
+        return self.distillation_gain_points
+
+
+# ---------------------------------------------------------------------------------------------------- text tasks
+
+
+class TextModelSummary(_Part):
+    """A Hugging Face transformer of a text job, measured on the validation texts and the worker's device."""
+
+    format: str = Field(..., description="Always 'hf'.")
+    layers: int = Field(..., description="Transformer layers.")
+    hidden_size: int = Field(..., description="Hidden width.")
+    parameters: int = Field(..., description="Scalar parameters (the student's includes an embedding projection, if any).")
+    bytes: int = Field(..., description="Size on disk, bytes: the uploaded teacher archive, or the student's model.safetensors.")
+    latency_ms: dict[str, LatencyMs] = Field(..., description="Per-sentence latency at batch 1 (key '1'), each held-out text at "
+                                                              "its own length, ms.")
+    throughput_per_s: dict[str, float | None] = Field(..., description="Sentences per second at batch B (key B), held-out texts "
+                                                                       "in their natural order.")
+
+
+class TextTeacherSummary(TextModelSummary):
+    """The Hugging Face teacher."""
+
+    model_type: str = Field(..., description="The config's model_type, e.g. bert.")
+
+
+class TextStudentSummary(TextModelSummary):
+    """The student derived from the teacher (DistilBERT recipe, Sanh et al. 2019: fewer layers, copied weights; or
+    narrower and fresh)."""
+
+    kept_teacher_layers: list[int] = Field(..., description="Teacher layers (0-based) the student's layers come from.")
+    initialised: str = Field(..., description="'copied from teacher' or 'fresh' (a narrower student).")
+
+
+class TextDataSummary(_Part):
+    """Rows and lengths of a text job's data."""
+
+    train: int = Field(..., description="Training texts (transfer texts included).")
+    labelled: int = Field(..., description="Labelled training texts.")
+    unlabelled: int = Field(..., description="Unlabelled training texts.")
+    transfer: int = Field(..., description="Texts of the unlabelled transfer set.")
+    validation: ValidationSplit = Field(..., description="How validation texts were made.")
+    label_names: list[str] | None = Field(None, description="Names of the label ids 0, 1, … (string labels), else None.")
+    max_seq_length: int = Field(..., description="Tokens per text after truncation.")
+    mean_tokens: float | None = Field(None, description="Mean tokens per training text after truncation.")
+
+
+class ExportChecks(_Part):
+    """Checks of the exported student folder."""
+
+    transformers_loads: bool = Field(..., description="The folder loads with transformers' AutoModel.from_pretrained.")
+    sentence_transformers_max_abs_diff: float | None = Field(None, description="Sentence embeddings: largest |sentence-"
+                                                                               "transformers - job| embedding difference.")
+
+
+class PoolingSummary(_Part):
+    """How token states became a sentence embedding."""
+
+    mode: str = Field(..., description="mean, cls or max.")
+    normalize: bool = Field(..., description="Whether embeddings were L2-normalised.")
+
+
+class TextReportBase(ReportBase):
+    """What the text tasks' reports share."""
+
+    teacher: TextTeacherSummary = Field(..., description="The teacher.")
+    student: TextStudentSummary = Field(..., description="The student.")
+    data: TextDataSummary = Field(..., description="Rows and lengths of the data.")
+    pooling: PoolingSummary | None = Field(None, description="Sentence embeddings: the pooling; None for classification.")
+    cache: CacheSummary = Field(..., description="The teacher-output cache.")
+    export_checks: ExportChecks = Field(..., description="Whether the exported student_hf folder loads in transformers (and "
+                                                         "sentence-transformers) with the job's outputs.")
+
+
+class SequenceClassificationReport(TextReportBase):
+    """Report of a text classification job: logit KD on a Hugging Face classifier's head (Hinton et al. 2015)."""
+
+    task: Literal["sequence_classification"] = Field(..., description="'sequence_classification'.")
+    agreement: float | None = Field(..., description="Fraction of validation texts where teacher and student argmaxes agree.")
+    mean_kl: float | None = Field(..., description="KL(teacher ‖ student) at T = 1, nats, mean over validation texts.")
+    teacher_top1: float | None = Field(..., description="Teacher's validation top-1, fraction; None without labels.")
+    student_top1: float | None = Field(..., description="Student's validation top-1, fraction; None without labels.")
+
+    def quality(self) -> Quality:
+        """Validation top-1 of teacher and student."""
+        return Quality("validation top-1", self.teacher_top1, self.student_top1)
+
+
+class SentenceEmbeddingReport(TextReportBase):
+    """Report of a sentence-embedding job: cosine/MSE embedding distillation, optionally with TinyBERT-style hidden-state
+    and attention matching (Jiao et al. 2020); quality measured by a linear probe on each model's embeddings."""
+
+    task: Literal["sentence_embedding"] = Field(..., description="'sentence_embedding'.")
+    mean_cosine: float | None = Field(..., description="Mean cosine similarity of student and teacher embeddings of the "
+                                                        "validation texts, in [-1, 1].")
+    probe_teacher: float | None = Field(..., description="Validation accuracy of a logistic-regression probe fitted on the "
+                                                         "teacher's embeddings of labelled training texts, fraction; None "
+                                                         "without labels.")
+    probe_student: float | None = Field(..., description="The same probe on the student's embeddings, fraction.")
+    probe_ratio: float | None = Field(..., description="probe_student / probe_teacher.")
+
+    def quality(self) -> Quality:
+        """Linear-probe accuracy of teacher and student."""
+        return Quality("linear-probe accuracy", self.probe_teacher, self.probe_student)
+
+
+# ---------------------------------------------------------------------------------------------------- the union
+
+Report = Annotated[
+    Union[ClassificationReport, SequenceClassificationReport, SentenceEmbeddingReport],
+    Field(discriminator="task"),
+    BeforeValidator(_legacy_task),
+]
+"""A compression report of any task family, discriminated by ``task`` (absent = 'classification'); the type to declare
+in schemas (``response_model=Report``)."""
+
+AnyReport = Union[ClassificationReport, SequenceClassificationReport, SentenceEmbeddingReport]
+"""The same variants as a plain union, for annotations of a validated report."""
+
+_ADAPTER: TypeAdapter[Report] = TypeAdapter(Report)
+
+
+def parse_report(data: Any) -> AnyReport:
+    """Validate a stored or received report (a dict, e.g. ``jobs.report`` or the API's JSON) into its variant.
+    Raises ``pydantic.ValidationError`` when it fits none (an unknown ``task``, a missing or mistyped field)."""
+    return _ADAPTER.validate_python(data)
+
+
+def unmodelled_keys(report: BaseModel, path: str = "") -> list[str]:
+    """Dotted paths of keys in ``report`` (recursively) that no field models (kept as extras); [] when the model
+    covers every key. The core's tests use it to keep this module and the reports the core writes in step."""
+    found = [f"{path}{k}" for k in (report.model_extra or {})]
+    for name in type(report).model_fields:
+        value = getattr(report, name)
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else [(None, value)]
+        for key, v in items:
+            if isinstance(v, BaseModel):
+                found += unmodelled_keys(v, f"{path}{name}{'' if key is None else f'.{key}'}.")
+    return found

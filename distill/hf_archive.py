@@ -29,6 +29,7 @@ from typing import Any, Iterator
 
 from .errors import DistillError, first_line
 from .checkpoints import file_bytes_text, state_dict_from_object, torch_load_weights_only
+from .lm.models import is_causal_lm
 
 ZIP_MAGIC = b"PK\x03\x04"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -537,14 +538,15 @@ def inspect_hf_folder(folder: str | Path) -> dict[str, Any]:
     """Validate an extracted Hugging Face model folder by loading it; return JSON-serialisable details.
 
     Loads ``AutoConfig``, the weights with ``AutoModelForSequenceClassification`` (when
-    ``config.architectures`` names a ``*ForSequenceClassification``) or ``AutoModel``, and ``AutoTokenizer``,
+    ``config.architectures`` names a ``*ForSequenceClassification``), ``AutoModelForCausalLM`` (when it names a
+    causal-LM class, ``distill.lm.models.is_causal_lm``) or ``AutoModel``, and ``AutoTokenizer``,
     all with ``local_files_only=True`` and ``trust_remote_code=False``. ``pytorch_model*.bin`` files are first
     read with ``torch.load(weights_only=True)`` (and transformers is told ``weights_only=True`` too).
 
     Returns ``{model_type, architectures, parameters (int, scalar count of model.parameters()), vocab_size,
     hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, max_position_embeddings,
-    task ('sequence_classification' | 'feature_extraction'), num_labels, id2label ({str(id): name}; both
-    only with a head), tokenizer {class, vocab_size (= len(tokenizer)), model_max_length (int or None)},
+    task ('sequence_classification' | 'causal_lm' | 'feature_extraction'), num_labels, id2label ({str(id): name};
+    both only with a head), tie_word_embeddings and chat_template (bool; both only for causal LMs), tokenizer {class, vocab_size (= len(tokenizer)), model_max_length (int or None)},
     sentence_transformers ({pooling: 'mean'|'cls'|'max', normalize: bool} or None), weights
     ('safetensors' | 'bin'), unpacked_bytes (total size of the folder's files), files (sorted relative
     paths, at most 50), files_total}``.
@@ -583,7 +585,9 @@ def inspect_hf_folder(folder: str | Path) -> dict[str, Any]:
             raise _invalid(f"config.json cannot be loaded by transformers: {first_line(e)}") from None
         archs = [a for a in (getattr(config, "architectures", None) or []) if isinstance(a, str)]
         head = any(a.endswith("ForSequenceClassification") for a in archs)
-        auto = transformers.AutoModelForSequenceClassification if head else transformers.AutoModel
+        causal = not head and is_causal_lm(archs)  # a decoder with its LM head: loaded whole, for causal-LM jobs
+        auto = (transformers.AutoModelForSequenceClassification if head else
+                transformers.AutoModelForCausalLM if causal else transformers.AutoModel)
         kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False, "output_loading_info": True,
                                   "ignore_mismatched_sizes": True, "weights_only": True,
                                   "use_safetensors": weights == "safetensors"}
@@ -634,8 +638,11 @@ def inspect_hf_folder(folder: str | Path) -> dict[str, Any]:
         "num_attention_heads": attr("num_attention_heads"),
         "intermediate_size": attr("intermediate_size"),
         "max_position_embeddings": attr("max_position_embeddings"),
-        "task": "sequence_classification" if head else "feature_extraction",
+        "task": "sequence_classification" if head else "causal_lm" if causal else "feature_extraction",
     }
+    if causal:
+        details["tie_word_embeddings"] = bool(getattr(config, "tie_word_embeddings", False))
+        details["chat_template"] = bool(getattr(tokenizer, "chat_template", None))
     if head:
         details["num_labels"] = int(config.num_labels)
         details["id2label"] = {str(k): str(v) for k, v in sorted((config.id2label or {}).items())}

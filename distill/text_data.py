@@ -21,7 +21,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -138,10 +138,9 @@ def looks_like_jsonl(path: str | Path) -> bool:
     return False
 
 
-def _read_jsonl(path: Path, text_key: str, label_key: str, known: list[str] | None) -> TextData:
-    texts: list[str] = []
-    labels = _Labels("JSONL")
-    any_label = False
+def jsonl_values(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed JSON value)`` for each non-empty line of a UTF-8 JSONL file (a byte-order mark allowed on
+    the first line). Raises ``DistillError('invalid_file')`` naming the first line that is not UTF-8 or not JSON."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
@@ -151,23 +150,30 @@ def _read_jsonl(path: Path, text_key: str, label_key: str, known: list[str] | No
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                yield lineno, json.loads(line)
             except ValueError as e:
                 raise _invalid(f"JSONL line {lineno} is not valid JSON ({e})") from None
-            if not isinstance(obj, dict):
-                raise _invalid(f"JSONL line {lineno} is a JSON {type(obj).__name__}, expected an object like "
-                               f'{{"{text_key}": "...", "{label_key}": 0}}')
-            if text_key not in obj:
-                raise _invalid(f"JSONL line {lineno} has no {text_key!r} field (fields: {', '.join(map(str, obj)) or 'none'})")
-            text = obj[text_key]
-            if not isinstance(text, str):
-                raise _invalid(f"JSONL line {lineno}: {text_key!r} must be a string, got {type(text).__name__}")
-            if not text.strip():
-                raise _invalid(f"JSONL line {lineno}: {text_key!r} is empty")
-            texts.append(text)
-            if label_key in obj:
-                any_label = True
-            labels.add(_json_label(obj.get(label_key), "JSONL", lineno, label_key), lineno)
+
+
+def _read_jsonl(path: Path, text_key: str, label_key: str, known: list[str] | None) -> TextData:
+    texts: list[str] = []
+    labels = _Labels("JSONL")
+    any_label = False
+    for lineno, obj in jsonl_values(path):
+        if not isinstance(obj, dict):
+            raise _invalid(f"JSONL line {lineno} is a JSON {type(obj).__name__}, expected an object like "
+                           f'{{"{text_key}": "...", "{label_key}": 0}}')
+        if text_key not in obj:
+            raise _invalid(f"JSONL line {lineno} has no {text_key!r} field (fields: {', '.join(map(str, obj)) or 'none'})")
+        text = obj[text_key]
+        if not isinstance(text, str):
+            raise _invalid(f"JSONL line {lineno}: {text_key!r} must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise _invalid(f"JSONL line {lineno}: {text_key!r} is empty")
+        texts.append(text)
+        if label_key in obj:
+            any_label = True
+        labels.add(_json_label(obj.get(label_key), "JSONL", lineno, label_key), lineno)
     if not texts:
         raise _invalid("JSONL file has no rows (expected one JSON object per line)")
     ids, names = labels.resolve(known)

@@ -109,3 +109,4 @@ def review_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for text, label in list(zip(td.texts, td.labels))[:400]:
             f.write(json.dumps({"text": text, "label": td.label_names[int(label)]}) + "\n")
     return path
+from tests.lm_fixtures import *  # noqa: E402,F401,F403 - the tiny causal LMs (registered with the other shared fixtures)

@@ -109,6 +109,9 @@ def job_task(spec: JobSpec, teacher: File) -> str:
 def _check_task(spec: JobSpec, files: dict[str, File]) -> None:
     """Teacher, student, data and method must suit the task. Raises Unprocessable (422)."""
     teacher = files["teacher"]
+    if teacher.format == "gguf" or (teacher.details or {}).get("task") == "causal_lm":
+        raise Unprocessable(f"teacher {teacher.id} is a causal language model; distillation jobs for language models are not "
+                            "available yet (the upload is kept and validated)", param="teacher.file_id")
     task = job_task(spec, teacher)
     text = task in TEXT_TASKS
     if text != (teacher.format == "hf"):

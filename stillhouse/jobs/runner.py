@@ -23,7 +23,8 @@ from sqlalchemy import select, update
 from stillhouse.db import session_factory
 from stillhouse.jobs import leases, states
 from stillhouse.jobs.queue import enqueue_job, mark_sent
-from stillhouse.models import Artifact, File, Job, JobFile, utcnow
+from stillhouse.models import Artifact, File, Job, JobEvent, JobFile, Metric, utcnow
+from stillhouse.registry import export_mlflow, is_epoch_metric
 from stillhouse.settings import Settings, get_settings
 from stillhouse.storage import ArtifactStore, StoreError, get_store, sha256_file
 from stillhouse.jobs.scratch import CheckpointMirror
@@ -246,7 +247,7 @@ def execute(job_id: str, settings: Settings | None = None) -> str | None:
             reporter.flush()
             if reporter.cancel_requested():
                 raise StopRequested()
-            return _succeed(sessions, store, job_id, owner, claimed.attempt, lease, result, workdir, time.monotonic() - t0)
+            return _succeed(sessions, store, job_id, owner, claimed.attempt, lease, result, workdir, time.monotonic() - t0, spec)
         except StopRequested:
             if reporter.stop_reason == HANDBACK:
                 return _hand_back(sessions, settings, job_id, owner, reporter, lease, mirror)
@@ -274,23 +275,58 @@ def execute(job_id: str, settings: Settings | None = None) -> str | None:
 
 
 def _succeed(sessions, store: ArtifactStore, job_id: str, owner: str, attempt: int, lease: Lease, result, workdir: Path,
-             seconds: float) -> str | None:
-    """Publish the artifacts and move the job to ``succeeded`` in one transaction, while holding the lease. A job
-    cancelled meanwhile ends ``cancelled`` with its staged artifacts deleted; a lost lease publishes nothing."""
+             seconds: float, spec: JobSpec) -> str | None:
+    """Publish the artifacts and move the job to ``succeeded`` in one transaction, while holding the lease; then, when
+    the spec asks for it, export the student to the model registry (``_export_registry``). A job cancelled meanwhile
+    ends ``cancelled`` with its staged artifacts deleted; a lost lease publishes nothing."""
     if lease.lost():
         raise LeaseLost(job_id)
     folder, rows = _stage_artifacts(store, job_id, attempt, list(result.artifacts))
+    pending = ({"mlflow": {"status": "pending", "tracking_uri": spec.registry.mlflow.tracking_uri,
+                           "model_name": spec.registry.mlflow.model_name, "alias": spec.registry.mlflow.alias}}
+               if spec.registry is not None else None)
     with sessions.begin() as s:
         ok = states.transition(s, job_id, states.SUCCEEDED, holder=owner, report=result.report, phase=None, progress_eta_s=0.0,
-                               runtime_s=lease.runtime_s(), event=f"succeeded in {seconds:.1f} s")
+                               runtime_s=lease.runtime_s(), registry_export=pending, event=f"succeeded in {seconds:.1f} s")
         if ok:
             s.query(Artifact).filter(Artifact.job_id == job_id).delete()
             s.add_all(rows)
     if ok:
         _drop_workdir(store, job_id)
+        if spec.registry is not None:
+            _export_registry(sessions, store, job_id, spec, result.report, rows)
         return states.SUCCEEDED
     store.delete(folder)
     return _cancelled(sessions, store, job_id, owner, lease, "cancelled while exporting; nothing published")
+
+
+def _export_registry(sessions, store: ArtifactStore, job_id: str, spec: JobSpec, report, rows: list[Artifact]) -> None:
+    """Log the succeeded job to MLflow and register its student (``stillhouse.registry``); record the outcome in
+    ``jobs.registry_export`` and an event (``registry`` or ``registry_failed``). A failed export leaves the job
+    succeeded: its artifacts are published either way."""
+    cfg = spec.registry.mlflow
+    report = report if isinstance(report, dict) else report.model_dump(mode="json")
+    with sessions() as s:
+        metrics = [(m.name, m.split, m.epoch, m.value) for m in s.scalars(select(Metric).where(Metric.job_id == job_id).order_by(Metric.id))
+                   if is_epoch_metric(m.name, m.split)]
+        teacher_sha = s.scalar(select(File.sha256).join(JobFile, JobFile.file_id == File.id)
+                               .where(JobFile.job_id == job_id, JobFile.role == "teacher"))
+    try:
+        files = {r.name: store.local_path(r.storage_key, sha256=r.sha256) for r in rows}
+        out = export_mlflow(cfg, job_id=job_id, job_name=spec.name, spec=spec.model_dump(mode="json"), report=report,
+                            metrics=metrics, files=files, teacher_sha256=teacher_sha)
+        kind = "registry"
+        message = (f"student registered in MLflow as {out['model_name']} version {out['version']}"
+                   + (f" (alias {out['alias']})" if out.get("alias") else "") + f", run {out['run_id']}")
+    except Exception as e:  # noqa: BLE001 - any failure of the export is reported, the job stays succeeded
+        log.warning("job %s: MLflow export to %s failed: %s: %s", job_id, cfg.tracking_uri, type(e).__name__, e)
+        out = {"status": "failed", "tracking_uri": cfg.tracking_uri, "model_name": cfg.model_name, "alias": cfg.alias,
+               "error": f"{type(e).__name__}: {e}"[:2000]}
+        kind, message = "registry_failed", f"MLflow export to {cfg.tracking_uri} failed: {out['error']}"
+    with sessions.begin() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(registry_export={"mlflow": out}, updated_at=utcnow())
+                  .execution_options(synchronize_session=False))
+        s.add(JobEvent(job_id=job_id, type=kind, message=message, data=out))
 
 
 def _cancelled(sessions, store: ArtifactStore, job_id: str, owner: str, lease: Lease, event: str) -> str | None:

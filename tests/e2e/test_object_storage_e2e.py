@@ -17,7 +17,7 @@ from tests.e2e.test_jobs_e2e import spec, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
-EPOCHS = 12
+EPOCHS = 40
 LONG = {"training.epochs": EPOCHS, "export.formats": ["safetensors", "onnx"],
         "student.architecture": {"name": "mlp", "kwargs": {"hidden_sizes": [256, 256]}}}
 
@@ -58,8 +58,10 @@ def test_a_job_handed_back_on_one_machine_resumes_on_another_from_the_bucket(spl
     teacher = c.upload(digits_teacher, "teacher")
     assert seaweedfs.keys(cl.bucket, "stillhouse/files/") == [f"stillhouse/files/{teacher.id}"]
     job = c.create_job(spec(teacher.id, **LONG))
-    wait_for(lambda: (c.get_job(job.id).progress.epoch or 0) >= 3, 240, "epoch 3")
-    assert f"stillhouse/jobs/{job.id}/work/checkpoint.pt" in seaweedfs.keys(cl.bucket)  # mirrored while it runs
+    wait_for(lambda: (c.get_job(job.id).progress.epoch or 0) >= 2, 240, "epoch 2")
+    ckpt = f"stillhouse/jobs/{job.id}/work/checkpoint.pt"
+    wait_for(lambda: ckpt in seaweedfs.keys(cl.bucket), 30, "the epoch checkpoint in the bucket")  # mirrored while it runs
+    assert c.get_job(job.id).status == "running"
     w1.send_signal(signal.SIGTERM)
     w1.wait(timeout=90)
     row = cl.job_row(job.id)

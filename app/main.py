@@ -14,6 +14,7 @@ from app.files.router import router as files_router
 from app.health.router import router as health_router
 from app.jobs.router import router as jobs_router
 from app.reports.router import router as reports_router
+from app.ui.router import router as ui_router, static_files as ui_static
 from stillhouse.db import migrate
 from stillhouse.jobs.sweep import start_sweeper
 from stillhouse.settings import get_settings
@@ -65,6 +66,8 @@ def create_app(*, auto_migrate: bool | None = None) -> FastAPI:
     app.include_router(files_router)
     app.include_router(reports_router)
     app.include_router(jobs_router)
+    app.include_router(ui_router)
+    app.mount("/ui/static", ui_static(), name="ui-static")
     return app
 
 

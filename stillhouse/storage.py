@@ -356,11 +356,18 @@ class S3Store(ArtifactStore):
         with self._errors(f"delete {key}"):
             for i in range(0, len(keys), 1000):
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
-        for local in (self.local(key), self.cache_root / key):
+        for local, top in ((self.local(key), self.root), (self.cache_root / key, self.cache_root)):
             if local.is_dir():
                 shutil.rmtree(local, ignore_errors=True)
             else:
                 local.unlink(missing_ok=True)
+            for parent in local.parents:  # folders left empty (jobs/<id>/ once its work/ is gone), not jobs/ itself
+                if parent == top or parent.parent == top or top not in parent.parents:
+                    break
+                try:
+                    parent.rmdir()
+                except OSError:  # not empty, or already gone
+                    break
 
     # -- the local cache ------------------------------------------------------------------------------
     def local_path(self, key: str, *, sha256: str | None = None) -> Path:

@@ -49,6 +49,7 @@ def test_flatten_and_epoch_metrics():
     assert not is_epoch_metric("loss/kd", "train") and not is_epoch_metric("loss/total", "baseline_train")
 
 
+@pytest.mark.slow  # an mlflow server process
 def test_export_logs_the_run_and_registers_a_version_with_tags_and_alias(mlflow_server, tmp_path):
     from distill.spec import MlflowRegistrySpec
     from stillhouse.registry import export_mlflow

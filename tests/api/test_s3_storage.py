@@ -13,6 +13,7 @@ from tests import files as mk
 from tests.api.test_files import assert_error, upload
 from tests.api.test_jobs import spec_for
 
+pytestmark = pytest.mark.slow  # a SeaweedFS server process
 
 def make_store(seaweedfs, tmp_path: Path, bucket: str | None = None, **over):
     from stillhouse.settings import Settings

@@ -175,8 +175,12 @@ def _inputs(sessions, store: ArtifactStore, job_id: str, workdir: Path) -> JobIn
     with sessions() as s:
         rows = s.execute(select(JobFile.role, File).join(File, File.id == JobFile.file_id).where(JobFile.job_id == job_id)).all()
     by_role = {role: f for role, f in rows}
-    files = {f.id: FileInput(path=store.job_input(f.storage_key, workdir, sha256=f.sha256), format=f.format, bytes=f.bytes)
-             for f in by_role.values()}
+    files = {}
+    for f in by_role.values():
+        try:
+            files[f.id] = FileInput(path=store.job_input(f.storage_key, workdir, sha256=f.sha256), format=f.format, bytes=f.bytes)
+        except FileNotFoundError as e:
+            raise StoreError(f"the bytes of file {f.id} ({f.filename}) are missing from the artifact store") from e
     teacher = by_role["teacher"]
     return JobInputs(teacher=files[teacher.id], files=files)
 

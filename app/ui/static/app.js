@@ -161,7 +161,7 @@ function seriesFrom(metrics, pick) {
 function lossSeries(metrics) {
   return seriesFrom(metrics, m => {
     if (!m.name.startsWith("loss/")) return null;
-    if (m.split === "train") return {name: `${m.name.slice(5)} (step)`, x: m.step};
+    if (m.split === "train") return {name: m.name.slice(5), x: m.step};
     return null;
   });
 }

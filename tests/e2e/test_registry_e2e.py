@@ -23,8 +23,11 @@ def test_a_succeeded_job_registers_its_student_in_mlflow(live, mlflow_server, di
         "mlflow": {"tracking_uri": mlflow_server.uri, "model_name": name, "alias": "candidate", "experiment_name": "e2e"}}}))
     done = c.wait(job.id, timeout_s=240)
     assert done.status == "succeeded", (done.error, live.log("worker"))
-    out = wait_for(lambda: (j := c.get_job(job.id)).registry["mlflow"] if j.registry["mlflow"]["status"] != "pending" else None,
-                   120, "the MLflow export")
+    def exported():
+        r = c.get_job(job.id).registry["mlflow"]
+        return r if r["status"] != "pending" else None
+
+    out = wait_for(exported, 120, "the MLflow export")
     assert out["status"] == "registered", (out, live.log("worker"))
     assert out["model_name"] == name and out["alias"] == "candidate" and out["tracking_uri"] == mlflow_server.uri
     events = [e for e in c.events(job.id) if e.type == "registry"]

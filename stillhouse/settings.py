@@ -40,8 +40,8 @@ class Settings(BaseSettings):
     queue: str = Field("cpu", min_length=1, description="Celery queue of CPU jobs (training.device 'cpu' or 'auto').")
     gpu_queue: str = Field("gpu", min_length=1, description="Celery queue of GPU jobs (training.device 'cuda').")
     worker_queues: str | None = Field(
-        None, description="Comma-separated queues a worker consumes (e.g. 'gpu' or 'cpu,gpu'); default: the GPU queue on a "
-                          "machine where PyTorch sees CUDA, else the CPU queue.")
+        None, description="Comma-separated queues a worker consumes (e.g. 'gpu' or 'cpu,gpu'); default: both on a machine "
+                          "where PyTorch sees CUDA (GPU queue first), else the CPU queue.")
     worker_heartbeat_s: float = Field(
         10.0, gt=0, description="Seconds between a worker's records of itself (its queues) in the database; a worker not seen "
                                 "for three times that is taken as gone, and a queued job no live worker consumes says so.")
@@ -117,10 +117,11 @@ class Settings(BaseSettings):
         return u.netloc, u.path.strip("/")
 
     def consumed_queues(self, has_cuda: bool) -> list[str]:
-        """The queues a worker consumes: ``worker_queues``, else the GPU queue when ``has_cuda``, else the CPU queue."""
+        """The queues a worker consumes: ``worker_queues``, else both (GPU first) when ``has_cuda`` (so no CPU job is left
+        waiting on a GPU-only machine; a GPU worker that must keep free for GPU jobs sets ``gpu``), else the CPU queue."""
         if self.worker_queues:
             return [q.strip() for q in self.worker_queues.split(",") if q.strip()]
-        return [self.gpu_queue if has_cuda else self.queue]
+        return [self.gpu_queue, self.queue] if has_cuda else [self.queue]
 
     @property
     def resolved_database_url(self) -> str:

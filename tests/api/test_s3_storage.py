@@ -165,3 +165,38 @@ async def test_artifact_download_from_the_bucket_with_ranges(api, backend, s3_ba
     err = assert_error(await api.get(f"/v1/jobs/{job['id']}/artifacts/gone.onnx"), 503, "artifact_unavailable")
     assert "artifact store" in err["message"]
     assert not (backend.data_dir / "jobs").exists()  # streamed from the bucket, never written to the API's disk
+
+
+def test_checkpoint_mirror_uploads_while_allowed_and_restores_the_newest(seaweedfs, tmp_path):
+    from stillhouse.jobs.scratch import CheckpointMirror
+
+    bucket = seaweedfs.new_bucket()
+    a = make_store(seaweedfs, tmp_path / "a", bucket=bucket)  # two machines, one bucket
+    b = make_store(seaweedfs, tmp_path / "b", bucket=bucket)
+    allowed = [True]
+    wa = a.scratch_dir("job_m")
+    wa.mkdir(parents=True)
+    (wa / "checkpoint.pt").write_bytes(b"epoch-1")
+    (wa / "checkpoint.pt.tmp").write_bytes(b"half-written")  # never mirrored
+    (wa / "inputs").mkdir()
+    (wa / "inputs" / "files_file_x").write_bytes(b"teacher")  # inputs stay local
+    ma = CheckpointMirror(a, "job_m", wa, may_write=lambda: allowed[0])
+    assert ma.sync() == ["checkpoint.pt"] and ma.sync() == []  # unchanged: not uploaded again
+    assert seaweedfs.keys(bucket) == ["stillhouse/jobs/job_m/work/checkpoint.pt"]
+
+    wb = b.scratch_dir("job_m")
+    mb = CheckpointMirror(b, "job_m", wb, may_write=lambda: True)
+    assert mb.restore() == ["checkpoint.pt"] and (wb / "checkpoint.pt").read_bytes() == b"epoch-1"
+    assert mb.sync() == []  # what it restored is what the bucket holds
+    (wb / "checkpoint.pt").write_bytes(b"epoch-2")  # b goes on and writes a newer one
+    os.utime(wb / "checkpoint.pt", ns=((wa / "checkpoint.pt").stat().st_mtime_ns + 10**9,) * 2)
+    assert mb.sync() == ["checkpoint.pt"]
+
+    assert ma.restore() == ["checkpoint.pt"] and (wa / "checkpoint.pt").read_bytes() == b"epoch-2"  # newest wins
+    (wa / "checkpoint.pt").write_bytes(b"epoch-3-local")
+    os.utime(wa / "checkpoint.pt", ns=((wb / "checkpoint.pt").stat().st_mtime_ns + 10**9,) * 2)
+    assert ma.restore() == [] and (wa / "checkpoint.pt").read_bytes() == b"epoch-3-local"  # a newer local copy is kept
+    allowed[0] = False  # lease lost: nothing more is written
+    assert ma.sync() == []
+    with b.open("jobs/job_m/work/checkpoint.pt") as body:
+        assert body.read() == b"epoch-2"

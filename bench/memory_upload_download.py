@@ -44,6 +44,7 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's packages (as the API process it starts, cwd=ROOT), not an installed copy
 MiB = 1024 * 1024
 PIECE = 16 * MiB
 
@@ -206,7 +207,6 @@ def main() -> int:
     env = {"STILLHOUSE_DATA_DIR": str(data_dir), "STILLHOUSE_PORT": str(port), "STILLHOUSE_MAX_UPLOAD_BYTES": str(4 * 1024**3)}
     seaweed = None
     if args.s3:
-        sys.path.insert(0, str(ROOT))
         from tests.s3 import start_seaweedfs
 
         seaweed = start_seaweedfs(out / "seaweedfs")

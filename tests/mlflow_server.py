@@ -16,7 +16,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from tests.s3 import free_ports
+from tests.s3 import free_ports, stop_process
 
 
 def mlflow_command() -> str | None:
@@ -73,9 +73,4 @@ def mlflow_server(tmp_path_factory) -> Iterator[MlflowServer]:
             pytest.fail(f"mlflow server did not answer /health in 180 s:\n{server.log()}", pytrace=False)
         time.sleep(0.5)
     yield server
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc, 15)

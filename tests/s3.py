@@ -115,15 +115,20 @@ def start_seaweedfs(base: Path, timeout_s: float = 90.0) -> SeaweedFS:
     raise RuntimeError(f"SeaweedFS did not come up in {timeout_s:g} s ({last}):\n{sw.log()}")
 
 
+def stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """SIGTERM ``proc``, then SIGKILL if it has not exited after ``timeout_s`` seconds; reaps it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def stop_seaweedfs(sw: SeaweedFS) -> None:
     """Stop the server (SIGTERM, then SIGKILL after 10 s)."""
-    if sw.process.poll() is None:
-        sw.process.terminate()
-        try:
-            sw.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            sw.process.kill()
-            sw.process.wait()
+    stop_process(sw.process)
 
 
 @pytest.fixture(scope="session")

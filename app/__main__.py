@@ -66,6 +66,8 @@ def up() -> int:
         # `make demo`: 2 intra-op threads made the worker's training phase 2.2x slower than 1 (18.5 s vs 8.5 s).
         cores = s.resolved_torch_threads() * s.worker_concurrency
         env["STILLHOUSE_TORCH_THREADS"] = str(max(1, (cores - 1) // s.worker_concurrency))
+    # the one worker takes every job: a CUDA job on a machine without CUDA fails at once saying so, instead of waiting
+    env.setdefault("STILLHOUSE_WORKER_QUEUES", f"{s.queue},{s.gpu_queue}")
     procs = [
         subprocess.Popen([sys.executable, "-m", "app", "serve"], env=env),
         subprocess.Popen([sys.executable, "-m", "worker"], env=env),

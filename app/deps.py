@@ -14,7 +14,7 @@ from app.auth.service import DEFAULT_PRINCIPAL, AuthTenant, authenticate
 from stillhouse.db import session_factory
 from app.errors import Unauthorized
 from stillhouse.settings import Settings, get_settings
-from stillhouse.storage import LocalStore
+from stillhouse.storage import ArtifactStore, get_store as _configured_store
 
 
 def get_session() -> Iterator[Session]:
@@ -29,14 +29,14 @@ def get_session() -> Iterator[Session]:
         session.close()
 
 
-def get_store() -> LocalStore:
-    """The artifact store for the configured data directory."""
-    return LocalStore(get_settings())
+def get_store() -> ArtifactStore:
+    """The configured artifact store: the data directory, or the S3 bucket of ``STILLHOUSE_ARTIFACT_URL``."""
+    return _configured_store(get_settings())
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-StoreDep = Annotated[LocalStore, Depends(get_store)]
+StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 
 _bearer = HTTPBearer(auto_error=False, scheme_name="ApiKey",
                      description="An API key: `Authorization: Bearer sh_…`. An operator creates one with "

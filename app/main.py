@@ -14,10 +14,11 @@ from app.files.router import router as files_router
 from app.health.router import router as health_router
 from app.jobs.router import router as jobs_router
 from app.reports.router import router as reports_router
+from app.ui.router import router as ui_router, static_files as ui_static
 from stillhouse.db import migrate
 from stillhouse.jobs.sweep import start_sweeper
 from stillhouse.settings import get_settings
-from stillhouse.storage import LocalStore
+from stillhouse.storage import StoreError, get_store
 
 log = logging.getLogger("stillhouse.api")
 
@@ -31,7 +32,13 @@ def create_app(*, auto_migrate: bool | None = None) -> FastAPI:
         settings = get_settings()
         announce_auth_mode(settings)  # raises (start-up fails) for STILLHOUSE_AUTH=off on a non-loopback host
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        swept = LocalStore(settings).sweep_temp()
+        store = get_store(settings)
+        swept = store.sweep_temp()
+        if not store.is_local:
+            try:
+                await anyio.to_thread.run_sync(store.ensure_bucket)
+            except StoreError as e:  # /readyz says so until it works; uploads answer 503 storage_unavailable
+                log.error("artifact store: %s", e)
         if swept:
             log.info("removed %d upload temp file(s) left by a stopped API process", swept)
         if auto_migrate if auto_migrate is not None else settings.database_url is None:
@@ -39,8 +46,8 @@ def create_app(*, auto_migrate: bool | None = None) -> FastAPI:
         # sync endpoints run in anyio's thread pool: no more threads than pooled SQL connections (measured with
         # bench/load_status.py: 40 threads on 10 connections opened and closed connections all the time)
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
-        log.info("stillhouse API ready: database=%s broker=%s data_dir=%s", settings.resolved_database_url.split("@")[-1],
-                 settings.broker_url.split("@")[-1], settings.data_dir.resolve())
+        log.info("stillhouse API ready: database=%s broker=%s data_dir=%s artifacts=%s", settings.resolved_database_url.split("@")[-1],
+                 settings.broker_url.split("@")[-1], settings.data_dir.resolve(), settings.artifact_url or "data_dir")
 
         stop_sweeper = start_sweeper(settings, "stillhouse-api-sweep")  # re-sends unsent jobs and those whose worker died
         yield
@@ -59,6 +66,8 @@ def create_app(*, auto_migrate: bool | None = None) -> FastAPI:
     app.include_router(files_router)
     app.include_router(reports_router)
     app.include_router(jobs_router)
+    app.include_router(ui_router)
+    app.mount("/ui/static", ui_static(), name="ui-static")
     return app
 
 

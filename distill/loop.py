@@ -160,9 +160,9 @@ def make_scheduler(opt: torch.optim.Optimizer, schedule: str, total_steps: int) 
 
 
 def spec_fingerprint(spec: JobSpec) -> str:
-    """sha256 of everything in the spec that changes training (not name, evaluation or export): a checkpoint
+    """sha256 of everything in the spec that changes training (not name, evaluation, export or registry): a checkpoint
     is only resumed by a job with the same fingerprint."""
-    payload = spec.model_dump(mode="json", exclude={"name", "evaluation", "export"})
+    payload = spec.model_dump(mode="json", exclude={"name", "evaluation", "export", "registry"})
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -356,6 +356,35 @@ class ExportSpec(_Strict):
     prune: PruneSpec | None = Field(None, description="Also ship a magnitude-pruned, fine-tuned student_pruned.safetensors, evaluated in the report.")
 
 
+class MlflowRegistrySpec(_Strict):
+    """Log the job to an MLflow tracking server and register its student (done by the worker once the job succeeded).
+
+    The run gets the spec as parameters, the per-epoch metrics, the report (``report.json``) and the student's files
+    (under ``student/``); the student becomes a new version of ``model_name`` with tags (teacher sha256, compression
+    ratio, top-1) and, when given, ``alias`` pointing at it."""
+
+    tracking_uri: str = Field(..., pattern=r"^https?://[^\s/]+", max_length=2000,
+                              description="The MLflow tracking server, e.g. 'http://mlflow.internal:5000' (http or https).")
+    model_name: str = Field(..., min_length=1, max_length=256, pattern=r"^[^/\x00-\x1f]+$",
+                            description="Registered model name; created when it does not exist yet.")
+    alias: str | None = Field(None, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_-]+$",
+                              description="Alias to point at the new version (e.g. 'candidate'); not 'latest' nor 'v<number>'.")
+    experiment_name: str = Field("stillhouse", min_length=1, max_length=500, description="MLflow experiment of the run; created when missing.")
+
+    @model_validator(mode="after")
+    def _alias_allowed(self) -> "MlflowRegistrySpec":
+        a = self.alias
+        if a is not None and (a.lower() == "latest" or (a[:1] in "vV" and a[1:].isdigit())):
+            raise ValueError(f"alias {a!r} is reserved by MLflow ('latest' and 'v<number>' name versions)")
+        return self
+
+
+class RegistrySpec(_Strict):
+    """Model registries to export the student to."""
+
+    mlflow: MlflowRegistrySpec = Field(..., description="An MLflow tracking server and model registry.")
+
+
 def _nul_path(value: Any, path: str = "") -> str | None:
     """The dotted path of the first string (key or value) in ``value`` holding a NUL character, else None."""
     if isinstance(value, str):
@@ -404,6 +433,7 @@ class JobSpec(_Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Training loop settings.")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Report measurements.")
     export: ExportSpec = Field(default_factory=ExportSpec, description="Exported artifacts.")
+    registry: RegistrySpec | None = Field(None, description="Register the student in a model registry once the job succeeded.")
 
     def file_ids(self) -> dict[str, str]:
         """Referenced uploads by role: {'teacher': id, 'data.train': id, ...} (only those given)."""

@@ -2,8 +2,9 @@
 
 The defaults are the *embedded* configuration: a SQLite file, Celery's filesystem broker
 transport (needs no server) and artifacts under ``./var/``. Production sets
-``STILLHOUSE_DATABASE_URL`` (PostgreSQL), ``STILLHOUSE_BROKER_URL`` (Redis) and
-``STILLHOUSE_DATA_DIR`` (a shared directory).
+``STILLHOUSE_DATABASE_URL`` (PostgreSQL), ``STILLHOUSE_BROKER_URL`` (Redis) and either
+``STILLHOUSE_ARTIFACT_URL=s3://bucket/prefix`` (an S3-compatible object store; then every process keeps only
+scratch files in its own ``STILLHOUSE_DATA_DIR``) or a ``STILLHOUSE_DATA_DIR`` every process shares.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlparse
 
-from pydantic import ByteSize, Field, ValidationError
+from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -35,7 +37,35 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None, ge=1, description="PyTorch intra-op threads per job; default: cores available / worker concurrency."
     )
-    queue: str = Field("stillhouse", description="Celery queue the API sends jobs to and workers consume.")
+    queue: str = Field("cpu", min_length=1, description="Celery queue of CPU jobs (training.device 'cpu' or 'auto').")
+    gpu_queue: str = Field("gpu", min_length=1, description="Celery queue of GPU jobs (training.device 'cuda').")
+    worker_queues: str | None = Field(
+        None, description="Comma-separated queues a worker consumes (e.g. 'gpu' or 'cpu,gpu'); default: both on a machine "
+                          "where PyTorch sees CUDA (GPU queue first), else the CPU queue.")
+    worker_heartbeat_s: float = Field(
+        10.0, gt=0, description="Seconds between a worker's records of itself (its queues) in the database; a worker not seen "
+                                "for three times that is taken as gone, and a queued job no live worker consumes says so.")
+    artifact_url: str | None = Field(
+        None, description="Where uploads, checkpoints and artifacts live: unset = the local directory <data_dir> (shared by "
+                          "every process); 's3://bucket/prefix' = an S3-compatible object store (then <data_dir> holds only "
+                          "each process's scratch files and caches).")
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint, e.g. http://seaweedfs:8333 (unset: AWS S3).")
+    s3_region: str | None = Field(None, description="S3 region (unset: boto3's default, us-east-1 for custom endpoints).")
+    s3_access_key_id: str | None = Field(None, description="S3 access key (unset: boto3's chain: AWS_* variables, ~/.aws, instance role).")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key (unset: boto3's chain).")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "path", description="S3 URL style: 'path' (bucket in the path; SeaweedFS, MinIO) or 'virtual' (bucket in the host name).")
+    s3_part_bytes: ByteSize = Field(16 * 1024**2, ge=5 * 1024**2, description="Part size of multipart uploads and ranged "
+                                    "downloads, bytes (S3's minimum part is 5 MiB); memory per transfer is about this times "
+                                    "s3_max_concurrency.")
+    s3_max_concurrency: int = Field(4, ge=1, le=64, description="Parts one transfer moves at once.")
+    cache_max_bytes: ByteSize = Field(
+        20 * 1024**3, ge=0, description="With object storage: most bytes of downloaded inputs (teachers, datasets) a process keeps "
+                                        "under <data_dir>/cache for later jobs; least recently used go first.")
+    mlflow_allowed_tracking_uris: str | None = Field(
+        None, description="Comma-separated URI prefixes a job's registry.mlflow.tracking_uri must start with (e.g. "
+                          "'http://mlflow.internal:5000/'); unset = any http(s) URI. Set it when tenants must not make "
+                          "workers connect elsewhere.")
     visibility_timeout_s: int = Field(
         6 * 3600, ge=1, description="Redis: seconds before an unacknowledged job message is delivered again (the job lease makes "
                                     "a second delivery of a running job exit at once).")
@@ -69,6 +99,29 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(
         20, ge=1, le=200, description="SQL connections one process keeps open (PostgreSQL; 20 more may open in bursts). The API "
         "runs at most this many request threads, so requests neither wait for a connection nor open and close extra ones.")
+
+    @field_validator("artifact_url")
+    @classmethod
+    def _artifact_url(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        u = urlparse(v)
+        if u.scheme != "s3" or not u.netloc:
+            raise ValueError("expected s3://bucket[/prefix] (or unset for the local directory <data_dir>)")
+        return v
+
+    @property
+    def s3_bucket_prefix(self) -> tuple[str, str]:
+        """``(bucket, prefix)`` of ``artifact_url`` (prefix without slashes at either end, may be empty)."""
+        u = urlparse(self.artifact_url or "")
+        return u.netloc, u.path.strip("/")
+
+    def consumed_queues(self, has_cuda: bool) -> list[str]:
+        """The queues a worker consumes: ``worker_queues``, else both (GPU first) when ``has_cuda`` (so no CPU job is left
+        waiting on a GPU-only machine; a GPU worker that must keep free for GPU jobs sets ``gpu``), else the CPU queue."""
+        if self.worker_queues:
+            return [q.strip() for q in self.worker_queues.split(",") if q.strip()]
+        return [self.gpu_queue, self.queue] if has_cuda else [self.queue]
 
     @property
     def resolved_database_url(self) -> str:

@@ -17,7 +17,8 @@ REQUIRE_SERVICES = os.environ.get("STILLHOUSE_REQUIRE_SERVICES") == "1"
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-pytest_plugins = ["tests.models"]  # the shared model and data fixtures (digits teacher, MiniLM, tiny BERT, reviews)
+# shared model and data fixtures (digits teacher, MiniLM, tiny BERT, reviews); real SeaweedFS and MLflow servers
+pytest_plugins = ["tests.models", "tests.s3", "tests.mlflow_server"]
 
 
 def _reachable(host: str, port: int) -> bool:

@@ -2,12 +2,14 @@
 
 Hooks: each pool child sets its PyTorch threads, drops the database connections it inherited from the main process
 and installs the hand-back signal handler (``stillhouse.jobs.handback``); the main process runs the sweep (``stillhouse.jobs.sweep``)
-in a daemon thread once it is ready, and on shutdown tells its children to hand their jobs back.
+and its heartbeat in the ``workers`` table (the queues it consumes: ``stillhouse.jobs.workers``) in daemon threads once it
+is ready, and on shutdown tells its children to hand their jobs back and removes its row.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 
 import torch
@@ -16,15 +18,17 @@ from celery.signals import worker_process_init, worker_ready, worker_shutting_do
 from sqlalchemy.exc import OperationalError
 
 from stillhouse.db import get_engine
-from stillhouse.jobs import handback
+from stillhouse.jobs import handback, leases
 from stillhouse.jobs.runner import execute  # the core and torch, loaded once in the main process before the children fork
 from stillhouse.jobs.sweep import start_sweeper
+from stillhouse.jobs.workers import WorkerHeartbeat
 from stillhouse.settings import get_settings
 from worker.celery_app import RUN_JOB_TASK, celery_app
 
 log = logging.getLogger("stillhouse.worker")
 
 _stop_sweeper = None
+_heartbeat: WorkerHeartbeat | None = None
 
 
 @worker_process_init.connect
@@ -49,12 +53,24 @@ def _init_child(**_: object) -> None:
     log.info("worker child: torch intra-op threads = %d", n)
 
 
+def _devices() -> dict:
+    """This machine's accelerators as the heartbeat records them (``torch.cuda.device_count`` asks NVML, so CUDA stays
+    uninitialised in the main process before it forks its children)."""
+    return {"cuda": torch.cuda.device_count()}
+
+
 @worker_ready.connect
 def _start_sweeper(**_: object) -> None:
-    """In the worker's main process: sweep every ``STILLHOUSE_SWEEP_INTERVAL_S`` (re-send jobs whose worker died)."""
-    global _stop_sweeper
+    """In the worker's main process: sweep every ``STILLHOUSE_SWEEP_INTERVAL_S`` (re-send jobs whose worker died), and
+    record this worker and its queues every ``STILLHOUSE_WORKER_HEARTBEAT_S``."""
+    global _stop_sweeper, _heartbeat
 
-    _stop_sweeper = start_sweeper(get_settings(), "stillhouse-worker-sweep")
+    settings = get_settings()
+    _stop_sweeper = start_sweeper(settings, "stillhouse-worker-sweep")
+    queues = sorted(celery_app.amqp.queues.consume_from or celery_app.amqp.queues)
+    _heartbeat = WorkerHeartbeat(settings, leases.owner_id(), socket.gethostname(), queues, settings.worker_concurrency,
+                                 _devices()).start()
+    log.info("worker consuming queue(s) %s", ", ".join(queues))
 
 
 @worker_shutting_down.connect
@@ -64,6 +80,8 @@ def _hand_back_jobs(**_: object) -> None:
     handback.forward_to_children()
     if _stop_sweeper is not None:
         threading.Thread(target=_stop_sweeper, daemon=True).start()  # never block inside the signal handler
+    if _heartbeat is not None:
+        threading.Thread(target=_heartbeat.stop, daemon=True).start()
 
 
 DB_RETRY_S = 5.0  # seconds between deliveries of a job whose database could not be reached

@@ -10,14 +10,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.auth.limits import check_storage, lock_tenant
-from app.errors import Conflict, NotFound, Unprocessable
+from app.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
 from app.files.schemas import Purpose
 from app.files.upload import ReceivedUpload, safe_filename
 from stillhouse.jobs.states import LIVE
 from stillhouse.models import File, Job, JobFile, new_id
 from app.pagination import newest_first
 from stillhouse.settings import get_settings
-from stillhouse.storage import LocalStore
+from stillhouse.storage import ArtifactStore, StoreError
 from app import model_checks
 from distill.errors import DistillError
 
@@ -48,24 +48,30 @@ def inspect_upload(path: Path, purpose: str) -> dict:
             "output_shape": info.output_shape, "details": info.details}
 
 
-def store_file(session: Session, store: LocalStore, received: ReceivedUpload, purpose: str, meta: dict, tenant_id: str) -> File:
+def store_file(session: Session, store: ArtifactStore, received: ReceivedUpload, purpose: str, meta: dict, tenant_id: str) -> File:
     """Move the validated temp file into the store under a server-generated key and commit its row, owned by
     ``tenant_id``.
 
-    The tenant's storage quota is checked again under the tenant's lock (so concurrent uploads cannot pass it
-    together): Raises PayloadTooLarge (413 ``storage_quota_exceeded``), leaving the temp file to the caller.
+    The bytes are published first (a rename in a local store; a multipart upload to object storage, which may take a
+    while and so is done before any lock is taken), then the tenant's storage quota is checked again under the
+    tenant's lock (so concurrent uploads cannot pass it together) and the row committed. Raises PayloadTooLarge
+    (413 ``storage_quota_exceeded``), ServiceUnavailable (503 ``storage_unavailable``: the object store refused or
+    could not be reached). On any failure the published bytes are removed again, so no orphan is left.
     The client's filename is kept only as metadata, already reduced by ``upload.safe_filename`` (base name,
-    no control characters, at most 255 characters). If the commit fails the stored bytes are removed again,
-    so no orphan file is left.
+    no control characters, at most 255 characters).
     """
-    check_storage(session, lock_tenant(session, tenant_id), get_settings(), received.bytes)
     file_id = new_id("file")
     key = store.file_key(file_id)
     filename = safe_filename(received.filename)  # idempotent; guards callers that build ReceivedUpload themselves
-    store.publish(received.path, key)
+    try:
+        store.publish(received.path, key)
+    except StoreError as e:
+        log.error("upload %s: %s", file_id, e)
+        raise ServiceUnavailable(f"the artifact store could not take the upload: {e}", code="storage_unavailable") from e
     row = File(id=file_id, tenant_id=tenant_id, purpose=purpose, filename=filename, bytes=received.bytes, sha256=received.sha256,
                storage_key=key, **meta)
     try:
+        check_storage(session, lock_tenant(session, tenant_id), get_settings(), received.bytes)
         session.add(row)
         session.commit()
     except BaseException:
@@ -97,7 +103,7 @@ def list_files(session: Session, tenant_id: str, *, limit: int, after: str | Non
     return newest_first(session, q, File, limit=limit, anchor=anchor)
 
 
-def delete_file(session: Session, store: LocalStore, file_id: str, tenant_id: str) -> None:
+def delete_file(session: Session, store: ArtifactStore, file_id: str, tenant_id: str) -> None:
     """Delete one of the tenant's files and its bytes. Raises NotFound (404), or Conflict (409) while a queued or
     running job uses it."""
     row = get_file(session, file_id, tenant_id)
@@ -115,10 +121,13 @@ def delete_file(session: Session, store: LocalStore, file_id: str, tenant_id: st
         session.rollback()
         raise Conflict(f"file {file_id} was just put to use by a new job; try again once it ends", param="file_id",
                        code="file_in_use") from e
-    store.delete(row.storage_key)
+    try:
+        store.delete(row.storage_key)
+    except StoreError as e:  # the row is gone; the bytes are an orphan for the operator to remove
+        log.error("file %s deleted but its bytes could not be removed from the store: %s", file_id, e)
 
 
-def list_layers(session: Session, store: LocalStore, file_id: str, tenant_id: str, input_shape: list[int] | None) -> list[dict]:
+def list_layers(session: Session, store: ArtifactStore, file_id: str, tenant_id: str, input_shape: list[int] | None) -> list[dict]:
     """The named modules of an uploaded PyTorch model (safetensors with stillhouse metadata, TorchScript) with their
     per-sample output shapes, for choosing feature-distillation layers (e.g. ``features.3``). Runs one forward
     pass of zeros ``[1, *input_shape]`` on the CPU; ``input_shape`` defaults to the one known from the file.
@@ -146,6 +155,10 @@ def list_layers(session: Session, store: LocalStore, file_id: str, tenant_id: st
     if not shape:
         raise Unprocessable("the model's input shape is not known; pass ?input_shape=1,28,28", param="input_shape")
     try:
-        return model_checks.model_layers(store.path(row.storage_key), row.format, arch, list(shape))
+        path = store.local_path(row.storage_key, sha256=row.sha256)
+    except (FileNotFoundError, StoreError) as e:
+        raise ServiceUnavailable(f"the bytes of file {file_id} cannot be read from the artifact store: {e}", code="storage_unavailable") from e
+    try:
+        return model_checks.model_layers(path, row.format, arch, list(shape))
     except DistillError as e:
         raise Unprocessable(e.message, param="input_shape" if e.code == "shape_mismatch" else "file_id", code=e.code) from e

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from stillhouse.db import get_engine
 from app.errors import ErrorResponse, ServiceUnavailable
 from stillhouse.jobs.queue import broker_ok
+from stillhouse.storage import get_store
 
 router = APIRouter(tags=["health"])
 
@@ -40,8 +41,11 @@ def _db_ok() -> str | None:
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": ErrorResponse, "description": "A dependency is down"}})
 async def readyz() -> Health:
-    """Readiness: the database answers ``SELECT 1`` and the broker accepts a connection. 503 ``unavailable`` otherwise."""
+    """Readiness: the database answers ``SELECT 1``, the broker accepts a connection and the artifact store is usable
+    (the data directory is writable, or the S3 bucket answers a HEAD). 503 ``unavailable`` otherwise, naming which."""
     db, broker = await run_in_threadpool(_db_ok), await run_in_threadpool(broker_ok)
-    if db or broker:
-        raise ServiceUnavailable("; ".join(f"{k}: {v}" for k, v in (("database", db), ("broker", broker)) if v))
-    return Health(checks={"database": "ok", "broker": "ok"})
+    store = await run_in_threadpool(lambda: get_store().check())
+    failed = [(k, v) for k, v in (("database", db), ("broker", broker), ("artifact store", store)) if v]
+    if failed:
+        raise ServiceUnavailable("; ".join(f"{k}: {v}" for k, v in failed))
+    return Health(checks={"database": "ok", "broker": "ok", "artifact_store": "ok"})

@@ -1,18 +1,28 @@
 """Artifact downloads: Starlette's ``FileResponse`` (streamed, Content-Length, single and multiple
 ``Range``s -> 206) with the artifact's sha256 as ``ETag``, plus RFC 9110 handling of bad ranges:
 a syntactically invalid ``Range`` is ignored (200, whole file) and an unsatisfiable one gets 416 in
-the API's error shape with ``Content-Range: bytes */<size>``."""
+the API's error shape with ``Content-Range: bytes */<size>``.
+
+From object storage (``StoreArtifactResponse``) the same response reads the object instead of a file: one ranged
+GET per requested range (``Range: bytes=start-``), read a chunk (``STILLHOUSE_UPLOAD_CHUNK_BYTES``) at a time in a
+worker thread, so a 1 GiB download holds one chunk in memory, and nothing is downloaded to the API's disk."""
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import AsyncIterator, BinaryIO
 
+import anyio
 from starlette.datastructures import Headers
 from starlette.responses import FileResponse
 from starlette.types import Receive, Scope, Send
 
 from app.errors import error_json
+from stillhouse.storage import ArtifactStore, ObjectInfo
 
 _RANGE = re.compile(r"^bytes=\s*(\d*-\d*)(\s*,\s*\d*-\d*)*\s*$")
 
@@ -37,9 +47,10 @@ def classify_range(value: str, size: int) -> str:
 class ArtifactResponse(FileResponse):
     """A ``FileResponse`` whose ``Range`` errors follow RFC 9110 and the API's error shape."""
 
-    def __init__(self, path: Path, *, sha256: str, media_type: str, filename: str) -> None:
-        super().__init__(path, media_type=media_type, filename=filename, headers={"etag": f'"{sha256}"'})
-        self._size = path.stat().st_size
+    def __init__(self, path: Path, *, sha256: str, media_type: str, filename: str, stat_result: os.stat_result | None = None) -> None:
+        super().__init__(path, media_type=media_type, filename=filename, headers={"etag": f'"{sha256}"'},
+                         stat_result=stat_result or os.stat(path))
+        self._size = self.stat_result.st_size
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         value = Headers(scope=scope).get("range")
@@ -53,3 +64,59 @@ class ArtifactResponse(FileResponse):
             if kind == "invalid":  # ignore it: serve the whole file
                 scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"range"]}
         await super().__call__(scope, receive, send)
+
+
+class _ObjectReader:
+    """The async file interface ``FileResponse`` reads through (``seek``, ``read``), over ``store.open``: a seek drops
+    the current stream; the next read opens one ranged GET from that offset."""
+
+    def __init__(self, store: ArtifactStore, key: str) -> None:
+        self.store, self.key, self.pos = store, key, 0
+        self._body: BinaryIO | None = None
+
+    async def seek(self, pos: int) -> None:
+        if pos != self.pos or self._body is None:
+            await self.aclose()
+            self.pos = pos
+
+    def _read(self, n: int) -> bytes:
+        if self._body is None:
+            self._body = self.store.open(self.key, self.pos)
+        out = bytearray()
+        while len(out) < n:  # FileResponse takes a short read for the end of the file
+            piece = self._body.read(n - len(out))
+            if not piece:
+                break
+            out += piece
+        self.pos += len(out)
+        return bytes(out)
+
+    async def read(self, n: int) -> bytes:
+        return await anyio.to_thread.run_sync(self._read, n)
+
+    async def aclose(self) -> None:
+        body, self._body = self._body, None
+        if body is not None:
+            await anyio.to_thread.run_sync(body.close)
+
+
+class StoreArtifactResponse(ArtifactResponse):
+    """An ``ArtifactResponse`` whose bytes come from an object in ``store`` (see the module doc), ``chunk`` bytes per read."""
+
+    def __init__(self, store: ArtifactStore, info: ObjectInfo, *, sha256: str, media_type: str, filename: str, chunk: int) -> None:
+        st = os.stat_result((stat.S_IFREG | 0o644, 0, 0, 1, 0, 0, info.size, int(info.mtime), int(info.mtime), int(info.mtime)))
+        super().__init__(Path(info.key), sha256=sha256, media_type=media_type, filename=filename, stat_result=st)
+        self.store, self.key, self.chunk_size = store, info.key, chunk
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        extensions = {k: v for k, v in scope.get("extensions", {}).items() if k != "http.response.pathsend"}  # no local path
+        await super().__call__({**scope, "extensions": extensions}, receive, send)
+
+    @asynccontextmanager
+    async def _open_file(self) -> AsyncIterator[_ObjectReader]:
+        reader = _ObjectReader(self.store, self.key)
+        try:
+            yield reader
+        finally:
+            with anyio.CancelScope(shield=True):
+                await reader.aclose()

@@ -9,10 +9,10 @@ from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import FileResponse, HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import CurrentTenant, SessionDep, StoreDep
+from app.deps import CurrentTenant, SessionDep, SettingsDep, StoreDep
 from app.errors import ERROR_RESPONSES, ErrorResponse, ServiceUnavailable
 from app.jobs import service
-from app.jobs.download import ArtifactResponse
+from app.jobs.download import ArtifactResponse, StoreArtifactResponse
 from app.jobs.schemas import (
     ArtifactList,
     ArtifactObject,
@@ -25,6 +25,7 @@ from app.pagination import Limit, Page
 from app.reports.service import job_report_html
 from distill.report import Report
 from distill.spec import JobSpec
+from stillhouse.storage import StoreError
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger("stillhouse.api")
@@ -138,16 +139,30 @@ def list_artifacts(job_id: JobId, session: SessionDep, tenant: CurrentTenant) ->
                        503: {"model": ErrorResponse, "description": "The artifact's bytes are not in this server's storage"},
                        **ERROR_RESPONSES})
 def download_artifact(job_id: JobId, name: Annotated[str, Path(description="Artifact name, e.g. student.safetensors.")],
-                      session: SessionDep, store: StoreDep, tenant: CurrentTenant) -> FileResponse:
+                      session: SessionDep, store: StoreDep, settings: SettingsDep, tenant: CurrentTenant) -> FileResponse:
     """Download an artifact, streamed, with Content-Length, ``ETag`` = its sha256, and ``Range`` support (206;
-    a malformed Range is ignored, an unsatisfiable one gets 416 ``range_not_satisfiable``). 503
-    ``artifact_unavailable`` when the row exists but its bytes are not in this API's storage (API and workers not
-    sharing ``STILLHOUSE_DATA_DIR``, or the file removed by hand)."""
+    a malformed Range is ignored, an unsatisfiable one gets 416 ``range_not_satisfiable``), from the local directory
+    or streamed from object storage (ranged GETs, one chunk in memory at a time). 503 ``artifact_unavailable`` when
+    the row exists but its bytes are not in the store (API and workers not sharing ``STILLHOUSE_DATA_DIR``, or the
+    file removed by hand); 503 ``storage_unavailable`` when the object store cannot be reached."""
     a = service.get_artifact(session, job_id, name, tenant.id)
-    path = store.path(a.storage_key)
-    if not path.is_file():
-        log.error("artifact %s of %s is recorded but %s is missing", a.name, job_id, path)
-        raise ServiceUnavailable(f"artifact {a.name!r} of job {job_id} is recorded but its bytes are not in this server's storage; "
-                                 "the API and the workers must share STILLHOUSE_DATA_DIR (the operator is told in the API log)",
-                                 code="artifact_unavailable")
-    return ArtifactResponse(path, sha256=a.sha256, media_type=a.content_type, filename=a.name)
+    if store.is_local:
+        path = store.local(a.storage_key)
+        if not path.is_file():
+            log.error("artifact %s of %s is recorded but %s is missing", a.name, job_id, path)
+            raise ServiceUnavailable(f"artifact {a.name!r} of job {job_id} is recorded but its bytes are not in this server's storage; "
+                                     "the API and the workers must share STILLHOUSE_DATA_DIR, or use object storage "
+                                     "(STILLHOUSE_ARTIFACT_URL; the operator is told in the API log)", code="artifact_unavailable")
+        return ArtifactResponse(path, sha256=a.sha256, media_type=a.content_type, filename=a.name)
+    try:
+        info = store.stat(a.storage_key)
+    except StoreError as e:
+        log.error("artifact %s of %s: %s", a.name, job_id, e)
+        raise ServiceUnavailable(f"artifact {a.name!r} of job {job_id}: the artifact store cannot be read ({e})",
+                                 code="storage_unavailable") from e
+    if info is None:
+        log.error("artifact %s of %s is recorded but object %s is missing from the bucket", a.name, job_id, a.storage_key)
+        raise ServiceUnavailable(f"artifact {a.name!r} of job {job_id} is recorded but its bytes are missing from the artifact store "
+                                 "(the operator is told in the API log)", code="artifact_unavailable")
+    return StoreArtifactResponse(store, info, sha256=a.sha256, media_type=a.content_type, filename=a.name,
+                                 chunk=int(settings.upload_chunk_bytes))

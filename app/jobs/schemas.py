@@ -27,8 +27,30 @@ class JobError(BaseModel):
     """Why a job failed."""
 
     code: str = Field(..., description="From a fixed vocabulary: invalid_spec, invalid_file, unsafe_checkpoint, shape_mismatch, "
-                                       "non_finite_loss, max_runtime_exceeded, worker_lost, internal_error, broker_unavailable.")
+                                       "non_finite_loss, max_runtime_exceeded, worker_lost, internal_error, broker_unavailable, "
+                                       "storage_unavailable (the artifact store could not be read or written).")
     message: str = Field(..., description="What happened, for a person (names the sizes, fields or files involved).")
+
+
+class Waiting(BaseModel):
+    """Why a queued job has not started."""
+
+    code: Literal["no_worker_for_queue"] = Field(..., description="no_worker_for_queue: no running worker consumes the job's queue.")
+    message: str = Field(..., description="What is missing and how to start it.")
+
+
+class RegistryExport(BaseModel):
+    """The outcome of a job's MLflow model-registry export (``registry.mlflow`` in the spec)."""
+
+    status: Literal["pending", "registered", "failed"] = Field(..., description="pending until the job succeeded and the "
+                                                                                 "export ran; then registered or failed.")
+    tracking_uri: str | None = Field(None, description="The MLflow tracking server.")
+    experiment_id: str | None = Field(None, description="MLflow experiment of the run.")
+    run_id: str | None = Field(None, description="MLflow run holding the parameters, per-epoch metrics, report and student.")
+    model_name: str | None = Field(None, description="Registered model name.")
+    version: str | None = Field(None, description="The model version registered for this job's student.")
+    alias: str | None = Field(None, description="Alias pointed at that version.")
+    error: str | None = Field(None, description="Why the export failed (the job itself still succeeded).")
 
 
 class Timings(BaseModel):
@@ -57,6 +79,10 @@ class JobObject(BaseModel):
     started_at: datetime | None = Field(None, description="First start on a worker.")
     finished_at: datetime | None = Field(None, description="When it reached a final status.")
     timings: Timings = Field(..., description="Queue wait and run time.")
+    queue: str | None = Field(None, description="The worker queue the job is sent to: 'cpu', or 'gpu' for training.device 'cuda'.")
+    waiting: Waiting | None = Field(None, description="While queued: set when no running worker consumes the job's queue.")
+    registry: dict[str, RegistryExport] | None = Field(None, description="Model-registry exports by registry ('mlflow'), when "
+                                                                         "the spec asks for one.")
     spec: JobSpec = Field(..., description="The validated spec, defaults filled in.")
 
 

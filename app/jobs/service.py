@@ -18,10 +18,11 @@ from app.auth.limits import check_job_slot, lock_tenant
 from stillhouse.db import session_factory
 from app.errors import Conflict, InternalError, NotFound, ServiceUnavailable, Unprocessable
 from stillhouse.jobs import states
-from app.jobs.schemas import JobError, JobObject, Progress, Timings
+from app.jobs.schemas import JobError, JobObject, Progress, RegistryExport, Timings, Waiting
 from stillhouse.models import Artifact, File, Job, JobEvent, JobFile, Metric, new_id, utcnow
 from app.pagination import newest_first, oldest_first
-from stillhouse.jobs.queue import enqueue_job, mark_sent
+from stillhouse.jobs.queue import enqueue_job, mark_sent, queue_for
+from stillhouse.jobs import workers
 from stillhouse.settings import get_settings
 from distill.errors import DistillError
 from distill.report import AnyReport, parse_report
@@ -153,6 +154,18 @@ def _check_task(spec: JobSpec, files: dict[str, File]) -> None:
                                 if text else "tensor data (NPZ, numeric CSV, or builtin digits/mnist5k)"), param=role)
 
 
+def _check_registry(spec: JobSpec) -> None:
+    """A ``registry.mlflow.tracking_uri`` must start with one of ``STILLHOUSE_MLFLOW_ALLOWED_TRACKING_URIS`` when the
+    operator set that list (the workers connect to it). Raises Unprocessable (422 ``registry_not_allowed``)."""
+    allowed = [p.strip() for p in (get_settings().mlflow_allowed_tracking_uris or "").split(",") if p.strip()]
+    if spec.registry is None or not allowed:
+        return
+    uri = spec.registry.mlflow.tracking_uri
+    if not any(uri.startswith(p) for p in allowed):
+        raise Unprocessable(f"registry.mlflow.tracking_uri {uri!r} is not one this service exports to (allowed: {', '.join(allowed)})",
+                            param="registry.mlflow.tracking_uri", code="registry_not_allowed")
+
+
 def validate_references(session: Session, spec: JobSpec, tenant_id: str) -> dict[str, File]:
     """Check what the spec refers to, beyond pydantic's field checks.
 
@@ -160,9 +173,10 @@ def validate_references(session: Session, spec: JobSpec, tenant_id: str) -> dict
     unknown one) and have the right purpose; a forced teacher format must match the detected one;
     weights-only teachers need an architecture (in the spec or in the file's metadata);
     architectures must be registered with valid kwargs; a CSV label column must exist; a transfer set must be
-    unlabelled. Raises Unprocessable (422).
+    unlabelled; a registry tracking URI must be one the operator allows. Raises Unprocessable (422).
     Returns the referenced files by role.
     """
+    _check_registry(spec)
     files: dict[str, File] = {"teacher": _check_file(session, spec.teacher.file_id, "teacher", "teacher", tenant_id)}
     teacher = files["teacher"]
     if spec.teacher.format != "auto" and spec.teacher.format != teacher.format:
@@ -245,8 +259,9 @@ def create_job(session: Session, spec: JobSpec, tenant_id: str, *, idempotency_k
         session.rollback()  # release the lock
         return job, True
     check_job_slot(session, tenant, get_settings())
-    job = Job(id=new_id("job"), tenant_id=tenant_id, name=spec.name, status=states.QUEUED, spec=spec.model_dump(mode="json"),
-              attempt=0, idempotency_key=idempotency_key, request_sha256=digest)
+    spec_json = spec.model_dump(mode="json")
+    job = Job(id=new_id("job"), tenant_id=tenant_id, name=spec.name, status=states.QUEUED, spec=spec_json,
+              attempt=0, idempotency_key=idempotency_key, request_sha256=digest, queue=queue_for(spec_json))
     try:
         session.add(job)
         session.flush()
@@ -261,7 +276,7 @@ def create_job(session: Session, spec: JobSpec, tenant_id: str, *, idempotency_k
         raise Unprocessable("a file this job refers to was deleted while the job was being created; upload it again",
                             code="file_not_found") from e
     try:
-        enqueue_job(job.id)
+        enqueue_job(job.id, queue=job.queue)
     except Exception as e:  # noqa: BLE001 - any broker failure
         log.exception("could not enqueue %s", job.id)
         states.transition(session, job.id, states.FAILED, error_code="broker_unavailable",
@@ -345,8 +360,16 @@ def _seconds(a: datetime | None, b: datetime | None) -> float | None:
     return None if a is None or b is None else round((b - a).total_seconds(), 3)
 
 
+def _waiting(job: Job) -> Waiting | None:
+    if job.status != states.QUEUED:
+        return None
+    reason = workers.waiting_reason(job.queue or get_settings().queue)
+    return Waiting(code="no_worker_for_queue", message=reason) if reason else None
+
+
 def to_schema(job: Job) -> JobObject:
-    """The API view of a job row."""
+    """The API view of a job row. A queued job's ``waiting`` comes from the workers table (read at most every few
+    seconds per process, see ``stillhouse.jobs.workers``)."""
     now = utcnow()
     return JobObject(
         id=job.id, name=job.name, status=job.status, phase=job.phase, attempt=job.attempt, handbacks=job.handbacks or 0,
@@ -356,6 +379,8 @@ def to_schema(job: Job) -> JobObject:
         created_at=job.created_at, updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
         timings=Timings(queued_s=_seconds(job.created_at, job.started_at or (None if job.finished_at else now)),
                         running_s=_seconds(job.started_at, job.finished_at or now) if job.started_at else None),
+        queue=job.queue or get_settings().queue, waiting=_waiting(job),
+        registry={k: RegistryExport(**v) for k, v in job.registry_export.items()} if job.registry_export else None,
         spec=JobSpec.model_validate(job.spec),
     )
 

@@ -1,6 +1,12 @@
 """The broker side of the job life cycle: the Celery app's configuration (shared by the API, which sends, and the
 workers, which receive), sending jobs to the workers (after the job row is committed) and checking the broker.
 
+Routing: a job goes to the GPU queue (``STILLHOUSE_GPU_QUEUE``, default ``gpu``) when its spec says
+``training.device: cuda``, else to the CPU queue (``STILLHOUSE_QUEUE``, default ``cpu``); the choice is recorded in
+``jobs.queue`` at creation, so a re-send (sweep, hand-back) goes to the same queue. Workers consume the queues given
+with ``-Q`` (``python -m worker`` passes ``STILLHOUSE_WORKER_QUEUES``, default by hardware). Both queues are declared
+on the Celery app (``task_queues``), so either kind of worker can be started first.
+
 Reliability settings: ``task_acks_late`` + ``task_reject_on_worker_lost`` (a job whose worker child dies is
 redelivered and resumes from its last epoch checkpoint), prefetch 1 (a long job never holds a second
 one hostage), no result backend (the SQL job row is the truth), and children given ``CHILD_START_TIMEOUT_S``
@@ -15,9 +21,11 @@ from functools import lru_cache
 from pathlib import Path
 
 from celery import Celery
-from sqlalchemy import update
+from kombu import Queue
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from stillhouse.db import session_factory
 from stillhouse.models import Job, utcnow
 from stillhouse.settings import Settings, get_settings
 
@@ -41,6 +49,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
         task_default_queue=settings.queue,
+        task_queues=[Queue(q, routing_key=q) for q in dict.fromkeys([settings.queue, settings.gpu_queue])],
         task_serializer="json",
         accept_content=["json"],
         worker_concurrency=settings.worker_concurrency,
@@ -86,11 +95,28 @@ def celery(settings: Settings | None = None) -> Celery:
     return _celery_for(s.broker_url, str(s.data_dir))
 
 
-def enqueue_job(job_id: str, settings: Settings | None = None) -> None:
-    """Send the ``run_job`` task carrying only the job id to ``settings.queue``. Raises the broker's error if it is
-    unreachable. Callers record the send in ``jobs.enqueued_at`` afterwards (see ``mark_sent``)."""
+def queue_for(spec: dict, settings: Settings | None = None) -> str:
+    """The queue of a job with this spec (JSON): the GPU queue for ``training.device: cuda``, else the CPU queue
+    (``cpu``, and ``auto``, which uses CUDA when the worker that takes it has it)."""
     s = settings or get_settings()
-    celery(s).send_task(RUN_JOB_TASK, args=[job_id], queue=s.queue)
+    device = ((spec or {}).get("training") or {}).get("device", "auto")
+    return s.gpu_queue if device == "cuda" else s.queue
+
+
+def job_queue(job_id: str, settings: Settings | None = None) -> str:
+    """The queue recorded for job ``job_id`` (``jobs.queue``); the CPU queue for jobs from before queues existed."""
+    s = settings or get_settings()
+    with session_factory(s)() as session:
+        q = session.scalar(select(Job.queue).where(Job.id == job_id))
+    return q or s.queue
+
+
+def enqueue_job(job_id: str, settings: Settings | None = None, queue: str | None = None) -> None:
+    """Send the ``run_job`` task carrying only the job id to ``queue`` (default: the job's recorded queue, read from
+    the database). Raises the broker's error if it is unreachable. Callers record the send in ``jobs.enqueued_at``
+    afterwards (see ``mark_sent``)."""
+    s = settings or get_settings()
+    celery(s).send_task(RUN_JOB_TASK, args=[job_id], queue=queue or job_queue(job_id, s))
 
 
 def mark_sent(session: Session, job_id: str, *, only_if_unsent: bool = True) -> bool:

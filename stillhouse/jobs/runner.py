@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import mimetypes
-import shutil
 import socket
 import threading
 import time
@@ -24,9 +23,11 @@ from sqlalchemy import select, update
 from stillhouse.db import session_factory
 from stillhouse.jobs import leases, states
 from stillhouse.jobs.queue import enqueue_job, mark_sent
-from stillhouse.models import Artifact, File, Job, JobFile, utcnow
+from stillhouse.models import Artifact, File, Job, JobEvent, JobFile, Metric, utcnow
+from stillhouse.registry import export_mlflow, is_epoch_metric
 from stillhouse.settings import Settings, get_settings
-from stillhouse.storage import LocalStore, sha256_file
+from stillhouse.storage import ArtifactStore, StoreError, get_store, sha256_file
+from stillhouse.jobs.scratch import CheckpointMirror
 from stillhouse.jobs import handback
 from distill.errors import DistillError, StopRequested
 from distill.formats import FileInput
@@ -142,14 +143,14 @@ def _claim(sessions, job_id: str, owner: str, settings: Settings) -> Claimed | N
         if job.status == states.CANCELLING:
             if states.transition(s, job_id, states.CANCELLED, where=same, phase=None,
                                  event="cancelled; its worker died before it stopped the job, nothing published"):
-                _drop_workdir(LocalStore(settings), job_id)
+                _drop_workdir(get_store(settings), job_id)
             return None
         if job.status == states.RUNNING and job.attempt - job.handbacks >= settings.max_attempts:
             msg = (f"the worker running this job died {job.attempt - job.handbacks} times; giving up "
                    f"(STILLHOUSE_MAX_ATTEMPTS={settings.max_attempts})")
             if states.transition(s, job_id, states.FAILED, only_from={states.RUNNING}, where=same, error_code="worker_lost",
                                  error_message=msg, phase=None, event="failed: worker_lost", data={"code": "worker_lost", "message": msg}):
-                _drop_workdir(LocalStore(settings), job_id)
+                _drop_workdir(get_store(settings), job_id)
             return None
         attempt = job.attempt + 1
         if job.status == states.RUNNING:
@@ -169,32 +170,41 @@ def _claim(sessions, job_id: str, owner: str, settings: Settings) -> Claimed | N
     return Claimed(attempt=attempt, runtime_s=float(job.runtime_s or 0.0), spec=job.spec)
 
 
-def _inputs(sessions, store: LocalStore, job_id: str) -> JobInputs:
+def _inputs(sessions, store: ArtifactStore, job_id: str, workdir: Path) -> JobInputs:
+    """The job's uploads as local files (from object storage: downloaded once per machine, checked against their sha256)."""
     with sessions() as s:
         rows = s.execute(select(JobFile.role, File).join(File, File.id == JobFile.file_id).where(JobFile.job_id == job_id)).all()
     by_role = {role: f for role, f in rows}
-    files = {f.id: FileInput(path=store.path(f.storage_key), format=f.format, bytes=f.bytes) for f in by_role.values()}
+    files = {}
+    for f in by_role.values():
+        try:
+            files[f.id] = FileInput(path=store.job_input(f.storage_key, workdir, sha256=f.sha256), format=f.format, bytes=f.bytes)
+        except FileNotFoundError as e:
+            raise StoreError(f"the bytes of file {f.id} ({f.filename}) are missing from the artifact store") from e
     teacher = by_role["teacher"]
     return JobInputs(teacher=files[teacher.id], files=files)
 
 
-def _drop_workdir(store: LocalStore, job_id: str) -> None:
-    shutil.rmtree(store.path(f"{store.job_key(job_id)}/work"), ignore_errors=True)
+def _drop_workdir(store: ArtifactStore, job_id: str) -> None:
+    """Remove the job's working folder: checkpoints in the store and this machine's scratch copy."""
+    try:
+        store.delete(f"{store.job_key(job_id)}/work")
+    except StoreError as e:  # left-over checkpoints cost space, not correctness (a new job has a new id)
+        log.warning("job %s: could not remove its checkpoints from the store (%s)", job_id, e)
 
 
-def _stage_artifacts(store: LocalStore, job_id: str, attempt: int, paths: list[Path]) -> tuple[str, list[Artifact]]:
-    """Move artifacts to ``jobs/<id>/artifacts/attempt-<n>/`` (a folder of this attempt only) and describe them
-    (name, bytes, sha256); returns the folder's key and the rows to insert."""
+def _stage_artifacts(store: ArtifactStore, job_id: str, attempt: int, paths: list[Path]) -> tuple[str, list[Artifact]]:
+    """Describe the artifacts (name, bytes, sha256) and publish them to ``jobs/<id>/artifacts/attempt-<n>/`` (a folder
+    of this attempt only: moved there in a local store, uploaded to object storage); returns the folder's key and the
+    rows to insert."""
     folder = f"{store.job_key(job_id)}/artifacts/attempt-{attempt}"
     rows = []
     for p in paths:
         key = f"{folder}/{p.name}"
-        dst = store.path(key)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(p), dst)
-        ctype = CONTENT_TYPES.get(dst.suffix) or mimetypes.guess_type(dst.name)[0] or "application/octet-stream"
-        rows.append(Artifact(job_id=job_id, name=p.name, bytes=dst.stat().st_size, sha256=sha256_file(dst),
-                             content_type=ctype, storage_key=key))
+        ctype = CONTENT_TYPES.get(p.suffix) or mimetypes.guess_type(p.name)[0] or "application/octet-stream"
+        size, digest = p.stat().st_size, sha256_file(p)
+        store.publish(p, key)
+        rows.append(Artifact(job_id=job_id, name=p.name, bytes=size, sha256=digest, content_type=ctype, storage_key=key))
     return folder, rows
 
 
@@ -211,7 +221,7 @@ def execute(job_id: str, settings: Settings | None = None) -> str | None:
     """
     settings = settings or get_settings()
     sessions = session_factory(settings)
-    store = LocalStore(settings)
+    store = get_store(settings)
     if threading.current_thread() is threading.main_thread():
         handback.install_child_handler()  # again: a pool may re-point signals after the child's initializer
     if handback.requested():  # this worker is shutting down: leave the job to another one
@@ -223,23 +233,28 @@ def execute(job_id: str, settings: Settings | None = None) -> str | None:
     if claimed is None:
         return None
     lease = Lease(sessions, job_id, owner, settings.lease_ttl_s, claimed.runtime_s).start()
-    workdir = store.path(f"{store.job_key(job_id)}/work")
+    workdir = store.scratch_dir(job_id)
     workdir.mkdir(parents=True, exist_ok=True)
+    mirror = CheckpointMirror(store, job_id, workdir, may_write=lambda: not lease.lost())
     reporter = SqlReporter(sessions, job_id, interval_s=settings.progress_interval_s, owner=owner, lease_lost=lease.lost,
                            handback=handback.requested)
     t0 = time.monotonic()
     try:
         try:
             spec = JobSpec.model_validate(claimed.spec)
-            result = run_job(spec, _inputs(sessions, store, job_id), workdir, reporter, runtime_used_s=claimed.runtime_s,
+            inputs = _inputs(sessions, store, job_id, workdir)
+            mirror.restore()
+            mirror.start()
+            result = run_job(spec, inputs, workdir, reporter, runtime_used_s=claimed.runtime_s,
                              max_unpacked_bytes=settings.max_unpacked_bytes)
+            mirror.stop()
             reporter.flush()
             if reporter.cancel_requested():
                 raise StopRequested()
-            return _succeed(sessions, store, job_id, owner, claimed.attempt, lease, result, workdir, time.monotonic() - t0)
+            return _succeed(sessions, store, job_id, owner, claimed.attempt, lease, result, workdir, time.monotonic() - t0, spec)
         except StopRequested:
             if reporter.stop_reason == HANDBACK:
-                return _hand_back(sessions, settings, job_id, owner, reporter, lease)
+                return _hand_back(sessions, settings, job_id, owner, reporter, lease, mirror)
             if reporter.stop_reason != CANCEL:
                 raise LeaseLost(f"job {job_id}: lease lost")
             reporter.flush()
@@ -249,6 +264,9 @@ def execute(job_id: str, settings: Settings | None = None) -> str | None:
         except DistillError as e:
             log.warning("job %s failed: %s", job_id, e)
             return _fail(sessions, store, job_id, owner, lease, e.code, e.message, reporter)
+        except StoreError as e:
+            log.warning("job %s failed: %s", job_id, e)
+            return _fail(sessions, store, job_id, owner, lease, "storage_unavailable", str(e), reporter)
         except Exception as e:  # noqa: BLE001 - the job must end failed, never stuck running
             log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
             return _fail(sessions, store, job_id, owner, lease, "internal_error", f"{type(e).__name__}: {e}", reporter)
@@ -256,30 +274,66 @@ def execute(job_id: str, settings: Settings | None = None) -> str | None:
         log.warning("job %s: this process (%s) lost its lease; stopped without writing anything more", job_id, owner)
         return None
     finally:
+        mirror.stop()
         lease.stop()
 
 
-def _succeed(sessions, store: LocalStore, job_id: str, owner: str, attempt: int, lease: Lease, result, workdir: Path,
-             seconds: float) -> str | None:
-    """Publish the artifacts and move the job to ``succeeded`` in one transaction, while holding the lease. A job
-    cancelled meanwhile ends ``cancelled`` with its staged artifacts deleted; a lost lease publishes nothing."""
+def _succeed(sessions, store: ArtifactStore, job_id: str, owner: str, attempt: int, lease: Lease, result, workdir: Path,
+             seconds: float, spec: JobSpec) -> str | None:
+    """Publish the artifacts and move the job to ``succeeded`` in one transaction, while holding the lease; then, when
+    the spec asks for it, export the student to the model registry (``_export_registry``). A job cancelled meanwhile
+    ends ``cancelled`` with its staged artifacts deleted; a lost lease publishes nothing."""
     if lease.lost():
         raise LeaseLost(job_id)
     folder, rows = _stage_artifacts(store, job_id, attempt, list(result.artifacts))
+    pending = ({"mlflow": {"status": "pending", "tracking_uri": spec.registry.mlflow.tracking_uri,
+                           "model_name": spec.registry.mlflow.model_name, "alias": spec.registry.mlflow.alias}}
+               if spec.registry is not None else None)
     with sessions.begin() as s:
         ok = states.transition(s, job_id, states.SUCCEEDED, holder=owner, report=result.report, phase=None, progress_eta_s=0.0,
-                               runtime_s=lease.runtime_s(), event=f"succeeded in {seconds:.1f} s")
+                               runtime_s=lease.runtime_s(), registry_export=pending, event=f"succeeded in {seconds:.1f} s")
         if ok:
             s.query(Artifact).filter(Artifact.job_id == job_id).delete()
             s.add_all(rows)
     if ok:
         _drop_workdir(store, job_id)
+        if spec.registry is not None:
+            _export_registry(sessions, store, job_id, spec, result.report, rows)
         return states.SUCCEEDED
     store.delete(folder)
     return _cancelled(sessions, store, job_id, owner, lease, "cancelled while exporting; nothing published")
 
 
-def _cancelled(sessions, store: LocalStore, job_id: str, owner: str, lease: Lease, event: str) -> str | None:
+def _export_registry(sessions, store: ArtifactStore, job_id: str, spec: JobSpec, report, rows: list[Artifact]) -> None:
+    """Log the succeeded job to MLflow and register its student (``stillhouse.registry``); record the outcome in
+    ``jobs.registry_export`` and an event (``registry`` or ``registry_failed``). A failed export leaves the job
+    succeeded: its artifacts are published either way."""
+    cfg = spec.registry.mlflow
+    report = report if isinstance(report, dict) else report.model_dump(mode="json")
+    with sessions() as s:
+        metrics = [(m.name, m.split, m.epoch, m.value) for m in s.scalars(select(Metric).where(Metric.job_id == job_id).order_by(Metric.id))
+                   if is_epoch_metric(m.name, m.split)]
+        teacher_sha = s.scalar(select(File.sha256).join(JobFile, JobFile.file_id == File.id)
+                               .where(JobFile.job_id == job_id, JobFile.role == "teacher"))
+    try:
+        files = {r.name: store.local_path(r.storage_key, sha256=r.sha256) for r in rows}
+        out = export_mlflow(cfg, job_id=job_id, job_name=spec.name, spec=spec.model_dump(mode="json"), report=report,
+                            metrics=metrics, files=files, teacher_sha256=teacher_sha)
+        kind = "registry"
+        message = (f"student registered in MLflow as {out['model_name']} version {out['version']}"
+                   + (f" (alias {out['alias']})" if out.get("alias") else "") + f", run {out['run_id']}")
+    except Exception as e:  # noqa: BLE001 - any failure of the export is reported, the job stays succeeded
+        log.warning("job %s: MLflow export to %s failed: %s: %s", job_id, cfg.tracking_uri, type(e).__name__, e)
+        out = {"status": "failed", "tracking_uri": cfg.tracking_uri, "model_name": cfg.model_name, "alias": cfg.alias,
+               "error": f"{type(e).__name__}: {e}"[:2000]}
+        kind, message = "registry_failed", f"MLflow export to {cfg.tracking_uri} failed: {out['error']}"
+    with sessions.begin() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(registry_export={"mlflow": out}, updated_at=utcnow())
+                  .execution_options(synchronize_session=False))
+        s.add(JobEvent(job_id=job_id, type=kind, message=message, data=out))
+
+
+def _cancelled(sessions, store: ArtifactStore, job_id: str, owner: str, lease: Lease, event: str) -> str | None:
     with sessions.begin() as s:
         ok = states.transition(s, job_id, states.CANCELLED, only_from={states.CANCELLING}, holder=owner,
                                phase=None, runtime_s=lease.runtime_s(), event=event)
@@ -289,7 +343,7 @@ def _cancelled(sessions, store: LocalStore, job_id: str, owner: str, lease: Leas
     return states.CANCELLED
 
 
-def _fail(sessions, store: LocalStore, job_id: str, owner: str, lease: Lease, code: str, message: str,
+def _fail(sessions, store: ArtifactStore, job_id: str, owner: str, lease: Lease, code: str, message: str,
           reporter: SqlReporter) -> str | None:
     try:
         reporter.flush()
@@ -306,17 +360,24 @@ def _fail(sessions, store: LocalStore, job_id: str, owner: str, lease: Lease, co
     return states.FAILED
 
 
-def _hand_back(sessions, settings: Settings, job_id: str, owner: str, reporter: SqlReporter, lease: Lease) -> str | None:
-    """The worker shuts down: release the lease, move the job back to ``queued`` (``handbacks + 1``; its checkpoint
-    stays in the work folder) and send its message again. A job cancelled meanwhile ends ``cancelled`` instead."""
+def _hand_back(sessions, settings: Settings, job_id: str, owner: str, reporter: SqlReporter, lease: Lease,
+               mirror: CheckpointMirror) -> str | None:
+    """The worker shuts down: upload its checkpoint (object storage), release the lease, move the job back to
+    ``queued`` (``handbacks + 1``; its checkpoint stays in the work folder) and send its message again. A job cancelled
+    meanwhile ends ``cancelled`` instead."""
     reporter.flush()
+    mirror.stop()
+    try:
+        mirror.sync()
+    except (StoreError, OSError) as e:  # the next worker resumes from the last checkpoint that made it
+        log.warning("job %s: could not upload its hand-back checkpoint (%s)", job_id, e)
     with sessions.begin() as s:
         ok = states.transition(s, job_id, states.QUEUED, only_from={states.RUNNING}, holder=owner, lease_owner=None,
                                lease_expires_at=None, enqueued_at=None, handbacks=Job.handbacks + 1, phase=None,
                                progress_eta_s=None, runtime_s=lease.runtime_s(), event=f"handed back by {owner} on shutdown",
                                data={"worker": owner})
     if not ok:
-        return _cancelled(sessions, LocalStore(settings), job_id, owner, lease, "cancelled; stopped between steps, nothing published")
+        return _cancelled(sessions, get_store(settings), job_id, owner, lease, "cancelled; stopped between steps, nothing published")
     log.info("job %s handed back on shutdown", job_id)
     _resend(sessions, settings, job_id)
     return states.QUEUED

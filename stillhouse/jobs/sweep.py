@@ -38,7 +38,7 @@ from stillhouse.jobs import leases, states
 from stillhouse.jobs.queue import enqueue_job
 from stillhouse.models import Job, JobEvent, utcnow
 from stillhouse.settings import Settings, get_settings
-from stillhouse.storage import LocalStore
+from stillhouse.storage import StoreError, get_store
 
 log = logging.getLogger("stillhouse.sweep")
 
@@ -78,8 +78,11 @@ def _send_marked(sessions: sessionmaker[Session], job_id: str, marked: datetime,
 
 
 def _drop_workdir(settings: Settings, job_id: str) -> None:
-    store = LocalStore(settings)
-    store.delete(f"{store.job_key(job_id)}/work")
+    store = get_store(settings)
+    try:
+        store.delete(f"{store.job_key(job_id)}/work")
+    except StoreError as e:  # left-over checkpoints cost space, not correctness
+        log.warning("sweep could not remove the checkpoints of %s (%s)", job_id, e)
 
 
 def _send_unsent(sessions: sessionmaker[Session], now: datetime, settings: Settings, send: Callable[[str], None],

@@ -20,7 +20,9 @@ class Job(Base):
     was sent; NULL = committed but never sent, which the sweep repairs), ``handbacks`` (graceful hand-backs,
     not counted as worker deaths), ``runtime_s`` (seconds the job has run on workers, summed over attempts; written by the
     heartbeat, checked against ``training.max_runtime_s``). ``idempotency_key`` + ``request_sha256``: the ``Idempotency-Key`` of the
-    creating request and the sha256 of its body (unique per tenant).
+    creating request and the sha256 of its body (unique per tenant). ``queue``: the Celery queue its messages go to
+    (``cpu`` or ``gpu``, from ``training.device``). ``registry_export``: the model-registry export's outcome
+    (``{"mlflow": {"status": "pending"|"registered"|"failed", ...}}``), when the spec asks for one.
     """
 
     __tablename__ = "jobs"
@@ -54,6 +56,8 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(40), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    queue: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    registry_export: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class JobFile(Base):

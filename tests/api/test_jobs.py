@@ -150,7 +150,7 @@ async def test_health_and_ready(api):
     assert (await api.get("/healthz")).json()["status"] == "ok"
     ready = await api.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "artifact_store": "ok"}
 
 
 async def test_readyz_reports_an_unreachable_broker(api, monkeypatch):

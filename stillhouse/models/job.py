@@ -20,7 +20,8 @@ class Job(Base):
     was sent; NULL = committed but never sent, which the sweep repairs), ``handbacks`` (graceful hand-backs,
     not counted as worker deaths), ``runtime_s`` (seconds the job has run on workers, summed over attempts; written by the
     heartbeat, checked against ``training.max_runtime_s``). ``idempotency_key`` + ``request_sha256``: the ``Idempotency-Key`` of the
-    creating request and the sha256 of its body (unique per tenant).
+    creating request and the sha256 of its body (unique per tenant). ``job_metadata`` (column ``metadata``): the
+    caller's string map (at most 16 keys of ≤ 64 characters, values ≤ 512 characters), filterable in ``GET /v1/jobs``.
     """
 
     __tablename__ = "jobs"
@@ -54,6 +55,7 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(40), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    job_metadata: Mapped[dict[str, str]] = mapped_column("metadata", JSON, default=dict)
 
 
 class JobFile(Base):

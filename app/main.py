@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app.auth.mode import announce_auth_mode
 from app.errors import RejectNulMiddleware, install_error_handlers
@@ -46,7 +47,10 @@ def create_app(*, auto_migrate: bool | None = None) -> FastAPI:
         yield
         stop_sweeper()
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI's and ReDoc's assets from the fastapi-offline package (served under /docs/assets),
+    # not from a CDN: the pages work on a cluster without internet access
+    app = FastAPIOffline(
+        static_url="/docs/assets",
         title="stillhouse",
         version="0.1.0",
         description="Knowledge-distillation jobs over HTTP: upload a teacher and data, POST a job spec, follow its "

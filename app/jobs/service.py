@@ -9,7 +9,8 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, func, select
+from sqlalchemy import delete as sa_delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
@@ -23,6 +24,7 @@ from stillhouse.models import Artifact, File, Job, JobEvent, JobFile, Metric, ne
 from app.pagination import newest_first, oldest_first
 from stillhouse.jobs.queue import enqueue_job, mark_sent
 from stillhouse.settings import get_settings
+from stillhouse.storage import LocalStore
 from distill.errors import DistillError
 from distill.spec import JobSpec
 
@@ -46,18 +48,19 @@ BUILTIN_SHAPES = {"digits": [1, 8, 8], "mnist5k": [1, 28, 28]}
 
 
 def _known_shapes(files: dict[str, File], spec: JobSpec) -> tuple[list[int] | None, int | None]:
-    """Best guess, before the worker runs anything, of the per-sample input shape and the teacher's class count."""
-    teacher = files["teacher"]
-    arch = (teacher.details or {}).get("architecture") or {}
+    """Best guess, before the worker runs anything, of the per-sample input shape and the teacher's class count (the
+    teacher may be missing from ``files`` in a dry run, before it is uploaded)."""
+    teacher = files.get("teacher")
+    arch = ((teacher.details or {}).get("architecture") or {}) if teacher is not None else {}
     shape = (arch.get("kwargs") or {}).get("input_shape")
-    if shape is None and teacher.input_shape and all(isinstance(d, int) for d in teacher.input_shape[1:]):
+    if shape is None and teacher is not None and teacher.input_shape and all(isinstance(d, int) for d in teacher.input_shape[1:]):
         shape = teacher.input_shape[1:]
     if shape is None:
         shape = spec.data.input_shape or BUILTIN_SHAPES.get(spec.data.train.builtin or "")
     if shape is None and "data.train" in files:
         shape = (files["data.train"].details or {}).get("feature_shape")
     k = (arch.get("kwargs") or {}).get("num_classes")
-    if k is None and teacher.output_shape and isinstance(teacher.output_shape[-1], int):
+    if k is None and teacher is not None and teacher.output_shape and isinstance(teacher.output_shape[-1], int):
         k = teacher.output_shape[-1]
     return shape, k
 
@@ -141,7 +144,7 @@ def _check_task(spec: JobSpec, files: dict[str, File]) -> None:
     if task != "sentence_embedding" and method == "embedding":
         raise Unprocessable(f"method 'embedding' is for task sentence_embedding; task {task!r} uses a logit method (kd, hard_label, dkd) or, for tensor teachers, the feature methods", param="method.name")
     for role, ref in (("data.train", spec.data.train), ("data.transfer", spec.data.transfer)):
-        if ref is None:
+        if ref is None or (ref.file_id and role not in files):  # not uploaded yet (a dry run)
             continue
         is_text = ref.builtin == "rotten_tomatoes" if ref.builtin else (files[role].details or {}).get("kind") == "text"
         if is_text != text:
@@ -149,7 +152,10 @@ def _check_task(spec: JobSpec, files: dict[str, File]) -> None:
                                 if text else "tensor data (NPZ, numeric CSV, or builtin digits/mnist5k)"), param=role)
 
 
-def validate_references(session: Session, spec: JobSpec, tenant_id: str) -> dict[str, File]:
+FILE_ROLES = ("teacher", "data.train", "data.validation", "data.transfer")
+
+
+def validate_references(session: Session, spec: JobSpec, tenant_id: str, *, pending: frozenset[str] = frozenset()) -> dict[str, File]:
     """Check what the spec refers to, beyond pydantic's field checks.
 
     Files must exist, belong to ``tenant_id`` (another tenant's file gets the same ``file_not_found`` as an
@@ -157,22 +163,31 @@ def validate_references(session: Session, spec: JobSpec, tenant_id: str) -> dict
     weights-only teachers need an architecture (in the spec or in the file's metadata);
     architectures must be registered with valid kwargs; a CSV label column must exist; a transfer set must be
     unlabelled. Raises Unprocessable (422).
-    Returns the referenced files by role.
+
+    ``pending`` (a dry run before uploading): roles among ``FILE_ROLES`` whose files are not uploaded yet; their
+    ``file_id`` is a placeholder, and the checks that need their file are left to the real creation.
+    Returns the referenced files by role (without the pending ones).
     """
-    files: dict[str, File] = {"teacher": _check_file(session, spec.teacher.file_id, "teacher", "teacher", tenant_id)}
-    teacher = files["teacher"]
-    if spec.teacher.format != "auto" and spec.teacher.format != teacher.format:
+    files: dict[str, File] = {}
+    if "teacher" not in pending:
+        files["teacher"] = _check_file(session, spec.teacher.file_id, "teacher", "teacher", tenant_id)
+    teacher = files.get("teacher")
+    if teacher is not None and spec.teacher.format != "auto" and spec.teacher.format != teacher.format:
         raise Unprocessable(f"teacher.format is {spec.teacher.format!r} but the uploaded file is {teacher.format!r}",
                             param="teacher.format")
-    if teacher.format in _WEIGHTS_ONLY and spec.teacher.architecture is None and not teacher.details.get("architecture"):
+    if (teacher is not None and teacher.format in _WEIGHTS_ONLY and spec.teacher.architecture is None
+            and not teacher.details.get("architecture")):
         raise Unprocessable(f"teacher file {teacher.id} holds weights only ({teacher.format}); give teacher.architecture "
                             f"(one of {', '.join(model_checks.architecture_names())}) with its kwargs", param="teacher.architecture")
     for role, file_id in spec.file_ids().items():
-        if role != "teacher":
+        if role != "teacher" and role not in pending:
             files[role] = _check_file(session, file_id, role, "dataset", tenant_id)
-    _check_task(spec, files)
+    if teacher is not None:
+        _check_task(spec, files)
+    teacher_format = spec.teacher.format if spec.teacher.format != "auto" else (teacher.format if teacher is not None else None)
     try:
-        model_checks.check_method_supported(spec.method, spec.teacher.format if spec.teacher.format != "auto" else teacher.format)
+        if teacher_format is not None:
+            model_checks.check_method_supported(spec.method, teacher_format)
     except DistillError as e:
         raise Unprocessable(e.message, param=e.param or "method.name") from e
     for param, arch in (("teacher.architecture.name", spec.teacher.architecture), ("student.architecture.name", spec.student.architecture)):
@@ -199,10 +214,14 @@ def validate_references(session: Session, spec: JobSpec, tenant_id: str) -> dict
     return files
 
 
-def request_sha256(spec: JobSpec) -> str:
-    """sha256 hex of the validated spec's canonical JSON (defaults filled in, keys sorted, no whitespace): two
-    bodies that validate to the same spec have the same digest."""
-    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def request_sha256(spec: JobSpec, metadata: dict[str, str] | None = None) -> str:
+    """sha256 hex of the validated spec's canonical JSON (defaults filled in, keys sorted, no whitespace), with the
+    job's ``metadata`` when it has any: two bodies that validate to the same spec and metadata have the same digest
+    (and a body without metadata the digest it had before metadata existed)."""
+    body: Any = spec.model_dump(mode="json")
+    if metadata:
+        body = {"spec": body, "metadata": metadata}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -217,7 +236,21 @@ def _replay(session: Session, tenant_id: str, key: str, digest: str) -> Job | No
     return job
 
 
-def create_job(session: Session, spec: JobSpec, tenant_id: str, *, idempotency_key: str | None = None) -> tuple[Job, bool]:
+def dry_run(session: Session, spec: JobSpec, tenant_id: str, *, pending: frozenset[str] = frozenset()) -> None:
+    """Validate ``spec`` as ``create_job`` would (references, architectures, task), without creating anything or taking
+    the tenant's lock; ``pending`` roles are skipped (see ``validate_references``). Raises Unprocessable (422) for an
+    unknown pending role or any invalid reference."""
+    unknown = sorted(pending - set(FILE_ROLES))
+    if unknown:
+        raise Unprocessable(f"pending: unknown file role(s) {', '.join(unknown)}; use {', '.join(FILE_ROLES)}", param="pending")
+    try:
+        validate_references(session, spec, tenant_id, pending=pending)
+    finally:
+        session.rollback()
+
+
+def create_job(session: Session, spec: JobSpec, tenant_id: str, *, idempotency_key: str | None = None,
+               metadata: dict[str, str] | None = None) -> tuple[Job, bool]:
     """Create a queued job of ``tenant_id``, commit, then send its id to the workers and record the send
     (``enqueued_at``). Returns (job, replayed). A job committed but never sent (the process died in between) keeps
     ``enqueued_at`` NULL; the sweep (``stillhouse.jobs.sweep``) sends it.
@@ -227,12 +260,14 @@ def create_job(session: Session, spec: JobSpec, tenant_id: str, *, idempotency_k
     serialised by the tenant lock (and the unique constraint on (tenant_id, idempotency_key) as a last guard).
     The live-job limit is checked under the same lock, so concurrent creations cannot pass it together.
 
+    ``metadata``: the caller's string map, stored with the job (its limits are checked by ``JobCreate``).
+
     Raises Unprocessable (422) for bad references, Conflict (409 ``idempotency_key_reused``) for a key used with
     another body, TooManyRequests (429 ``too_many_jobs``) at the tenant's live-job limit, ServiceUnavailable (503)
     when the broker cannot be reached (the committed job is then marked failed with code ``broker_unavailable``,
     so nothing is left queued forever).
     """
-    digest = request_sha256(spec)
+    digest = request_sha256(spec, metadata)
     if idempotency_key is not None and (job := _replay(session, tenant_id, idempotency_key, digest)) is not None:
         return job, True
     files = validate_references(session, spec, tenant_id)
@@ -242,7 +277,7 @@ def create_job(session: Session, spec: JobSpec, tenant_id: str, *, idempotency_k
         return job, True
     check_job_slot(session, tenant, get_settings())
     job = Job(id=new_id("job"), tenant_id=tenant_id, name=spec.name, status=states.QUEUED, spec=spec.model_dump(mode="json"),
-              attempt=0, idempotency_key=idempotency_key, request_sha256=digest)
+              attempt=0, idempotency_key=idempotency_key, request_sha256=digest, job_metadata=dict(metadata or {}))
     try:
         session.add(job)
         session.flush()
@@ -302,12 +337,15 @@ def job_status(job_id: str, tenant_id: str) -> JobObject:
         return to_schema(job)
 
 
-def list_jobs(session: Session, tenant_id: str, *, limit: int, after: str | None, status: str | None) -> tuple[list[Job], bool]:
-    """The tenant's jobs newest first, optionally of one status; returns (rows, has_more). Raises Unprocessable (422)
-    when ``after`` is not one of the tenant's jobs."""
-    q = select(Job).where(Job.tenant_id == tenant_id)
+def list_jobs(session: Session, tenant_id: str, *, limit: int, after: str | None, status: str | None,
+              metadata: dict[str, str] | None = None) -> tuple[list[Job], bool]:
+    """The tenant's jobs newest first, optionally of one status and with every ``metadata`` key equal to its value;
+    returns (rows, has_more). Raises Unprocessable (422) when ``after`` is not one of the tenant's jobs."""
+    q = select(Job).options(defer(Job.report)).where(Job.tenant_id == tenant_id)
     if status:
         q = q.where(Job.status == status)
+    for key, value in (metadata or {}).items():
+        q = q.where(Job.job_metadata[key].as_string() == value)
     anchor = session.get(Job, after) if after else None
     if anchor is not None and anchor.tenant_id != tenant_id:
         anchor = None
@@ -337,6 +375,30 @@ def cancel_job(session: Session, job_id: str, tenant_id: str) -> Job:
     return get_job(session, job_id, tenant_id)
 
 
+def delete_job(session: Session, store: LocalStore, job_id: str, tenant_id: str) -> int:
+    """Delete one of the tenant's finished (succeeded, failed or cancelled) jobs: its row with its events, metrics,
+    file links and artifact rows, then its folder in the store (artifacts, and checkpoints a failure left). The
+    artifacts stop counting against the tenant's storage quota at the commit. The uploaded files it used are kept.
+    Returns the artifact bytes freed. Raises NotFound (404, also for another tenant's job), Conflict (409
+    ``job_not_finished``) while it is queued, running or cancelling."""
+    job = get_job(session, job_id, tenant_id)
+    freed = int(session.scalar(select(func.coalesce(func.sum(Artifact.bytes), 0)).where(Artifact.job_id == job_id)) or 0)
+    res = session.execute(sa_delete(Job).where(Job.id == job_id, Job.tenant_id == tenant_id, Job.status.in_(states.TERMINAL))
+                          .execution_options(synchronize_session=False))
+    if res.rowcount != 1:
+        session.rollback()
+        raise Conflict(f"job {job_id} is {job.status}; only finished jobs (succeeded, failed, cancelled) can be deleted: cancel it "
+                       "first (POST /v1/jobs/{id}/cancel) and delete it once it is cancelled", param="job_id", code="job_not_finished")
+    for model in (JobEvent, Metric, Artifact, JobFile):  # also where the database does not cascade (SQLite without foreign keys)
+        session.execute(sa_delete(model).where(model.job_id == job_id).execution_options(synchronize_session=False))
+    session.commit()
+    try:
+        store.delete(store.job_key(job_id))
+    except OSError:  # the rows are gone, so nothing counts these bytes; an operator can remove the folder
+        log.exception("job %s deleted but its folder could not be removed", job_id)
+    return freed
+
+
 def _seconds(a: datetime | None, b: datetime | None) -> float | None:
     return None if a is None or b is None else round((b - a).total_seconds(), 3)
 
@@ -352,7 +414,7 @@ def to_schema(job: Job) -> JobObject:
         created_at=job.created_at, updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
         timings=Timings(queued_s=_seconds(job.created_at, job.started_at or (None if job.finished_at else now)),
                         running_s=_seconds(job.started_at, job.finished_at or now) if job.started_at else None),
-        spec=JobSpec.model_validate(job.spec),
+        spec=JobSpec.model_validate(job.spec), metadata=job.job_metadata or {},
     )
 
 

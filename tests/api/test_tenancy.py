@@ -177,6 +177,20 @@ async def _compare(api, w: World) -> None:
         assert (await api.get("/v1/reports", params={"job_ids": w.done, **params}, headers=w.a)).status_code == 200
 
 
+async def _head_artifact(api, w: World) -> None:
+    """HEAD has no body to compare: as B, A's artifact answers exactly like an unknown one (404, same headers but the
+    request id); as A, 200 with the ETag and size and no body."""
+    path = "/v1/jobs/{job_id}/artifacts/student.json"
+    theirs = await api.head(_fill(path, {"job_id": w.done}), headers=w.b)
+    unknown = await api.head(_fill(path, UNKNOWN), headers=w.b)
+    assert theirs.status_code == unknown.status_code == 404 and theirs.content == unknown.content == b""
+    assert theirs.headers.get("content-type") == unknown.headers.get("content-type")
+    ok = await api.head(_fill(path, {"job_id": w.done}), headers=w.a)
+    payload = b'{"student": "weights"}'
+    assert ok.status_code == 200 and ok.content == b"" and ok.headers["content-length"] == str(len(payload))
+    assert ok.headers["etag"] == f'"{hashlib.sha256(payload).hexdigest()}"'
+
+
 async def _unscoped(api, path: str) -> None:
     assert (await api.get(path)).status_code == 200
 
@@ -190,7 +204,8 @@ ROUTES = {
     ("GET", "/v1/jobs/{job_id}"): "path", ("POST", "/v1/jobs/{job_id}/cancel"): "path", ("GET", "/v1/jobs/{job_id}/events"): "path",
     ("GET", "/v1/jobs/{job_id}/metrics"): "path", ("GET", "/v1/jobs/{job_id}/report"): "path",
     ("GET", "/v1/jobs/{job_id}/report.html"): "path", ("GET", "/v1/jobs/{job_id}/artifacts"): "path",
-    ("GET", "/v1/jobs/{job_id}/artifacts/{name}"): "path",
+    ("GET", "/v1/jobs/{job_id}/artifacts/{name}"): "path", ("HEAD", "/v1/jobs/{job_id}/artifacts/{name}"): _head_artifact,
+    ("DELETE", "/v1/jobs/{job_id}"): "path",
 }
 
 

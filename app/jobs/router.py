@@ -110,11 +110,12 @@ def list_jobs(request: Request, session: SessionDep, tenant: CurrentTenant, limi
 
 
 @router.get("/{job_id}", response_model=JobObject, responses=ERROR_RESPONSES)
-async def get_job(job_id: JobId, tenant: CurrentTenant) -> JobObject:
-    """Read a job: status, phase, progress (epoch, step, fraction, eta), error, timings. 404 if the tenant has no such job.
+async def get_job(job_id: JobId, tenant: CurrentTenant) -> Response:
+    """Read a job: status, phase, progress (epoch, step, fraction, eta), error, timings, metadata. 404 if the tenant has
+    no such job.
 
-    The endpoint clients poll: one worker-thread hand-off per request (``service.job_status``)."""
-    return await run_in_threadpool(service.job_status, job_id, tenant.id)
+    The endpoint clients poll: one worker-thread hand-off per request and the JSON made there (``service.job_status``)."""
+    return Response(await run_in_threadpool(service.job_status, job_id, tenant.id), media_type="application/json")
 
 
 @router.delete("/{job_id}", response_model=JobDeleted, responses={**_409, **ERROR_RESPONSES})

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(
         20, ge=1, le=200, description="SQL connections one process keeps open (PostgreSQL; 20 more may open in bursts). The API "
         "runs at most this many request threads, so requests neither wait for a connection nor open and close extra ones.")
+    events_poll_interval_s: float = Field(
+        0.25, gt=0, le=60, description="Seconds between the database reads of an open event stream "
+        "(GET /v1/jobs/{id}/events/stream): an event reaches its SSE clients within about this time.")
     db_ping_idle_s: float = Field(
         10.0, ge=0, description="A pooled SQL connection idle this many seconds or more is pinged (SELECT 1) before use and "
         "replaced when the database dropped it; 0 pings before every use (a round trip per request).")

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, AsyncIterator, Literal
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import CurrentTenant, SessionDep, StoreDep
+from app.deps import CurrentTenant, SessionDep, SettingsDep, StoreDep
 from app.errors import ERROR_RESPONSES, ErrorResponse, ServiceUnavailable, Unprocessable
 from app.jobs import service
 from app.jobs.download import ArtifactResponse
+from app.jobs.stream import job_events
 from app.jobs.schemas import (
     ArtifactList,
     ArtifactObject,
@@ -140,6 +142,41 @@ def list_events(job_id: JobId, session: SessionDep, tenant: CurrentTenant, limit
     """A job's events (status and phase changes, resumes, errors), oldest first."""
     rows, more = service.list_events(session, job_id, tenant.id, after=after, limit=limit)
     return Page[EventObject](data=[EventObject.model_validate(r) for r in rows], has_more=more)
+
+
+def _stream_start(job_id: JobId, tenant: CurrentTenant, session: SessionDep,
+                  last_event_id: Annotated[str | None, Header(
+                      alias="Last-Event-ID", max_length=20,
+                      description="Resume after this event id (EventSource sends it when it reconnects).")] = None,
+                  after: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Only events with a larger id (as "
+                                                     "Last-Event-ID; the header wins when both are given).")] = None) -> int | None:
+    """Check the job is the tenant's (404 before any byte is streamed) and return the event id to resume after.
+    Raises Unprocessable (422) for a Last-Event-ID that is not an event id."""
+    service.get_job(session, job_id, tenant.id)
+    session.rollback()
+    if last_event_id is not None and last_event_id.strip():
+        if not last_event_id.strip().isdigit() or int(last_event_id) > MAX_ID:
+            raise Unprocessable(f"Last-Event-ID must be an event id (a whole number), got {last_event_id!r}", param="Last-Event-ID")
+        return int(last_event_id)
+    return after
+
+
+@router.get("/{job_id}/events/stream", response_class=EventSourceResponse, responses={
+    200: {"content": {"text/event-stream": {}}, "description": "Server-sent events: 'event' (a job event, with its id), 'job' "
+                                                               "(the job object when it changed), 'end' (the job finished)"},
+    **ERROR_RESPONSES})
+async def stream_events(job_id: JobId, tenant: CurrentTenant, settings: SettingsDep,
+                        after: Annotated[int | None, Depends(_stream_start)]) -> AsyncIterator[ServerSentEvent]:
+    """The job's events live, as server-sent events (``text/event-stream``), ending when the job ends.
+
+    ``event: event`` carries each event of ``GET /v1/jobs/{id}/events`` (with ``id:`` = its event id); ``event: job``
+    the job object (status, phase, progress, as ``GET /v1/jobs/{id}``) whenever it changed; ``event: end``
+    ``{"job_id", "status"}`` once the job finished, then the stream closes. Reconnect with ``Last-Event-ID`` (or
+    ``?after=``) to resume after the last event received; nothing is lost or repeated. New rows are looked for every
+    ``STILLHOUSE_EVENTS_POLL_INTERVAL_S`` seconds; an idle stream gets a ``: ping`` comment every 15 s. 404 if the
+    tenant has no such job; 422 for a malformed ``Last-Event-ID``."""
+    async for message in job_events(job_id, tenant.id, after, settings.events_poll_interval_s):
+        yield message
 
 
 @router.get("/{job_id}/metrics", response_model=Page[MetricObject], responses=ERROR_RESPONSES)

@@ -205,7 +205,7 @@ ROUTES = {
     ("GET", "/v1/jobs/{job_id}/metrics"): "path", ("GET", "/v1/jobs/{job_id}/report"): "path",
     ("GET", "/v1/jobs/{job_id}/report.html"): "path", ("GET", "/v1/jobs/{job_id}/artifacts"): "path",
     ("GET", "/v1/jobs/{job_id}/artifacts/{name}"): "path", ("HEAD", "/v1/jobs/{job_id}/artifacts/{name}"): _head_artifact,
-    ("DELETE", "/v1/jobs/{job_id}"): "path",
+    ("DELETE", "/v1/jobs/{job_id}"): "path", ("GET", "/v1/jobs/{job_id}/events/stream"): "path",
 }
 
 

@@ -15,6 +15,7 @@ from app.files.router import router as files_router
 from app.health.router import router as health_router
 from app.jobs.router import router as jobs_router
 from app.reports.router import router as reports_router
+from app.webhooks.router import router as webhooks_router
 from stillhouse.db import migrate
 from stillhouse.jobs.sweep import start_sweeper
 from stillhouse.settings import get_settings
@@ -63,6 +64,7 @@ def create_app(*, auto_migrate: bool | None = None) -> FastAPI:
     app.include_router(files_router)
     app.include_router(reports_router)
     app.include_router(jobs_router)
+    app.include_router(webhooks_router)
     return app
 
 

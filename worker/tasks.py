@@ -20,11 +20,13 @@ from stillhouse.jobs import handback
 from stillhouse.jobs.runner import execute  # the core and torch, loaded once in the main process before the children fork
 from stillhouse.jobs.sweep import start_sweeper
 from stillhouse.settings import get_settings
+from stillhouse.webhooks.dispatch import start_dispatcher
 from worker.celery_app import RUN_JOB_TASK, celery_app
 
 log = logging.getLogger("stillhouse.worker")
 
 _stop_sweeper = None
+_stop_dispatcher = None
 
 
 @worker_process_init.connect
@@ -51,10 +53,13 @@ def _init_child(**_: object) -> None:
 
 @worker_ready.connect
 def _start_sweeper(**_: object) -> None:
-    """In the worker's main process: sweep every ``STILLHOUSE_SWEEP_INTERVAL_S`` (re-send jobs whose worker died)."""
-    global _stop_sweeper
+    """In the worker's main process: sweep every ``STILLHOUSE_SWEEP_INTERVAL_S`` (re-send jobs whose worker died) and
+    deliver webhooks (``stillhouse.webhooks.dispatch``: a thread of the main process, so deliveries never wait for a
+    pool child busy training)."""
+    global _stop_sweeper, _stop_dispatcher
 
     _stop_sweeper = start_sweeper(get_settings(), "stillhouse-worker-sweep")
+    _stop_dispatcher = start_dispatcher(get_settings(), "stillhouse-worker-webhooks")
 
 
 @worker_shutting_down.connect
@@ -62,8 +67,9 @@ def _hand_back_jobs(**_: object) -> None:
     """In the worker's main process, from its SIGTERM/SIGINT handler: tell every pool child to hand its job back
     (it stops before its next step), so the warm shutdown ends within seconds; stop sweeping."""
     handback.forward_to_children()
-    if _stop_sweeper is not None:
-        threading.Thread(target=_stop_sweeper, daemon=True).start()  # never block inside the signal handler
+    for stopper in (_stop_sweeper, _stop_dispatcher):
+        if stopper is not None:
+            threading.Thread(target=stopper, daemon=True).start()  # never block inside the signal handler
 
 
 DB_RETRY_S = 5.0  # seconds between deliveries of a job whose database could not be reached

@@ -13,9 +13,12 @@ from app.auth.mode import announce_auth_mode
 from app.errors import RejectNulMiddleware, install_error_handlers
 from app.files.router import router as files_router
 from app.health.router import router as health_router
+from app.metrics import MetricsMiddleware
+from app.metrics import router as metrics_router
 from app.jobs.router import router as jobs_router
 from app.reports.router import router as reports_router
 from app.webhooks.router import router as webhooks_router
+from stillhouse import metrics
 from stillhouse.db import migrate
 from stillhouse.jobs.sweep import start_sweeper
 from stillhouse.settings import get_settings
@@ -33,6 +36,7 @@ def create_app(*, auto_migrate: bool | None = None) -> FastAPI:
         settings = get_settings()
         announce_auth_mode(settings)  # raises (start-up fails) for STILLHOUSE_AUTH=off on a non-loopback host
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        metrics.forget_dead_processes()  # live gauges (open event streams) of API processes that ended
         swept = LocalStore(settings).sweep_temp()
         if swept:
             log.info("removed %d upload temp file(s) left by a stopped API process", swept)
@@ -60,7 +64,9 @@ def create_app(*, auto_migrate: bool | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(RejectNulMiddleware)
+    app.add_middleware(MetricsMiddleware)
     app.include_router(health_router)
+    app.include_router(metrics_router)
     app.include_router(files_router)
     app.include_router(reports_router)
     app.include_router(jobs_router)

@@ -8,13 +8,15 @@ in a daemon thread once it is ready, and on shutdown tells its children to hand 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 import torch
 import torch._dynamo  # noqa: F401 - the first optimizer a job builds imports it (~2 s): before the children fork
-from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutting_down
 from sqlalchemy.exc import OperationalError
 
+from stillhouse import metrics
 from stillhouse.db import get_engine
 from stillhouse.jobs import handback
 from stillhouse.jobs.runner import execute  # the core and torch, loaded once in the main process before the children fork
@@ -58,8 +60,15 @@ def _start_sweeper(**_: object) -> None:
     pool child busy training)."""
     global _stop_sweeper, _stop_dispatcher
 
+    metrics.forget_dead_processes()
     _stop_sweeper = start_sweeper(get_settings(), "stillhouse-worker-sweep")
     _stop_dispatcher = start_dispatcher(get_settings(), "stillhouse-worker-webhooks")
+
+
+@worker_process_shutdown.connect
+def _child_exits(**_: object) -> None:
+    """A pool child ending: its live gauges leave the totals (counters and histograms stay)."""
+    metrics.multiprocess.mark_process_dead(os.getpid(), str(metrics.METRICS_DIR))
 
 
 @worker_shutting_down.connect

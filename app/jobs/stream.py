@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.jobs.schemas import EventObject
 from app.jobs.service import _STATUS_READ, job_view
+from stillhouse import metrics
 from stillhouse.db import get_engine
 from stillhouse.jobs.states import TERMINAL
 from stillhouse.models import JobEvent
@@ -53,6 +54,15 @@ def _poll(job_id: str, tenant_id: str, after: int | None) -> tuple[Any, list[Any
 async def job_events(job_id: str, tenant_id: str, after: int | None, poll_s: float) -> AsyncIterator[ServerSentEvent]:
     """The server-sent events of tenant ``tenant_id``'s job ``job_id`` from event id ``after`` on (None: all), polled
     every ``poll_s`` seconds, until the job is finished; see the module doc. The caller checks the job exists first."""
+    metrics.EVENT_STREAMS.inc()
+    try:
+        async for message in _job_events(job_id, tenant_id, after, poll_s):
+            yield message
+    finally:
+        metrics.EVENT_STREAMS.dec()
+
+
+async def _job_events(job_id: str, tenant_id: str, after: int | None, poll_s: float) -> AsyncIterator[ServerSentEvent]:
     seen_update = None
     first = True
     while True:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
+from stillhouse import metrics
 from stillhouse.db import session_factory
 from stillhouse.jobs import leases, states
 from stillhouse.jobs.queue import enqueue_job, mark_sent
@@ -256,6 +257,7 @@ def execute(job_id: str, settings: Settings | None = None) -> str | None:
         log.warning("job %s: this process (%s) lost its lease; stopped without writing anything more", job_id, owner)
         return None
     finally:
+        reporter.phase_clock.close()
         lease.stop()
 
 
@@ -274,6 +276,7 @@ def _succeed(sessions, store: LocalStore, job_id: str, owner: str, attempt: int,
             s.add_all(rows)
     if ok:
         _drop_workdir(store, job_id)
+        metrics.observe_job(states.SUCCEEDED, lease.runtime_s(), result.report)
         return states.SUCCEEDED
     store.delete(folder)
     return _cancelled(sessions, store, job_id, owner, lease, "cancelled while exporting; nothing published")
@@ -286,6 +289,7 @@ def _cancelled(sessions, store: LocalStore, job_id: str, owner: str, lease: Leas
     if not ok:
         raise LeaseLost(job_id)
     _drop_workdir(store, job_id)
+    metrics.observe_job(states.CANCELLED, lease.runtime_s())
     return states.CANCELLED
 
 
@@ -303,6 +307,7 @@ def _fail(sessions, store: LocalStore, job_id: str, owner: str, lease: Lease, co
     if not ok:
         raise LeaseLost(job_id)
     _drop_workdir(store, job_id)
+    metrics.observe_job(states.FAILED, lease.runtime_s())
     return states.FAILED
 
 

@@ -27,6 +27,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
+from stillhouse import metrics
 from stillhouse.db import session_factory
 from stillhouse.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, utcnow
 from stillhouse.settings import Settings, get_settings
@@ -108,6 +109,10 @@ def deliver(sessions: sessionmaker[Session], delivery_id: str, settings: Setting
     t0 = time.perf_counter()
     code, error, excerpt, details = _post(ep, d, settings)
     ms = 1000 * (time.perf_counter() - t0)
+    metrics.WEBHOOK_DURATION.observe(ms / 1000)
+    outcome = ("success" if 200 <= code < 300 else "http_error") if code is not None else (
+        "refused" if error and error.startswith("target refused") else "no_answer")
+    metrics.WEBHOOK_ATTEMPTS.labels(outcome=outcome).inc()
     attempts = d.attempts + 1
     now = utcnow()
     values: dict = {"attempts": attempts, "last_status_code": code, "last_error": error, "locked_until": None}

@@ -228,7 +228,7 @@ async def _unscoped(api, path: str) -> None:
 
 
 ROUTES = {
-    ("GET", "/healthz"): "unscoped", ("GET", "/readyz"): "unscoped",
+    ("GET", "/healthz"): "unscoped", ("GET", "/readyz"): "unscoped", ("GET", "/metrics"): "unscoped",
     ("GET", "/v1/files"): _list_files, ("POST", "/v1/files"): _upload_file,
     ("GET", "/v1/jobs"): _list_jobs, ("POST", "/v1/jobs"): _create_job,
     ("GET", "/v1/reports"): _compare,

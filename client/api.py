@@ -384,6 +384,43 @@ class Stillhouse:
                     raise ApiError(0, "unreachable", f"event stream of {job_id} failed {failures} times: {e}") from e
                 time.sleep(min(2.0, 0.2 * 2 ** failures))
 
+    # -- webhooks ------------------------------------------------------------------------------
+    def create_webhook(self, url: str, events: list[str] | None = None, description: str | None = None) -> dict[str, Any]:
+        """POST /v1/webhooks; the answer holds the signing ``secret`` (``whsec_…``) this once. ApiError 422
+        ``webhook_target_refused`` for a private or malformed URL."""
+        body: dict[str, Any] = {"url": url}
+        if events:
+            body["events"] = events
+        if description is not None:
+            body["description"] = description
+        return self._request("POST", "/v1/webhooks", json=body)
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        """The tenant's webhook endpoints (without secrets)."""
+        return list(self._pages("/v1/webhooks", {"limit": 100}, lambda d: d["id"]))
+
+    def update_webhook(self, endpoint_id: str, **changes: Any) -> dict[str, Any]:
+        """PATCH /v1/webhooks/{id} with ``url``, ``events``, ``description`` or ``enabled``."""
+        return self._request("PATCH", f"/v1/webhooks/{endpoint_id}", json=changes)
+
+    def delete_webhook(self, endpoint_id: str) -> None:
+        """DELETE /v1/webhooks/{id}."""
+        self._request("DELETE", f"/v1/webhooks/{endpoint_id}")
+
+    def rotate_webhook_secret(self, endpoint_id: str, expire_previous_in_s: float | None = None) -> dict[str, Any]:
+        """A new secret (in the answer, once); the old one also signs for ``expire_previous_in_s`` seconds (server default 24 h)."""
+        body = {"expire_previous_in_s": expire_previous_in_s} if expire_previous_in_s is not None else {}
+        return self._request("POST", f"/v1/webhooks/{endpoint_id}/rotate-secret", json=body)
+
+    def test_webhook(self, endpoint_id: str) -> dict[str, Any]:
+        """Queue a ``webhook.test`` event; returns the delivery."""
+        return self._request("POST", f"/v1/webhooks/{endpoint_id}/test")
+
+    def webhook_deliveries(self, endpoint_id: str, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The endpoint's newest ``limit`` deliveries with their attempts (the delivery log)."""
+        params = {k: v for k, v in {"status": status, "limit": limit}.items() if v}
+        return self._request("GET", f"/v1/webhooks/{endpoint_id}/deliveries", params=params)["data"]
+
     def wait(self, job_id: str, *, poll_s: float = 0.5, timeout_s: float | None = None,
              on_update: Callable[[Job], None] | None = None, stream: bool = True) -> Job:
         """Follow the job until it reaches a final status and return it; ``on_update`` sees each new state of the job.

@@ -48,7 +48,10 @@ def _spec() -> dict:
 
 
 def prepare(url: str, data_dir: Path) -> str:
-    """Migrate the database at ``url`` and add one running job with progress; returns its id."""
+    """Migrate the database at ``url`` and add one running job with progress (and a live lease, so the API's sweep leaves
+    it alone); returns its id."""
+    from datetime import timedelta
+
     from sqlalchemy import create_engine
     from sqlalchemy.orm import Session
 
@@ -65,7 +68,8 @@ def prepare(url: str, data_dir: Path) -> str:
                    format="safetensors", details={}, storage_key="files/x"))
         s.add(Job(id=job_id, name="digits-cnn-to-mlp", status="running", phase="training", spec=_spec(), attempt=1, started_at=utcnow(),
                   progress_epoch=3, progress_epochs=20, progress_step=75, progress_total_steps=500, progress_fraction=0.15,
-                  progress_eta_s=42.0, job_metadata={"dag": "nightly"}))
+                  progress_eta_s=42.0, job_metadata={"dag": "nightly"}, lease_owner="bench-host:1:x",
+                  lease_expires_at=utcnow() + timedelta(hours=2)))
         s.commit()
     engine.dispose()
     return job_id

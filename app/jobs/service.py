@@ -318,7 +318,7 @@ def get_job(session: Session, job_id: str, tenant_id: str) -> Job:
 
 
 _VIEW_COLUMNS = [c for c in Job.__table__.columns if c.key != "report"]
-_STATUS_READ = (select(*_VIEW_COLUMNS)
+STATUS_READ = (select(*_VIEW_COLUMNS)
                 .where(Job.__table__.c.id == bindparam("job_id"), Job.__table__.c.tenant_id == bindparam("tenant_id")))  # compiled once
 
 
@@ -333,7 +333,7 @@ def job_status(job_id: str, tenant_id: str) -> bytes:
     returns these bytes instead of a model FastAPI would validate once more. ``tests/api/test_status_read.py`` checks
     the bytes equal the ``JobObject`` the other endpoints return."""
     with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        row = conn.execute(_STATUS_READ, {"job_id": job_id, "tenant_id": tenant_id}).first()
+        row = conn.execute(STATUS_READ, {"job_id": job_id, "tenant_id": tenant_id}).first()
     if row is None:
         raise NotFound(f"no job {job_id!r}", param="job_id")
     return to_json(job_view(row))

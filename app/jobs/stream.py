@@ -24,7 +24,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from app.jobs.schemas import EventObject
-from app.jobs.service import _STATUS_READ, job_view
+from app.jobs.service import STATUS_READ, job_view
 from stillhouse import metrics
 from stillhouse.db import get_engine
 from stillhouse.jobs.states import TERMINAL
@@ -42,7 +42,7 @@ def _poll(job_id: str, tenant_id: str, after: int | None) -> tuple[Any, list[Any
     """(the job's row or None when it is gone, its events with id > ``after``, at most ``BATCH``), read in autocommit;
     the row is read first, so a finished job's final events are among those read after it."""
     with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        row = conn.execute(_STATUS_READ, {"job_id": job_id, "tenant_id": tenant_id}).first()
+        row = conn.execute(STATUS_READ, {"job_id": job_id, "tenant_id": tenant_id}).first()
         if row is None:
             return None, []
         q = _EVENTS.where(JobEvent.job_id == job_id)

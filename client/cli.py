@@ -18,7 +18,7 @@ import hashlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 import yaml
@@ -62,6 +62,19 @@ def _print_json(value: Any) -> None:
 
 
 JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON on stdout (messages go to stderr).")
+
+
+def _run(call: Callable[[], Any], as_json: bool, line: Callable[[Any], str]) -> Any:
+    """Call the API (``call``), exit 2 on its error, and print the result: as JSON with ``as_json``, else ``line(result)``."""
+    try:
+        result = call()
+    except ApiError as e:
+        _fail(e)
+    if as_json:
+        _print_json(result)
+    else:
+        console.print(line(result), highlight=False, soft_wrap=True)
+    return result
 
 
 @app.callback()
@@ -256,27 +269,13 @@ def list_jobs(status_: Optional[str] = typer.Option(None, "--status", help="Only
 @app.command()
 def cancel(job_id: str, as_json: bool = JSON_OPTION) -> None:
     """Cancel a queued or running job."""
-    try:
-        job = _client().cancel(job_id)
-    except ApiError as e:
-        _fail(e)
-    if as_json:
-        _print_json(job)
-        return
-    console.print(f"{job.id}: {job.status}", highlight=False, soft_wrap=True)
+    _run(lambda: _client().cancel(job_id), as_json, lambda job: f"{job.id}: {job.status}")
 
 
 @app.command()
 def delete(job_id: str, as_json: bool = JSON_OPTION) -> None:
     """Delete a finished job with its artifacts and report (frees the tenant's storage)."""
-    try:
-        out = _client().delete_job(job_id)
-    except ApiError as e:
-        _fail(e)
-    if as_json:
-        _print_json(out)
-        return
-    console.print(f"{job_id}: deleted, {out['freed_bytes']:,} bytes of artifacts freed", highlight=False, soft_wrap=True)
+    _run(lambda: _client().delete_job(job_id), as_json, lambda out: f"{job_id}: deleted, {out['freed_bytes']:,} bytes of artifacts freed")
 
 
 @app.command()
@@ -547,42 +546,24 @@ def webhooks_create(url: str = typer.Argument(..., help="https:// URL that recei
 @webhooks_app.command("list")
 def webhooks_list(as_json: bool = JSON_OPTION) -> None:
     """The tenant's endpoints."""
-    try:
-        eps = _client().webhooks()
-    except ApiError as e:
-        _fail(e)
-    if as_json:
-        _print_json(eps)
-        return
-    for ep in eps:
-        console.print(_endpoint_line(ep), highlight=False, soft_wrap=True)
+    _run(lambda: _client().webhooks(), as_json, lambda eps: "\n".join(_endpoint_line(ep) for ep in eps))
 
 
 @webhooks_app.command("delete")
 def webhooks_delete(endpoint_id: str, as_json: bool = JSON_OPTION) -> None:
     """Delete an endpoint (and its delivery log)."""
-    try:
+    def call() -> dict[str, Any]:
         _client().delete_webhook(endpoint_id)
-    except ApiError as e:
-        _fail(e)
-    if as_json:
-        _print_json({"id": endpoint_id, "deleted": True})
-        return
-    console.print(f"{endpoint_id}: deleted", highlight=False, soft_wrap=True)
+        return {"id": endpoint_id, "deleted": True}
+
+    _run(call, as_json, lambda _: f"{endpoint_id}: deleted")
 
 
 @webhooks_app.command("enable")
 def webhooks_enable(endpoint_id: str, off: bool = typer.Option(False, "--off", help="Pause it instead."),
                     as_json: bool = JSON_OPTION) -> None:
     """Enable an endpoint again (e.g. after a 410 Gone disabled it), or pause it with --off."""
-    try:
-        ep = _client().update_webhook(endpoint_id, enabled=not off)
-    except ApiError as e:
-        _fail(e)
-    if as_json:
-        _print_json(ep)
-        return
-    console.print(_endpoint_line(ep), highlight=False, soft_wrap=True)
+    _run(lambda: _client().update_webhook(endpoint_id, enabled=not off), as_json, _endpoint_line)
 
 
 @webhooks_app.command("rotate-secret")
@@ -604,31 +585,18 @@ def webhooks_rotate(endpoint_id: str, expire_previous_in: Optional[float] = type
 @webhooks_app.command("test")
 def webhooks_test(endpoint_id: str, as_json: bool = JSON_OPTION) -> None:
     """Send a webhook.test event to the endpoint (a worker delivers it; see `stillhouse webhooks deliveries`)."""
-    try:
-        d = _client().test_webhook(endpoint_id)
-    except ApiError as e:
-        _fail(e)
-    if as_json:
-        _print_json(d)
-        return
-    console.print(f"{d['id']}: {d['event_type']} queued", highlight=False, soft_wrap=True)
+    _run(lambda: _client().test_webhook(endpoint_id), as_json, lambda d: f"{d['id']}: {d['event_type']} queued")
 
 
 @webhooks_app.command("deliveries")
 def webhooks_deliveries(endpoint_id: str, status_: Optional[str] = typer.Option(None, "--status", help="pending, succeeded or failed."),
                         limit: int = typer.Option(20, help="How many, newest first."), as_json: bool = JSON_OPTION) -> None:
     """The endpoint's delivery log: each event, its status and attempts."""
-    try:
-        rows = _client().webhook_deliveries(endpoint_id, status_, limit)
-    except ApiError as e:
-        _fail(e)
-    if as_json:
-        _print_json(rows)
-        return
-    for d in rows:
+    def line(d: dict[str, Any]) -> str:
         last = d["last_status_code"] if d["last_status_code"] is not None else (d["last_error"] or "-")
-        console.print(f"{d['id']}  {d['event_type']}  {d['job_id'] or '-'}  {d['status']}  attempts {d['attempts']}  last {last}",
-                      highlight=False, soft_wrap=True)
+        return f"{d['id']}  {d['event_type']}  {d['job_id'] or '-'}  {d['status']}  attempts {d['attempts']}  last {last}"
+
+    _run(lambda: _client().webhook_deliveries(endpoint_id, status_, limit), as_json, lambda rows: "\n".join(map(line, rows)))
 
 
 if __name__ == "__main__":  # pragma: no cover

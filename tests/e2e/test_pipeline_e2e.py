@@ -115,3 +115,35 @@ def test_cli_submit_wait_exit_codes_json_and_no_wasted_uploads(pipeline, digits_
     deleted = json.loads(_cli(pipeline, "delete", job["id"], "--json").stdout)
     assert deleted["deleted"] is True and deleted["freed_bytes"] > 0
     assert _cli(pipeline, "status", job["id"]).returncode == 2
+
+
+def test_cli_webhooks(pipeline, backend_session):
+    if backend_session.name != "sqlite":
+        pytest.skip("the CLI is exercised once, on the embedded default")
+    with WebhookReceiver() as rx:
+        made = _cli(pipeline, "webhooks", "create", rx.url, "--event", "job.failed", "--json")
+        assert made.returncode == 0, made.stderr
+        ep = json.loads(made.stdout)
+        assert ep["secret"].startswith("whsec_") and ep["events"] == ["job.failed"]
+        plain = _cli(pipeline, "webhooks", "create", rx.url + "?b")
+        assert plain.returncode == 0 and plain.stdout.strip().startswith("whsec_") and "shown once" in plain.stderr
+        listed = json.loads(_cli(pipeline, "webhooks", "list", "--json").stdout)
+        assert ep["id"] in {e["id"] for e in listed} and all(e["secret"] is None for e in listed)
+        assert _cli(pipeline, "webhooks", "test", ep["id"]).returncode == 0
+        (got,) = rx.wait_for(1, timeout_s=30)
+        assert got.verify(ep["secret"])["type"] == "webhook.test"
+        deadline = __import__("time").monotonic() + 30
+        while True:  # the worker records the attempt just after the receiver answered
+            log = json.loads(_cli(pipeline, "webhooks", "deliveries", ep["id"], "--json").stdout)
+            if log[0]["status"] == "succeeded" or __import__("time").monotonic() > deadline:
+                break
+        assert log[0]["status"] == "succeeded" and log[0]["attempt_log"][0]["status_code"] == 200
+        rotated = _cli(pipeline, "webhooks", "rotate-secret", ep["id"], "--expire-previous-in", "0")
+        assert rotated.returncode == 0 and rotated.stdout.strip().startswith("whsec_") and rotated.stdout.strip() != ep["secret"]
+        paused = json.loads(_cli(pipeline, "webhooks", "enable", ep["id"], "--off", "--json").stdout)
+        assert paused["enabled"] is False
+        assert _cli(pipeline, "webhooks", "test", ep["id"]).returncode == 2  # 422 webhook_disabled
+        assert _cli(pipeline, "webhooks", "delete", ep["id"]).returncode == 0
+        assert ep["id"] not in {e["id"] for e in json.loads(_cli(pipeline, "webhooks", "list", "--json").stdout)}
+        refused = _cli(pipeline, "webhooks", "create", "ftp://93.184.216.34/x")
+        assert refused.returncode == 2 and "webhook_target_refused" in refused.stderr

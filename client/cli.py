@@ -530,7 +530,8 @@ def webhooks_create(url: str = typer.Argument(..., help="https:// URL that recei
                     event: Optional[list[str]] = typer.Option(None, "--event", help="job.succeeded, job.failed or job.cancelled "
                                                                                     "(repeatable; default all)."),
                     description: Optional[str] = typer.Option(None, help="Free text."), as_json: bool = JSON_OPTION) -> None:
-    """Register an endpoint; prints its signing secret (whsec_…) this once: keep it to verify the signatures."""
+    """Register an endpoint; prints its signing secret (whsec_…) this once, alone on stdout: keep it to verify the
+    signatures."""
     try:
         ep = _client().create_webhook(url, event, description)
     except ApiError as e:
@@ -538,9 +539,9 @@ def webhooks_create(url: str = typer.Argument(..., help="https:// URL that recei
     if as_json:
         _print_json(ep)
         return
-    console.print(_endpoint_line(ep), highlight=False, soft_wrap=True)
+    err.print(_endpoint_line(ep), highlight=False, soft_wrap=True)
     err.print("signing secret (shown once; verify webhook-signature with it, e.g. the standardwebhooks package):", highlight=False)
-    print(ep["secret"])
+    print(ep["secret"])  # alone on stdout: SECRET=$(stillhouse webhooks create URL)
 
 
 @webhooks_app.command("list")

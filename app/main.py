@@ -7,14 +7,19 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app.auth.mode import announce_auth_mode
 from app.errors import RejectNulMiddleware, install_error_handlers
 from app.files.router import router as files_router
 from app.health.router import router as health_router
+from app.metrics import MetricsMiddleware
+from app.metrics import router as metrics_router
 from app.jobs.router import router as jobs_router
 from app.reports.router import router as reports_router
 from app.ui.router import router as ui_router, static_files as ui_static
+from app.webhooks.router import router as webhooks_router
+from stillhouse import metrics
 from stillhouse.db import migrate
 from stillhouse.jobs.sweep import start_sweeper
 from stillhouse.settings import get_settings
@@ -32,6 +37,7 @@ def create_app(*, auto_migrate: bool | None = None) -> FastAPI:
         settings = get_settings()
         announce_auth_mode(settings)  # raises (start-up fails) for STILLHOUSE_AUTH=off on a non-loopback host
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        metrics.forget_dead_processes()  # live gauges (open event streams) of API processes that ended
         store = get_store(settings)
         swept = store.sweep_temp()
         if not store.is_local:
@@ -53,7 +59,10 @@ def create_app(*, auto_migrate: bool | None = None) -> FastAPI:
         yield
         stop_sweeper()
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI's and ReDoc's assets from the fastapi-offline package (served under /docs/assets),
+    # not from a CDN: the pages work on a cluster without internet access
+    app = FastAPIOffline(
+        static_url="/docs/assets",
         title="stillhouse",
         version="0.1.0",
         description="Knowledge-distillation jobs over HTTP: upload a teacher and data, POST a job spec, follow its "
@@ -62,12 +71,15 @@ def create_app(*, auto_migrate: bool | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(RejectNulMiddleware)
+    app.add_middleware(MetricsMiddleware)
     app.include_router(health_router)
+    app.include_router(metrics_router)
     app.include_router(files_router)
     app.include_router(reports_router)
     app.include_router(jobs_router)
     app.include_router(ui_router)
     app.mount("/ui/static", ui_static(), name="ui-static")
+    app.include_router(webhooks_router)
     return app
 
 

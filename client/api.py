@@ -4,7 +4,7 @@
     sh = Stillhouse("http://127.0.0.1:8000", api_key="sh_…")   # or STILLHOUSE_API_KEY; none needed on a loopback server
     teacher = sh.upload("teacher.safetensors", purpose="teacher")
     job = sh.create_job({...spec...})
-    job = sh.wait(job.id)
+    job = sh.wait(job.id)                                        # follows the live event stream (SSE)
     sh.download(job.id, "student.safetensors", "out/")
 
 Every API error is raised as ``ApiError`` carrying the HTTP status, ``code``, ``message`` and ``param``.
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import httpx
+from httpx_sse import SSEError, connect_sse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from distill.report import AnyReport, parse_report
@@ -92,6 +93,7 @@ class Job(_Model):
     waiting: dict[str, Any] | None = None
     registry: dict[str, Any] | None = None
     spec: dict[str, Any]
+    metadata: dict[str, str] = Field(default_factory=dict)
 
     @property
     def done(self) -> bool:
@@ -141,6 +143,16 @@ def _typed_report(data: Any) -> AnyReport:
         job_id, task = (data.get("job_id"), data.get("task")) if isinstance(data, dict) else (None, None)
         raise ApiError(200, "unsupported_report", f"this client cannot read the report of job {job_id} (task {task!r}; "
                        f"{where}: {first['msg']}); a newer client may") from None
+
+
+class StreamMessage(_Model):
+    """One message of a job's event stream: ``kind`` 'event' (``event`` set), 'job' (``job`` set: the job changed)
+    or 'end' (``status``: the job's final status, None when it was deleted)."""
+
+    kind: str
+    event: Event | None = None
+    job: Job | None = None
+    status: str | None = None
 
 
 class Stillhouse:
@@ -226,6 +238,11 @@ class Stillhouse:
             data = self._request("POST", "/v1/files", files={"file": (path.name, fh)}, data={"purpose": purpose})
         return FileInfo.model_validate(data)
 
+    def find_file(self, sha256: str, purpose: str | None = None) -> FileInfo | None:
+        """The tenant's file with this content (hex sha256) and, optionally, purpose, or None (GET /v1/files?sha256=)."""
+        page = self._request("GET", "/v1/files", params={k: v for k, v in {"sha256": sha256, "purpose": purpose, "limit": 1}.items() if v})
+        return FileInfo.model_validate(page["data"][0]) if page["data"] else None
+
     def get_file(self, file_id: str) -> FileInfo:
         """GET /v1/files/{id}."""
         return FileInfo.model_validate(self._request("GET", f"/v1/files/{file_id}"))
@@ -239,22 +256,39 @@ class Stillhouse:
         self._request("DELETE", f"/v1/files/{file_id}")
 
     # -- jobs ----------------------------------------------------------------------------------
-    def create_job(self, spec: dict[str, Any], *, idempotency_key: str | None = None) -> Job:
+    def create_job(self, spec: dict[str, Any], *, idempotency_key: str | None = None, metadata: dict[str, str] | None = None) -> Job:
         """POST /v1/jobs with a spec dict; ApiError 422 for an invalid spec, 429 ``too_many_jobs`` at the tenant's limit.
 
         With ``idempotency_key`` (≤ 255 characters) a retry of the same spec returns the same job instead of a second
-        one; the same key with another spec raises ApiError 409 ``idempotency_key_reused``."""
+        one; the same key with another spec raises ApiError 409 ``idempotency_key_reused``. ``metadata``: string labels
+        kept with the job (16 keys at most, 64/512 characters), filterable with ``list_jobs(metadata=...)``."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
-        return Job.model_validate(self._request("POST", "/v1/jobs", json=spec, headers=headers))
+        body = {**spec, "metadata": {**spec.get("metadata", {}), **metadata}} if metadata else spec
+        return Job.model_validate(self._request("POST", "/v1/jobs", json=body, headers=headers))
 
     def get_job(self, job_id: str) -> Job:
         """GET /v1/jobs/{id}."""
         return Job.model_validate(self._request("GET", f"/v1/jobs/{job_id}"))
 
-    def list_jobs(self, status: str | None = None, limit: int = 20) -> list[Job]:
-        """The newest ``limit`` jobs, optionally of one status."""
-        page = self._request("GET", "/v1/jobs", params={k: v for k, v in {"status": status, "limit": limit}.items() if v})
+    def list_jobs(self, status: str | None = None, limit: int = 20, metadata: dict[str, str] | None = None) -> list[Job]:
+        """The newest ``limit`` jobs, optionally of one status and with these ``metadata`` values (all must match)."""
+        params = {k: v for k, v in {"status": status, "limit": limit}.items() if v}
+        params.update({f"metadata[{k}]": v for k, v in (metadata or {}).items()})
+        page = self._request("GET", "/v1/jobs", params=params)
         return [Job.model_validate(d) for d in page["data"]]
+
+    def delete_job(self, job_id: str) -> dict[str, Any]:
+        """DELETE /v1/jobs/{id}: remove a finished job, its artifacts and report; returns ``{"id", "deleted", "freed_bytes"}``.
+        ApiError 409 ``job_not_finished`` while it is queued or running."""
+        return self._request("DELETE", f"/v1/jobs/{job_id}")
+
+    def validate_job(self, spec: dict[str, Any], *, pending: list[str] | None = None) -> dict[str, Any]:
+        """Dry run of POST /v1/jobs: the validated spec (a ``job.validation`` object) or ApiError 422, creating nothing.
+        ``pending``: file roles whose files are not uploaded yet (their ``file_id`` may be a placeholder)."""
+        params: dict[str, Any] = {"dry_run": "true"}
+        if pending:
+            params["pending"] = ",".join(pending)
+        return self._request("POST", "/v1/jobs", json=spec, params=params)
 
     def cancel(self, job_id: str) -> Job:
         """POST /v1/jobs/{id}/cancel; ApiError 409 once the job has finished."""
@@ -326,11 +360,107 @@ class Stillhouse:
         tmp.replace(out)
         return out
 
-    def wait(self, job_id: str, *, poll_s: float = 0.5, timeout_s: float | None = None,
-             on_update: Callable[[Job], None] | None = None) -> Job:
-        """Poll the job every ``poll_s`` seconds until it reaches a final status; ``on_update`` sees each poll.
-        Raises TimeoutError after ``timeout_s`` seconds."""
+    def stream_events(self, job_id: str, *, after: int | None = None, timeout_s: float | None = None,
+                      reconnects: int = 5) -> Iterator[StreamMessage]:
+        """The job's live event stream (``GET /v1/jobs/{id}/events/stream``, server-sent events read with httpx-sse)
+        from event id ``after`` on, until the job ends (the last message has ``kind`` 'end').
+
+        A dropped connection is reopened with ``Last-Event-ID`` (so no event is lost or repeated), up to
+        ``reconnects`` times in a row. Raises ApiError (404 unknown job; 0 ``unreachable``), TimeoutError once
+        ``timeout_s`` seconds have passed without the job ending."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        failures = 0
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"job {job_id} did not end within {timeout_s} s")
+            read_s = 30.0 if left is None else max(0.2, min(30.0, left))  # the server pings an idle stream every 15 s
+            headers = {"Last-Event-ID": str(after)} if after is not None else {}
+            try:
+                with connect_sse(self._http, "GET", f"/v1/jobs/{job_id}/events/stream", headers=headers,
+                                 timeout=httpx.Timeout(10.0, read=read_s)) as source:
+                    if not source.response.is_success:
+                        source.response.read()
+                        self._raise_for(source.response)
+                    for sse in source.iter_sse():
+                        failures = 0
+                        if sse.event == "event":
+                            ev = Event.model_validate_json(sse.data)
+                            after = ev.id
+                            yield StreamMessage(kind="event", event=ev)
+                        elif sse.event == "job":
+                            yield StreamMessage(kind="job", job=Job.model_validate_json(sse.data))
+                        elif sse.event == "end":
+                            yield StreamMessage(kind="end", status=sse.json().get("status"))
+                            return
+                        if deadline is not None and time.monotonic() > deadline:
+                            raise TimeoutError(f"job {job_id} did not end within {timeout_s} s")
+            except httpx.ReadTimeout:
+                continue  # reopen with a fresh read timeout (and check the deadline)
+            except (httpx.TransportError, SSEError) as e:
+                failures += 1
+                if failures > reconnects:
+                    raise ApiError(0, "unreachable", f"event stream of {job_id} failed {failures} times: {e}") from e
+                time.sleep(min(2.0, 0.2 * 2 ** failures))
+
+    # -- webhooks ------------------------------------------------------------------------------
+    def create_webhook(self, url: str, events: list[str] | None = None, description: str | None = None) -> dict[str, Any]:
+        """POST /v1/webhooks; the answer holds the signing ``secret`` (``whsec_…``) this once. ApiError 422
+        ``webhook_target_refused`` for a private or malformed URL."""
+        body: dict[str, Any] = {"url": url}
+        if events:
+            body["events"] = events
+        if description is not None:
+            body["description"] = description
+        return self._request("POST", "/v1/webhooks", json=body)
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        """The tenant's webhook endpoints (without secrets)."""
+        return list(self._pages("/v1/webhooks", {"limit": 100}, lambda d: d["id"]))
+
+    def update_webhook(self, endpoint_id: str, **changes: Any) -> dict[str, Any]:
+        """PATCH /v1/webhooks/{id} with ``url``, ``events``, ``description`` or ``enabled``."""
+        return self._request("PATCH", f"/v1/webhooks/{endpoint_id}", json=changes)
+
+    def delete_webhook(self, endpoint_id: str) -> None:
+        """DELETE /v1/webhooks/{id}."""
+        self._request("DELETE", f"/v1/webhooks/{endpoint_id}")
+
+    def rotate_webhook_secret(self, endpoint_id: str, expire_previous_in_s: float | None = None) -> dict[str, Any]:
+        """A new secret (in the answer, once); the old one also signs for ``expire_previous_in_s`` seconds (server default 24 h)."""
+        body = {"expire_previous_in_s": expire_previous_in_s} if expire_previous_in_s is not None else {}
+        return self._request("POST", f"/v1/webhooks/{endpoint_id}/rotate-secret", json=body)
+
+    def test_webhook(self, endpoint_id: str) -> dict[str, Any]:
+        """Queue a ``webhook.test`` event; returns the delivery."""
+        return self._request("POST", f"/v1/webhooks/{endpoint_id}/test")
+
+    def webhook_deliveries(self, endpoint_id: str, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The endpoint's newest ``limit`` deliveries with their attempts (the delivery log)."""
+        params = {k: v for k, v in {"status": status, "limit": limit}.items() if v}
+        return self._request("GET", f"/v1/webhooks/{endpoint_id}/deliveries", params=params)["data"]
+
+    def wait(self, job_id: str, *, poll_s: float = 0.5, timeout_s: float | None = None,
+             on_update: Callable[[Job], None] | None = None, stream: bool = True) -> Job:
+        """Follow the job until it reaches a final status and return it; ``on_update`` sees each new state of the job.
+
+        Uses the live event stream (``stream_events``) and falls back to polling ``GET /v1/jobs/{id}`` every ``poll_s``
+        seconds when the stream cannot be used (an older server, a proxy that breaks streaming) or with
+        ``stream=False``. Raises TimeoutError after ``timeout_s`` seconds, ApiError (404 unknown job)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        if stream:
+            try:
+                for msg in self.stream_events(job_id, timeout_s=timeout_s):
+                    if msg.kind == "job" and on_update:
+                        on_update(msg.job)
+                    if msg.kind == "end":
+                        break
+                job = self.get_job(job_id)
+                if job.done:
+                    return job
+            except ApiError as e:
+                if e.status == 404 and e.param == "job_id":
+                    raise  # the job does not exist: polling would say the same
         while True:
             job = self.get_job(job_id)
             if on_update:

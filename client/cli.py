@@ -1,21 +1,24 @@
 """The ``stillhouse`` command line (typer + rich), built on ``client.api.Stillhouse``.
 
     stillhouse upload teacher.safetensors --purpose teacher
-    stillhouse submit spec.yaml            # file paths in the spec are uploaded for you
-    stillhouse wait JOB_ID                 # live progress bar
+    stillhouse submit spec.yaml --wait --timeout 3600   # validated first, then file paths uploaded (once), then followed
+    stillhouse wait JOB_ID                 # live progress bar (the job's event stream)
     stillhouse report JOB_ID
     stillhouse download JOB_ID --dir out/
 
+Every command takes ``--json`` (machine-readable output on stdout; messages go to stderr). Exit codes: 0 success;
+1 the job failed; 2 an API or usage error; 3 the job was cancelled; 4 ``--timeout`` passed (the job goes on).
 The API address comes from ``--api`` or ``STILLHOUSE_API_URL`` (default http://127.0.0.1:8000), the API key
 (when the server requires one) from ``--api-key`` or ``STILLHOUSE_API_KEY``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 import yaml
@@ -38,6 +41,10 @@ app = typer.Typer(help="Knowledge-distillation jobs on a stillhouse server.", no
 console = Console()
 err = Console(stderr=True)
 
+EXIT_FAILED, EXIT_ERROR, EXIT_CANCELLED, EXIT_TIMEOUT = 1, 2, 3, 4
+PENDING_FILE_ID = "file_pending"
+"""The placeholder file id of a spec's local file in the dry run that comes before its upload."""
+
 # spec locations that may hold {"path": ...} instead of {"file_id": ...}, with the purpose to upload as
 PATH_FIELDS = (("teacher",), "teacher"), (("data", "train"), "dataset"), (("data", "validation"), "dataset"), (("data", "transfer"), "dataset")
 
@@ -53,7 +60,32 @@ def _client() -> Stillhouse:
 
 def _fail(e: ApiError) -> None:
     err.print(f"[bold red]error[/] [red]{e.code}[/]: {e.message}" + (f" [dim](param: {e.param})[/]" if e.param else ""))
-    raise typer.Exit(2)
+    raise typer.Exit(EXIT_ERROR)
+
+
+def _print_json(value: Any) -> None:
+    """``value`` (a model, a list of models, or anything JSON can hold) as indented JSON on stdout."""
+    def plain(v: Any) -> Any:
+        return v.model_dump(mode="json") if hasattr(v, "model_dump") else v
+
+    value = [plain(v) for v in value] if isinstance(value, list) else plain(value)
+    print(json.dumps(value, indent=2, default=str))
+
+
+JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON on stdout (messages go to stderr).")
+
+
+def _run(call: Callable[[], Any], as_json: bool, line: Callable[[Any], str]) -> Any:
+    """Call the API (``call``), exit 2 on its error, and print the result: as JSON with ``as_json``, else ``line(result)``."""
+    try:
+        result = call()
+    except ApiError as e:
+        _fail(e)
+    if as_json:
+        _print_json(result)
+    else:
+        console.print(line(result), highlight=False, soft_wrap=True)
+    return result
 
 
 @app.callback()
@@ -76,7 +108,7 @@ def upload(path: Path = typer.Argument(..., exists=True, dir_okay=False, help="F
     except ApiError as e:
         _fail(e)
     if as_json:
-        print(f.model_dump_json(indent=2))
+        _print_json(f)
         return
     extra = f", {f.parameters:,} parameters" if f.parameters else ""
     console.print(f"[green]{f.id}[/] {f.filename}: {f.format}, {f.bytes:,} bytes{extra}", highlight=False)
@@ -95,42 +127,102 @@ def load_spec(path: Path) -> dict[str, Any]:
     return spec
 
 
-def upload_spec_paths(client: Stillhouse, spec: dict[str, Any], base: Path, say=lambda m: None) -> dict[str, Any]:
-    """Replace each ``path: FILE`` at teacher / data.train / data.validation / data.transfer by the
-    ``file_id`` of its upload (paths relative to ``base``). Returns the spec (modified in place)."""
+def _path_nodes(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(role, purpose, node) of each spec location holding ``path:`` (teacher, data.train, ...)."""
+    out = []
     for keys, purpose in PATH_FIELDS:
         node: Any = spec
         for k in keys:
             node = node.get(k) if isinstance(node, dict) else None
         if isinstance(node, dict) and "path" in node:
-            p = Path(node.pop("path"))
-            p = p if p.is_absolute() else base / p
-            if not p.is_file():
-                raise typer.BadParameter(f"{'.'.join(keys)}.path: no file {p}")
-            f = client.upload(p, purpose)
-            node["file_id"] = f.id
-            say(f"uploaded {p} -> {f.id} ({f.format}, {f.bytes:,} bytes)")
+            out.append((".".join(keys), purpose, node))
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def upload_spec_paths(client: Stillhouse, spec: dict[str, Any], base: Path, say=lambda m: None, *, validate: bool = True) -> dict[str, Any]:
+    """Replace each ``path: FILE`` at teacher / data.train / data.validation / data.transfer by a ``file_id`` (paths
+    relative to ``base``), uploading as little as possible and nothing for a spec the server would refuse:
+
+    1. each local file's sha256 is computed and looked up (``GET /v1/files?sha256=``): a file the tenant already has
+       is used as it is, not uploaded again;
+    2. with ``validate``, the spec is checked by a dry run of ``POST /v1/jobs`` (the files still to upload as
+       ``pending`` placeholders), so a typo or an out-of-range number fails before any upload;
+    3. the remaining files are uploaded (the server also answers an upload of known content with the existing file).
+
+    Returns the spec (modified in place). Raises typer.BadParameter for a missing file, ApiError for the server's refusal."""
+    pending = []
+    for role, purpose, node in _path_nodes(spec):
+        p = Path(node.pop("path"))
+        p = p if p.is_absolute() else base / p
+        if not p.is_file():
+            raise typer.BadParameter(f"{role}.path: no file {p}")
+        found = client.find_file(_sha256(p), purpose)
+        if found is not None:
+            node["file_id"] = found.id
+            say(f"{p}: already uploaded as {found.id} (same sha256), not uploaded again")
+        else:
+            node["file_id"] = PENDING_FILE_ID
+            pending.append((role, purpose, node, p))
+    if validate:
+        client.validate_job(spec, pending=[role for role, *_ in pending])
+    for role, purpose, node, p in pending:
+        f = client.upload(p, purpose)
+        node["file_id"] = f.id
+        say(f"uploaded {p} -> {f.id} ({f.format}, {f.bytes:,} bytes)")
     return spec
+
+
+def _metadata(pairs: list[str] | None) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--metadata wants KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
 
 
 @app.command()
 def submit(spec_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Job spec, JSON or YAML."),
-           wait_: bool = typer.Option(False, "--wait", help="Follow the job until it ends."),
-           as_json: bool = typer.Option(False, "--json", help="Print the job object as JSON.")) -> None:
-    """Create a job from a spec; local file paths in it (``path:``) are uploaded first. Prints the job id."""
+           wait_: bool = typer.Option(False, "--wait", help="Follow the job until it ends; exit 0 if it succeeded, 1 failed, "
+                                                           "3 cancelled, 4 after --timeout."),
+           timeout: Optional[float] = typer.Option(None, "--timeout", min=0, help="With --wait: give up waiting after this many "
+                                                                                  "seconds (exit 4; the job goes on)."),
+           metadata: Optional[list[str]] = typer.Option(None, "--metadata", help="KEY=VALUE label kept with the job (repeatable)."),
+           idempotency_key: Optional[str] = typer.Option(None, "--idempotency-key", help="Repeat-safe submission: the same key "
+                                                         "and spec return the job the first submission made."),
+           as_json: bool = JSON_OPTION) -> None:
+    """Create a job from a spec. The spec is validated first (a dry run), then its local files (``path:``) are
+    uploaded, those the server already has (same sha256) skipped. Prints the job id (``--json``: the job object;
+    with ``--wait``, the finished job)."""
     client = _client()
+    say = lambda m: err.print(m, highlight=False)  # noqa: E731
     try:
-        spec = upload_spec_paths(client, load_spec(spec_path), spec_path.parent, lambda m: err.print(m, highlight=False))
-        job = client.create_job(spec)
+        spec = load_spec(spec_path)
+        meta = _metadata(metadata)
+        if meta:
+            spec["metadata"] = {**spec.get("metadata", {}), **meta}
+        spec = upload_spec_paths(client, spec, spec_path.parent, say)
+        job = client.create_job(spec, idempotency_key=idempotency_key)
     except ApiError as e:
         _fail(e)
-    if as_json:
-        print(job.model_dump_json(indent=2))
-    else:
-        err.print(f"job [green]{job.id}[/] {job.status}", highlight=False)
-        print(job.id)
-    if wait_:
-        _follow(client, job.id)
+    if not wait_:
+        if as_json:
+            _print_json(job)
+        else:
+            err.print(f"job [green]{job.id}[/] {job.status}", highlight=False)
+            print(job.id)
+        return
+    err.print(f"job [green]{job.id}[/] {job.status}", highlight=False)
+    _follow(client, job.id, timeout, as_json)
 
 
 @app.command()
@@ -141,9 +233,11 @@ def status(job_id: str, as_json: bool = typer.Option(False, "--json", help="Prin
     except ApiError as e:
         _fail(e)
     if as_json:
-        print(job.model_dump_json(indent=2))
+        _print_json(job)
         return
     t = Table(show_header=False, box=None)
+    t.add_column(no_wrap=True)
+    t.add_column(no_wrap=False, overflow="fold")
     p = job.progress
     for k, v in (("job", job.id), ("name", job.name), ("status", job.status), ("phase", job.phase),
                  ("epoch", f"{p.epoch}/{p.epochs}" if p.epoch else None),
@@ -165,33 +259,74 @@ def _registry_line(r: dict) -> str:
     return f"{r.get('status')}" + (f": {r['error']}" if r.get("error") else "")
 
 
+def _id_column(t: Table, header: str, ids: list[str]) -> None:
+    """An id column that never wraps, folds or truncates: as wide as its longest id."""
+    t.add_column(header, no_wrap=True, overflow="ignore", min_width=max([len(header), *map(len, ids)]))
+
+
 @app.command(name="jobs")
 def list_jobs(status_: Optional[str] = typer.Option(None, "--status", help="Only this status."),
-              limit: int = typer.Option(20, help="How many.")) -> None:
-    """List recent jobs."""
+              limit: int = typer.Option(20, help="How many."),
+              metadata: Optional[list[str]] = typer.Option(None, "--metadata", help="Only jobs with KEY=VALUE (repeatable)."),
+              as_json: bool = JSON_OPTION) -> None:
+    """List recent jobs (ids in full, however narrow the terminal)."""
     try:
-        jobs = _client().list_jobs(status_, limit)
+        jobs = _client().list_jobs(status_, limit, _metadata(metadata))
     except ApiError as e:
         _fail(e)
-    t = Table("id", "name", "status", "progress", "created")
+    if as_json:
+        _print_json([j.model_dump(mode="json") for j in jobs])
+        return
+    t = Table()
+    _id_column(t, "id", [j.id for j in jobs])
+    for col in ("name", "status", "progress", "created"):
+        t.add_column(col)
     for j in jobs:
         t.add_row(j.id, j.name or "", j.status, f"{100 * (j.progress.fraction or 0):.0f}%", j.created_at.strftime("%Y-%m-%d %H:%M:%S"))
     console.print(t)
 
 
 @app.command()
-def cancel(job_id: str) -> None:
+def cancel(job_id: str, as_json: bool = JSON_OPTION) -> None:
     """Cancel a queued or running job."""
+    _run(lambda: _client().cancel(job_id), as_json, lambda job: f"{job.id}: {job.status}")
+
+
+@app.command()
+def delete(job_id: str, as_json: bool = JSON_OPTION) -> None:
+    """Delete a finished job with its artifacts and report (frees the tenant's storage)."""
+    _run(lambda: _client().delete_job(job_id), as_json, lambda out: f"{job_id}: deleted, {out['freed_bytes']:,} bytes of artifacts freed")
+
+
+@app.command()
+def events(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", help="Stay on the live stream until the job ends."),
+           as_json: bool = typer.Option(False, "--json", help="One JSON object per line (JSON Lines) on stdout.")) -> None:
+    """Print a job's events (``--follow``: live, from its event stream, until the job ends)."""
+    client = _client()
+
+    def show(e) -> None:
+        if as_json:
+            print(e.model_dump_json(), flush=True)
+        else:
+            console.print(f"{e.created_at:%H:%M:%S} {e.id:>6} {e.type:<10} {e.message}", highlight=False, soft_wrap=True)
+
     try:
-        job = _client().cancel(job_id)
+        if not follow:
+            for e in client.events(job_id):
+                show(e)
+            return
+        for msg in client.stream_events(job_id):
+            if msg.kind == "event":
+                show(msg.event)
     except ApiError as e:
         _fail(e)
-    console.print(f"{job.id}: {job.status}")
 
 
-def _follow(client: Stillhouse, job_id: str) -> Job:
+def _follow(client: Stillhouse, job_id: str, timeout: float | None = None, as_json: bool = False) -> Job:
+    """Follow the job to its end (live progress bar on stderr unless ``as_json``), print it, and exit with its code:
+    returns for success, raises typer.Exit(1 failed, 3 cancelled, 4 timeout, 2 API error)."""
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), console=err, transient=False) as bar:
+                  TimeElapsedColumn(), console=err, transient=False, disable=as_json) as bar:
         task = bar.add_task(job_id, total=None, info="queued")
 
         def show(job: Job) -> None:
@@ -204,27 +339,36 @@ def _follow(client: Stillhouse, job_id: str) -> Job:
             bar.update(task, total=p.total_steps, completed=p.step or 0, info=info)
 
         try:
-            job = client.wait(job_id, poll_s=0.5, on_update=show)
+            job = client.wait(job_id, poll_s=0.5, on_update=show, timeout_s=timeout)
         except ApiError as e:
             _fail(e)
+        except TimeoutError:
+            err.print(f"[yellow]{job_id} has not ended after {timeout:g} s[/] (it goes on; `stillhouse wait {job_id}` follows it)",
+                      highlight=False)
+            if as_json:
+                _print_json(client.get_job(job_id))
+            raise typer.Exit(EXIT_TIMEOUT)
+    if as_json:
+        _print_json(job)
     if job.status == "succeeded":
         err.print(f"[green]{job.id} succeeded[/] in {job.timings.get('running_s') or 0:.1f} s", highlight=False)
-    else:
-        msg = f": {job.error.code}: {job.error.message}" if job.error else ""
-        err.print(f"[red]{job.id} {job.status}[/]{msg}", highlight=False)
-        raise typer.Exit(1)
-    return job
+        return job
+    msg = f": {job.error.code}: {job.error.message}" if job.error else ""
+    err.print(f"[red]{job.id} {job.status}[/]{msg}", highlight=False)
+    raise typer.Exit(EXIT_CANCELLED if job.status == "cancelled" else EXIT_FAILED)
 
 
 @app.command()
-def wait(job_id: str) -> None:
-    """Follow a job with a live progress bar until it ends (exit 1 if it failed or was cancelled)."""
-    _follow(_client(), job_id)
+def wait(job_id: str, timeout: Optional[float] = typer.Option(None, "--timeout", min=0, help="Give up after this many seconds (exit 4)."),
+         as_json: bool = JSON_OPTION) -> None:
+    """Follow a job with a live progress bar until it ends: exit 0 if it succeeded, 1 failed, 3 cancelled, 4 timeout."""
+    _follow(_client(), job_id, timeout, as_json)
 
 
 @app.command()
 def download(job_id: str, dir: Path = typer.Option(Path("."), "--dir", help="Where to write the files."),
-             name: Optional[list[str]] = typer.Option(None, "--name", help="Only these artifacts (repeatable).")) -> None:
+             name: Optional[list[str]] = typer.Option(None, "--name", help="Only these artifacts (repeatable)."),
+             as_json: bool = JSON_OPTION) -> None:
     """Download a job's artifacts (student.safetensors, student.json, student.onnx), checking each sha256."""
     client = _client()
     try:
@@ -232,11 +376,16 @@ def download(job_id: str, dir: Path = typer.Option(Path("."), "--dir", help="Whe
         wanted = [a for a in arts if not name or a.name in name]
         if not wanted:
             raise ApiError(404, "not_found", f"job {job_id} has no artifacts" + (f" named {', '.join(name)}" if name else "") + " (has it succeeded?)")
+        done = []
         for a in wanted:
             out = client.download(job_id, a.name, dir)
-            console.print(f"{out}  {a.bytes:,} bytes  sha256 {a.sha256[:16]}…", highlight=False)
+            done.append({"name": a.name, "path": str(out), "bytes": a.bytes, "sha256": a.sha256})
+            if not as_json:
+                console.print(f"{out}  {a.bytes:,} bytes  sha256 {a.sha256}", highlight=False, soft_wrap=True)
     except ApiError as e:
         _fail(e)
+    if as_json:
+        _print_json(done)
 
 
 def _fmt(v: Any, kind: str = "") -> str:
@@ -366,7 +515,8 @@ def report(job_id: str, as_json: bool = typer.Option(False, "--json", help="Prin
 
 @app.command()
 def compare(job_ids: list[str] = typer.Argument(..., help="Two or more job ids."),
-            html: Optional[Path] = typer.Option(None, "--html", help="Write the side-by-side HTML page to this file.")) -> None:
+            html: Optional[Path] = typer.Option(None, "--html", help="Write the side-by-side HTML page to this file."),
+            as_json: bool = JSON_OPTION) -> None:
     """Compare succeeded jobs: quality (validation top-1, or linear-probe accuracy for embeddings), size, latency and
     gain side by side."""
     client = _client()
@@ -377,8 +527,11 @@ def compare(job_ids: list[str] = typer.Argument(..., help="Two or more job ids."
             err.print(f"HTML comparison written to {html}", highlight=False)
     except ApiError as e:
         _fail(e)
+    if as_json:
+        _print_json(reports)
+        return
     t = Table("task", "metric", "teacher", "student", "student bytes", "compression", "speedup @1", "gain")
-    t.add_column("job", no_wrap=True, min_width=max(len(j) for j in job_ids))
+    _id_column(t, "job", job_ids)
     for r in reports:
         q = r.quality()
         gain = r.gain_points()
@@ -386,6 +539,90 @@ def compare(job_ids: list[str] = typer.Argument(..., help="Two or more job ids."
                   _fmt(r.compression_ratio, "x"), _fmt(r.speedup.get("1"), "x"), "–" if gain is None else f"{gain:+.2f}",
                   r.job_id or "")
     console.print(t)
+
+
+webhooks_app = typer.Typer(help="Webhook endpoints: signed job events (Standard Webhooks) POSTed to your URL.", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
+
+
+def _endpoint_line(ep: dict[str, Any]) -> str:
+    state = "enabled" if ep["enabled"] else f"disabled ({ep.get('disabled_reason') or 'paused'})"
+    return f"{ep['id']}  {ep['url']}  {','.join(ep['events'])}  {state}"
+
+
+@webhooks_app.command("create")
+def webhooks_create(url: str = typer.Argument(..., help="https:// URL that receives the events."),
+                    event: Optional[list[str]] = typer.Option(None, "--event", help="job.succeeded, job.failed or job.cancelled "
+                                                                                    "(repeatable; default all)."),
+                    description: Optional[str] = typer.Option(None, help="Free text."), as_json: bool = JSON_OPTION) -> None:
+    """Register an endpoint; prints its signing secret (whsec_…) this once, alone on stdout: keep it to verify the
+    signatures."""
+    try:
+        ep = _client().create_webhook(url, event, description)
+    except ApiError as e:
+        _fail(e)
+    if as_json:
+        _print_json(ep)
+        return
+    err.print(_endpoint_line(ep), highlight=False, soft_wrap=True)
+    err.print("signing secret (shown once; verify webhook-signature with it, e.g. the standardwebhooks package):", highlight=False)
+    print(ep["secret"])  # alone on stdout: SECRET=$(stillhouse webhooks create URL)
+
+
+@webhooks_app.command("list")
+def webhooks_list(as_json: bool = JSON_OPTION) -> None:
+    """The tenant's endpoints."""
+    _run(lambda: _client().webhooks(), as_json, lambda eps: "\n".join(_endpoint_line(ep) for ep in eps))
+
+
+@webhooks_app.command("delete")
+def webhooks_delete(endpoint_id: str, as_json: bool = JSON_OPTION) -> None:
+    """Delete an endpoint (and its delivery log)."""
+    def call() -> dict[str, Any]:
+        _client().delete_webhook(endpoint_id)
+        return {"id": endpoint_id, "deleted": True}
+
+    _run(call, as_json, lambda _: f"{endpoint_id}: deleted")
+
+
+@webhooks_app.command("enable")
+def webhooks_enable(endpoint_id: str, off: bool = typer.Option(False, "--off", help="Pause it instead."),
+                    as_json: bool = JSON_OPTION) -> None:
+    """Enable an endpoint again (e.g. after a 410 Gone disabled it), or pause it with --off."""
+    _run(lambda: _client().update_webhook(endpoint_id, enabled=not off), as_json, _endpoint_line)
+
+
+@webhooks_app.command("rotate-secret")
+def webhooks_rotate(endpoint_id: str, expire_previous_in: Optional[float] = typer.Option(
+                        None, "--expire-previous-in", help="Seconds the old secret still signs (server default 24 h)."),
+                    as_json: bool = JSON_OPTION) -> None:
+    """Give an endpoint a new secret, printed this once; the old one also signs during the grace period."""
+    try:
+        ep = _client().rotate_webhook_secret(endpoint_id, expire_previous_in)
+    except ApiError as e:
+        _fail(e)
+    if as_json:
+        _print_json(ep)
+        return
+    err.print(f"new secret of {endpoint_id} (the previous one also signs until {ep.get('previous_secret_expires_at')}):", highlight=False)
+    print(ep["secret"])
+
+
+@webhooks_app.command("test")
+def webhooks_test(endpoint_id: str, as_json: bool = JSON_OPTION) -> None:
+    """Send a webhook.test event to the endpoint (a worker delivers it; see `stillhouse webhooks deliveries`)."""
+    _run(lambda: _client().test_webhook(endpoint_id), as_json, lambda d: f"{d['id']}: {d['event_type']} queued")
+
+
+@webhooks_app.command("deliveries")
+def webhooks_deliveries(endpoint_id: str, status_: Optional[str] = typer.Option(None, "--status", help="pending, succeeded or failed."),
+                        limit: int = typer.Option(20, help="How many, newest first."), as_json: bool = JSON_OPTION) -> None:
+    """The endpoint's delivery log: each event, its status and attempts."""
+    def line(d: dict[str, Any]) -> str:
+        last = d["last_status_code"] if d["last_status_code"] is not None else (d["last_error"] or "-")
+        return f"{d['id']}  {d['event_type']}  {d['job_id'] or '-'}  {d['status']}  attempts {d['attempts']}  last {last}"
+
+    _run(lambda: _client().webhook_deliveries(endpoint_id, status_, limit), as_json, lambda rows: "\n".join(map(line, rows)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -99,6 +99,23 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(
         20, ge=1, le=200, description="SQL connections one process keeps open (PostgreSQL; 20 more may open in bursts). The API "
         "runs at most this many request threads, so requests neither wait for a connection nor open and close extra ones.")
+    events_poll_interval_s: float = Field(
+        0.25, gt=0, le=60, description="Seconds between the database reads of an open event stream "
+        "(GET /v1/jobs/{id}/events/stream): an event reaches its SSE clients within about this time.")
+    webhook_allow_private_targets: bool = Field(
+        False, description="Let webhook endpoints target loopback, link-local and private addresses (refused by default: "
+        "a tenant could otherwise make the workers call internal services). For a receiver inside your own network.")
+    webhook_timeout_s: float = Field(10.0, gt=0, le=120, description="Seconds one webhook attempt may take before it counts as failed.")
+    webhook_retry_schedule_s: list[float] = Field(
+        [5, 300, 1800, 7200, 18000, 36000, 36000], min_length=0,
+        description="Seconds to wait before each retry of a failed webhook delivery (±10% jitter), as a JSON list; when it is "
+        "used up the delivery fails. Default: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (8 attempts over about 27 h).")
+    webhook_poll_interval_s: float = Field(1.0, gt=0, description="Seconds between a worker's looks for due webhook deliveries.")
+    webhook_secret_grace_s: float = Field(
+        86400.0, ge=0, description="Seconds the previous secret of a rotated webhook endpoint still signs (beside the new one).")
+    db_ping_idle_s: float = Field(
+        10.0, ge=0, description="A pooled SQL connection idle this many seconds or more is pinged (SELECT 1) before use and "
+        "replaced when the database dropped it; 0 pings before every use (a round trip per request).")
 
     @field_validator("artifact_url")
     @classmethod
@@ -125,10 +142,12 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        """The SQLAlchemy URL in force: ``database_url`` or the embedded SQLite file."""
+        """The SQLAlchemy URL in force: ``database_url`` or the embedded SQLite file. The file's path is resolved once per
+        data directory (and working directory, for a relative one): every request asks for the engine, and a
+        ``Path.resolve()`` each time took 11% of a status read's CPU."""
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{(self.data_dir / 'stillhouse.db').resolve()}"
+        return _sqlite_url(self.data_dir, "" if self.data_dir.is_absolute() else os.getcwd())
 
     @property
     def is_embedded_broker(self) -> bool:
@@ -148,6 +167,11 @@ class Settings(BaseSettings):
         except AttributeError:  # macOS / Windows
             cores = os.cpu_count() or 1
         return max(1, cores // self.worker_concurrency)
+
+
+@lru_cache(maxsize=64)
+def _sqlite_url(data_dir: Path, cwd: str) -> str:
+    return f"sqlite:///{(Path(cwd) / data_dir / 'stillhouse.db').resolve()}"
 
 
 @lru_cache

@@ -22,15 +22,16 @@ def tiny_mlp(seed: int = 0) -> torch.nn.Module:
     return models.build(MLP["name"], MLP["kwargs"]).eval()
 
 
-def safetensors_file(d: Path, with_metadata: bool = True) -> Path:
-    """A tiny mlp as safetensors (with or without the stillhouse architecture metadata)."""
-    p = d / ("mlp.safetensors" if with_metadata else "bare.safetensors")
+def safetensors_file(d: Path, with_metadata: bool = True, seed: int = 0) -> Path:
+    """A tiny mlp as safetensors (with or without the stillhouse architecture metadata); another ``seed`` gives other
+    weights of the same size (another content: uploads of one content are one file)."""
+    p = d / (("mlp" if with_metadata else "bare") + (f"-{seed}" if seed else "") + ".safetensors")
     if with_metadata:
-        save_model(tiny_mlp(), MLP, p)
+        save_model(tiny_mlp(seed), MLP, p)
     else:
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in tiny_mlp().state_dict().items()}, str(p))
+        save_file({k: v.contiguous() for k, v in tiny_mlp(seed).state_dict().items()}, str(p))
     return p
 
 

@@ -9,26 +9,30 @@ is ready, and on shutdown tells its children to hand their jobs back and removes
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 
 import torch
 import torch._dynamo  # noqa: F401 - the first optimizer a job builds imports it (~2 s): before the children fork
-from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutting_down
 from sqlalchemy.exc import OperationalError
 
+from stillhouse import metrics
 from stillhouse.db import get_engine
 from stillhouse.jobs import handback, leases
 from stillhouse.jobs.runner import execute  # the core and torch, loaded once in the main process before the children fork
 from stillhouse.jobs.sweep import start_sweeper
 from stillhouse.jobs.workers import WorkerHeartbeat
 from stillhouse.settings import get_settings
+from stillhouse.webhooks.dispatch import start_dispatcher
 from worker.celery_app import RUN_JOB_TASK, celery_app
 
 log = logging.getLogger("stillhouse.worker")
 
 _stop_sweeper = None
 _heartbeat: WorkerHeartbeat | None = None
+_stop_dispatcher = None
 
 
 @worker_process_init.connect
@@ -61,16 +65,26 @@ def _devices() -> dict:
 
 @worker_ready.connect
 def _start_sweeper(**_: object) -> None:
-    """In the worker's main process: sweep every ``STILLHOUSE_SWEEP_INTERVAL_S`` (re-send jobs whose worker died), and
-    record this worker and its queues every ``STILLHOUSE_WORKER_HEARTBEAT_S``."""
-    global _stop_sweeper, _heartbeat
+    """In the worker's main process: sweep every ``STILLHOUSE_SWEEP_INTERVAL_S`` (re-send jobs whose worker died), record
+    this worker and its queues every ``STILLHOUSE_WORKER_HEARTBEAT_S``, and deliver webhooks
+    (``stillhouse.webhooks.dispatch``: a thread of the main process, so deliveries never wait for a pool child busy
+    training)."""
+    global _stop_sweeper, _heartbeat, _stop_dispatcher
 
     settings = get_settings()
+    metrics.forget_dead_processes()
     _stop_sweeper = start_sweeper(settings, "stillhouse-worker-sweep")
+    _stop_dispatcher = start_dispatcher(settings, "stillhouse-worker-webhooks")
     queues = sorted(celery_app.amqp.queues.consume_from or celery_app.amqp.queues)
     _heartbeat = WorkerHeartbeat(settings, leases.owner_id(), socket.gethostname(), queues, settings.worker_concurrency,
                                  _devices()).start()
     log.info("worker consuming queue(s) %s", ", ".join(queues))
+
+
+@worker_process_shutdown.connect
+def _child_exits(**_: object) -> None:
+    """A pool child ending: its live gauges leave the totals (counters and histograms stay)."""
+    metrics.multiprocess.mark_process_dead(os.getpid(), str(metrics.METRICS_DIR))
 
 
 @worker_shutting_down.connect
@@ -78,10 +92,9 @@ def _hand_back_jobs(**_: object) -> None:
     """In the worker's main process, from its SIGTERM/SIGINT handler: tell every pool child to hand its job back
     (it stops before its next step), so the warm shutdown ends within seconds; stop sweeping."""
     handback.forward_to_children()
-    if _stop_sweeper is not None:
-        threading.Thread(target=_stop_sweeper, daemon=True).start()  # never block inside the signal handler
-    if _heartbeat is not None:
-        threading.Thread(target=_heartbeat.stop, daemon=True).start()
+    for stopper in (_stop_sweeper, _stop_dispatcher, _heartbeat.stop if _heartbeat is not None else None):
+        if stopper is not None:
+            threading.Thread(target=stopper, daemon=True).start()  # never block inside the signal handler
 
 
 DB_RETRY_S = 5.0  # seconds between deliveries of a job whose database could not be reached

@@ -50,12 +50,17 @@ def live_jobs(session: Session, tenant_id: str) -> int:
     return session.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.status.in_(LIVE))) or 0
 
 
-def storage_used(session: Session, tenant_id: str) -> int:
-    """Bytes the tenant stores: its uploaded files plus its jobs' published artifacts."""
+def storage_by_kind(session: Session, tenant_id: str) -> tuple[int, int]:
+    """(bytes of the tenant's uploaded files, bytes of its jobs' published artifacts)."""
     files = session.scalar(select(func.coalesce(func.sum(File.bytes), 0)).where(File.tenant_id == tenant_id)) or 0
     artifacts = session.scalar(select(func.coalesce(func.sum(Artifact.bytes), 0)).join(Job, Job.id == Artifact.job_id)
                                .where(Job.tenant_id == tenant_id)) or 0
-    return int(files) + int(artifacts)
+    return int(files), int(artifacts)
+
+
+def storage_used(session: Session, tenant_id: str) -> int:
+    """Bytes the tenant stores: its uploaded files plus its jobs' published artifacts."""
+    return sum(storage_by_kind(session, tenant_id))
 
 
 def retry_after_s(session: Session, tenant_id: str) -> int:
@@ -79,24 +84,27 @@ def check_job_slot(session: Session, tenant: Tenant, settings: Settings) -> None
             headers={"Retry-After": str(wait)})
 
 
-def quota_error(tenant_name: str, limit: int, used: int, adding: int | None) -> PayloadTooLarge:
-    """The 413 ``storage_quota_exceeded`` error, naming the quota, the bytes used and left."""
+def quota_error(tenant_name: str, limit: int, used: tuple[int, int], adding: int | None) -> PayloadTooLarge:
+    """The 413 ``storage_quota_exceeded`` error, naming the quota, the bytes used by files and by job artifacts
+    (``used``, as ``storage_by_kind`` gives them), what is left, and both ways to make room."""
+    files, artifacts = used
     what = f"an upload of {adding} bytes" if adding is not None else "this upload"
     return PayloadTooLarge(
-        f"{what} would take tenant {tenant_name!r} over its storage quota of {limit} bytes (max_storage_bytes): {used} bytes "
-        f"are used by its files and job artifacts, {max(0, limit - used)} left; delete files (DELETE /v1/files/{{id}}) to make room",
-        param="file", code="storage_quota_exceeded")
+        f"{what} would take tenant {tenant_name!r} over its storage quota of {limit} bytes (max_storage_bytes): {files} bytes "
+        f"are used by its files and {artifacts} by its jobs' artifacts, {max(0, limit - files - artifacts)} left; make room by "
+        "deleting files (DELETE /v1/files/{id}) or finished jobs with their artifacts (DELETE /v1/jobs/{id}, "
+        "`stillhouse delete JOB_ID`)", param="file", code="storage_quota_exceeded")
 
 
-def remaining_storage(session: Session, tenant_id: str, settings: Settings) -> tuple[str, int, int]:
-    """(tenant name, quota in bytes, bytes used), read without locking to decide an upload's byte limit before its
+def remaining_storage(session: Session, tenant_id: str, settings: Settings) -> tuple[str, int, tuple[int, int]]:
+    """(tenant name, quota in bytes, (bytes used by files, by artifacts)), read without locking to decide an upload's byte limit before its
     body arrives. Ends the read transaction, so none stays open while a long body streams in.
     Raises Unauthorized (401) if the tenant no longer exists."""
     tenant = session.get(Tenant, tenant_id)
     if tenant is None:
         session.rollback()
         raise Unauthorized(f"tenant {tenant_id!r} does not exist", invalid_token=True)
-    out = tenant.name, storage_limit(tenant, settings), storage_used(session, tenant_id)
+    out = tenant.name, storage_limit(tenant, settings), storage_by_kind(session, tenant_id)
     session.rollback()
     return out
 
@@ -105,7 +113,7 @@ def check_storage(session: Session, tenant: Tenant, settings: Settings, adding: 
     """Refuse to store ``adding`` more bytes when that passes the tenant's quota. Call after ``lock_tenant``.
 
     Raises PayloadTooLarge (413 ``storage_quota_exceeded``), after rolling back (releasing the lock)."""
-    limit, used = storage_limit(tenant, settings), storage_used(session, tenant.id)
-    if used + adding > limit:
+    limit, used = storage_limit(tenant, settings), storage_by_kind(session, tenant.id)
+    if sum(used) + adding > limit:
         session.rollback()
         raise quota_error(tenant.name, limit, used, adding)

@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import sys
 from dataclasses import dataclass
+from functools import lru_cache
 
 from stillhouse.models import DEFAULT_TENANT
 from stillhouse.settings import Settings
@@ -26,9 +27,10 @@ class AuthConfigError(RuntimeError):
     """The configuration would expose the API without keys (``STILLHOUSE_AUTH=off`` on a non-loopback host)."""
 
 
+@lru_cache(maxsize=4096)
 def is_loopback(host: str | None) -> bool:
     """True for ``localhost`` and loopback IP addresses (127.0.0.0/8, ::1, ::ffff:127.x); False for anything else,
-    including ``0.0.0.0``, ``::`` and names other than localhost."""
+    including ``0.0.0.0``, ``::`` and names other than localhost. Cached per host string (every keyless request asks)."""
     if not host:
         return False
     h = host.strip().strip("[]").lower()
@@ -64,12 +66,17 @@ class AuthMode:
 
 def auth_mode(settings: Settings) -> AuthMode:
     """The mode for ``settings`` (never raises; an ``off`` on a non-loopback host fails safe as required)."""
-    loopback = is_loopback(settings.host)
-    if settings.auth == "required":
-        return AuthMode(True, "required", settings.host)
-    if settings.auth == "off":
-        return AuthMode(not loopback, "off", settings.host, refused=not loopback)
-    return AuthMode(not loopback, "auto", settings.host)
+    return _auth_mode(settings.auth, settings.host)
+
+
+@lru_cache(maxsize=64)
+def _auth_mode(auth: str, host: str) -> AuthMode:
+    loopback = is_loopback(host)
+    if auth == "required":
+        return AuthMode(True, "required", host)
+    if auth == "off":
+        return AuthMode(not loopback, "off", host, refused=not loopback)
+    return AuthMode(not loopback, "auto", host)
 
 
 def check_auth_config(settings: Settings) -> AuthMode:

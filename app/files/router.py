@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -34,9 +34,11 @@ _UPLOAD_BODY = {
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=FileObject, openapi_extra=_UPLOAD_BODY,
-             responses={413: {"model": ErrorResponse, "description": "Over the size limit or the tenant's storage quota"},
+             responses={200: {"model": FileObject, "description": "The tenant already had this content (same sha256 and "
+                                                                   "purpose): that file, nothing stored"},
+                        413: {"model": ErrorResponse, "description": "Over the size limit or the tenant's storage quota"},
                         **ERROR_RESPONSES})
-async def upload_file(request: Request, session: SessionDep, store: StoreDep, settings: SettingsDep,
+async def upload_file(request: Request, response: Response, session: SessionDep, store: StoreDep, settings: SettingsDep,
                       tenant: CurrentTenant) -> FileObject:
     """Upload a teacher, dataset or student initialisation (multipart: ``file``, ``purpose``), owned by the
     caller's tenant.
@@ -48,9 +50,12 @@ async def upload_file(request: Request, session: SessionDep, store: StoreDep, se
     storage quota (uploads + artifacts, bytes), decided from Content-Length before the body is read when it is
     declared, else as soon as the bytes received pass what is left; 422 ``invalid_file`` (unreadable or of
     another format), ``unsafe_checkpoint`` (a pickle that would construct or run code) or ``invalid_request``.
+
+    An upload whose content (sha256) and purpose match a file the tenant already has is answered 200 with that
+    file (header ``Stillhouse-Deduplicated: true``), stores nothing and uses no quota; a new file is 201.
     """
     tenant_name, quota, used = await run_in_threadpool(remaining_storage, session, tenant.id, settings)
-    left = max(0, quota - used)
+    left = max(0, quota - sum(used))
     tmp = store.temp_path()
     try:
         try:
@@ -60,19 +65,29 @@ async def upload_file(request: Request, session: SessionDep, store: StoreDep, se
                 raise quota_error(tenant_name, quota, used, None) from e
             raise
         purpose = service.check_purpose(received.fields.get("purpose"))
-        meta = await run_in_threadpool(service.inspect_upload, tmp, purpose)
-        row = await run_in_threadpool(service.store_file, session, store, received, purpose, meta, tenant.id)
+        row = await run_in_threadpool(service.existing_upload, session, tenant.id, received.sha256, purpose)
+        created = False
+        if row is None:
+            meta = await run_in_threadpool(service.inspect_upload, tmp, purpose)
+            row, created = await run_in_threadpool(service.store_file, session, store, received, purpose, meta, tenant.id)
     finally:
         tmp.unlink(missing_ok=True)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+        response.headers["Stillhouse-Deduplicated"] = "true"
     return FileObject.model_validate(row)
 
 
 @router.get("", response_model=Page[FileObject], responses=ERROR_RESPONSES)
 def list_files(session: SessionDep, tenant: CurrentTenant, limit: Limit = 100,
                after: Annotated[str | None, Query(description="Return files after this file id.")] = None,
-               purpose: Annotated[Purpose | None, Query(description="Only files of this purpose.")] = None) -> Page[FileObject]:
-    """List the tenant's uploaded files, newest first. 422 if ``after`` names none of them."""
-    rows, more = service.list_files(session, tenant.id, limit=limit, after=after, purpose=purpose)
+               purpose: Annotated[Purpose | None, Query(description="Only files of this purpose.")] = None,
+               sha256: Annotated[str | None, Query(pattern=r"^[0-9a-fA-F]{64}$",
+                                                   description="Only files with this content (hex SHA-256): lets a client "
+                                                               "skip uploading a file the tenant already has.")] = None) -> Page[FileObject]:
+    """List the tenant's uploaded files, newest first, optionally of one purpose or content (``sha256``). 422 if
+    ``after`` names none of them."""
+    rows, more = service.list_files(session, tenant.id, limit=limit, after=after, purpose=purpose, sha256=sha256)
     return Page[FileObject](data=[FileObject.model_validate(r) for r in rows], has_more=more)
 
 

@@ -48,15 +48,34 @@ def inspect_upload(path: Path, purpose: str) -> dict:
             "output_shape": info.output_shape, "details": info.details}
 
 
-def store_file(session: Session, store: ArtifactStore, received: ReceivedUpload, purpose: str, meta: dict, tenant_id: str) -> File:
+def find_same(session: Session, tenant_id: str, sha256: str, purpose: str) -> File | None:
+    """The tenant's oldest file with this content (sha256 hex) and purpose, or None."""
+    return session.scalars(select(File).where(File.tenant_id == tenant_id, File.sha256 == sha256, File.purpose == purpose)
+                           .order_by(File.created_at, File.id).limit(1)).first()
+
+
+def existing_upload(session: Session, tenant_id: str, sha256: str, purpose: str) -> File | None:
+    """The tenant's file with the content of an upload just received (same sha256 and purpose), read without a lock
+    before the upload is inspected (an inspection loads the model), or None. Ends the read transaction."""
+    row = find_same(session, tenant_id, sha256, purpose)
+    session.rollback()
+    return row
+
+
+def store_file(session: Session, store: ArtifactStore, received: ReceivedUpload, purpose: str, meta: dict,
+               tenant_id: str) -> tuple[File, bool]:
     """Move the validated temp file into the store under a server-generated key and commit its row, owned by
     ``tenant_id``.
 
+    Returns (row, created): when the tenant already has a file of the same content (sha256) and purpose, that file
+    is returned with ``created`` False and nothing new is kept. That decision and the storage quota are taken under
+    the tenant's lock, so concurrent uploads of one content make one file and concurrent uploads cannot pass the
+    quota together.
+
     The bytes are published first (a rename in a local store; a multipart upload to object storage, which may take a
-    while and so is done before any lock is taken), then the tenant's storage quota is checked again under the
-    tenant's lock (so concurrent uploads cannot pass it together) and the row committed. Raises PayloadTooLarge
-    (413 ``storage_quota_exceeded``), ServiceUnavailable (503 ``storage_unavailable``: the object store refused or
-    could not be reached). On any failure the published bytes are removed again, so no orphan is left.
+    while and so is done before any lock is taken). Raises PayloadTooLarge (413 ``storage_quota_exceeded``),
+    ServiceUnavailable (503 ``storage_unavailable``: the object store refused or could not be reached). On any
+    failure, and for a duplicate, the published bytes are removed again, so no orphan is left.
     The client's filename is kept only as metadata, already reduced by ``upload.safe_filename`` (base name,
     no control characters, at most 255 characters).
     """
@@ -71,14 +90,20 @@ def store_file(session: Session, store: ArtifactStore, received: ReceivedUpload,
     row = File(id=file_id, tenant_id=tenant_id, purpose=purpose, filename=filename, bytes=received.bytes, sha256=received.sha256,
                storage_key=key, **meta)
     try:
-        check_storage(session, lock_tenant(session, tenant_id), get_settings(), received.bytes)
+        tenant = lock_tenant(session, tenant_id)
+        same = find_same(session, tenant_id, received.sha256, purpose)
+        if same is not None:
+            session.commit()  # releases the lock
+            store.delete(key)
+            return same, False
+        check_storage(session, tenant, get_settings(), received.bytes)
         session.add(row)
         session.commit()
     except BaseException:
         session.rollback()
         store.delete(key)
         raise
-    return row
+    return row, True
 
 
 def get_file(session: Session, file_id: str, tenant_id: str) -> File:
@@ -89,12 +114,16 @@ def get_file(session: Session, file_id: str, tenant_id: str) -> File:
     return row
 
 
-def list_files(session: Session, tenant_id: str, *, limit: int, after: str | None, purpose: str | None) -> tuple[list[File], bool]:
-    """The tenant's files newest first, ``limit`` at most, starting after file ``after``; returns (rows, has_more).
-    Raises Unprocessable (422) when ``after`` is not one of the tenant's files."""
+def list_files(session: Session, tenant_id: str, *, limit: int, after: str | None, purpose: str | None,
+               sha256: str | None = None) -> tuple[list[File], bool]:
+    """The tenant's files newest first, ``limit`` at most, starting after file ``after``, optionally of one purpose and
+    content (``sha256`` hex, lower case); returns (rows, has_more). Raises Unprocessable (422) when ``after`` is not
+    one of the tenant's files."""
     q = select(File).where(File.tenant_id == tenant_id)
     if purpose:
         q = q.where(File.purpose == purpose)
+    if sha256:
+        q = q.where(File.sha256 == sha256.lower())
     anchor = session.get(File, after) if after else None
     if anchor is not None and anchor.tenant_id != tenant_id:
         anchor = None

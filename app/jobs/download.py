@@ -1,6 +1,7 @@
 """Artifact downloads: Starlette's ``FileResponse`` (streamed, Content-Length, single and multiple
-``Range``s -> 206) with the artifact's sha256 as ``ETag``, plus RFC 9110 handling of bad ranges:
-a syntactically invalid ``Range`` is ignored (200, whole file) and an unsatisfiable one gets 416 in
+``Range``s -> 206, ``HEAD`` without a body) with the artifact's sha256 as ``ETag``, plus RFC 9110 handling of
+conditional requests and bad ranges: ``If-None-Match`` naming the ETag (or ``*``) gets 304 Not Modified without
+a body; a syntactically invalid ``Range`` is ignored (200, whole file) and an unsatisfiable one gets 416 in
 the API's error shape with ``Content-Range: bytes */<size>``.
 
 From object storage (``StoreArtifactResponse``) the same response reads the object instead of a file: one ranged
@@ -18,7 +19,7 @@ from typing import AsyncIterator, BinaryIO
 
 import anyio
 from starlette.datastructures import Headers
-from starlette.responses import FileResponse
+from starlette.responses import FileResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from app.errors import error_json
@@ -44,16 +45,32 @@ def classify_range(value: str, size: int) -> str:
     return "ok" if satisfiable else "unsatisfiable"
 
 
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """True when an ``If-None-Match`` header value names ``etag`` (a quoted entity tag) or is ``*``. The comparison
+    is weak (RFC 9110 §13.1.2): ``W/"x"`` matches ``"x"``."""
+    value = if_none_match.strip()
+    if value == "*":
+        return True
+    bare = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == bare for tag in value.split(","))
+
+
 class ArtifactResponse(FileResponse):
-    """A ``FileResponse`` whose ``Range`` errors follow RFC 9110 and the API's error shape."""
+    """A ``FileResponse`` whose conditional requests and ``Range`` errors follow RFC 9110 and the API's error shape."""
 
     def __init__(self, path: Path, *, sha256: str, media_type: str, filename: str, stat_result: os.stat_result | None = None) -> None:
-        super().__init__(path, media_type=media_type, filename=filename, headers={"etag": f'"{sha256}"'},
+        self._etag = f'"{sha256}"'
+        super().__init__(path, media_type=media_type, filename=filename, headers={"etag": self._etag},
                          stat_result=stat_result or os.stat(path))
         self._size = self.stat_result.st_size
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        value = Headers(scope=scope).get("range")
+        headers = Headers(scope=scope)
+        inm = headers.get("if-none-match")
+        if inm is not None and etag_matches(inm, self._etag):  # the client's copy is current: no body (RFC 9110 §15.4.5)
+            await Response(status_code=304, headers={"etag": self._etag})(scope, receive, send)
+            return
+        value = headers.get("range")
         if value is not None:
             kind = classify_range(value, self._size)
             if kind == "unsatisfiable":

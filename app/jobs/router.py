@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, AsyncIterator, Literal
 
-from fastapi import APIRouter, Header, Path, Query, Response, status
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import CurrentTenant, SessionDep, SettingsDep, StoreDep
-from app.errors import ERROR_RESPONSES, ErrorResponse, ServiceUnavailable
+from app.errors import ERROR_RESPONSES, ErrorResponse, ServiceUnavailable, Unprocessable
 from app.jobs import service
 from app.jobs.download import ArtifactResponse, StoreArtifactResponse
+from app.jobs.stream import job_events
 from app.jobs.schemas import (
     ArtifactList,
     ArtifactObject,
     EventObject,
+    JobCreate,
+    JobDeleted,
     JobObject,
+    JobValidation,
     MetricObject,
     Status,
 )
 from app.pagination import Limit, Page
 from app.reports.service import job_report_html
 from distill.report import Report
-from distill.spec import JobSpec
 from stillhouse.storage import StoreError
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -41,44 +45,90 @@ def _artifact(job_id: str, a: Any) -> ArtifactObject:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobObject,
-             responses={409: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body"},
+             responses={200: {"model": JobValidation, "description": "dry_run=true: the spec is valid; nothing was created"},
+                        409: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body"},
                         429: {"model": ErrorResponse, "description": "The tenant's live-job limit is reached (see Retry-After)"},
                         503: {"model": ErrorResponse, "description": "Broker unreachable"}, **ERROR_RESPONSES})
-def create_job(spec: JobSpec, session: SessionDep, tenant: CurrentTenant, response: Response,
+def create_job(body: JobCreate, session: SessionDep, tenant: CurrentTenant, response: Response,
                idempotency_key: Annotated[str | None, Header(
                    alias="Idempotency-Key", min_length=1, max_length=255,
                    description="Any string up to 255 characters, unique per tenant. Repeating a request with the same key and "
                                "body returns the job the first one created (201, header Idempotent-Replayed: true) and starts "
-                               "nothing; the same key with another body gets 409 idempotency_key_reused.")] = None) -> JobObject:
-    """Create a distillation job from a spec, owned by the caller's tenant; it is queued and sent to a worker after
-    the commit.
+                               "nothing; the same key with another body gets 409 idempotency_key_reused.")] = None,
+               dry_run: Annotated[bool, Query(description="Only validate: answer 200 with a job.validation object, or the "
+                                                          "error a real creation would get; create and upload nothing.")] = False,
+               pending: Annotated[str | None, Query(
+                   description="With dry_run: comma-separated file roles (teacher, data.train, data.validation, data.transfer) "
+                               "whose files are not uploaded yet. Their file_id may be any placeholder ('file_pending'); the "
+                               "checks that need those files run at the real creation.", max_length=200)] = None) -> Any:
+    """Create a distillation job from a spec (plus optional ``metadata``), owned by the caller's tenant; it is queued
+    and sent to a worker after the commit.
 
     422 for an invalid spec (unknown fields, numbers out of range, missing, wrong-purpose or other tenants' files,
-    unknown architectures); 409 ``idempotency_key_reused``; 429 ``too_many_jobs`` when the tenant already has its
-    limit of live (queued, running, cancelling) jobs, with ``Retry-After`` in seconds; 503 ``broker_unavailable``
-    if the broker cannot be reached.
+    unknown architectures, metadata over its limits: 16 keys, 64/512 characters); 409 ``idempotency_key_reused``;
+    429 ``too_many_jobs`` when the tenant already has its limit of live (queued, running, cancelling) jobs, with
+    ``Retry-After`` in seconds; 503 ``broker_unavailable`` if the broker cannot be reached.
+
+    ``dry_run=true`` runs the same validation and answers 200 with a ``job.validation`` object without creating the
+    job (``stillhouse submit`` does this before uploading a spec's local files); ``pending`` names the files still to
+    be uploaded. Limits (live jobs, idempotency keys) are checked at the real creation only.
     """
-    job, replayed = service.create_job(session, spec, tenant.id, idempotency_key=idempotency_key)
+    spec = body.spec()
+    if dry_run:
+        roles = frozenset(r.strip() for r in pending.split(",") if r.strip()) if pending else frozenset()
+        service.dry_run(session, spec, tenant.id, pending=roles)
+        validation = JobValidation(spec=spec, metadata=body.metadata, pending=sorted(roles))
+        return JSONResponse(validation.model_dump(mode="json"), status_code=200)
+    job, replayed = service.create_job(session, spec, tenant.id, idempotency_key=idempotency_key, metadata=body.metadata)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return service.to_schema(job)
 
 
-@router.get("", response_model=Page[JobObject], responses=ERROR_RESPONSES)
-def list_jobs(session: SessionDep, tenant: CurrentTenant, limit: Limit = 20,
+def _metadata_filter(request: Request) -> dict[str, str]:
+    """``metadata[KEY]=VALUE`` query parameters as {KEY: VALUE}. Raises Unprocessable (422) for an empty or too long
+    key, a repeated key or too many of them."""
+    found: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if not (name.startswith("metadata[") and name.endswith("]")):
+            continue
+        key = name[len("metadata["):-1]
+        if not 1 <= len(key) <= 64 or key in found or len(found) >= 16:
+            raise Unprocessable(f"{name}: metadata filters need keys of 1-64 characters, each at most once, 16 at most",
+                                param=name)
+        found[key] = value
+    return found
+
+
+@router.get("", response_model=Page[JobObject], responses=ERROR_RESPONSES,
+            openapi_extra={"parameters": [{"name": "metadata[KEY]", "in": "query", "required": False, "schema": {"type": "string"},
+                                           "description": "Only jobs whose metadata KEY equals this value; repeat for several "
+                                                          "keys (all must match), e.g. ?metadata[dag]=nightly&metadata[run_id]=42."}]})
+def list_jobs(request: Request, session: SessionDep, tenant: CurrentTenant, limit: Limit = 20,
               after: Annotated[str | None, Query(description="Return jobs after this job id.")] = None,
               status: Annotated[Status | None, Query(description="Only jobs in this status.")] = None) -> Page[JobObject]:
-    """List the tenant's jobs, newest first. 422 if ``after`` names none of them."""
-    rows, more = service.list_jobs(session, tenant.id, limit=limit, after=after, status=status)
+    """List the tenant's jobs, newest first, optionally of one status and metadata (``metadata[KEY]=VALUE``, all must
+    match). 422 if ``after`` names none of them."""
+    rows, more = service.list_jobs(session, tenant.id, limit=limit, after=after, status=status, metadata=_metadata_filter(request))
     return Page[JobObject](data=[service.to_schema(j) for j in rows], has_more=more)
 
 
 @router.get("/{job_id}", response_model=JobObject, responses=ERROR_RESPONSES)
-async def get_job(job_id: JobId, tenant: CurrentTenant) -> JobObject:
-    """Read a job: status, phase, progress (epoch, step, fraction, eta), error, timings. 404 if the tenant has no such job.
+async def get_job(job_id: JobId, tenant: CurrentTenant) -> Response:
+    """Read a job: status, phase, progress (epoch, step, fraction, eta), error, timings, metadata. 404 if the tenant has
+    no such job.
 
-    The endpoint clients poll: one worker-thread hand-off per request (``service.job_status``)."""
-    return await run_in_threadpool(service.job_status, job_id, tenant.id)
+    The endpoint clients poll: one worker-thread hand-off per request and the JSON made there (``service.job_status``)."""
+    return Response(await run_in_threadpool(service.job_status, job_id, tenant.id), media_type="application/json")
+
+
+@router.delete("/{job_id}", response_model=JobDeleted, responses={**_409, **ERROR_RESPONSES})
+def delete_job(job_id: JobId, session: SessionDep, store: StoreDep, tenant: CurrentTenant) -> JobDeleted:
+    """Delete a finished job (succeeded, failed or cancelled) with its events, metrics, report and artifacts; its
+    artifacts' bytes no longer count against the tenant's storage quota (``freed_bytes``). The files it used stay
+    (delete them with DELETE /v1/files/{id}). 404 if the tenant has no such job; 409 ``job_not_finished`` while it is
+    queued, running or cancelling (cancel it first)."""
+    return JobDeleted(id=job_id, freed_bytes=service.delete_job(session, store, job_id, tenant.id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobObject, responses={**_409, **ERROR_RESPONSES})
@@ -94,6 +144,41 @@ def list_events(job_id: JobId, session: SessionDep, tenant: CurrentTenant, limit
     """A job's events (status and phase changes, resumes, errors), oldest first."""
     rows, more = service.list_events(session, job_id, tenant.id, after=after, limit=limit)
     return Page[EventObject](data=[EventObject.model_validate(r) for r in rows], has_more=more)
+
+
+def _stream_start(job_id: JobId, tenant: CurrentTenant, session: SessionDep,
+                  last_event_id: Annotated[str | None, Header(
+                      alias="Last-Event-ID", max_length=20,
+                      description="Resume after this event id (EventSource sends it when it reconnects).")] = None,
+                  after: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Only events with a larger id (as "
+                                                     "Last-Event-ID; the header wins when both are given).")] = None) -> int | None:
+    """Check the job is the tenant's (404 before any byte is streamed) and return the event id to resume after.
+    Raises Unprocessable (422) for a Last-Event-ID that is not an event id."""
+    service.get_job(session, job_id, tenant.id)
+    session.rollback()
+    if last_event_id is not None and last_event_id.strip():
+        if not last_event_id.strip().isdigit() or int(last_event_id) > MAX_ID:
+            raise Unprocessable(f"Last-Event-ID must be an event id (a whole number), got {last_event_id!r}", param="Last-Event-ID")
+        return int(last_event_id)
+    return after
+
+
+@router.get("/{job_id}/events/stream", response_class=EventSourceResponse, responses={
+    200: {"content": {"text/event-stream": {}}, "description": "Server-sent events: 'event' (a job event, with its id), 'job' "
+                                                               "(the job object when it changed), 'end' (the job finished)"},
+    **ERROR_RESPONSES})
+async def stream_events(job_id: JobId, tenant: CurrentTenant, settings: SettingsDep,
+                        after: Annotated[int | None, Depends(_stream_start)]) -> AsyncIterator[ServerSentEvent]:
+    """The job's events live, as server-sent events (``text/event-stream``), ending when the job ends.
+
+    ``event: event`` carries each event of ``GET /v1/jobs/{id}/events`` (with ``id:`` = its event id); ``event: job``
+    the job object (status, phase, progress, as ``GET /v1/jobs/{id}``) whenever it changed; ``event: end``
+    ``{"job_id", "status"}`` once the job finished, then the stream closes. Reconnect with ``Last-Event-ID`` (or
+    ``?after=``) to resume after the last event received; nothing is lost or repeated. New rows are looked for every
+    ``STILLHOUSE_EVENTS_POLL_INTERVAL_S`` seconds; an idle stream gets a ``: ping`` comment every 15 s. 404 if the
+    tenant has no such job; 422 for a malformed ``Last-Event-ID``."""
+    async for message in job_events(job_id, tenant.id, after, settings.events_poll_interval_s):
+        yield message
 
 
 @router.get("/{job_id}/metrics", response_model=Page[MetricObject], responses=ERROR_RESPONSES)
@@ -134,17 +219,25 @@ def list_artifacts(job_id: JobId, session: SessionDep, tenant: CurrentTenant) ->
     return ArtifactList(data=[_artifact(job_id, a) for a in service.list_artifacts(session, job_id, tenant.id)])
 
 
-@router.get("/{job_id}/artifacts/{name}", response_class=FileResponse,
-            responses={200: {"content": {"application/octet-stream": {}}, "description": "The artifact's bytes"},
-                       503: {"model": ErrorResponse, "description": "The artifact's bytes are not in this server's storage"},
-                       **ERROR_RESPONSES})
+_ARTIFACT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {}}, "description": "The artifact's bytes (HEAD: its headers only)"},
+    304: {"description": "Not modified: If-None-Match named the artifact's ETag (no body)"},
+    503: {"model": ErrorResponse, "description": "The artifact's bytes are not in this server's storage"},
+    **ERROR_RESPONSES}
+
+
+@router.head("/{job_id}/artifacts/{name}", response_class=FileResponse, responses=_ARTIFACT_RESPONSES,
+             operation_id="head_artifact", summary="Artifact headers (size, ETag) without the body")
+@router.get("/{job_id}/artifacts/{name}", response_class=FileResponse, responses=_ARTIFACT_RESPONSES)
 def download_artifact(job_id: JobId, name: Annotated[str, Path(description="Artifact name, e.g. student.safetensors.")],
                       session: SessionDep, store: StoreDep, settings: SettingsDep, tenant: CurrentTenant) -> FileResponse:
-    """Download an artifact, streamed, with Content-Length, ``ETag`` = its sha256, and ``Range`` support (206;
+    """Download an artifact, streamed, with Content-Length, ``ETag`` = its sha256 (quoted), and ``Range`` support (206;
     a malformed Range is ignored, an unsatisfiable one gets 416 ``range_not_satisfiable``), from the local directory
-    or streamed from object storage (ranged GETs, one chunk in memory at a time). 503 ``artifact_unavailable`` when
-    the row exists but its bytes are not in the store (API and workers not sharing ``STILLHOUSE_DATA_DIR``, or the
-    file removed by hand); 503 ``storage_unavailable`` when the object store cannot be reached."""
+    or streamed from object storage (ranged GETs, one chunk in memory at a time). ``HEAD`` answers the same headers
+    without the body; ``If-None-Match`` with the ETag (or ``*``) answers 304 Not Modified, no body. 503
+    ``artifact_unavailable`` when the row exists but its bytes are not in the store (API and workers not sharing
+    ``STILLHOUSE_DATA_DIR``, or the file removed by hand); 503 ``storage_unavailable`` when the object store cannot be
+    reached."""
     a = service.get_artifact(session, job_id, name, tenant.id)
     if store.is_local:
         path = store.local(a.storage_key)

@@ -3,13 +3,48 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from distill.spec import JobSpec
 
 Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+
+MAX_METADATA_KEYS = 16
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+Metadata = dict[MetadataKey, MetadataValue]
+METADATA_DESCRIPTION = ("Your own labels for the job, e.g. {\"dag\": \"nightly\", \"run_id\": \"42\"}: at most 16 keys of 1-64 "
+                        "characters, string values of at most 512 characters. Filter on them with GET /v1/jobs?metadata[KEY]=VALUE.")
+
+
+class JobCreate(JobSpec):
+    """The body of ``POST /v1/jobs``: a job spec plus optional ``metadata`` (kept with the job, not part of the spec)."""
+
+    metadata: Metadata = Field(default_factory=dict, description=METADATA_DESCRIPTION)
+
+    @field_validator("metadata")
+    @classmethod
+    def _at_most_16_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > MAX_METADATA_KEYS:
+            raise ValueError(f"at most {MAX_METADATA_KEYS} keys are allowed, got {len(v)}")
+        return v
+
+    def spec(self) -> JobSpec:
+        """The job spec alone (without ``metadata``), as the worker reads it."""
+        return JobSpec.model_construct(**{k: getattr(self, k) for k in JobSpec.model_fields},
+                                       _fields_set=self.model_fields_set - {"metadata"})
+
+
+class JobValidation(BaseModel):
+    """The answer to ``POST /v1/jobs?dry_run=true``: the spec is valid and nothing was created."""
+
+    object: Literal["job.validation"] = Field("job.validation", description="Always 'job.validation'.")
+    valid: Literal[True] = Field(True, description="Always true (an invalid spec gets the same 4xx error as a real creation).")
+    spec: JobSpec = Field(..., description="The validated spec, defaults filled in.")
+    metadata: Metadata = Field(default_factory=dict, description="The metadata the job would get.")
+    pending: list[str] = Field(default_factory=list, description="File roles not checked because their files are not uploaded yet.")
 
 
 class Progress(BaseModel):
@@ -84,6 +119,16 @@ class JobObject(BaseModel):
     registry: dict[str, RegistryExport] | None = Field(None, description="Model-registry exports by registry ('mlflow'), when "
                                                                          "the spec asks for one.")
     spec: JobSpec = Field(..., description="The validated spec, defaults filled in.")
+    metadata: Metadata = Field(default_factory=dict, description=METADATA_DESCRIPTION)
+
+
+class JobDeleted(BaseModel):
+    """Answer to ``DELETE /v1/jobs/{id}``."""
+
+    id: str = Field(..., description="The deleted job's id.")
+    object: Literal["job"] = Field("job", description="Always 'job'.")
+    deleted: bool = Field(True, description="Always true.")
+    freed_bytes: int = Field(..., description="Bytes of artifacts removed (no longer counted against the tenant's storage quota).")
 
 
 class EventObject(BaseModel):

@@ -7,23 +7,27 @@ import hashlib
 import json
 import logging
 from datetime import datetime
+from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import bindparam, select
+from pydantic_core import to_json
+from sqlalchemy import Row, bindparam, func, select
+from sqlalchemy import delete as sa_delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
 from app import model_checks
 from app.auth.limits import check_job_slot, lock_tenant
-from stillhouse.db import session_factory
+from stillhouse.db import get_engine
 from app.errors import Conflict, InternalError, NotFound, ServiceUnavailable, Unprocessable
 from stillhouse.jobs import states
-from app.jobs.schemas import JobError, JobObject, Progress, RegistryExport, Timings, Waiting
+from app.jobs.schemas import JobObject
 from stillhouse.models import Artifact, File, Job, JobEvent, JobFile, Metric, new_id, utcnow
 from app.pagination import newest_first, oldest_first
 from stillhouse.jobs.queue import enqueue_job, mark_sent, queue_for
 from stillhouse.jobs import workers
 from stillhouse.settings import get_settings
+from stillhouse.storage import ArtifactStore, StoreError
 from distill.errors import DistillError
 from distill.report import AnyReport, parse_report
 from distill.spec import JobSpec
@@ -48,18 +52,19 @@ BUILTIN_SHAPES = {"digits": [1, 8, 8], "mnist5k": [1, 28, 28]}
 
 
 def _known_shapes(files: dict[str, File], spec: JobSpec) -> tuple[list[int] | None, int | None]:
-    """Best guess, before the worker runs anything, of the per-sample input shape and the teacher's class count."""
-    teacher = files["teacher"]
-    arch = (teacher.details or {}).get("architecture") or {}
+    """Best guess, before the worker runs anything, of the per-sample input shape and the teacher's class count (the
+    teacher may be missing from ``files`` in a dry run, before it is uploaded)."""
+    teacher = files.get("teacher")
+    arch = ((teacher.details or {}).get("architecture") or {}) if teacher is not None else {}
     shape = (arch.get("kwargs") or {}).get("input_shape")
-    if shape is None and teacher.input_shape and all(isinstance(d, int) for d in teacher.input_shape[1:]):
+    if shape is None and teacher is not None and teacher.input_shape and all(isinstance(d, int) for d in teacher.input_shape[1:]):
         shape = teacher.input_shape[1:]
     if shape is None:
         shape = spec.data.input_shape or BUILTIN_SHAPES.get(spec.data.train.builtin or "")
     if shape is None and "data.train" in files:
         shape = (files["data.train"].details or {}).get("feature_shape")
     k = (arch.get("kwargs") or {}).get("num_classes")
-    if k is None and teacher.output_shape and isinstance(teacher.output_shape[-1], int):
+    if k is None and teacher is not None and teacher.output_shape and isinstance(teacher.output_shape[-1], int):
         k = teacher.output_shape[-1]
     return shape, k
 
@@ -146,7 +151,7 @@ def _check_task(spec: JobSpec, files: dict[str, File]) -> None:
     if task != "sentence_embedding" and method == "embedding":
         raise Unprocessable(f"method 'embedding' is for task sentence_embedding; task {task!r} uses a logit method (kd, hard_label, dkd) or, for tensor teachers, the feature methods", param="method.name")
     for role, ref in (("data.train", spec.data.train), ("data.transfer", spec.data.transfer)):
-        if ref is None:
+        if ref is None or (ref.file_id and role not in files):  # not uploaded yet (a dry run)
             continue
         is_text = ref.builtin == "rotten_tomatoes" if ref.builtin else (files[role].details or {}).get("kind") == "text"
         if is_text != text:
@@ -166,7 +171,10 @@ def _check_registry(spec: JobSpec) -> None:
                             param="registry.mlflow.tracking_uri", code="registry_not_allowed")
 
 
-def validate_references(session: Session, spec: JobSpec, tenant_id: str) -> dict[str, File]:
+FILE_ROLES = ("teacher", "data.train", "data.validation", "data.transfer")
+
+
+def validate_references(session: Session, spec: JobSpec, tenant_id: str, *, pending: frozenset[str] = frozenset()) -> dict[str, File]:
     """Check what the spec refers to, beyond pydantic's field checks.
 
     Files must exist, belong to ``tenant_id`` (another tenant's file gets the same ``file_not_found`` as an
@@ -174,23 +182,32 @@ def validate_references(session: Session, spec: JobSpec, tenant_id: str) -> dict
     weights-only teachers need an architecture (in the spec or in the file's metadata);
     architectures must be registered with valid kwargs; a CSV label column must exist; a transfer set must be
     unlabelled; a registry tracking URI must be one the operator allows. Raises Unprocessable (422).
-    Returns the referenced files by role.
+
+    ``pending`` (a dry run before uploading): roles among ``FILE_ROLES`` whose files are not uploaded yet; their
+    ``file_id`` is a placeholder, and the checks that need their file are left to the real creation.
+    Returns the referenced files by role (without the pending ones).
     """
     _check_registry(spec)
-    files: dict[str, File] = {"teacher": _check_file(session, spec.teacher.file_id, "teacher", "teacher", tenant_id)}
-    teacher = files["teacher"]
-    if spec.teacher.format != "auto" and spec.teacher.format != teacher.format:
+    files: dict[str, File] = {}
+    if "teacher" not in pending:
+        files["teacher"] = _check_file(session, spec.teacher.file_id, "teacher", "teacher", tenant_id)
+    teacher = files.get("teacher")
+    if teacher is not None and spec.teacher.format != "auto" and spec.teacher.format != teacher.format:
         raise Unprocessable(f"teacher.format is {spec.teacher.format!r} but the uploaded file is {teacher.format!r}",
                             param="teacher.format")
-    if teacher.format in _WEIGHTS_ONLY and spec.teacher.architecture is None and not teacher.details.get("architecture"):
+    if (teacher is not None and teacher.format in _WEIGHTS_ONLY and spec.teacher.architecture is None
+            and not teacher.details.get("architecture")):
         raise Unprocessable(f"teacher file {teacher.id} holds weights only ({teacher.format}); give teacher.architecture "
                             f"(one of {', '.join(model_checks.architecture_names())}) with its kwargs", param="teacher.architecture")
     for role, file_id in spec.file_ids().items():
-        if role != "teacher":
+        if role != "teacher" and role not in pending:
             files[role] = _check_file(session, file_id, role, "dataset", tenant_id)
-    _check_task(spec, files)
+    if teacher is not None:
+        _check_task(spec, files)
+    teacher_format = spec.teacher.format if spec.teacher.format != "auto" else (teacher.format if teacher is not None else None)
     try:
-        model_checks.check_method_supported(spec.method, spec.teacher.format if spec.teacher.format != "auto" else teacher.format)
+        if teacher_format is not None:
+            model_checks.check_method_supported(spec.method, teacher_format)
     except DistillError as e:
         raise Unprocessable(e.message, param=e.param or "method.name") from e
     for param, arch in (("teacher.architecture.name", spec.teacher.architecture), ("student.architecture.name", spec.student.architecture)):
@@ -217,10 +234,14 @@ def validate_references(session: Session, spec: JobSpec, tenant_id: str) -> dict
     return files
 
 
-def request_sha256(spec: JobSpec) -> str:
-    """sha256 hex of the validated spec's canonical JSON (defaults filled in, keys sorted, no whitespace): two
-    bodies that validate to the same spec have the same digest."""
-    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def request_sha256(spec: JobSpec, metadata: dict[str, str] | None = None) -> str:
+    """sha256 hex of the validated spec's canonical JSON (defaults filled in, keys sorted, no whitespace), with the
+    job's ``metadata`` when it has any: two bodies that validate to the same spec and metadata have the same digest
+    (and a body without metadata the digest it had before metadata existed)."""
+    body: Any = spec.model_dump(mode="json")
+    if metadata:
+        body = {"spec": body, "metadata": metadata}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -235,7 +256,21 @@ def _replay(session: Session, tenant_id: str, key: str, digest: str) -> Job | No
     return job
 
 
-def create_job(session: Session, spec: JobSpec, tenant_id: str, *, idempotency_key: str | None = None) -> tuple[Job, bool]:
+def dry_run(session: Session, spec: JobSpec, tenant_id: str, *, pending: frozenset[str] = frozenset()) -> None:
+    """Validate ``spec`` as ``create_job`` would (references, architectures, task), without creating anything or taking
+    the tenant's lock; ``pending`` roles are skipped (see ``validate_references``). Raises Unprocessable (422) for an
+    unknown pending role or any invalid reference."""
+    unknown = sorted(pending - set(FILE_ROLES))
+    if unknown:
+        raise Unprocessable(f"pending: unknown file role(s) {', '.join(unknown)}; use {', '.join(FILE_ROLES)}", param="pending")
+    try:
+        validate_references(session, spec, tenant_id, pending=pending)
+    finally:
+        session.rollback()
+
+
+def create_job(session: Session, spec: JobSpec, tenant_id: str, *, idempotency_key: str | None = None,
+               metadata: dict[str, str] | None = None) -> tuple[Job, bool]:
     """Create a queued job of ``tenant_id``, commit, then send its id to the workers and record the send
     (``enqueued_at``). Returns (job, replayed). A job committed but never sent (the process died in between) keeps
     ``enqueued_at`` NULL; the sweep (``stillhouse.jobs.sweep``) sends it.
@@ -245,12 +280,14 @@ def create_job(session: Session, spec: JobSpec, tenant_id: str, *, idempotency_k
     serialised by the tenant lock (and the unique constraint on (tenant_id, idempotency_key) as a last guard).
     The live-job limit is checked under the same lock, so concurrent creations cannot pass it together.
 
+    ``metadata``: the caller's string map, stored with the job (its limits are checked by ``JobCreate``).
+
     Raises Unprocessable (422) for bad references, Conflict (409 ``idempotency_key_reused``) for a key used with
     another body, TooManyRequests (429 ``too_many_jobs``) at the tenant's live-job limit, ServiceUnavailable (503)
     when the broker cannot be reached (the committed job is then marked failed with code ``broker_unavailable``,
     so nothing is left queued forever).
     """
-    digest = request_sha256(spec)
+    digest = request_sha256(spec, metadata)
     if idempotency_key is not None and (job := _replay(session, tenant_id, idempotency_key, digest)) is not None:
         return job, True
     files = validate_references(session, spec, tenant_id)
@@ -261,7 +298,8 @@ def create_job(session: Session, spec: JobSpec, tenant_id: str, *, idempotency_k
     check_job_slot(session, tenant, get_settings())
     spec_json = spec.model_dump(mode="json")
     job = Job(id=new_id("job"), tenant_id=tenant_id, name=spec.name, status=states.QUEUED, spec=spec_json,
-              attempt=0, idempotency_key=idempotency_key, request_sha256=digest, queue=queue_for(spec_json))
+              attempt=0, idempotency_key=idempotency_key, request_sha256=digest, queue=queue_for(spec_json),
+              job_metadata=dict(metadata or {}))
     try:
         session.add(job)
         session.flush()
@@ -300,33 +338,37 @@ def get_job(session: Session, job_id: str, tenant_id: str) -> Job:
     return job
 
 
-_STATUS_READ = (select(Job).options(defer(Job.report))
-                .where(Job.id == bindparam("job_id"), Job.tenant_id == bindparam("tenant_id")))  # built once, compiled once
+_VIEW_COLUMNS = [c for c in Job.__table__.columns if c.key != "report"]
+STATUS_READ = (select(*_VIEW_COLUMNS)
+                .where(Job.__table__.c.id == bindparam("job_id"), Job.__table__.c.tenant_id == bindparam("tenant_id")))  # compiled once
 
 
-def job_status(job_id: str, tenant_id: str) -> JobObject:
-    """The API view of tenant ``tenant_id``'s job ``job_id`` for ``GET /v1/jobs/{id}``, the endpoint clients poll; call it in a worker
-    thread. Opens its own session (so the request costs one thread hand-off, not three: a session dependency's
-    set-up and tear-down each take one) and reads with one autocommit SELECT (no BEGIN/ROLLBACK round trips)
-    that leaves out the ``report`` column (tens of KiB of JSON a status never shows). Raises NotFound (404), also for
-    another tenant's job.
+def job_status(job_id: str, tenant_id: str) -> bytes:
+    """The JSON body (a ``JobObject``) of tenant ``tenant_id``'s job ``job_id`` for ``GET /v1/jobs/{id}``, the endpoint
+    clients poll; call it in a worker thread. Raises NotFound (404), also for another tenant's job.
 
-    Measured with bench/load_status.py on PostgreSQL: together with one sessionmaker per engine and a thread pool
-    no larger than the connection pool, the API's CPU per status request fell from about 5 ms to about 1.5 ms."""
-    with session_factory()() as session:
-        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        job = session.scalars(_STATUS_READ, {"job_id": job_id, "tenant_id": tenant_id}).first()
-        if job is None:
-            raise NotFound(f"no job {job_id!r}", param="job_id")
-        return to_schema(job)
+    Kept light, each step measured (bench/load_status.py, bench/status_read.py): one autocommit SELECT on a pooled
+    connection (no session, no ORM identity map, no BEGIN/ROLLBACK round trips) that leaves out the ``report`` column
+    (tens of KiB of JSON a status never shows), and the row serialised straight to JSON by pydantic-core: the
+    stored spec was validated when the job was created, so it is not validated again (40 µs), and the endpoint
+    returns these bytes instead of a model FastAPI would validate once more. ``tests/api/test_status_read.py`` checks
+    the bytes equal the ``JobObject`` the other endpoints return."""
+    with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        row = conn.execute(STATUS_READ, {"job_id": job_id, "tenant_id": tenant_id}).first()
+    if row is None:
+        raise NotFound(f"no job {job_id!r}", param="job_id")
+    return to_json(job_view(row))
 
 
-def list_jobs(session: Session, tenant_id: str, *, limit: int, after: str | None, status: str | None) -> tuple[list[Job], bool]:
-    """The tenant's jobs newest first, optionally of one status; returns (rows, has_more). Raises Unprocessable (422)
-    when ``after`` is not one of the tenant's jobs."""
-    q = select(Job).where(Job.tenant_id == tenant_id)
+def list_jobs(session: Session, tenant_id: str, *, limit: int, after: str | None, status: str | None,
+              metadata: dict[str, str] | None = None) -> tuple[list[Job], bool]:
+    """The tenant's jobs newest first, optionally of one status and with every ``metadata`` key equal to its value;
+    returns (rows, has_more). Raises Unprocessable (422) when ``after`` is not one of the tenant's jobs."""
+    q = select(Job).options(defer(Job.report)).where(Job.tenant_id == tenant_id)
     if status:
         q = q.where(Job.status == status)
+    for key, value in (metadata or {}).items():
+        q = q.where(Job.job_metadata[key].as_string() == value)
     anchor = session.get(Job, after) if after else None
     if anchor is not None and anchor.tenant_id != tenant_id:
         anchor = None
@@ -356,33 +398,66 @@ def cancel_job(session: Session, job_id: str, tenant_id: str) -> Job:
     return get_job(session, job_id, tenant_id)
 
 
+def delete_job(session: Session, store: ArtifactStore, job_id: str, tenant_id: str) -> int:
+    """Delete one of the tenant's finished (succeeded, failed or cancelled) jobs: its row with its events, metrics,
+    file links and artifact rows, then its folder in the store (artifacts, and checkpoints a failure left). The
+    artifacts stop counting against the tenant's storage quota at the commit. The uploaded files it used are kept.
+    Returns the artifact bytes freed. Raises NotFound (404, also for another tenant's job), Conflict (409
+    ``job_not_finished``) while it is queued, running or cancelling."""
+    job = get_job(session, job_id, tenant_id)
+    freed = int(session.scalar(select(func.coalesce(func.sum(Artifact.bytes), 0)).where(Artifact.job_id == job_id)) or 0)
+    res = session.execute(sa_delete(Job).where(Job.id == job_id, Job.tenant_id == tenant_id, Job.status.in_(states.TERMINAL))
+                          .execution_options(synchronize_session=False))
+    if res.rowcount != 1:
+        session.rollback()
+        raise Conflict(f"job {job_id} is {job.status}; only finished jobs (succeeded, failed, cancelled) can be deleted: cancel it "
+                       "first (POST /v1/jobs/{id}/cancel) and delete it once it is cancelled", param="job_id", code="job_not_finished")
+    for model in (JobEvent, Metric, Artifact, JobFile):  # also where the database does not cascade (SQLite without foreign keys)
+        session.execute(sa_delete(model).where(model.job_id == job_id).execution_options(synchronize_session=False))
+    session.commit()
+    try:
+        store.delete(store.job_key(job_id))
+    except (OSError, StoreError):  # the rows are gone, so nothing counts these bytes; an operator can remove the folder
+        log.exception("job %s deleted but its folder could not be removed", job_id)
+    return freed
+
+
 def _seconds(a: datetime | None, b: datetime | None) -> float | None:
     return None if a is None or b is None else round((b - a).total_seconds(), 3)
 
 
-def _waiting(job: Job) -> Waiting | None:
-    if job.status != states.QUEUED:
+def _waiting(status: str, queue: str | None) -> dict[str, str] | None:
+    """While queued: ``{"code": "no_worker_for_queue", "message"}`` when no live worker consumes the job's queue (the
+    workers table, read at most every few seconds per process, see ``stillhouse.jobs.workers``), else None."""
+    if status != states.QUEUED:
         return None
-    reason = workers.waiting_reason(job.queue or get_settings().queue)
-    return Waiting(code="no_worker_for_queue", message=reason) if reason else None
+    reason = workers.waiting_reason(queue or get_settings().queue)
+    return {"code": "no_worker_for_queue", "message": reason} if reason else None
+
+
+def job_view(job: Any) -> dict[str, Any]:
+    """The API view of a job (a ``Job`` row or a Core row with its columns) as a plain dict in ``JobObject``'s field order,
+    the stored spec as stored."""
+    now = utcnow()
+    started, finished = job.started_at, job.finished_at
+    return {
+        "id": job.id, "object": "job", "name": job.name, "status": job.status, "phase": job.phase,
+        "progress": {"epoch": job.progress_epoch, "epochs": job.progress_epochs, "step": job.progress_step,
+                     "total_steps": job.progress_total_steps, "fraction": job.progress_fraction, "eta_s": job.progress_eta_s},
+        "error": {"code": job.error_code, "message": job.error_message or ""} if job.error_code else None,
+        "attempt": job.attempt, "handbacks": job.handbacks or 0,
+        "created_at": job.created_at, "updated_at": job.updated_at, "started_at": started, "finished_at": finished,
+        "timings": {"queued_s": _seconds(job.created_at, started or (None if finished else now)),
+                    "running_s": _seconds(started, finished or now) if started else None},
+        "queue": job.queue or get_settings().queue, "waiting": _waiting(job.status, job.queue),
+        "registry": dict(job.registry_export) if job.registry_export else None,
+        "spec": job.spec, "metadata": (job.metadata if isinstance(job, Row) else job.job_metadata) or {},
+    }
 
 
 def to_schema(job: Job) -> JobObject:
-    """The API view of a job row. A queued job's ``waiting`` comes from the workers table (read at most every few
-    seconds per process, see ``stillhouse.jobs.workers``)."""
-    now = utcnow()
-    return JobObject(
-        id=job.id, name=job.name, status=job.status, phase=job.phase, attempt=job.attempt, handbacks=job.handbacks or 0,
-        progress=Progress(epoch=job.progress_epoch, epochs=job.progress_epochs, step=job.progress_step,
-                          total_steps=job.progress_total_steps, fraction=job.progress_fraction, eta_s=job.progress_eta_s),
-        error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
-        created_at=job.created_at, updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
-        timings=Timings(queued_s=_seconds(job.created_at, job.started_at or (None if job.finished_at else now)),
-                        running_s=_seconds(job.started_at, job.finished_at or now) if job.started_at else None),
-        queue=job.queue or get_settings().queue, waiting=_waiting(job),
-        registry={k: RegistryExport(**v) for k, v in job.registry_export.items()} if job.registry_export else None,
-        spec=JobSpec.model_validate(job.spec),
-    )
+    """The API view of a job row, validated (the spec too)."""
+    return JobObject.model_validate(job_view(job))
 
 
 def list_events(session: Session, job_id: str, tenant_id: str, *, after: int | None, limit: int) -> tuple[list[JobEvent], bool]:

@@ -2,7 +2,7 @@
 its model-registry export), and the workers table (running workers and the queues they consume).
 
 Revision ID: 0005_platform
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-01 23:00:00
 
 """
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005_platform"
-down_revision: Union[str, Sequence[str], None] = "0003"
+down_revision: Union[str, Sequence[str], None] = "0004"
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 

@@ -16,6 +16,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from stillhouse.jobs.states import CANCELLED, CANCELLING
+from stillhouse.metrics import PhaseClock
 from stillhouse.models import Job, JobEvent, Metric, utcnow
 from distill.reporter import MetricRow
 
@@ -50,6 +51,7 @@ class SqlReporter:
         self._cancelled = False
         self._lost = False
         self.stop_reason: str | None = None
+        self.phase_clock = PhaseClock()  # stillhouse_job_phase_duration_seconds; the runner closes it at the job's end
 
     def _guard(self, session: Session, **values: Any) -> None:
         """First statement of every write: touch the job row while this owner holds it (sets ``values`` too)."""
@@ -79,6 +81,7 @@ class SqlReporter:
         with self.sessions.begin() as s:
             self._write(s, phase=phase)
             s.add(JobEvent(job_id=self.job_id, type="phase", message=f"phase -> {phase}", data={"phase": phase}))
+        self.phase_clock.switch(phase)
 
     def progress(self, *, epoch: int, epochs: int, step: int, total_steps: int, fraction: float, eta_s: float | None) -> None:
         """Buffer progress; written at most every ``interval_s`` seconds and at epoch ends. Raises ``LeaseLost``."""

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
+from stillhouse import metrics
 from stillhouse.db import session_factory
 from stillhouse.jobs import leases, states
 from stillhouse.jobs.queue import enqueue_job, mark_sent
@@ -275,6 +276,7 @@ def execute(job_id: str, settings: Settings | None = None) -> str | None:
         return None
     finally:
         mirror.stop()
+        reporter.phase_clock.close()
         lease.stop()
 
 
@@ -297,6 +299,7 @@ def _succeed(sessions, store: ArtifactStore, job_id: str, owner: str, attempt: i
             s.add_all(rows)
     if ok:
         _drop_workdir(store, job_id)
+        metrics.observe_job(states.SUCCEEDED, lease.runtime_s(), result.report)
         if spec.registry is not None:
             _export_registry(sessions, store, job_id, spec, result.report, rows)
         return states.SUCCEEDED
@@ -340,6 +343,7 @@ def _cancelled(sessions, store: ArtifactStore, job_id: str, owner: str, lease: L
     if not ok:
         raise LeaseLost(job_id)
     _drop_workdir(store, job_id)
+    metrics.observe_job(states.CANCELLED, lease.runtime_s())
     return states.CANCELLED
 
 
@@ -357,6 +361,7 @@ def _fail(sessions, store: ArtifactStore, job_id: str, owner: str, lease: Lease,
     if not ok:
         raise LeaseLost(job_id)
     _drop_workdir(store, job_id)
+    metrics.observe_job(states.FAILED, lease.runtime_s())
     return states.FAILED
 
 

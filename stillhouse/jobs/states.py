@@ -12,6 +12,7 @@ from sqlalchemy import ColumnElement, update
 from sqlalchemy.orm import Session
 
 from stillhouse.models import Job, JobEvent, utcnow
+from stillhouse.webhooks import outbox
 
 QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -41,7 +42,8 @@ def transition(session: Session, job_id: str, to: str, *, only_from: set[str] | 
 
     ``only_from`` narrows the allowed source states further (never widens them). ``holder``: only while that
     process holds the job's lease (``stillhouse.jobs.leases``); ``where``: further SQL conditions, all in the same
-    compare-and-set. Terminal states also set ``finished_at`` and clear the lease. Adds a ``status`` event with
+    compare-and-set. Terminal states also set ``finished_at`` and clear the lease, and add the tenant's webhook
+    deliveries (``job.succeeded|failed|cancelled``) to the same transaction. Adds a ``status`` event with
     message ``event`` (default "status -> <to>"). Returns False (and changes nothing) when the current status (or
     a condition) forbids the move. Does not commit. Raises ValueError for an unknown state.
     """
@@ -64,4 +66,6 @@ def transition(session: Session, job_id: str, to: str, *, only_from: set[str] | 
     if res.rowcount != 1:
         return False
     session.add(JobEvent(job_id=job_id, type="status", message=event or f"status -> {to}", data={"status": to, **(data or {})}))
+    if to in TERMINAL:
+        outbox.job_finished(session, job_id, to)
     return True

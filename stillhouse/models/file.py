@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, String
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from stillhouse.models.base import Base, UTCDateTime, utcnow
@@ -13,9 +13,11 @@ from stillhouse.models.tenant import DEFAULT_TENANT
 
 
 class File(Base):
-    """One stored upload. ``storage_key`` is server-generated; ``filename`` is the client's name, metadata only."""
+    """One stored upload. ``storage_key`` is server-generated; ``filename`` is the client's name, metadata only.
+    (tenant_id, sha256) is indexed: an upload of content the tenant already has returns the existing file."""
 
     __tablename__ = "files"
+    __table_args__ = (Index("ix_files_tenant_id_sha256", "tenant_id", "sha256"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True, default=DEFAULT_TENANT)

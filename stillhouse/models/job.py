@@ -22,7 +22,8 @@ class Job(Base):
     heartbeat, checked against ``training.max_runtime_s``). ``idempotency_key`` + ``request_sha256``: the ``Idempotency-Key`` of the
     creating request and the sha256 of its body (unique per tenant). ``queue``: the Celery queue its messages go to
     (``cpu`` or ``gpu``, from ``training.device``). ``registry_export``: the model-registry export's outcome
-    (``{"mlflow": {"status": "pending"|"registered"|"failed", ...}}``), when the spec asks for one.
+    (``{"mlflow": {"status": "pending"|"registered"|"failed", ...}}``), when the spec asks for one. ``job_metadata`` (column ``metadata``): the
+    caller's string map (at most 16 keys of ≤ 64 characters, values ≤ 512 characters), filterable in ``GET /v1/jobs``.
     """
 
     __tablename__ = "jobs"
@@ -58,6 +59,7 @@ class Job(Base):
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     queue: Mapped[str | None] = mapped_column(String(64), nullable=True)
     registry_export: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    job_metadata: Mapped[dict[str, str]] = mapped_column("metadata", JSON, default=dict)
 
 
 class JobFile(Base):

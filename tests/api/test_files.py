@@ -168,7 +168,8 @@ async def test_client_filename_is_never_a_path(api, backend, tmp_path, name):
 
 
 async def test_list_paginates_and_delete(api, tmp_path):
-    ids = [(await upload(api, mk.npz_file(tmp_path, name=f"d{i}.npz"), purpose="dataset")).json()["id"] for i in range(3)]
+    # three different contents (the same content twice would be the same file)
+    ids = [(await upload(api, mk.npz_file(tmp_path, n=40 + i, name=f"d{i}.npz"), purpose="dataset")).json()["id"] for i in range(3)]
     page = (await api.get("/v1/files", params={"limit": 2})).json()
     assert page["object"] == "list" and page["has_more"] is True
     assert [f["id"] for f in page["data"]] == ids[::-1][:2]

@@ -99,7 +99,7 @@ async def test_upload_over_quota_without_content_length_stops_mid_stream(api, ba
     consumed = []
     resp = await api.post("/v1/files", content=mk.streamed_upload(100, 1_000, consumed), headers={**h, "content-type": mk.STREAM_CTYPE})
     err = assert_error(resp, 413, "storage_quota_exceeded")
-    assert f"{small.stat().st_size} bytes are used" in err["message"] and f"{left} left" in err["message"]
+    assert f"{small.stat().st_size} bytes are used by its files" in err["message"] and f"{left} left" in err["message"]
     assert left // 1000 <= len(consumed) < 100  # read up to the quota, not to the end
     assert [p.parent.name for p in stored_files(backend)] == ["files"]  # the first upload only; no temp file left
 
@@ -118,21 +118,22 @@ async def test_artifacts_count_toward_storage(api, backend, tmp_path):
     with session_scope() as s:  # as the worker publishes a student
         s.add(Artifact(job_id=job, name="student.safetensors", bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest(),
                        content_type="application/octet-stream", storage_key=f"jobs/{job}/artifacts/student.safetensors"))
-    err = assert_error(await _upload(api, model, h), 413, "storage_quota_exceeded")
-    assert f"{2 * size - 50} bytes are used" in err["message"]
+    err = assert_error(await _upload(api, mk.safetensors_file(tmp_path, seed=1), h), 413, "storage_quota_exceeded")
+    assert f"{size} bytes are used by its files and {size - 50} by its jobs' artifacts" in err["message"]
+    assert "DELETE /v1/jobs/{id}" in err["message"] and "DELETE /v1/files/{id}" in err["message"]
     assert (await api.get("/v1/files", headers=h)).json()["data"][0]["id"] == teacher and len(stored_files(backend)) == 1
 
 
 async def test_concurrent_uploads_cannot_pass_the_quota_together(api, backend, tmp_path, monkeypatch):
     """Each of 4 simultaneous uploads fits what is left, all four do not: the final check under the tenant lock
     lets exactly as many through as fit, and removes the others' bytes."""
-    model = mk.safetensors_file(tmp_path)
-    size = model.stat().st_size
+    models = [mk.safetensors_file(tmp_path, seed=i) for i in range(4)]  # four contents of one size
+    size = models[0].stat().st_size
+    assert {m.stat().st_size for m in models} == {size}
     _, key = make_tenant("acme", max_storage_bytes=2 * size + size // 2)
     h = bearer(key)
-    data = model.read_bytes()
-    responses = await asyncio.gather(*(api.post("/v1/files", files={"file": (f"m{i}.safetensors", data)}, data={"purpose": "teacher"},
-                                                headers=h) for i in range(4)))
+    responses = await asyncio.gather(*(api.post("/v1/files", files={"file": (m.name, m.read_bytes())}, data={"purpose": "teacher"},
+                                                headers=h) for m in models))
     codes = sorted(r.status_code for r in responses)
     assert codes == [201, 201, 413, 413], [r.text for r in responses]
     assert {r.json()["error"]["code"] for r in responses if r.status_code == 413} == {"storage_quota_exceeded"}

@@ -177,12 +177,58 @@ async def _compare(api, w: World) -> None:
         assert (await api.get("/v1/reports", params={"job_ids": w.done, **params}, headers=w.a)).status_code == 200
 
 
+async def _head_artifact(api, w: World) -> None:
+    """HEAD has no body to compare: as B, A's artifact answers exactly like an unknown one (404, same headers but the
+    request id); as A, 200 with the ETag and size and no body."""
+    path = "/v1/jobs/{job_id}/artifacts/student.json"
+    theirs = await api.head(_fill(path, {"job_id": w.done}), headers=w.b)
+    unknown = await api.head(_fill(path, UNKNOWN), headers=w.b)
+    assert theirs.status_code == unknown.status_code == 404 and theirs.content == unknown.content == b""
+    assert theirs.headers.get("content-type") == unknown.headers.get("content-type")
+    ok = await api.head(_fill(path, {"job_id": w.done}), headers=w.a)
+    payload = b'{"student": "weights"}'
+    assert ok.status_code == 200 and ok.content == b"" and ok.headers["content-length"] == str(len(payload))
+    assert ok.headers["etag"] == f'"{hashlib.sha256(payload).hexdigest()}"'
+
+
+async def _webhook_route(api, w: World, method: str, path: str) -> None:
+    """A webhook route with an endpoint id: as B, A's endpoint answers exactly like an unknown one (with a valid body
+    where the route takes one), and is left unchanged; as A the same request succeeds."""
+    created = await api.post("/v1/webhooks", json={"url": "https://93.184.216.34/hook"}, headers=w.a)
+    assert created.status_code == 201, created.text
+    mine = created.json()["id"]
+    unknown_id = "whep_000000000000000000000000"
+    body = {"PATCH": {"description": "changed"}, "POST": {}}.get(method)
+    kw = {"json": body} if body is not None else {}
+    theirs = await api.request(method, path.replace("{endpoint_id}", mine), headers=w.b, **kw)
+    unknown = await api.request(method, path.replace("{endpoint_id}", unknown_id), headers=w.b, **kw)
+    _same_404(theirs, unknown, {unknown_id: mine})
+    after = (await api.get(f"/v1/webhooks/{mine}", headers=w.a)).json()
+    assert after["description"] is None and after["updated_at"] == created.json()["updated_at"]
+    ok = await api.request(method, path.replace("{endpoint_id}", mine), headers=w.a, **kw)
+    assert ok.status_code in (200, 202), (path, ok.text)
+
+
+async def _list_webhooks(api, w: World) -> None:
+    mine = (await api.post("/v1/webhooks", json={"url": "https://93.184.216.34/a"}, headers=w.a)).json()["id"]
+    assert (await api.get("/v1/webhooks", headers=w.b)).json()["data"] == []
+    assert [e["id"] for e in (await api.get("/v1/webhooks", headers=w.a)).json()["data"]] == [mine]
+    theirs = await api.get("/v1/webhooks", params={"after": mine}, headers=w.b)
+    assert_error(theirs, 422)
+
+
+async def _create_webhook(api, w: World) -> None:
+    made = await api.post("/v1/webhooks", json={"url": "https://93.184.216.34/b"}, headers=w.b)
+    assert made.status_code == 201
+    assert_error(await api.get(f"/v1/webhooks/{made.json()['id']}", headers=w.a), 404, "not_found")
+
+
 async def _unscoped(api, path: str) -> None:
     assert (await api.get(path)).status_code == 200
 
 
 ROUTES = {
-    ("GET", "/healthz"): "unscoped", ("GET", "/readyz"): "unscoped",
+    ("GET", "/healthz"): "unscoped", ("GET", "/readyz"): "unscoped", ("GET", "/metrics"): "unscoped",
     ("GET", "/v1/files"): _list_files, ("POST", "/v1/files"): _upload_file,
     ("GET", "/v1/jobs"): _list_jobs, ("POST", "/v1/jobs"): _create_job,
     ("GET", "/v1/reports"): _compare,
@@ -190,7 +236,12 @@ ROUTES = {
     ("GET", "/v1/jobs/{job_id}"): "path", ("POST", "/v1/jobs/{job_id}/cancel"): "path", ("GET", "/v1/jobs/{job_id}/events"): "path",
     ("GET", "/v1/jobs/{job_id}/metrics"): "path", ("GET", "/v1/jobs/{job_id}/report"): "path",
     ("GET", "/v1/jobs/{job_id}/report.html"): "path", ("GET", "/v1/jobs/{job_id}/artifacts"): "path",
-    ("GET", "/v1/jobs/{job_id}/artifacts/{name}"): "path",
+    ("GET", "/v1/jobs/{job_id}/artifacts/{name}"): "path", ("HEAD", "/v1/jobs/{job_id}/artifacts/{name}"): _head_artifact,
+    ("DELETE", "/v1/jobs/{job_id}"): "path", ("GET", "/v1/jobs/{job_id}/events/stream"): "path",
+    ("GET", "/v1/webhooks"): _list_webhooks, ("POST", "/v1/webhooks"): _create_webhook,
+    **{(m, p): "webhook" for m, p in (("GET", "/v1/webhooks/{endpoint_id}"), ("PATCH", "/v1/webhooks/{endpoint_id}"),
+                                      ("DELETE", "/v1/webhooks/{endpoint_id}"), ("POST", "/v1/webhooks/{endpoint_id}/rotate-secret"),
+                                      ("POST", "/v1/webhooks/{endpoint_id}/test"), ("GET", "/v1/webhooks/{endpoint_id}/deliveries"))},
 }
 
 
@@ -205,6 +256,8 @@ async def test_route_is_tenant_scoped(api, world, tmp_path, method, path):
         await _unscoped(api, path)
     elif case == "path":
         await _path_route(api, world, method, path)
+    elif case == "webhook":
+        await _webhook_route(api, world, method, path)
     elif case is _upload_file:
         await _upload_file(api, world, tmp_path)
     else:

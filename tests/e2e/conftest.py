@@ -38,10 +38,13 @@ class Live:
         return self.logs[name].read_text(errors="replace")[-4000:]
 
 
-def start(backend: Backend, log_dir: Path, *, worker: bool = True) -> Live:
+def start(backend: Backend, log_dir: Path, *, worker: bool = True, env: dict[str, str] | None = None) -> Live:
+    """API (and, with ``worker``, one worker) on ``backend``, with ``env`` added to their environment (e.g.
+    ``STILLHOUSE_WEBHOOK_ALLOW_PRIVATE_TARGETS=true`` for a receiver on loopback)."""
     port = free_port()
+    extra = env or {}
     env = {**os.environ, **backend.env(), "STILLHOUSE_PORT": str(port), "STILLHOUSE_TORCH_THREADS": "1",
-           "STILLHOUSE_PROGRESS_INTERVAL_S": "0.2"}
+           "STILLHOUSE_PROGRESS_INTERVAL_S": "0.2", **extra}
     if backend.database_url is None:
         env.pop("STILLHOUSE_DATABASE_URL", None)
     cmds = {"api": [sys.executable, "-m", "app", "serve"]}

@@ -191,3 +191,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "Not found"},
     422: {"model": ErrorResponse, "description": "Invalid request"},
 }
+
+
+def json_error_responses(responses: dict[int | str, dict[str, Any]] = ERROR_RESPONSES) -> dict[int | str, dict[str, Any]]:
+    """``responses`` documented as ``application/json`` whatever the route's own media type: FastAPI puts an additional
+    response's ``model`` under the route's response class's media type, which for a ``text/event-stream`` route would
+    document its JSON errors as event streams."""
+    ref = {"$ref": "#/components/schemas/ErrorResponse"}
+    return {code: {"description": r["description"], "content": {"application/json": {"schema": ref}}} for code, r in responses.items()}

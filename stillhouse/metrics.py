@@ -133,9 +133,21 @@ class DatabaseCollector:
         yield GaugeMetricFamily("stillhouse_queue_oldest_age_seconds", "Seconds the oldest queued job has waited (0: none).", value=age)
 
 
+class _OwnFamilies:
+    """The ``stillhouse_*`` families of another collector. Libraries a worker or the API imports (MLflow's client, for
+    one) create Prometheus metrics of their own, and in multiprocess mode those land in ``METRICS_DIR`` too; they are
+    not this service's to publish."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def collect(self):
+        return (fam for fam in self.inner.collect() if fam.name.startswith("stillhouse_"))
+
+
 def exposition(read_database) -> bytes:
-    """The text exposition of all processes' metrics in ``METRICS_DIR`` plus the database gauges."""
+    """The text exposition of all processes' ``stillhouse_*`` metrics in ``METRICS_DIR`` plus the database gauges."""
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=str(METRICS_DIR))
+    registry.register(_OwnFamilies(multiprocess.MultiProcessCollector(None, path=str(METRICS_DIR))))
     registry.register(DatabaseCollector(read_database))
     return generate_latest(registry)

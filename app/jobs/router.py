@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import CurrentTenant, SessionDep, SettingsDep, StoreDep
-from app.errors import ERROR_RESPONSES, ErrorResponse, ServiceUnavailable, Unprocessable
+from app.errors import ERROR_RESPONSES, ErrorResponse, ServiceUnavailable, Unprocessable, json_error_responses
 from app.jobs import service
 from app.jobs.download import ArtifactResponse, StoreArtifactResponse
 from app.jobs.stream import job_events
@@ -166,7 +166,7 @@ def _stream_start(job_id: JobId, tenant: CurrentTenant, session: SessionDep,
 @router.get("/{job_id}/events/stream", response_class=EventSourceResponse, responses={
     200: {"content": {"text/event-stream": {}}, "description": "Server-sent events: 'event' (a job event, with its id), 'job' "
                                                                "(the job object when it changed), 'end' (the job finished)"},
-    **ERROR_RESPONSES})
+    **json_error_responses()})
 async def stream_events(job_id: JobId, tenant: CurrentTenant, settings: SettingsDep,
                         after: Annotated[int | None, Depends(_stream_start)]) -> AsyncIterator[ServerSentEvent]:
     """The job's events live, as server-sent events (``text/event-stream``), ending when the job ends.

@@ -150,7 +150,7 @@ def test_cancel_and_resume(tiny_encoder_dir, reviews, tmp_path):
     steps_per_epoch = -(-225 // 16)
     with pytest.raises(StopRequested):
         run_text_job(s, tiny_encoder_dir, 1000, files(reviews), wd, RecordingReporter(stop_after_steps=steps_per_epoch + 3))
-    assert not (wd / "artifacts").exists() and (wd / "checkpoint.pt").exists()
+    assert not (wd / "artifacts").exists() and list(wd.glob("checkpoint-epoch1-*.pt"))
     rep = RecordingReporter()
     r = run_text_job(s, tiny_encoder_dir, 1000, files(reviews), wd, rep).report
     assert r["training"]["resumed_from_epoch"] == 1 and [e[0] for e in rep.events].count("resumed") == 1

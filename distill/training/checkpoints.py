@@ -223,6 +223,13 @@ class CheckpointStore:
             with contextlib.suppress(FileNotFoundError):
                 f.path.unlink()
 
+    def remove_all(self) -> None:
+        """Delete every checkpoint of this pass (they belong to another spec and would shadow this run's)."""
+        self.wait()
+        for f in self.files():
+            with contextlib.suppress(FileNotFoundError):
+                f.path.unlink()
+
     def clear_temporary(self) -> None:
         """Remove ``*.tmp`` files a killed writer of this pass left behind."""
         if self.folder.is_dir():

@@ -169,11 +169,12 @@ class Trainer:
         (deadline passed between steps), ``DistillError('non_finite_loss')`` (a NaN/inf loss, seen at the next log point
         or epoch end, or non-finite weights at an epoch end) and ``OSError`` (a checkpoint could not be written).
         """
-        start_epoch, partial, resumed = self._resume()
-        self.store.clear_temporary()
-        self.run_start, self.start_step = time.perf_counter(), self.step
+        self.run_start, self.start_step = time.perf_counter(), 0
         self.progress_every = max(1, self.spe // 20)
         try:
+            start_epoch, partial, resumed = self._resume()
+            self.store.clear_temporary()
+            self.run_start, self.start_step = time.perf_counter(), self.step
             for epoch in range(start_epoch, self.training.epochs + 1):
                 ep = self._begin_epoch(epoch, partial if partial is not None and int(partial["epoch"]) == epoch else None)
                 partial = None
@@ -202,7 +203,9 @@ class Trainer:
         ckpt = self.store.load_latest(rep)
         if ckpt is not None and (ckpt.get("version") not in (CHECKPOINT_VERSION, PARTIAL_CHECKPOINT_VERSION)
                                  or ckpt.get("fingerprint") != self.fingerprint):
-            rep.event("checkpoint_ignored", "found a checkpoint of a different job spec; starting from scratch", None)
+            rep.event("checkpoint_ignored", "found a checkpoint of a different job spec; starting from scratch (its files are "
+                      "removed)", None)
+            self.store.remove_all()
             ckpt = None
         if ckpt is None:
             rep.discard_metrics_after(0, self.own_splits)

@@ -169,9 +169,9 @@ class SequenceClassification(_TextAdapter):
         """The training labels of rows ``index``."""
         return self.labels[index.to(self.device)]
 
-    def predictions(self, student_out: Any) -> torch.Tensor:
-        """The student's argmax class per text."""
-        return torch.argmax(student_out["logits"], dim=1)
+    def predict_into(self, student_out: Any, out: torch.Tensor) -> None:
+        """The student's argmax class per text. (argmax), into ``out``."""
+        torch.argmax(student_out["logits"], dim=1, out=out)
 
     def evaluate(self, epoch: int) -> list[tuple[str, str, float]]:
         """Agreement with the teacher's argmax and (with labels) top-1 on the validation texts."""

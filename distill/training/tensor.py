@@ -173,9 +173,9 @@ class TensorClassification(TaskAdapter):
         """``train_y[index]``."""
         return self.y[index]
 
-    def predictions(self, student_out: Any) -> torch.Tensor:
-        """The student's argmax class per row."""
-        return torch.argmax(student_out["logits"], dim=1)
+    def predict_into(self, student_out: Any, out: torch.Tensor) -> None:
+        """The student's argmax class per row. (argmax), into ``out``."""
+        torch.argmax(student_out["logits"], dim=1, out=out)
 
     def evaluate(self, epoch: int) -> list[tuple[str, str, float]]:
         """Validation top-1 (when labelled) and agreement with the teacher's argmax."""

@@ -76,9 +76,9 @@ class TaskAdapter(ABC):
         """Labels ``[B]`` int64 (-1 = unlabelled) of rows ``index`` for train top-1, or None (no predictions)."""
         return None
 
-    def predictions(self, student_out: Any) -> torch.Tensor | None:
-        """Predicted classes ``[B]`` int64 from ``student_out`` (when ``train_labels`` gives labels)."""
-        return None
+    def predict_into(self, student_out: Any, out: torch.Tensor) -> None:
+        """Write the predicted classes of the batch into ``out [B]`` (int64; called when ``train_labels`` gives labels)."""
+        raise NotImplementedError
 
     @abstractmethod
     def evaluate(self, epoch: int) -> list[tuple[str, str, float]]:
@@ -284,7 +284,7 @@ class Trainer:
         with torch.no_grad():
             ep.log_acc.add_(torch.stack([*values, total]))
             if ep.preds is not None:
-                ep.preds[ep.offsets[i]:ep.offsets[i + 1]].copy_(a.predictions(s_out))
+                a.predict_into(s_out, ep.preds[ep.offsets[i]:ep.offsets[i + 1]])
         last = i == self.spe - 1
         if self.step % self.training.log_every_steps == 0 or last:
             means = (ep.log_acc / ep.log_count).tolist()

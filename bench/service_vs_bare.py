@@ -73,6 +73,23 @@ def service_layout(teacher_path: Path) -> str:
     return "channels_last" if teacher.use_channels_last(torch.as_tensor(x[tr][:BATCH])) else "contiguous"
 
 
+def bare_step(student: torch.nn.Module, teacher: torch.nn.Module, opt: torch.optim.Optimizer, sched: object, xb: torch.Tensor,
+              yb: torch.Tensor, layout: torch.memory_format) -> None:
+    """One bare KD step on the batch ``xb [B, 1, 28, 28]`` / ``yb [B]``: the teacher's logits (no grad, input in
+    ``layout``), ``alpha·T² · KL(batchmean) + (1 − alpha) · CE`` in the service's order of operations, backward,
+    optimizer and scheduler step."""
+    with torch.inference_mode():
+        tl = teacher(xb.contiguous(memory_format=layout))
+    tl = tl.clone()
+    sl = student(xb)
+    kl = F.kl_div(F.log_softmax(sl / T, 1), F.log_softmax(tl / T, 1), log_target=True, reduction="batchmean")
+    loss = ALPHA * (T * T) * kl + (1 - ALPHA) * F.cross_entropy(sl, yb)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+
+
 def bare(teacher_path: Path, epochs: int, layout: str = "channels_last") -> tuple[float, float, float]:
     """The bare loop with the teacher in ``layout`` ('channels_last' or 'contiguous'): returns (wall seconds, CPU seconds
     of this process, student validation top-1)."""
@@ -104,23 +121,13 @@ def bare(teacher_path: Path, epochs: int, layout: str = "channels_last") -> tupl
     spe = math.ceil(n / BATCH)
     total = epochs * spe
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    kd_weight, ce_weight = ALPHA * (T * T), 1 - ALPHA
     for epoch in range(1, epochs + 1):
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(SEED, epoch)))
         student.train()
         for i in range(spe):
             idx = perm[i * BATCH:(i + 1) * BATCH]
             xb, yb = xt[idx], yt[idx]
-            with torch.inference_mode():
-                tl = teacher(xb.contiguous(memory_format=fmt))
-            tl = tl.clone()
-            sl = student(xb)
-            kl = F.kl_div(F.log_softmax(sl / T, 1), F.log_softmax(tl / T, 1), log_target=True, reduction="batchmean")
-            loss = kd_weight * kl + ce_weight * F.cross_entropy(sl, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            bare_step(student, teacher, opt, sched, xb, yb, fmt)
         student.eval()
         with torch.inference_mode():
             acc = (student(xv).argmax(1) == yv).float().mean().item()

@@ -21,13 +21,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: the checkout's packages, not an installed copy
     sys.path.insert(0, str(ROOT))
 
-from bench.service_vs_bare import ALPHA, BATCH, LR, OUT, SEED, STUDENT_ARCH, T, job_spec, make_teacher  # noqa: E402
+from bench.service_vs_bare import BATCH, LR, OUT, SEED, STUDENT_ARCH, bare_step, job_spec, make_teacher  # noqa: E402
 from distill.data import load_data  # noqa: E402
 from distill.methods import build_method  # noqa: E402
 from distill.models import build  # noqa: E402
@@ -63,7 +62,6 @@ def main() -> None:
     opt = torch.optim.AdamW(bare.parameters(), lr=LR, weight_decay=0.0)
     total = args.epochs * trainer.spe
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    kd_weight, ce_weight = ALPHA * (T * T), 1 - ALPHA
     ours_s, bare_s = [], []
     for epoch in range(1, args.epochs + 1):
         ep = trainer._begin_epoch(epoch, None)
@@ -73,17 +71,7 @@ def main() -> None:
             trainer._train_step(ep, i)
             t1 = time.perf_counter()
             idx = ep.plan[i]
-            xb, yb = data.train_x[idx], data.train_y[idx]
-            with torch.inference_mode():
-                tl = teacher.module(xb.contiguous(memory_format=layout))
-            tl = tl.clone()
-            sl = bare(xb)
-            kl = F.kl_div(F.log_softmax(sl / T, 1), F.log_softmax(tl / T, 1), log_target=True, reduction="batchmean")
-            loss = kd_weight * kl + ce_weight * F.cross_entropy(sl, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            bare_step(bare, teacher.module, opt, sched, data.train_x[idx], data.train_y[idx], layout)
             ours_s.append(t1 - t0)
             bare_s.append(time.perf_counter() - t1)
         trainer._end_epoch(ep)

@@ -4,11 +4,13 @@ content, and a checkpoint that cannot be read is reported and skipped in favour 
 A training pass (the distilled student, the baseline, the prune fine-tune) writes its checkpoints as
 ``<stem>-epoch<E>-step<S>.pt`` (at an epoch end) and ``<stem>-epoch<E>-step<S>-partial.pt`` (within epoch E + 1, when
 the job is handed back), ``E`` being the epochs completed and ``S`` the optimizer steps taken. Every name is new, so
-writing one never touches the previous checkpoint: it goes to a temporary file, is flushed to disk (``fsync``) and
-renamed into place, then all but the two newest are deleted. Each file holds a sha256 ``digest`` over its tensors and
+writing one never touches the previous checkpoint: it goes to a temporary file and is renamed into place, then all but the two
+newest are deleted. Each file holds a sha256 ``digest`` over its tensors and
 values; loading checks it, so a file changed or damaged after it was written (a truncated copy, a flipped bit, which
 ``torch.load`` itself does not notice in tensor data) is refused rather than resumed from. Files are read with
-``torch.load(weights_only=True)`` only.
+``torch.load(weights_only=True)`` only. Writes are not ``fsync``-ed (an epoch's checkpoint is written while the next
+epoch trains, and a slow flush on a busy disk would leave the newest one unwritten for longer): a file an operating
+system crash left incomplete fails its digest, and the previous checkpoint is used instead.
 """
 
 from __future__ import annotations
@@ -84,27 +86,16 @@ def state_digest(state: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened or synced
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def save_checkpoint(path: Path, state: dict[str, Any], snapshot_taken: bool = False) -> int:
     """``torch.save`` ``state`` (tensors, numbers, strings, nested dicts/lists only) with its ``digest`` to ``path``
-    atomically and durably: write ``path.tmp``, ``fsync`` it, ``os.replace`` it into place, ``fsync`` the folder.
-    ``snapshot_taken``: ``state`` is already a private CPU copy. Returns the size in bytes. Raises ``OSError``."""
+    atomically: write ``path.tmp``, then ``os.replace`` it into place, so a killed writer leaves no partial file under
+    the final name. ``snapshot_taken``: ``state`` is already a private CPU copy. Returns the size in bytes.
+    Raises ``OSError``."""
     snap = state if snapshot_taken else _cpu_state(state)
     snap = {**snap, "digest": state_digest(snap)}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(snap, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
     return path.stat().st_size
 
 

@@ -10,7 +10,7 @@ connection each) doing ``GET /v1/jobs/{id}`` in a loop over the job ids until ev
 Checks: no 5xx on any request; every job ``succeeded`` (none lost); for each job its metric rows are
 exactly what the training loop logs for its spec (per step: the loss terms + total every
 ``log_every_steps`` steps and at each epoch end; per epoch: the epoch means, lr, train top-1, val top-1,
-agreement; see ``distill/loop.py``), and its steps equal ``epochs x steps_per_epoch``.
+agreement; see ``distill/training/trainer.py``), and its steps equal ``epochs x steps_per_epoch``.
 Prints requests/s and p50/p95/p99 latency (ms, as a client sees it) of the status endpoint while the jobs
 run, and again for ``--idle-s`` seconds after they ended (the same pollers, no training on the cores).
 
@@ -98,11 +98,11 @@ def job_spec(teacher_id: str, i: int, epochs: int) -> dict:
 
 
 def expected_metric_rows(spec: dict, n_train: int, val_labelled: bool = True) -> tuple[int, int]:
-    """(rows, steps) that ``train_student`` logs for ``spec`` on ``n_train`` labelled training rows: at every
+    """(rows, steps) that the trainer (``distill.training.Trainer``) logs for ``spec`` on ``n_train`` labelled training rows: at every
     ``log_every_steps``-th global step and at each epoch's last step, one row per loss term + 'total'; at each
     epoch end, the epoch means of the same terms, 'lr', train 'top1', val 'top1' (when validation has labels)
     and 'agreement'. Term names come from the method the spec builds (kd with labels: kd, ce)."""
-    from distill.loop import steps_per_epoch
+    from distill.training import steps_per_epoch
     from distill.methods import build_method
     from distill.spec import JobSpec
 

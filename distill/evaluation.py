@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import DataBundle
-from .loop import batched_logits
+from .training.tensor import batched_logits
 from .measure import count_flops, module_latency
 from .models import parameter_count
 from .report_builders import ratio, rnd  # noqa: F401 - rnd and ratio live with the report builders; job.py imports them here

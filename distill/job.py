@@ -1,11 +1,13 @@
-"""``run_job``: one distillation job from spec to report and artifacts.
+"""``run_job``: one distillation job from spec to report and artifacts, as a thin driver of small phases.
 
 Phases (reported through the ``Reporter``): loading_teacher → caching_teacher_outputs (when the teacher's
-outputs are cached, or a method needs a pass over the training data) → training (the distilled student, then,
-with ``evaluation.compare_baseline``, the same student trained alone) → evaluating → exporting.
-Artifacts are written to a temporary folder and moved to ``workdir/artifacts`` only when everything
-succeeded, so a failed or cancelled job leaves no partial artifacts (the per-epoch ``checkpoint.pt``
-stays in ``workdir`` for a redelivered job to resume from).
+outputs are cached, or a method needs a pass over the training data) → training (the distilled student through
+the one trainer, ``distill.training.Trainer`` with the ``TensorClassification`` adapter; then, with
+``export.prune``, the pruned copy's fine-tune and, with ``evaluation.compare_baseline``, the same student trained
+alone) → evaluating → exporting. Artifacts are written to a temporary folder and moved to ``workdir/artifacts``
+only when everything succeeded, so a failed or cancelled job leaves no partial artifacts (the last two checkpoints
+of each training pass stay in ``workdir`` for a redelivered job to resume from). Hugging Face teachers run the text
+driver, ``distill.text.run_text_job``.
 """
 
 from __future__ import annotations
@@ -13,9 +15,8 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,34 +28,26 @@ from torch.nn.utils import prune
 from .data import DataBundle, load_data
 from .evaluation import evaluate, evaluate_variant, ratio as _ratio, rnd as _r, summary_sentence as _summary_sentence
 from .export import export_student as _export, quantize_dynamic_int8, save_torchscript
-from .errors import DistillError, StopRequested, first_line
+from .errors import DistillError, first_line
 from .formats import ARCH_METADATA_KEY, sniff
 from .hf_archive import load_hf_archive
 from .features import feature_shapes, numel
-from .loop import TeacherCache, TrainOutcome, batched_logits, spec_fingerprint, teacher_outputs, train_student
-from .measure import resolve_device
+from .jobrun import ARTIFACTS_DIR, JobRun
 from .methods import CombinedMethod, LabelsOnly, Method, build_method, check_method_supported
 from .models import build, describe, parameter_count
 from .reporter import Reporter
-from .spec import JobSpec
+from .spec import JobSpec, TrainingSpec
 from .results import DistillResult, JobInputs
 from .teachers import Teacher, load_teacher
 from .text import run_text_job
+from .training import TeacherCache, TensorClassification, Trainer, TrainOutcome, batched_logits, spec_fingerprint, teacher_outputs
 
-ARTIFACTS_DIR = "artifacts"
+__all__ = ["ARTIFACTS_DIR", "CACHE_LIMIT_BYTES", "run_job", "prune_and_fine_tune"]
+
 CACHE_LIMIT_BYTES = 2 * 1024**3  # teacher-output cache ceiling: 'on' beyond it is invalid_spec, 'auto' falls back to per-step
-BASELINE_CHECKPOINT = "baseline_checkpoint.pt"
-
-
-def _check_time(deadline: float, spec: JobSpec, where: str) -> None:
-    if time.perf_counter() > deadline:
-        raise DistillError("max_runtime_exceeded", f"training.max_runtime_s={spec.training.max_runtime_s:g} s reached {where}",
-                           "training.max_runtime_s")
-
-
-def _check_stop(reporter: Reporter, where: str) -> None:
-    if reporter.should_stop():
-        raise StopRequested(f"stop requested {where}")
+CHECKPOINT_STEM = "checkpoint"
+BASELINE_CHECKPOINT_STEM = "baseline_checkpoint"
+PRUNE_CHECKPOINT_STEM = "prune_checkpoint"
 
 
 def _build_student(spec: JobSpec, teacher: Teacher, data: DataBundle, num_classes: int, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
@@ -161,31 +154,6 @@ def _gain_sentence(gain: float | None, distilled: float | None, alone: float | N
     return f" Distillation made no difference: the distilled student and the student trained alone both reached {alone:.1%} top-1."
 
 
-def prune_and_fine_tune(spec: JobSpec, student: nn.Module, teacher: Teacher, method: nn.Module, data: DataBundle, device: torch.device,
-                        workdir: Path, reporter: Reporter, deadline: float, fingerprint: str, cache: Any) -> tuple[nn.Module, dict[str, Any]]:
-    """Magnitude pruning (``torch.nn.utils.prune.l1_unstructured``; Han et al. 2015) of every Linear/Conv weight of a
-    copy of ``student`` by ``export.prune.amount``, then ``fine_tune_epochs`` of training with the job's own
-    distillation loss while the pruning masks hold the zeros, then the masks are made permanent.
-    Returns (pruned model, {'amount', 'sparsity' (zero fraction of the pruned weights), 'fine_tune_epochs'})."""
-    cfg = spec.export.prune
-    pruned = copy.deepcopy(student)
-    targets = [(m, "weight") for m in pruned.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
-    for m, name in targets:
-        prune.l1_unstructured(m, name, amount=cfg.amount)
-    reporter.event("pruning", f"pruned {cfg.amount:.0%} of the weights of {len(targets)} layers; fine-tuning {cfg.fine_tune_epochs} epochs",
-                   {"amount": cfg.amount, "layers": len(targets)})
-    if cfg.fine_tune_epochs:
-        train_student(student=pruned, teacher=teacher, method=method, data=data,
-                      training=spec.training.model_copy(update={"epochs": cfg.fine_tune_epochs}), device=device, workdir=workdir,
-                      reporter=reporter, deadline=deadline, fingerprint=fingerprint + ":prune", split_prefix="prune_",
-                      checkpoint_name="prune_checkpoint.pt", owns_metrics=False, teacher_cache=cache)
-    for m, name in targets:
-        prune.remove(m, name)
-    zeros = sum(int((m.weight == 0).sum()) for m, _ in targets)
-    total = sum(m.weight.numel() for m, _ in targets)
-    return pruned.eval(), {"amount": cfg.amount, "sparsity": _r(zeros / max(1, total)), "fine_tune_epochs": cfg.fine_tune_epochs}
-
-
 def _export_variants(spec: JobSpec, student: nn.Module, pruned: nn.Module | None, prune_info: dict[str, Any] | None,
                      filled: dict[str, Any], data: DataBundle, outdir: Path) -> dict[str, Any]:
     """Write and evaluate the extra students the spec asks for: ``quantized`` (dynamic int8, ``student_int8.pt``
@@ -210,12 +178,68 @@ def _export_variants(spec: JobSpec, student: nn.Module, pruned: nn.Module | None
     return out
 
 
+@dataclass
+class _Loaded:
+    """What the loading phase gives the rest of the job."""
+
+    teacher: Teacher
+    data: DataBundle
+    num_classes: int
+    student: nn.Module
+    filled: dict[str, Any]
+    method: Method | CombinedMethod
+    all_labelled: bool
+    use_cache: bool
+    cache_reason: str
+
+
+def train_pass(run: JobRun, loaded: _Loaded, student: nn.Module, method: Method | CombinedMethod, fingerprint: str, *,
+               cache: TeacherCache | None = None, training: TrainingSpec | None = None, split_prefix: str = "",
+               checkpoint_stem: str = CHECKPOINT_STEM, owns_metrics: bool = True) -> TrainOutcome:
+    """One training pass of ``student`` with ``method`` through the trainer (see ``distill.training.Trainer``):
+    ``training`` defaults to the spec's; ``split_prefix``/``checkpoint_stem``/``owns_metrics`` tell a second pass
+    of the job (baseline, prune fine-tune) from the main one. Raises what ``Trainer.fit`` raises."""
+    adapter = TensorClassification(student, loaded.teacher, method, loaded.data, run.device, cache)
+    trainer = Trainer(adapter, training or run.spec.training, device=run.device, workdir=run.workdir, reporter=run.reporter,
+                      deadline=run.deadline, fingerprint=fingerprint, split_prefix=split_prefix, checkpoint_stem=checkpoint_stem,
+                      owns_metrics=owns_metrics)
+    return trainer.fit()
+
+
+def prune_and_fine_tune(run: JobRun, loaded: _Loaded, fingerprint: str, cache: TeacherCache | None) -> tuple[nn.Module, dict[str, Any]]:
+    """Magnitude pruning (``torch.nn.utils.prune.l1_unstructured``; Han et al. 2015) of every Linear/Conv weight of a
+    copy of the student by ``export.prune.amount``, then ``fine_tune_epochs`` of training with the job's own
+    distillation loss while the pruning masks hold the zeros, then the masks are made permanent.
+    Returns (pruned model, {'amount', 'sparsity' (zero fraction of the pruned weights), 'fine_tune_epochs'})."""
+    cfg = run.spec.export.prune
+    pruned = copy.deepcopy(loaded.student)
+    targets = [(m, "weight") for m in pruned.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    for m, name in targets:
+        prune.l1_unstructured(m, name, amount=cfg.amount)
+    run.reporter.event("pruning", f"pruned {cfg.amount:.0%} of the weights of {len(targets)} layers; fine-tuning {cfg.fine_tune_epochs} "
+                       "epochs", {"amount": cfg.amount, "layers": len(targets)})
+    if cfg.fine_tune_epochs:
+        train_pass(run, loaded, pruned, loaded.method, fingerprint + ":prune", cache=cache, split_prefix="prune_",
+                   training=run.spec.training.model_copy(update={"epochs": cfg.fine_tune_epochs}),
+                   checkpoint_stem=PRUNE_CHECKPOINT_STEM, owns_metrics=False)
+    for m, name in targets:
+        prune.remove(m, name)
+    zeros = sum(int((m.weight == 0).sum()) for m, _ in targets)
+    total = sum(m.weight.numel() for m, _ in targets)
+    return pruned.eval(), {"amount": cfg.amount, "sparsity": _r(zeros / max(1, total)), "fine_tune_epochs": cfg.fine_tune_epochs}
+
+
+def _teacher_format(spec: JobSpec, inputs: JobInputs) -> str:
+    fmt = spec.teacher.format if spec.teacher.format != "auto" else inputs.teacher.format
+    return sniff(inputs.teacher.path) if fmt in ("auto", "", None) else fmt
+
+
 def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter, *, runtime_used_s: float = 0.0,
             max_unpacked_bytes: int = 4 * 1024**3) -> DistillResult:
     """Run one distillation job and return its report and artifacts.
 
-    ``workdir``: the job's private folder (created if needed); holds ``checkpoint.pt`` (resumed from when it
-    exists and matches the spec) and receives ``artifacts/`` (replaced). ``runtime_used_s``: seconds the job
+    ``workdir``: the job's private folder (created if needed); holds the training checkpoints (the newest good one,
+    of the same spec, is resumed from) and receives ``artifacts/`` (replaced). ``runtime_used_s``: seconds the job
     already ran before a redelivery, deducted from ``training.max_runtime_s``. A Hugging Face teacher ('hf'
     archive, unpacked into ``workdir/teacher`` up to ``max_unpacked_bytes``) runs the text tasks
     (``distill.text.run_text_job``).
@@ -224,9 +248,7 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     non_finite_loss, max_runtime_exceeded, internal_error) or ``StopRequested`` (cancelled); in every failure
     ``workdir/artifacts`` does not exist afterwards. Other exceptions are bugs and propagate unchanged.
     """
-    fmt = spec.teacher.format if spec.teacher.format != "auto" else inputs.teacher.format
-    if fmt in ("auto", "", None):
-        fmt = sniff(inputs.teacher.path)
+    fmt = _teacher_format(spec, inputs)
     check_method_supported(spec.method, fmt)
     if fmt == "hf" or spec.task in ("sequence_classification", "sentence_embedding"):
         if fmt != "hf":
@@ -235,26 +257,37 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
         return run_text_job(spec, folder, inputs.teacher.bytes, inputs.files, Path(workdir), reporter, runtime_used_s=runtime_used_s)
     if spec.student.architecture is None:
         raise DistillError("invalid_spec", "student.from_teacher needs a Hugging Face teacher; give student.architecture", "student")
-    t_start = time.perf_counter()
-    budget = spec.training.max_runtime_s - runtime_used_s
-    if budget <= 0:
-        raise DistillError("max_runtime_exceeded", f"the job already used {runtime_used_s:g} s of training.max_runtime_s={spec.training.max_runtime_s:g}",
-                           "training.max_runtime_s")
-    deadline = t_start + budget
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    final_dir = workdir / ARTIFACTS_DIR
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    device = resolve_device(spec.training.device)
-    if spec.training.precision == "fp16" and device.type != "cuda":
-        raise DistillError("invalid_spec", f"precision 'fp16' needs CUDA but the job runs on {device.type}; use 'bf16' or 'fp32'",
-                           "training.precision")
-    times: dict[str, float] = {}
+    run = JobRun.start(spec, workdir, reporter, runtime_used_s)
+    with run.phase("loading_teacher"):
+        loaded = _load(run, inputs, fmt)
+    run.check("while loading", stop=False)
+    cache = _cache_teacher_outputs(run, loaded)
+    fingerprint = spec_fingerprint(spec)
+    with run.phase("training"):
+        outcome = train_pass(run, loaded, loaded.student, loaded.method, fingerprint, cache=cache)
+    cache_info = _cache_report(run, loaded, cache, outcome)
+    pruned, prune_info = None, None
+    if spec.export.prune is not None:
+        run.check("before pruning", deadline=False)
+        with run.phase("pruning", announce=False):
+            pruned, prune_info = prune_and_fine_tune(run, loaded, fingerprint, cache)
+    del cache
+    baseline = _baseline(run, loaded, fingerprint)
+    run.check("after training")
+    with run.phase("evaluating"):
+        ev = evaluate(loaded.teacher, loaded.student, loaded.data, run.device, list(spec.evaluation.latency_batch_sizes),
+                      spec.evaluation.latency_iterations)
+    run.check("after evaluation", deadline=False)
+    with run.phase("exporting"), run.artifacts() as tmp_dir:
+        exported = _export_all(run, loaded, ev, pruned, prune_info, tmp_dir)
+    report = _report(run, inputs, loaded, ev, outcome, cache_info, exported, baseline)
+    return DistillResult(report=report, artifacts=[run.final_dir / n for n in exported["names"]],
+                         baseline_student=baseline[0] if baseline else None)
 
-    # ------------------------------------------------------------------ loading_teacher
-    reporter.phase("loading_teacher")
-    t0 = time.perf_counter()
+
+def _load(run: JobRun, inputs: JobInputs, fmt: str) -> _Loaded:
+    """Teacher, data, the student (probed against both) and the method (set up on their feature shapes)."""
+    spec, device = run.spec, run.device
     teacher = load_teacher(inputs.teacher.path, fmt, spec.teacher.architecture, device)
     data = load_data(spec.data, inputs.files, input_shape=teacher.input_shape)
     if teacher.input_shape is None:
@@ -269,106 +302,77 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     method = build_method(spec.method, has_labels=data.has_labels, all_labelled=all_labelled)
     _setup_method(method, student, teacher, data, device, spec.training.seed)
     use_cache, cache_reason, _ = _plan_cache(spec, method, teacher, data, k, device)
-    times["loading_teacher"] = time.perf_counter() - t0
-    _check_time(deadline, spec, "while loading")
+    return _Loaded(teacher, data, k, student, filled, method, all_labelled, use_cache, cache_reason)
 
-    # ------------------------------------------------------------------ caching_teacher_outputs
-    cache: TeacherCache | None = None
-    if use_cache or method.needs_dataset_pass:
-        reporter.phase("caching_teacher_outputs")
+
+def _cache_teacher_outputs(run: JobRun, loaded: _Loaded) -> TeacherCache | None:
+    """Phase caching_teacher_outputs, when the outputs are cached or the method needs a pass over the training data
+    (``Method.prepare``): the teacher's logits and features for every training row."""
+    method = loaded.method
+    if not (loaded.use_cache or method.needs_dataset_pass):
+        return None
+    cache = None
+    with run.phase("caching_teacher_outputs"):
         t0 = time.perf_counter()
-        x = data.train_x.to(device)
-        t_logits, t_feats = teacher_outputs(teacher, x, method.teacher_layers, param="method.teacher_layer")
+        x = loaded.data.train_x.to(run.device)
+        t_logits, t_feats = teacher_outputs(loaded.teacher, x, method.teacher_layers, param="method.teacher_layer")
         if method.needs_dataset_pass:
-            method.prepare(t_logits, t_feats, data.train_y.to(device))
-        secs = time.perf_counter() - t0
-        if use_cache:
+            method.prepare(t_logits, t_feats, loaded.data.train_y.to(run.device))
+        if loaded.use_cache:
             nbytes = t_logits.numel() * 4 + sum(v.numel() * v.element_size() for v in t_feats.values())
-            cache = TeacherCache(logits=t_logits, features=t_feats, seconds=secs, bytes=nbytes)
-        else:
-            del t_logits, t_feats
-        times["caching_teacher_outputs"] = secs
-        _check_stop(reporter, "after caching teacher outputs")
-        _check_time(deadline, spec, "after caching teacher outputs")
+            cache = TeacherCache(logits=t_logits, features=t_feats, seconds=time.perf_counter() - t0, bytes=nbytes)
+        del t_logits, t_feats
+    run.check("after caching teacher outputs")
+    return cache
 
-    # ------------------------------------------------------------------ training
-    reporter.phase("training")
-    t0 = time.perf_counter()
-    fingerprint = spec_fingerprint(spec)
-    outcome: TrainOutcome = train_student(student=student, teacher=teacher, method=method, data=data, training=spec.training,
-                                          device=device, workdir=workdir, reporter=reporter, deadline=deadline,
-                                          fingerprint=fingerprint, teacher_cache=cache)
-    times["training"] = time.perf_counter() - t0
-    n_train = int(data.train_x.shape[0])
+
+def _cache_report(run: JobRun, loaded: _Loaded, cache: TeacherCache | None, outcome: TrainOutcome) -> dict[str, Any]:
+    """The report's 'cache' block: whether the outputs were cached, why, the teacher passes saved, seconds, bytes."""
+    n_train = int(loaded.data.train_x.shape[0])
     epochs_run = outcome.epochs - (outcome.resumed_from_epoch or 0)
-    rows_per_epoch = min(n_train, outcome.steps_per_epoch * min(spec.training.batch_size, n_train))
-    cache_info = {"teacher_outputs": cache is not None, "reason": cache_reason,
-                  "teacher_passes_saved": max(0, epochs_run * rows_per_epoch - n_train) if cache is not None else 0,
-                  "cache_seconds": _r(cache.seconds, 3) if cache is not None else 0.0}
+    rows_per_epoch = min(n_train, outcome.steps_per_epoch * min(run.spec.training.batch_size, n_train))
+    info: dict[str, Any] = {"teacher_outputs": cache is not None, "reason": loaded.cache_reason,
+                            "teacher_passes_saved": max(0, epochs_run * rows_per_epoch - n_train) if cache is not None else 0,
+                            "cache_seconds": _r(cache.seconds, 3) if cache is not None else 0.0}
     if cache is not None:
-        cache_info["bytes"] = cache.bytes
-    pruned: nn.Module | None = None
-    prune_info: dict[str, Any] | None = None
-    if spec.export.prune is not None:
-        _check_stop(reporter, "before pruning")
-        t0 = time.perf_counter()
-        pruned, prune_info = prune_and_fine_tune(spec, student, teacher, method, data, device, workdir, reporter, deadline,
-                                                 fingerprint, cache)
-        times["pruning"] = time.perf_counter() - t0
-    del cache
+        info["bytes"] = cache.bytes
+    return info
 
-    baseline: nn.Module | None = None
-    baseline_outcome: TrainOutcome | None = None
-    baseline_note: str | None = None
-    if spec.evaluation.compare_baseline:
-        _check_stop(reporter, "before the baseline")
-        if not data.has_labels:
-            baseline_note = "no labelled training rows: a student cannot be trained alone"
-        else:
-            reporter.event("baseline_started", "training the same student alone (cross-entropy on labels only) for comparison",
-                           {"epochs": spec.training.epochs})
-            t0 = time.perf_counter()
-            baseline, _ = _build_student(spec, teacher, data, k, device)
-            baseline_outcome = train_student(student=baseline, teacher=teacher, method=LabelsOnly(all_labelled=all_labelled),
-                                             data=data, training=spec.training, device=device, workdir=workdir, reporter=reporter,
-                                             deadline=deadline, fingerprint=fingerprint + ":baseline", split_prefix="baseline_",
-                                             checkpoint_name=BASELINE_CHECKPOINT, owns_metrics=False)
-            times["baseline_training"] = time.perf_counter() - t0
-    _check_stop(reporter, "after training")
-    _check_time(deadline, spec, "after training")
 
-    # ------------------------------------------------------------------ evaluating
-    reporter.phase("evaluating")
-    t0 = time.perf_counter()
-    ev = evaluate(teacher, student, data, device, list(spec.evaluation.latency_batch_sizes), spec.evaluation.latency_iterations)
-    times["evaluating"] = time.perf_counter() - t0
-    _check_stop(reporter, "after evaluation")
+def _baseline(run: JobRun, loaded: _Loaded, fingerprint: str) -> tuple[nn.Module, TrainOutcome] | str | None:
+    """With ``evaluation.compare_baseline``: the same student trained alone (cross-entropy on labels only, same split,
+    budget and seed) as (model, outcome), or a note why it could not be; None when not asked for."""
+    if not run.spec.evaluation.compare_baseline:
+        return None
+    run.check("before the baseline", deadline=False)
+    if not loaded.data.has_labels:
+        return "no labelled training rows: a student cannot be trained alone"
+    run.reporter.event("baseline_started", "training the same student alone (cross-entropy on labels only) for comparison",
+                       {"epochs": run.spec.training.epochs})
+    with run.phase("baseline_training", announce=False):
+        student, _ = _build_student(run.spec, loaded.teacher, loaded.data, loaded.num_classes, run.device)
+        outcome = train_pass(run, loaded, student, LabelsOnly(all_labelled=loaded.all_labelled), fingerprint + ":baseline",
+                             split_prefix="baseline_", checkpoint_stem=BASELINE_CHECKPOINT_STEM, owns_metrics=False)
+    return student, outcome
 
-    # ------------------------------------------------------------------ exporting
-    reporter.phase("exporting")
-    t0 = time.perf_counter()
-    tmp_dir = workdir / f".artifacts-tmp-{os.getpid()}"
-    if tmp_dir.exists():
-        shutil.rmtree(tmp_dir)
-    tmp_dir.mkdir()
-    try:
-        summary = {"val_top1": ev["student"]["val_top1"], "agreement": ev["agreement"], "teacher_val_top1": ev["teacher"]["val_top1"]}
-        onnx_info = _export(spec, student, filled, data, teacher, tmp_dir, summary)
-        student_bytes = (tmp_dir / "student.safetensors").stat().st_size
-        variants = _export_variants(spec, student, pruned, prune_info, filled, data, tmp_dir)
-        os.replace(tmp_dir, final_dir)
-    finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-    times["exporting"] = time.perf_counter() - t0
+
+def _export_all(run: JobRun, loaded: _Loaded, ev: dict[str, Any], pruned: nn.Module | None, prune_info: dict[str, Any] | None,
+                out: Path) -> dict[str, Any]:
+    """Write every artifact into ``out``: {'onnx': info or None, 'student_bytes', 'variants', 'names' (in order)}."""
+    summary = {"val_top1": ev["student"]["val_top1"], "agreement": ev["agreement"], "teacher_val_top1": ev["teacher"]["val_top1"]}
+    onnx_info = _export(run.spec, loaded.student, loaded.filled, loaded.data, loaded.teacher, out, summary)
+    variants = _export_variants(run.spec, loaded.student, pruned, prune_info, loaded.filled, loaded.data, out)
     names = ["student.safetensors", "student.json"] + (["student.onnx"] if onnx_info else []) + [v["artifact"] for v in variants.values()]
-    artifacts = [final_dir / n for n in names]
-    times["total"] = time.perf_counter() - t_start
+    return {"onnx": onnx_info, "student_bytes": (out / "student.safetensors").stat().st_size, "variants": variants, "names": names}
 
+
+def _report(run: JobRun, inputs: JobInputs, loaded: _Loaded, ev: dict[str, Any], outcome: TrainOutcome, cache_info: dict[str, Any],
+            exported: dict[str, Any], baseline: tuple[nn.Module, TrainOutcome] | str | None) -> dict[str, Any]:
+    """The compression report (a JSON-able dict): teacher/student blocks, ratios, data, training, cache, variants,
+    summary and, with compare_baseline, the baseline and the distillation gain."""
+    times = run.finish()
     t_ev, s_ev = ev["teacher"], ev["student"]
-    speedup = {}
-    for b in t_ev["latency_ms"]:
-        speedup[b] = _ratio(t_ev["latency_ms"][b]["p50"], s_ev["latency_ms"][b]["p50"])
+    teacher, data, student_bytes, onnx_info = loaded.teacher, loaded.data, exported["student_bytes"], exported["onnx"]
     drop = None
     if t_ev["val_top1"] is not None and s_ev["val_top1"] is not None:
         drop = _r((t_ev["val_top1"] - s_ev["val_top1"]) * 100, 2)
@@ -378,50 +382,62 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
                     "architecture": teacher.architecture, "notes": list(teacher.notes)},
         "student": {"format": "safetensors", "parameters": s_ev["parameters"], "bytes": student_bytes,
                     "flops_per_sample": s_ev["flops_per_sample"], "val_top1": s_ev["val_top1"], "latency_ms": s_ev["latency_ms"],
-                    "architecture": filled, "notes": []},
+                    "architecture": loaded.filled, "notes": []},
         "agreement": ev["agreement"],
         "mean_kl": ev["mean_kl"],
         **ev.get("extra", {}),  # evaluation.py: top-5, per-class accuracy, calibration, teacher-student confusion
         "compression_ratio": _ratio(inputs.teacher.bytes, student_bytes),
         "parameter_ratio": _ratio(teacher.parameters, s_ev["parameters"]),
         "flops_ratio": _ratio(t_ev["flops_per_sample"], s_ev["flops_per_sample"]),
-        "speedup": speedup,
+        "speedup": {b: _ratio(t_ev["latency_ms"][b]["p50"], s_ev["latency_ms"][b]["p50"]) for b in t_ev["latency_ms"]},
         "top1_drop_points": drop,
         "data": {**data.counts, "num_classes": data.num_classes, "input_shape": list(data.input_shape),
                  "validation": data.validation, "preprocessing": data.preprocessing},
-        "training": {"epochs": outcome.epochs, "steps": outcome.steps, "steps_per_epoch": outcome.steps_per_epoch,
-                     "resumed_from_epoch": outcome.resumed_from_epoch,
-                     "final_loss_terms": {k2: _r(v, 6) for k2, v in outcome.final_loss_terms.items()},
-                     "method": spec.method.name, "device": str(device), "threads": torch.get_num_threads(),
-                     "seed": spec.training.seed, "training_time_s": _r(outcome.elapsed_s, 3)},
+        "training": _training_report(run, loaded, outcome),
         "onnx": {"max_abs_diff": float(f"{onnx_info['max_abs_diff']:.3g}"), "opset": onnx_info["opset"]} if onnx_info else None,
-        "wall_time_s": {k2: _r(v, 3) for k2, v in times.items()},
+        "wall_time_s": {k: _r(v, 3) for k, v in times.items()},
     }
     report["cache"] = cache_info
-    report["training"]["precision"] = spec.training.precision
-    report["training"]["method_detail"] = method.describe()
+    report.update(exported["variants"])
+    report["summary"] = _summary_sentence(report)
+    if run.spec.evaluation.compare_baseline:
+        _baseline_report(run, loaded, report, baseline)
+    return report
+
+
+def _training_report(run: JobRun, loaded: _Loaded, outcome: TrainOutcome) -> dict[str, Any]:
+    spec, method = run.spec, loaded.method
+    block: dict[str, Any] = {
+        "epochs": outcome.epochs, "steps": outcome.steps, "steps_per_epoch": outcome.steps_per_epoch,
+        "resumed_from_epoch": outcome.resumed_from_epoch,
+        "final_loss_terms": {k: _r(v, 6) for k, v in outcome.final_loss_terms.items()},
+        "method": spec.method.name, "device": str(run.device), "threads": torch.get_num_threads(),
+        "seed": spec.training.seed, "training_time_s": _r(outcome.elapsed_s, 3),
+        "precision": spec.training.precision, "method_detail": method.describe()}
     protos = [p for p in (method.parts if isinstance(method, CombinedMethod) else [method]) if p.name == "prototype"]
     if protos:
-        report["training"]["prototype_class_counts"] = protos[0].class_counts
-    report.update(variants)
-    report["summary"] = _summary_sentence(report)
-    if spec.evaluation.compare_baseline:
-        gain = None
-        if baseline is not None and baseline_outcome is not None:
-            b_top1 = None
-            if data.val_has_labels:
-                baseline.eval()
-                vx, vy = data.val_x.to(device), data.val_y.to(device)
-                pred = batched_logits(baseline, vx).argmax(dim=1)
-                mask = vy >= 0
-                b_top1 = float((pred[mask] == vy[mask]).float().mean())
-            report["baseline"] = {"val_top1": _r(b_top1), "training_time_s": _r(baseline_outcome.elapsed_s, 3),
-                                  "parameters": s_ev["parameters"], "method": "cross-entropy on labels only",
-                                  "epochs": baseline_outcome.epochs, "steps": baseline_outcome.steps}
-            if b_top1 is not None and s_ev["val_top1"] is not None:
-                gain = _r((s_ev["val_top1"] - b_top1) * 100, 2)
-            report["summary"] += _gain_sentence(gain, s_ev["val_top1"], report["baseline"]["val_top1"])
-        else:
-            report["baseline"] = {"val_top1": None, "training_time_s": None, "note": baseline_note}
-        report["distillation_gain_points"] = gain
-    return DistillResult(report=report, artifacts=artifacts, baseline_student=baseline)
+        block["prototype_class_counts"] = protos[0].class_counts
+    return block
+
+
+def _baseline_report(run: JobRun, loaded: _Loaded, report: dict[str, Any], baseline: tuple[nn.Module, TrainOutcome] | str | None) -> None:
+    """Add 'baseline' and 'distillation_gain_points' to ``report`` (and the gain sentence to its summary)."""
+    if not isinstance(baseline, tuple):
+        report["baseline"] = {"val_top1": None, "training_time_s": None, "note": baseline}
+        report["distillation_gain_points"] = None
+        return
+    model, outcome = baseline
+    data, s_top1, gain, b_top1 = loaded.data, report["student"]["val_top1"], None, None
+    if data.val_has_labels:
+        model.eval()
+        vx, vy = data.val_x.to(run.device), data.val_y.to(run.device)
+        pred = batched_logits(model, vx).argmax(dim=1)
+        mask = vy >= 0
+        b_top1 = float((pred[mask] == vy[mask]).float().mean())
+    report["baseline"] = {"val_top1": _r(b_top1), "training_time_s": _r(outcome.elapsed_s, 3),
+                          "parameters": report["student"]["parameters"], "method": "cross-entropy on labels only",
+                          "epochs": outcome.epochs, "steps": outcome.steps}
+    if b_top1 is not None and s_top1 is not None:
+        gain = _r((s_top1 - b_top1) * 100, 2)
+    report["summary"] += _gain_sentence(gain, s_top1, report["baseline"]["val_top1"])
+    report["distillation_gain_points"] = gain

@@ -48,7 +48,7 @@ class Reporter(Protocol):
 
     def checkpoint_on_stop(self) -> bool:
         """Asked once ``should_stop()`` is true: True when the stop is a hand-back (the job will resume elsewhere), so
-        the loop saves a checkpoint of the step it reached; False for a cancel. Optional: a reporter without this
+        the trainer saves a checkpoint of the step it reached; False for a cancel. Optional: a reporter without this
         method is treated as returning False."""
 
 

@@ -177,7 +177,7 @@ async def main():
             codes = [(await c.get(u)).status_code for u in ('/v1/jobs/job_nope', '/v1/jobs', '/openapi.json')]
     assert codes == [404, 200, 200], codes
 asyncio.run(main())
-heavy = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'distill.models', 'distill.loop')))
+heavy = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'distill.models', 'distill.training')))
 print('HEAVY', heavy)
 """
     res = _run(code)

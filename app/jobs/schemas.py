@@ -139,7 +139,7 @@ class EventObject(BaseModel):
     id: int = Field(..., description="Increasing event id; pass the last one seen as 'after'.")
     object: Literal["event"] = Field("event", description="Always 'event'.")
     created_at: datetime = Field(..., description="ISO-8601 UTC.")
-    type: str = Field(..., description="status, phase, resumed, checkpoint, warning, error, ...")
+    type: str = Field(..., description="status, phase, resumed, checkpoint_saved, checkpoint_unreadable, warning, error, ...")
     message: str = Field(..., description="Human-readable text.")
     data: dict[str, Any] | None = Field(None, description="Structured details.")
 

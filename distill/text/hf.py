@@ -179,7 +179,7 @@ class SentenceEncoder(nn.Module):
 
 def from_states(states: torch.Tensor, mask: torch.Tensor, mode: str, normalize: bool, projection: nn.Module | None) -> torch.Tensor:
     """Pool ``[B, T, H]`` token states into ``[B, D]`` embeddings, project and L2-normalise as the pipeline does
-    (``SentenceEncoder`` and the training loop, which needs the states for feature losses too, share it)."""
+    (``SentenceEncoder`` and the sentence-embedding adapter, which needs the states for feature losses too, share it)."""
     emb = pool(states, mask, mode)
     if projection is not None:
         emb = projection(emb)

@@ -1,9 +1,9 @@
 """A job's checkpoints in the artifact store, so a worker on another machine can resume a job another worker started.
 
-The distillation core writes its checkpoints (``checkpoint.pt`` every epoch, a partial one at a hand-back,
-``baseline_checkpoint.pt``, ``prune_checkpoint.pt``) into the job's local working folder
-(``<data_dir>/jobs/<id>/work``, written through a temp file and ``os.replace``, so a file opened there is always
-complete). With a local store that folder *is* the store and nothing needs doing. With object storage,
+The distillation core writes its checkpoints (``checkpoint-epoch<E>-step<S>.pt`` every epoch, a ``-partial`` one at a
+hand-back, ``baseline_checkpoint-…``, ``prune_checkpoint-…``; the last two of each pass are kept, older ones deleted,
+see ``distill.training.checkpoints``) into the job's local working folder (``<data_dir>/jobs/<id>/work``, written
+through a temp file and ``os.replace``, so a file opened there is always complete). With a local store that folder *is* the store and nothing needs doing. With object storage,
 ``CheckpointMirror``:
 
 - ``restore()`` before the job runs: downloads each checkpoint the store holds under ``jobs/<id>/work/`` unless this
@@ -11,7 +11,9 @@ complete). With a local store that folder *is* the store and nothing needs doing
   must agree on the time, as the leases already require);
 - a daemon thread uploads every new or changed checkpoint within ``interval_s`` of its writing, while the job's
   lease is held (``may_write``), so a worker killed outright loses at most the checkpoint it was writing;
-- ``sync()`` at a hand-back uploads what is left before the job is released, so the next worker resumes at that step.
+- ``sync()`` at a hand-back uploads what is left before the job is released, so the next worker resumes at that step;
+  every sync also deletes from the store the checkpoints it knows that the folder no longer has (pruned or set aside
+  as unreadable), so the store holds what the folder holds.
 
 Only the top-level ``*.pt`` files are mirrored; inputs, an unpacked teacher and staged artifacts stay local.
 """
@@ -79,8 +81,8 @@ class CheckpointMirror:
         return fetched
 
     def sync(self) -> list[str]:
-        """Upload every checkpoint of ``workdir`` that changed since its last upload (while ``may_write()``); returns
-        their names. Raises StoreError when an upload fails."""
+        """Upload every checkpoint of ``workdir`` that changed since its last upload and delete the store's copies of those
+        it no longer has (while ``may_write()``); returns the names uploaded. Raises StoreError when a transfer fails."""
         if not self.active:
             return []
         done = []
@@ -102,6 +104,11 @@ class CheckpointMirror:
                     continue
                 self._seen[path.name] = (fst.st_mtime_ns, fst.st_size)
                 done.append(path.name)
+            for name in [n for n in self._seen if not (self.workdir / n).exists()]:
+                if not self.may_write():
+                    return done
+                self.store.delete(f"{self.prefix}/{name}")
+                del self._seen[name]
         return done
 
     def _run(self) -> None:

@@ -200,3 +200,8 @@ def test_checkpoint_mirror_uploads_while_allowed_and_restores_the_newest(seaweed
     assert ma.sync() == []
     with b.open("jobs/job_m/work/checkpoint.pt") as body:
         assert body.read() == b"epoch-2"
+    # the core prunes its older checkpoints and sets unreadable ones aside: the store follows the folder
+    (wb / "checkpoint-epoch3-step30.pt").write_bytes(b"epoch-3")
+    assert mb.sync() == ["checkpoint-epoch3-step30.pt"]
+    (wb / "checkpoint.pt").unlink()
+    assert mb.sync() == [] and seaweedfs.keys(bucket) == ["stillhouse/jobs/job_m/work/checkpoint-epoch3-step30.pt"]

@@ -12,6 +12,7 @@ from distill.report import parse_report, unmodelled_keys
 from distill.reporter import RecordingReporter
 from distill.results import DistillResult, JobInputs
 from distill.spec import JobSpec
+from distill.training import CheckpointStore, read_checkpoint
 from distill.text import job as _text_job
 
 
@@ -64,3 +65,9 @@ def run(spec: JobSpec, teacher: FileInput, workdir: Path, reporter: RecordingRep
     reporter = reporter or RecordingReporter()
     result = run_job(spec, JobInputs(teacher=teacher, files=files or {}), workdir, reporter, **kw)
     return result, reporter
+
+
+def latest_checkpoint(folder: Path, stem: str = "checkpoint") -> dict[str, Any] | None:
+    """The newest checkpoint of training pass ``stem`` in ``folder`` (read and digest-checked), or None without one."""
+    files = CheckpointStore(folder, stem).files()
+    return read_checkpoint(files[0].path) if files else None

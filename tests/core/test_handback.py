@@ -9,9 +9,9 @@ from safetensors.torch import load_file
 
 from distill.errors import StopRequested
 from distill.reporter import RecordingReporter
-from distill.loop import CHECKPOINT_VERSION, PARTIAL_CHECKPOINT_VERSION, load_checkpoint, steps_per_epoch
+from distill.training import CHECKPOINT_VERSION, PARTIAL_CHECKPOINT_VERSION, steps_per_epoch
 
-from .helpers import make_spec, run
+from .helpers import latest_checkpoint, make_spec, run
 
 SPE = steps_per_epoch(1437, 64)  # 23 steps per epoch on digits' default split
 
@@ -36,7 +36,7 @@ def test_hand_back_within_an_epoch_resumes_bit_identical(teacher_file, tmp_path)
     handed = RecordingReporter(stop_after_steps=1 + SPE + 6, hand_back=True)
     with pytest.raises(StopRequested):
         run(spec, teacher_file, tmp_path / "w", reporter=handed)
-    ckpt = load_checkpoint(tmp_path / "w/checkpoint.pt")
+    ckpt = latest_checkpoint(tmp_path / "w")
     assert ckpt["version"] == PARTIAL_CHECKPOINT_VERSION and ckpt["epoch"] == 1 and ckpt["step"] == SPE + 6
     assert ckpt["partial"]["epoch"] == 2 and ckpt["partial"]["steps_done"] == 6 and ckpt["partial"]["log_count"] == 6
     saved = [e for e in handed.events if e[0] == "checkpoint_saved" and "steps_done_in_epoch" in (e[2] or {})]
@@ -62,7 +62,7 @@ def test_handed_back_twice_in_a_row_still_resumes_exactly(teacher_file, tmp_path
     rep2 = RecordingReporter(rows=list(rep.rows), stop_after_steps=1, hand_back=True)  # stopped again before any step
     with pytest.raises(StopRequested):
         run(spec, teacher_file, tmp_path / "w", reporter=rep2)
-    assert load_checkpoint(tmp_path / "w/checkpoint.pt")["partial"]["steps_done"] == 5
+    assert latest_checkpoint(tmp_path / "w")["partial"]["steps_done"] == 5
     resumed, rr = run(spec, teacher_file, tmp_path / "w", reporter=RecordingReporter(rows=list(rep2.rows)))
     assert rr.rows == rs.rows and _same_weights(straight, resumed)
 
@@ -71,7 +71,7 @@ def test_a_cancel_writes_no_step_checkpoint(teacher_file, tmp_path):
     rep = RecordingReporter(stop_after_steps=1 + SPE + 6)  # a cancel, not a hand-back
     with pytest.raises(StopRequested):
         run(_spec(), teacher_file, tmp_path / "w", reporter=rep)
-    ckpt = load_checkpoint(tmp_path / "w/checkpoint.pt")
+    ckpt = latest_checkpoint(tmp_path / "w")
     assert ckpt["version"] == CHECKPOINT_VERSION and ckpt["epoch"] == 1 and "partial" not in ckpt
 
 
@@ -82,8 +82,8 @@ def test_hand_back_during_the_baseline_pass_resumes_both_passes_exactly(teacher_
     rep = RecordingReporter(stop_after_steps=1 + 3 * SPE + 1 + 9, hand_back=True)
     with pytest.raises(StopRequested):
         run(spec, teacher_file, tmp_path / "w", reporter=rep)
-    assert load_checkpoint(tmp_path / "w/baseline_checkpoint.pt")["partial"]["steps_done"] == 9
-    assert load_checkpoint(tmp_path / "w/checkpoint.pt")["epoch"] == 3  # the distilled pass had finished
+    assert latest_checkpoint(tmp_path / "w", "baseline_checkpoint")["partial"]["steps_done"] == 9
+    assert latest_checkpoint(tmp_path / "w")["epoch"] == 3  # the distilled pass had finished
     resumed, rr = run(spec, teacher_file, tmp_path / "w", reporter=RecordingReporter(rows=list(rep.rows)))
     assert rr.rows == rs.rows and _same_weights(straight, resumed)
     assert resumed.report["baseline"]["val_top1"] == straight.report["baseline"]["val_top1"]

@@ -14,7 +14,7 @@ from distill.formats import FileInput
 from distill.reporter import RecordingReporter
 from distill.teachers import load_teacher
 from distill.formats import ARCH_METADATA_KEY
-from distill.loop import steps_per_epoch
+from distill.training import steps_per_epoch
 
 from .helpers import make_spec, run
 
@@ -90,7 +90,7 @@ def test_resume_after_crash_matches_a_straight_run(teacher_file, tmp_path):
     crashed = RecordingReporter(stop_after_steps=2 * SPE + 12)
     with pytest.raises(StopRequested):
         run(spec, teacher_file, tmp_path / "resumed", reporter=crashed)
-    assert (tmp_path / "resumed/checkpoint.pt").exists() and not (tmp_path / "resumed/artifacts").exists()
+    assert list((tmp_path / "resumed").glob("checkpoint-epoch2-step*.pt")) and not (tmp_path / "resumed/artifacts").exists()
     assert max(r.epoch for r in crashed.rows) == 3  # rows of the interrupted epoch 3 were recorded...
     again = RecordingReporter(rows=list(crashed.rows))
     resumed, rr = run(spec, teacher_file, tmp_path / "resumed", reporter=again)

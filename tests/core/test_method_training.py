@@ -23,7 +23,7 @@ from distill.models import build
 from distill.spec import MethodSpec
 from distill.teacher_training import save_model, train_classifier
 
-from .helpers import run
+from .helpers import latest_checkpoint, run
 
 # cnn [8, 16], hidden 32 on [1, 28, 28]: 0 conv, 1 BN, 2 ReLU, 3 pool (8x14x14), 4 conv, 5 BN, 6 ReLU, 7 pool (16x7x7),
 # 8 flatten, 9 Linear(784, 32), 10 ReLU, 11 Linear(32, 10)
@@ -125,8 +125,8 @@ def test_kd_plus_fitnet_combination(mnist_teacher, tmp_path):
     assert r["student"]["val_top1"] > 0.80
     print(f"\nkd+fitnet: student val top-1 {r['student']['val_top1']:.4f}")
     # the adapter (Linear 64 -> 32) is trained and saved with the student in the checkpoint
-    ckpt = torch.load(tmp_path / "job/checkpoint.pt", weights_only=True)
-    assert ckpt["method"]["extras.0.adapter.weight"].shape == (32, 64)
+    ckpt = latest_checkpoint(tmp_path / "job")
+    assert ckpt["modules"]["method"]["extras.0.adapter.weight"].shape == (32, 64)
     # ...but the exported student holds the student's weights only
     assert not [k for k in load_file(str(result.artifacts[0])) if "adapter" in k]
 

@@ -150,7 +150,7 @@ def test_cancel_and_resume(tiny_encoder_dir, reviews, tmp_path):
     steps_per_epoch = -(-225 // 16)
     with pytest.raises(StopRequested):
         run_text_job(s, tiny_encoder_dir, 1000, files(reviews), wd, RecordingReporter(stop_after_steps=steps_per_epoch + 3))
-    assert not (wd / "artifacts").exists() and (wd / "checkpoint.pt").exists()
+    assert not (wd / "artifacts").exists() and list(wd.glob("checkpoint-epoch1-*.pt"))
     rep = RecordingReporter()
     r = run_text_job(s, tiny_encoder_dir, 1000, files(reviews), wd, rep).report
     assert r["training"]["resumed_from_epoch"] == 1 and [e[0] for e in rep.events].count("resumed") == 1
@@ -198,3 +198,103 @@ def test_dkd_warm_up_reaches_text_jobs(minilm_dir, tmp_path, reviews):
     finally:
         mp.undo()
     assert set(seen) == {1, 2}
+
+
+# ---------------------------------------------------------------------------------------------- the one trainer on text
+TEXT_SPE = -(-225 // 16)  # 300 reviews, 25% held out, batch 16: 15 steps per epoch
+
+
+def _text_case(task, tiny_encoder_dir, tiny_bert_classifier_dir, **over):
+    """(spec, teacher folder) of a short text job of ``task`` that uses dropout (BERT's 0.1) and logs every 4 steps."""
+    base = {"training.epochs": 2, "training.log_every_steps": 4, "training.optimizer": {"name": "sgd", "lr": 0.05},
+            "export.formats": ["safetensors"], **over}
+    if task == "sentence_embedding":
+        return spec(**{"embedding": {"cosine_weight": 1.0, "mse_weight": 1.0}, **base}), tiny_encoder_dir
+    return spec(task="sequence_classification", method={"name": "kd", "temperature": 2.0, "alpha": 0.5},
+                **{"student.from_teacher": {"num_layers": 1}, **base}), tiny_bert_classifier_dir
+
+
+def _zip_weights(result):
+    from safetensors.torch import load
+
+    with zipfile.ZipFile(result.artifacts[0]) as z:
+        return load(z.read("student_hf/model.safetensors"))
+
+
+def _same(a, b) -> bool:
+    wa, wb = _zip_weights(a), _zip_weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("task", ["sentence_embedding", pytest.param("sequence_classification", marks=pytest.mark.slow)])
+def test_handed_back_text_job_resumes_at_its_step_bit_identical(task, tiny_encoder_dir, tiny_bert_classifier_dir, reviews, tmp_path):
+    s, folder = _text_case(task, tiny_encoder_dir, tiny_bert_classifier_dir)
+    straight_rep = RecordingReporter()
+    straight = run_text_job(s, folder, 1000, files(reviews), tmp_path / "straight", straight_rep)
+    # checks: while loading, after caching, then one before every step -> stop 6 steps into epoch 2 (past log point 20)
+    handed = RecordingReporter(stop_after_steps=2 + TEXT_SPE + 6, hand_back=True)
+    with pytest.raises(StopRequested):
+        run_text_job(s, folder, 1000, files(reviews), tmp_path / "w", handed)
+    saved = [e for e in handed.events if e[0] == "checkpoint_saved" and "steps_done_in_epoch" in (e[2] or {})]
+    assert saved and saved[-1][2] == {"epoch": 1, "step": TEXT_SPE + 6, "steps_done_in_epoch": 6}
+    assert max(r.step for r in handed.rows) == 20  # the last log point before the stop
+    again = RecordingReporter(rows=list(handed.rows))
+    resumed = run_text_job(s, folder, 1000, files(reviews), tmp_path / "w", again)
+    ev = [e for e in again.events if e[0] == "resumed"]
+    assert len(ev) == 1 and ev[0][2] == {"epoch": 1, "step": TEXT_SPE + 6, "steps_done_in_epoch": 6}
+    assert again.rows == straight_rep.rows  # every loss term, lr, val metric (and train top-1), step and epoch
+    assert _same(straight, resumed)
+    assert resumed.report["training"]["final_loss_terms"] == straight.report["training"]["final_loss_terms"]
+    if task == "sequence_classification":
+        assert [r.epoch for r in again.rows if r.name == "top1" and r.split == "train"] == [1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["sentence_embedding", "sequence_classification"])
+def test_text_job_resumed_after_a_finished_epoch_matches_a_straight_run(task, tiny_encoder_dir, tiny_bert_classifier_dir, reviews,
+                                                                        tmp_path):
+    s, folder = _text_case(task, tiny_encoder_dir, tiny_bert_classifier_dir)
+    straight_rep = RecordingReporter()
+    straight = run_text_job(s, folder, 1000, files(reviews), tmp_path / "straight", straight_rep)
+    crashed = RecordingReporter(stop_after_steps=2 + TEXT_SPE + 9)  # a crash (no hand-back) 9 steps into epoch 2
+    with pytest.raises(StopRequested):
+        run_text_job(s, folder, 1000, files(reviews), tmp_path / "w", crashed)
+    assert max(r.epoch for r in crashed.rows) == 2
+    again = RecordingReporter(rows=list(crashed.rows))
+    resumed = run_text_job(s, folder, 1000, files(reviews), tmp_path / "w", again)
+    assert resumed.report["training"]["resumed_from_epoch"] == 1
+    assert [e[2] for e in again.events if e[0] == "resumed"] == [{"epoch": 1, "step": TEXT_SPE}]
+    assert again.rows == straight_rep.rows and _same(straight, resumed)
+
+
+@pytest.mark.parametrize("task", ["sentence_embedding", "sequence_classification"])
+def test_bf16_autocast_is_in_effect_on_a_text_job(task, tiny_encoder_dir, tiny_bert_classifier_dir, reviews, tmp_path, monkeypatch):
+    """With training.precision bf16 every Linear of the student computes in bfloat16 while training (the student's
+    forward runs under torch.autocast); with fp32 in float32. Losses stay float32 and the exported weights too."""
+    import distill.text.job as text_job
+
+    seen: dict[str, set] = {}
+    original = text_job.derive_student
+
+    def spy(*a, **kw):
+        student, facts = original(*a, **kw)
+        for mod in student.modules():
+            if isinstance(mod, torch.nn.Linear):
+                mod.register_forward_hook(lambda m, i, o: seen[current].add((o.dtype, torch.is_autocast_enabled("cpu")))
+                                          if m.training else None)
+        return student, facts
+
+    monkeypatch.setattr(text_job, "derive_student", spy)
+    over = {"training.epochs": 1}
+    if task == "sentence_embedding":  # the TinyBERT hidden-state term reads the student's bf16 states in float32
+        over["embedding"] = {"cosine_weight": 1.0, "hidden_layers": [{"student": 1, "teacher": 3}]}
+    for current in ("bf16", "fp32"):
+        seen[current] = set()
+        s, folder = _text_case(task, tiny_encoder_dir, tiny_bert_classifier_dir, **over, **{"training.precision": current})
+        rep = RecordingReporter()
+        result = run_text_job(s, folder, 1000, files(reviews), tmp_path / current, rep)
+        assert result.report["training"]["precision"] == current
+        assert all(np.isfinite(v) for v in result.report["training"]["final_loss_terms"].values())
+        assert {w.dtype for w in _zip_weights(result).values()} == {torch.float32}
+    assert seen["bf16"] == {(torch.bfloat16, True)}
+    assert seen["fp32"] == {(torch.float32, False)}

@@ -59,8 +59,9 @@ def test_a_job_handed_back_on_one_machine_resumes_on_another_from_the_bucket(spl
     assert seaweedfs.keys(cl.bucket, "stillhouse/files/") == [f"stillhouse/files/{teacher.id}"]
     job = c.create_job(spec(teacher.id, **LONG))
     wait_for(lambda: (c.get_job(job.id).progress.epoch or 0) >= 2, 240, "epoch 2")
-    ckpt = f"stillhouse/jobs/{job.id}/work/checkpoint.pt"
-    wait_for(lambda: ckpt in seaweedfs.keys(cl.bucket), 30, "the epoch checkpoint in the bucket")  # mirrored while it runs
+    work = f"stillhouse/jobs/{job.id}/work/checkpoint-epoch"
+    wait_for(lambda: any(k.startswith(work) and k.endswith(".pt") for k in seaweedfs.keys(cl.bucket)), 30,
+             "an epoch checkpoint in the bucket")  # mirrored while it runs
     assert c.get_job(job.id).status == "running"
     w1.send_signal(signal.SIGTERM)
     w1.wait(timeout=90)

@@ -3,8 +3,9 @@ directory of its own (no shared folder, as on three machines), a real webhook re
 ``standardwebhooks`` package and a real MLflow server. Two jobs are submitted together, so each worker runs one: the
 first job's event stream is read to the end, each job's signed ``job.succeeded`` webhook verifies, ``/metrics`` counts
 both jobs, the first job's student is registered in MLflow (alias, tags) and its artifacts are downloaded from the
-API (streamed from the bucket) with their sha256, the same bytes MLflow holds. Deleting the job then removes its
-artifacts from the bucket and frees their bytes."""
+API (streamed from the bucket) with their sha256, the same bytes MLflow holds (and ``If-None-Match`` / ``HEAD`` answer
+304 / headers only from the bucket too). Deleting the job then removes its artifacts from the bucket and frees their
+bytes."""
 
 from __future__ import annotations
 
@@ -126,6 +127,13 @@ def test_two_machines_stream_webhook_metrics_mlflow_and_download(ops_cluster, se
         if a.name.startswith("student."):
             logged = Path(ml.download_artifacts(out["run_id"], f"student/{a.name}", str(tmp_path / "mlflow")))
             assert sha256(logged) == a.sha256, a.name
+    url = f"/v1/jobs/{first.id}/artifacts/student.safetensors"
+    student = next(a for a in arts if a.name == "student.safetensors")
+    cached = c._http.get(url, headers={"If-None-Match": f'"{student.sha256}"'})  # a pipeline's cache still current
+    assert cached.status_code == 304 and cached.content == b""
+    head = c._http.head(url)
+    assert head.status_code == 200 and head.headers["content-length"] == str(student.bytes) and head.content == b""
+    assert head.headers["etag"] == f'"{student.sha256}"'
     assert not (tmp_path / "api" / "jobs").exists()  # the API kept no copy
     assert not [k for k in keys if "/work/" in k]
 

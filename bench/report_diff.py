@@ -3,9 +3,13 @@ block (compare_baseline, dynamic int8, pruning with a fine-tune, ONNX) in a chec
 diff two saved reports: keys only in one, and values that differ, with the timing-dependent ones (latencies, speedups,
 wall and training seconds, and the summary, which quotes a speedup) counted apart.
 
-    cd OLD_CHECKOUT && PYTHONPATH=$PWD .venv/bin/python bench/report_diff.py run /tmp/before.json
-    cd NEW_CHECKOUT && PYTHONPATH=$PWD .venv/bin/python bench/report_diff.py run /tmp/after.json
+    cp bench/report_diff.py /tmp/
+    cd OLD_CHECKOUT && PYTHONPATH=$PWD .venv/bin/python /tmp/report_diff.py run /tmp/before.json
+    cd NEW_CHECKOUT && PYTHONPATH=$PWD .venv/bin/python /tmp/report_diff.py run /tmp/after.json
     .venv/bin/python bench/report_diff.py diff /tmp/before.json /tmp/after.json [--as-served]
+
+Run the same copy of this script for both: the int8 TorchScript student records the running script's path, so
+``quantized.bytes`` differs by a few dozen bytes between two script paths.
 
 ``--as-served`` validates both through ``distill.report`` first (what ``GET /v1/jobs/{id}/report`` returns), so
 the keys a typed dump adds as null to an older stored report are not counted. The job is seeded and runs on one

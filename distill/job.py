@@ -6,8 +6,11 @@ the one trainer, ``distill.training.Trainer`` with the ``TensorClassification`` 
 ``export.prune``, the pruned copy's fine-tune and, with ``evaluation.compare_baseline``, the same student trained
 alone) → evaluating → exporting. Artifacts are written to a temporary folder and moved to ``workdir/artifacts``
 only when everything succeeded, so a failed or cancelled job leaves no partial artifacts (the last two checkpoints
-of each training pass stay in ``workdir`` for a redelivered job to resume from). Hugging Face teachers run the text
-driver, ``distill.text.run_text_job``.
+of each training pass stay in ``workdir`` for a redelivered job to resume from). Each phase gives its typed part of
+the report (``_teacher_part``, ``_student_part``, ``_data_part``, ``_training_part``, ``_cache_part``,
+``_baseline_part``, the variants, the ONNX check; built by ``distill.report_builders``), and
+``report_builders.classification_report`` assembles them; the result holds the validated report's JSON. Hugging
+Face teachers run the text driver, ``distill.text.run_text_job``.
 """
 
 from __future__ import annotations
@@ -145,11 +148,12 @@ def _plan_cache(spec: JobSpec, method: Method | CombinedMethod, teacher: Teacher
     return True, f"{why}: the teacher's {what} were computed once for {n} training rows ({mib:.1f} MiB) and reused every epoch", size
 
 
-def _export_variants(spec: JobSpec, student: nn.Module, pruned: nn.Module | None, prune_info: dict[str, Any] | None,
-                     filled: dict[str, Any], data: DataBundle, outdir: Path) -> dict[str, QuantizedStudent | PrunedStudent]:
+def _export_variants(spec: JobSpec, student: nn.Module, pruned: tuple[nn.Module, float] | None, filled: dict[str, Any],
+                     data: DataBundle, outdir: Path) -> dict[str, QuantizedStudent | PrunedStudent]:
     """Write and evaluate the extra students the spec asks for: ``quantized`` (dynamic int8, ``student_int8.pt``
-    TorchScript) and ``pruned`` (``student_pruned.safetensors``), each as its report part (artifact, bytes,
-    val_top1 fraction and CPU latency p50/p95 ms per batch size)."""
+    TorchScript) and ``pruned`` (``student_pruned.safetensors``; ``pruned`` is (model, sparsity) from
+    ``prune_and_fine_tune``), each as its report part (artifact, bytes, val_top1 fraction and CPU latency p50/p95 ms
+    per batch size)."""
     out: dict[str, QuantizedStudent | PrunedStudent] = {}
     sizes, iters = list(spec.evaluation.latency_batch_sizes), spec.evaluation.latency_iterations
     example = data.val_x[:1] if data.val_x.shape[0] else data.train_x[:1]
@@ -160,12 +164,14 @@ def _export_variants(spec: JobSpec, student: nn.Module, pruned: nn.Module | None
         out["quantized"] = rb.quantized_student(artifact="student_int8.pt", bytes=size, parameters=parameter_count(student),
                                                 val_top1=ev["val_top1"], latency_ms=ev["latency_ms"],
                                                 load_with="torch.jit.load('student_int8.pt')")
-    if pruned is not None and prune_info is not None:
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in pruned.state_dict().items()}
+    if pruned is not None and spec.export.prune is not None:
+        model, sparsity = pruned
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         path = outdir / "student_pruned.safetensors"
         save_file(tensors, str(path), metadata={ARCH_METADATA_KEY: json.dumps(filled)})
-        ev = evaluate_variant(pruned, data, sizes, iters)
-        out["pruned"] = rb.pruned_student(**prune_info, artifact=path.name, bytes=path.stat().st_size, parameters=parameter_count(pruned),
+        ev = evaluate_variant(model, data, sizes, iters)
+        out["pruned"] = rb.pruned_student(amount=spec.export.prune.amount, sparsity=sparsity, fine_tune_epochs=spec.export.prune.fine_tune_epochs,
+                                          artifact=path.name, bytes=path.stat().st_size, parameters=parameter_count(model),
                                           val_top1=ev["val_top1"], latency_ms=ev["latency_ms"])
     return out
 
@@ -198,11 +204,11 @@ def train_pass(run: JobRun, loaded: _Loaded, student: nn.Module, method: Method 
     return trainer.fit()
 
 
-def prune_and_fine_tune(run: JobRun, loaded: _Loaded, fingerprint: str, cache: TeacherCache | None) -> tuple[nn.Module, dict[str, Any]]:
+def prune_and_fine_tune(run: JobRun, loaded: _Loaded, fingerprint: str, cache: TeacherCache | None) -> tuple[nn.Module, float]:
     """Magnitude pruning (``torch.nn.utils.prune.l1_unstructured``; Han et al. 2015) of every Linear/Conv weight of a
     copy of the student by ``export.prune.amount``, then ``fine_tune_epochs`` of training with the job's own
     distillation loss while the pruning masks hold the zeros, then the masks are made permanent.
-    Returns (pruned model, {'amount', 'sparsity' (zero fraction of the pruned weights), 'fine_tune_epochs'})."""
+    Returns (pruned model in eval mode, sparsity: the zero fraction of the pruned weights)."""
     cfg = run.spec.export.prune
     pruned = copy.deepcopy(loaded.student)
     targets = [(m, "weight") for m in pruned.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
@@ -218,7 +224,7 @@ def prune_and_fine_tune(run: JobRun, loaded: _Loaded, fingerprint: str, cache: T
         prune.remove(m, name)
     zeros = sum(int((m.weight == 0).sum()) for m, _ in targets)
     total = sum(m.weight.numel() for m, _ in targets)
-    return pruned.eval(), {"amount": cfg.amount, "sparsity": zeros / max(1, total), "fine_tune_epochs": cfg.fine_tune_epochs}
+    return pruned.eval(), zeros / max(1, total)
 
 
 def _teacher_format(spec: JobSpec, inputs: JobInputs) -> str:
@@ -259,11 +265,11 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
         outcome = train_pass(run, loaded, loaded.student, loaded.method, fingerprint, cache=cache)
     cache_part = _cache_part(run, loaded, cache, outcome)
     training_part = _training_part(run, loaded, outcome)
-    pruned, prune_info = None, None
+    pruned = None
     if spec.export.prune is not None:
         run.check("before pruning", deadline=False)
         with run.phase("pruning", announce=False):
-            pruned, prune_info = prune_and_fine_tune(run, loaded, fingerprint, cache)
+            pruned = prune_and_fine_tune(run, loaded, fingerprint, cache)
     del cache
     baseline = _baseline(run, loaded, fingerprint)
     run.check("after training")
@@ -273,7 +279,7 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
         baseline_part = _baseline_part(run, loaded, baseline, ev["student"]["parameters"])
     run.check("after evaluation", deadline=False)
     with run.phase("exporting"), run.artifacts() as tmp_dir:
-        exported = _export_all(run, loaded, ev, pruned, prune_info, tmp_dir)
+        exported = _export_all(run, loaded, ev, pruned, tmp_dir)
     report = rb.classification_report(
         teacher=_teacher_part(loaded, inputs, ev), student=_student_part(loaded, ev, exported.student_bytes),
         agreement=ev["agreement"], mean_kl=ev["mean_kl"], evaluation_extras=ev["extra"], data=_data_part(loaded),
@@ -363,12 +369,11 @@ class _Exported:
     names: list[str]
 
 
-def _export_all(run: JobRun, loaded: _Loaded, ev: dict[str, Any], pruned: nn.Module | None, prune_info: dict[str, Any] | None,
-                out: Path) -> _Exported:
+def _export_all(run: JobRun, loaded: _Loaded, ev: dict[str, Any], pruned: tuple[nn.Module, float] | None, out: Path) -> _Exported:
     """Write every artifact into ``out``: the student (safetensors, student.json, optionally ONNX) and its variants."""
     summary = {"val_top1": ev["student"]["val_top1"], "agreement": ev["agreement"], "teacher_val_top1": ev["teacher"]["val_top1"]}
     onnx_info = _export(run.spec, loaded.student, loaded.filled, loaded.data, loaded.teacher, out, summary)
-    variants = _export_variants(run.spec, loaded.student, pruned, prune_info, loaded.filled, loaded.data, out)
+    variants = _export_variants(run.spec, loaded.student, pruned, loaded.filled, loaded.data, out)
     names = ["student.safetensors", "student.json"] + (["student.onnx"] if onnx_info else []) + [v.artifact for v in variants.values()]
     return _Exported(onnx_info, (out / "student.safetensors").stat().st_size, variants, names)
 

@@ -12,7 +12,9 @@ Tasks (each a ``distill.training`` adapter from ``distill.text.adapters``, train
 Teacher outputs are computed once per job (phase ``caching_teacher_outputs``) when nothing random touches
 the input (tokenisation is deterministic; only hidden-state/attention matching needs per-step teacher
 passes). Batches are length-sorted with dynamic padding. As every task: ``training.precision`` (bf16 autocast),
-epoch and hand-back checkpoints with bit-identical resume on CPU, cancellable between steps.
+epoch and hand-back checkpoints with bit-identical resume on CPU, cancellable between steps. The report is built
+from per-phase parts (teacher, student, data, cache, training, export checks, ONNX check) by
+``distill.report_builders`` and assembled by its ``sequence_classification_report`` or ``sentence_embedding_report``.
 """
 
 from __future__ import annotations

@@ -206,6 +206,55 @@ def list_layers(model: nn.Module, input_shape: list[int] | tuple[int, ...], devi
     return out
 
 
+def layer_names(model: nn.Module) -> list[str]:
+    """The layer names of ``model`` a feature method may read: its ``named_modules()`` paths (root excluded), then
+    'penultimate' when it has a last Linear."""
+    return [n for n, _ in model.named_modules() if n] + ([PENULTIMATE] if last_linear(model) is not None else [])
+
+
+def _scope_path(node_name: str) -> str:
+    """The module path in a ``torch.onnx.export`` node name: '/layer1/layer1.0/conv1/Conv' → 'layer1.0.conv1'."""
+    parts = [p for p in node_name.split("/")[:-1] if p]
+    path = ""
+    for seg in parts:
+        path = seg if not path or seg.startswith(path + ".") else f"{path}.{seg}"
+    return path
+
+
+def onnx_layers(model: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """The layers of an ONNX graph (``onnx.ModelProto``): ``({layer name: ONNX value name}, {layer name: op type})``.
+
+    Every value a node computes is a layer by its ONNX name; for graphs from ``torch.onnx.export``, whose node names
+    carry the module scope (``/features/features.0/Conv``), each module path ('features.0') is one too, meaning the
+    value its last node computes; 'penultimate' is the input of the last Gemm/MatMul. Module paths come first."""
+    graph_inputs = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer}
+    modules: dict[str, str] = {}
+    mod_types: dict[str, str] = {}
+    values: dict[str, str] = {}
+    penultimate = None
+    for node in model.graph.node:
+        if not node.output or node.op_type == "Constant":
+            continue
+        out = node.output[0]
+        path = _scope_path(node.name) if node.name.startswith("/") else ""
+        while path:
+            modules[path] = out  # the last node inside the scope gives the module's output
+            mod_types[path] = node.op_type
+            path = path.rpartition(".")[0] if "." in path else ""
+        for o in node.output:
+            values.setdefault(o, node.op_type)
+        if node.op_type in ("Gemm", "MatMul") and node.input and node.input[0] not in graph_inputs:
+            penultimate = node.input[0]
+    layers, types = dict(modules), dict(mod_types)
+    for v, op in values.items():
+        layers.setdefault(v, v)
+        types.setdefault(v, op)
+    if penultimate is not None:
+        layers[PENULTIMATE] = penultimate
+        types[PENULTIMATE] = "input of the last Gemm/MatMul"
+    return layers, types
+
+
 def numel(shape: tuple[int, ...] | list[int]) -> int:
     """Number of elements of a per-sample shape (1 for ``()``)."""
     return int(math.prod(shape)) if shape else 1

@@ -32,6 +32,7 @@ import torch
 
 from .errors import DistillError, first_line
 from .checkpoints import extract_state_dict, file_bytes_text, state_dict_from_object, torch_load_weights_only
+from .features import TYPE_ATTR, layer_names, onnx_layers
 from .hf_archive import inspect_hf_folder, is_hf_archive, safe_extract
 from .lm.gguf import GGUF_MAGIC
 from .lm.uploads import inspect_gguf
@@ -84,7 +85,9 @@ class FileInfo:
     ``input_shape``/``output_shape``: full tensor shapes *including* the batch dimension, ``None`` entries for
     dynamic dimensions (e.g. ``[None, 1, 8, 8]`` and ``[None, 10]``), or None when unknown.
     ``details``: format-specific facts (datasets: samples, feature_shape, has_labels, num_classes,
-    unlabelled; models: tensors, architecture, opset, ...). JSON-serialisable.
+    unlabelled; models: tensors, architecture, opset, tied (weights stored once and tied), dynamic_batch (torch.export),
+    layers (the layer names feature methods may read, when the file says: TorchScript module paths, torch.export
+    module paths, ONNX module paths and values, a stored architecture's modules), ...). JSON-serialisable.
     """
 
     format: str
@@ -328,6 +331,25 @@ def load_exported_program(path: str | Path, device: torch.device | str = "cpu") 
     return ep
 
 
+def unflatten_program(ep: Any) -> torch.nn.Module:
+    """``torch.export.unflatten(ep)``: the program as its original module hierarchy (submodules named by their paths,
+    each an interpreted graph), each submodule tagged with its original class name (``features.TYPE_ATTR``, from the
+    graph's ``nn_module_stack``) so that e.g. the last Linear is still found."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.export.unflatten(ep)
+    types: dict[str, str] = {}
+    for node in ep.graph.nodes:
+        for path, cls in (node.meta.get("nn_module_stack") or {}).values():
+            types.setdefault(str(path), str(cls).rsplit(".", 1)[-1])
+    for name, sub in module.named_modules():
+        if name and name in types:
+            setattr(sub, TYPE_ATTR, types[name])
+    return module
+
+
 def exported_io_shapes(ep: Any) -> tuple[list[int | None] | None, list[int | None] | None]:
     """Shapes ``(input, output)`` of an ``ExportedProgram``'s first user input and first output, batch included,
     ``None`` for a dynamic (symbolic) dimension; None overall when not a tensor."""
@@ -456,6 +478,28 @@ def onnx_shapes(model: Any) -> tuple[list[int | None] | None, list[int | None] |
     return (dims(inputs[0]) if inputs else None), (dims(model.graph.output[0]) if model.graph.output else None)
 
 
+def onnx_parameters(model: Any) -> int:
+    """Scalar parameters of an ``onnx.ModelProto``: its initializers, one per distinct content (an exporter may store a
+    tied weight twice)."""
+    seen: set[Any] = set()
+    total = 0
+    for init in model.graph.initializer:
+        key = (tuple(init.dims), init.data_type, init.raw_data) if init.raw_data else (init.name,)
+        if key not in seen:
+            seen.add(key)
+            total += math.prod(init.dims)
+    return int(total)
+
+
+MAX_LISTED_LAYERS = 2000  # layer names kept in a model file's details (for the job-creation check of layer names)
+
+
+def _with_layers(info: FileInfo, names: list[str]) -> FileInfo:
+    """``info`` with ``details['layers']``: the first ``MAX_LISTED_LAYERS`` layer names a feature method may read."""
+    info.details["layers"] = names[:MAX_LISTED_LAYERS]
+    return info
+
+
 def _inspect_model(path: Path, fmt: str) -> FileInfo:
     if fmt in ("safetensors", "state_dict"):
         notes: list[str] = []
@@ -479,6 +523,7 @@ def _inspect_model(path: Path, fmt: str) -> FileInfo:
             info.details["architecture"] = filled
             if ties:
                 info.details["tied"] = ties
+            _with_layers(info, layer_names(model))
         if any(k.startswith("module.") for k in tensors):
             info.details["module_prefix"] = True
         return info
@@ -487,14 +532,15 @@ def _inspect_model(path: Path, fmt: str) -> FileInfo:
             module = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:  # noqa: BLE001
             raise _invalid(f"unreadable TorchScript archive: {first_line(e)}") from None
-        return FileInfo(fmt, parameters=parameter_count(module), details={})
+        return _with_layers(FileInfo(fmt, parameters=parameter_count(module), details={}), layer_names(module))
     if fmt == "torch_export":
         ep = load_exported_program(path)
         in_shape, out_shape = exported_io_shapes(ep)
-        module = torch.export.unflatten(ep)
-        return FileInfo(fmt, parameters=parameter_count(module), input_shape=in_shape, output_shape=out_shape,
+        module = unflatten_program(ep)
+        info = FileInfo(fmt, parameters=parameter_count(module), input_shape=in_shape, output_shape=out_shape,
                         details={"dynamic_batch": bool(in_shape) and in_shape[0] is None,
                                  "inputs": len(ep.graph_signature.user_inputs)})
+        return _with_layers(info, layer_names(module))
     if fmt == "onnx":
         import onnx
         import onnxruntime as ort
@@ -505,10 +551,10 @@ def _inspect_model(path: Path, fmt: str) -> FileInfo:
             ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001
             raise _invalid(f"invalid ONNX model: {first_line(e)}") from None
-        params = sum(math.prod(init.dims) for init in model.graph.initializer)
         in_shape, out_shape = onnx_shapes(model)
         opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)
-        return FileInfo(fmt, parameters=int(params), input_shape=in_shape, output_shape=out_shape, details={"opset": opset})
+        info = FileInfo(fmt, parameters=onnx_parameters(model), input_shape=in_shape, output_shape=out_shape, details={"opset": opset})
+        return _with_layers(info, list(onnx_layers(model)[0]))
     raise _invalid(f"expected {_EXPECTED_MODEL}, got {_FORMAT_NAMES.get(fmt, fmt)}")
 
 
@@ -836,10 +882,12 @@ __all__ = [
     "inspect_npz",
     "load_exported_program",
     "load_tensors",
+    "onnx_parameters",
     "onnx_shapes",
     "read_dataset",
     "sniff",
     "state_dict_from_object",
     "tensor_aliases",
     "tie_weights",
+    "unflatten_program",
 ]

@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from .errors import DistillError, first_line, runtime_message
-from .features import PENULTIMATE, TYPE_ATTR, FeatureRecorder, last_linear, list_layers, module_type, unknown_layer
-from .formats import (architecture_from_metadata, exported_io_shapes, load_exported_program, load_tensors, onnx_shapes, sniff,
-                      tie_weights)
+from .features import (PENULTIMATE, FeatureRecorder, layer_names, list_layers, module_type, onnx_layers,
+                       unknown_layer)
+from .formats import (architecture_from_metadata, exported_io_shapes, load_exported_program, load_tensors, onnx_parameters,
+                      onnx_shapes, sniff, tie_weights, unflatten_program)
 from .measure import count_flops, latency_ms, module_latency
 from .models import build, describe, parameter_count
 from .spec import ArchitectureSpec
@@ -278,8 +279,7 @@ class TorchTeacher(Teacher):
 
     def layer_names(self) -> list[str]:
         """The module paths of ``named_modules()`` (root excluded), then 'penultimate' when there is a last Linear."""
-        names = [n for n, _ in self.module.named_modules() if n]
-        return names + ([PENULTIMATE] if last_linear(self.module) is not None else [])
+        return layer_names(self.module)
 
     def _features(self, x: torch.Tensor, layers: list[str], param: str | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         rec = FeatureRecorder(self.module, layers, param)
@@ -400,18 +400,7 @@ class ExportTeacher(TorchTeacher):
     inputs in chunks of B (the last one zero-padded, the padding's outputs dropped)."""
 
     def __init__(self, ep: Any, device: torch.device) -> None:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module = torch.export.unflatten(ep)
-        types: dict[str, str] = {}
-        for node in ep.graph.nodes:
-            for path, cls in (node.meta.get("nn_module_stack") or {}).values():
-                types.setdefault(str(path), str(cls).rsplit(".", 1)[-1])
-        for name, sub in module.named_modules():
-            if name and name in types:
-                setattr(sub, TYPE_ATTR, types[name])
+        module = unflatten_program(ep)
         in_shape, out_shape = exported_io_shapes(ep)
         self.fixed_batch = in_shape[0] if in_shape else None
         sample = in_shape[1:] if in_shape and all(d is not None for d in in_shape[1:]) else None
@@ -490,9 +479,9 @@ class OnnxTeacher(Teacher):
         self.fixed_batch = in_shape[0] if in_shape else None
         sample = in_shape[1:] if in_shape and len(in_shape) > 1 and all(d is not None for d in in_shape[1:]) else None
         k = out_shape[1] if out_shape and len(out_shape) == 2 else None
-        params = int(sum(int(np.prod(i.dims)) for i in _unique_initializers(model)))
+        params = onnx_parameters(model)
         notes = [f"ONNX via onnxruntime ({', '.join(self.session.get_providers())})"]
-        self._layers, self._types = _onnx_layers(model)
+        self._layers, self._types = onnx_layers(model)
         self._sessions: dict[tuple[str, ...], Any] = {}
         super().__init__("onnx", device, parameters=params, num_classes=k, input_shape=sample, notes=notes)  # type: ignore[arg-type]
 
@@ -562,56 +551,6 @@ class OnnxTeacher(Teacher):
     def latency(self, batch_size: int, iterations: int) -> dict[str, float]:
         x = np.zeros((batch_size, *self._need_shape()), dtype=np.float32)
         return latency_ms(lambda: self._run(x), iterations, torch.device("cpu"))
-
-
-def _unique_initializers(model: Any) -> list[Any]:
-    """The graph's initializers, one per distinct content (an exporter may store a tied weight twice)."""
-    seen, out = set(), []
-    for init in model.graph.initializer:
-        key = (tuple(init.dims), init.data_type, init.raw_data) if init.raw_data else (init.name,)
-        if key not in seen:
-            seen.add(key)
-            out.append(init)
-    return out
-
-
-def _scope_path(node_name: str) -> str:
-    """The module path in a ``torch.onnx.export`` node name: '/layer1/layer1.0/conv1/Conv' → 'layer1.0.conv1'."""
-    parts = [p for p in node_name.split("/")[:-1] if p]
-    path = ""
-    for seg in parts:
-        path = seg if not path or seg.startswith(path + ".") else f"{path}.{seg}"
-    return path
-
-
-def _onnx_layers(model: Any) -> tuple[dict[str, str], dict[str, str]]:
-    """``({layer name: ONNX value name}, {layer name: op type})`` of a graph, as ``OnnxTeacher`` describes."""
-    graph_inputs = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer}
-    modules: dict[str, str] = {}
-    mod_types: dict[str, str] = {}
-    values: dict[str, str] = {}
-    penultimate = None
-    for node in model.graph.node:
-        if not node.output or node.op_type == "Constant":
-            continue
-        out = node.output[0]
-        path = _scope_path(node.name) if node.name.startswith("/") else ""
-        while path:
-            modules[path] = out  # the last node inside the scope gives the module's output
-            mod_types[path] = node.op_type
-            path = path.rpartition(".")[0] if "." in path else ""
-        for o in node.output:
-            values.setdefault(o, node.op_type)
-        if node.op_type in ("Gemm", "MatMul") and node.input and node.input[0] not in graph_inputs:
-            penultimate = node.input[0]
-    layers, types = dict(modules), dict(mod_types)
-    for v, op in values.items():
-        layers.setdefault(v, v)
-        types.setdefault(v, op)
-    if penultimate is not None:
-        layers[PENULTIMATE] = penultimate
-        types[PENULTIMATE] = "input of the last Gemm/MatMul"
-    return layers, types
 
 
 def _strip_module_prefix(tensors: dict[str, torch.Tensor], notes: list[str]) -> dict[str, torch.Tensor]:

@@ -186,10 +186,15 @@ def test_methods_distil_the_same_cnn_alike_on_every_format(method, shipped_teach
 
 
 def test_onnx_features_per_step_without_the_cache(shipped_teachers, tmp_path):
-    spec = make_spec(method=METHODS["fitnet"], training={"epochs": 2}, cache={"teacher_outputs": "off"})
-    result, _ = run(spec, shipped_teachers["onnx"], tmp_path / "job")
-    assert result.report["cache"]["teacher_outputs"] is False and result.report["student"]["val_top1"] > 0.7
-    assert result.report["training"]["final_loss_terms"]["fitnet"] > 0
+    spec = make_spec(method=METHODS["fitnet"], training={"epochs": 2})
+    cached, _ = run(spec, shipped_teachers["onnx"], tmp_path / "cached")
+    live, _ = run(spec.model_copy(update={"cache": spec.cache.model_copy(update={"teacher_outputs": "off"})}),
+                  shipped_teachers["onnx"], tmp_path / "live")
+    assert cached.report["cache"]["teacher_outputs"] is True and live.report["cache"]["teacher_outputs"] is False
+    # onnxruntime computes a row the same in any batch: per-step features equal the cached ones
+    assert live.report["student"]["val_top1"] == pytest.approx(cached.report["student"]["val_top1"], abs=0.005)
+    assert live.report["training"]["final_loss_terms"]["fitnet"] == pytest.approx(
+        cached.report["training"]["final_loss_terms"]["fitnet"], rel=1e-3)
 
 
 # ------------------------------------------------------------------------------------ outputs that are not logits
@@ -253,12 +258,13 @@ def test_class_count_mismatch_is_refused_unless_the_spec_chooses(shipped_cnn, tm
     assert "12" in e.value.message and "10" in e.value.message
     for k in (12, 10):
         spec = make_spec(student={"architecture": {"name": "mlp", "kwargs": {"hidden_sizes": [64], "num_classes": k}}},
-                         training={"epochs": 2})
+                         training={"epochs": 4})
         result, _ = run(spec, teacher, tmp_path / f"k{k}")
         r = result.report
         assert r["student"]["architecture"]["kwargs"]["num_classes"] == k and r["data"]["num_classes"] == 10
         assert any("outputs 12 classes, the data has 10" in n for n in r["teacher"]["notes"]), r["teacher"]["notes"]
-        assert r["student"]["val_top1"] > 0.7
+        print(f"\nnum_classes {k}: teacher {r['teacher']['val_top1']}, student {r['student']['val_top1']}")
+        assert r["teacher"]["val_top1"] > 0.9 and r["student"]["val_top1"] > 0.7
 
 
 # ---------------------------------------------------------------------------------------------------- tied weights

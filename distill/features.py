@@ -5,7 +5,7 @@ Layers are named by the module path a user sees in ``model.named_modules()`` (e.
 the model's last ``nn.Linear`` (the features the classifier reads), captured with a forward pre-hook.
 
 Hooks need modules that run in Python: eager PyTorch models and ``torch.export`` programs rebuilt with
-``torch.export.unflatten`` (each submodule an interpreted graph, named by its original path; the original class is
+``torch.export.unflatten`` (each submodule a graph of its own, named by its original path; the original class is
 kept in ``module_type`` from the graph's ``nn_module_stack``). TorchScript modules run no hooks inside scripted code,
 and ONNX graphs have no modules at all: those teachers give features their own way (``teachers.ScriptTeacher``,
 ``teachers.OnnxTeacher``).

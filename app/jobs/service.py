@@ -49,6 +49,7 @@ def _check_file(session: Session, file_id: str, role: str, purpose: str, tenant_
 
 
 BUILTIN_SHAPES = {"digits": [1, 8, 8], "mnist5k": [1, 28, 28]}
+BUILTIN_CLASSES = {"digits": 10, "mnist5k": 10}
 
 
 def _known_shapes(files: dict[str, File], spec: JobSpec) -> tuple[list[int] | None, int | None]:
@@ -145,6 +146,26 @@ def _check_layers(spec: JobSpec, files: dict[str, File]) -> None:
                 raise Unprocessable(e.message, param=e.param) from e
 
 
+def _check_class_counts(spec: JobSpec, files: dict[str, File]) -> None:
+    """A teacher with more outputs than the training data has classes needs ``student.architecture.kwargs.num_classes``
+    (the teacher's count or the data's) when both are known now; the worker checks again on the first batch. Raises
+    Unprocessable (422) with both numbers and the field to set."""
+    teacher, arch = files.get("teacher"), spec.student.architecture
+    if teacher is None or arch is None or "num_classes" in arch.kwargs:
+        return
+    _, k = _known_shapes(files, spec)
+    train_file = files.get("data.train")
+    if spec.data.train.builtin:
+        data_k = BUILTIN_CLASSES.get(spec.data.train.builtin)
+    else:
+        data_k = (train_file.details or {}).get("num_classes") if train_file is not None else None
+    if isinstance(k, int) and isinstance(data_k, int) and k > data_k:
+        raise Unprocessable(f"the teacher (file {teacher.id}) outputs {k} classes but the data has {data_k}; set "
+                            f"student.architecture.kwargs.num_classes to {k} (learn all the teacher's outputs) or {data_k} (learn "
+                            f"the data's classes from the teacher's first {data_k} outputs)",
+                            param="student.architecture.kwargs.num_classes")
+
+
 TEXT_TASKS = ("sequence_classification", "sentence_embedding")
 
 
@@ -226,7 +247,8 @@ def validate_references(session: Session, spec: JobSpec, tenant_id: str, *, pend
     Files must exist, belong to ``tenant_id`` (another tenant's file gets the same ``file_not_found`` as an
     unknown one) and have the right purpose; a forced teacher format must match the detected one;
     weights-only teachers need an architecture (in the spec or in the file's metadata);
-    architectures must be registered with valid kwargs; feature methods' layers must exist in their models; a CSV label column must exist; a transfer set must be
+    architectures must be registered with valid kwargs; feature methods' layers must exist in their models; a teacher
+    with more classes than the data needs the student's num_classes; a CSV label column must exist; a transfer set must be
     unlabelled; a registry tracking URI must be one the operator allows. Raises Unprocessable (422).
 
     ``pending`` (a dry run before uploading): roles among ``FILE_ROLES`` whose files are not uploaded yet; their
@@ -263,6 +285,8 @@ def validate_references(session: Session, spec: JobSpec, tenant_id: str, *, pend
             raise Unprocessable(f"{param}: unknown architecture {arch.name!r}; available: {', '.join(model_checks.architecture_names())}", param=param)
         _check_architecture(param.rsplit(".", 1)[0], arch.name, arch.kwargs, files, spec)
     _check_layers(spec, files)
+    if teacher is not None and job_task(spec, teacher) == "classification":
+        _check_class_counts(spec, files)
     for role, ref in (("data.train", spec.data.train), ("data.validation", spec.data.validation), ("data.transfer", spec.data.transfer)):
         f = files.get(role)
         if f is None or ref is None or ref.label_column == "label":

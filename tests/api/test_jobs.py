@@ -3,8 +3,12 @@ API (cancel), lists and the sub-resources' errors. No worker runs here; tests/e2
 
 from __future__ import annotations
 
+import warnings
 
 import pytest
+import torch
+
+from distill.models import build
 
 from tests.specs import override
 
@@ -346,6 +350,22 @@ async def test_feature_method_layers_are_checked_at_creation_on_every_format(api
     prototype = spec_for(teacher_id, method={"name": "prototype", "student_layer": "3x"})
     err = assert_error(await api.post("/v1/jobs", json=prototype), 422)
     assert err["param"] == "method.student_layer" and "nearest: 3" in err["message"]
+
+
+async def test_a_teacher_with_more_classes_than_the_data_needs_the_students_num_classes(api, tmp_path):
+    torch.manual_seed(0)
+    twelve = tmp_path / "twelve.onnx"  # a 12-output mlp as ONNX: its output count is known at upload
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(build("mlp", {"input_shape": [1, 8, 8], "num_classes": 12, "hidden_sizes": [8]}).eval(),
+                          (torch.zeros(1, 1, 8, 8),), str(twelve), dynamo=False, input_names=["input"],
+                          dynamic_axes={"input": {0: "b"}})
+    fid = (await upload(api, twelve)).json()["id"]
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(fid)), 422)
+    assert err["param"] == "student.architecture.kwargs.num_classes" and "12 classes" in err["message"] and "has 10" in err["message"]
+    for k in (12, 10):
+        ok = spec_for(fid, **{"student.architecture": {"name": "mlp", "kwargs": {"hidden_sizes": [8], "num_classes": k}}})
+        assert (await api.post("/v1/jobs", json=ok)).status_code == 201
 
 
 async def test_sql_reporter_discards_only_the_given_splits(api, teacher_id):

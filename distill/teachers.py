@@ -397,8 +397,9 @@ class ExportTeacher(TorchTeacher):
     """A ``torch.export`` program (``formats.load_exported_program``), run as the module ``torch.export.unflatten``
     rebuilds: the original module hierarchy (paths from the graph's ``nn_module_stack``), each submodule a graph of
     its own, so forward hooks give every module's output. Each call pays torch's input checks and pytree handling
-    (a fixed cost per call: 0.3-0.7 ms at batch 1 for the mnist CNN of bench/shipped_teachers.py; nothing per sample). A program exported with a static batch size B runs
-    inputs in chunks of B (the last one zero-padded, the padding's outputs dropped)."""
+    (a fixed cost per call: 0.3-0.7 ms at batch 1 for the mnist CNN of bench/shipped_teachers.py; nothing per
+    sample). A program exported with a static batch size B runs inputs in chunks of B (the last one zero-padded, the
+    padding's outputs dropped)."""
 
     def __init__(self, ep: Any, device: torch.device) -> None:
         module = unflatten_program(ep)

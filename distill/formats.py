@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import math
+import re
 import struct
 import tempfile
 import unicodedata
@@ -235,7 +236,7 @@ def _pt2_prefix(names: list[str]) -> str | None:
     return None
 
 
-_PT2_UNSAFE_MEMBERS = ("data/aotinductor/", "data/weights/model.pt", "data/constants/model.pt")
+_PT2_UNSAFE_MEMBER = re.compile(r"^data/aotinductor/|^data/(weights|constants)/[^/]+\.pt$|\.(so|cpp|wrapper)$")
 
 
 def _weights_only_bytes(raw: bytes, what: str) -> None:
@@ -284,7 +285,7 @@ def check_pt2_archive(path: str | Path) -> None:
                 raise _invalid("not a torch.export archive: archive_format is not 'pt2'")
             for n in names:
                 rel = n[len(prefix):]
-                if rel.startswith(_PT2_UNSAFE_MEMBERS) or n.endswith((".so", ".cpp", ".wrapper")):
+                if _PT2_UNSAFE_MEMBER.search(rel):
                     raise DistillError("unsafe_checkpoint", f"the torch.export archive holds {rel!r} (compiled code or a "
                                        "legacy pickled payload), which is never loaded; re-save the program with "
                                        "torch.export.save", "file")

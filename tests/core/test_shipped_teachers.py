@@ -94,7 +94,9 @@ def test_torch_export_archive_pickles_are_audited_before_torch_loads_them(shippe
                                                          f"data/weights/{cfg['config'][first]['path_name']}": evil.getvalue()})
     # (5) compiled code
     aoti = _rewrite(src, tmp_path / "aoti.pt2", {}, {f"{prefix}data/aotinductor/model/model.so": b"\x7fELF"})
-    for path in (bad_inputs, bad_weight, aoti):
+    # (4) a legacy pickled weights file, which torch would read with weights_only=False
+    legacy = _rewrite(src, tmp_path / "legacy.pt2", {}, {f"{prefix}data/weights/model.pt": evil.getvalue()})
+    for path in (bad_inputs, bad_weight, aoti, legacy):
         assert sniff(path) == "torch_export"
         for call in (lambda: inspect_file(path, "teacher"), lambda: load_teacher(path, "torch_export", None)):
             with pytest.raises(DistillError) as e:

@@ -1,6 +1,5 @@
 """Shared model and data fixtures, one definition each (registered for the whole suite by ``tests/conftest.py``):
-the digits split and a small digits CNN teacher trained once per session, a CNN that is not one of the registry's
-(``ShippedCNN``) trained on digits and exported three ways (torch.export, ONNX, TorchScript), the offline all-MiniLM-L6-v2 folder and
+the digits split and a small digits CNN teacher trained once per session, the offline all-MiniLM-L6-v2 folder and
 its zip, a tiny BERT classifier folder and its zip, and a JSONL of Rotten Tomatoes reviews."""
 
 from __future__ import annotations

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
+import httpx
 import psutil
 import pytest
 
+from tests.e2e.conftest import ROOT, free_port
 from tests.e2e.test_durability_e2e import LONG, cluster  # noqa: F401 - the cluster fixture
 from tests.e2e.test_jobs_e2e import spec, wait_for
 
@@ -43,3 +47,95 @@ def test_an_idle_pool_child_killed_then_the_next_job_runs(cluster, digits_teache
         done = c.wait(job.id, timeout_s=240)
         assert done.status == "succeeded", (done.status, cl.log("w1")[-4000:])
         assert done.attempt == 1
+
+
+# -- the database goes away under the API -------------------------------------------------------------------------
+
+def serve_api(tmp_path, database_url: str, name: str = "api") -> tuple[subprocess.Popen, str]:
+    """``python -m app serve`` on ``database_url`` (embedded broker and artifacts under ``tmp_path``); returns the
+    process and its base URL once ``/healthz`` answers (``/readyz`` cannot while the database is down)."""
+    port = free_port()
+    env = {**os.environ, "STILLHOUSE_DATA_DIR": str(tmp_path / "data"), "STILLHOUSE_DATABASE_URL": database_url,
+           "STILLHOUSE_BROKER_URL": "filesystem://", "STILLHOUSE_PORT": str(port), "STILLHOUSE_QUEUE": f"q-{port}"}
+    log = (tmp_path / f"{name}.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "app", "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, (tmp_path / f"{name}.log").read_text()
+        try:
+            return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(up, 90, "the API to answer /healthz")
+    return proc, url
+
+
+def stop_api(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def operations() -> list[tuple[str, str]]:
+    """Every (method, path template) of the API's OpenAPI document."""
+    from app.main import create_app
+
+    paths = create_app(auto_migrate=False).openapi()["paths"]
+    return [(m.upper(), p) for p, ops in paths.items() for m in ops]
+
+
+IDS = {"job_id": "job_0123456789abcdef", "file_id": "file_0123456789abcdef", "endpoint_id": "whe_0123456789abcdef",
+       "name": "student.safetensors"}
+NO_DATABASE = {("GET", "/healthz"), ("GET", "/metrics")}
+
+
+def call(client: httpx.Client, method: str, template: str, teacher_id: str = IDS["file_id"]) -> httpx.Response:
+    """One request to ``template`` with ids filled in and a body that passes validation (so the route reaches the database)."""
+    path = template.format(**IDS)
+    if (method, template) == ("POST", "/v1/files"):
+        return client.post(path, data={"purpose": "teacher"}, files={"file": ("t.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")})
+    if (method, template) == ("POST", "/v1/jobs"):
+        return client.post(path, json=spec(teacher_id, **SHORT))
+    if (method, template) == ("POST", "/v1/webhooks"):
+        return client.post(path, json={"url": "https://93.184.216.34/stillhouse"})
+    if (method, template) == ("GET", "/v1/reports"):
+        return client.get(path, params={"job_ids": f"{IDS['job_id']},job_fedcba9876543210"})
+    if method == "PATCH":
+        return client.patch(path, json={"description": "x"})
+    return client.request(method, path)
+
+
+def assert_database_unavailable(r: httpx.Response, what: str) -> None:
+    assert r.status_code == 503, (what, r.status_code, r.text[:500])
+    if r.request.method != "HEAD":
+        assert r.json()["error"]["code"] == "database_unavailable", (what, r.text[:500])
+    assert int(r.headers["Retry-After"]) > 0, (what, dict(r.headers))
+
+
+def test_every_route_answers_503_database_unavailable_on_a_closed_port(tmp_path):
+    """Issue 15 case 3, a URL on a closed port: every operation of the OpenAPI document answers 503
+    ``database_unavailable`` with ``Retry-After`` (never 500, never a dropped connection), except the two that
+    never touch the database and ``/readyz`` (503 ``unavailable`` naming the database)."""
+    proc, url = serve_api(tmp_path, f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/postgres")
+    try:
+        ops = operations()
+        assert len(ops) >= 25
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for method, template in ops:
+                r = call(client, method, template)
+                what = f"{method} {template}"
+                if (method, template) in NO_DATABASE:
+                    assert r.status_code == 200, (what, r.status_code)
+                elif template == "/readyz":
+                    assert r.status_code == 503 and "database" in r.json()["error"]["message"], r.text
+                    assert int(r.headers["Retry-After"]) > 0
+                else:
+                    assert_database_unavailable(r, what)
+        assert "Traceback" not in (tmp_path / "api.log").read_text()
+    finally:
+        stop_api(proc)

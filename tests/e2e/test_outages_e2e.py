@@ -8,12 +8,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
 import psutil
 import pytest
 
+from client import Stillhouse
+from tests.durability import ThrowawayPostgres
 from tests.e2e.conftest import ROOT, free_port
 from tests.e2e.test_durability_e2e import LONG, cluster  # noqa: F401 - the cluster fixture
 from tests.e2e.test_jobs_e2e import spec, wait_for
@@ -137,5 +140,92 @@ def test_every_route_answers_503_database_unavailable_on_a_closed_port(tmp_path)
                 else:
                     assert_database_unavailable(r, what)
         assert "Traceback" not in (tmp_path / "api.log").read_text()
+    finally:
+        stop_api(proc)
+
+
+@pytest.fixture
+def throwaway_pg():
+    """A migrated PostgreSQL server of the test's own (``tests.durability.ThrowawayPostgres``), removed afterwards."""
+    from stillhouse.db import migrate
+    from stillhouse.settings import Settings
+
+    try:
+        pg = ThrowawayPostgres()
+    except (RuntimeError, subprocess.CalledProcessError) as e:
+        pytest.skip(f"cannot make a PostgreSQL cluster here: {e}")
+    try:
+        pg.start()
+        migrate(Settings(database_url=pg.url))
+        yield pg
+    finally:
+        pg.remove()
+
+
+def test_postgresql_stopped_mid_request_answers_503_never_500(tmp_path, throwaway_pg, digits_teacher):
+    """Issue 15 case 3, a real PostgreSQL stopped (``pg_ctl stop -m fast``, as a restart does) while 6 clients poll
+    and create jobs and an event stream is open: every answer is 200/201 or 503 ``database_unavailable`` with
+    ``Retry-After``; none is a 500 and no connection is dropped; the stream ends with an ``error`` event; once the
+    server is back every request succeeds again."""
+    proc, url = serve_api(tmp_path, throwaway_pg.url)
+    try:
+        c = Stillhouse(url, timeout=30)
+        teacher = c.upload(digits_teacher, "teacher")
+        job = c.create_job(spec(teacher.id, **SHORT))
+        stop = threading.Event()
+        answers: list[tuple[str, int, str | None, str | None]] = []
+        dropped: list[str] = []
+        reads = ["/v1/jobs", "/v1/files", f"/v1/jobs/{job.id}", f"/v1/jobs/{job.id}/events", f"/v1/files/{teacher.id}",
+                 "/v1/webhooks", f"/v1/jobs/{job.id}/metrics"]
+
+        def poll(k: int) -> None:
+            with httpx.Client(base_url=url, timeout=30) as client:
+                i = 0
+                while not stop.is_set():
+                    i += 1
+                    try:
+                        if k == 0 and i % 3 == 0:
+                            r = client.post("/v1/jobs", json=spec(teacher.id, **SHORT))
+                        else:
+                            r = client.get(reads[(i + k) % len(reads)])
+                    except httpx.TransportError as e:
+                        dropped.append(f"{type(e).__name__}: {e}")
+                        continue
+                    code = r.json()["error"]["code"] if r.status_code >= 400 else None
+                    answers.append((r.request.url.path, r.status_code, code, r.headers.get("Retry-After")))
+
+        stream_lines: list[str] = []
+
+        def stream() -> None:
+            try:
+                with httpx.Client(base_url=url, timeout=60) as client, client.stream("GET", f"/v1/jobs/{job.id}/events/stream") as r:
+                    stream_lines.extend(r.iter_lines())
+            except httpx.TransportError as e:
+                dropped.append(f"stream: {type(e).__name__}: {e}")
+
+        threads = [threading.Thread(target=poll, args=(k,)) for k in range(6)] + [threading.Thread(target=stream)]
+        for t in threads:
+            t.start()
+        time.sleep(2)
+        before = len(answers)
+        throwaway_pg.stop("fast")
+        time.sleep(3)
+        during = len(answers)
+        throwaway_pg.start()
+        time.sleep(3)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        assert not dropped, dropped[:5]
+        assert before > 10 and during > before
+        bad = [a for a in answers if a[1] not in (200, 201, 503)]
+        assert not bad, bad[:10]
+        unavailable = [a for a in answers if a[1] == 503]
+        assert len(unavailable) >= 5, len(unavailable)
+        assert all(a[2] == "database_unavailable" and int(a[3]) > 0 for a in unavailable), unavailable[:5]
+        assert all(a[1] in (200, 201) for a in answers[-20:]), answers[-20:]  # back to normal
+        assert "event: error" in stream_lines and any('"database_unavailable"' in line for line in stream_lines), stream_lines[-5:]
+        assert c.get_job(job.id).status == "queued"
+        c.close()
     finally:
         stop_api(proc)

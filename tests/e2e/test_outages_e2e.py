@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from client import Stillhouse
-from tests.durability import ThrowawayPostgres
+from tests.durability import ThrowawayPostgres, drain_queue
 from tests.e2e.conftest import ROOT, free_port
 from tests.e2e.test_durability_e2e import LONG, cluster  # noqa: F401 - the cluster fixture
 from tests.e2e.test_jobs_e2e import spec, wait_for
@@ -51,6 +51,26 @@ def test_an_idle_pool_child_killed_then_the_next_job_runs(cluster, digits_teache
         assert done.status == "succeeded", (done.status, cl.log("w1")[-4000:])
         assert done.attempt == 1
 
+
+
+def test_a_sent_job_whose_message_was_lost_is_sent_again_and_runs_once(cluster, digits_teacher):
+    """Issue 15 case 2, on the embedded broker and on Redis: a job is created (its message sent), the message is then
+    taken off the broker and lost (as by a worker group killed between ``received`` and the claim); once a worker is
+    up and free, the sweep sends it again after ``STILLHOUSE_UNCLAIMED_RESEND_S`` and the job runs, once."""
+    # unsent grace 30 s: with BASE_ENV's 1 s the API's own sweep may send a job whose first send took over 1 s a second time
+    cl = cluster(STILLHOUSE_UNCLAIMED_RESEND_S="4", STILLHOUSE_WORKER_HEARTBEAT_S="1", STILLHOUSE_UNSENT_GRACE_S="30")
+    c = cl.client
+    teacher = c.upload(digits_teacher, "teacher")
+    job = c.create_job(spec(teacher.id, **SHORT))
+    assert drain_queue(cl.settings) == [job.id]  # the message is gone; the row says it was sent
+    assert cl.job_row(job.id).enqueued_at is not None
+    cl.start_worker("w1")
+    done = c.wait(job.id, timeout_s=240)
+    assert done.status == "succeeded", (done.status, cl.log("w1")[-3000:])
+    assert done.attempt == 1
+    requeued = cl.events(job.id, "requeued")
+    assert requeued and {e.data["reason"] for e in requeued} == {"unclaimed"}
+    assert [e.data["status"] for e in c.events(job.id) if e.type == "status"] == ["queued", "running", "succeeded"]
 
 # -- the database goes away under the API -------------------------------------------------------------------------
 

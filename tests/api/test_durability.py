@@ -104,7 +104,9 @@ async def test_an_expired_lease_is_taken_over_with_the_next_attempt(api, job_id)
     claimed = _claim(session_factory(), job_id, OTHER_HOST_B, s)
     assert claimed is not None and claimed.attempt == 2
     assert row(job_id)["lease_owner"] == OTHER_HOST_B
-    assert f"resumed after its worker ({OTHER_HOST_A}) died" in events(job_id)[-1].message
+    last = events(job_id)[-1]  # issue 15 case 6: the resume says what happened
+    assert f"resumed after the lease of {OTHER_HOST_A} expired" in last.message and "froze" in last.message
+    assert last.data["resumed"] == "lease_expired"
 
 
 async def test_a_lease_of_a_dead_process_on_this_host_is_taken_at_once(api, job_id):
@@ -117,6 +119,8 @@ async def test_a_lease_of_a_dead_process_on_this_host_is_taken_at_once(api, job_
         set_job(s, job_id, lease_owner=f"{here}:{dead_pid()}:cafe")
         claimed = _claim(session_factory(), job_id, OTHER_HOST_B, s)
         assert claimed is not None and claimed.attempt == 2  # dead: no need to wait for the expiry
+        last = events(job_id)[-1]
+        assert last.data["resumed"] == "worker_process_gone" and "worker process" in last.message and "gone" in last.message
     finally:
         live.kill()
         live.wait()
@@ -212,6 +216,19 @@ async def test_hand_back_moves_the_job_back_to_queued_and_does_not_count_as_an_a
     assert (r["status"], r["lease_owner"], r["handbacks"], r["attempt"]) == ("queued", None, 1, 1)
     assert _claim(session_factory(), job_id, OTHER_HOST_B, s).attempt == 2
     assert "resumed after a hand-back" in events(job_id)[-1].message
+    assert events(job_id)[-1].data["resumed"] == "handback"
+
+
+async def test_a_job_handed_back_on_a_database_error_resumes_saying_so(api, job_id):
+    s = settings()
+    _claim(session_factory(), job_id, OTHER_HOST_A, s)
+    with session_factory().begin() as ses:
+        assert states.transition(ses, job_id, states.QUEUED, only_from={states.RUNNING}, holder=OTHER_HOST_A, lease_owner=None,
+                                 lease_expires_at=None, handbacks=Job.handbacks + 1, event="handed back after a database error",
+                                 data={"worker": OTHER_HOST_A, "reason": "database_error"})
+    assert _claim(session_factory(), job_id, OTHER_HOST_B, s).attempt == 2
+    last = events(job_id)[-1]
+    assert last.data["resumed"] == "database_error" and "database error" in last.message and OTHER_HOST_A in last.message
 
 
 # ---------------------------------------------------------------------------------------------------- the sweep

@@ -249,3 +249,38 @@ def test_postgresql_stopped_mid_request_answers_503_never_500(tmp_path, throwawa
         c.close()
     finally:
         stop_api(proc)
+
+
+def test_a_worker_that_loses_postgresql_mid_job_hands_it_back_and_it_resumes(tmp_path, throwaway_pg, digits_teacher):
+    """Issue 15 cases 4 and 6: a real PostgreSQL stopped for longer than the lease while a job trains (Redis broker):
+    the job is not failed; once the database answers, its worker hands it back (``database_error``) and resumes it
+    from its last checkpoint, with one continuous history; the resume says it followed a database error."""
+    from tests.conftest import REDIS_URL, Backend, services_or_skip
+    from tests.e2e.test_durability_e2e import Cluster, assert_one_continuous_history
+
+    services_or_skip()
+    backend = Backend("pg-throwaway", tmp_path / "data", throwaway_pg.url, REDIS_URL, "unused")
+    (tmp_path / "data").mkdir()
+    cl = Cluster(backend, tmp_path, {})
+    try:
+        cl.start_worker("w1")
+        c = cl.client
+        teacher = c.upload(digits_teacher, "teacher")
+        job = c.create_job(spec(teacher.id, **LONG))
+        wait_for(lambda: (c.get_job(job.id).progress.epoch or 0) >= 2, 240, "epoch 2")
+        throwaway_pg.stop("fast")
+        time.sleep(3 * float(cl.env["STILLHOUSE_LEASE_TTL_S"]))  # past the lease: the heartbeat cannot renew it either
+        throwaway_pg.start()
+        done = c.wait(job.id, timeout_s=600)
+        assert done.status == "succeeded", (done.error, cl.log("w1")[-4000:])
+        assert done.error is None and done.handbacks >= 1
+        statuses = [(e.data["status"], e.data.get("reason"), e.data.get("resumed")) for e in c.events(job.id) if e.type == "status"]
+        assert statuses[:3] == [("queued", None, None), ("running", None, None), ("queued", "database_error", None)], statuses
+        assert statuses[3] in {("running", None, "database_error"), ("running", None, "lease_expired")}, statuses
+        assert statuses[-1][0] == "succeeded" and "failed" not in [s[0] for s in statuses]
+        resumed = [e for e in c.events(job.id) if e.type == "resumed"]
+        assert resumed and resumed[0].data["epoch"] >= 1
+        assert_one_continuous_history(c, job.id, 40)
+        assert "database unreachable mid-job" in cl.log("w1")
+    finally:
+        cl.close()

@@ -189,6 +189,9 @@ def _resume_reason(session, job: Job, seen_dead: str | None) -> tuple[str, str |
                           .order_by(JobEvent.id.desc()).limit(1)) or {}
     if last.get("reason") == "database_error":
         return f"resumed after {last.get('worker', 'its worker')} handed it back on a database error", "database_error"
+    if last.get("reason") == "lease_expired":
+        return (f"resumed after {last.get('worker', 'its worker')} handed it back, its lease not renewed in time (frozen, or "
+                "the database unreachable)", "lease_expired")
     return "resumed after a hand-back", "handback"
 
 
@@ -295,8 +298,11 @@ def execute(job_id: str, settings: Settings | None = None) -> str | None:
             log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
             return _fail(sessions, store, job_id, owner, lease, "internal_error", f"{type(e).__name__}: {e}", reporter)
     except LeaseLost:
-        if not lease.taken_over and not reporter.lease_taken:  # not renewed in time, e.g. the database was unreachable
-            return _hand_back_after_db_error(sessions, settings, job_id, owner, lease, mirror, None)
+        if not lease.taken_over and not reporter.lease_taken:  # not renewed in time: frozen, or the database unreachable
+            try:
+                return _hand_back_after_db_error(sessions, settings, job_id, owner, lease, mirror, None)
+            except LeaseLost:
+                pass
         log.warning("job %s: this process (%s) lost its lease; stopped without writing anything more", job_id, owner)
         return None
     finally:
@@ -418,15 +424,17 @@ DB_WAIT_S = 2.0  # seconds between tries to reach the database again after losin
 
 def _hand_back_after_db_error(sessions, settings: Settings, job_id: str, owner: str, lease: Lease, mirror: CheckpointMirror,
                               error: BaseException | None) -> str | None:
-    """The database went away mid-job (``error``; None: the lease could not be renewed in time, which is the same
-    outage seen by the heartbeat). Training has stopped; the job keeps its checkpoints. Wait for the database, trying
-    every ``DB_WAIT_S`` seconds, then, if this process still holds the lease, hand the job back (``queued``,
-    ``handbacks + 1``: not counted as an attempt; event data ``reason: database_error``) and send its message again,
+    """The database went away mid-job (``error``; None: the lease could not be renewed in time: the same outage seen by
+    the heartbeat, or this process was frozen). Training has stopped; the job keeps its checkpoints. Wait for the
+    database, trying every ``DB_WAIT_S`` seconds, then, if this process still holds the lease, hand the job back
+    (``queued``, ``handbacks + 1``: not counted as an attempt; event data ``reason``: ``database_error``, or
+    ``lease_expired`` without ``error``) and send its message again,
     so a worker resumes it from its last checkpoint. Never fails it. Returns ``queued``, or None when the job was
     taken over, cancelled or finished meanwhile (nothing is written then) or this worker shuts down while waiting
     (the lease then expires and the sweep re-sends the job). With object storage, checkpoints written after the
     mirror's last upload stay on this machine (only a lease holder uploads); the next worker resumes from the store's."""
-    cause = str(error.orig if getattr(error, "orig", None) is not None else error).splitlines()[0] if error else "lease not renewed"
+    cause = str(error.orig if getattr(error, "orig", None) is not None else error).splitlines()[0] if error else "lease not renewed in time"
+    reason = "database_error" if error is not None else "lease_expired"
     log.warning("job %s: database unreachable mid-job (%s); keeping the job and handing it back once the database answers",
                 job_id, cause)
     lease.stop()
@@ -437,8 +445,9 @@ def _hand_back_after_db_error(sessions, settings: Settings, job_id: str, owner: 
                 ok = states.transition(s, job_id, states.QUEUED, only_from={states.RUNNING}, holder=owner, lease_owner=None,
                                        lease_expires_at=None, enqueued_at=None, handbacks=Job.handbacks + 1, phase=None,
                                        progress_eta_s=None, runtime_s=lease.runtime_s(),
-                                       event=f"handed back by {owner} after a database error ({cause[:200]})",
-                                       data={"worker": owner, "reason": "database_error", "error": cause[:500]})
+                                       event=f"handed back by {owner} after a database error ({cause[:200]})"
+                                       if error is not None else f"handed back by {owner}: its lease was not renewed in time",
+                                       data={"worker": owner, "reason": reason, "error": cause[:500]})
                 status = None if ok else s.scalar(select(Job.status).where(Job.id == job_id, Job.lease_owner == owner))
             break
         except Exception as e:  # noqa: BLE001 - only an outage is waited out

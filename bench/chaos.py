@@ -119,10 +119,14 @@ class Stack:
 
 
 def busy_pids(engine: sa.Engine) -> set[int]:
-    """Pids (this host) holding a running job's lease."""
-    with engine.connect() as c:
-        owners = c.execute(sa.text("SELECT lease_owner FROM jobs WHERE status IN ('running', 'cancelling') AND lease_owner IS NOT NULL"))
-        return {int(o.split(":")[-2]) for (o,) in owners if o.count(":") >= 2 and o.split(":")[-2].isdigit()}
+    """Pids (this host) holding a running job's lease (none known while the database is down)."""
+    try:
+        with engine.connect() as c:
+            owners = list(c.execute(sa.text("SELECT lease_owner FROM jobs WHERE status IN ('running', 'cancelling') "
+                                            "AND lease_owner IS NOT NULL")))
+    except sa.exc.OperationalError:
+        return set()
+    return {int(o.split(":")[-2]) for (o,) in owners if o.count(":") >= 2 and o.split(":")[-2].isdigit()}
 
 
 def children(p: subprocess.Popen) -> list[int]:
@@ -151,7 +155,7 @@ def holds_no_lock(engine: sa.Engine, sqlite_file: Path | None, pids: list[int]) 
             c.execute(sa.text("SET LOCAL lock_timeout = '300ms'"))
             c.execute(sa.text("SELECT id FROM jobs WHERE status = 'running' FOR UPDATE"))
         return True
-    except sa.exc.OperationalError:
+    except sa.exc.DBAPIError:
         return False
 
 
@@ -174,7 +178,7 @@ def run_backend(kind: str, args: argparse.Namespace, teacher: Path) -> dict:
         sqlite_file = folder / "data" / "stillhouse.db"
         db_url = f"sqlite:///{sqlite_file}"
     stack = Stack(kind, folder, env, args.workers)
-    engine = sa.create_engine(db_url, connect_args={"timeout": 30} if sqlite_file else {})
+    engine = sa.create_engine(db_url, pool_pre_ping=True, connect_args={"timeout": 30} if sqlite_file else {})
     http = collections.Counter()
     faults = collections.Counter()
     jobs: list[str] = []
@@ -260,8 +264,11 @@ def run_backend(kind: str, args: argparse.Namespace, teacher: Path) -> dict:
             t.join(timeout=150)
         deadline = time.monotonic() + args.drain_s
         while time.monotonic() < deadline:
-            with engine.connect() as conn:
-                live = conn.execute(sa.text("SELECT count(*) FROM jobs WHERE status NOT IN ('succeeded', 'failed', 'cancelled')")).scalar()
+            try:
+                with engine.connect() as conn:
+                    live = conn.execute(sa.text("SELECT count(*) FROM jobs WHERE status NOT IN ('succeeded', 'failed', 'cancelled')")).scalar()
+            except sa.exc.OperationalError:
+                live = -1
             if not live:
                 break
             time.sleep(2)

@@ -68,6 +68,18 @@ class ValidationSplit(_Part):
     file_id: str | None = Field(None, description="The validation file, when one was given instead of a fraction.")
 
 
+class SharedTeacherCache(_Part):
+    """What a job took from the cache shared by every job of the same teacher (``distill.shared_cache``)."""
+
+    teacher_outputs: Literal["reused", "computed"] | None = Field(
+        None, description="The teacher's outputs on the training rows: 'reused' (stored by an earlier job or sweep trial of the "
+                          "same teacher and training rows) or 'computed' (and stored); absent when they were not cached.")
+    key: str | None = Field(None, description="The cache entry of those outputs.")
+    teacher_profile: Literal["reused", "measured"] | None = Field(
+        None, description="The teacher's latency, FLOPs and validation top-1: 'reused' (measured once by an earlier job on this "
+                          "device and data) or 'measured' (and stored).")
+
+
 class CacheSummary(_Part):
     """Whether the teacher's outputs were computed once and reused every epoch, and what that saved."""
 
@@ -77,6 +89,8 @@ class CacheSummary(_Part):
                                                        "(rows seen in training minus rows computed once).")
     cache_seconds: float | None = Field(None, description="Tensor tasks: seconds spent computing the cached outputs.")
     bytes: int | None = Field(None, description="Tensor tasks: memory held by the cache, bytes (only when used).")
+    shared: SharedTeacherCache | None = Field(None, description="Tensor tasks run by the service: what came from the cache "
+                                                                 "every job of the same teacher shares.")
 
 
 class MethodDetail(_Part):

@@ -40,9 +40,10 @@ from .jobrun import ARTIFACTS_DIR, JobRun
 from .methods import CombinedMethod, LabelsOnly, Method, build_method, check_method_supported
 from .models import build, describe, parameter_count
 from . import report_builders as rb
-from .report import (BaselineSummary, CacheSummary, PrunedStudent, QuantizedStudent, SharedTeacherCache, TensorDataSummary,
-                     TensorModelSummary, TrainingSummary)
+from .report import (BaselineSummary, CacheSummary, HoldoutEvaluation, PrunedStudent, QuantizedStudent, SharedTeacherCache,
+                     TensorDataSummary, TensorModelSummary, TrainingSummary)
 from .reporter import Reporter
+from .holdout import holdout_block
 from .shared_cache import SharedCache, shared_teacher_outputs, teacher_key, teacher_profile
 from .spec import JobSpec, TrainingSpec
 from .results import DistillResult, JobInputs
@@ -288,6 +289,7 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
             shared_info = {**(shared_info or {}), "teacher_profile": "reused" if measured.cached else "measured"}
         if shared_info is not None:
             cache_part.shared = SharedTeacherCache(**shared_info)
+        holdout = holdout_block(loaded.teacher, loaded.student, loaded.data, run.device, tkey=tkey, shared=shared)
     run.check("after evaluation", deadline=False)
     with run.phase("exporting"), run.artifacts() as tmp_dir:
         exported = _export_all(run, loaded, ev, pruned, tmp_dir)
@@ -296,6 +298,8 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
         agreement=ev["agreement"], mean_kl=ev["mean_kl"], evaluation_extras=ev["extra"], data=_data_part(loaded),
         training=training_part, cache=cache_part, onnx=rb.onnx_check(exported.onnx), quantized=exported.variants.get("quantized"),
         pruned=exported.variants.get("pruned"), baseline=baseline_part, wall_time_s=run.finish())
+    if holdout is not None:
+        report.holdout = HoldoutEvaluation(**holdout)
     return DistillResult(report=report.model_dump(mode="json"), artifacts=[run.final_dir / n for n in exported.names],
                          baseline_student=baseline[0] if isinstance(baseline, tuple) else None)
 

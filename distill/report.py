@@ -66,6 +66,21 @@ class ValidationSplit(_Part):
     seed: int | None = Field(None, description="Seed of the split (absent with a file).")
     stratified: bool | None = Field(None, description="Tensor tasks: whether the split kept the class proportions.")
     file_id: str | None = Field(None, description="The validation file, when one was given instead of a fraction.")
+    selection: bool | None = Field(None, description="True when these rows are a selection split carved from the training rows "
+                                                     "(data.selection): the validation split is then 'holdout'.")
+    note: str | None = Field(None, description="For a person.")
+    holdout: ValidationSplit | None = Field(None, description="With data.selection: how the held-out validation split was made.")
+
+
+class HoldoutEvaluation(_Part):
+    """Teacher and student on the held-out validation split, with 95% Wilson score intervals (Wilson 1927) of top-1."""
+
+    rows: int = Field(..., description="Labelled held-out rows.")
+    student_val_top1: float | None = Field(..., description="The student's top-1 on them, a fraction.")
+    student_interval95: list[float] | None = Field(..., description="[low, high] of the student's top-1.")
+    teacher_val_top1: float | None = Field(..., description="The teacher's top-1 on them, a fraction.")
+    teacher_interval95: list[float] | None = Field(..., description="[low, high] of the teacher's top-1.")
+    agreement: float | None = Field(..., description="Fraction of held-out rows where teacher and student argmaxes agree.")
 
 
 class SharedTeacherCache(_Part):
@@ -327,6 +342,8 @@ class ClassificationReport(ReportBase):
     baseline: BaselineSummary | None = Field(None, description="The student trained alone, with evaluation.compare_baseline.")
     distillation_gain_points: float | None = Field(None, description="Distilled student's top-1 minus the baseline's, "
                                                                      "percentage points (negative: distillation did not help).")
+    holdout: HoldoutEvaluation | None = Field(None, description="With data.selection (sweep trials): the untouched validation "
+                                                                "split, evaluated once at the end.")
 
     @model_validator(mode="before")
     @classmethod

@@ -34,7 +34,7 @@ from .report_builders import rnd
 from .teachers import Teacher
 from .training.tensor import batched_logits, teacher_outputs
 
-__all__ = ["SharedCache", "DirCache", "TeacherProfile", "teacher_key", "tensor_sha256", "teacher_profile",
+__all__ = ["SharedCache", "DirCache", "TeacherProfile", "teacher_key", "tensor_sha256", "teacher_profile", "shared_teacher_logits",
            "shared_teacher_outputs"]
 
 
@@ -180,3 +180,19 @@ def shared_teacher_outputs(teacher: Teacher, tkey: str, x: torch.Tensor, layers:
             cache.save(Path(d) / "o.safetensors", key)
         return logits, feats, False, key
 
+
+
+def shared_teacher_logits(teacher: Teacher, tkey: str, x: torch.Tensor, cache: SharedCache) -> torch.Tensor:
+    """The teacher's logits ``[N, K]`` (float32, CPU) for ``x [N, ...]``, read from ``cache`` when a job of the same
+    teacher and tensor stored them, else computed and stored (e.g. the held-out split every sweep trial reports)."""
+    key = f"teachers/{tkey}/logits-{_digest({'x': tensor_sha256(x), 'device': x.device.type})}.safetensors"
+    with cache.lock(key):
+        path = cache.load(key)
+        if path is not None:
+            return load_file(str(path))["logits"]
+        with torch.inference_mode():
+            logits = batched_logits(teacher, x).float().cpu().clone()
+        with tempfile.TemporaryDirectory() as d:
+            save_file({"logits": logits.contiguous()}, str(Path(d) / "l.safetensors"))
+            cache.save(Path(d) / "l.safetensors", key)
+        return logits

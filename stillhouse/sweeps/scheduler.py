@@ -238,7 +238,10 @@ def _step(sessions: sessionmaker[Session], settings: Settings, sweep_id: str) ->
         study = _study(spec, sweep.study_name, settings, sweep.trials_created)
         trials = s.scalars(select(SweepTrial).where(SweepTrial.sweep_id == sweep_id).order_by(SweepTrial.number)).all()
         jobs = {j.id: j for j in s.scalars(select(Job).where(Job.sweep_id == sweep_id))}
-        _tell_finished(s, spec, study, trials, jobs)
+        # told through a study with a passive sampler: GridSampler.after_trial calls study.stop() once the grid is
+        # done, which Optuna allows only inside study.optimize
+        teller = optuna.load_study(study_name=sweep.study_name, storage=storage(settings), sampler=optuna.samplers.RandomSampler())
+        _tell_finished(s, spec, teller, trials, jobs)
         live = [t for t in trials if not t.told]
         if sweep.status == CANCELLED:  # no new trial; the front of what completed, once the last live trial ended
             if not live and sweep.front is None:

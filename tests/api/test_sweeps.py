@@ -5,12 +5,18 @@ the field of a search space that cannot be built. tests/e2e/test_sweeps_e2e.py r
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
+import yaml
+from rich.console import Console
+from typer.testing import CliRunner
 from sqlalchemy import select, update
 
 from tests.api.test_files import assert_error
+from client import cli
+from tests.api.test_cli_reports import http_url  # noqa: F401 - fixture
 from tests.api.test_jobs import spec_for, teacher_id  # noqa: F401 - fixture
 
 SPACE = {"student.architecture.kwargs.hidden_sizes": {"type": "layers", "widths": [8, 32], "depths": [1, 2]},
@@ -175,3 +181,24 @@ def _no_sweeps() -> bool:
 
     with session_factory()() as s:
         return s.scalar(select(Sweep.id)) is None and s.scalar(select(Job.id).where(Job.sweep_id.is_not(None))) is None
+
+
+async def test_cli_sweep_submit_wait_front(http_url, teacher_id, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(cli, "console", Console(width=250))
+    body = sweep_body(teacher_id, sampler={"name": "grid"}, search_space={"method.alpha": {"type": "categorical", "choices": [0.5, 0.9]}})
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(body))
+    runner = CliRunner()
+    out = runner.invoke(cli.app, ["--api", http_url, "sweep", "submit", str(tmp_path / "sweep.yaml")])
+    assert out.exit_code == 0, out.output
+    sweep_id = out.stdout.strip().splitlines()[-1]
+    assert sweep_id.startswith("swp_")
+    jobs = _jobs(sweep_id)
+    _end(jobs[0].id, top1=0.9, nbytes=2000, p50=0.2)
+    _end(jobs[1].id, top1=0.8, nbytes=1000, p50=0.1)
+    waited = runner.invoke(cli.app, ["--api", http_url, "sweep", "wait", sweep_id, "--json"])
+    assert waited.exit_code == 0, waited.output
+    assert json.loads(waited.stdout)["status"] == "succeeded"
+    front = runner.invoke(cli.app, ["--api", http_url, "sweep", "front", sweep_id])
+    assert front.exit_code == 0 and jobs[0].id in front.stdout and jobs[1].id in front.stdout and "teacher" in front.stdout
+    missing = runner.invoke(cli.app, ["--api", http_url, "sweep", "front", "swp_" + "0" * 24])
+    assert missing.exit_code == 2

@@ -249,7 +249,7 @@ def execute(job_id: str, settings: Settings | None = None) -> str | None:
             mirror.restore()
             mirror.start()
             result = run_job(spec, inputs, workdir, reporter, runtime_used_s=claimed.runtime_s,
-                             max_unpacked_bytes=settings.max_unpacked_bytes, shared=StoreSharedCache(store))
+                             max_unpacked_bytes=settings.max_unpacked_bytes, shared=StoreSharedCache(store) if settings.shared_teacher_cache else None)
             mirror.stop()
             reporter.flush()
             if reporter.cancel_requested():

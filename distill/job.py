@@ -356,6 +356,9 @@ def _cache_teacher_outputs(run: JobRun, loaded: _Loaded, shared: SharedCache | N
             t_logits, t_feats, hit, key = shared_teacher_outputs(loaded.teacher, tkey, x, method.teacher_layers, shared,
                                                                  param="method.teacher_layer")
             info = {"teacher_outputs": "reused" if hit else "computed", "key": key}
+            run.reporter.event("teacher_outputs_shared", ("read the teacher's outputs on the training rows from the shared cache"
+                                                          if hit else "computed the teacher's outputs on the training rows and "
+                                                          "stored them in the shared cache"), info)
         else:
             t_logits, t_feats = teacher_outputs(loaded.teacher, x, method.teacher_layers, param="method.teacher_layer")
         if method.needs_dataset_pass:

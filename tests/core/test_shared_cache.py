@@ -28,17 +28,19 @@ def test_second_job_reuses_teacher_outputs_and_profile(teacher_file, tmp_path, m
     cache = DirCache(tmp_path / "cache")
     passes = _count_teacher_passes(monkeypatch)
     spec = make_spec(cache={"teacher_outputs": "on"})
-    first, _ = run(spec, teacher_file, tmp_path / "a", shared=cache)
+    first, rep1 = run(spec, teacher_file, tmp_path / "a", shared=cache)
     latency_calls = []
     monkeypatch.setattr(shared_cache, "_measure",
                         lambda *a, **kw: latency_calls.append(1) or (_ for _ in ()).throw(AssertionError("measured again")))
-    second, _ = run(spec, teacher_file, tmp_path / "b", shared=cache)
+    second, rep2 = run(spec, teacher_file, tmp_path / "b", shared=cache)
     assert passes == [1]  # the teacher ran over the training rows once for the two jobs
     assert first.report["cache"]["shared"]["teacher_outputs"] == "computed"
     assert first.report["cache"]["shared"]["teacher_profile"] == "measured"
     assert second.report["cache"]["shared"] == {**first.report["cache"]["shared"], "teacher_outputs": "reused",
                                                  "teacher_profile": "reused"}
     assert latency_calls == []
+    for rep, what in ((rep1, "computed"), (rep2, "reused")):  # an event too: it outlives an attempt that dies before its report
+        assert [d["teacher_outputs"] for t, _, d in rep.events if t == "teacher_outputs_shared"] == [what]
     for block in ("val_top1", "latency_ms", "flops_per_sample"):
         assert second.report["teacher"][block] == first.report["teacher"][block]
     assert second.report["agreement"] == first.report["agreement"]

@@ -54,7 +54,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 RUNNING, SUCCEEDED, FAILED, CANCELLED = "running", "succeeded", "failed", "cancelled"
 SWEEP_TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
-CAS_TRIES = 20
+STEP_WAIT_S = 60.0  # how long a caller keeps trying while other processes take the sweep's steps
 
 
 # -- Optuna ------------------------------------------------------------------------------------------------------
@@ -143,10 +143,6 @@ def create_study(spec: SweepSpec, study_name: str, settings: Settings | None = N
                         load_if_exists=True)
 
 
-def _study(spec: SweepSpec, name: str, settings: Settings, offset: int) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=storage(settings), sampler=sampler(spec, offset))
-
-
 # -- scores --------------------------------------------------------------------------------------------------------
 def objective_values(spec: SweepSpec, report: dict[str, Any] | None) -> list[float] | None:
     """The objective values of a trial from its job's report (in the sweep's order), None when one is missing."""
@@ -206,7 +202,8 @@ def advance(sweep_id: str, settings: Settings | None = None, *, force: bool = Fa
     unknown sweep."""
     settings = settings or get_settings()
     sessions = session_factory(settings)
-    for _ in range(CAS_TRIES):
+    deadline = time.monotonic() + STEP_WAIT_S
+    while time.monotonic() < deadline:
         with sessions() as s:
             sweep = s.get(Sweep, sweep_id)
             if sweep is None:
@@ -214,13 +211,17 @@ def advance(sweep_id: str, settings: Settings | None = None, *, force: bool = Fa
             spec = SweepSpec.model_validate(sweep.spec)
             if not force and not _needs_step(s, sweep, spec):
                 return []
+        t0 = time.perf_counter()
         created = _step(sessions, settings, sweep_id)
         if created is not None:
+            t1 = time.perf_counter()
             for job_id, queue in created:
                 _send(sessions, settings, job_id, queue)
+            log.info("sweep %s: step in %.3f s (+ %.3f s sending %d trial(s))", sweep_id, t1 - t0, time.perf_counter() - t1,
+                     len(created))
             return [j for j, _ in created]
-        time.sleep(0.05)
-    log.warning("sweep %s: could not take a step after %d tries (busy); the repair loop will", sweep_id, CAS_TRIES)
+        time.sleep(0.05)  # another process took this step; look again (it may have done what this call was for)
+    log.warning("sweep %s: could not take a step for %g s (busy); the repair loop will", sweep_id, STEP_WAIT_S)
     return []
 
 
@@ -235,13 +236,13 @@ def _step(sessions: sessionmaker[Session], settings: Settings, sweep_id: str) ->
             s.commit()
             return []
         spec = SweepSpec.model_validate(sweep.spec)
-        study = _study(spec, sweep.study_name, settings, sweep.trials_created)
+        # told with a passive sampler: GridSampler.after_trial calls study.stop() once the grid is done, which Optuna
+        # allows only inside study.optimize; the sweep's own sampler is put in for the asks
+        study = optuna.load_study(study_name=sweep.study_name, storage=storage(settings), sampler=optuna.samplers.RandomSampler())
         trials = s.scalars(select(SweepTrial).where(SweepTrial.sweep_id == sweep_id).order_by(SweepTrial.number)).all()
         jobs = {j.id: j for j in s.scalars(select(Job).where(Job.sweep_id == sweep_id))}
-        # told through a study with a passive sampler: GridSampler.after_trial calls study.stop() once the grid is
-        # done, which Optuna allows only inside study.optimize
-        teller = optuna.load_study(study_name=sweep.study_name, storage=storage(settings), sampler=optuna.samplers.RandomSampler())
-        _tell_finished(s, spec, teller, trials, jobs)
+        _tell_finished(s, spec, study, trials, jobs)
+        study.sampler = sampler(spec, sweep.trials_created)
         live = [t for t in trials if not t.told]
         if sweep.status == CANCELLED:  # no new trial; the front of what completed, once the last live trial ended
             if not live and sweep.front is None:

@@ -101,7 +101,7 @@ class Services:
             p.terminate()
             p.wait(timeout=60)
             log = self.out / f"{name}.log"
-            log.write_text("")  # the next start waits for its own 'ready.'
+            log.rename(self.out / f"{name}-before-restart.log")  # the next start waits for its own 'ready.'
 
     def close(self) -> None:
         for p in self.procs.values():

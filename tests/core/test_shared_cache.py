@@ -61,4 +61,4 @@ def test_other_data_is_another_entry(teacher_file, tmp_path, monkeypatch):
 
 def test_no_shared_cache_reports_nothing(teacher_file, tmp_path):
     result, _ = run(make_spec(), teacher_file, tmp_path / "a")
-    assert "shared" not in result.report["cache"]
+    assert result.report["cache"]["shared"] is None and result.report["holdout"] is None

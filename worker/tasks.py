@@ -22,7 +22,7 @@ from stillhouse import metrics
 from stillhouse.db import get_engine
 from stillhouse.jobs import handback, leases
 from stillhouse.jobs.states import TERMINAL
-from stillhouse.sweeps.scheduler import job_finished
+from stillhouse.sweeps.scheduler import job_finished, storage as sweep_storage
 from stillhouse.jobs.runner import execute  # the core and torch, loaded once in the main process before the children fork
 from stillhouse.jobs.sweep import start_sweeper
 from stillhouse.jobs.workers import WorkerHeartbeat
@@ -56,6 +56,10 @@ def _init_child(**_: object) -> None:
     import onnxruntime  # noqa: F401
     import sklearn.model_selection  # noqa: F401
 
+    try:  # Optuna's storage of the sweeps (engine, schema check): ~3 s that the first sweep step would otherwise take
+        sweep_storage()
+    except Exception as e:  # noqa: BLE001 - sweeps retry at their first step; jobs do not need it
+        log.warning("worker child: the sweeps' Optuna storage is not ready (%s: %s)", type(e).__name__, e)
     log.info("worker child: torch intra-op threads = %d", n)
 
 

@@ -12,6 +12,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from distill.spec import field_path
+
 log = logging.getLogger("stillhouse.api")
 
 
@@ -119,6 +121,8 @@ _BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 detai
 
 
 def _loc(loc: tuple[Any, ...]) -> str | None:
+    if loc[:1] == ("body",):  # a job spec: without the tags pydantic inserts for its unions (method name, student kind ...)
+        return field_path(loc[1:])
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or None
 

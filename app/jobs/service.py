@@ -30,7 +30,7 @@ from stillhouse.settings import get_settings
 from stillhouse.storage import ArtifactStore, StoreError
 from distill.errors import DistillError
 from distill.report import AnyReport, parse_report
-from distill.spec import JobSpec
+from distill.spec import METHOD_PARAMS, JobSpec
 
 log = logging.getLogger("stillhouse.jobs")
 
@@ -145,11 +145,10 @@ def _check_task(spec: JobSpec, files: dict[str, File]) -> None:
             raise Unprocessable(f"the student's vocabulary ({vocab} tokens) differs from the teacher's ({d['vocab_size']} tokens); the "
                                 "student shares the teacher's tokenizer", param="student.from_teacher.config.vocab_size")
     method = spec.method.name
-    explicit = "name" in spec.method.model_fields_set
-    if task == "sentence_embedding" and explicit and method != "embedding":
-        raise Unprocessable(f"task sentence_embedding uses method 'embedding', not {method!r}", param="method.name")
-    if task != "sentence_embedding" and method == "embedding":
-        raise Unprocessable(f"method 'embedding' is for task sentence_embedding; task {task!r} uses a logit method (kd, hard_label, dkd) or, for tensor teachers, the feature methods", param="method.name")
+    serves = METHOD_PARAMS[method].tasks  # the task families the method declares
+    if task not in serves and ("method" in spec.model_fields_set or task != "sentence_embedding"):  # left out: embedding's
+        users = [n for n, p in METHOD_PARAMS.items() if task in p.tasks]
+        raise Unprocessable(f"method {method!r} is for task {' or '.join(serves)}; task {task!r} uses {', '.join(users)}", param="method.name")
     for role, ref in (("data.train", spec.data.train), ("data.transfer", spec.data.transfer)):
         if ref is None or (ref.file_id and role not in files):  # not uploaded yet (a dry run)
             continue

@@ -15,8 +15,8 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance, status_code_conformance,
-    negative_data_rejection,
-    response_schema_conformance,
+    negative_data_rejection, positive_data_acceptance,
+    response_schema_conformance, unsupported_method,
 )
 
 MAX_EXAMPLES = 8  # per operation and generation mode
@@ -59,7 +59,7 @@ schema = _schema()
                                                                                  hypothesis.Phase.generate])
 def test_api_from_its_schema(case, backend):
     case.call_and_validate(checks=[not_a_server_error, error_shape, response_schema_conformance, content_type_conformance, status_code_conformance,
-                                   negative_data_rejection])
+                                   negative_data_rejection, positive_data_acceptance, unsupported_method])
 
 
 # ------------------------------------------------------------------ regressions of what fuzzing the API found

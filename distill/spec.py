@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Discriminator, Field, Tag, TypeAdapter, field_validator, model_validator
+from pydantic import BeforeValidator, Discriminator, Field, Tag, TypeAdapter, model_validator
 
 from .method_params import (EXTRA_MODELS, FEATURE_METHODS, LOGIT_METHODS, MAIN_MODELS, METHOD_PARAMS, METHODS, LayerPair,
                             MainMethod, MethodField, MethodParams, SpecModel, check_method_object, default_method)
@@ -24,13 +24,19 @@ TASKS = ("auto", "classification", "sequence_classification", "sentence_embeddin
 
 MethodSpec = MainMethod
 """The type of ``JobSpec.method`` (one of the generated per-method models, see ``distill.method_params``)."""
-_METHOD_ADAPTER: TypeAdapter[Any] = TypeAdapter(MethodField)
+
+
+def _method_shape(value: Any) -> Any:
+    check_method_object(value, "method")
+    return value
+
+
+_METHOD_ADAPTER: TypeAdapter[Any] = TypeAdapter(Annotated[MethodField, BeforeValidator(_method_shape)])
 
 
 def parse_method(data: Any) -> MainMethod:
     """Validate a method object (``{'name': 'kd', 'temperature': 2.0, ...}``) into its per-method model. Raises
     ``pydantic.ValidationError`` (unknown name or field, a number out of range, an old flat field such as ``dkd_beta``)."""
-    check_method_object(data, "method")
     return _METHOD_ADAPTER.validate_python(data)
 
 
@@ -69,15 +75,17 @@ class FromTeacherSpec(_Strict):
     fewer layers, initialised by copying the teacher's embeddings and the kept layers; or narrower and fresh.
     Exactly one of ``num_layers`` and ``keep_layers`` (ValueError otherwise; the schema says so with a oneOf)."""
 
-    model_config = {"json_schema_extra": {"oneOf": [{"required": ["num_layers"]}, {"required": ["keep_layers"]}]}}
+    model_config = {"json_schema_extra": {"oneOf": [
+        {"required": ["num_layers"], "properties": {"num_layers": {"type": "integer"}}},
+        {"required": ["keep_layers"], "properties": {"keep_layers": {"type": "array"}}}]}}
 
-    num_layers: int = Field(None, ge=1, le=128, description="Keep this many evenly spaced teacher layers (first and last included).")
-    keep_layers: list[Annotated[int, Field(ge=0, le=1024)]] = Field(
+    num_layers: int | None = Field(None, ge=1, le=128, description="Keep this many evenly spaced teacher layers (first and last included).")
+    keep_layers: list[Annotated[int, Field(ge=0, le=1024)]] | None = Field(
         None, min_length=1, max_length=128, json_schema_extra={"uniqueItems": True},
         description="Keep exactly these teacher layers (0-based, no repeats; used in increasing order).")
-    hidden_size: int = Field(None, ge=8, le=16384, description="A narrower width: the student starts fresh (no weight copy).")
-    intermediate_size: int = Field(None, ge=8, le=65536, description="Feed-forward width of a narrower student.")
-    num_attention_heads: int = Field(None, ge=1, le=256, description="Attention heads of a narrower student.")
+    hidden_size: int | None = Field(None, ge=8, le=16384, description="A narrower width: the student starts fresh (no weight copy).")
+    intermediate_size: int | None = Field(None, ge=8, le=65536, description="Feed-forward width of a narrower student.")
+    num_attention_heads: int | None = Field(None, ge=1, le=256, description="Attention heads of a narrower student.")
     config: dict[str, Any] = Field(default_factory=dict, description="Further config fields of the student (e.g. "
                                    "hidden_dropout_prob). The vocabulary must stay the teacher's: the student shares its tokenizer.")
 
@@ -389,11 +397,6 @@ class JobSpec(_Strict):
             data = {**data, "method": {"name": "embedding"}}
         return data
 
-    @field_validator("method", mode="before")
-    @classmethod
-    def _method_shape(cls, value: Any) -> Any:
-        check_method_object(value, "method")
-        return value
 
     name: str | None = Field(None, max_length=200, description="Free-form job name.")
     task: Literal["auto", "classification", "sequence_classification", "sentence_embedding"] = Field(
@@ -403,7 +406,7 @@ class JobSpec(_Strict):
     teacher: TeacherSpec = Field(..., description="The teacher checkpoint.")
     student: StudentSpec = Field(..., description="The student to train.")
     data: DataSpec = Field(..., description="Training, validation and transfer data.")
-    method: MethodField = Field(default_factory=default_method, description="The distillation method and its own parameters, "
+    method: Annotated[MethodField, BeforeValidator(_method_shape)] = Field(default_factory=default_method, description="The distillation method and its own parameters, "
                                 "discriminated by 'name' (one schema per method); default: kd (embedding for task sentence_embedding).")
     pooling: PoolingSpec = Field(default_factory=PoolingSpec, description="Sentence pooling (sentence_embedding).")
     cache: CacheSpec = Field(default_factory=CacheSpec, description="Whether the teacher's outputs are computed once and reused.")

@@ -72,11 +72,6 @@ def convert(spec: dict[str, Any]) -> dict[str, Any]:
         for k in ("architecture", "from_teacher"):
             if k in student and student[k] is None:
                 del student[k]
-        ft = student.get("from_teacher")
-        if isinstance(ft, dict):
-            for k in ("num_layers", "keep_layers", "hidden_size", "intermediate_size", "num_attention_heads"):
-                if k in ft and ft[k] is None:
-                    del ft[k]
     data = s.get("data")
     if isinstance(data, dict):
         for role in ("train", "transfer"):

@@ -146,6 +146,9 @@ def install_error_handlers(app: FastAPI) -> None:
             msg = "the request body is required (a JSON object)"
         elif param is None and tuple(first.get("loc", ())) == ("body",) and first.get("type") in ("model_attributes_type", "dict_type"):
             msg = "the request body must be a JSON object sent with 'Content-Type: application/json' (the CLI also reads YAML files)"
+        elif first.get("type") in ("union_tag_invalid", "union_tag_not_found"):  # e.g. an unknown method name
+            param = f"{param}.{str(first.get('ctx', {}).get('discriminator', '')).strip(chr(39))}" if param else param
+            msg = f"{param}: {msg}"
         elif first.get("type") == "extra_forbidden":
             msg = f"unknown field {param!r}"
         elif param:

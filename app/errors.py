@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from distill.spec import field_path
 
@@ -127,6 +128,27 @@ def _loc(loc: tuple[Any, ...]) -> str | None:
     return ".".join(parts) or None
 
 
+def allowed_methods(request: Request) -> str:
+    """The ``Allow`` header of a 405: every method ``/openapi.json`` documents for the request's path (HEAD where GET
+    is). Starlette names only the first matching route's methods, and FastAPI makes one route per method, so
+    ``DELETE`` went missing from a 405 on ``/v1/files/{id}``. Comma-separated, sorted."""
+    app = request.app
+    paths = getattr(app.state, "allow_paths", None)
+    if paths is None:  # once per app: each documented path template as a regex, with its methods
+        paths = [(compile_path(t)[0], {m.upper() for m in ops if m in _HTTP_METHODS}) for t, ops in app.openapi()["paths"].items()]
+        app.state.allow_paths = paths
+    methods: set[str] = set()
+    for regex, ms in paths:
+        if regex.match(request.url.path):
+            methods |= ms
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
+
+
+_HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Render every error (domain, validation, HTTP, unexpected) in the one error shape."""
 
@@ -158,11 +180,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_json(422, "invalid_request", msg, param)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and exc.detail == _BODY_PARSE_ERROR:  # FastAPI: a JSON body that is not UTF-8
             return error_json(422, "invalid_request", "the request body is not valid JSON (it must be UTF-8 encoded JSON)")
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return error_json(exc.status_code, code, str(exc.detail), None, getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": allowed_methods(request)}
+        return error_json(exc.status_code, code, str(exc.detail), None, headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -18,14 +18,61 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
+from typing_extensions import TypeAliasType
+
+NO_NUL = "^[^\\x00]*$"
+"""JSON Schema pattern of a string without a NUL character (PostgreSQL text cannot hold one; the spec refuses it)."""
+
+
+def _no_nul_strings(node: Any) -> None:
+    """Give every string schema in ``node`` without a pattern, enum or const the ``NO_NUL`` pattern, and every object
+    schema ``propertyNames`` with it (walks anyOf/oneOf/items/additionalProperties, not $refs)."""
+    if isinstance(node, list):
+        for n in node:
+            _no_nul_strings(n)
+        return
+    if not isinstance(node, dict):
+        return
+    if node.get("type") == "string" and not ({"pattern", "enum", "const", "format"} & set(node)):
+        node["pattern"] = NO_NUL
+    if node.get("type") == "object" and ({"additionalProperties", "patternProperties"} & set(node)) and "propertyNames" not in node:
+        node["propertyNames"] = {"pattern": NO_NUL}
+    for key in ("anyOf", "oneOf", "allOf", "items", "prefixItems"):
+        if key in node:
+            _no_nul_strings(node[key])
+    if isinstance(node.get("additionalProperties"), dict):
+        _no_nul_strings(node["additionalProperties"])
+    for prop in (node.get("properties") or {}).values():
+        _no_nul_strings(prop)
+
+
+def _spec_schema(schema: dict[str, Any], cls: type) -> None:
+    _no_nul_strings(schema)
+    schema.update(getattr(cls, "schema_extra", {}))
 
 
 class SpecModel(BaseModel):
-    """Base of every job-spec model: unknown fields are refused, and numbers are strict (``true`` or ``"4"`` is not a
-    number; an integer is accepted for a float)."""
+    """Base of every job-spec model: unknown fields are refused, numbers are strict (``true`` or ``"4"`` is not a
+    number; an integer is accepted for a float, an integral float such as ``3.0`` for an integer, as JSON Schema's
+    'integer' says), and the schema says that no string may hold a NUL character. A subclass adds JSON Schema
+    keywords the validators enforce (a oneOf, a not) in its ``schema_extra`` class variable."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_spec_schema)
+    schema_extra: ClassVar[dict[str, Any]] = {}
+
+
+def _integral(v: Any) -> Any:
+    return int(v) if type(v) is float and v.is_integer() else v
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
+"""An integer of the spec: a JSON integer, or an integral float (3.0); never a bool or a string."""
+
+NoNulStr = Annotated[str, Field(pattern=NO_NUL)]
+JsonValue = TypeAliasType("JsonValue", Union[None, bool, int, float, NoNulStr, list["JsonValue"],  # type: ignore[misc]
+                                              Annotated[dict[NoNulStr, "JsonValue"], Field(json_schema_extra={"propertyNames": {"pattern": NO_NUL}})]])
+"""Any JSON value whose strings (keys included) hold no NUL character: free-form keyword arguments."""
 
 
 class MethodParams(SpecModel):
@@ -108,7 +155,7 @@ class DKDParams(MethodParams):
     logit_standardization: bool = Field(False, description=_STANDARDIZE)
     alpha: float = Field(1.0, ge=0, le=1000, description="Weight of TCKD, the binary target/non-target KL.")
     beta: float = Field(8.0, ge=0, le=1000, description="Weight of NCKD, the KL among the non-target classes (8: the paper's CIFAR-100 setting).")
-    warmup_epochs: int = Field(1, ge=1, le=10_000, description="The TCKD+NCKD weight ramps as min(epoch / warmup_epochs, 1) "
+    warmup_epochs: Int = Field(1, ge=1, le=10_000, description="The TCKD+NCKD weight ramps as min(epoch / warmup_epochs, 1) "
                                "(mdistiller; 1 = no ramp; mdistiller uses 20 for 240-epoch CIFAR-100 runs).")
 
 
@@ -174,8 +221,8 @@ class PrototypeParams(_FeatureParams):
 class LayerPair(SpecModel):
     """A student layer matched to a teacher layer (0-based transformer layer indices)."""
 
-    student: int = Field(..., ge=0, le=1024, description="Student layer.")
-    teacher: int = Field(..., ge=0, le=1024, description="Teacher layer.")
+    student: Int = Field(..., ge=0, le=1024, description="Student layer.")
+    teacher: Int = Field(..., ge=0, le=1024, description="Teacher layer.")
 
 
 @register_params

@@ -7,11 +7,11 @@ typo gets a 422 naming the field instead of being silently ignored.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BeforeValidator, Discriminator, Field, Tag, TypeAdapter, model_validator
 
-from .method_params import (EXTRA_MODELS, FEATURE_METHODS, LOGIT_METHODS, MAIN_MODELS, METHOD_PARAMS, METHODS, LayerPair,
+from .method_params import (EXTRA_MODELS, FEATURE_METHODS, LOGIT_METHODS, MAIN_MODELS, METHOD_PARAMS, METHODS, Int, JsonValue, LayerPair, NoNulStr,
                             MainMethod, MethodField, MethodParams, SpecModel, check_method_object, default_method)
 
 __all__ = ["EXTRA_MODELS", "FEATURE_METHODS", "LOGIT_METHODS", "MAIN_MODELS", "METHOD_PARAMS", "METHODS", "LayerPair",
@@ -47,7 +47,7 @@ class ArchitectureSpec(_Strict):
     """A model from the architecture registry (``distill.models``): its name and keyword arguments."""
 
     name: str = Field(..., min_length=1, description="Registered architecture: 'mlp', 'cnn' or 'resnet'.")
-    kwargs: dict[str, Any] = Field(
+    kwargs: dict[NoNulStr, JsonValue] = Field(
         default_factory=dict,
         description="Keyword arguments of the architecture, e.g. {'hidden_sizes': [64]} for mlp or "
         "{'channels': [32, 64], 'kernel_size': 3} for cnn. 'input_shape' and 'num_classes' default "
@@ -75,18 +75,18 @@ class FromTeacherSpec(_Strict):
     fewer layers, initialised by copying the teacher's embeddings and the kept layers; or narrower and fresh.
     Exactly one of ``num_layers`` and ``keep_layers`` (ValueError otherwise; the schema says so with a oneOf)."""
 
-    model_config = {"json_schema_extra": {"oneOf": [
+    schema_extra: ClassVar[dict[str, Any]] = {"oneOf": [
         {"required": ["num_layers"], "properties": {"num_layers": {"type": "integer"}}},
-        {"required": ["keep_layers"], "properties": {"keep_layers": {"type": "array"}}}]}}
+        {"required": ["keep_layers"], "properties": {"keep_layers": {"type": "array"}}}]}
 
-    num_layers: int | None = Field(None, ge=1, le=128, description="Keep this many evenly spaced teacher layers (first and last included).")
-    keep_layers: list[Annotated[int, Field(ge=0, le=1024)]] | None = Field(
+    num_layers: Int | None = Field(None, ge=1, le=128, description="Keep this many evenly spaced teacher layers (first and last included).")
+    keep_layers: list[Annotated[Int, Field(ge=0, le=1024)]] | None = Field(
         None, min_length=1, max_length=128, json_schema_extra={"uniqueItems": True},
         description="Keep exactly these teacher layers (0-based, no repeats; used in increasing order).")
-    hidden_size: int | None = Field(None, ge=8, le=16384, description="A narrower width: the student starts fresh (no weight copy).")
-    intermediate_size: int | None = Field(None, ge=8, le=65536, description="Feed-forward width of a narrower student.")
-    num_attention_heads: int | None = Field(None, ge=1, le=256, description="Attention heads of a narrower student.")
-    config: dict[str, Any] = Field(default_factory=dict, description="Further config fields of the student (e.g. "
+    hidden_size: Int | None = Field(None, ge=8, le=16384, description="A narrower width: the student starts fresh (no weight copy).")
+    intermediate_size: Int | None = Field(None, ge=8, le=65536, description="Feed-forward width of a narrower student.")
+    num_attention_heads: Int | None = Field(None, ge=1, le=256, description="Attention heads of a narrower student.")
+    config: dict[NoNulStr, JsonValue] = Field(default_factory=dict, description="Further config fields of the student (e.g. "
                                    "hidden_dropout_prob). The vocabulary must stay the teacher's: the student shares its tokenizer.")
 
     @model_validator(mode="after")
@@ -185,7 +185,7 @@ class ValidationSpec(_Strict):
     fraction: float = Field(0.2, gt=0, lt=1, description="Fraction of labelled training rows held out (stratified, seeded).")
     file_id: str | None = Field(None, pattern=r"^file_[A-Za-z0-9]+$", description="A separate validation dataset file; overrides 'fraction'.")
     label_column: str = Field("label", min_length=1, description="CSV only: name of the label column.")
-    seed: int = Field(0, ge=0, description="Seed of the split (independent of training.seed, so runs compare on one split).")
+    seed: Int = Field(0, ge=0, description="Seed of the split (independent of training.seed, so runs compare on one split).")
 
 
 class DataSpec(_Strict):
@@ -197,8 +197,8 @@ class DataSpec(_Strict):
         None, description="Optional unlabelled inputs (NPZ with X only) that join training with the teacher's targets alone."
     )
     text_column: str = Field("text", min_length=1, description="Text tasks, CSV files: the column holding the text.")
-    max_seq_length: int = Field(128, ge=8, le=8192, description="Text tasks: tokens per text after truncation.")
-    input_shape: list[Annotated[int, Field(ge=1)]] | None = Field(
+    max_seq_length: Int = Field(128, ge=8, le=8192, description="Text tasks: tokens per text after truncation.")
+    input_shape: list[Annotated[Int, Field(ge=1)]] | None = Field(
         None, min_length=1, max_length=4,
         description="Per-sample shape to reshape flat features to (e.g. [1, 28, 28]); default: the teacher's input shape.",
     )
@@ -250,20 +250,20 @@ class TrainingSpec(_Strict):
     """How long and how the student is trained. ``precision: fp16`` with ``device: cpu`` is refused (ValueError; the
     schema says so with a 'not')."""
 
-    model_config = {"json_schema_extra": {"not": {"required": ["precision", "device"],
-                                                  "properties": {"precision": {"const": "fp16"}, "device": {"const": "cpu"}}}}}
+    schema_extra: ClassVar[dict[str, Any]] = {"not": {"required": ["precision", "device"],
+                                                      "properties": {"precision": {"const": "fp16"}, "device": {"const": "cpu"}}}}
 
-    epochs: int = Field(20, ge=1, le=10_000, description="Passes over the training set.")
-    batch_size: int = Field(64, ge=1, le=65_536, description="Samples per step.")
+    epochs: Int = Field(20, ge=1, le=10_000, description="Passes over the training set.")
+    batch_size: Int = Field(64, ge=1, le=65_536, description="Samples per step.")
     optimizer: OptimizerSpec = Field(default_factory=AdamWSpec, description="Optimizer settings.")
     schedule: Literal["cosine", "constant"] = Field("cosine", description="Learning-rate schedule over all steps.")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of initialisation and shuffling: same spec + seed gives the same metrics on CPU.")
+    seed: Int = Field(0, ge=0, le=2**31 - 1, description="Seed of initialisation and shuffling: same spec + seed gives the same metrics on CPU.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' picks CUDA when the worker has it.")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Numeric precision of the student's forward pass (torch.autocast; losses and the teacher stay "
         "float32): 'bf16' on CPU or CUDA, 'fp16' on CUDA only (with a gradient scaler).")
     max_runtime_s: float = Field(3600, gt=0, le=7 * 24 * 3600, description="Wall-clock limit of the job, seconds.")
-    log_every_steps: int = Field(20, ge=1, description="Training loss terms are recorded every this many steps (and per epoch).")
+    log_every_steps: Int = Field(20, ge=1, description="Training loss terms are recorded every this many steps (and per epoch).")
 
     @model_validator(mode="after")
     def _precision(self) -> "TrainingSpec":
@@ -275,15 +275,15 @@ class TrainingSpec(_Strict):
 class EvaluationSpec(_Strict):
     """What the compression report measures."""
 
-    latency_iterations: int = Field(50, ge=5, le=10_000, description="Timed forward passes per model and batch size.")
-    latency_batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+    latency_iterations: Int = Field(50, ge=5, le=10_000, description="Timed forward passes per model and batch size.")
+    latency_batch_sizes: list[Annotated[Int, Field(ge=1, le=4096)]] = Field(
         default_factory=lambda: [1, 64], min_length=1, max_length=4, description="Batch sizes at which latency is measured."
     )
-    throughput_batch_size: int = Field(32, ge=1, le=4096, description="Text tasks: batch size of the throughput measurement.")
+    throughput_batch_size: Int = Field(32, ge=1, le=4096, description="Text tasks: batch size of the throughput measurement.")
     compare_baseline: bool = Field(False, description="Also train the same student architecture alone (cross-entropy on the "
                                    "labels only; same data, split, epochs, optimizer, batch size and seed) and report the "
                                    "distillation gain in top-1 points (which may be negative).")
-    probe_max_samples: int = Field(4000, ge=10, le=1_000_000, description="Embedding tasks: most training texts used to fit the "
+    probe_max_samples: Int = Field(4000, ge=10, le=1_000_000, description="Embedding tasks: most training texts used to fit the "
                                    "linear probe (logistic regression) on each model's embeddings.")
 
 
@@ -291,7 +291,7 @@ class PruneSpec(_Strict):
     """Magnitude pruning of the distilled student, then a short fine-tune with the same distillation loss."""
 
     amount: float = Field(..., gt=0, lt=1, description="Fraction of the weights of every Linear/Conv layer set to zero (smallest |w| first).")
-    fine_tune_epochs: int = Field(2, ge=0, le=1000, description="Epochs of fine-tuning with the job's distillation loss after pruning.")
+    fine_tune_epochs: Int = Field(2, ge=0, le=1000, description="Epochs of fine-tuning with the job's distillation loss after pruning.")
 
 
 class ExportSpec(_Strict):

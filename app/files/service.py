@@ -128,7 +128,7 @@ def list_files(session: Session, tenant_id: str, *, limit: int, after: str | Non
     if anchor is not None and anchor.tenant_id != tenant_id:
         anchor = None
     if after and anchor is None:
-        raise Unprocessable(f"after: no file {after!r} to continue from", param="after")
+        raise NotFound(f"after: no file {after!r} to continue from", param="after")
     return newest_first(session, q, File, limit=limit, anchor=anchor)
 
 

@@ -372,7 +372,7 @@ def list_jobs(session: Session, tenant_id: str, *, limit: int, after: str | None
     if anchor is not None and anchor.tenant_id != tenant_id:
         anchor = None
     if after and anchor is None:
-        raise Unprocessable(f"after: no job {after!r} to continue from", param="after")
+        raise NotFound(f"after: no job {after!r} to continue from", param="after")
     return newest_first(session, q, Job, limit=limit, anchor=anchor)
 
 

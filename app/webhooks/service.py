@@ -51,10 +51,10 @@ def create_endpoint(session: Session, tenant_id: str, url: str, events: list[str
 
 
 def list_endpoints(session: Session, tenant_id: str, *, limit: int, after: str | None) -> tuple[list[WebhookEndpoint], bool]:
-    """The tenant's endpoints newest first; (rows, has_more). Raises Unprocessable (422) for an unknown ``after``."""
+    """The tenant's endpoints newest first; (rows, has_more). Raises NotFound (404) for an unknown ``after``."""
     anchor = session.scalars(readable(tenant_id).where(WebhookEndpoint.id == after)).first() if after else None
     if after and anchor is None:
-        raise Unprocessable(f"after: no webhook endpoint {after!r} to continue from", param="after")
+        raise NotFound(f"after: no webhook endpoint {after!r} to continue from", param="after")
     return newest_first(session, readable(tenant_id), WebhookEndpoint, limit=limit, anchor=anchor)
 
 
@@ -124,7 +124,7 @@ def list_deliveries(session: Session, endpoint_id: str, tenant_id: str, *, limit
         q = q.where(WebhookDelivery.status == status)
     anchor = session.scalars(q.where(WebhookDelivery.id == after)).first() if after else None
     if after and anchor is None:
-        raise Unprocessable(f"after: no delivery {after!r} of this endpoint to continue from", param="after")
+        raise NotFound(f"after: no delivery {after!r} of this endpoint to continue from", param="after")
     rows, more = newest_first(session, q, WebhookDelivery, limit=limit, anchor=anchor)
     attempts: dict[str, list[WebhookAttempt]] = {d.id: [] for d in rows}
     if rows:

@@ -26,15 +26,17 @@ from schemathesis.specs.openapi.checks import (
 MAX_EXAMPLES = 8  # per operation and generation mode
 
 
-REFERENCE_CODES = frozenset({"file_not_found", "wrong_file_purpose"})
-"""422 codes about what a request refers to (an uploaded file that does not exist, or has another purpose): a schema
-promises which requests are well formed, not which files exist (as schemathesis reasons about credentials)."""
+BEYOND_SCHEMA_CODES = frozenset({"file_not_found", "wrong_file_purpose", "invalid_file", "webhook_target_refused"})
+"""422 codes about what a request refers to or carries, which no JSON Schema can say: an uploaded file that does not
+exist or has another purpose, an upload whose bytes are no known format, a webhook host that does not resolve to a
+public address. A schema promises which requests are well formed, not which files exist (as schemathesis itself
+reasons about credentials)."""
 
 
 @schemathesis.check
 def accepts_schema_valid_data(ctx, response, case) -> None:
-    """``positive_data_acceptance``, except a 422 whose code is one of ``REFERENCE_CODES``."""
-    if response.status_code == 422 and response.json().get("error", {}).get("code") in REFERENCE_CODES:
+    """``positive_data_acceptance``, except a 422 whose code is one of ``BEYOND_SCHEMA_CODES``."""
+    if response.status_code == 422 and response.json().get("error", {}).get("code") in BEYOND_SCHEMA_CODES:
         return None
     return positive_data_acceptance(ctx, response, case)
 

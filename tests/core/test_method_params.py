@@ -113,9 +113,10 @@ def test_extras_are_built_from_their_parameters_with_their_weight():
 def test_numbers_are_strict_and_ints_count_as_floats():
     assert job(method={"name": "kd", "temperature": 4}).method.temperature == 4.0
     assert job(training={"epochs": 3, "max_runtime_s": 60}).training.max_runtime_s == 60.0
+    assert job(training={"epochs": 3.0}).training.epochs == 3  # JSON Schema's integer: 3.0 is one
     for over, where in [({"method": {"name": "kd", "temperature": True}}, "method.temperature"),
                         ({"method": {"name": "kd", "temperature": "4"}}, "method.temperature"),
-                        ({"training": {"epochs": "3"}}, "training.epochs"), ({"training": {"epochs": 2.0}}, "training.epochs"),
+                        ({"training": {"epochs": "3"}}, "training.epochs"), ({"training": {"epochs": 2.5}}, "training.epochs"),
                         ({"training": {"optimizer": {"lr": "1e-3"}}}, "training.optimizer.lr"),
                         ({"method": {"name": "kd", "logit_standardization": 1}}, "method.logit_standardization")]:
         assert errors({**BASE, **over})[0][0] == where, over

@@ -36,7 +36,8 @@ def _no_nul_strings(node: Any) -> None:
         return
     if node.get("type") == "string" and not ({"pattern", "enum", "const", "format"} & set(node)):
         node["pattern"] = NO_NUL
-    if node.get("type") == "object" and ({"additionalProperties", "patternProperties"} & set(node)) and "propertyNames" not in node:
+    if (node.get("type") == "object" and node.get("additionalProperties") is not False and "propertyNames" not in node
+            and ({"additionalProperties", "patternProperties"} & set(node))):
         node["propertyNames"] = {"pattern": NO_NUL}
     for key in ("anyOf", "oneOf", "allOf", "items", "prefixItems"):
         if key in node:
@@ -66,7 +67,9 @@ def _integral(v: Any) -> Any:
     return int(v) if type(v) is float and v.is_integer() else v
 
 
-Int = Annotated[int, BeforeValidator(_integral)]
+INTEGRAL = BeforeValidator(_integral)
+"""Accepts an integral float (3.0) for an integer field; put it before a ``Field`` in an ``Annotated`` list item."""
+Int = Annotated[int, INTEGRAL]
 """An integer of the spec: a JSON integer, or an integral float (3.0); never a bool or a string."""
 
 NoNulStr = Annotated[str, Field(pattern=NO_NUL)]

@@ -11,7 +11,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BeforeValidator, Discriminator, Field, Tag, TypeAdapter, model_validator
 
-from .method_params import (EXTRA_MODELS, FEATURE_METHODS, LOGIT_METHODS, MAIN_MODELS, METHOD_PARAMS, METHODS, Int, JsonValue, LayerPair, NoNulStr,
+from .method_params import (EXTRA_MODELS, FEATURE_METHODS, LOGIT_METHODS, MAIN_MODELS, METHOD_PARAMS, METHODS, INTEGRAL, Int, JsonValue, LayerPair, NoNulStr,
                             MainMethod, MethodField, MethodParams, SpecModel, check_method_object, default_method)
 
 __all__ = ["EXTRA_MODELS", "FEATURE_METHODS", "LOGIT_METHODS", "MAIN_MODELS", "METHOD_PARAMS", "METHODS", "LayerPair",
@@ -80,7 +80,7 @@ class FromTeacherSpec(_Strict):
         {"required": ["keep_layers"], "properties": {"keep_layers": {"type": "array"}}}]}
 
     num_layers: Int | None = Field(None, ge=1, le=128, description="Keep this many evenly spaced teacher layers (first and last included).")
-    keep_layers: list[Annotated[Int, Field(ge=0, le=1024)]] | None = Field(
+    keep_layers: list[Annotated[int, Field(ge=0, le=1024), INTEGRAL]] | None = Field(
         None, min_length=1, max_length=128, json_schema_extra={"uniqueItems": True},
         description="Keep exactly these teacher layers (0-based, no repeats; used in increasing order).")
     hidden_size: Int | None = Field(None, ge=8, le=16384, description="A narrower width: the student starts fresh (no weight copy).")
@@ -198,7 +198,7 @@ class DataSpec(_Strict):
     )
     text_column: str = Field("text", min_length=1, description="Text tasks, CSV files: the column holding the text.")
     max_seq_length: Int = Field(128, ge=8, le=8192, description="Text tasks: tokens per text after truncation.")
-    input_shape: list[Annotated[Int, Field(ge=1)]] | None = Field(
+    input_shape: list[Annotated[int, Field(ge=1), INTEGRAL]] | None = Field(
         None, min_length=1, max_length=4,
         description="Per-sample shape to reshape flat features to (e.g. [1, 28, 28]); default: the teacher's input shape.",
     )
@@ -276,7 +276,7 @@ class EvaluationSpec(_Strict):
     """What the compression report measures."""
 
     latency_iterations: Int = Field(50, ge=5, le=10_000, description="Timed forward passes per model and batch size.")
-    latency_batch_sizes: list[Annotated[Int, Field(ge=1, le=4096)]] = Field(
+    latency_batch_sizes: list[Annotated[int, Field(ge=1, le=4096), INTEGRAL]] = Field(
         default_factory=lambda: [1, 64], min_length=1, max_length=4, description="Batch sizes at which latency is measured."
     )
     throughput_batch_size: Int = Field(32, ge=1, le=4096, description="Text tasks: batch size of the throughput measurement.")

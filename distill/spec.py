@@ -79,13 +79,13 @@ class FromTeacherSpec(_Strict):
         {"required": ["num_layers"], "properties": {"num_layers": {"type": "integer"}}},
         {"required": ["keep_layers"], "properties": {"keep_layers": {"type": "array"}}}]}
 
-    num_layers: Int | None = Field(None, ge=1, le=128, description="Keep this many evenly spaced teacher layers (first and last included).")
+    num_layers: Annotated[int, Field(ge=1, le=128), INTEGRAL] | None = Field(None, description="Keep this many evenly spaced teacher layers (first and last included).")
     keep_layers: list[Annotated[int, Field(ge=0, le=1024), INTEGRAL]] | None = Field(
         None, min_length=1, max_length=128, json_schema_extra={"uniqueItems": True},
         description="Keep exactly these teacher layers (0-based, no repeats; used in increasing order).")
-    hidden_size: Int | None = Field(None, ge=8, le=16384, description="A narrower width: the student starts fresh (no weight copy).")
-    intermediate_size: Int | None = Field(None, ge=8, le=65536, description="Feed-forward width of a narrower student.")
-    num_attention_heads: Int | None = Field(None, ge=1, le=256, description="Attention heads of a narrower student.")
+    hidden_size: Annotated[int, Field(ge=8, le=16384), INTEGRAL] | None = Field(None, description="A narrower width: the student starts fresh (no weight copy).")
+    intermediate_size: Annotated[int, Field(ge=8, le=65536), INTEGRAL] | None = Field(None, description="Feed-forward width of a narrower student.")
+    num_attention_heads: Annotated[int, Field(ge=1, le=256), INTEGRAL] | None = Field(None, description="Attention heads of a narrower student.")
     config: dict[NoNulStr, JsonValue] = Field(default_factory=dict, description="Further config fields of the student (e.g. "
                                    "hidden_dropout_prob). The vocabulary must stay the teacher's: the student shares its tokenizer.")
 

@@ -122,6 +122,13 @@ def test_numbers_are_strict_and_ints_count_as_floats():
         assert errors({**BASE, **over})[0][0] == where, over
 
 
+def test_the_schema_states_every_bound_in_json_schema_words():
+    """Pydantic writes a bound it cannot place as a raw 'ge'/'le' key, which JSON Schema ignores (a fuzzer then sends 0)."""
+    text = json.dumps(JobSpec.model_json_schema())
+    assert not re.search(r'"(ge|le|gt|lt)": ', text)
+    assert '"minimum": 1' in text and '"pattern": "^[^\\\\x00]*$"' in text
+
+
 def test_momentum_only_with_sgd():
     assert job(training={"optimizer": {"name": "sgd", "momentum": 0.5}}).training.optimizer.momentum == 0.5
     assert job(training={"optimizer": {"lr": 0.01}}).training.optimizer.name == "adamw"  # the default when name is left out

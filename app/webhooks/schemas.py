@@ -17,14 +17,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-URL_PATTERN = r"^[hH][tT][tT][pP][sS]?://[^\s/?#]+"
-"""An http(s) URL with a host (what the target check needs before it resolves the host)."""
-
-
 class EndpointCreate(_Strict):
     """A new webhook endpoint."""
 
-    url: str = Field(..., min_length=1, max_length=2048, pattern=URL_PATTERN, description="https:// (or http://) URL that receives the events; "
+    url: str = Field(..., min_length=1, max_length=2048, description="https:// (or http://) URL that receives the events; "
                      "it must resolve to public addresses unless the operator allows private ones.")
     events: list[EventType] = Field(default_factory=lambda: list(EVENT_TYPES), min_length=1,
                                     description="Event types to receive (default: all of job.succeeded, job.failed, job.cancelled).")
@@ -34,7 +30,7 @@ class EndpointCreate(_Strict):
 class EndpointUpdate(_Strict):
     """Changes to an endpoint; omitted fields stay as they are."""
 
-    url: str | None = Field(None, min_length=1, max_length=2048, pattern=URL_PATTERN, description="A new target URL (checked as at creation).")
+    url: str | None = Field(None, min_length=1, max_length=2048, description="A new target URL (checked as at creation).")
     events: list[EventType] | None = Field(None, min_length=1, description="The event types to receive.")
     description: str | None = Field(None, max_length=255, description="Free text.")
     enabled: bool | None = Field(None, description="False pauses deliveries; true re-enables an endpoint (e.g. one a 410 disabled).")

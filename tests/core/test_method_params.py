@@ -15,6 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 import distill.text.adapters as text_adapters
+from client.cli import load_spec
 from distill.method_params import EXTRA_MODELS, MAIN_MODELS, METHOD_PARAMS
 from distill.methods import (AttentionTransfer, CombinedMethod, DecoupledKD, FitNet, HardLabelKD, PrototypeKD, RelationalKD, SoftTargetKD,
                              build_method)
@@ -245,3 +246,12 @@ def test_every_spec_in_the_readme_and_demo_validates():
             JobSpec.model_validate(data)
         except ValidationError as e:
             raise AssertionError(f"README spec starting {first_line!r} does not validate: {e}") from e
+
+
+def test_the_cli_reads_yaml_exponents_as_numbers(tmp_path):
+    """PyYAML reads ``1e-3`` as a string (YAML 1.1); with strict numbers the spec would refuse it."""
+    path = tmp_path / "spec.yaml"
+    path.write_text("teacher: {file_id: file_t}\nstudent: {architecture: {name: mlp}}\ndata: {train: {builtin: digits}}\n"
+                    "training: {epochs: 1e1, optimizer: {lr: 1e-3}}\nname: '1e-3'\n")
+    spec = JobSpec.model_validate(load_spec(path))
+    assert (spec.training.optimizer.lr, spec.training.epochs, spec.name) == (0.001, 10, "1e-3")

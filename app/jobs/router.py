@@ -113,7 +113,7 @@ def list_jobs(request: Request, session: SessionDep, tenant: CurrentTenant, limi
               after: Annotated[str | None, Query(description="Return jobs after this job id.")] = None,
               status: Annotated[Status | None, Query(description="Only jobs in this status.")] = None) -> Page[JobObject]:
     """List the tenant's jobs, newest first, optionally of one status and metadata (``metadata[KEY]=VALUE``, all must
-    match). 422 if ``after`` names none of them."""
+    match). 404 if ``after`` names none of them."""
     rows, more = service.list_jobs(session, tenant.id, limit=limit, after=after, status=status, metadata=_metadata_filter(request))
     return Page[JobObject](data=[service.to_schema(j) for j in rows], has_more=more)
 

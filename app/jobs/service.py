@@ -362,7 +362,7 @@ def job_status(job_id: str, tenant_id: str) -> bytes:
 def list_jobs(session: Session, tenant_id: str, *, limit: int, after: str | None, status: str | None,
               metadata: dict[str, str] | None = None) -> tuple[list[Job], bool]:
     """The tenant's jobs newest first, optionally of one status and with every ``metadata`` key equal to its value;
-    returns (rows, has_more). Raises Unprocessable (422) when ``after`` is not one of the tenant's jobs."""
+    returns (rows, has_more). Raises NotFound (404) when ``after`` is not one of the tenant's jobs."""
     q = select(Job).options(defer(Job.report)).where(Job.tenant_id == tenant_id)
     if status:
         q = q.where(Job.status == status)

@@ -117,7 +117,7 @@ def send_test(session: Session, endpoint_id: str, tenant_id: str) -> WebhookDeli
 def list_deliveries(session: Session, endpoint_id: str, tenant_id: str, *, limit: int, after: str | None,
                     status: str | None) -> tuple[list[tuple[WebhookDelivery, list[WebhookAttempt]]], bool]:
     """The endpoint's deliveries newest first, each with its attempts oldest first; (rows, has_more). Raises NotFound
-    (404), NotFound (404) for an unknown ``after``."""
+    (404) for an unknown endpoint or ``after``."""
     get_endpoint(session, endpoint_id, tenant_id)
     q = select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id)
     if status:

@@ -13,7 +13,7 @@ import itertools
 import json
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer, model_validator
 
 from distill.spec import JobSpec, SelectionSpec
 
@@ -25,11 +25,11 @@ class _Strict(BaseModel):
 class FloatDim(_Strict):
     """A float in [low, high] (log-uniform with ``log``; on a grid of ``step`` when given)."""
 
-    type: Literal["float"]
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = Field(None, gt=0)
+    type: Literal["float"] = Field(..., description="'float': a real number in [low, high].")
+    low: float = Field(..., description="Smallest value sampled.")
+    high: float = Field(..., description="Largest value sampled (> low).")
+    log: bool = Field(False, description="Sample on a log scale (e.g. learning rates).")
+    step: float | None = Field(None, gt=0, description="Discretisation step; None for continuous.")
 
     @model_validator(mode="after")
     def _range(self) -> "FloatDim":
@@ -47,11 +47,11 @@ class FloatDim(_Strict):
 class IntDim(_Strict):
     """An integer in [low, high] by ``step`` (log-uniform with ``log``)."""
 
-    type: Literal["int"]
-    low: int
-    high: int
-    step: int = Field(1, ge=1)
-    log: bool = False
+    type: Literal["int"] = Field(..., description="'int': an integer in [low, high].")
+    low: int = Field(..., description="Smallest value sampled.")
+    high: int = Field(..., description="Largest value sampled (>= low).")
+    step: int = Field(1, ge=1, description="Step between sampled values.")
+    log: bool = Field(False, description="Sample on a log scale.")
 
     @model_validator(mode="after")
     def _range(self) -> "IntDim":
@@ -71,8 +71,8 @@ class IntDim(_Strict):
 class CategoricalDim(_Strict):
     """One of ``choices`` (any JSON values: numbers, strings, lists such as MLP ``hidden_sizes``)."""
 
-    type: Literal["categorical"]
-    choices: list[Any] = Field(..., min_length=1, max_length=256)
+    type: Literal["categorical"] = Field(..., description="'categorical': one of the choices.")
+    choices: list[Any] = Field(..., min_length=1, max_length=256, description="The values to choose from (JSON values).")
 
     def corners(self) -> list[Any]:
         return list(self.choices)
@@ -85,9 +85,10 @@ class LayersDim(_Strict):
     """A list of ``depth`` equal widths (e.g. an MLP's ``hidden_sizes``): width from ``widths`` × depth from ``depths``,
     sampled as two parameters (``<path>.width``, ``<path>.depth``)."""
 
-    type: Literal["layers"]
-    widths: list[Annotated[int, Field(ge=1)]] = Field(..., min_length=1, max_length=64)
-    depths: list[Annotated[int, Field(ge=0, le=64)]] = Field(..., min_length=1, max_length=64)
+    type: Literal["layers"] = Field(..., description="'layers': hidden sizes of a depth x width grid (e.g. mlp hidden_sizes).")
+    widths: list[Annotated[int, Field(ge=1)]] = Field(..., min_length=1, max_length=64, description="Layer widths to choose from.")
+    depths: list[Annotated[int, Field(ge=0, le=64)]] = Field(..., min_length=1, max_length=64, description="Numbers of hidden "
+                                                             "layers to choose from (0: no hidden layer).")
 
     def corners(self) -> list[Any]:
         return [[w] * d for w, d in itertools.product(self.widths, self.depths)]
@@ -105,7 +106,9 @@ class Objective(_Strict):
     """``top1``: the student's top-1 on the selection split (up); ``latency_p50_ms``: its p50 latency at
     ``batch_size`` on the worker's device, ms (down); ``bytes``: its safetensors file, bytes (down)."""
 
-    name: Literal["top1", "latency_p50_ms", "bytes"]
+    name: Literal["top1", "latency_p50_ms", "bytes"] = Field(..., description="'top1' (selection-split top-1, maximised), "
+                                                           "'latency_p50_ms' (p50 latency in ms, minimised) or 'bytes' "
+                                                           "(student file size, minimised).")
     batch_size: int = Field(1, ge=1, le=4096, description="latency_p50_ms only: the batch size it is measured at.")
 
     @property
@@ -121,8 +124,9 @@ class SamplerSpec(_Strict):
     """Optuna's sampler: ``tpe`` (Watanabe et al. 2023; multi-objective MOTPE, Ozaki et al. 2020), ``nsga2`` (Deb et
     al. 2002), ``random``, or ``grid`` (every combination; discrete dimensions only)."""
 
-    name: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
-    seed: int = Field(0, ge=0)
+    name: Literal["tpe", "nsga2", "random", "grid"] = Field("tpe", description="Optuna sampler: 'tpe' (multi-objective TPE), "
+                                                            "'nsga2' (NSGA-II), 'random' or 'grid' (every combination).")
+    seed: int = Field(0, ge=0, description="The sampler's seed.")
     population_size: int | None = Field(None, ge=2, le=1000, description="nsga2 only; default max(2, max_trials // 3).")
 
 
@@ -130,9 +134,10 @@ class Budget(_Strict):
     """``max_trials`` trials at most, ``max_parallel`` in flight at once, and no new trial after ``max_runtime_s``
     seconds (the live ones are then cancelled)."""
 
-    max_trials: int = Field(12, ge=1, le=1000)
-    max_parallel: int = Field(2, ge=1, le=64)
-    max_runtime_s: float = Field(24 * 3600.0, gt=0, le=30 * 24 * 3600.0)
+    max_trials: int = Field(12, ge=1, le=1000, description="Most trials (jobs) created.")
+    max_parallel: int = Field(2, ge=1, le=64, description="Most trials queued or running at once.")
+    max_runtime_s: float = Field(24 * 3600.0, gt=0, le=30 * 24 * 3600.0, description="Seconds after which no new trial is "
+                                 "created (running ones finish).")
 
 
 class SweepSpec(_Strict):
@@ -140,16 +145,40 @@ class SweepSpec(_Strict):
     dimension}), ``objectives`` (which scores, each up or down; 1 to 3), ``sampler``, ``budget`` and the ``selection``
     split trials are scored on."""
 
-    name: str | None = Field(None, max_length=200)
-    base: dict[str, Any]
+    name: str | None = Field(None, max_length=200, description="A label for the sweep.")
+    base: JobSpec = Field(..., description="The job spec every trial starts from, as for POST /v1/jobs (validated as one; "
+                          "trials start from it as the user wrote it, see base_json).")
+    _base_json: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_base_as_written(cls, data: Any, handler: Any) -> "SweepSpec":
+        """Validate ``base`` as a ``JobSpec`` (so the schema says what a sweep accepts), and keep the JSON the user wrote
+        (``base_json``): trials set their sampled values on that, not on a full dump, so e.g. a search over
+        ``method.name`` does not carry one method's filled-in fields into another's."""
+        model = handler(data)
+        raw = data.get("base") if isinstance(data, dict) else None
+        model._base_json = copy.deepcopy(raw) if isinstance(raw, dict) else model.base.model_dump(mode="json", exclude_unset=True)
+        return model
+
+    @field_serializer("base")
+    def _dump_base(self, base: JobSpec) -> dict[str, Any]:
+        """Stored and shown as written (``base_json``)."""
+        return copy.deepcopy(self._base_json)
+
+    @property
+    def base_json(self) -> dict[str, Any]:
+        """The base job spec as the user wrote it (JSON)."""
+        return self._base_json
     search_space: dict[Annotated[str, Field(pattern=r"^[a-z_]+(\.[A-Za-z0-9_]+)+$", max_length=200)], Dimension] = Field(
-        ..., min_length=1, max_length=16)
+        ..., min_length=1, max_length=16, description="{dotted path in the job spec (e.g. 'method.temperature'): dimension}.")
     objectives: list[Objective] = Field(
         default_factory=lambda: [Objective(name="top1"), Objective(name="latency_p50_ms"), Objective(name="bytes")],
-        min_length=1, max_length=3)
-    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
-    budget: Budget = Field(default_factory=Budget)
-    selection: SelectionSpec = Field(default_factory=SelectionSpec)
+        min_length=1, max_length=3, description="What the front trades off (1 to 3): default top-1, p50 latency and bytes.")
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec, description="How trials are sampled.")
+    budget: Budget = Field(default_factory=Budget, description="Limits on trials, parallelism and time.")
+    selection: SelectionSpec = Field(default_factory=SelectionSpec, description="The selection split carved from the training "
+                                     "rows that trials are scored on (never the reported validation split).")
 
     @model_validator(mode="after")
     def _checks(self) -> "SweepSpec":
@@ -188,7 +217,7 @@ def set_path(spec: dict[str, Any], path: str, value: Any) -> None:
 def trial_spec(sweep: SweepSpec, values: dict[str, Any], name: str | None = None) -> dict[str, Any]:
     """The JSON job spec of a trial: the base with ``values`` ({path: value}) set, ``data.selection`` from the sweep,
     and each latency objective's batch size among ``evaluation.latency_batch_sizes``. Not validated here."""
-    spec = copy.deepcopy(sweep.base)
+    spec = copy.deepcopy(sweep.base_json)
     for path, value in values.items():
         set_path(spec, path, copy.deepcopy(value))
     set_path(spec, "data.selection", sweep.selection.model_dump(mode="json"))

@@ -111,7 +111,7 @@ async def test_each_method_own_parameters_are_accepted_and_echoed(api, teacher_i
     assert job.status_code == 201, job.text
     spec = job.json()["spec"]
     assert spec["method"] == {**method, "temperature": 2.0, "logit_standardization": False, "ce_weight": None, "extra": []}
-    assert spec["training"]["optimizer"] == {"name": "sgd", "lr": 0.001, "weight_decay": 0.0, "momentum": 0.5}
+    assert spec["training"]["optimizer"] == {"name": "sgd", "lr": 0.01, "weight_decay": 0.0, "momentum": 0.5}  # a registry student's default lr
     assert (await api.get(f"/v1/jobs/{job.json()['id']}")).json()["spec"] == spec
 
 

@@ -159,7 +159,7 @@ def test_cache_on_and_off_give_bit_identical_training(mnist_teacher, tmp_path):
     assert c_on["teacher_outputs"] is True and c_on["teacher_passes_saved"] == 2 * 4000 and c_on["cache_seconds"] > 0
     assert c_on["bytes"] == 4000 * (10 + 32) * 4 and "forced on" in c_on["reason"]
     assert c_off == {"teacher_outputs": False, "reason": c_off["reason"], "teacher_passes_saved": 0, "cache_seconds": 0.0,
-                     "bytes": None}
+                     "bytes": None, "shared": None}
     assert "'off'" in c_off["reason"]
     assert "caching_teacher_outputs" in r_on.phases and "caching_teacher_outputs" not in r_off.phases
     print(f"\ncache on: {t_on:.2f} s job ({on.report['training']['training_time_s']} s training); "

@@ -13,9 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 BUILTIN_DATASETS = ("digits", "mnist5k", "rotten_tomatoes")
 TEXT_BUILTINS = ("rotten_tomatoes",)
-TEACHER_FORMATS = ("auto", "safetensors", "state_dict", "torchscript", "onnx", "hf")
-METHODS = ("kd", "hard_label", "dkd", "fitnet", "attention_transfer", "rkd", "prototype", "embedding")
-TASKS = ("auto", "classification", "sequence_classification", "sentence_embedding")
+TEACHER_FORMATS = ("auto", "safetensors", "state_dict", "torchscript", "onnx", "hf", "gguf")
+METHODS = ("kd", "hard_label", "dkd", "fitnet", "attention_transfer", "rkd", "prototype", "embedding", "reverse_kl", "gkd", "seqkd")
+LM_METHODS = ("kd", "reverse_kl", "gkd", "seqkd")  # the methods of task causal_lm
+TASKS = ("auto", "classification", "sequence_classification", "sentence_embedding", "causal_lm")
 
 
 class _Strict(BaseModel):
@@ -38,9 +39,9 @@ class TeacherSpec(_Strict):
     """The trained model to distil from; always run inference-only."""
 
     file_id: str = Field(..., pattern=r"^file_[A-Za-z0-9]+$", description="Uploaded file (purpose 'teacher').")
-    format: Literal["auto", "safetensors", "state_dict", "torchscript", "onnx", "hf"] = Field(
+    format: Literal["auto", "safetensors", "state_dict", "torchscript", "onnx", "hf", "gguf"] = Field(
         "auto", description="Checkpoint format; 'auto' uses the format detected at upload ('hf': a Hugging Face model folder "
-        "uploaded as .zip or .tar.gz)."
+        "uploaded as .zip or .tar.gz; 'gguf': a single-file GGUF causal LM, dequantised)."
     )
     architecture: ArchitectureSpec | None = Field(
         None,
@@ -118,6 +119,17 @@ class ValidationSpec(_Strict):
     seed: int = Field(0, ge=0, description="Seed of the split (independent of training.seed, so runs compare on one split).")
 
 
+class GenerationSpec(_Strict):
+    """How the teacher generates the completions of a prompts-only transfer set (task causal_lm)."""
+
+    max_new_tokens: int = Field(64, ge=1, le=4096, description="Most new tokens per answer (it stops earlier at EOS).")
+    do_sample: bool = Field(False, description="Sample (seeded) instead of greedy decoding.")
+    temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature (do_sample only).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (do_sample only).")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of sampled generation (each batch is seeded from it and its index).")
+    batch_size: int = Field(8, ge=1, le=1024, description="Prompts generated together.")
+
+
 class DataSpec(_Strict):
     """Training data, validation data and an optional unlabelled transfer set."""
 
@@ -132,6 +144,11 @@ class DataSpec(_Strict):
         None, min_length=1, max_length=4,
         description="Per-sample shape to reshape flat features to (e.g. [1, 28, 28]); default: the teacher's input shape.",
     )
+    packing: bool = Field(False, description="Task causal_lm: concatenate whole training examples into rows of up to "
+                          "max_seq_length tokens (validation rows are never packed).")
+    generation: GenerationSpec = Field(default_factory=lambda: GenerationSpec(), description="Task causal_lm: how the teacher "
+                                       "answers prompts that have no completion (the transfer set), and the held-out prompts "
+                                       "of the report's generations.")
 
 
 LOGIT_METHODS = ("kd", "hard_label", "dkd")
@@ -149,6 +166,9 @@ _METHOD_FIELDS: dict[str, frozenset[str]] = {
     "prototype": frozenset({"student_layer", "teacher_layer", "prototype_mse_weight", "prototype_kl_weight",
                             "prototype_temperature"}),
     "embedding": frozenset(),
+    "reverse_kl": frozenset({"temperature"}),
+    "gkd": frozenset({"temperature", "beta"}),
+    "seqkd": frozenset(),
 }
 _LAYER_REQUIRED = ("fitnet", "attention_transfer")
 
@@ -178,6 +198,10 @@ class _MethodParams(_Strict):
     prototype_kl_weight: float = Field(1.0, ge=0, le=1e4, description="prototype: weight of the similarity-distribution KL.")
     prototype_temperature: float = Field(0.1, gt=0, le=100, description="prototype: temperature of the softmax over cosine "
                                          "similarities to the prototypes (cosines lie in [-1, 1], hence a small default).")
+
+    beta: float = Field(0.5, ge=0, le=1, description="gkd (task causal_lm): the weight of the teacher in the generalized "
+                        "Jensen-Shannon divergence JSD(beta) = beta KL(p || m) + (1 - beta) KL(q || m), m = beta p + (1 - beta) q "
+                        "(Agarwal et al. 2024); 0 is forward KL, 1 reverse KL (their limits).")
 
     def _check_fields(self, name: str) -> None:
         allowed = _METHOD_FIELDS.get(name, frozenset()) | {"temperature"}  # temperature: tolerated everywhere, as before
@@ -219,7 +243,8 @@ class MethodSpec(_MethodParams):
     so a typo'd combination fails at creation while a full ``model_dump()`` still validates.
     """
 
-    name: Literal["kd", "hard_label", "dkd", "fitnet", "attention_transfer", "rkd", "prototype", "embedding"] = Field(
+    name: Literal["kd", "hard_label", "dkd", "fitnet", "attention_transfer", "rkd", "prototype", "embedding", "reverse_kl", "gkd",
+                  "seqkd"] = Field(
         "kd",
         description="'kd': soft labels, T^2 * KL(softmax(t/T) || softmax(s/T)) (Hinton et al. 2015); "
         "'hard_label': cross-entropy to the teacher's argmax (Touvron et al. 2021); 'dkd': decoupled KD, TCKD + NCKD "
@@ -227,7 +252,11 @@ class MethodSpec(_MethodParams):
         "'attention_transfer': spatial attention maps (Zagoruyko & Komodakis 2017); 'rkd': distance and angle relations "
         "(Park et al. 2019); 'prototype': class prototypes of the teacher's penultimate features; "
         "'embedding' (task sentence_embedding): cosine and/or MSE between student and teacher sentence embeddings, plus "
-        "optional TinyBERT-style hidden-state and attention matching.",
+        "optional TinyBERT-style hidden-state and attention matching. Task causal_lm (per target token, mixed with "
+        "(1 - alpha) next-token cross-entropy): 'kd' forward KL(p || q) over the vocabulary (Hinton et al. 2015); "
+        "'reverse_kl' KL(q || p), MiniLLM's objective (Gu et al. 2024); 'gkd' the generalized JSD with 'beta' (Agarwal et "
+        "al. 2024); 'seqkd' sequence-level KD, next-token cross-entropy on the teacher's own answers to the prompts "
+        "(Kim & Rush 2016). Their temperature defaults to 1 when the spec gives none.",
     )
     alpha: float = Field(
         0.9, ge=0, le=1,
@@ -297,7 +326,11 @@ class CacheSpec(_Strict):
     teacher_outputs: Literal["auto", "on", "off"] = Field(
         "auto", description="'auto': compute the teacher's outputs (logits and the features a method needs) once per job "
         "when nothing random touches the input (always so today) and they fit in 2 GiB, else per step; 'on': always once "
-        "(a 422-style invalid_spec when they would not fit); 'off': recompute at every step.")
+        "(a 422-style invalid_spec when they would not fit); 'off': recompute at every step. Task causal_lm: 'auto' and "
+        "'on' keep the teacher's top-k next-token log-probabilities per target token (top_k), 'off' runs the teacher "
+        "every step over the full vocabulary.")
+    top_k: int = Field(32, ge=1, le=4096, description="Task causal_lm: next-token log-probabilities kept per target token "
+                       "(with their token ids and the log of the remaining mass).")
 
 
 class TrainingSpec(_Strict):
@@ -333,6 +366,10 @@ class EvaluationSpec(_Strict):
     compare_baseline: bool = Field(False, description="Also train the same student architecture alone (cross-entropy on the "
                                    "labels only; same data, split, epochs, optimizer, batch size and seed) and report the "
                                    "distillation gain in top-1 points (which may be negative).")
+    generation_prompts: int = Field(16, ge=0, le=10_000, description="Task causal_lm with prompt data: held-out prompts the "
+                                    "student and the teacher both answer (greedy) for the report's side-by-side generations.")
+    speed_repeats: int = Field(5, ge=1, le=1000, description="Task causal_lm: timed repeats of the prefill and decode "
+                               "measurements (the median is reported).")
     probe_max_samples: int = Field(4000, ge=10, le=1_000_000, description="Embedding tasks: most training texts used to fit the "
                                    "linear probe (logistic regression) on each model's embeddings.")
 
@@ -347,9 +384,10 @@ class PruneSpec(_Strict):
 class ExportSpec(_Strict):
     """Artifacts written for the student."""
 
-    formats: list[Literal["safetensors", "onnx"]] = Field(
+    formats: list[Literal["safetensors", "onnx", "gguf"]] = Field(
         default_factory=lambda: ["safetensors", "onnx"], min_length=1,
-        description="'safetensors' (+ student.json) is always written; 'onnx' adds student.onnx checked with onnxruntime.",
+        description="'safetensors' (+ student.json) is always written; 'onnx' adds student.onnx checked with onnxruntime; "
+        "'gguf' (task causal_lm, Llama-family students) adds student.gguf, loaded back and compared.",
     )
     quantize: Literal["none", "dynamic_int8"] = Field(
         "none", description="'dynamic_int8': also ship student_int8.pt (TorchScript; Linear weights int8), evaluated in the report.")
@@ -419,10 +457,11 @@ class JobSpec(_Strict):
         return data
 
     name: str | None = Field(None, max_length=200, description="Free-form job name.")
-    task: Literal["auto", "classification", "sequence_classification", "sentence_embedding"] = Field(
+    task: Literal["auto", "classification", "sequence_classification", "sentence_embedding", "causal_lm"] = Field(
         "auto", description="'classification': tensor inputs, logit KD; 'sequence_classification': an 'hf' teacher with a "
-        "classification head, logit KD on text; 'sentence_embedding': an 'hf' encoder, embedding distillation on text. "
-        "'auto' picks from the teacher.")
+        "classification head, logit KD on text; 'sentence_embedding': an 'hf' encoder, embedding distillation on text; "
+        "'causal_lm': a decoder-only language model ('hf' causal-LM folder or 'gguf' file) distilled on JSONL text, "
+        "prompt/completion or chat records. 'auto' picks from the teacher.")
     teacher: TeacherSpec = Field(..., description="The teacher checkpoint.")
     student: StudentSpec = Field(..., description="The student to train.")
     data: DataSpec = Field(..., description="Training, validation and transfer data.")

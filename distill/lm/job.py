@@ -33,6 +33,7 @@ from ..report import CausalLMReport
 from ..reporter import Reporter
 from ..results import DistillResult
 from ..spec import DatasetRef, JobSpec
+from ..text_data import load_rotten_tomatoes
 from ..training import Trainer, TrainOutcome, spec_fingerprint
 from .adapter import CausalLM
 from .cache import TopKCache, build_cache, cache_fidelity, rows_fingerprint
@@ -73,8 +74,6 @@ def _records(ref: DatasetRef, files: dict, role: str) -> list[Record]:
     if ref.builtin is not None:
         if ref.builtin != "rotten_tomatoes":
             raise DistillError("invalid_spec", f"task causal_lm needs text: builtin {ref.builtin!r} is tensor data", role)
-        from ..text_data import load_rotten_tomatoes
-
         return [Record("text", text=t) for t in load_rotten_tomatoes().texts]
     fi = files.get(ref.file_id)
     if fi is None:

@@ -160,3 +160,21 @@ def test_cancel_stops_between_steps(tiny_llama_dir, text_file, tmp_path):
     with pytest.raises(StopRequested):
         run_lm_job(lm_spec(), tiny_llama_dir, "hf", 1000, {"file_d": text_file}, tmp_path, RecordingReporter(stop_after_steps=4))
     assert not (tmp_path / "artifacts").exists()
+
+
+def test_run_job_dispatches_gguf_and_auto_hf_teachers_to_the_lm_driver(tiny_llama_gguf, tiny_llama_zip, tmp_path):
+    """A GGUF teacher and (task 'auto') a zipped HF causal LM run the causal-LM driver, here on chat records: the
+    assistant turns are the targets, and the held-out chats are answered by both models."""
+    from distill.job import run_job
+    from distill.results import JobInputs
+
+    chats = [{"messages": [{"role": "user", "content": a}, {"role": "assistant", "content": b}]} for a, b in zip(CORPUS, CORPUS[1:] + CORPUS[:1])]
+    data = _jsonl(tmp_path / "chat.jsonl", chats * 3)
+    for name, fi, task in (("gguf", FileInput(tiny_llama_gguf, "gguf", tiny_llama_gguf.stat().st_size), "causal_lm"),
+                           ("hf", FileInput(tiny_llama_zip, "hf", tiny_llama_zip.stat().st_size), "auto")):
+        s = lm_spec(task=task, training={"epochs": 1}, data={"generation": {"max_new_tokens": 4}})
+        res = run_job(s, JobInputs(teacher=fi, files={"file_d": data}), tmp_path / name, RecordingReporter())
+        r = parse_report(res.report)
+        assert r.task == "causal_lm" and r.teacher.format == name and r.data.record_kind == "chat"
+        assert r.data.train_target_tokens < r.data.train_tokens  # the user turns and the template are masked out
+        assert r.generations is not None and r.generations.prompts == 3 and "<|im_start|>assistant" in r.generations.examples[0].prompt

@@ -120,6 +120,14 @@ def test_should_stop_keeps_progress(llama, lm_tokenizer, tmp_path):
     assert not r["finished"] and r["batches_done"] == 1 and not (tmp_path / "s.jsonl").exists()
     r = generate_transfer_set(llama, lm_tokenizer, recs, tmp_path / "s.jsonl", max_new_tokens=4, batch_size=2)
     assert r["finished"] and r["resumed_from_batch"] == 1
+    # a later run (a job redelivered after training began) reuses the finished file; other settings generate anew
+    before = (tmp_path / "s.jsonl").read_bytes()
+    again = generate_transfer_set(llama, lm_tokenizer, recs, tmp_path / "s.jsonl", max_new_tokens=4, batch_size=2,
+                                  should_stop=lambda: True)
+    assert again["finished"] and again["new_tokens"] == 0 and again["resumed_from_batch"] == 3
+    assert (tmp_path / "s.jsonl").read_bytes() == before
+    other = generate_transfer_set(llama, lm_tokenizer, recs, tmp_path / "s.jsonl", max_new_tokens=3, batch_size=2)
+    assert other["finished"] and other["resumed_from_batch"] == 0 and other["new_tokens"] > 0
 
 
 CHILD = """

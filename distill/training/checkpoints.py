@@ -251,6 +251,10 @@ class CheckpointStore:
         self.submit(state)
         self.wait()
 
+    def writing(self) -> bool:
+        """True while a background write is still in flight (its file is not complete on disk yet)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def wait(self) -> None:
         """Block until no write is in flight; raise the last write's error (as ``OSError`` etc.)."""
         if self._thread is not None:

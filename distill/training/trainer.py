@@ -140,6 +140,7 @@ class Trainer:
         self.adapter, self.training, self.device, self.reporter = adapter, training, device, reporter
         self.deadline, self.fingerprint, self.prefix = deadline, fingerprint, split_prefix
         self.store = CheckpointStore(workdir, checkpoint_stem)
+        self._unannounced: tuple[int, int] | None = None  # (epoch, step) of a background checkpoint write not yet announced
         self.own_splits = None if owns_metrics else [split_prefix + s for s in ("train", "train_epoch", "val")]
         self.precision = Precision(training.precision, device)
         self.modules = adapter.modules()
@@ -188,7 +189,7 @@ class Trainer:
             raise
         finally:
             self.adapter.close()
-        self.store.wait()
+        self._announce_checkpoint(block=True)
         self.modules["student"].eval()
         return TrainOutcome(epochs=self.training.epochs, steps=self.step, steps_per_epoch=self.spe, resumed_from_epoch=resumed,
                             final_loss_terms=self.final_terms, elapsed_s=self._elapsed(), history=self.history)
@@ -257,6 +258,7 @@ class Trainer:
 
     def _before_step(self, ep: _Epoch, i: int) -> None:
         """The stop and deadline checks before step ``i`` of the epoch (a hand-back saves a partial checkpoint first)."""
+        self._announce_checkpoint()
         if self.reporter.should_stop():
             if getattr(self.reporter, "checkpoint_on_stop", lambda: False)():
                 self._save_partial(ep, i)
@@ -319,8 +321,19 @@ class Trainer:
         self.reporter.metrics(rows)
         self.history.append(record)
         self.store.submit(self._state(epoch))
-        self.reporter.event("checkpoint_saved", f"epoch {epoch} checkpoint written", {"epoch": epoch, "step": self.step})
+        self._unannounced = (epoch, self.step)
         self._progress(epoch)
+
+    def _announce_checkpoint(self, block: bool = False) -> None:
+        """Emit ``checkpoint_saved`` for the epoch checkpoint written in the background once its file is complete on
+        disk (``block``: wait for it), so the event never claims a checkpoint a kill at that moment would lose.
+        Raises the write's ``OSError``."""
+        if self._unannounced is None or (not block and self.store.writing()):
+            return
+        self.store.wait()
+        epoch, step = self._unannounced
+        self._unannounced = None
+        self.reporter.event("checkpoint_saved", f"epoch {epoch} checkpoint written", {"epoch": epoch, "step": step})
 
     # ------------------------------------------------------------------ checkpoints, guards, progress
     def _state(self, epoch: int, partial: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -335,7 +348,7 @@ class Trainer:
 
     def _save_partial(self, ep: _Epoch, steps_done: int) -> None:
         """Write the hand-back checkpoint: ``steps_done`` steps of the epoch finished, the next one not started."""
-        self.store.wait()  # the previous epoch's checkpoint first, so this newer one is the newest on disk
+        self._announce_checkpoint(block=True)  # the previous epoch's checkpoint first, so this newer one is the newest on disk
         partial = {"epoch": ep.number, "steps_done": steps_done, "rng": self.precision.rng_state(), "log_acc": ep.log_acc,
                    "ep_acc": ep.ep_acc, "log_count": ep.log_count}
         if ep.preds is not None:

@@ -137,3 +137,26 @@ def test_with_no_readable_checkpoint_the_job_starts_over_and_says_so(teacher_fil
     assert rr.rows == rs.rows  # the rows of the lost attempt were discarded
     ws, wr = _weights(straight), _weights(resumed)
     assert all(torch.equal(ws[k], wr[k]) for k in ws)
+
+
+class _CheckingReporter(RecordingReporter):
+    """Reads the announced checkpoint back the moment ``checkpoint_saved`` is emitted."""
+
+    workdir = None
+
+    def event(self, type, message, data=None):
+        if type == "checkpoint_saved" and "steps_done_in_epoch" not in (data or {}):
+            match = [f for f in CheckpointStore(self.workdir, "checkpoint").files() if f.epoch == data["epoch"] and not f.partial]
+            assert match, f"checkpoint_saved for epoch {data['epoch']} emitted before its file exists"
+            assert read_checkpoint(match[0].path)["step"] == data["step"]
+        super().event(type, message, data)
+
+
+def test_checkpoint_saved_is_emitted_only_once_the_file_is_complete(teacher_file, tmp_path):
+    """The epoch checkpoints are written in a background thread; the event that announces one (which operators and the
+    durability tests rely on: kill after it and resume from that epoch) comes only when the file reads back intact."""
+    rep = _CheckingReporter()
+    rep.workdir = tmp_path
+    run(_spec(), teacher_file, tmp_path, reporter=rep)
+    saved = [e[2]["epoch"] for e in rep.events if e[0] == "checkpoint_saved"]
+    assert saved == list(range(1, _spec().training.epochs + 1))

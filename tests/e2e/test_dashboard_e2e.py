@@ -81,7 +81,8 @@ def test_the_dashboard_follows_a_job_live_and_shows_its_charts_report_and_downlo
     c = ui_live.client
     teacher = c.upload(digits_teacher, "teacher")
     gpu = c.create_job(spec(teacher.id, name="waits-for-a-gpu", **{"training.device": "cuda"}))
-    job = c.create_job(spec(teacher.id, name="digits-cnn-to-mlp", **{"training.epochs": 8, "training.log_every_steps": 2}))
+    # long enough (about a minute on 2 cores) that the page is surely open before the job ends, even on a quiet machine
+    job = c.create_job(spec(teacher.id, name="digits-cnn-to-mlp", **{"training.epochs": 40, "training.log_every_steps": 2}))
 
     page = browser.new_page(viewport={"width": 1360, "height": 1000})
     errors: list[str] = []
@@ -100,7 +101,7 @@ def test_the_dashboard_follows_a_job_live_and_shows_its_charts_report_and_downlo
 
     assert page.locator("#loss-chart path[data-series]").count() >= 2  # kd, ce, total ... by step
     assert page.locator("#accuracy-chart path[data-series='val top-1']").count() == 1
-    assert "8 / 8" in page.locator("#status [data-field='epoch']").inner_text()
+    assert "40 / 40" in page.locator("#status [data-field='epoch']").inner_text()
     report = httpx.get(f"{ui_live.url}/v1/jobs/{job.id}/report").json()  # the JSON the page reads
     assert f"{100 * report['student']['val_top1']:.1f}%" in page.locator("#report").inner_text()
     for a in c.artifacts(job.id):

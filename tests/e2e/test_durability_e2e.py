@@ -203,7 +203,8 @@ def test_whole_worker_killed_then_a_new_worker_resumes_the_job(cluster, digits_t
     teacher = c.upload(digits_teacher, "teacher")
     epochs = 30
     job = c.create_job(spec(teacher.id, **{**LONG, "training.epochs": epochs}))
-    wait_for(lambda: (c.get_job(job.id).progress.epoch or 0) >= 4, 180, "epoch 4")
+    # checkpoint_saved is emitted once the epoch's file is complete on disk (it is written in the background)
+    wait_for(lambda: any(e.data["epoch"] >= 3 for e in cl.events(job.id, "checkpoint_saved")), 180, "epoch 3's checkpoint")
     os.killpg(w1.pid, signal.SIGKILL)
     w1.wait(timeout=30)
     frozen = c.get_job(job.id)

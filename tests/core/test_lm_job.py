@@ -178,3 +178,18 @@ def test_run_job_dispatches_gguf_and_auto_hf_teachers_to_the_lm_driver(tiny_llam
         assert r.task == "causal_lm" and r.teacher.format == name and r.data.record_kind == "chat"
         assert r.data.train_target_tokens < r.data.train_tokens  # the user turns and the template are masked out
         assert r.generations is not None and r.generations.prompts == 3 and "<|im_start|>assistant" in r.generations.examples[0].prompt
+
+
+def test_run_job_keeps_non_causal_hf_teachers_on_the_text_driver(tiny_classifier_zip, review_jsonl, tmp_path):
+    """Task 'auto' with a zipped BERT classifier still runs sequence classification (the causal-LM check reads its config)."""
+    from distill.job import run_job
+    from distill.results import JobInputs
+
+    s = JobSpec.model_validate({"teacher": {"file_id": "file_t"}, "student": {"from_teacher": {"num_layers": 1}},
+                                "data": {"train": {"file_id": "file_d"}, "max_seq_length": 16},
+                                "method": {"name": "kd", "temperature": 2.0}, "training": {"epochs": 1, "batch_size": 64},
+                                "evaluation": {"latency_iterations": 5, "throughput_batch_size": 8}, "export": {"formats": ["safetensors"]}})
+    fi = FileInput(tiny_classifier_zip, "hf", tiny_classifier_zip.stat().st_size)
+    res = run_job(s, JobInputs(teacher=fi, files={"file_d": FileInput(review_jsonl, "jsonl", review_jsonl.stat().st_size)}), tmp_path,
+                  RecordingReporter())
+    assert res.report["task"] == "sequence_classification"

@@ -36,9 +36,9 @@ from ..spec import DatasetRef, JobSpec
 from ..text_data import load_rotten_tomatoes
 from ..training import Trainer, TrainOutcome, spec_fingerprint
 from .adapter import CausalLM
-from .cache import TopKCache, build_cache, cache_fidelity, rows_fingerprint
+from .cache import FidelityMeter, TopKCache, build_cache, rows_fingerprint
 from .data import Rows, make_rows, prompt_ids, split_records
-from .evaluate import agreement, compare_generations, perplexity, sequence_stats, speed
+from .evaluate import agreement, compare_generations, many_sequence_stats, perplexity, speed
 from .export import check_folder_generates, export_gguf, export_onnx, save_student_folder, zip_folder
 from .generate import generate_batch, generate_transfer_set
 from .methods import LMMethod, NextTokenOnly, build_lm_method, lm_temperature
@@ -252,21 +252,22 @@ def _generations(run: JobRun, s: _LMSetup) -> dict[str, Any] | None:
 
 
 def _evaluate(run: JobRun, s: _LMSetup, val: Rows, baseline: tuple | None, cache: TopKCache | None) -> dict[str, Any]:
-    """Perplexities, agreement, generations, speed and the cache's fidelity on the held-out rows."""
+    """Perplexities, agreement, generations, speed and the cache's fidelity on the held-out rows (the teacher runs
+    once over them for all of it)."""
     spec, dev, seed = run.spec, run.device, run.spec.training.seed
-    s.student.eval()
-    st_t = sequence_stats(s.teacher, val, s.pad_id, batch_size=EVAL_BATCH, device=dev)
-    st_s = sequence_stats(s.student, val, s.pad_id, teacher=s.teacher, batch_size=EVAL_BATCH, device=dev)
-    ev: dict[str, Any] = {"ppl_teacher": perplexity(st_t, seed), "ppl_student": perplexity(st_s, seed), "agreement": agreement(st_s, seed)}
+    models = {"student": s.student, **({"alone": baseline[0]} if baseline is not None else {})}
+    meter = FidelityMeter(cache.k, cache.temperature) if cache is not None else None
+    st = many_sequence_stats(models, val, s.pad_id, teacher=s.teacher, batch_size=EVAL_BATCH, device=dev,
+                             on_teacher_batch=meter.add if meter is not None else None)
+    ev: dict[str, Any] = {"ppl_teacher": perplexity(st["teacher"], seed), "ppl_student": perplexity(st["student"], seed),
+                          "agreement": agreement(st["student"], seed)}
     if baseline is not None:
-        st_a = sequence_stats(baseline[0], val, s.pad_id, teacher=s.teacher, batch_size=EVAL_BATCH, device=dev)
-        ev["ppl_alone"], ev["agreement_alone"] = perplexity(st_a, seed), agreement(st_a, seed)
+        ev["ppl_alone"], ev["agreement_alone"] = perplexity(st["alone"], seed), agreement(st["alone"], seed)
     ev["generations"] = _generations(run, s)
     reps = spec.evaluation.speed_repeats
     ev["speed_teacher"] = speed(s.teacher, repeats=reps, device=dev, seed=seed)
     ev["speed_student"] = speed(s.student, repeats=reps, device=dev, seed=seed)
-    ev["fidelity"] = (cache_fidelity(s.teacher, val, k=cache.k, temperature=cache.temperature, pad_id=s.pad_id, batch_size=EVAL_BATCH,
-                                     device=dev) if cache is not None else None)
+    ev["fidelity"] = meter.summary() if meter is not None else None
     return ev
 
 

@@ -217,3 +217,24 @@ def test_speed_measures_prefill_and_decode(llama):
     s = speed(llama, prompt_tokens=16, new_tokens=8, repeats=2)
     assert s["prefill_tokens_per_s"] > 0 and s["decode_tokens_per_s"] > 0
     assert s["decode_ms_per_token"] == pytest.approx(1e3 / s["decode_tokens_per_s"])
+
+
+def test_many_sequence_stats_match_one_model_at_a_time_with_one_teacher_pass(llama, rows, lm_tokenizer):
+    from distill.lm.cache import FidelityMeter
+    from distill.lm.evaluate import many_sequence_stats
+
+    pad = lm_tokenizer.pad_token_id
+    a, _ = derive_student(llama, num_layers=2)
+    b, _ = derive_student(llama, num_layers=1)
+    calls = []
+    meter = FidelityMeter(8, 1.0)
+    many = many_sequence_stats({"a": a, "b": b}, rows, pad, teacher=llama, batch_size=3,
+                               on_teacher_batch=lambda t: (calls.append(t.shape[0]), meter.add(t)))
+    assert sum(calls) == rows.target_tokens and len(calls) == -(-len(rows) // 3)  # the teacher ran once per batch
+    for name, m in (("a", a), ("b", b)):
+        one = sequence_stats(m, rows, pad, teacher=llama, batch_size=3)
+        assert all(np.allclose(many[name][k], one[k], rtol=1e-5, atol=1e-6) for k in one)
+    own = sequence_stats(llama, rows, pad, batch_size=3)
+    assert np.allclose(many["teacher"]["nll"], own["nll"], rtol=1e-5) and set(many["teacher"]) == {"nll", "tokens"}
+    whole = cache_fidelity(llama, rows, k=8, temperature=1.0, pad_id=pad, batch_size=3)
+    assert meter.summary()["kl_mean_nats"] == pytest.approx(whole["kl_mean_nats"], rel=1e-5)

@@ -126,26 +126,31 @@ def _load(run: JobRun, teacher_path: Path, fmt: str, files: dict) -> _LMSetup:
 def _generate(run: JobRun, s: _LMSetup) -> dict[str, Any] | None:
     """Phase generating_transfer_set: the teacher answers the training (and held-out) records that lack an answer,
     written to the work folder (resumed after a killed or handed-back worker). Returns the transfer-set facts, or
-    None when nothing needed an answer. Raises ``StopRequested`` when a stop is asked between batches."""
+    None when nothing needed an answer. Raises ``StopRequested`` when a stop is asked between batches,
+    ``DistillError('max_runtime_exceeded')`` when the deadline passes."""
     g = run.spec.data.generation
     todo_train = sum(r.needs_completion for r in s.train_records)
     todo_val = sum(r.needs_completion for r in s.val_records)
     if not todo_train and not todo_val:
         return None
     kw = dict(max_new_tokens=g.max_new_tokens, do_sample=g.do_sample, temperature=g.temperature, top_p=g.top_p, seed=g.seed,
-              batch_size=g.batch_size, device=run.device, should_stop=run.reporter.should_stop)
+              batch_size=g.batch_size, device=run.device,
+              should_stop=lambda: run.reporter.should_stop() or time.perf_counter() > run.deadline)
     info: dict[str, Any] | None = None
     with run.phase("generating_transfer_set"):
         for records, name, is_train in ((s.train_records, TRANSFER_FILE, True), (s.val_records, VALIDATION_FILE, False)):
             if not any(r.needs_completion for r in records):
                 continue
 
-            def on_batch(done: int, total: int) -> None:
+            def on_batch(done: int, total: int, name: str = name, is_train: bool = is_train) -> None:
+                if done != total and done % max(1, total // 20):
+                    return  # about every 5%
                 run.reporter.event("transfer_set_progress", f"{'training' if is_train else 'held-out'} prompts: batch {done} of {total} answered",
                                    {"batches_done": done, "batches_total": total, "file": name})
 
             out = generate_transfer_set(s.teacher, s.tokenizer, records, run.workdir / name, on_batch=on_batch, **kw)
             if not out["finished"]:
+                run.check("while generating the transfer set")  # a stop, or the deadline passed (max_runtime_exceeded)
                 raise StopRequested(f"stop requested while generating the transfer set (batch {out['batches_done']} of "
                                     f"{out['batches_total']} done; the rest resumes)")
             answered = read_records(out["path"])

@@ -1,5 +1,5 @@
 """Evaluation of a finished student against its teacher on the validation data: top-1, agreement, mean KL,
-parameters, FLOPs and latency, and the one-sentence summary of a report."""
+parameters, FLOPs and latency (the report's parts and summary are built from these by ``distill.report_builders``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .data import DataBundle
 from .training.tensor import batched_logits
 from .measure import count_flops, module_latency
 from .models import parameter_count
-from .report_builders import ratio, rnd  # noqa: F401 - rnd and ratio live with the report builders; job.py imports them here
+from .report_builders import rnd
 from .teachers import Teacher
 
 
@@ -133,24 +133,3 @@ def classification_metrics(t_logits: torch.Tensor, s_logits: torch.Tensor, label
         "teacher_student_confusion": confusion.tolist(),
         "disagreements_top": [{"teacher_class": i, "student_class": j, "count": n} for n, i, j in off[:5]],
     }
-
-
-def summary_sentence(report: dict[str, Any]) -> str:
-    t, s = report["teacher"], report["student"]
-    text = f"The {s['architecture']['name']} student has {s['parameters']:,} parameters vs the teacher's {t['parameters']:,}"
-    details = []
-    if report["compression_ratio"]:
-        details.append(f"{report['compression_ratio']:.1f}x smaller on disk")
-    bs = next(iter(report["speedup"]), None)
-    sp = report["speedup"].get(bs) if bs is not None else None
-    if sp:
-        details.append(f"{sp:.1f}x faster at batch {bs}" if sp >= 1 else f"{1 / sp:.2f}x slower at batch {bs}")
-    if details:
-        text += f" ({', '.join(details)})"
-    text += f" and agrees with it on {report['agreement']:.1%} of validation samples"
-    drop = report["top1_drop_points"]
-    if drop is not None:
-        rel = f"{drop:.1f} points below" if drop >= 0 else f"{-drop:.1f} points above"
-        text += f"; its validation top-1 is {s['val_top1']:.1%}, {rel} the teacher's {t['val_top1']:.1%}"
-    return text + "."
-

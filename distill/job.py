@@ -6,8 +6,11 @@ the one trainer, ``distill.training.Trainer`` with the ``TensorClassification`` 
 ``export.prune``, the pruned copy's fine-tune and, with ``evaluation.compare_baseline``, the same student trained
 alone) → evaluating → exporting. Artifacts are written to a temporary folder and moved to ``workdir/artifacts``
 only when everything succeeded, so a failed or cancelled job leaves no partial artifacts (the last two checkpoints
-of each training pass stay in ``workdir`` for a redelivered job to resume from). Hugging Face teachers run the text
-driver, ``distill.text.run_text_job``.
+of each training pass stay in ``workdir`` for a redelivered job to resume from). Each phase gives its typed part of
+the report (``_teacher_part``, ``_student_part``, ``_data_part``, ``_training_part``, ``_cache_part``,
+``_baseline_part``, the variants, the ONNX check; built by ``distill.report_builders``), and
+``report_builders.classification_report`` assembles them; the result holds the validated report's JSON. Hugging
+Face teachers run the text driver, ``distill.text.run_text_job``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .data import DataBundle, load_data
-from .evaluation import evaluate, evaluate_variant, ratio as _ratio, rnd as _r, summary_sentence as _summary_sentence
+from .evaluation import evaluate, evaluate_variant
 from .export import export_student as _export, quantize_dynamic_int8, save_torchscript
 from .errors import DistillError, first_line
 from .formats import ARCH_METADATA_KEY, sniff
@@ -35,6 +38,9 @@ from .features import feature_shapes, numel
 from .jobrun import ARTIFACTS_DIR, JobRun
 from .methods import CombinedMethod, LabelsOnly, Method, build_method, check_method_supported
 from .models import build, describe, parameter_count
+from . import report_builders as rb
+from .report import (BaselineSummary, CacheSummary, PrunedStudent, QuantizedStudent, TensorDataSummary, TensorModelSummary,
+                     TrainingSummary)
 from .reporter import Reporter
 from .spec import JobSpec, TrainingSpec
 from .results import DistillResult, JobInputs
@@ -144,39 +150,31 @@ def _plan_cache(spec: JobSpec, method: Method | CombinedMethod, teacher: Teacher
     return True, f"{why}: the teacher's {what} were computed once for {n} training rows ({mib:.1f} MiB) and reused every epoch", size
 
 
-def _gain_sentence(gain: float | None, distilled: float | None, alone: float | None) -> str:
-    if gain is None or distilled is None or alone is None:
-        return ""
-    if gain > 0:
-        return (f" Distillation helped: the distilled student's top-1 ({distilled:.1%}) is {gain:.2f} points above the same "
-                f"student trained alone ({alone:.1%}).")
-    if gain < 0:
-        return (f" Distillation did not help: the same student trained alone reached {alone:.1%} top-1, {-gain:.2f} points "
-                f"above the distilled student's {distilled:.1%}.")
-    return f" Distillation made no difference: the distilled student and the student trained alone both reached {alone:.1%} top-1."
-
-
-def _export_variants(spec: JobSpec, student: nn.Module, pruned: nn.Module | None, prune_info: dict[str, Any] | None,
-                     filled: dict[str, Any], data: DataBundle, outdir: Path) -> dict[str, Any]:
+def _export_variants(spec: JobSpec, student: nn.Module, pruned: tuple[nn.Module, float] | None, filled: dict[str, Any],
+                     data: DataBundle, outdir: Path) -> dict[str, QuantizedStudent | PrunedStudent]:
     """Write and evaluate the extra students the spec asks for: ``quantized`` (dynamic int8, ``student_int8.pt``
-    TorchScript) and ``pruned`` (``student_pruned.safetensors``). Each report block: artifact, bytes, val_top1 and
-    CPU latency p50/p95 (ms) per batch size."""
-    out: dict[str, Any] = {}
+    TorchScript) and ``pruned`` (``student_pruned.safetensors``; ``pruned`` is (model, sparsity) from
+    ``prune_and_fine_tune``), each as its report part (artifact, bytes, val_top1 fraction and CPU latency p50/p95 ms
+    per batch size)."""
+    out: dict[str, QuantizedStudent | PrunedStudent] = {}
     sizes, iters = list(spec.evaluation.latency_batch_sizes), spec.evaluation.latency_iterations
     example = data.val_x[:1] if data.val_x.shape[0] else data.train_x[:1]
     if spec.export.quantize == "dynamic_int8":
         q = quantize_dynamic_int8(student)
         size = save_torchscript(q, example, outdir / "student_int8.pt")
-        out["quantized"] = {"method": "dynamic_int8 (Linear weights int8, activations quantised on the fly)", "artifact": "student_int8.pt",
-                            "bytes": size, "parameters": parameter_count(student),
-                            **evaluate_variant(q, data, sizes, iters), "load_with": "torch.jit.load('student_int8.pt')"}
-    if pruned is not None and prune_info is not None:
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in pruned.state_dict().items()}
-        save_file(tensors, str(outdir / "student_pruned.safetensors"), metadata={ARCH_METADATA_KEY: json.dumps(filled)})
-        out["pruned"] = {**prune_info, "artifact": "student_pruned.safetensors", "bytes": (outdir / "student_pruned.safetensors").stat().st_size,
-                         "parameters": parameter_count(pruned), **evaluate_variant(pruned, data, sizes, iters),
-                         "note": "unstructured zeros: the dense file is no smaller and dense kernels no faster; the sparsity "
-                                 "pays off with sparse storage or kernels"}
+        ev = evaluate_variant(q, data, sizes, iters)
+        out["quantized"] = rb.quantized_student(artifact="student_int8.pt", bytes=size, parameters=parameter_count(student),
+                                                val_top1=ev["val_top1"], latency_ms=ev["latency_ms"],
+                                                load_with="torch.jit.load('student_int8.pt')")
+    if pruned is not None and spec.export.prune is not None:
+        model, sparsity = pruned
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        path = outdir / "student_pruned.safetensors"
+        save_file(tensors, str(path), metadata={ARCH_METADATA_KEY: json.dumps(filled)})
+        ev = evaluate_variant(model, data, sizes, iters)
+        out["pruned"] = rb.pruned_student(amount=spec.export.prune.amount, sparsity=sparsity, fine_tune_epochs=spec.export.prune.fine_tune_epochs,
+                                          artifact=path.name, bytes=path.stat().st_size, parameters=parameter_count(model),
+                                          val_top1=ev["val_top1"], latency_ms=ev["latency_ms"])
     return out
 
 
@@ -208,11 +206,11 @@ def train_pass(run: JobRun, loaded: _Loaded, student: nn.Module, method: Method 
     return trainer.fit()
 
 
-def prune_and_fine_tune(run: JobRun, loaded: _Loaded, fingerprint: str, cache: TeacherCache | None) -> tuple[nn.Module, dict[str, Any]]:
+def prune_and_fine_tune(run: JobRun, loaded: _Loaded, fingerprint: str, cache: TeacherCache | None) -> tuple[nn.Module, float]:
     """Magnitude pruning (``torch.nn.utils.prune.l1_unstructured``; Han et al. 2015) of every Linear/Conv weight of a
     copy of the student by ``export.prune.amount``, then ``fine_tune_epochs`` of training with the job's own
     distillation loss while the pruning masks hold the zeros, then the masks are made permanent.
-    Returns (pruned model, {'amount', 'sparsity' (zero fraction of the pruned weights), 'fine_tune_epochs'})."""
+    Returns (pruned model in eval mode, sparsity: the zero fraction of the pruned weights)."""
     cfg = run.spec.export.prune
     pruned = copy.deepcopy(loaded.student)
     targets = [(m, "weight") for m in pruned.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
@@ -228,7 +226,7 @@ def prune_and_fine_tune(run: JobRun, loaded: _Loaded, fingerprint: str, cache: T
         prune.remove(m, name)
     zeros = sum(int((m.weight == 0).sum()) for m, _ in targets)
     total = sum(m.weight.numel() for m, _ in targets)
-    return pruned.eval(), {"amount": cfg.amount, "sparsity": _r(zeros / max(1, total)), "fine_tune_epochs": cfg.fine_tune_epochs}
+    return pruned.eval(), zeros / max(1, total)
 
 
 def _teacher_format(spec: JobSpec, inputs: JobInputs) -> str:
@@ -284,24 +282,30 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     fingerprint = spec_fingerprint(spec)
     with run.phase("training"):
         outcome = train_pass(run, loaded, loaded.student, loaded.method, fingerprint, cache=cache)
-    cache_info = _cache_report(run, loaded, cache, outcome)
-    pruned, prune_info = None, None
+    cache_part = _cache_part(run, loaded, cache, outcome)
+    training_part = _training_part(run, loaded, outcome)
+    pruned = None
     if spec.export.prune is not None:
         run.check("before pruning", deadline=False)
         with run.phase("pruning", announce=False):
-            pruned, prune_info = prune_and_fine_tune(run, loaded, fingerprint, cache)
+            pruned = prune_and_fine_tune(run, loaded, fingerprint, cache)
     del cache
     baseline = _baseline(run, loaded, fingerprint)
     run.check("after training")
     with run.phase("evaluating"):
         ev = evaluate(loaded.teacher, loaded.student, loaded.data, run.device, list(spec.evaluation.latency_batch_sizes),
                       spec.evaluation.latency_iterations)
+        baseline_part = _baseline_part(run, loaded, baseline, ev["student"]["parameters"])
     run.check("after evaluation", deadline=False)
     with run.phase("exporting"), run.artifacts() as tmp_dir:
-        exported = _export_all(run, loaded, ev, pruned, prune_info, tmp_dir)
-    report = _report(run, inputs, loaded, ev, outcome, cache_info, exported, baseline)
-    return DistillResult(report=report, artifacts=[run.final_dir / n for n in exported["names"]],
-                         baseline_student=baseline[0] if baseline else None)
+        exported = _export_all(run, loaded, ev, pruned, tmp_dir)
+    report = rb.classification_report(
+        teacher=_teacher_part(loaded, inputs, ev), student=_student_part(loaded, ev, exported.student_bytes),
+        agreement=ev["agreement"], mean_kl=ev["mean_kl"], evaluation_extras=ev["extra"], data=_data_part(loaded),
+        training=training_part, cache=cache_part, onnx=rb.onnx_check(exported.onnx), quantized=exported.variants.get("quantized"),
+        pruned=exported.variants.get("pruned"), baseline=baseline_part, wall_time_s=run.finish())
+    return DistillResult(report=report.model_dump(mode="json"), artifacts=[run.final_dir / n for n in exported.names],
+                         baseline_student=baseline[0] if isinstance(baseline, tuple) else None)
 
 
 def _load(run: JobRun, inputs: JobInputs, fmt: str) -> _Loaded:
@@ -345,17 +349,15 @@ def _cache_teacher_outputs(run: JobRun, loaded: _Loaded) -> TeacherCache | None:
     return cache
 
 
-def _cache_report(run: JobRun, loaded: _Loaded, cache: TeacherCache | None, outcome: TrainOutcome) -> dict[str, Any]:
-    """The report's 'cache' block: whether the outputs were cached, why, the teacher passes saved, seconds, bytes."""
+def _cache_part(run: JobRun, loaded: _Loaded, cache: TeacherCache | None, outcome: TrainOutcome) -> CacheSummary:
+    """The report's cache part: whether the teacher's outputs were cached, why, the teacher passes saved (rows the
+    epochs of this run saw minus the rows computed once), seconds and bytes of the cache."""
     n_train = int(loaded.data.train_x.shape[0])
     epochs_run = outcome.epochs - (outcome.resumed_from_epoch or 0)
     rows_per_epoch = min(n_train, outcome.steps_per_epoch * min(run.spec.training.batch_size, n_train))
-    info: dict[str, Any] = {"teacher_outputs": cache is not None, "reason": loaded.cache_reason,
-                            "teacher_passes_saved": max(0, epochs_run * rows_per_epoch - n_train) if cache is not None else 0,
-                            "cache_seconds": _r(cache.seconds, 3) if cache is not None else 0.0}
-    if cache is not None:
-        info["bytes"] = cache.bytes
-    return info
+    return rb.cache_summary(used=cache is not None, reason=loaded.cache_reason, rows_seen=epochs_run * rows_per_epoch,
+                            rows_cached=n_train, seconds=cache.seconds if cache is not None else 0.0,
+                            bytes=cache.bytes if cache is not None else None)
 
 
 def _baseline(run: JobRun, loaded: _Loaded, fingerprint: str) -> tuple[nn.Module, TrainOutcome] | str | None:
@@ -375,88 +377,75 @@ def _baseline(run: JobRun, loaded: _Loaded, fingerprint: str) -> tuple[nn.Module
     return student, outcome
 
 
-def _export_all(run: JobRun, loaded: _Loaded, ev: dict[str, Any], pruned: nn.Module | None, prune_info: dict[str, Any] | None,
-                out: Path) -> dict[str, Any]:
-    """Write every artifact into ``out``: {'onnx': info or None, 'student_bytes', 'variants', 'names' (in order)}."""
+@dataclass
+class _Exported:
+    """What the exporting phase wrote: the ONNX check (None without ONNX), the size of student.safetensors (bytes),
+    the extra students' report parts and every artifact name, in order."""
+
+    onnx: dict[str, Any] | None
+    student_bytes: int
+    variants: dict[str, QuantizedStudent | PrunedStudent]
+    names: list[str]
+
+
+def _export_all(run: JobRun, loaded: _Loaded, ev: dict[str, Any], pruned: tuple[nn.Module, float] | None, out: Path) -> _Exported:
+    """Write every artifact into ``out``: the student (safetensors, student.json, optionally ONNX) and its variants."""
     summary = {"val_top1": ev["student"]["val_top1"], "agreement": ev["agreement"], "teacher_val_top1": ev["teacher"]["val_top1"]}
     onnx_info = _export(run.spec, loaded.student, loaded.filled, loaded.data, loaded.teacher, out, summary)
-    variants = _export_variants(run.spec, loaded.student, pruned, prune_info, loaded.filled, loaded.data, out)
-    names = ["student.safetensors", "student.json"] + (["student.onnx"] if onnx_info else []) + [v["artifact"] for v in variants.values()]
-    return {"onnx": onnx_info, "student_bytes": (out / "student.safetensors").stat().st_size, "variants": variants, "names": names}
+    variants = _export_variants(run.spec, loaded.student, pruned, loaded.filled, loaded.data, out)
+    names = ["student.safetensors", "student.json"] + (["student.onnx"] if onnx_info else []) + [v.artifact for v in variants.values()]
+    return _Exported(onnx_info, (out / "student.safetensors").stat().st_size, variants, names)
 
 
-def _report(run: JobRun, inputs: JobInputs, loaded: _Loaded, ev: dict[str, Any], outcome: TrainOutcome, cache_info: dict[str, Any],
-            exported: dict[str, Any], baseline: tuple[nn.Module, TrainOutcome] | str | None) -> dict[str, Any]:
-    """The compression report (a JSON-able dict): teacher/student blocks, ratios, data, training, cache, variants,
-    summary and, with compare_baseline, the baseline and the distillation gain."""
-    times = run.finish()
-    t_ev, s_ev = ev["teacher"], ev["student"]
-    teacher, data, student_bytes, onnx_info = loaded.teacher, loaded.data, exported["student_bytes"], exported["onnx"]
-    drop = None
-    if t_ev["val_top1"] is not None and s_ev["val_top1"] is not None:
-        drop = _r((t_ev["val_top1"] - s_ev["val_top1"]) * 100, 2)
-    report: dict[str, Any] = {
-        "teacher": {"format": teacher.format, "parameters": teacher.parameters, "bytes": inputs.teacher.bytes,
-                    "flops_per_sample": t_ev["flops_per_sample"], "val_top1": t_ev["val_top1"], "latency_ms": t_ev["latency_ms"],
-                    "architecture": teacher.architecture, "notes": list(teacher.notes)},
-        "student": {"format": "safetensors", "parameters": s_ev["parameters"], "bytes": student_bytes,
-                    "flops_per_sample": s_ev["flops_per_sample"], "val_top1": s_ev["val_top1"], "latency_ms": s_ev["latency_ms"],
-                    "architecture": loaded.filled, "notes": []},
-        "agreement": ev["agreement"],
-        "mean_kl": ev["mean_kl"],
-        **ev.get("extra", {}),  # evaluation.py: top-5, per-class accuracy, calibration, teacher-student confusion
-        "compression_ratio": _ratio(inputs.teacher.bytes, student_bytes),
-        "parameter_ratio": _ratio(teacher.parameters, s_ev["parameters"]),
-        "flops_ratio": _ratio(t_ev["flops_per_sample"], s_ev["flops_per_sample"]),
-        "speedup": {b: _ratio(t_ev["latency_ms"][b]["p50"], s_ev["latency_ms"][b]["p50"]) for b in t_ev["latency_ms"]},
-        "top1_drop_points": drop,
-        "data": {**data.counts, "num_classes": data.num_classes, "input_shape": list(data.input_shape),
-                 "validation": data.validation, "preprocessing": data.preprocessing},
-        "training": _training_report(run, loaded, outcome),
-        "onnx": {"max_abs_diff": float(f"{onnx_info['max_abs_diff']:.3g}"), "opset": onnx_info["opset"]} if onnx_info else None,
-        "wall_time_s": {k: _r(v, 3) for k, v in times.items()},
-    }
-    report["cache"] = cache_info
-    report.update(exported["variants"])
-    report["summary"] = _summary_sentence(report)
-    if run.spec.evaluation.compare_baseline:
-        _baseline_report(run, loaded, report, baseline)
-    return report
+def _teacher_part(loaded: _Loaded, inputs: JobInputs, ev: dict[str, Any]) -> TensorModelSummary:
+    """The teacher as loaded (format, parameters, notes, the uploaded file's bytes) and as evaluated (top-1, FLOPs,
+    latency in ms per batch size)."""
+    t, t_ev = loaded.teacher, ev["teacher"]
+    return rb.tensor_model(format=t.format, parameters=t.parameters, bytes=inputs.teacher.bytes, flops_per_sample=t_ev["flops_per_sample"],
+                           val_top1=t_ev["val_top1"], latency_ms=t_ev["latency_ms"], architecture=t.architecture, notes=t.notes)
 
 
-def _training_report(run: JobRun, loaded: _Loaded, outcome: TrainOutcome) -> dict[str, Any]:
+def _student_part(loaded: _Loaded, ev: dict[str, Any], student_bytes: int) -> TensorModelSummary:
+    """The distilled student: its filled-in architecture, student.safetensors' size (bytes) and its evaluation."""
+    s_ev = ev["student"]
+    return rb.tensor_model(format="safetensors", parameters=s_ev["parameters"], bytes=student_bytes,
+                           flops_per_sample=s_ev["flops_per_sample"], val_top1=s_ev["val_top1"], latency_ms=s_ev["latency_ms"],
+                           architecture=loaded.filled)
+
+
+def _data_part(loaded: _Loaded) -> TensorDataSummary:
+    """Rows, classes, sample shape, validation split and preprocessing of the job's data."""
+    d = loaded.data
+    return rb.tensor_data(counts=d.counts, num_classes=d.num_classes, input_shape=d.input_shape, validation=d.validation,
+                          preprocessing=d.preprocessing)
+
+
+def _training_part(run: JobRun, loaded: _Loaded, outcome: TrainOutcome) -> TrainingSummary:
+    """The training part: the trainer's counts and final loss terms, the method as it ran (its ``describe()``, and the
+    prototype method's rows per class), device, threads, seed, precision and the loop's seconds."""
     spec, method = run.spec, loaded.method
-    block: dict[str, Any] = {
-        "epochs": outcome.epochs, "steps": outcome.steps, "steps_per_epoch": outcome.steps_per_epoch,
-        "resumed_from_epoch": outcome.resumed_from_epoch,
-        "final_loss_terms": {k: _r(v, 6) for k, v in outcome.final_loss_terms.items()},
-        "method": spec.method.name, "device": str(run.device), "threads": torch.get_num_threads(),
-        "seed": spec.training.seed, "training_time_s": _r(outcome.elapsed_s, 3),
-        "precision": spec.training.precision, "method_detail": method.describe()}
     protos = [p for p in (method.parts if isinstance(method, CombinedMethod) else [method]) if p.name == "prototype"]
-    if protos:
-        block["prototype_class_counts"] = protos[0].class_counts
-    return block
+    return rb.training_summary(
+        epochs=outcome.epochs, steps=outcome.steps, steps_per_epoch=outcome.steps_per_epoch, resumed_from_epoch=outcome.resumed_from_epoch,
+        final_loss_terms=outcome.final_loss_terms, method=spec.method.name, device=str(run.device), threads=torch.get_num_threads(),
+        seed=spec.training.seed, training_time_s=outcome.elapsed_s, precision=spec.training.precision, method_detail=method.describe(),
+        prototype_class_counts=protos[0].class_counts if protos else None)
 
 
-def _baseline_report(run: JobRun, loaded: _Loaded, report: dict[str, Any], baseline: tuple[nn.Module, TrainOutcome] | str | None) -> None:
-    """Add 'baseline' and 'distillation_gain_points' to ``report`` (and the gain sentence to its summary)."""
-    if not isinstance(baseline, tuple):
-        report["baseline"] = {"val_top1": None, "training_time_s": None, "note": baseline}
-        report["distillation_gain_points"] = None
-        return
+def _baseline_part(run: JobRun, loaded: _Loaded, baseline: tuple[nn.Module, TrainOutcome] | str | None,
+                   parameters: int) -> BaselineSummary | None:
+    """With ``evaluation.compare_baseline``: the student trained alone, its validation top-1 (fraction; None without
+    validation labels) measured here, or the note why there is none; None when not asked for."""
+    if baseline is None:
+        return None
+    if isinstance(baseline, str):
+        return rb.no_baseline(baseline)
     model, outcome = baseline
-    data, s_top1, gain, b_top1 = loaded.data, report["student"]["val_top1"], None, None
-    if data.val_has_labels:
+    top1 = None
+    if loaded.data.val_has_labels:
         model.eval()
-        vx, vy = data.val_x.to(run.device), data.val_y.to(run.device)
+        vx, vy = loaded.data.val_x.to(run.device), loaded.data.val_y.to(run.device)
         pred = batched_logits(model, vx).argmax(dim=1)
         mask = vy >= 0
-        b_top1 = float((pred[mask] == vy[mask]).float().mean())
-    report["baseline"] = {"val_top1": _r(b_top1), "training_time_s": _r(outcome.elapsed_s, 3),
-                          "parameters": report["student"]["parameters"], "method": "cross-entropy on labels only",
-                          "epochs": outcome.epochs, "steps": outcome.steps}
-    if b_top1 is not None and s_top1 is not None:
-        gain = _r((s_top1 - b_top1) * 100, 2)
-    report["summary"] += _gain_sentence(gain, s_top1, report["baseline"]["val_top1"])
-    report["distillation_gain_points"] = gain
+        top1 = float((pred[mask] == vy[mask]).float().mean())
+    return rb.baseline(val_top1=top1, training_time_s=outcome.elapsed_s, parameters=parameters, epochs=outcome.epochs, steps=outcome.steps)

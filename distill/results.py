@@ -21,8 +21,9 @@ class JobInputs:
 
 @dataclass
 class DistillResult:
-    """A finished job: the JSON-serialisable compression ``report`` and the ``artifacts`` written
-    (paths inside ``workdir/artifacts``: student.safetensors, student.json, optionally student.onnx);
+    """A finished job: the compression ``report``, the validated ``distill.report`` variant's JSON
+    (``model_dump(mode="json")``: every field, None where absent; what ``jobs.report`` stores), and the ``artifacts``
+    written (paths inside ``workdir/artifacts``: student.safetensors, student.json, optionally student.onnx);
     ``baseline_student``: with ``evaluation.compare_baseline``, the same student architecture trained alone
     (eval mode, on the job's device), else None."""
 

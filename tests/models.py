@@ -1,6 +1,7 @@
 """Shared model and data fixtures, one definition each (registered for the whole suite by ``tests/conftest.py``):
 the digits split and a small digits CNN teacher trained once per session, the offline all-MiniLM-L6-v2 folder and
-its zip, a tiny BERT classifier folder and its zip, and a JSONL of Rotten Tomatoes reviews."""
+its zip, a tiny BERT encoder folder (with a sentence-transformers pipeline), a tiny BERT classifier folder and its
+zip, and a JSONL of Rotten Tomatoes reviews."""
 
 from __future__ import annotations
 
@@ -91,6 +92,24 @@ def tiny_bert_classifier_dir(minilm_dir: Path, tmp_path_factory: pytest.TempPath
     BertForSequenceClassification(cfg).save_pretrained(out)
     for name in MINILM_TOKENIZER_FILES:
         shutil.copy(minilm_dir / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BertModel (4 layers, hidden 32) with MiniLM's tokenizer and a mean+normalize sentence-transformers pipeline."""
+    from transformers import BertConfig, BertModel
+
+    out = tmp_path_factory.mktemp("tiny-enc") / "enc"
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                     max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(out)
+    for name in MINILM_TOKENIZER_FILES:
+        shutil.copy(minilm_dir / name, out / name)
+    shutil.copytree(minilm_dir / "1_Pooling", out / "1_Pooling")
+    (out / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}))
+    shutil.copy(minilm_dir / "modules.json", out / "modules.json")
     return out
 
 

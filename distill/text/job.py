@@ -12,7 +12,9 @@ Tasks (each a ``distill.training`` adapter from ``distill.text.adapters``, train
 Teacher outputs are computed once per job (phase ``caching_teacher_outputs``) when nothing random touches
 the input (tokenisation is deterministic; only hidden-state/attention matching needs per-step teacher
 passes). Batches are length-sorted with dynamic padding. As every task: ``training.precision`` (bf16 autocast),
-epoch and hand-back checkpoints with bit-identical resume on CPU, cancellable between steps.
+epoch and hand-back checkpoints with bit-identical resume on CPU, cancellable between steps. The report is built
+from per-phase parts (teacher, student, data, cache, training, export checks, ONNX check) by
+``distill.report_builders`` and assembled by its ``sequence_classification_report`` or ``sentence_embedding_report``.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..evaluation import rnd as _r
 from ..errors import DistillError, first_line
 from ..jobrun import JobRun
 from ..methods import build_method
 from ..models import parameter_count
+from .. import report_builders as rb
+from ..report import (CacheSummary, ExportChecks, SentenceEmbeddingReport, SequenceClassificationReport, TextDataSummary,
+                      TextStudentSummary, TextTeacherSummary, TrainingSummary)
 from ..reporter import Reporter
 from ..results import DistillResult
 from ..spec import JobSpec
@@ -61,7 +65,16 @@ def resolve_task(spec: JobSpec, folder: Path) -> str:
     return "sequence_classification" if any(a.endswith("ForSequenceClassification") for a in archs) else "sentence_embedding"
 
 
-def _latency(fn: nn.Module, ids: list[list[int]], pad_id: int, device: torch.device, iterations: int, tput_batch: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Speed:
+    """A model's measured speed: per-sentence latency at batch 1 (``{'p50', 'p95'}`` in ms) and throughput (sentences/s)
+    at the spec's ``evaluation.throughput_batch_size``."""
+
+    batch_1_ms: dict[str, float | None]
+    throughput_per_s: float | None
+
+
+def _latency(fn: nn.Module, ids: list[list[int]], pad_id: int, device: torch.device, iterations: int, tput_batch: int) -> _Speed:
     """Per-sentence latency at batch 1 (p50/p95 ms over up to ``iterations`` held-out sentences, each at its own
     length) and throughput (sentences/s) at batch ``tput_batch`` over held-out sentences in their natural order."""
     n1 = min(iterations, len(ids))
@@ -87,8 +100,7 @@ def _latency(fn: nn.Module, ids: list[list[int]], pad_id: int, device: torch.dev
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t
-    return {"batch_1_ms": {"p50": _r(float(np.percentile(times, 50))), "p95": _r(float(np.percentile(times, 95)))},
-            f"throughput_batch_{tput_batch}_per_s": _r(done / elapsed, 1)}
+    return _Speed({"p50": float(np.percentile(times, 50)), "p95": float(np.percentile(times, 95))}, done / elapsed)
 
 
 def _probe(train_emb: torch.Tensor, train_y: np.ndarray, val_emb: torch.Tensor, val_y: np.ndarray, max_samples: int, seed: int) -> float | None:
@@ -164,8 +176,8 @@ def run_text_job(spec: JobSpec, folder: Path, teacher_bytes: int, files: dict, w
     with run.phase("exporting"), run.artifacts() as tmp:
         exported = _export(run, t, tmp)
     report = _report(run, t, teacher_bytes, ev, outcome, exported)
-    names = ("student_hf.zip", "student.json") + (("student.onnx",) if exported["onnx"] else ())
-    return DistillResult(report=report, artifacts=[run.final_dir / n for n in names])
+    names = ("student_hf.zip", "student.json") + (("student.onnx",) if exported.onnx else ())
+    return DistillResult(report=report.model_dump(mode="json"), artifacts=[run.final_dir / n for n in names])
 
 
 def _load(run: JobRun, folder: Path, files: dict, task: str) -> _TextSetup:
@@ -220,15 +232,24 @@ def _adapter(run: JobRun, t: _TextSetup, t_val: torch.Tensor, t_train: torch.Ten
                                   t.data.val_labels, t_val, run.device, t_train)
 
 
-def _evaluate(run: JobRun, t: _TextSetup, t_val: torch.Tensor, t_train: torch.Tensor | None) -> dict[str, Any]:
-    """Held-out comparison (mean cosine and linear probes, or agreement, KL and top-1) and latency/throughput of
-    both models: {'metrics': {...}, 'teacher_latency', 'student_latency'}."""
+@dataclass
+class _TextEval:
+    """What the evaluating phase measured: the task's quality figures (``quality``, keyed by the report assembler's
+    keyword arguments: mean_cosine, probe_teacher, probe_student; or agreement, mean_kl, teacher_top1, student_top1)
+    and both models' speed."""
+
+    quality: dict[str, float | None]
+    teacher: _Speed
+    student: _Speed
+
+
+def _evaluate(run: JobRun, t: _TextSetup, t_val: torch.Tensor, t_train: torch.Tensor | None) -> _TextEval:
+    """Held-out comparison (mean cosine and linear-probe accuracies, fractions; or agreement and top-1, fractions, and
+    mean KL(teacher ‖ student) at T = 1, nats) and latency/throughput of both models."""
     spec, device, data = run.spec, run.device, t.data
     t.student.eval()
     s_val = encode_all(t.s_fn, t.val_ids, t.pad_id, device)
-    ev: dict[str, Any] = {}
     if t.task == "sentence_embedding":
-        ev["mean_cosine"] = _r(float(F.cosine_similarity(s_val, t_val, dim=-1).mean()))
         n = len(t.train_ids)
         n_probe = min(n, spec.evaluation.probe_max_samples)
         pick = np.random.default_rng(spec.training.seed).choice(n, n_probe, replace=False) if n_probe < n else np.arange(n)
@@ -236,42 +257,50 @@ def _evaluate(run: JobRun, t: _TextSetup, t_val: torch.Tensor, t_train: torch.Te
         t_tr = t_train[torch.as_tensor(pick)] if t_train is not None else encode_all(t.t_fn, sub, t.pad_id, device)
         s_tr = encode_all(t.s_fn, sub, t.pad_id, device)
         seed = spec.training.seed
-        ev["probe_teacher"] = _r(_probe(t_tr, data.train_labels[pick], t_val, data.val_labels, n_probe, seed))
-        ev["probe_student"] = _r(_probe(s_tr, data.train_labels[pick], s_val, data.val_labels, n_probe, seed))
-        ev["probe_ratio"] = _r(ev["probe_student"] / ev["probe_teacher"]) if ev["probe_teacher"] and ev["probe_student"] is not None else None
+        quality = dict(mean_cosine=float(F.cosine_similarity(s_val, t_val, dim=-1).mean()),
+                       probe_teacher=_probe(t_tr, data.train_labels[pick], t_val, data.val_labels, n_probe, seed),
+                       probe_student=_probe(s_tr, data.train_labels[pick], s_val, data.val_labels, n_probe, seed))
     else:
         vy = torch.as_tensor(data.val_labels)
         lab = vy >= 0
-        ev["agreement"] = _r(float((s_val.argmax(1) == t_val.argmax(1)).float().mean()))
-        ev["mean_kl"] = _r(float(F.kl_div(F.log_softmax(s_val, 1), F.log_softmax(t_val, 1), log_target=True, reduction="batchmean")), 6)
-        ev["teacher_top1"] = _r(float((t_val.argmax(1)[lab] == vy[lab]).float().mean())) if lab.any() else None
-        ev["student_top1"] = _r(float((s_val.argmax(1)[lab] == vy[lab]).float().mean())) if lab.any() else None
+        quality = dict(agreement=float((s_val.argmax(1) == t_val.argmax(1)).float().mean()),
+                       mean_kl=float(F.kl_div(F.log_softmax(s_val, 1), F.log_softmax(t_val, 1), log_target=True, reduction="batchmean")),
+                       teacher_top1=float((t_val.argmax(1)[lab] == vy[lab]).float().mean()) if lab.any() else None,
+                       student_top1=float((s_val.argmax(1)[lab] == vy[lab]).float().mean()) if lab.any() else None)
     it, tb = spec.evaluation.latency_iterations, spec.evaluation.throughput_batch_size
-    return {"metrics": ev, "teacher_latency": _latency(t.t_fn, t.val_ids, t.pad_id, device, it, tb),
-            "student_latency": _latency(t.s_fn, t.val_ids, t.pad_id, device, it, tb)}
+    return _TextEval(quality, _latency(t.t_fn, t.val_ids, t.pad_id, device, it, tb), _latency(t.s_fn, t.val_ids, t.pad_id, device, it, tb))
 
 
-def _export(run: JobRun, t: _TextSetup, tmp: Path) -> dict[str, Any]:
+@dataclass
+class _TextExported:
+    """What the exporting phase wrote and checked: the export checks, the ONNX check (None without ONNX) and the size
+    of the student's model.safetensors (bytes)."""
+
+    checks: ExportChecks
+    onnx: dict[str, Any] | None
+    student_bytes: int
+
+
+def _export(run: JobRun, t: _TextSetup, tmp: Path) -> _TextExported:
     """Write ``student_hf.zip`` (checked to load in transformers, and for embeddings in sentence-transformers with the
-    job's embeddings), ``student.onnx`` (when asked) and ``student.json`` into ``tmp``. Returns {'checks', 'onnx',
-    'student_bytes'}. Raises ``DistillError('internal_error')`` when an export disagrees with the job's model."""
+    job's embeddings), ``student.onnx`` (when asked) and ``student.json`` into ``tmp``. Raises
+    ``DistillError('internal_error')`` when an export disagrees with the job's model."""
     spec, task, device = run.spec, t.task, run.device
     folder_out = save_student_folder(t.student.cpu(), t.tokenizer, tmp / "student_hf", task=task, mode=t.mode, normalize=t.normalize,
                                      projection=t.projection.cpu() if t.projection is not None else None, max_seq_length=t.max_len)
     t.student.to(device)
-    checks: dict[str, Any] = {}
     sample = t.data.val_texts[:16]
     ours = encode_all(t.s_fn.cpu(), tokenize(t.tokenizer, sample, t.max_len), t.pad_id, torch.device("cpu"))
     from transformers import AutoModel
 
     AutoModel.from_pretrained(str(folder_out), local_files_only=True)  # loads in plain transformers
-    checks["transformers_loads"] = True
+    st_diff = None
     if task == "sentence_embedding":
         st = torch.as_tensor(st_embeddings(folder_out, sample))
-        checks["sentence_transformers_max_abs_diff"] = float(f"{float((st - ours).abs().max()):.3g}")
-        if checks["sentence_transformers_max_abs_diff"] > ONNX_TOLERANCE:
-            raise DistillError("internal_error", f"sentence-transformers embeddings differ from the job's by "
-                               f"{checks['sentence_transformers_max_abs_diff']}")
+        st_diff = float(f"{float((st - ours).abs().max()):.3g}")
+        if st_diff > ONNX_TOLERANCE:
+            raise DistillError("internal_error", f"sentence-transformers embeddings differ from the job's by {st_diff}")
+    checks = ExportChecks(transformers_loads=True, sentence_transformers_max_abs_diff=st_diff)
     onnx_info = _export_onnx(t.s_fn, t.tokenizer, sample, t.max_len, tmp / "student.onnx") if "onnx" in spec.export.formats else None
     student_bytes = (folder_out / "model.safetensors").stat().st_size
     with zipfile.ZipFile(tmp / "student_hf.zip", "w", compression=zipfile.ZIP_DEFLATED) as z:
@@ -288,50 +317,61 @@ def _export(run: JobRun, t: _TextSetup, tmp: Path) -> dict[str, Any]:
                           "embedding [batch, dim]" if emb else "logits [batch, classes]")},
             "torch_version": torch.__version__}
     (tmp / "student.json").write_text(json.dumps(card, indent=2))
-    return {"checks": checks, "onnx": onnx_info, "student_bytes": student_bytes}
+    return _TextExported(checks, onnx_info, student_bytes)
 
 
-def _report(run: JobRun, t: _TextSetup, teacher_bytes: int, ev: dict[str, Any], outcome: TrainOutcome, exported: dict[str, Any]) -> dict[str, Any]:
-    """The text compression report (a JSON-able dict)."""
-    spec, task, tr = run.spec, t.task, run.spec.training
-    times = run.finish()
-    t_lat, s_lat, tb = ev["teacher_latency"], ev["student_latency"], spec.evaluation.throughput_batch_size
-    t_params = parameter_count(t.teacher)
-    s_params = parameter_count(t.student) + (parameter_count(t.projection) if t.projection else 0)
-    student_bytes = exported["student_bytes"]
-    tk = f"throughput_batch_{tb}_per_s"
-    lengths = np.array([len(x) for x in t.train_ids])
+def _report(run: JobRun, t: _TextSetup, teacher_bytes: int, ev: _TextEval, outcome: TrainOutcome,
+            exported: _TextExported) -> SequenceClassificationReport | SentenceEmbeddingReport:
+    """The text compression report of ``t.task``, assembled from its per-phase parts (``distill.report_builders``)."""
+    parts = dict(teacher=_teacher_part(run, t, teacher_bytes, ev.teacher), student=_student_part(run, t, exported.student_bytes, ev.student),
+                 data=_data_part(t), cache=_cache_part(run, t), training=_training_part(run, t, outcome),
+                 export_checks=exported.checks, onnx=rb.onnx_check(exported.onnx), wall_time_s=run.finish())
+    if t.task == "sentence_embedding":
+        return rb.sentence_embedding_report(**parts, **ev.quality, pooling_mode=t.mode, normalize=t.normalize)
+    return rb.sequence_classification_report(**parts, **ev.quality)
+
+
+def _teacher_part(run: JobRun, t: _TextSetup, teacher_bytes: int, speed: _Speed) -> TextTeacherSummary:
+    """The Hugging Face teacher: config facts, parameters, the uploaded archive's bytes and its measured speed."""
+    cfg = t.teacher.config
+    return rb.text_teacher(model_type=cfg.model_type, layers=int(cfg.num_hidden_layers), hidden_size=t.t_width,
+                           parameters=parameter_count(t.teacher), bytes=teacher_bytes, latency_batch_1=speed.batch_1_ms,
+                           throughput_batch=run.spec.evaluation.throughput_batch_size, throughput_per_s=speed.throughput_per_s)
+
+
+def _student_part(run: JobRun, t: _TextSetup, student_bytes: int, speed: _Speed) -> TextStudentSummary:
+    """The derived student: the teacher layers it keeps, how it was initialised, its parameters (the embedding
+    projection's included), its model.safetensors' bytes and its measured speed."""
+    params = parameter_count(t.student) + (parameter_count(t.projection) if t.projection else 0)
+    return rb.text_student(layers=t.facts["num_hidden_layers"], kept_teacher_layers=t.facts["keep_layers"], initialised=t.facts["initialised"],
+                           hidden_size=t.s_width, parameters=params, bytes=student_bytes, latency_batch_1=speed.batch_1_ms,
+                           throughput_batch=run.spec.evaluation.throughput_batch_size, throughput_per_s=speed.throughput_per_s)
+
+
+def _data_part(t: _TextSetup) -> TextDataSummary:
+    """Rows, label names, validation split, token limit and mean tokens per training text (after truncation)."""
+    d = t.data
+    return rb.text_data(counts=d.counts, label_names=d.label_names, validation=d.validation, max_seq_length=t.max_len,
+                        mean_tokens=float(np.mean([len(x) for x in t.train_ids])))
+
+
+def _cache_part(run: JobRun, t: _TextSetup) -> CacheSummary:
+    """Whether the teacher's outputs were computed once, why, and the teacher passes that saved (every epoch after the
+    first, over every training text)."""
     reason = "deterministic tokenisation; teacher run once per text" if t.use_cache else (
         "hidden/attention matching needs per-step teacher states" if t.feature_losses else "turned off in the spec")
-    report: dict[str, Any] = {
-        "task": task,
-        "teacher": {"format": "hf", "model_type": t.teacher.config.model_type, "layers": int(t.teacher.config.num_hidden_layers),
-                    "hidden_size": t.t_width, "parameters": t_params, "bytes": teacher_bytes, "latency_ms": {"1": t_lat["batch_1_ms"]},
-                    "throughput_per_s": {str(tb): t_lat[tk]}},
-        "student": {"format": "hf", "layers": t.facts["num_hidden_layers"], "kept_teacher_layers": t.facts["keep_layers"],
-                    "initialised": t.facts["initialised"], "hidden_size": t.s_width, "parameters": s_params, "bytes": student_bytes,
-                    "latency_ms": {"1": s_lat["batch_1_ms"]}, "throughput_per_s": {str(tb): s_lat[tk]}},
-        "parameter_ratio": _r(t_params / s_params, 2),
-        "compression_ratio": _r(teacher_bytes / student_bytes, 2),
-        "speedup": {"1": _r(t_lat["batch_1_ms"]["p50"] / s_lat["batch_1_ms"]["p50"], 2) if s_lat["batch_1_ms"]["p50"] else None,
-                    f"throughput_{tb}": _r(s_lat[tk] / t_lat[tk], 2) if t_lat[tk] else None},
-        **ev["metrics"],
-        "data": {**t.data.counts, "label_names": t.data.label_names, "validation": t.data.validation, "max_seq_length": t.max_len,
-                 "mean_tokens": _r(float(lengths.mean()), 1)},
-        "pooling": {"mode": t.mode, "normalize": t.normalize} if task == "sentence_embedding" else None,
-        "cache": {"teacher_outputs": t.use_cache, "reason": reason,
-                  "teacher_passes_saved": (tr.epochs - 1) * len(t.train_ids) if t.use_cache else 0},
-        "training": {"epochs": tr.epochs, "steps": outcome.steps, "steps_per_epoch": outcome.steps_per_epoch,
-                     "resumed_from_epoch": outcome.resumed_from_epoch,
-                     "final_loss_terms": {k: _r(v, 6) for k, v in outcome.final_loss_terms.items()},
-                     "method": spec.method.name if task != "sentence_embedding" else "embedding",
-                     "device": str(run.device), "threads": torch.get_num_threads(), "seed": tr.seed, "precision": tr.precision},
-        "export_checks": exported["checks"],
-        "onnx": exported["onnx"],
-        "wall_time_s": {k: _r(v, 3) for k, v in times.items()},
-    }
-    report["summary"] = _summary(report)
-    return report
+    n = len(t.train_ids)
+    return rb.cache_summary(used=t.use_cache, reason=reason, rows_seen=run.spec.training.epochs * n, rows_cached=n)
+
+
+def _training_part(run: JobRun, t: _TextSetup, outcome: TrainOutcome) -> TrainingSummary:
+    """The trainer's counts and final loss terms (nats), the method ('embedding' for sentence embeddings), device,
+    threads, seed and precision."""
+    tr = run.spec.training
+    return rb.training_summary(
+        epochs=tr.epochs, steps=outcome.steps, steps_per_epoch=outcome.steps_per_epoch, resumed_from_epoch=outcome.resumed_from_epoch,
+        final_loss_terms=outcome.final_loss_terms, method=run.spec.method.name if t.task != "sentence_embedding" else "embedding",
+        device=str(run.device), threads=torch.get_num_threads(), seed=tr.seed, precision=tr.precision)
 
 
 def _export_onnx(fn: nn.Module, tokenizer, texts: list[str], max_len: int, path: Path) -> dict[str, Any]:
@@ -358,22 +398,3 @@ def _export_onnx(fn: nn.Module, tokenizer, texts: list[str], max_len: int, path:
     if diff > ONNX_TOLERANCE:
         raise DistillError("internal_error", f"the ONNX student differs from PyTorch by {diff:.3g}")
     return {"max_abs_diff": float(f"{diff:.3g}"), "opset": 17, "inputs": ["input_ids", "attention_mask"]}
-
-
-def _summary(r: dict[str, Any]) -> str:
-    s, t = r["student"], r["teacher"]
-    text = (f"The {s['layers']}-layer student has {s['parameters']:,} parameters vs the teacher's {t['parameters']:,} "
-            f"({r['parameter_ratio']}x fewer), {r['speedup'].get('1')}x faster per sentence at batch 1")
-    tp = next((v for k, v in r["speedup"].items() if k.startswith("throughput")), None)
-    if tp:
-        text += f" and {tp}x the teacher's throughput"
-    if r["task"] == "sentence_embedding":
-        text += f"; mean cosine to the teacher's embeddings on held-out text is {r['mean_cosine']}"
-        if r.get("probe_ratio") is not None:
-            text += (f", and a linear probe on its embeddings reaches {r['probe_student']:.1%} vs the teacher's {r['probe_teacher']:.1%} "
-                     f"({r['probe_ratio']:.1%} of it)")
-    else:
-        text += f"; it agrees with the teacher on {r['agreement']:.1%} of validation texts"
-        if r.get("student_top1") is not None:
-            text += f", top-1 {r['student_top1']:.1%} vs the teacher's {r['teacher_top1']:.1%}"
-    return text + "."

@@ -11,7 +11,9 @@ import pytest
 
 from tests import files as mk
 from tests.api.test_files import assert_error, upload
+from tests.api.test_housekeeping import upload_as
 from tests.api.test_jobs import spec_for
+from tests.tenancy import bearer, make_tenant
 
 pytestmark = pytest.mark.slow  # a SeaweedFS server process
 
@@ -165,6 +167,41 @@ async def test_artifact_download_from_the_bucket_with_ranges(api, backend, s3_ba
     err = assert_error(await api.get(f"/v1/jobs/{job['id']}/artifacts/gone.onnx"), 503, "artifact_unavailable")
     assert "artifact store" in err["message"]
     assert not (backend.data_dir / "jobs").exists()  # streamed from the bucket, never written to the API's disk
+
+
+async def test_a_tenant_over_quota_through_artifacts_in_the_bucket_gets_out_by_deleting_the_job(api, backend, s3_backend,
+                                                                                               seaweedfs, tmp_path):
+    """Issue 14's quota trap on object storage: artifacts in the bucket take the tenant over its quota, the 413 says
+    how to get out, and DELETE /v1/jobs/{id} removes the job's objects from the bucket and makes room."""
+    from stillhouse.db import session_scope
+    from stillhouse.jobs import states
+    from stillhouse.models import Artifact
+
+    model = mk.safetensors_file(tmp_path)
+    size = model.stat().st_size
+    _, key = make_tenant("acme", max_storage_bytes=2 * size)
+    h = bearer(key)
+    teacher = (await upload_as(api, model, h)).json()["id"]
+    job = (await api.post("/v1/jobs", json=spec_for(teacher), headers=h)).json()["id"]
+    art = f"jobs/{job}/artifacts/attempt-1/student.safetensors"  # as a worker publishes it: in the bucket only
+    payload = os.urandom(size)
+    seaweedfs.client().put_object(Bucket=s3_backend, Key=f"stillhouse/{art}", Body=payload)
+    with session_scope() as s:
+        assert states.transition(s, job, states.RUNNING, attempt=1)
+        assert states.transition(s, job, states.SUCCEEDED, report={"summary": "ok"})
+        s.add(Artifact(job_id=job, name="student.safetensors", bytes=size, sha256=hashlib.sha256(payload).hexdigest(),
+                       content_type="application/octet-stream", storage_key=art))
+    other = mk.safetensors_file(tmp_path, seed=1)
+    err = assert_error(await upload_as(api, other, h), 413, "storage_quota_exceeded")
+    assert f"{size} bytes are used by its files and {size} by its jobs' artifacts, 0 left" in err["message"]
+    assert "DELETE /v1/jobs/{id}" in err["message"] and "stillhouse delete JOB_ID" in err["message"]
+    gone = await api.delete(f"/v1/jobs/{job}", headers=h)
+    assert gone.status_code == 200 and gone.json()["freed_bytes"] == size, gone.text
+    assert seaweedfs.keys(s3_backend, f"stillhouse/jobs/{job}/") == []
+    assert seaweedfs.keys(s3_backend, "stillhouse/files/") == [f"stillhouse/files/{teacher}"]  # its files stay
+    again = await upload_as(api, other, h)
+    assert again.status_code == 201, again.text
+    assert f"stillhouse/files/{again.json()['id']}" in seaweedfs.keys(s3_backend, "stillhouse/files/")
 
 
 def test_checkpoint_mirror_uploads_while_allowed_and_restores_the_newest(seaweedfs, tmp_path):

@@ -121,7 +121,7 @@ def test_kd_plus_fitnet_combination(mnist_teacher, tmp_path):
     ft = r["training"]["final_loss_terms"]
     assert ft["total"] == pytest.approx(ft["kd"] + ft["ce"] + ft["fitnet"], rel=1e-4)
     assert r["training"]["method_detail"]["extra"][0] == {"name": "fitnet", "terms": ["fitnet"], "student_layers": ["2"],
-                                                         "teacher_layers": ["10"], "weight": 2.0}
+                                                         "teacher_layers": ["10"], "weight": 2.0, "extra": None}
     assert r["student"]["val_top1"] > 0.80
     print(f"\nkd+fitnet: student val top-1 {r['student']['val_top1']:.4f}")
     # the adapter (Linear 64 -> 32) is trained and saved with the student in the checkpoint
@@ -153,7 +153,8 @@ def test_cache_on_and_off_give_bit_identical_training(mnist_teacher, tmp_path):
     c_on, c_off = on.report["cache"], off.report["cache"]
     assert c_on["teacher_outputs"] is True and c_on["teacher_passes_saved"] == 2 * 4000 and c_on["cache_seconds"] > 0
     assert c_on["bytes"] == 4000 * (10 + 32) * 4 and "forced on" in c_on["reason"]
-    assert c_off == {"teacher_outputs": False, "reason": c_off["reason"], "teacher_passes_saved": 0, "cache_seconds": 0.0}
+    assert c_off == {"teacher_outputs": False, "reason": c_off["reason"], "teacher_passes_saved": 0, "cache_seconds": 0.0,
+                     "bytes": None}
     assert "'off'" in c_off["reason"]
     assert "caching_teacher_outputs" in r_on.phases and "caching_teacher_outputs" not in r_off.phases
     print(f"\ncache on: {t_on:.2f} s job ({on.report['training']['training_time_s']} s training); "

@@ -24,24 +24,6 @@ from tests.models import MINILM_TOKENIZER_FILES
 
 
 @pytest.fixture(scope="session")
-def tiny_encoder_dir(minilm_dir, tmp_path_factory):
-    """A tiny random BertModel (4 layers, hidden 32) with MiniLM's tokenizer and a mean+normalize sentence-transformers pipeline."""
-    from transformers import BertConfig, BertModel
-
-    out = tmp_path_factory.mktemp("tiny-enc") / "enc"
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-                     max_position_embeddings=128)
-    torch.manual_seed(0)
-    BertModel(cfg).save_pretrained(out)
-    for name in MINILM_TOKENIZER_FILES:
-        shutil.copy(minilm_dir / name, out / name)
-    shutil.copytree(minilm_dir / "1_Pooling", out / "1_Pooling")
-    (out / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}))
-    shutil.copy(minilm_dir / "modules.json", out / "modules.json")
-    return out
-
-
-@pytest.fixture(scope="session")
 def reviews(tmp_path_factory):
     """300 labelled review sentences as JSONL."""
     from distill.text_data import load_rotten_tomatoes

@@ -1,0 +1,85 @@
+"""The report the core stores, from one real small job per task family (digits tensor classification, a tiny BERT
+classifier, a tiny BERT sentence encoder): it is the validated ``distill.report`` variant's full JSON, it survives a
+JSON round trip unchanged, and its derived figures (ratios, speedups, drop, cache savings, summary) agree with its
+own measurements, as the per-phase builders (``distill.report_builders``) compute them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distill.formats import FileInput
+from distill.report import ClassificationReport, SentenceEmbeddingReport, SequenceClassificationReport, parse_report, unmodelled_keys
+from distill.reporter import RecordingReporter
+from distill.spec import JobSpec
+from tests.specs import override
+
+from .helpers import make_spec, run, run_text_job
+
+
+def _stored(report: dict, variant: type) -> object:
+    """Validate ``report`` as the API reads ``jobs.report`` back and check it is exactly the typed report's full dump."""
+    restored = json.loads(json.dumps(report))  # what a JSON column gives back
+    typed = parse_report(restored)
+    assert isinstance(typed, variant) and report["task"] == typed.task
+    assert unmodelled_keys(typed) == []
+    assert typed.model_dump(mode="json") == report == restored
+    return typed
+
+
+def test_classification_job_stores_its_validated_report(teacher_file, tmp_path):
+    spec = make_spec(training={"epochs": 2, "batch_size": 64, "optimizer": {"name": "adamw", "lr": 5e-3}, "seed": 0},
+                     evaluation={"latency_iterations": 5, "latency_batch_sizes": [1, 16], "compare_baseline": True},
+                     export={"formats": ["safetensors"], "quantize": "dynamic_int8"})
+    result, _ = run(spec, teacher_file, tmp_path / "w")
+    r = _stored(result.report, ClassificationReport)
+    assert r.compression_ratio == round(r.teacher.bytes / r.student.bytes, 2)
+    assert r.parameter_ratio == round(r.teacher.parameters / r.student.parameters, 2)
+    assert set(r.speedup) == {"1", "16"} and r.speedup["1"] == round(r.teacher.latency_ms["1"].p50 / r.student.latency_ms["1"].p50, 2)
+    assert r.top1_drop_points == round((r.teacher.val_top1 - r.student.val_top1) * 100, 2)
+    assert r.distillation_gain_points == round((r.student.val_top1 - r.baseline.val_top1) * 100, 2)
+    assert r.baseline.epochs == 2 and r.baseline.parameters == r.student.parameters
+    assert r.quantized.artifact == "student_int8.pt" and r.quantized.device == "cpu" and r.pruned is None
+    assert r.cache.teacher_outputs and r.cache.teacher_passes_saved == r.data.train  # 2 epochs, computed once
+    assert r.training.method_detail.terms == ["kd", "ce"] and r.training.precision == "fp32"
+    assert f"{r.student.parameters:,} parameters" in r.summary and ("Distillation helped" in r.summary) == (r.distillation_gain_points > 0)
+    assert list(r.wall_time_s)[-1] == "total" and "baseline_training" in r.wall_time_s
+    assert result.baseline_student is not None
+
+
+def _text_spec(task: str, **over) -> JobSpec:
+    s = {"task": task, "teacher": {"file_id": "file_t"}, "data": {"train": {"file_id": "file_d"}, "validation": {"fraction": 0.25},
+                                                                   "max_seq_length": 24},
+         "training": {"epochs": 1, "batch_size": 32, "optimizer": {"name": "adamw", "lr": 1e-3}},
+         "evaluation": {"latency_iterations": 5, "throughput_batch_size": 8, "probe_max_samples": 100},
+         "export": {"formats": ["safetensors"]}}
+    return JobSpec.model_validate(override(s, **over))
+
+
+@pytest.mark.parametrize("task", ["sequence_classification", "sentence_embedding"])
+def test_text_job_stores_its_validated_report(task, tiny_bert_classifier_dir, tiny_encoder_dir, review_jsonl, tmp_path):
+    if task == "sentence_embedding":
+        spec, folder, variant = _text_spec(task, **{"student.from_teacher": {"num_layers": 2}, "method": {"name": "embedding"}}), \
+            tiny_encoder_dir, SentenceEmbeddingReport
+    else:
+        spec, folder, variant = _text_spec(task, **{"student.from_teacher": {"num_layers": 1},
+                                                  "method": {"name": "kd", "temperature": 2.0, "alpha": 0.5}}), \
+            tiny_bert_classifier_dir, SequenceClassificationReport
+    files = {"file_d": FileInput(path=review_jsonl, format="jsonl", bytes=review_jsonl.stat().st_size)}
+    result = run_text_job(spec, folder, 12345, files, tmp_path / "w", RecordingReporter())
+    r = _stored(result.report, variant)
+    assert r.teacher.bytes == 12345 and r.compression_ratio == round(12345 / r.student.bytes, 2)
+    assert r.parameter_ratio == round(r.teacher.parameters / r.student.parameters, 2)
+    assert r.speedup["1"] == round(r.teacher.latency_ms["1"].p50 / r.student.latency_ms["1"].p50, 2)
+    assert r.speedup["throughput_8"] == round(r.student.throughput_per_s["8"] / r.teacher.throughput_per_s["8"], 2)
+    assert r.cache.teacher_outputs and r.cache.teacher_passes_saved == 0 and r.cache.bytes is None  # one epoch: nothing saved
+    assert r.training.epochs == 1 and r.training.steps == r.training.steps_per_epoch and r.onnx is None
+    assert r.export_checks.transformers_loads and f"{r.student.parameters:,} parameters" in r.summary
+    if task == "sentence_embedding":
+        assert r.training.method == "embedding" and r.pooling.mode == "mean" and r.pooling.normalize is True
+        assert r.probe_ratio == round(r.probe_student / r.probe_teacher, 4)
+        assert r.export_checks.sentence_transformers_max_abs_diff < 1e-3
+    else:
+        assert r.training.method == "kd" and r.pooling is None and r.data.label_names == ["fresh", "rotten"]
+        assert 0 <= r.agreement <= 1 and r.student_top1 is not None and r.export_checks.sentence_transformers_max_abs_diff is None

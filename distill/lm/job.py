@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import DistillError, StopRequested
-from ..evaluation import rnd as _r
+from .. import report_builders as rb
 from ..jobrun import JobRun
 from ..report import CausalLMReport
 from ..reporter import Reporter
@@ -314,83 +314,42 @@ def _export(run: JobRun, s: _LMSetup, val: Rows, tmp: Path, transfer: dict[str, 
     return {"names": names, "student_bytes": student_bytes, "checks": checks, "onnx": onnx}
 
 
-def _speed(sp: dict[str, Any]) -> dict[str, Any]:
-    return {k: (_r(v, 3) if isinstance(v, float) else v) for k, v in sp.items()}
-
-
-def _ratio(a: float | None, b: float | None, nd: int = 2) -> float | None:
-    return _r(a / b, nd) if a is not None and b else None
-
-
 def _report(run: JobRun, s: _LMSetup, teacher_bytes: int, rows: Rows, val: Rows, outcome: TrainOutcome, baseline: tuple | None,
-            cache: TopKCache | None, cache_s: float, transfer: dict[str, Any] | None, ev: dict[str, Any], exported: dict[str, Any]) -> dict[str, Any]:
-    """The causal-LM compression report, validated as ``CausalLMReport``, as JSON."""
+            cache: TopKCache | None, cache_s: float, transfer: dict[str, Any] | None, ev: dict[str, Any], exported: dict[str, Any]) -> CausalLMReport:
+    """The causal-LM compression report, from the per-phase builders (``distill.report_builders``)."""
     spec, tr = run.spec, run.spec.training
     times = run.finish()
-    t, st = s.teacher.config, s.student.config
-    t_params, s_params = parameter_count(s.teacher), parameter_count(s.student)
-    sp_t, sp_s = ev["speed_teacher"], ev["speed_student"]
-    fid = ev["fidelity"] or {}
     if cache is not None:
         reason = "the teacher's top-k next-token distributions were computed once and read every epoch"
     elif not s.method.needs_teacher:
         reason = f"method {s.method.name} trains on the teacher's text alone"
     else:
         reason = "turned off in the spec: the teacher ran at every step over the full vocabulary"
-    ppl = {"teacher": ev["ppl_teacher"], "student": ev["ppl_student"], "alone": ev.get("ppl_alone")}
-    gain = _r(ppl["alone"]["perplexity"] - ppl["student"]["perplexity"], 4) if ppl["alone"] else None
-    report = {
-        "task": "causal_lm",
-        "teacher": {"format": s.fmt, "model_type": t.model_type, "layers": int(t.num_hidden_layers), "hidden_size": int(t.hidden_size),
-                    "vocab_size": int(t.vocab_size), "parameters": t_params, "bytes": int(teacher_bytes), "speed": _speed(sp_t)},
-        "student": {"format": "hf", "model_type": st.model_type, "layers": int(st.num_hidden_layers), "hidden_size": int(st.hidden_size),
-                    "vocab_size": int(st.vocab_size), "parameters": s_params, "bytes": exported["student_bytes"], "speed": _speed(sp_s),
-                    "kept_teacher_layers": s.facts["keep_layers"], "initialised": s.facts["initialised"],
-                    "tied_embeddings": bool(s.facts["tied_embeddings"])},
-        "compression_ratio": _ratio(teacher_bytes, exported["student_bytes"]),
-        "parameter_ratio": _ratio(t_params, s_params),
-        "speedup": {"prefill": _ratio(sp_s["prefill_tokens_per_s"], sp_t["prefill_tokens_per_s"]),
-                    "decode": _ratio(sp_s["decode_tokens_per_s"], sp_t["decode_tokens_per_s"])},
-        "perplexity": ppl,
-        "agreement": ev["agreement"],
-        "perplexity_gain": gain,
-        "generations": ev["generations"],
-        "data": {"record_kind": s.train_records[0].kind, "train_examples": len(s.train_records), "train_rows": len(rows),
-                 "train_tokens": int(rows.stats.get("tokens", 0)), "train_target_tokens": rows.target_tokens,
-                 "dropped": int(rows.stats.get("dropped", 0)), "truncated": int(rows.stats.get("truncated", 0)),
-                 "packing": spec.data.packing, "max_seq_length": s.max_len, "validation": {**s.validation, "rows": len(val)},
-                 "validation_tokens": val.target_tokens, "transfer_set": transfer},
-        "cache": {"teacher_outputs": cache is not None, "reason": reason,
-                  "teacher_passes_saved": (tr.epochs - 1) * len(rows) if cache is not None else 0,
-                  "cache_seconds": _r(cache_s, 3), "bytes": cache.bytes if cache is not None else None,
-                  "top_k": cache.k if cache is not None else None, "temperature": cache.temperature if cache is not None else None,
-                  "tokens": cache.tokens if cache is not None else None, "bytes_per_token": fid.get("bytes_per_token"),
-                  "full_logits_bytes_per_token": fid.get("full_logits_bytes_per_token"), "kl_mean_nats": fid.get("kl_mean_nats"),
-                  "kl_p95_nats": fid.get("kl_p95_nats"), "rest_mass_mean": fid.get("rest_mass_mean")},
-        "baseline": ({"method": "next-token cross-entropy only (no teacher)", "epochs": baseline[1].epochs, "steps": baseline[1].steps,
-                      "training_time_s": _r(baseline[2], 3), "agreement": ev.get("agreement_alone")} if baseline else None),
-        "method_detail": s.method.describe(),
-        "training": {"epochs": tr.epochs, "steps": outcome.steps, "steps_per_epoch": outcome.steps_per_epoch,
-                     "resumed_from_epoch": outcome.resumed_from_epoch,
-                     "final_loss_terms": {k: _r(v, 6) for k, v in outcome.final_loss_terms.items()}, "method": spec.method.name,
-                     "device": str(run.device), "threads": torch.get_num_threads(), "seed": tr.seed, "precision": tr.precision,
-                     "training_time_s": _r(outcome.elapsed_s, 3)},
-        "export_checks": exported["checks"],
-        "onnx": exported["onnx"],
-        "wall_time_s": {k: _r(v, 3) for k, v in times.items()},
-    }
-    report["summary"] = _summary(report)
-    return CausalLMReport.model_validate(report).model_dump(mode="json", exclude={"object", "job_id"})
-
-
-def _summary(r: dict[str, Any]) -> str:
-    s, t, p = r["student"], r["teacher"], r["perplexity"]
-    text = (f"The {s['layers']}-layer student has {s['parameters']:,} parameters vs the teacher's {t['parameters']:,} "
-            f"({r['parameter_ratio']}x fewer) and decodes {r['speedup']['decode']}x the teacher's tokens/s at batch 1; held-out "
-            f"perplexity {p['student']['perplexity']:.2f} vs the teacher's {p['teacher']['perplexity']:.2f}")
-    if p.get("alone"):
-        text += f" and {p['alone']['perplexity']:.2f} for the same student trained alone"
-    return text + f"; it agrees with the teacher's next token on {r['agreement']['top1_agreement']:.1%} of held-out tokens."
+    return rb.causal_lm_report(
+        teacher=rb.lm_model(format=s.fmt, config=s.teacher.config, parameters=parameter_count(s.teacher), bytes=teacher_bytes,
+                            speed=ev["speed_teacher"]),
+        student=rb.lm_student(config=s.student.config, parameters=parameter_count(s.student), bytes=exported["student_bytes"],
+                              speed=ev["speed_student"], facts=s.facts),
+        perplexity={"teacher": ev["ppl_teacher"], "student": ev["ppl_student"], "alone": ev.get("ppl_alone")},
+        agreement=ev["agreement"], generations=ev["generations"],
+        data={"record_kind": s.train_records[0].kind, "train_examples": len(s.train_records), "train_rows": len(rows),
+              "train_tokens": int(rows.stats.get("tokens", 0)), "train_target_tokens": rows.target_tokens,
+              "dropped": int(rows.stats.get("dropped", 0)), "truncated": int(rows.stats.get("truncated", 0)), "packing": spec.data.packing,
+              "max_seq_length": s.max_len, "validation": {**s.validation, "rows": len(val)}, "validation_tokens": val.target_tokens,
+              "transfer_set": transfer},
+        cache=rb.lm_cache(used=cache is not None, reason=reason, rows_seen=tr.epochs * len(rows), rows_cached=len(rows), seconds=cache_s,
+                          bytes=cache.bytes if cache is not None else None, top_k=cache.k if cache is not None else None,
+                          temperature=cache.temperature if cache is not None else None,
+                          tokens=cache.tokens if cache is not None else None, fidelity=ev["fidelity"]),
+        baseline=(rb.lm_baseline(epochs=baseline[1].epochs, steps=baseline[1].steps, training_time_s=baseline[2],
+                                 agreement=ev.get("agreement_alone")) if baseline else None),
+        training=rb.training_summary(epochs=tr.epochs, steps=outcome.steps, steps_per_epoch=outcome.steps_per_epoch,
+                                     resumed_from_epoch=outcome.resumed_from_epoch, final_loss_terms=outcome.final_loss_terms,
+                                     method=spec.method.name, device=str(run.device), threads=torch.get_num_threads(), seed=tr.seed,
+                                     training_time_s=outcome.elapsed_s, precision=tr.precision,
+                                     method_detail={"name": s.method.name, "terms": s.method.term_names}),
+        method_detail=s.method.describe(),
+        export_checks=exported["checks"], wall_time_s=times, onnx=rb.onnx_check(exported["onnx"]))
 
 
 def run_lm_job(spec: JobSpec, teacher_path: Path, fmt: str, teacher_bytes: int, files: dict, workdir: Path, reporter: Reporter,
@@ -424,7 +383,7 @@ def run_lm_job(spec: JobSpec, teacher_path: Path, fmt: str, teacher_bytes: int, 
     with run.phase("exporting"), run.artifacts() as tmp:
         exported = _export(run, s, val, tmp, transfer)
     report = _report(run, s, teacher_bytes, rows, val, outcome, baseline, cache, cache_s, transfer, ev, exported)
-    return DistillResult(report=report, artifacts=[run.final_dir / n for n in exported["names"]],
+    return DistillResult(report=report.model_dump(mode="json"), artifacts=[run.final_dir / n for n in exported["names"]],
                          baseline_student=baseline[0] if baseline else None)
 
 

@@ -62,8 +62,9 @@ def kd_run(tiny_llama_dir, text_file, tmp_path_factory):
 
 def test_kd_job_trains_through_the_trainer_with_the_cache_and_reports(kd_run):
     res, rep, wd = kd_run
-    r = parse_report(res.report)
-    assert isinstance(r, CausalLMReport) and unmodelled_keys(r) == []
+    stored = json.loads(json.dumps(res.report))  # what the JSON column gives back: the validated report's full dump
+    r = parse_report(stored)
+    assert isinstance(r, CausalLMReport) and unmodelled_keys(r) == [] and r.model_dump(mode="json") == res.report == stored
     assert rep.phases == ["loading_teacher", "caching_teacher_outputs", "training", "evaluating", "exporting"]
     assert r.cache.teacher_outputs and r.cache.top_k == 16 and r.cache.bytes_per_token == 16 * 6 + 4
     assert r.cache.full_logits_bytes_per_token == 2 * r.teacher.vocab_size and r.cache.kl_mean_nats >= 0

@@ -81,7 +81,10 @@ def test_kd_job_trains_through_the_trainer_with_the_cache_and_reports(kd_run):
     assert r.perplexity_gain == pytest.approx(r.perplexity.alone.perplexity - r.perplexity.student.perplexity, abs=1e-3)
     assert 0 <= r.agreement.top1_agreement <= 1 and r.agreement.mean_kl_nats >= 0
     assert r.generations is None  # plain text: no prompts to answer
-    assert r.speedup["decode"] > 0 and r.student.speed.decode_tokens_per_s > 0
+    assert r.speedup["decode"] == round(r.student.speed.decode_tokens_per_s / r.teacher.speed.decode_tokens_per_s, 2) > 0
+    assert r.parameter_ratio == round(r.teacher.parameters / r.student.parameters, 2) and r.teacher.bytes == 1000
+    assert r.cache.teacher_passes_saved == r.data.train_rows and r.training.method_detail.terms == ["kd", "ce"]
+    assert r.method_detail["divergence"] == "forward_kl" and r.method_detail["temperature"] == 1.0
     names = sorted(p.name for p in res.artifacts)
     assert names == ["student.json", "student.safetensors", "student_hf.zip"]
     assert r.export_checks.transformers_loads and r.export_checks.generates

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Iterator
 
 from fastapi import Depends, Request
@@ -11,14 +12,20 @@ from starlette.concurrency import run_in_threadpool
 
 from app.auth.mode import auth_mode, is_loopback
 from app.auth.service import DEFAULT_PRINCIPAL, AuthTenant, authenticate
-from stillhouse.db import session_factory
+from stillhouse.db import database_unavailable, session_factory
 from app.errors import Unauthorized
 from stillhouse.settings import Settings, get_settings
 from stillhouse.storage import ArtifactStore, get_store as _configured_store
 
+log = logging.getLogger("stillhouse.api")
+
 
 def get_session() -> Iterator[Session]:
-    """A request-scoped session; services commit explicitly once, errors roll back."""
+    """A request-scoped session; services commit explicitly once, errors roll back.
+
+    Closing runs after the response has started; when the database went away meanwhile, the close's rollback fails
+    and SQLAlchemy discards the connection. That error is logged, not raised: raised there, it would cut off the
+    response already on its way (the client saw a dropped connection instead of its answer)."""
     session = session_factory()()
     try:
         yield session
@@ -26,7 +33,12 @@ def get_session() -> Iterator[Session]:
         session.rollback()
         raise
     finally:
-        session.close()
+        try:
+            session.close()
+        except Exception as e:
+            if not database_unavailable(e):
+                raise
+            log.warning("closing a request's session: database unavailable (%s)", str(e).splitlines()[0])
 
 
 def get_store() -> ArtifactStore:

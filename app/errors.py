@@ -10,7 +10,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from stillhouse.db import database_unavailable
 
 log = logging.getLogger("stillhouse.api")
 
@@ -98,6 +102,20 @@ class ServiceUnavailable(ApiError):
     code = "unavailable"
 
 
+DB_RETRY_AFTER_S = 5
+"""``Retry-After`` of a 503 ``database_unavailable``, seconds (a PostgreSQL restart takes a few)."""
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """503 ``database_unavailable``: the database cannot be reached right now (refused, restarting, connection lost);
+    carries ``Retry-After: DB_RETRY_AFTER_S``. Nothing was changed, or the change was rolled back."""
+
+    code = "database_unavailable"
+
+    def __init__(self, message: str = "the database cannot be reached right now; nothing was changed, try again shortly") -> None:
+        super().__init__(message, headers={"Retry-After": str(DB_RETRY_AFTER_S)})
+
+
 class InternalError(ApiError):
     """500: the server cannot answer, e.g. stored data it cannot read (the cause is logged)."""
 
@@ -157,8 +175,24 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return error_json(exc.status_code, code, str(exc.detail), None, getattr(exc, "headers", None))
 
+    def _database_down(request: Request, exc: BaseException) -> JSONResponse:
+        log.warning("%s %s: database unavailable (%s)", request.method, request.url.path,
+                    str(getattr(exc, "orig", None) or exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        e = DatabaseUnavailable()
+        return error_json(e.status, e.code, e.message, None, e.headers)
+
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(PoolTimeoutError)
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        if database_unavailable(exc):
+            return _database_down(request, exc)
+        log.exception("unhandled database error on %s %s", request.method, request.url.path)
+        return error_json(500, "internal_error", "internal server error; the event is logged on the server")
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if database_unavailable(exc):  # wrapped by something else (an exception group, a re-raise)
+            return _database_down(request, exc)
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_json(500, "internal_error", "internal server error; the event is logged on the server")
 
@@ -190,6 +224,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing, invalid or revoked API key (when keys are required)"},
     404: {"model": ErrorResponse, "description": "Not found"},
     422: {"model": ErrorResponse, "description": "Invalid request"},
+    503: {"model": ErrorResponse, "description": "database_unavailable: the database cannot be reached right now (with Retry-After)"},
 }
 
 

@@ -34,14 +34,36 @@ def inspect_upload(path: Path, purpose: str, *, max_unpacked_bytes: int) -> Any:
 
 
 def model_layers(path: Path, fmt: str, architecture: dict | None, input_shape: list[int]) -> list[dict]:
-    """The named modules of the model stored at ``path`` with their per-sample output shapes, from one forward pass of
-    zeros ``[1, *input_shape]`` on the CPU (``distill.features.list_layers``). Raises ``DistillError``."""
+    """The layers of the model stored at ``path`` that feature methods may read, with their per-sample output shapes,
+    from one pass of zeros ``[1, *input_shape]`` on the CPU (``distill.teachers.Teacher.list_layers``: module paths
+    of PyTorch and torch.export models, a TorchScript model's chain, an ONNX graph's module paths and values). Raises
+    ``DistillError``."""
     _torch()
-    from distill.features import list_layers
     from distill.teachers import load_teacher
 
     teacher = load_teacher(path, fmt, architecture, "cpu")
-    return list_layers(teacher.module, list(input_shape), "cpu")
+    return teacher.list_layers(list(input_shape))
+
+
+def architecture_layer_names(name: str, kwargs: dict[str, Any]) -> list[str]:
+    """Layer names (``distill.features.layer_names``) of architecture ``name`` built with ``kwargs`` on the ``meta``
+    device. Raises ``DistillError('invalid_spec')`` for bad arguments."""
+    torch = _torch()
+    from distill.features import layer_names
+    from distill.models import build
+
+    with torch.device("meta"):
+        return layer_names(build(name, kwargs))
+
+
+def check_layer(name: str, names: list[str], model: str, param: str) -> None:
+    """Raise ``DistillError('invalid_spec')`` (``distill.features.unknown_layer``: the model, the layer, the nearest
+    names) when ``name`` is not among ``names``."""
+    _torch()
+    from distill.features import unknown_layer
+
+    if name not in names:
+        raise unknown_layer(name, names, model, param)
 
 
 def architecture_names() -> list[str]:

@@ -4,13 +4,16 @@ Layers are named by the module path a user sees in ``model.named_modules()`` (e.
 ``nn.Sequential``, ``'stages.1.conv2'`` of the ResNet). The special name ``'penultimate'`` means the *input* of
 the model's last ``nn.Linear`` (the features the classifier reads), captured with a forward pre-hook.
 
-Hooks need eager PyTorch modules: TorchScript modules accept hook registration but never run the hooks
-inside scripted code, and ONNX teachers have no modules at all, so feature methods refuse those teachers
-(``methods.check_method_supported``).
+Hooks need modules that run in Python: eager PyTorch models and ``torch.export`` programs rebuilt with
+``torch.export.unflatten`` (each submodule a graph of its own, named by its original path; the original class is
+kept in ``module_type`` from the graph's ``nn_module_stack``). TorchScript modules run no hooks inside scripted code,
+and ONNX graphs have no modules at all: those teachers give features their own way (``teachers.ScriptTeacher``,
+``teachers.OnnxTeacher``).
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any
 
@@ -22,13 +25,32 @@ from .errors import DistillError, first_line
 PENULTIMATE = "penultimate"
 
 
-def last_linear(model: nn.Module) -> tuple[str, nn.Linear] | None:
-    """``(name, module)`` of the last ``nn.Linear`` in ``model.named_modules()`` order, or None when there is none."""
+TYPE_ATTR = "stillhouse_module_type"  # set on torch.export.unflatten's submodules: the original class name
+
+
+def module_type(mod: nn.Module) -> str:
+    """The class name a user knows a module by: ``type(mod).__name__`` for eager modules, the scripted class
+    (``original_name``) of a TorchScript module, the original class of an unflattened ``torch.export`` submodule."""
+    return getattr(mod, TYPE_ATTR, None) or getattr(mod, "original_name", None) or type(mod).__name__
+
+
+def last_linear(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """``(name, module)`` of the last ``nn.Linear`` (by ``module_type``) in ``model.named_modules()`` order, or None
+    when there is none."""
     found = None
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear):
+        if name and (isinstance(mod, nn.Linear) or module_type(mod) == "Linear"):
             found = (name, mod)
     return found
+
+
+def unknown_layer(name: str, names: list[str], model: str, param: str | None) -> DistillError:
+    """``DistillError('invalid_spec')`` for a layer ``name`` that ``model`` (e.g. "the teacher (file_x, TorchScript)")
+    does not have: the nearest existing names (``difflib.get_close_matches``) and up to 30 of ``names``."""
+    near = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    shown = ", ".join(names[:30]) + (", ..." if len(names) > 30 else "")
+    hint = f"; nearest: {', '.join(near)}" if near else ""
+    return DistillError("invalid_spec", f"{model} has no layer {name!r}{hint}; its layers are: {shown or '(none)'}", param)
 
 
 def resolve_layer(model: nn.Module, name: str, param: str | None = None) -> nn.Module:
@@ -46,9 +68,8 @@ def resolve_layer(model: nn.Module, name: str, param: str | None = None) -> nn.M
         if ll is None:
             raise DistillError("invalid_spec", "the model has no nn.Linear, so it has no 'penultimate' features; name a layer", param)
         return ll[1]
-    names = [n for n in modules if n]
-    shown = ", ".join(names[:30]) + (", ..." if len(names) > 30 else "")
-    raise DistillError("invalid_spec", f"no layer {name!r} in the model; its layers are: {shown or '(none)'}", param)
+    names = [n for n in modules if n] + ([PENULTIMATE] if last_linear(model) else [])
+    raise unknown_layer(name, names, "the model", param)
 
 
 class FeatureRecorder:
@@ -179,10 +200,59 @@ def list_layers(model: nn.Module, input_shape: list[int] | tuple[int, ...], devi
         for h in handles:
             h.remove()
         model.train(was_training)
-    out = [{"name": n, "type": getattr(m, "original_name", None) or type(m).__name__, "output_shape": shapes.get(n)} for n, m in mods]
+    out = [{"name": n, "type": module_type(m), "output_shape": shapes.get(n)} for n, m in mods]
     if ll is not None and "s" in pen:
         out.append({"name": PENULTIMATE, "type": f"input of {ll[0]} (Linear)", "output_shape": pen["s"]})
     return out
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """The layer names of ``model`` a feature method may read: its ``named_modules()`` paths (root excluded), then
+    'penultimate' when it has a last Linear."""
+    return [n for n, _ in model.named_modules() if n] + ([PENULTIMATE] if last_linear(model) is not None else [])
+
+
+def _scope_path(node_name: str) -> str:
+    """The module path in a ``torch.onnx.export`` node name: '/layer1/layer1.0/conv1/Conv' → 'layer1.0.conv1'."""
+    parts = [p for p in node_name.split("/")[:-1] if p]
+    path = ""
+    for seg in parts:
+        path = seg if not path or seg.startswith(path + ".") else f"{path}.{seg}"
+    return path
+
+
+def onnx_layers(model: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """The layers of an ONNX graph (``onnx.ModelProto``): ``({layer name: ONNX value name}, {layer name: op type})``.
+
+    Every value a node computes is a layer by its ONNX name; for graphs from ``torch.onnx.export``, whose node names
+    carry the module scope (``/features/features.0/Conv``), each module path ('features.0') is one too, meaning the
+    value its last node computes; 'penultimate' is the input of the last Gemm/MatMul. Module paths come first."""
+    graph_inputs = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer}
+    modules: dict[str, str] = {}
+    mod_types: dict[str, str] = {}
+    values: dict[str, str] = {}
+    penultimate = None
+    for node in model.graph.node:
+        if not node.output or node.op_type == "Constant":
+            continue
+        out = node.output[0]
+        path = _scope_path(node.name) if node.name.startswith("/") else ""
+        while path:
+            modules[path] = out  # the last node inside the scope gives the module's output
+            mod_types[path] = node.op_type
+            path = path.rpartition(".")[0] if "." in path else ""
+        for o in node.output:
+            values.setdefault(o, node.op_type)
+        if node.op_type in ("Gemm", "MatMul") and node.input and node.input[0] not in graph_inputs:
+            penultimate = node.input[0]
+    layers, types = dict(modules), dict(mod_types)
+    for v, op in values.items():
+        layers.setdefault(v, v)
+        types.setdefault(v, op)
+    if penultimate is not None:
+        layers[PENULTIMATE] = penultimate
+        types[PENULTIMATE] = "input of the last Gemm/MatMul"
+    return layers, types
 
 
 def numel(shape: tuple[int, ...] | list[int]) -> int:

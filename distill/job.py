@@ -31,7 +31,7 @@ from torch.nn.utils import prune
 from .data import DataBundle, load_data
 from .evaluation import evaluate, evaluate_variant
 from .export import export_student as _export, quantize_dynamic_int8, save_torchscript
-from .errors import DistillError, first_line
+from .errors import DistillError, first_line, runtime_message
 from .formats import ARCH_METADATA_KEY, sniff
 from .hf_archive import load_hf_archive
 from .features import feature_shapes, numel
@@ -70,21 +70,54 @@ def _build_student(spec: JobSpec, teacher: Teacher, data: DataBundle, num_classe
 
 
 def _probe(spec: JobSpec, teacher: Teacher, data: DataBundle, device: torch.device) -> int:
-    """Run the teacher on two samples; return its number of outputs K. Raises shape_mismatch."""
-    sample = (data.val_x if data.val_x.shape[0] else data.train_x)[:2].to(device)
+    """Run the teacher on the first training batch (at most ``training.batch_size`` rows): its outputs must be finite;
+    decide what they are (``teacher.outputs``, noted); settle the class count. Returns the number of classes K the
+    student learns. Raises shape_mismatch (the data does not fit the teacher, with the backend's operative line),
+    non_finite_teacher, invalid_spec (a class-count mismatch the spec does not settle, or a wrong teacher.outputs)."""
+    sample = data.train_x[: max(2, min(spec.training.batch_size, 256))].to(device)
     try:
-        out = teacher(sample)
+        raw = teacher.raw(sample)
     except DistillError:
         raise
     except Exception as e:  # noqa: BLE001 - any backend error here means the data does not fit
-        raise DistillError("shape_mismatch", f"the teacher cannot take samples of shape {data.input_shape}: {first_line(e)}",
+        raise DistillError("shape_mismatch", f"the teacher cannot take samples of shape {data.input_shape}: {runtime_message(e)}",
                            "data.input_shape") from None
-    if out.dim() != 2:
-        raise DistillError("shape_mismatch", f"the teacher outputs shape {list(out.shape)}, expected [batch, classes] logits", "teacher")
-    k = int(out.shape[1])
+    if raw.dim() != 2:
+        raise DistillError("shape_mismatch", f"the teacher outputs shape {list(raw.shape)}, expected [batch, classes] logits", "teacher")
+    _check_finite(raw, f"the first {raw.shape[0]} training samples")
+    teacher.notes.append(teacher.set_outputs(spec.teacher.outputs, raw))
+    k = int(raw.shape[1])
+    teacher.num_classes = k
     if data.num_classes is not None and data.num_classes > k:
         raise DistillError("shape_mismatch", f"the data has labels up to {data.num_classes - 1} but the teacher outputs {k} classes", "data")
+    if data.num_classes is not None and data.num_classes < k:
+        chosen = spec.student.architecture.kwargs.get("num_classes") if spec.student.architecture else None
+        if chosen is None:
+            raise DistillError("invalid_spec", f"the teacher outputs {k} classes but the data has {data.num_classes} (labels 0.."
+                               f"{data.num_classes - 1}); set student.architecture.kwargs.num_classes to {k} (learn all the "
+                               f"teacher's outputs) or {data.num_classes} (learn the data's classes from the teacher's first "
+                               f"{data.num_classes} outputs)", "student.architecture.kwargs.num_classes")
+        if chosen == data.num_classes:
+            teacher.set_classes(data.num_classes)
+            teacher.notes.append(f"the teacher outputs {k} classes, the data has {data.num_classes}: as "
+                                 f"student.architecture.kwargs.num_classes says, the student learns classes 0..{data.num_classes - 1} "
+                                 f"from the teacher's first {data.num_classes} outputs (a softmax over those)")
+            return data.num_classes
+        if chosen == k:
+            teacher.notes.append(f"the teacher outputs {k} classes, the data has {data.num_classes}: as "
+                                 f"student.architecture.kwargs.num_classes says, the student learns all {k} teacher outputs")
     return k
+
+
+def _check_finite(out: torch.Tensor, what: str) -> None:
+    """Raise ``DistillError('non_finite_teacher')`` when the teacher's outputs ``out`` on ``what`` hold NaN or inf."""
+    bad = ~torch.isfinite(out)
+    if bool(bad.any()):
+        rows = int(bad.reshape(bad.shape[0], -1).any(1).sum())
+        kinds = "/".join(k for k, m in (("NaN", torch.isnan(out)), ("inf", torch.isinf(out))) if bool(m.any()))
+        raise DistillError("non_finite_teacher", f"the teacher's own outputs are not finite: {kinds} in {rows} of {out.shape[0]} rows "
+                           f"of {what}, before any training; the teacher file is broken (check its weights or export), a lower "
+                           "learning rate would not help", "teacher")
 
 
 def _probe_student(student: nn.Module, filled: dict[str, Any], data: DataBundle, k: int, device: torch.device) -> None:
@@ -113,13 +146,9 @@ def _setup_method(method: Method | CombinedMethod, student: nn.Module, teacher: 
     s_layers, t_layers = method.student_layers, method.teacher_layers
     if not s_layers and not t_layers:
         return
-    module = getattr(teacher, "module", None)
-    if t_layers and not isinstance(module, nn.Module):
-        raise DistillError("invalid_spec", f"a {teacher.format} teacher cannot give the intermediate features feature methods need",
-                           "method.name")
     sample = data.train_x[:2].to(device)
     s_shapes = feature_shapes(student, s_layers, sample, "method.student_layer")
-    t_shapes = feature_shapes(module, t_layers, sample, "method.teacher_layer") if t_layers else {}
+    t_shapes = teacher.feature_shapes(t_layers, sample, "method.teacher_layer") if t_layers else {}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed + 7919)
         method.setup(s_shapes, t_shapes)
@@ -133,7 +162,7 @@ def _plan_cache(spec: JobSpec, method: Method | CombinedMethod, teacher: Teacher
     mode = spec.cache.teacher_outputs
     n = int(data.train_x.shape[0])
     t_layers = method.teacher_layers
-    shapes = feature_shapes(teacher.module, t_layers, data.train_x[:2].to(device)) if t_layers else {}
+    shapes = teacher.feature_shapes(t_layers, data.train_x[:2].to(device), "method.teacher_layer") if t_layers else {}
     size = 4 * n * (k + sum(numel(s) for s in shapes.values()))
     what = "logits" + (f" and features of {', '.join(t_layers)}" if t_layers else "")
     mib = size / 1024**2
@@ -339,6 +368,7 @@ def _cache_teacher_outputs(run: JobRun, loaded: _Loaded) -> TeacherCache | None:
         t0 = time.perf_counter()
         x = loaded.data.train_x.to(run.device)
         t_logits, t_feats = teacher_outputs(loaded.teacher, x, method.teacher_layers, param="method.teacher_layer")
+        _check_finite(t_logits, f"the {x.shape[0]} training rows (teacher-output cache)")
         if method.needs_dataset_pass:
             method.prepare(t_logits, t_feats, loaded.data.train_y.to(run.device))
         if loaded.use_cache:

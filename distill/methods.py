@@ -58,22 +58,17 @@ def _feature_method_names(spec: MethodSpec) -> list[tuple[str, str]]:
 def check_method_supported(method_spec: MethodSpec, teacher_format: str) -> None:
     """Refuse, before any work, a method the teacher's format cannot serve (pure: no files, no models).
 
-    Feature methods (fitnet, attention_transfer, rkd, prototype — as the main method or an extra) capture the
-    teacher's intermediate features with forward hooks, so they need an eager PyTorch teacher: ``teacher_format``
-    'safetensors' or 'state_dict' (or 'auto', decided later). An 'onnx' teacher (onnxruntime returns only the
-    graph's outputs), a 'torchscript' one (scripted code does not run hooks) and an 'hf' one (text tasks
-    distil logits/embeddings only) are refused; 'hf' teachers also take no extra terms.
+    Feature methods (fitnet, attention_transfer, rkd, prototype — as the main method or an extra) read the teacher's
+    intermediate features, which every tensor format gives (``teachers.Teacher.features``; which layers, each format's
+    ``layer_names``); an 'hf' teacher (text tasks distil logits/embeddings only) is refused, and takes no extra terms.
 
     Raises ``DistillError('invalid_spec', message, param)`` with ``param`` like ``'method.extra.0.name'``.
     """
     feats = _feature_method_names(method_spec)
-    if feats and teacher_format in ("onnx", "torchscript", "hf"):
+    if feats and teacher_format == "hf":
         param, name = feats[0]
-        why = {"onnx": "an ONNX teacher runs in onnxruntime, which returns only the graph's outputs (the logits)",
-               "torchscript": "a TorchScript teacher does not run forward hooks inside scripted code",
-               "hf": "Hugging Face teachers (text tasks) support the logit methods kd, hard_label and dkd only"}[teacher_format]
-        raise DistillError("invalid_spec", f"method {name!r} needs the teacher's intermediate features, but {why}; use a "
-                           "safetensors or state_dict teacher with its architecture, or a logit method (kd, dkd, hard_label)", param)
+        raise DistillError("invalid_spec", f"method {name!r} needs the teacher's intermediate features, but Hugging Face teachers "
+                           "(text tasks) support the logit methods kd, hard_label and dkd only", param)
     if teacher_format == "hf" and method_spec.extra:
         raise DistillError("invalid_spec", "Hugging Face teachers (text tasks) take no extra method terms", "method.extra")
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 BUILTIN_DATASETS = ("digits", "mnist5k", "rotten_tomatoes")
 TEXT_BUILTINS = ("rotten_tomatoes",)
-TEACHER_FORMATS = ("auto", "safetensors", "state_dict", "torchscript", "onnx", "hf", "gguf")
+TEACHER_FORMATS = ("auto", "safetensors", "state_dict", "torchscript", "torch_export", "onnx", "hf", "gguf")
 METHODS = ("kd", "hard_label", "dkd", "fitnet", "attention_transfer", "rkd", "prototype", "embedding", "reverse_kl", "gkd", "seqkd")
 LM_METHODS = ("kd", "reverse_kl", "gkd", "seqkd")  # the methods of task causal_lm
 TASKS = ("auto", "classification", "sequence_classification", "sentence_embedding", "causal_lm")
@@ -39,10 +39,15 @@ class TeacherSpec(_Strict):
     """The trained model to distil from; always run inference-only."""
 
     file_id: str = Field(..., pattern=r"^file_[A-Za-z0-9]+$", description="Uploaded file (purpose 'teacher').")
-    format: Literal["auto", "safetensors", "state_dict", "torchscript", "onnx", "hf", "gguf"] = Field(
+    format: Literal["auto", "safetensors", "state_dict", "torchscript", "torch_export", "onnx", "hf", "gguf"] = Field(
         "auto", description="Checkpoint format; 'auto' uses the format detected at upload ('hf': a Hugging Face model folder "
-        "uploaded as .zip or .tar.gz; 'gguf': a single-file GGUF causal LM, dequantised)."
+        "uploaded as .zip or .tar.gz; 'torch_export': a torch.export.save .pt2 archive; 'gguf': a single-file GGUF causal LM, "
+        "dequantised)."
     )
+    outputs: Literal["auto", "logits", "probabilities", "log_probabilities"] = Field(
+        "auto", description="What the teacher's outputs are. 'auto' decides on the first batch (non-negative rows summing to 1: "
+        "probabilities; rows with logsumexp 0: log-probabilities; else logits); probabilities become log(p) for the methods. "
+        "The report's teacher notes say what was detected.")
     architecture: ArchitectureSpec | None = Field(
         None,
         description="Architecture for weights-only formats (safetensors, state_dict). May be omitted when "
@@ -187,8 +192,8 @@ class _MethodParams(_Strict):
     student_layer: str | None = Field(None, min_length=1, max_length=300, description="Feature methods: the student module "
                                       "whose output is matched, by its path in model.named_modules() (e.g. 'features.3'). "
                                       "rkd/prototype default to the penultimate features (the input of the last Linear).")
-    teacher_layer: str | None = Field(None, min_length=1, max_length=300, description="Feature methods: the teacher module, "
-                                      "likewise (needs a PyTorch teacher: safetensors or state_dict).")
+    teacher_layer: str | None = Field(None, min_length=1, max_length=300, description="Feature methods: the teacher layer, "
+                                      "likewise (any teacher format but hf; GET /v1/files/{id}/layers lists them).")
     at_p: float = Field(2.0, gt=0, le=8, description="attention_transfer: the power p of |A|^p (Zagoruyko & Komodakis 2017).")
     at_beta: float = Field(1000.0, ge=0, le=1e6, description="attention_transfer: beta; the term is beta/2 * mean squared "
                            "difference of the normalised maps, as the authors' code.")

@@ -68,6 +68,35 @@ def _ping_idle_connections(engine: Engine, idle_s: float) -> None:
             raise exc.DisconnectionError(f"idle connection failed its ping: {e}") from e
 
 
+_SCHEMA_ERRORS = ("no such table", "no such column", "syntax error", "has no column")  # SQLite: a bug or no migration, not an outage
+
+
+def database_unavailable(error: BaseException | None) -> bool:
+    """Whether ``error`` (or an exception it wraps: ``__cause__``, ``__context__``, the members of an exception group)
+    says the database cannot be reached right now, a transient condition worth retrying: SQLAlchemy's
+    ``OperationalError`` (connection refused, server shutting down or restarted, connection lost mid-statement; SQLite:
+    database locked or unreadable, but not a missing table), ``InterfaceError`` (a connection already closed), any
+    DBAPI error that invalidated its connection, and the pool's ``TimeoutError`` (no connection within the pool timeout).
+    Integrity and programming errors are not."""
+    seen: set[int] = set()
+    todo = [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, exc.TimeoutError) or (isinstance(e, exc.DBAPIError) and e.connection_invalidated):
+            return True
+        if isinstance(e, exc.InterfaceError):
+            return True
+        if isinstance(e, exc.OperationalError):
+            text = str(e.orig if e.orig is not None else e).lower()
+            if not (type(e.orig).__module__.startswith("sqlite3") and any(m in text for m in _SCHEMA_ERRORS)):
+                return True
+        todo.extend([e.__cause__, e.__context__, *getattr(e, "exceptions", ())])
+    return False
+
+
 @lru_cache
 def _engine_for(url: str, pool_size: int = 20, ping_idle_s: float = 10.0) -> Engine:
     return make_engine(url, pool_size, ping_idle_s)

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     unsent_grace_s: float = Field(
         10.0, gt=0, description="Seconds a queued job may stay unsent (row committed, message never sent: the API died "
                                 "between the two) before the sweep sends it.")
+    unclaimed_resend_s: float = Field(
+        120.0, gt=0, description="Seconds a queued job whose message was sent may stay unclaimed, while a live worker of its "
+                                 "queue has a free slot, before the sweep sends it again (its message was taken off the "
+                                 "broker and lost: a worker killed between receiving it and claiming the job); again at most "
+                                 "once per this period. A second delivery of a message that was not lost is harmless.")
     progress_interval_s: float = Field(0.5, gt=0, description="Least seconds between progress/cancel-check writes to SQL.")
     max_student_parameters: int = Field(
         1_000_000_000, ge=1, description="Largest student (parameters) a job may ask for; more gets 422 student_too_large. "

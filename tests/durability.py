@@ -70,3 +70,59 @@ def dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
     return p.pid
+
+
+class ThrowawayPostgres:
+    """A PostgreSQL server of its own (``initdb`` + ``pg_ctl``) on a free loopback port under a fresh temporary
+    folder, run as the ``postgres`` user when this process is root (``initdb`` refuses root), trust authentication,
+    so a test can stop and restart *it* (never the machine's own server on 5432). ``url``: the SQLAlchemy URL of its
+    ``postgres`` database."""
+
+    def __init__(self) -> None:
+        import os
+        import shutil
+        import socket
+        import tempfile
+
+        initdb = shutil.which("initdb")
+        if initdb is None:
+            raise RuntimeError("initdb is not on PATH")
+        self.bin = os.path.dirname(initdb)
+        self.root = tempfile.mkdtemp(prefix="stillhouse-pg-")
+        os.chmod(self.root, 0o777)
+        self.data = os.path.join(self.root, "data")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self._as_postgres = os.geteuid() == 0
+        self._run(["initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
+        with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
+            f.write(f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{self.root}'\n"
+                    "fsync = off\nmax_connections = 200\n")
+
+    def _run(self, argv: list[str], timeout: float = 120) -> None:
+        import os
+
+        cmd = [os.path.join(self.bin, argv[0]), *argv[1:]]
+        if self._as_postgres:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=timeout)
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        self._run(["pg_ctl", "-D", self.data, "-l", f"{self.root}/server.log", "-w", "-t", "60", "start"])
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (``fast``: sessions are ended, as a restart does; ``immediate``: as a crash)."""
+        self._run(["pg_ctl", "-D", self.data, "-m", mode, "-w", "-t", "60", "stop"])
+
+    def remove(self) -> None:
+        """Stop the server if it runs and delete its folder."""
+        import shutil
+
+        try:
+            self.stop("immediate")
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(self.root, ignore_errors=True)

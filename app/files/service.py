@@ -157,20 +157,18 @@ def delete_file(session: Session, store: ArtifactStore, file_id: str, tenant_id:
 
 
 def list_layers(session: Session, store: ArtifactStore, file_id: str, tenant_id: str, input_shape: list[int] | None) -> list[dict]:
-    """The named modules of an uploaded PyTorch model (safetensors with stillhouse metadata, TorchScript) with their
-    per-sample output shapes, for choosing feature-distillation layers (e.g. ``features.3``). Runs one forward
-    pass of zeros ``[1, *input_shape]`` on the CPU; ``input_shape`` defaults to the one known from the file.
+    """The layers of an uploaded model that feature methods may read, with their per-sample output shapes, for choosing
+    feature-distillation layers (e.g. ``features.3``): module paths of safetensors (with stillhouse metadata) and
+    torch.export models, a TorchScript model's chain, an ONNX graph's module paths and values
+    (``Teacher.list_layers``). Runs one forward pass of zeros ``[1, *input_shape]`` on the CPU; ``input_shape``
+    defaults to the one known from the file.
 
-    Raises NotFound (404); Unprocessable (422): a dataset, an ONNX or Hugging Face model (``features_unavailable``),
+    Raises NotFound (404); Unprocessable (422): a dataset, a Hugging Face model (``features_unavailable``),
     a weights-only file without architecture metadata, an unknown input shape, or one the model cannot take.
     """
     row = get_file(session, file_id, tenant_id)
     if row.purpose == "dataset":
         raise Unprocessable(f"file {file_id} is a dataset; layers exist for models", param="file_id")
-    if row.format == "onnx":
-        raise Unprocessable("an ONNX model gives no intermediate features here; feature methods (fitnet, attention_transfer, rkd, "
-                            "prototype) need a PyTorch teacher given by weights (safetensors/state dict + architecture)",
-                            param="file_id", code="features_unavailable")
     if row.format == "hf":
         raise Unprocessable(f"Hugging Face models are matched by transformer layer index (0..{(row.details or {}).get('num_hidden_layers', '?')} - 1) "
                             "in embedding.hidden_layers / attention_layers", param="file_id", code="features_unavailable")

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from stillhouse.db import get_engine
-from app.errors import ErrorResponse, ServiceUnavailable
+from app.errors import DB_RETRY_AFTER_S, ErrorResponse, ServiceUnavailable
 from stillhouse.jobs.queue import broker_ok
 from stillhouse.storage import get_store
 
@@ -42,10 +42,11 @@ def _db_ok() -> str | None:
 @router.get("/readyz", response_model=Health, responses={503: {"model": ErrorResponse, "description": "A dependency is down"}})
 async def readyz() -> Health:
     """Readiness: the database answers ``SELECT 1``, the broker accepts a connection and the artifact store is usable
-    (the data directory is writable, or the S3 bucket answers a HEAD). 503 ``unavailable`` otherwise, naming which."""
+    (the data directory is writable, or the S3 bucket answers a HEAD). 503 ``unavailable`` otherwise, naming which,
+    with ``Retry-After``."""
     db, broker = await run_in_threadpool(_db_ok), await run_in_threadpool(broker_ok)
     store = await run_in_threadpool(lambda: get_store().check())
     failed = [(k, v) for k, v in (("database", db), ("broker", broker), ("artifact store", store)) if v]
     if failed:
-        raise ServiceUnavailable("; ".join(f"{k}: {v}" for k, v in failed))
+        raise ServiceUnavailable("; ".join(f"{k}: {v}" for k, v in failed), headers={"Retry-After": str(DB_RETRY_AFTER_S)})
     return Health(checks={"database": "ok", "broker": "ok", "artifact_store": "ok"})

@@ -48,7 +48,9 @@ def _artifact(job_id: str, a: Any) -> ArtifactObject:
              responses={200: {"model": JobValidation, "description": "dry_run=true: the spec is valid; nothing was created"},
                         409: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body"},
                         429: {"model": ErrorResponse, "description": "The tenant's live-job limit is reached (see Retry-After)"},
-                        503: {"model": ErrorResponse, "description": "Broker unreachable"}, **ERROR_RESPONSES})
+                        **ERROR_RESPONSES,
+                        503: {"model": ErrorResponse, "description": "broker_unavailable (the broker is unreachable) or "
+                                                                     "database_unavailable (with Retry-After)"}})
 def create_job(body: JobCreate, session: SessionDep, tenant: CurrentTenant, response: Response,
                idempotency_key: Annotated[str | None, Header(
                    alias="Idempotency-Key", min_length=1, max_length=255,

@@ -30,7 +30,7 @@ from stillhouse.settings import get_settings
 from stillhouse.storage import ArtifactStore, StoreError
 from distill.errors import DistillError
 from distill.report import AnyReport, parse_report
-from distill.spec import LM_METHODS, JobSpec
+from distill.spec import FEATURE_METHODS, LM_METHODS, JobSpec
 
 log = logging.getLogger("stillhouse.jobs")
 
@@ -49,6 +49,7 @@ def _check_file(session: Session, file_id: str, role: str, purpose: str, tenant_
 
 
 BUILTIN_SHAPES = {"digits": [1, 8, 8], "mnist5k": [1, 28, 28]}
+BUILTIN_CLASSES = {"digits": 10, "mnist5k": 10}
 
 
 def _known_shapes(files: dict[str, File], spec: JobSpec) -> tuple[list[int] | None, int | None]:
@@ -97,6 +98,72 @@ def _check_architecture(prefix: str, name: str, kwargs: dict, files: dict[str, F
                             f"{parameters * 16 / 1024**3:,.1f} GiB to train with AdamW in fp32), over this service's limit of "
                             f"{limit:,} (STILLHOUSE_MAX_STUDENT_PARAMETERS); make it smaller", param=prefix,
                             code="student_too_large")
+
+
+def _architecture_layers(name: str, kwargs: dict, files: dict[str, File], spec: JobSpec) -> list[str] | None:
+    """Layer names of registry architecture ``name`` built (on the meta device) with ``kwargs`` and the shapes known now;
+    None when it cannot be built yet (the worker checks then)."""
+    shape, k = _known_shapes(files, spec)
+    full = {"num_classes": k or 2, **kwargs}
+    if shape is not None:
+        full.setdefault("input_shape", list(shape))
+    try:
+        return model_checks.architecture_layer_names(name, full) if "input_shape" in full else None
+    except Exception as e:  # noqa: BLE001 - shapes guessed here may be wrong; the worker checks with the real data
+        log.debug("layers of %s not checked at creation (%s: %s); the worker will", name, type(e).__name__, e)
+        return None
+
+
+def _check_layers(spec: JobSpec, files: dict[str, File]) -> None:
+    """Every feature method's ``student_layer``/``teacher_layer`` (rkd/prototype default: 'penultimate') must name a
+    layer of its model: the student's registry architecture, the teacher file's listed layers (``details['layers']``,
+    recorded at upload) or its architecture. Raises Unprocessable (422 ``invalid_spec``) naming the model, the layer and
+    the nearest names; a model whose layers are not known yet (a dry run, an older upload) is left to the worker."""
+    parts = [(param, part) for param, part in spec.method.components() if part.name in FEATURE_METHODS]
+    if not parts:
+        return
+    teacher = files.get("teacher")
+    t_names, t_model = None, "the teacher"
+    if teacher is not None:
+        details = teacher.details or {}
+        t_model = f"the teacher (file {teacher.id}, {teacher.format})"
+        t_names = details.get("layers")
+        arch = spec.teacher.architecture.model_dump() if spec.teacher.architecture else details.get("architecture")
+        if teacher.format in _WEIGHTS_ONLY and arch and (spec.teacher.architecture or t_names is None):
+            t_names = _architecture_layers(arch["name"], dict(arch.get("kwargs") or {}), files, spec)
+    s_arch = spec.student.architecture
+    s_names = _architecture_layers(s_arch.name, dict(s_arch.kwargs), files, spec) if s_arch else None
+    s_model = f"the student ({s_arch.name})" if s_arch else "the student"
+    for param, part in parts:
+        default = "penultimate" if part.name in ("rkd", "prototype") else None
+        for field, names, model in (("student_layer", s_names, s_model), ("teacher_layer", t_names, t_model)):
+            layer = getattr(part, field) or default
+            if layer is None or names is None:
+                continue
+            try:
+                model_checks.check_layer(layer, names, model, f"{param}.{field}")
+            except DistillError as e:
+                raise Unprocessable(e.message, param=e.param) from e
+
+
+def _check_class_counts(spec: JobSpec, files: dict[str, File]) -> None:
+    """A teacher with more outputs than the training data has classes needs ``student.architecture.kwargs.num_classes``
+    (the teacher's count or the data's) when both are known now; the worker checks again on the first batch. Raises
+    Unprocessable (422) with both numbers and the field to set."""
+    teacher, arch = files.get("teacher"), spec.student.architecture
+    if teacher is None or arch is None or "num_classes" in arch.kwargs:
+        return
+    _, k = _known_shapes(files, spec)
+    train_file = files.get("data.train")
+    if spec.data.train.builtin:
+        data_k = BUILTIN_CLASSES.get(spec.data.train.builtin)
+    else:
+        data_k = (train_file.details or {}).get("num_classes") if train_file is not None else None
+    if isinstance(k, int) and isinstance(data_k, int) and k > data_k:
+        raise Unprocessable(f"the teacher (file {teacher.id}) outputs {k} classes but the data has {data_k}; set "
+                            f"student.architecture.kwargs.num_classes to {k} (learn all the teacher's outputs) or {data_k} (learn "
+                            f"the data's classes from the teacher's first {data_k} outputs)",
+                            param="student.architecture.kwargs.num_classes")
 
 
 TEXT_TASKS = ("sequence_classification", "sentence_embedding")
@@ -237,7 +304,8 @@ def validate_references(session: Session, spec: JobSpec, tenant_id: str, *, pend
     Files must exist, belong to ``tenant_id`` (another tenant's file gets the same ``file_not_found`` as an
     unknown one) and have the right purpose; a forced teacher format must match the detected one;
     weights-only teachers need an architecture (in the spec or in the file's metadata);
-    architectures must be registered with valid kwargs; a CSV label column must exist; a transfer set must be
+    architectures must be registered with valid kwargs; feature methods' layers must exist in their models; a teacher
+    with more classes than the data needs the student's num_classes; a CSV label column must exist; a transfer set must be
     unlabelled; a registry tracking URI must be one the operator allows. Raises Unprocessable (422).
 
     ``pending`` (a dry run before uploading): roles among ``FILE_ROLES`` whose files are not uploaded yet; their
@@ -273,6 +341,9 @@ def validate_references(session: Session, spec: JobSpec, tenant_id: str, *, pend
         if arch.name not in model_checks.architecture_names():
             raise Unprocessable(f"{param}: unknown architecture {arch.name!r}; available: {', '.join(model_checks.architecture_names())}", param=param)
         _check_architecture(param.rsplit(".", 1)[0], arch.name, arch.kwargs, files, spec)
+    _check_layers(spec, files)
+    if teacher is not None and job_task(spec, teacher) == "classification":
+        _check_class_counts(spec, files)
     for role, ref in (("data.train", spec.data.train), ("data.validation", spec.data.validation), ("data.transfer", spec.data.transfer)):
         f = files.get(role)
         if f is None or ref is None or ref.label_column == "label":

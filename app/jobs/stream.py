@@ -8,7 +8,9 @@ are rows in SQL, whichever process or machine wrote them; no broker or extra ser
 - ``event: job`` with the job object (as ``GET /v1/jobs/{id}`` returns it) whenever the job row changed: status,
   phase, progress; no id, so a reconnect resumes after the last *event* seen;
 - ``event: end`` with ``{"job_id", "status"}`` once the job is finished (or deleted), after its last events; then
-  the stream closes.
+  the stream closes;
+- ``event: error`` with the error shape (``database_unavailable``) when the database cannot be reached mid-stream;
+  then the stream closes cleanly, and a reconnect with ``Last-Event-ID`` resumes.
 
 Idle streams carry a ``: ping`` comment every 15 s (FastAPI), so proxies keep them open.
 """
@@ -26,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from app.jobs.schemas import EventObject
 from app.jobs.service import STATUS_READ, job_view
 from stillhouse import metrics
-from stillhouse.db import get_engine
+from stillhouse.db import database_unavailable, get_engine
 from stillhouse.jobs.states import TERMINAL
 from stillhouse.models import JobEvent
 
@@ -66,7 +68,16 @@ async def _job_events(job_id: str, tenant_id: str, after: int | None, poll_s: fl
     seen_update = None
     first = True
     while True:
-        row, events = await run_in_threadpool(_poll, job_id, tenant_id, after)
+        try:
+            row, events = await run_in_threadpool(_poll, job_id, tenant_id, after)
+        except Exception as e:
+            if not database_unavailable(e):
+                raise
+            # the response has started, so no 503 now: say why in the stream and end it cleanly; the client reconnects
+            # with Last-Event-ID after ``retry`` ms (and gets 503 database_unavailable until the database is back)
+            yield ServerSentEvent(event="error", retry=RETRY_MS, data={"error": {
+                "code": "database_unavailable", "message": "the database cannot be reached; reconnect to resume", "param": None}})
+            return
         if row is None:  # deleted while streaming
             yield ServerSentEvent(event="end", data={"job_id": job_id, "status": None}, retry=RETRY_MS if first else None)
             return

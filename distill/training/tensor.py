@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from ..data import DataBundle
-from ..errors import DistillError
 from ..features import FeatureRecorder
 from ..methods import CombinedMethod, Method
 from ..teachers import Teacher
@@ -55,33 +54,19 @@ class TeacherCache:
 
 def teacher_outputs(teacher: Teacher, x: torch.Tensor, layers: list[str], batch: int | None = None,
                     param: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The teacher's logits ``[N, K]`` and features ``{layer: [N, ...]}`` (forward hooks on ``teacher.module``, see
-    ``features.FeatureRecorder``) for ``x [N, ...]``, in batches of ``batch`` rows (default
+    """The teacher's logits ``[N, K]`` and features ``{layer: [N, ...]}`` (``Teacher.features``: hooks, a TorchScript
+    chain or ONNX values made outputs) for ``x [N, ...]``, in batches of ``batch`` rows (default
     ``inference_batch(x.device)``), as ordinary (non-inference) tensors on ``x``'s device. On the CPU a row's outputs
     do not depend on the batch it is computed in, so these equal the per-step ones bit for bit. Raises
-    ``DistillError('invalid_spec')`` for a layer the teacher lacks or a teacher without modules (layers requested of an
-    ONNX teacher)."""
+    ``DistillError('invalid_spec')`` for a layer the teacher cannot give (naming the layers it can)."""
     batch = batch or inference_batch(x.device)
-    rec = None
-    if layers:
-        module = getattr(teacher, "module", None)
-        if not isinstance(module, nn.Module):
-            raise DistillError("invalid_spec", f"a {teacher.format} teacher cannot give intermediate features", param)
-        rec = FeatureRecorder(module, layers, param)
     logits: list[torch.Tensor] = []
     feats: dict[str, list[torch.Tensor]] = {k: [] for k in layers}
-    try:
-        for i in range(0, x.shape[0], batch):
-            if rec is not None:
-                rec.active = True
-            logits.append(teacher(x[i : i + batch]).clone())
-            if rec is not None:
-                rec.active = False
-                for k, v in rec.pop().items():
-                    feats[k].append(v.float().clone())
-    finally:
-        if rec is not None:
-            rec.close()
+    for i in range(0, x.shape[0], batch):
+        out, got = teacher.features(x[i : i + batch], layers, param)
+        logits.append(out.clone())
+        for k, v in got.items():
+            feats[k].append(v.float().clone())
     return torch.cat(logits), {k: torch.cat(v) for k, v in feats.items()}
 
 
@@ -96,10 +81,10 @@ class TensorClassification(TaskAdapter):
     Epoch order: ``torch.randperm`` with a generator seeded by the epoch seed, cut into batches of
     ``min(batch_size, N)`` (a final single-row batch is dropped, ``optim.steps_per_epoch``). ``method``'s
     ``student_layers`` are captured with forward hooks on ``student``; its ``teacher_layers`` come from ``cache`` when
-    given (the teacher is then never run per step; the cache's rows are ``data.train_x``'s) or from hooks on the
-    teacher per step; a method with ``needs_teacher`` False (the baseline's ``LabelsOnly``) never runs it. A method
+    given (the teacher is then never run per step; the cache's rows are ``data.train_x``'s) or from
+    ``Teacher.features`` per step; a method with ``needs_teacher`` False (the baseline's ``LabelsOnly``) never runs it. A method
     with learned parts (adapters) is trained with the student and checkpointed as module 'method'.
-    Raises ``DistillError('invalid_spec')`` when teacher features are asked of a teacher without modules.
+    Raises ``DistillError('invalid_spec')`` when teacher features are asked of layers the teacher cannot give.
     """
 
     def __init__(self, student: nn.Module, teacher: Teacher, method: Method | CombinedMethod, data: DataBundle,
@@ -113,12 +98,10 @@ class TensorClassification(TaskAdapter):
         self.teacher_val_pred = batched_logits(teacher, self.vx).argmax(dim=1)
         self.uses_teacher = bool(getattr(method, "needs_teacher", True))
         s_layers = list(method.student_layers)
-        t_layers = [] if cache is not None else list(method.teacher_layers)
-        t_module = getattr(teacher, "module", None)
-        if t_layers and not isinstance(t_module, nn.Module):
-            raise DistillError("invalid_spec", f"a {teacher.format} teacher cannot give intermediate features", "method")
+        self.t_layers = [] if cache is not None else list(method.teacher_layers)
+        if self.t_layers:
+            teacher.check_layers(self.t_layers, "method.teacher_layer")
         self.s_rec = FeatureRecorder(student, s_layers, "method") if s_layers else None
-        self.t_rec = FeatureRecorder(t_module, t_layers, "method") if t_layers else None
 
     def modules(self) -> dict[str, nn.Module]:
         """``{'student': student, 'method': method}`` (the method's adapters train with the student)."""
@@ -147,12 +130,10 @@ class TensorClassification(TaskAdapter):
             return self.cache.logits[index], feats
         if not self.uses_teacher:
             return None, _NO_FEATURES
-        if self.t_rec is None:
+        if not self.t_layers:
             return self.teacher(xb).clone(), _NO_FEATURES
-        self.t_rec.active = True
-        logits = self.teacher(xb).clone()
-        self.t_rec.active = False
-        return logits, {k: v.float().clone() for k, v in self.t_rec.pop().items()}
+        logits, feats = self.teacher.features(xb, self.t_layers, "method.teacher_layer")
+        return logits.clone(), {k: v.float().clone() for k, v in feats.items()}
 
     def student_forward(self, batch: Any) -> dict[str, Any]:
         """``{'logits': [B, K], 'features': {layer: [B, ...]}}``."""
@@ -191,6 +172,5 @@ class TensorClassification(TaskAdapter):
 
     def close(self) -> None:
         """Remove the feature hooks."""
-        for rec in (self.s_rec, self.t_rec):
-            if rec is not None:
-                rec.close()
+        if self.s_rec is not None:
+            self.s_rec.close()

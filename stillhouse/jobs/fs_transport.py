@@ -9,7 +9,9 @@ consumer sees either no message or all of it. Everything else is kombu's.
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import uuid
 from time import monotonic
 
@@ -17,6 +19,8 @@ from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
 from kombu.utils.encoding import str_to_bytes
 from kombu.utils.json import dumps
+
+log = logging.getLogger("stillhouse.broker")
 
 
 class Channel(filesystem.Channel):
@@ -41,6 +45,33 @@ class Channel(filesystem.Channel):
 
 
 class Transport(filesystem.Transport):
-    """The filesystem transport with ``Channel`` above (``broker_transport = "stillhouse.jobs.fs_transport:Transport"``)."""
+    """The filesystem transport with ``Channel`` above (``broker_transport = "stillhouse.jobs.fs_transport:Transport"``),
+    usable by Celery's event loop.
+
+    kombu's filesystem transport says it is not asynchronous, so a Celery worker on it runs without an event loop, and
+    its prefork pool is then billiard's plain ``Pool``: every pool child reads its tasks from one shared pipe, and an
+    idle child waits for the next task *blocked inside that pipe's read lock*. A child killed while idle (OOM killer,
+    ``kill -9``) dies holding the lock, its replacement waits for the lock for ever, and the worker logs ``Task ...
+    received`` for every later job and runs none of them (issue 15). Here the transport takes part in Celery's event
+    loop instead (``implements.asynchronous``; ``register_with_event_loop`` polls the folder every
+    ``polling_interval`` seconds from a hub timer), so the worker uses Celery's ``AsynPool`` as it does on Redis: one
+    pipe per child, no shared lock, and a child that dies, idle or busy, is simply replaced.
+    """
 
     Channel = Channel
+    implements = filesystem.Transport.implements.extend(asynchronous=True)
+
+    def register_with_event_loop(self, connection, loop) -> None:
+        """Poll the folders every ``polling_interval`` seconds (s) from ``loop`` (a kombu ``Hub``): each tick delivers
+        every message the consumers' prefetch allows."""
+        loop.call_repeatedly(self.polling_interval or 0.2, self._drain_ready, connection)
+
+    def _drain_ready(self, connection) -> None:
+        for _ in range(1000):  # bounded: a tick never starves the loop
+            try:
+                self.drain_events(connection, timeout=0)
+            except socket.timeout:
+                return
+            except Exception:  # noqa: BLE001 - a bad tick must not stop the hub; the next one retries
+                log.exception("embedded broker: polling the queue folder failed")
+                return

@@ -50,6 +50,7 @@ class SqlReporter:
         self._last_check = 0.0
         self._cancelled = False
         self._lost = False
+        self.lease_taken = False  # True once a write or a check found another owner (not merely a late renewal)
         self.stop_reason: str | None = None
         self.phase_clock = PhaseClock()  # stillhouse_job_phase_duration_seconds; the runner closes it at the job's end
 
@@ -59,7 +60,7 @@ class SqlReporter:
         if self.owner is not None:
             q = q.where(Job.lease_owner == self.owner)
         if session.execute(q.execution_options(synchronize_session=False)).rowcount != 1 and self.owner is not None:
-            self._lost = True
+            self._lost = self.lease_taken = True
             raise LeaseLost(f"job {self.job_id}: lease of {self.owner} lost")
 
     def _write(self, session: Session, **values: Any) -> None:
@@ -132,7 +133,7 @@ class SqlReporter:
             with self.sessions() as s:
                 row = s.execute(select(Job.status, Job.lease_owner).where(Job.id == self.job_id)).first()
             if row is None or (self.owner is not None and row.lease_owner != self.owner):
-                self._lost = True
+                self._lost = self.lease_taken = True
                 self.stop_reason = LEASE_LOST
                 return True
             self._cancelled = row.status in (CANCELLING, CANCELLED)

@@ -21,7 +21,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 
 from stillhouse import metrics
-from stillhouse.db import session_factory
+from stillhouse.db import database_unavailable, session_factory
 from stillhouse.jobs import leases, states
 from stillhouse.jobs.queue import enqueue_job, mark_sent
 from stillhouse.models import Artifact, File, Job, JobEvent, JobFile, Metric, utcnow
@@ -67,6 +67,7 @@ class Lease:
         self._before = runtime_before_s
         self._t0 = self._last_ok = time.monotonic()
         self._lost = threading.Event()
+        self.taken_over = False  # True once a renewal matched no row: someone else holds the job, or it ended
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
 
@@ -90,6 +91,7 @@ class Lease:
                             .values(lease_expires_at=leases.expiry(utcnow(), self.ttl_s), runtime_s=self.runtime_s())
                             .execution_options(synchronize_session=False))
         if res.rowcount != 1:
+            self.taken_over = True
             self._lost.set()
             return False
         self._last_ok = time.monotonic()
@@ -154,21 +156,43 @@ def _claim(sessions, job_id: str, owner: str, settings: Settings) -> Claimed | N
                 _drop_workdir(get_store(settings), job_id)
             return None
         attempt = job.attempt + 1
-        if job.status == states.RUNNING:
-            how = f"resumed after its worker ({job.lease_owner}) died"
-        elif job.handbacks:
-            how = "resumed after a hand-back"
-        else:
-            how = "started"
+        how, reason = _resume_reason(s, job, seen_dead)
         ok = states.transition(
             s, job_id, states.RUNNING, where=same, attempt=attempt, worker=socket.gethostname(), lease_owner=owner,
             lease_expires_at=leases.expiry(now, settings.lease_ttl_s), started_at=job.started_at or now,
-            event=f"{how} on {owner} (attempt {attempt})", data={"attempt": attempt, "worker": owner},
+            event=f"{how} on {owner} (attempt {attempt})",
+            data={"attempt": attempt, "worker": owner, **({"resumed": reason} if reason else {})},
         )
     if not ok:
         log.info("job %s was claimed or changed by someone else meanwhile; this delivery exits", job_id)
         return None
     return Claimed(attempt=attempt, runtime_s=float(job.runtime_s or 0.0), spec=job.spec)
+
+
+RESUME_REASONS = ("worker_process_gone", "lease_expired", "database_error", "handback")
+"""What a resumed job's ``running`` status event says in ``data.resumed``: its worker's process was found gone on this
+host; its lease expired (the worker froze, or could not reach the database, or its machine is gone); its worker
+handed it back after losing the database; its worker handed it back on shutdown."""
+
+
+def _resume_reason(session, job: Job, seen_dead: str | None) -> tuple[str, str | None]:
+    """(the start's wording, its ``RESUME_REASONS`` entry or None for a first start) for ``job`` as read before its claim."""
+    if job.status == states.RUNNING:
+        if seen_dead:
+            return f"resumed after its worker process ({job.lease_owner}) was found gone", "worker_process_gone"
+        expired = job.lease_expires_at.isoformat() if job.lease_expires_at else "?"
+        return (f"resumed after the lease of {job.lease_owner} expired at {expired} (its worker froze, lost the database or "
+                "its machine)", "lease_expired")
+    if not job.handbacks:
+        return "started", None
+    last = session.scalar(select(JobEvent.data).where(JobEvent.job_id == job.id, JobEvent.type == "status")
+                          .order_by(JobEvent.id.desc()).limit(1)) or {}
+    if last.get("reason") == "database_error":
+        return f"resumed after {last.get('worker', 'its worker')} handed it back on a database error", "database_error"
+    if last.get("reason") == "lease_expired":
+        return (f"resumed after {last.get('worker', 'its worker')} handed it back, its lease not renewed in time (frozen, or "
+                "the database unreachable)", "lease_expired")
+    return "resumed after a hand-back", "handback"
 
 
 def _inputs(sessions, store: ArtifactStore, job_id: str, workdir: Path) -> JobInputs:
@@ -269,9 +293,16 @@ def execute(job_id: str, settings: Settings | None = None) -> str | None:
             log.warning("job %s failed: %s", job_id, e)
             return _fail(sessions, store, job_id, owner, lease, "storage_unavailable", str(e), reporter)
         except Exception as e:  # noqa: BLE001 - the job must end failed, never stuck running
+            if database_unavailable(e):  # transient: never a reason to fail the job
+                return _hand_back_after_db_error(sessions, settings, job_id, owner, lease, mirror, e)
             log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
             return _fail(sessions, store, job_id, owner, lease, "internal_error", f"{type(e).__name__}: {e}", reporter)
     except LeaseLost:
+        if not lease.taken_over and not reporter.lease_taken:  # not renewed in time: frozen, or the database unreachable
+            try:
+                return _hand_back_after_db_error(sessions, settings, job_id, owner, lease, mirror, None)
+            except LeaseLost:
+                pass
         log.warning("job %s: this process (%s) lost its lease; stopped without writing anything more", job_id, owner)
         return None
     finally:
@@ -380,10 +411,59 @@ def _hand_back(sessions, settings: Settings, job_id: str, owner: str, reporter: 
         ok = states.transition(s, job_id, states.QUEUED, only_from={states.RUNNING}, holder=owner, lease_owner=None,
                                lease_expires_at=None, enqueued_at=None, handbacks=Job.handbacks + 1, phase=None,
                                progress_eta_s=None, runtime_s=lease.runtime_s(), event=f"handed back by {owner} on shutdown",
-                               data={"worker": owner})
+                               data={"worker": owner, "reason": "shutdown"})
     if not ok:
         return _cancelled(sessions, get_store(settings), job_id, owner, lease, "cancelled; stopped between steps, nothing published")
     log.info("job %s handed back on shutdown", job_id)
+    _resend(sessions, settings, job_id)
+    return states.QUEUED
+
+
+DB_WAIT_S = 2.0  # seconds between tries to reach the database again after losing it mid-job
+
+
+def _hand_back_after_db_error(sessions, settings: Settings, job_id: str, owner: str, lease: Lease, mirror: CheckpointMirror,
+                              error: BaseException | None) -> str | None:
+    """The database went away mid-job (``error``; None: the lease could not be renewed in time: the same outage seen by
+    the heartbeat, or this process was frozen). Training has stopped; the job keeps its checkpoints. Wait for the
+    database, trying every ``DB_WAIT_S`` seconds, then, if this process still holds the lease, hand the job back
+    (``queued``, ``handbacks + 1``: not counted as an attempt; event data ``reason``: ``database_error``, or
+    ``lease_expired`` without ``error``) and send its message again,
+    so a worker resumes it from its last checkpoint. Never fails it. Returns ``queued``, or None when the job was
+    taken over, cancelled or finished meanwhile (nothing is written then) or this worker shuts down while waiting
+    (the lease then expires and the sweep re-sends the job). With object storage, checkpoints written after the
+    mirror's last upload stay on this machine (only a lease holder uploads); the next worker resumes from the store's."""
+    cause = str(error.orig if getattr(error, "orig", None) is not None else error).splitlines()[0] if error else "lease not renewed in time"
+    reason = "database_error" if error is not None else "lease_expired"
+    log.warning("job %s: database unreachable mid-job (%s); keeping the job and handing it back once the database answers",
+                job_id, cause)
+    lease.stop()
+    mirror.stop()  # no final upload: the lease may be someone else's by now (the mirror uploaded while it was held)
+    while True:
+        try:
+            with sessions.begin() as s:
+                ok = states.transition(s, job_id, states.QUEUED, only_from={states.RUNNING}, holder=owner, lease_owner=None,
+                                       lease_expires_at=None, enqueued_at=None, handbacks=Job.handbacks + 1, phase=None,
+                                       progress_eta_s=None, runtime_s=lease.runtime_s(),
+                                       event=f"handed back by {owner} after a database error ({cause[:200]})"
+                                       if error is not None else f"handed back by {owner}: its lease was not renewed in time",
+                                       data={"worker": owner, "reason": reason, "error": cause[:500]})
+                status = None if ok else s.scalar(select(Job.status).where(Job.id == job_id, Job.lease_owner == owner))
+            break
+        except Exception as e:  # noqa: BLE001 - only an outage is waited out
+            if not database_unavailable(e):
+                raise
+            if handback.requested():
+                log.warning("job %s: worker shutting down while the database is unreachable; the sweep re-sends the job "
+                            "once its lease expired", job_id)
+                return None
+            time.sleep(DB_WAIT_S)
+    if not ok:
+        if status == states.CANCELLING:
+            return _cancelled(sessions, get_store(settings), job_id, owner, lease, "cancelled; stopped between steps, nothing published")
+        log.warning("job %s: this process (%s) lost its lease; stopped without writing anything more", job_id, owner)
+        return None
+    log.info("job %s handed back after a database error", job_id)
     _resend(sessions, settings, job_id)
     return states.QUEUED
 

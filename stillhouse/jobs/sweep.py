@@ -5,6 +5,13 @@ main process run one each, every ``STILLHOUSE_SWEEP_INTERVAL_S``) can race safel
 
 - **unsent** queued jobs (``enqueued_at IS NULL`` for longer than ``STILLHOUSE_UNSENT_GRACE_S``: the API committed
   the row and died before sending the message, or a hand-back could not reach the broker): send them;
+- **unclaimed** queued jobs (sent ``STILLHOUSE_UNCLAIMED_RESEND_S`` or more ago and still not claimed, while a live
+  worker consuming their queue has a free slot: the message was taken off the broker and lost, e.g. a worker group
+  killed between ``received`` and the claim, or an embedded-broker message file read by a worker that died; on
+  Redis it would come back only after the visibility timeout): send them again, oldest first, as many as there are
+  free slots, at most once per ``STILLHOUSE_UNCLAIMED_RESEND_S`` each (``enqueued_at`` moves on with each send). A
+  message that was not lost after all is then delivered twice, which is harmless: the first delivery claims the
+  job, the second finds it leased or finished and exits without writing;
 - **dead leases** (a running/cancelling job whose lease expired: its worker died whole, so no broker redelivers):
   - ``cancelling`` → ``cancelled`` (nothing was published);
   - used up its ``training.max_runtime_s`` (``runtime_s``) → ``failed`` / ``max_runtime_exceeded``;
@@ -29,13 +36,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from stillhouse.db import session_factory
 from stillhouse.jobs import leases, states
 from stillhouse.jobs.queue import enqueue_job
+from stillhouse.jobs.workers import live_workers
 from stillhouse.models import Job, JobEvent, utcnow
 from stillhouse.settings import Settings, get_settings
 from stillhouse.storage import StoreError, get_store
@@ -48,11 +56,12 @@ BATCH = 500  # most jobs looked at per category and pass
 @dataclass
 class SweepResult:
     """Job ids acted on by one pass: ``sent`` (queued, never sent), ``resent`` (lease expired, sent again),
-    ``worker_lost`` and ``max_runtime`` (failed with that code), ``cancelled`` (cancelling, worker gone),
-    ``send_errors`` (the broker refused; retried next pass)."""
+    ``unclaimed`` (queued, sent but not claimed in time, sent again), ``worker_lost`` and ``max_runtime`` (failed with
+    that code), ``cancelled`` (cancelling, worker gone), ``send_errors`` (the broker refused; retried next pass)."""
 
     sent: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
+    unclaimed: list[str] = field(default_factory=list)
     worker_lost: list[str] = field(default_factory=list)
     max_runtime: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
@@ -100,6 +109,49 @@ def _send_unsent(sessions: sessionmaker[Session], now: datetime, settings: Setti
             s.add(JobEvent(job_id=job_id, type="requeued", message="its message had never reached the broker; sent by the sweep",
                            data={"reason": "unsent"}))
         _send_marked(sessions, job_id, now, None, send, result, result.sent)
+
+
+def _free_slots(session: Session, settings: Settings) -> dict[str, int]:
+    """``{queue: free job slots}``: the concurrency of the live workers consuming each queue (``workers`` table) minus
+    the jobs running or cancelling on it."""
+    slots: dict[str, int] = {}
+    for w in live_workers(settings):
+        for q in w.queues or []:
+            slots[q] = slots.get(q, 0) + (w.concurrency or 1)
+    if slots:
+        busy = session.execute(select(Job.queue, func.count()).where(Job.status.in_([states.RUNNING, states.CANCELLING]))
+                               .group_by(Job.queue))
+        for q, n in busy:
+            q = q or settings.queue
+            if q in slots:
+                slots[q] -= n
+    return slots
+
+
+def _resend_unclaimed(sessions: sessionmaker[Session], now: datetime, settings: Settings, send: Callable[[str], None],
+                      result: SweepResult) -> None:
+    cutoff = now - timedelta(seconds=settings.unclaimed_resend_s)
+    with sessions() as s:
+        jobs = list(s.execute(select(Job.id, Job.queue, Job.enqueued_at).where(Job.status == states.QUEUED, Job.enqueued_at <= cutoff)
+                              .order_by(Job.enqueued_at).limit(BATCH)))
+        free = _free_slots(s, settings) if jobs else {}
+    for job in jobs:
+        queue = job.queue or settings.queue
+        if free.get(queue, 0) <= 0:
+            continue  # every worker of that queue is busy (or none is up): the job is waiting its turn, not lost
+        with sessions.begin() as s:
+            res = s.execute(update(Job).where(Job.id == job.id, Job.status == states.QUEUED, Job.enqueued_at == job.enqueued_at)
+                            .values(enqueued_at=now).execution_options(synchronize_session=False))
+            if res.rowcount != 1:
+                continue  # claimed, cancelled or sent again by someone else meanwhile
+            waited = (now - job.enqueued_at).total_seconds()
+            s.add(JobEvent(job_id=job.id, type="requeued",
+                           message=f"sent {waited:.0f} s ago and claimed by no worker while one was free "
+                                   f"(STILLHOUSE_UNCLAIMED_RESEND_S={settings.unclaimed_resend_s:g}); its message was "
+                                   "presumably lost: sent again",
+                           data={"reason": "unclaimed", "waited_s": round(waited, 1)}))
+        free[queue] -= 1
+        _send_marked(sessions, job.id, now, job.enqueued_at, send, result, result.unclaimed)
 
 
 def _max_runtime_s(job: Job) -> float | None:
@@ -172,6 +224,7 @@ def sweep(session_factory: sessionmaker[Session], now: datetime, settings: Setti
     result = SweepResult()
     _repair_dead_leases(session_factory, now, settings, send, result)
     _send_unsent(session_factory, now, settings, send, result)
+    _resend_unclaimed(session_factory, now, settings, send, result)
     if result:
         log.info("sweep: %s", {k: v for k, v in asdict(result).items() if v})
     return result

@@ -104,7 +104,9 @@ async def test_an_expired_lease_is_taken_over_with_the_next_attempt(api, job_id)
     claimed = _claim(session_factory(), job_id, OTHER_HOST_B, s)
     assert claimed is not None and claimed.attempt == 2
     assert row(job_id)["lease_owner"] == OTHER_HOST_B
-    assert f"resumed after its worker ({OTHER_HOST_A}) died" in events(job_id)[-1].message
+    last = events(job_id)[-1]  # issue 15 case 6: the resume says what happened
+    assert f"resumed after the lease of {OTHER_HOST_A} expired" in last.message and "froze" in last.message
+    assert last.data["resumed"] == "lease_expired"
 
 
 async def test_a_lease_of_a_dead_process_on_this_host_is_taken_at_once(api, job_id):
@@ -117,6 +119,8 @@ async def test_a_lease_of_a_dead_process_on_this_host_is_taken_at_once(api, job_
         set_job(s, job_id, lease_owner=f"{here}:{dead_pid()}:cafe")
         claimed = _claim(session_factory(), job_id, OTHER_HOST_B, s)
         assert claimed is not None and claimed.attempt == 2  # dead: no need to wait for the expiry
+        last = events(job_id)[-1]
+        assert last.data["resumed"] == "worker_process_gone" and "worker process" in last.message and "gone" in last.message
     finally:
         live.kill()
         live.wait()
@@ -212,6 +216,19 @@ async def test_hand_back_moves_the_job_back_to_queued_and_does_not_count_as_an_a
     assert (r["status"], r["lease_owner"], r["handbacks"], r["attempt"]) == ("queued", None, 1, 1)
     assert _claim(session_factory(), job_id, OTHER_HOST_B, s).attempt == 2
     assert "resumed after a hand-back" in events(job_id)[-1].message
+    assert events(job_id)[-1].data["resumed"] == "handback"
+
+
+async def test_a_job_handed_back_on_a_database_error_resumes_saying_so(api, job_id):
+    s = settings()
+    _claim(session_factory(), job_id, OTHER_HOST_A, s)
+    with session_factory().begin() as ses:
+        assert states.transition(ses, job_id, states.QUEUED, only_from={states.RUNNING}, holder=OTHER_HOST_A, lease_owner=None,
+                                 lease_expires_at=None, handbacks=Job.handbacks + 1, event="handed back after a database error",
+                                 data={"worker": OTHER_HOST_A, "reason": "database_error"})
+    assert _claim(session_factory(), job_id, OTHER_HOST_B, s).attempt == 2
+    last = events(job_id)[-1]
+    assert last.data["resumed"] == "database_error" and "database error" in last.message and OTHER_HOST_A in last.message
 
 
 # ---------------------------------------------------------------------------------------------------- the sweep
@@ -374,3 +391,46 @@ async def test_python_m_app_sweep_once_sends_an_unsent_job(api, teacher_id, back
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1])["sent"] == [jid]
     assert drain_queue(s) == [jid]
+
+
+def add_worker(s, worker_id: str = "w-test", concurrency: int = 1, seen_s_ago: float = 0.0) -> None:
+    """A row in ``workers`` as a live worker's heartbeat writes it, consuming the settings' queue."""
+    from stillhouse.models import Worker
+
+    with session_factory(s).begin() as session:
+        session.add(Worker(id=worker_id, hostname="h", queues=[s.queue], concurrency=concurrency, devices={},
+                           started_at=ago(seen_s_ago), last_seen_at=ago(seen_s_ago)))
+
+
+async def test_sweep_resends_a_sent_but_unclaimed_job_once_per_period_while_a_worker_is_free(api, job_id):
+    """Issue 15 case 2: the job's message was sent and then lost (taken off the queue: ``job_id`` drained it)."""
+    s = settings(unclaimed_resend_s=60)
+    set_job(s, job_id, enqueued_at=ago(30))
+    add_worker(s)
+    assert not sweep(session_factory(s), ago(0), s)  # younger than the bound
+    set_job(s, job_id, enqueued_at=ago(61))
+    result = sweep(session_factory(s), ago(0), s)
+    assert result.unclaimed == [job_id] and not result.sent and not result.resent
+    assert drain_queue(s) == [job_id]  # a real message on the real broker
+    assert not sweep(session_factory(s), ago(0), s) and queue_depth(s) == 0  # once per period
+    assert sweep(session_factory(s), ago(-61), s).unclaimed == [job_id]  # and again a period later
+    assert drain_queue(s) == [job_id]
+    requeued = [e for e in events(job_id) if e.type == "requeued"]
+    assert [e.data["reason"] for e in requeued] == ["unclaimed", "unclaimed"]
+    assert "STILLHOUSE_UNCLAIMED_RESEND_S=60" in requeued[0].message
+    assert _claim(session_factory(), job_id, OTHER_HOST_A, s).attempt == 1  # the duplicate delivery: claims once ...
+    assert _claim(session_factory(), job_id, OTHER_HOST_B, s) is None  # ... and the second exits
+
+
+async def test_sweep_does_not_resend_a_waiting_job_when_no_worker_is_free(api, job_id, teacher_id):
+    s = settings(unclaimed_resend_s=60)
+    set_job(s, job_id, enqueued_at=ago(600))
+    assert not sweep(session_factory(s), ago(0), s)  # no live worker
+    add_worker(s, "w-gone", seen_s_ago=3600)
+    assert not sweep(session_factory(s), ago(0), s)  # only a worker long gone
+    add_worker(s)
+    other = (await api.post("/v1/jobs", json=spec_for(teacher_id))).json()["id"]
+    drain_queue(s)
+    _claim(session_factory(), other, OTHER_HOST_A, s)  # the one slot is busy
+    assert not sweep(session_factory(s), ago(0), s).unclaimed
+    assert queue_depth(s) == 0

@@ -34,7 +34,7 @@ def stored_files(backend) -> list[Path]:
 
 @pytest.mark.parametrize("maker,fmt", [
     (mk.safetensors_file, "safetensors"), (mk.state_dict_file, "state_dict"),
-    (mk.torchscript_file, "torchscript"), (mk.onnx_file, "onnx"),
+    (mk.torchscript_file, "torchscript"), (mk.onnx_file, "onnx"), (mk.torch_export_file, "torch_export"),
 ])
 async def test_model_formats_are_detected_and_described(api, backend, tmp_path, maker, fmt):
     path = maker(tmp_path)
@@ -51,6 +51,10 @@ async def test_model_formats_are_detected_and_described(api, backend, tmp_path, 
         assert f["input_shape"][1:] == [1, 8, 8] or f["input_shape"] == [1, 8, 8]
     if fmt == "safetensors":
         assert f["details"]["architecture"]["name"] == "mlp"
+    if fmt == "torch_export":
+        assert f["input_shape"] == [None, 1, 8, 8] and f["output_shape"] == [None, 10] and f["details"]["dynamic_batch"] is True
+    if fmt != "state_dict":  # weights without an architecture: their layers are those of the architecture paired with them
+        assert {"1", "3", "penultimate"} <= set(f["details"]["layers"]), f["details"]  # layer names, for job creation
     # stored under a server-generated name, byte for byte
     stored = backend.data_dir / "files" / f["id"]
     assert stored.read_bytes() == path.read_bytes()
@@ -233,8 +237,11 @@ async def test_layers_of_uploaded_models(api, tmp_path):
     assert len((await api.get(f"/v1/files/{ts['id']}/layers", params={"input_shape": "1,8,8"})).json()["data"]) >= 3
     bad = assert_error(await api.get(f"/v1/files/{f['id']}/layers", params={"input_shape": "3,5"}), 422)
     assert bad["param"] == "input_shape"
-    onnx = (await upload(api, mk.onnx_file(tmp_path))).json()
-    assert_error(await api.get(f"/v1/files/{onnx['id']}/layers"), 422, "features_unavailable")
+    for maker in (mk.onnx_file, mk.torch_export_file):  # exported graphs list their layers too
+        g = (await upload(api, maker(tmp_path))).json()
+        got = {l["name"]: l for l in (await api.get(f"/v1/files/{g['id']}/layers")).json()["data"]}
+        assert got["1"]["output_shape"] == [16] and got["penultimate"]["output_shape"] == [16], got
+        assert got["3"]["output_shape"] == [10]
     data = (await upload(api, mk.npz_file(tmp_path), purpose="dataset")).json()
     assert_error(await api.get(f"/v1/files/{data['id']}/layers"), 422)
     assert_error(await api.get("/v1/files/file_nope/layers"), 404)

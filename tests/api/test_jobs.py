@@ -3,8 +3,12 @@ API (cancel), lists and the sub-resources' errors. No worker runs here; tests/e2
 
 from __future__ import annotations
 
+import warnings
 
 import pytest
+import torch
+
+from distill.models import build
 
 from tests.specs import override
 
@@ -328,13 +332,40 @@ async def test_cnn_student_needs_an_image_shape(api, tmp_path):
     assert (await api.post("/v1/jobs", json=ok)).status_code == 201
 
 
-async def test_feature_method_on_an_onnx_teacher_is_refused_at_creation(api, tmp_path):
-    onnx_id = (await upload(api, mk.onnx_file(tmp_path))).json()["id"]
-    spec = spec_for(onnx_id, method={"name": "kd", "extra": [{"name": "fitnet", "weight": 1.0, "student_layer": "0", "teacher_layer": "1"}]})
-    err = assert_error(await api.post("/v1/jobs", json=spec), 422)
-    assert "ONNX" in err["message"] and err["param"].startswith("method")
-    plain = spec_for(onnx_id)
-    assert (await api.post("/v1/jobs", json=plain)).status_code == 201
+async def test_feature_method_layers_are_checked_at_creation_on_every_format(api, teacher_id, tmp_path):
+    def fitnet(student: str, teacher: str) -> dict:
+        return {"name": "kd", "extra": [{"name": "fitnet", "weight": 1.0, "student_layer": student, "teacher_layer": teacher}]}
+
+    # a student layer that does not exist: 422 at creation, naming the student and its layers (was: 201, then a
+    # failed job that did not say which model)
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(teacher_id, method=fitnet("99", "1"))), 422)
+    assert err["param"] == "method.extra.0.student_layer" and "the student (mlp) has no layer '99'" in err["message"]
+    assert "its layers are: 0, 1, 2, 3, penultimate" in err["message"]
+    for maker in (mk.onnx_file, mk.torchscript_file, mk.torch_export_file):
+        fid = (await upload(api, maker(tmp_path))).json()["id"]
+        assert (await api.post("/v1/jobs", json=spec_for(fid, method=fitnet("0", "1")))).status_code == 201
+        err = assert_error(await api.post("/v1/jobs", json=spec_for(fid, method=fitnet("0", "l1"))), 422)
+        assert err["param"] == "method.extra.0.teacher_layer" and f"the teacher (file {fid}" in err["message"]
+        assert "no layer 'l1'" in err["message"] and "nearest: 1" in err["message"]
+    prototype = spec_for(teacher_id, method={"name": "prototype", "student_layer": "3x"})
+    err = assert_error(await api.post("/v1/jobs", json=prototype), 422)
+    assert err["param"] == "method.student_layer" and "nearest: 3" in err["message"]
+
+
+async def test_a_teacher_with_more_classes_than_the_data_needs_the_students_num_classes(api, tmp_path):
+    torch.manual_seed(0)
+    twelve = tmp_path / "twelve.onnx"  # a 12-output mlp as ONNX: its output count is known at upload
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(build("mlp", {"input_shape": [1, 8, 8], "num_classes": 12, "hidden_sizes": [8]}).eval(),
+                          (torch.zeros(1, 1, 8, 8),), str(twelve), dynamo=False, input_names=["input"],
+                          dynamic_axes={"input": {0: "b"}})
+    fid = (await upload(api, twelve)).json()["id"]
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(fid)), 422)
+    assert err["param"] == "student.architecture.kwargs.num_classes" and "12 classes" in err["message"] and "has 10" in err["message"]
+    for k in (12, 10):
+        ok = spec_for(fid, **{"student.architecture": {"name": "mlp", "kwargs": {"hidden_sizes": [8], "num_classes": k}}})
+        assert (await api.post("/v1/jobs", json=ok)).status_code == 201
 
 
 async def test_sql_reporter_discards_only_the_given_splits(api, teacher_id):

@@ -151,7 +151,7 @@ def test_data_that_fits_no_model(teacher_file, tmp_path):
     assert e.value.code == "shape_mismatch" and "[50]" in e.value.message and "[1, 8, 8]" in e.value.message
 
 
-def test_teacher_producing_nan_is_non_finite_loss(teacher_model, tmp_path):
+def test_teacher_producing_nan_is_non_finite_teacher(teacher_model, tmp_path):
     sd = {k: v.clone().contiguous() for k, v in teacher_model.state_dict().items()}
     last_bias = [k for k in sd if k.endswith("bias")][-1]
     sd[last_bias][0] = float("nan")
@@ -159,7 +159,7 @@ def test_teacher_producing_nan_is_non_finite_loss(teacher_model, tmp_path):
     save_file(sd, str(path), metadata={ARCH_METADATA_KEY: json.dumps(teacher_model.stillhouse_architecture)})
     with pytest.raises(DistillError) as e:
         run(make_spec(), FileInput(path, "safetensors", path.stat().st_size), tmp_path / "job")
-    assert e.value.code == "non_finite_loss" and "nan" in e.value.message
+    assert e.value.code == "non_finite_teacher" and "NaN" in e.value.message and "lower learning rate would not help" in e.value.message
     assert not (tmp_path / "job/artifacts").exists()
 
 

@@ -324,13 +324,12 @@ def test_method_spec_checks():
 
 def test_check_method_supported():
     fitnet = MethodSpec.model_validate({"name": "kd", "extra": [{"name": "fitnet", "student_layer": "1", "teacher_layer": "2"}]})
-    with pytest.raises(DistillError) as e:
-        check_method_supported(fitnet, "onnx")
-    assert e.value.code == "invalid_spec" and e.value.param == "method.extra.0.name" and "ONNX" in e.value.message
-    with pytest.raises(DistillError) as e:
-        check_method_supported(MethodSpec(name="prototype"), "torchscript")
-    assert e.value.param == "method.name"
-    check_method_supported(fitnet, "safetensors")
+    for fmt in ("safetensors", "state_dict", "torchscript", "torch_export", "onnx", "auto"):  # every tensor format gives features
+        check_method_supported(fitnet, fmt)
+        check_method_supported(MethodSpec(name="prototype"), fmt)
     check_method_supported(MethodSpec(name="dkd"), "onnx")
+    with pytest.raises(DistillError) as e:
+        check_method_supported(fitnet, "hf")
+    assert e.value.code == "invalid_spec" and e.value.param == "method.extra.0.name" and "Hugging Face" in e.value.message
     with pytest.raises(DistillError):
         check_method_supported(MethodSpec.model_validate({"name": "kd", "extra": [{"name": "hard_label"}]}), "hf")

@@ -36,7 +36,7 @@ BASE_ENV = {
     "STILLHOUSE_PROGRESS_INTERVAL_S": "0.2",
     "STILLHOUSE_LEASE_TTL_S": "4",
     "STILLHOUSE_SWEEP_INTERVAL_S": "0.5",
-    "STILLHOUSE_UNSENT_GRACE_S": "1",
+    "STILLHOUSE_UNSENT_GRACE_S": "5",  # above a first send under load (1 s let the sweep send a job twice)
     "STILLHOUSE_WORKER_LOST_TIMEOUT_S": "120",
 }
 LONG = {"training.epochs": 40, "export.formats": ["safetensors"],

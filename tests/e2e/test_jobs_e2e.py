@@ -14,7 +14,7 @@ import pytest
 from tests.specs import override
 import torch
 
-from client import ApiError
+from client import ApiError, Stillhouse
 from tests.e2e.conftest import ROOT
 
 pytestmark = pytest.mark.e2e
@@ -220,3 +220,19 @@ def test_killed_worker_child_is_redelivered_and_resumes_from_its_checkpoint(live
     steps = [m.step for m in c.metrics(job.id, name="loss/total", split="train")]
     assert steps == sorted(steps) and len(steps) == len(set(steps))
     assert c.report(job.id).training.resumed_from_epoch == resumed[0].data["epoch"]
+
+
+def test_torch_export_teacher_with_a_feature_method_end_to_end(live, shipped_teachers):
+    # a team's CNN shipped as a torch.export program: uploaded, inspected, distilled with fitnet by a real worker. The API's
+    # first .pt2 upload imports torch.export's machinery (about 10 s on a loaded 2-core machine): a longer client timeout
+    c = Stillhouse(live.url, timeout=180)
+    teacher = c.upload(shipped_teachers["torch_export"].path, "teacher")
+    assert teacher.format == "torch_export" and teacher.details["dynamic_batch"] is True
+    method = {"name": "kd", "temperature": 4.0, "alpha": 0.9,
+              "extra": [{"name": "fitnet", "weight": 1.0, "student_layer": "2", "teacher_layer": "classifier.2"}]}
+    job = c.wait(c.create_job(spec(teacher.id, method=method, **{"training.epochs": 6})).id, timeout_s=240)
+    assert job.status == "succeeded", (job.error, live.log("worker"))
+    r = c.report(job.id)
+    assert r.teacher.format == "torch_export" and r.teacher.val_top1 > 0.9 and r.student.val_top1 > 0.5  # chance: 0.1
+    assert "fitnet" in r.training.final_loss_terms and r.cache.teacher_outputs is True
+    assert any("taken as logits" in n for n in r.teacher.notes)

@@ -405,6 +405,10 @@ def _fmt(v: Any, kind: str = "") -> str:
     return str(v)
 
 
+def _interval(iv: list[float] | None) -> str:
+    return "" if not iv else f"[{_fmt(iv[0], 'pct')}, {_fmt(iv[1], 'pct')}]"
+
+
 def _latency(lat: LatencyMs | None) -> str:
     return f"{_fmt(lat.p50 if lat else None)} / {_fmt(lat.p95 if lat else None)} ms"
 
@@ -517,6 +521,8 @@ def render_report(r: AnyReport) -> None:
     tab.add_column("teacher", justify="right")
     tab.add_column("student", justify="right")
     tab.add_row("validation top-1", _fmt(t.val_top1, "pct"), _fmt(s.val_top1, "pct"))
+    if t.val_top1_interval or s.val_top1_interval:
+        tab.add_row("95% interval (Wilson)", _interval(t.val_top1_interval), _interval(s.val_top1_interval))
     if r.top5:
         tab.add_row("top-5", _fmt(r.top5.teacher, "pct"), _fmt(r.top5.student, "pct"))
     tab.add_row("parameters", _fmt(t.parameters), _fmt(s.parameters))
@@ -542,15 +548,23 @@ def render_report(r: AnyReport) -> None:
                                                        f"p50 @1 {_fmt(v.latency_ms['1'].p50 if '1' in v.latency_ms else None)} ms (CPU)")
     if r.baseline:
         alone = f"top-1 {_fmt(r.baseline.val_top1, 'pct')}" if r.baseline.val_top1 is not None else (r.baseline.note or "–")
+        if r.baseline.val_top1_interval:
+            alone += f" {_interval(r.baseline.val_top1_interval)}"
         summary.add_row("student trained alone", alone)
     if r.distillation_gain_points is not None:
         summary.add_row("distillation gain", f"{r.distillation_gain_points:+.2f} points")
+    for c in (r.comparisons or {}).values():
+        low, high = c.interval_points
+        summary.add_row(f"{c.a} − {c.b}", f"{c.difference_points:+.2f} points, 95% [{low:+.2f}, {high:+.2f}], "
+                                          f"McNemar p = {c.mcnemar_p:.2g}: {c.verdict}")
     if r.cache:
         summary.add_row("teacher outputs cached", str(r.cache.teacher_outputs))
     _phases(summary, r)
     console.print(summary)
     if r.summary:
         console.print(f"\n[bold]{r.summary}[/]", highlight=False)
+    for w in r.warnings or []:
+        console.print(f"warning {w.code}: {w.message}", style="yellow", highlight=False, markup=False)
 
 
 @app.command()

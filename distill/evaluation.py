@@ -21,12 +21,13 @@ def evaluate(teacher: Teacher, student: nn.Module, data: DataBundle, device: tor
              latency_iterations: int) -> dict[str, Any]:
     """Validation comparison of ``teacher`` and ``student`` (eval mode) on ``data.val_x`` / ``val_y``.
 
-    Returns {'teacher': {...}, 'student': {...}, 'agreement', 'mean_kl', 'extra'}: 'extra' is
+    Returns {'teacher': {...}, 'student': {...}, 'agreement', 'mean_kl', 'extra', 'val_correct'}: 'extra' is
     ``classification_metrics`` (top-5, per-class accuracy, ECE, teacher-student confusion); per model 'val_top1' (fraction, None
     without validation labels), 'parameters', 'flops_per_sample' (FlopCounterMode, batch of 1; None when not
     countable) and 'latency_ms' {str(batch): {'p50', 'p95'}} in milliseconds on ``device``; 'agreement' is the
     fraction of validation samples where both argmaxes agree; 'mean_kl' is KL(teacher ‖ student) at T=1 in nats,
-    batchmean.
+    batchmean; 'val_correct' {'teacher', 'student'}: numpy bool ``[N_labelled]`` per labelled validation row (in order),
+    whether the model's argmax is the label (None each without validation labels), for the report's error bars.
     """
     student.eval()
     vx = data.val_x.to(device)
@@ -41,6 +42,8 @@ def evaluate(teacher: Teacher, student: nn.Module, data: DataBundle, device: tor
         labelled = bool(mask.any())
         t_top1 = float((t_pred[mask] == vy[mask]).float().mean()) if labelled else None
         s_top1 = float((s_pred[mask] == vy[mask]).float().mean()) if labelled else None
+        correct = {who: (pred[mask] == vy[mask]).cpu().numpy() if labelled else None
+                   for who, pred in (("teacher", t_pred), ("student", s_pred))}
     shape = list(data.input_shape)
     t_lat, s_lat = {}, {}
     for b in latency_batch_sizes:
@@ -54,7 +57,7 @@ def evaluate(teacher: Teacher, student: nn.Module, data: DataBundle, device: tor
         "teacher": {"val_top1": rnd(t_top1), "parameters": teacher.parameters, "flops_per_sample": teacher.flops_per_sample, "latency_ms": t_lat},
         "student": {"val_top1": rnd(s_top1), "parameters": parameter_count(student),
                     "flops_per_sample": count_flops(student, shape, device), "latency_ms": s_lat},
-        "agreement": rnd(agreement), "mean_kl": rnd(mean_kl, 6),
+        "agreement": rnd(agreement), "mean_kl": rnd(mean_kl, 6), "val_correct": correct,
     }
 
 

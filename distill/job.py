@@ -42,6 +42,7 @@ from . import report_builders as rb
 from .report import (BaselineSummary, CacheSummary, PrunedStudent, QuantizedStudent, TensorDataSummary, TensorModelSummary,
                      TrainingSummary)
 from .reporter import Reporter
+from .review import data_warnings, error_bars, teacher_warning
 from .spec import JobSpec, TrainingSpec
 from .results import DistillResult, JobInputs
 from .teachers import Teacher, load_teacher
@@ -308,6 +309,7 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
         loaded = _load(run, inputs, fmt)
     run.check("while loading", stop=False)
     cache = _cache_teacher_outputs(run, loaded)
+    teacher_train = _teacher_train_top1(run, loaded, cache)
     fingerprint = spec_fingerprint(spec)
     with run.phase("training"):
         outcome = train_pass(run, loaded, loaded.student, loaded.method, fingerprint, cache=cache)
@@ -324,15 +326,20 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     with run.phase("evaluating"):
         ev = evaluate(loaded.teacher, loaded.student, loaded.data, run.device, list(spec.evaluation.latency_batch_sizes),
                       spec.evaluation.latency_iterations)
-        baseline_part = _baseline_part(run, loaded, baseline, ev["student"]["parameters"])
+        baseline_part, alone = _baseline_part(run, loaded, baseline, ev["student"]["parameters"])
+        review = _review(run, loaded, ev, alone, teacher_train)
     run.check("after evaluation", deadline=False)
     with run.phase("exporting"), run.artifacts() as tmp_dir:
         exported = _export_all(run, loaded, ev, pruned, tmp_dir)
+    if baseline_part is not None and baseline_part.val_top1 is not None:
+        baseline_part.val_top1_interval = review["bars"]["alone"]
     report = rb.classification_report(
-        teacher=_teacher_part(loaded, inputs, ev), student=_student_part(loaded, ev, exported.student_bytes),
+        teacher=_teacher_part(loaded, inputs, ev, review["bars"]["teacher"]),
+        student=_student_part(loaded, ev, exported.student_bytes, review["bars"]["student"]),
         agreement=ev["agreement"], mean_kl=ev["mean_kl"], evaluation_extras=ev["extra"], data=_data_part(loaded),
         training=training_part, cache=cache_part, onnx=rb.onnx_check(exported.onnx), quantized=exported.variants.get("quantized"),
-        pruned=exported.variants.get("pruned"), baseline=baseline_part, wall_time_s=run.finish())
+        pruned=exported.variants.get("pruned"), baseline=baseline_part, wall_time_s=run.finish(),
+        comparisons=review["bars"]["comparisons"], warnings=review["warnings"])
     return DistillResult(report=report.model_dump(mode="json"), artifacts=[run.final_dir / n for n in exported.names],
                          baseline_student=baseline[0] if isinstance(baseline, tuple) else None)
 
@@ -379,6 +386,47 @@ def _cache_teacher_outputs(run: JobRun, loaded: _Loaded) -> TeacherCache | None:
     return cache
 
 
+TEACHER_TRAIN_ROWS = 20_000  # most labelled training rows the teacher is run on (without a cache) for its training top-1
+
+
+def _teacher_train_top1(run: JobRun, loaded: _Loaded, cache: TeacherCache | None) -> tuple[float, int] | None:
+    """The teacher's top-1 on the labelled training rows, as (fraction, rows), for the report's
+    teacher_memorised_training warning: from the cached outputs when there are some, else one teacher pass over at
+    most ``TEACHER_TRAIN_ROWS`` of them. None without labelled training rows."""
+    y = loaded.data.train_y
+    rows = torch.nonzero(y >= 0).flatten()
+    if rows.numel() == 0:
+        return None
+    if cache is not None:
+        pred = cache.logits.argmax(1).to("cpu")[rows]
+    else:
+        rows = rows[:TEACHER_TRAIN_ROWS]
+        with torch.inference_mode():
+            pred = batched_logits(loaded.teacher, loaded.data.train_x[rows].to(run.device)).argmax(1).to("cpu")
+    return float((pred == y[rows]).float().mean()), int(rows.numel())
+
+
+def _wants_baseline(spec: JobSpec, data: DataBundle) -> bool:
+    """``evaluation.compare_baseline``, its default (None) resolved: on when some training row is labelled."""
+    asked = spec.evaluation.compare_baseline
+    return data.has_labels if asked is None else asked
+
+
+def _review(run: JobRun, loaded: _Loaded, ev: dict[str, Any], alone: Any, teacher_train: tuple[float, int] | None) -> dict[str, Any]:
+    """What a reviewer adds (``distill.review``): ``{'bars': error_bars(...), 'warnings': [...]}``: a Wilson 95% interval
+    for each top-1, the paired comparisons (bootstrap interval, exact McNemar; seeded by training.seed), which the
+    summary's verdict on distillation reads, and the warnings about the split, the data and the teacher. ``alone``: the
+    baseline's per-row correctness on the labelled validation rows (numpy bool), or None."""
+    correct = ev.get("val_correct") or {}
+    bars = error_bars(teacher=correct.get("teacher"), student=correct.get("student"), alone=alone, seed=run.spec.training.seed)
+    data = loaded.data
+    warnings = data_warnings(train_x=data.train_x.numpy(), train_y=data.train_y.numpy(), transfer_rows=data.counts["transfer"],
+                             val_x=data.val_x.numpy(), val_y=data.val_y.numpy(), validation_file="file_id" in data.validation,
+                             student_correct=correct.get("student"))
+    memorised = teacher_warning(*(teacher_train or (None, 0)), ev["teacher"]["val_top1"])
+    return {"bars": bars, "warnings": warnings + ([memorised] if memorised else [])}
+
+
 def _cache_part(run: JobRun, loaded: _Loaded, cache: TeacherCache | None, outcome: TrainOutcome) -> CacheSummary:
     """The report's cache part: whether the teacher's outputs were cached, why, the teacher passes saved (rows the
     epochs of this run saw minus the rows computed once), seconds and bytes of the cache."""
@@ -393,7 +441,7 @@ def _cache_part(run: JobRun, loaded: _Loaded, cache: TeacherCache | None, outcom
 def _baseline(run: JobRun, loaded: _Loaded, fingerprint: str) -> tuple[nn.Module, TrainOutcome] | str | None:
     """With ``evaluation.compare_baseline``: the same student trained alone (cross-entropy on labels only, same split,
     budget and seed) as (model, outcome), or a note why it could not be; None when not asked for."""
-    if not run.spec.evaluation.compare_baseline:
+    if not _wants_baseline(run.spec, loaded.data):
         return None
     run.check("before the baseline", deadline=False)
     if not loaded.data.has_labels:
@@ -427,20 +475,22 @@ def _export_all(run: JobRun, loaded: _Loaded, ev: dict[str, Any], pruned: tuple[
     return _Exported(onnx_info, (out / "student.safetensors").stat().st_size, variants, names)
 
 
-def _teacher_part(loaded: _Loaded, inputs: JobInputs, ev: dict[str, Any]) -> TensorModelSummary:
-    """The teacher as loaded (format, parameters, notes, the uploaded file's bytes) and as evaluated (top-1, FLOPs,
-    latency in ms per batch size)."""
+def _teacher_part(loaded: _Loaded, inputs: JobInputs, ev: dict[str, Any], interval: list[float] | None) -> TensorModelSummary:
+    """The teacher as loaded (format, parameters, notes, the uploaded file's bytes) and as evaluated (top-1 with its
+    Wilson ``interval``, FLOPs, latency in ms per batch size)."""
     t, t_ev = loaded.teacher, ev["teacher"]
     return rb.tensor_model(format=t.format, parameters=t.parameters, bytes=inputs.teacher.bytes, flops_per_sample=t_ev["flops_per_sample"],
-                           val_top1=t_ev["val_top1"], latency_ms=t_ev["latency_ms"], architecture=t.architecture, notes=t.notes)
+                           val_top1=t_ev["val_top1"], latency_ms=t_ev["latency_ms"], architecture=t.architecture, notes=t.notes,
+                           val_top1_interval=interval)
 
 
-def _student_part(loaded: _Loaded, ev: dict[str, Any], student_bytes: int) -> TensorModelSummary:
-    """The distilled student: its filled-in architecture, student.safetensors' size (bytes) and its evaluation."""
+def _student_part(loaded: _Loaded, ev: dict[str, Any], student_bytes: int, interval: list[float] | None) -> TensorModelSummary:
+    """The distilled student: its filled-in architecture, student.safetensors' size (bytes) and its evaluation (top-1
+    with its Wilson ``interval``)."""
     s_ev = ev["student"]
     return rb.tensor_model(format="safetensors", parameters=s_ev["parameters"], bytes=student_bytes,
                            flops_per_sample=s_ev["flops_per_sample"], val_top1=s_ev["val_top1"], latency_ms=s_ev["latency_ms"],
-                           architecture=loaded.filled)
+                           architecture=loaded.filled, val_top1_interval=interval)
 
 
 def _data_part(loaded: _Loaded) -> TensorDataSummary:
@@ -463,19 +513,22 @@ def _training_part(run: JobRun, loaded: _Loaded, outcome: TrainOutcome) -> Train
 
 
 def _baseline_part(run: JobRun, loaded: _Loaded, baseline: tuple[nn.Module, TrainOutcome] | str | None,
-                   parameters: int) -> BaselineSummary | None:
+                   parameters: int) -> tuple[BaselineSummary | None, Any]:
     """With ``evaluation.compare_baseline``: the student trained alone, its validation top-1 (fraction; None without
-    validation labels) measured here, or the note why there is none; None when not asked for."""
+    validation labels) measured here, or the note why there is none; None when not asked for. With it, the baseline's
+    per-row correctness on the labelled validation rows (numpy bool ``[N_labelled]``, for the error bars) or None."""
     if baseline is None:
-        return None
+        return None, None
     if isinstance(baseline, str):
-        return rb.no_baseline(baseline)
+        return rb.no_baseline(baseline), None
     model, outcome = baseline
-    top1 = None
+    top1, correct = None, None
     if loaded.data.val_has_labels:
         model.eval()
         vx, vy = loaded.data.val_x.to(run.device), loaded.data.val_y.to(run.device)
         pred = batched_logits(model, vx).argmax(dim=1)
         mask = vy >= 0
-        top1 = float((pred[mask] == vy[mask]).float().mean())
-    return rb.baseline(val_top1=top1, training_time_s=outcome.elapsed_s, parameters=parameters, epochs=outcome.epochs, steps=outcome.steps)
+        hits = pred[mask] == vy[mask]
+        top1, correct = float(hits.float().mean()), hits.cpu().numpy()
+    return rb.baseline(val_top1=top1, training_time_s=outcome.elapsed_s, parameters=parameters, epochs=outcome.epochs,
+                       steps=outcome.steps), correct

@@ -32,11 +32,12 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, model_validator
 
 __all__ = [
-    "AnyReport", "BaselineSummary", "CacheSummary", "CausalLMReport", "GenerationExample", "LMAgreement", "LMBaseline",
-    "LMCacheSummary", "LMDataSummary", "LMExportChecks", "LMGenerations", "LMModelSummary", "LMPerplexities", "LMSpeed",
-    "LMStudentSummary", "Perplexity", "TransferSetSummary", "ClassificationReport", "Disagreement", "ExportChecks", "ExtraMethodDetail", "LatencyMs",
+    "AnyReport", "BaselineSummary", "CacheSummary", "CausalLMReport", "ClassificationReport", "Comparison", "Disagreement",
+    "ExportChecks", "ExtraMethodDetail", "GenerationExample", "LMAgreement", "LMBaseline", "LMCacheSummary", "LMDataSummary",
+    "LMExportChecks", "LMGenerations", "LMModelSummary", "LMPerplexities", "LMSpeed", "LMStudentSummary", "LatencyMs",
+    "Perplexity", "TransferSetSummary",
     "MethodDetail", "ModelArchitecture", "OnnxCheck", "PerClassTop1", "PoolingSummary", "Preprocessing", "PrunedStudent",
-    "Quality", "QuantizedStudent", "Report", "ReportBase", "SentenceEmbeddingReport", "SequenceClassificationReport",
+    "Quality", "QuantizedStudent", "Report", "ReportBase", "ReportWarning", "SentenceEmbeddingReport", "SequenceClassificationReport",
     "StudentVariant", "TASKS", "TeacherStudentValue", "TensorDataSummary", "TensorModelSummary", "TextDataSummary",
     "TextModelSummary", "TextReportBase", "TextStudentSummary", "TextTeacherSummary", "TrainingSummary", "ValidationSplit",
     "parse_report", "unmodelled_keys",
@@ -189,6 +190,9 @@ class TensorModelSummary(_Part):
     flops_per_sample: int | None = Field(..., description="Forward FLOPs for one sample (torch FlopCounterMode, a multiply-add "
                                                           "= 2; matmul/conv only); None when not countable.")
     val_top1: float | None = Field(..., description="Validation top-1 accuracy, fraction; None without validation labels.")
+    val_top1_interval: list[float] | None = Field(None, min_length=2, max_length=2, description="Wilson 95% interval "
+                                                  "[low, high] of val_top1 (Wilson 1927), fractions; None without validation "
+                                                  "labels (and in reports stored before intervals existed).")
     latency_ms: dict[str, LatencyMs] = Field(..., description="Latency per batch size (keys '1', '64', …), ms per batch.")
     architecture: ModelArchitecture | None = Field(None, description="Registry architecture; None for TorchScript/ONNX teachers.")
     notes: list[str] = Field(default_factory=list, description="Things done while loading, e.g. a stripped 'module.' prefix or "
@@ -273,12 +277,46 @@ class BaselineSummary(_Part):
 
     val_top1: float | None = Field(..., description="Its validation top-1, fraction; None when it could not be trained or "
                                                     "measured (see note).")
+    val_top1_interval: list[float] | None = Field(None, min_length=2, max_length=2, description="Wilson 95% interval "
+                                                  "[low, high] of val_top1, fractions.")
     training_time_s: float | None = Field(..., description="Seconds of its training loop.")
     parameters: int | None = Field(None, description="Its parameters (the distilled student's).")
     method: str | None = Field(None, description="How it was trained.")
     epochs: int | None = Field(None, description="Epochs run.")
     steps: int | None = Field(None, description="Optimizer steps run.")
     note: str | None = Field(None, description="Why there is no baseline, when there is none.")
+
+
+class Comparison(_Part):
+    """Two models' validation top-1 on the same labelled rows (``a`` minus ``b``): the difference, its paired bootstrap
+    95% interval (Efron & Tibshirani 1993) and the exact McNemar test (McNemar 1947) on the rows exactly one of them
+    gets right. ``verdict`` is 'no measurable difference' whenever the interval covers 0."""
+
+    a: str = Field(..., description="First model, e.g. 'distilled student' or 'teacher'.")
+    b: str = Field(..., description="Second model, e.g. 'student alone' or 'distilled student'.")
+    rows: int = Field(..., description="Labelled validation rows both were measured on.")
+    difference_points: float = Field(..., description="top-1(a) - top-1(b), percentage points.")
+    interval_points: list[float] = Field(..., min_length=2, max_length=2, description="Paired bootstrap 95% percentile "
+                                         "interval [low, high] of the difference, percentage points.")
+    bootstrap_resamples: int = Field(..., description="Bootstrap resamples of the rows (with replacement).")
+    bootstrap_seed: int = Field(..., description="Seed of the resampling (training.seed): the same report recomputes.")
+    a_only: int = Field(..., description="Rows only a gets right.")
+    b_only: int = Field(..., description="Rows only b gets right.")
+    mcnemar_p: float = Field(..., description="Two-sided exact McNemar p-value: binomial test of a_only among a_only + "
+                                              "b_only at 1/2 (1.0 without such rows).")
+    verdict: Literal["a better", "b better", "no measurable difference"] = Field(
+        ..., description="'a better'/'b better' when the interval excludes 0, else 'no measurable difference'.")
+
+
+class ReportWarning(_Part):
+    """Something a careful reviewer would point out about how the numbers were obtained (not an error: the job
+    succeeded)."""
+
+    code: str = Field(..., description="Stable code: small_validation, few_validation_rows_per_class, "
+                                       "validation_overlaps_training, transfer_overlaps_training, "
+                                       "transfer_overlaps_validation, teacher_memorised_training.")
+    message: str = Field(..., description="What was found and what it means, for a person.")
+    param: str | None = Field(None, description="The spec field to change, when one would help.")
 
 
 def _legacy_task(data: Any) -> Any:
@@ -316,6 +354,11 @@ class ClassificationReport(ReportBase):
     baseline: BaselineSummary | None = Field(None, description="The student trained alone, with evaluation.compare_baseline.")
     distillation_gain_points: float | None = Field(None, description="Distilled student's top-1 minus the baseline's, "
                                                                      "percentage points (negative: distillation did not help).")
+    comparisons: dict[str, Comparison] | None = Field(None, description="Paired comparisons on the validation rows, keyed "
+                                                      "'teacher_vs_student' and (with a baseline) 'distilled_vs_alone'; None "
+                                                      "without validation labels.")
+    warnings: list[ReportWarning] | None = Field(None, description="A reviewer's warnings about the split, the data and "
+                                                 "the teacher ([] when none; None in reports stored before they existed).")
 
     @model_validator(mode="before")
     @classmethod

@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .review import gain_sentence
 from .report import (
     BaselineSummary,
     CacheSummary,
@@ -119,11 +120,13 @@ def onnx_check(info: Mapping[str, Any] | None) -> OnnxCheck | None:
 
 def tensor_model(*, format: str, parameters: int, bytes: int, flops_per_sample: int | None, val_top1: float | None,
                  latency_ms: LatencyInput, architecture: Mapping[str, Any] | None = None,
-                 notes: Iterable[str] = ()) -> TensorModelSummary:
+                 notes: Iterable[str] = (), val_top1_interval: Iterable[float] | None = None) -> TensorModelSummary:
     """Teacher or student of a tensor task: size (parameters, bytes on disk), FLOPs per sample, validation top-1
-    (fraction) and latency (ms per batch size) as measured by the evaluation phase."""
+    (fraction) with its Wilson 95% interval (``distill.review.top1_interval``) and latency (ms per batch size) as
+    measured by the evaluation phase."""
     return TensorModelSummary(format=format, parameters=parameters, bytes=bytes, flops_per_sample=flops_per_sample,
                               val_top1=rnd(val_top1), latency_ms=latencies(latency_ms),
+                              val_top1_interval=list(val_top1_interval) if val_top1_interval is not None else None,
                               architecture=dict(architecture) if architecture is not None else None, notes=list(notes))
 
 
@@ -152,10 +155,13 @@ def pruned_student(*, amount: float, sparsity: float | None, fine_tune_epochs: i
                          note=PRUNED_NOTE)
 
 
-def baseline(*, val_top1: float | None, training_time_s: float, parameters: int, epochs: int, steps: int) -> BaselineSummary:
-    """The same student trained alone (cross-entropy on labels only) for ``evaluation.compare_baseline``."""
+def baseline(*, val_top1: float | None, training_time_s: float, parameters: int, epochs: int, steps: int,
+             val_top1_interval: Iterable[float] | None = None) -> BaselineSummary:
+    """The same student trained alone (cross-entropy on labels only) for ``evaluation.compare_baseline``, with the
+    Wilson 95% interval of its top-1 (fractions)."""
     return BaselineSummary(val_top1=rnd(val_top1), training_time_s=rnd(training_time_s, 3), parameters=parameters,
-                           method=BASELINE_METHOD, epochs=epochs, steps=steps)
+                           method=BASELINE_METHOD, epochs=epochs, steps=steps,
+                           val_top1_interval=list(val_top1_interval) if val_top1_interval is not None else None)
 
 
 def no_baseline(note: str) -> BaselineSummary:
@@ -168,7 +174,9 @@ def _points(a: float | None, b: float | None) -> float | None:
 
 
 def classification_summary(r: ClassificationReport) -> str:
-    """The report's sentence for a person: size, speed, agreement, top-1 against the teacher, and the baseline's verdict."""
+    """The report's sentence for a person: size, speed, agreement, top-1 against the teacher, and the baseline's verdict
+    (``distill.review.gain_sentence``: 'no measurable difference' when the comparison's 95% interval covers 0; no
+    verdict without the comparison)."""
     t, s = r.teacher, r.student
     text = f"The {s.architecture.name if s.architecture else 'student'} student has {s.parameters:,} parameters vs the teacher's {t.parameters:,}"
     details = []
@@ -187,16 +195,9 @@ def classification_summary(r: ClassificationReport) -> str:
         rel = f"{drop:.1f} points below" if drop >= 0 else f"{-drop:.1f} points above"
         text += f"; its validation top-1 is {s.val_top1:.1%}, {rel} the teacher's {t.val_top1:.1%}"
     text += "."
-    gain, alone = r.distillation_gain_points, r.baseline.val_top1 if r.baseline else None
-    if gain is not None and alone is not None and s.val_top1 is not None:
-        if gain > 0:
-            text += (f" Distillation helped: the distilled student's top-1 ({s.val_top1:.1%}) is {gain:.2f} points above the "
-                     f"same student trained alone ({alone:.1%}).")
-        elif gain < 0:
-            text += (f" Distillation did not help: the same student trained alone reached {alone:.1%} top-1, {-gain:.2f} "
-                     f"points above the distilled student's {s.val_top1:.1%}.")
-        else:
-            text += f" Distillation made no difference: the distilled student and the student trained alone both reached {alone:.1%} top-1."
+    alone = r.baseline.val_top1 if r.baseline else None
+    vs_alone = r.comparisons.get("distilled_vs_alone") if r.comparisons else None
+    text += gain_sentence(s.val_top1, alone, vs_alone.model_dump() if vs_alone else None)
     return text
 
 
@@ -204,12 +205,15 @@ def classification_report(*, teacher: TensorModelSummary, student: TensorModelSu
                           mean_kl: float | None, data: TensorDataSummary, training: TrainingSummary, cache: CacheSummary | None,
                           wall_time_s: Mapping[str, float], evaluation_extras: Mapping[str, Any] | None = None,
                           onnx: OnnxCheck | None = None, quantized: QuantizedStudent | None = None,
-                          pruned: PrunedStudent | None = None, baseline: BaselineSummary | None = None) -> ClassificationReport:
+                          pruned: PrunedStudent | None = None, baseline: BaselineSummary | None = None,
+                          comparisons: Mapping[str, Any] | None = None,
+                          warnings: Iterable[Mapping[str, Any]] | None = None) -> ClassificationReport:
     """Assemble a tensor classification report from its parts, deriving the compression, parameter and FLOPs ratios
     (teacher / student), the speedup per batch size (teacher p50 / student p50), the top-1 drop and the distillation
     gain (points) and the summary sentence. ``evaluation_extras``: ``evaluation.classification_metrics``'s block (top5,
-    per_class_top1, ece, teacher_student_confusion, disagreements_top). Raises ``pydantic.ValidationError`` for
-    mistyped parts."""
+    per_class_top1, ece, teacher_student_confusion, disagreements_top). ``comparisons`` / ``warnings``: the error bars'
+    paired comparisons and the reviewer's warnings (``distill.review.error_bars`` / ``data_warnings``), which the
+    summary's verdict on distillation reads. Raises ``pydantic.ValidationError`` for mistyped parts."""
     report = ClassificationReport(
         task="classification", summary="", teacher=teacher, student=student, agreement=rnd(agreement), mean_kl=rnd(mean_kl, 6),
         **dict(evaluation_extras or {}),
@@ -219,7 +223,9 @@ def classification_report(*, teacher: TensorModelSummary, student: TensorModelSu
                  for b, lat in teacher.latency_ms.items()},
         top1_drop_points=_points(teacher.val_top1, student.val_top1), data=data, training=training, onnx=onnx,
         wall_time_s=wall_times(wall_time_s), cache=cache, quantized=quantized, pruned=pruned, baseline=baseline,
-        distillation_gain_points=_points(student.val_top1, baseline.val_top1) if baseline is not None else None)
+        distillation_gain_points=_points(student.val_top1, baseline.val_top1) if baseline is not None else None,
+        comparisons=dict(comparisons) if comparisons is not None else None,
+        warnings=[dict(w) for w in warnings] if warnings is not None else None)
     report.summary = classification_summary(report)
     return report
 

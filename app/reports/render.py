@@ -14,6 +14,7 @@ from distill.report import (
     AnyReport,
     CausalLMReport,
     ClassificationReport,
+    Comparison,
     LatencyMs,
     SentenceEmbeddingReport,
     SequenceClassificationReport,
@@ -44,6 +45,16 @@ def _bytes(v: Any) -> str:
     return f"{v / 1024:,.1f} KiB" if v < 1024**2 else f"{v / 1024**2:,.2f} MiB"
 
 
+def _interval(iv: list[float] | None) -> str:
+    return "–" if not iv else f"[{_pct(iv[0])}, {_pct(iv[1])}]"
+
+
+def _comparison(c: Comparison) -> str:
+    low, high = c.interval_points
+    return (f"{c.difference_points:+.2f} points, 95% interval [{low:+.2f}, {high:+.2f}], McNemar p = {c.mcnemar_p:.2g} "
+            f"({c.verdict.replace('a better', c.a + ' better').replace('b better', c.b + ' better')})")
+
+
 def _latency(lat: LatencyMs | None) -> str:
     return f"{_num(lat.p50 if lat else None)} / {_num(lat.p95 if lat else None)} ms"
 
@@ -58,17 +69,21 @@ class _Column:
     bytes: int | None
     flops_per_sample: int | None
     latency_ms: dict[str, LatencyMs]
+    interval: list[float] | None = None
 
 
 def _tensor_view(r: ClassificationReport) -> dict[str, Any]:
     t, s = r.teacher, r.student
     extras = [("quantised student", v) for v in [r.quantized] if v] + [("pruned student", v) for v in [r.pruned] if v]
     base = [_Column("student alone", r.baseline.val_top1, r.baseline.parameters or s.parameters, s.bytes, s.flops_per_sample,
-                    s.latency_ms)] if r.baseline else []
-    models = [_Column("teacher", t.val_top1, t.parameters, t.bytes, t.flops_per_sample, t.latency_ms), *base,
-              _Column("distilled student", s.val_top1, s.parameters, s.bytes, s.flops_per_sample, s.latency_ms),
+                    s.latency_ms, r.baseline.val_top1_interval)] if r.baseline else []
+    models = [_Column("teacher", t.val_top1, t.parameters, t.bytes, t.flops_per_sample, t.latency_ms, t.val_top1_interval), *base,
+              _Column("distilled student", s.val_top1, s.parameters, s.bytes, s.flops_per_sample, s.latency_ms,
+                      s.val_top1_interval),
               *[_Column(name, v.val_top1, v.parameters, v.bytes, None, v.latency_ms) for name, v in extras]]
     rows = [["validation top-1", *[_pct(m.val_top1) for m in models]]]
+    if any(m.interval for m in models):
+        rows.append(["95% interval (Wilson)", *[_interval(m.interval) for m in models]])
     for label, pair in (("top-5", r.top5), ("expected calibration error", r.ece)):
         if pair:
             rows.append([label, _pct(pair.teacher), *(["–"] * len(base)), _pct(pair.student), *(["–"] * len(extras))])
@@ -83,12 +98,17 @@ def _tensor_view(r: ClassificationReport) -> dict[str, Any]:
               ("agreement with the teacher", _pct(r.agreement)), ("mean KL(teacher ‖ student)", _num(r.mean_kl))]
     if r.distillation_gain_points is not None:
         ratios.append(("distillation gain (distilled − alone)", f"{r.distillation_gain_points:+.2f} points"))
+    for c in (r.comparisons or {}).values():
+        ratios.append((f"{c.a} − {c.b} (paired, {c.rows:,} rows)", _comparison(c)))
     if r.cache:
         ratios.append(("teacher outputs cached", str(r.cache.teacher_outputs)))
     points = [(m.name, m.bytes, m.val_top1) for m in models]
     lat = {m.name: {f"batch {k}": v.p50 for k, v in m.latency_ms.items()} for m in models if m.latency_ms}
+    vs_alone = (r.comparisons or {}).get("distilled_vs_alone")
     return {"columns": [m.name for m in models], "rows": rows, "ratios": ratios,
-            "extra_plots": [plots.accuracy_vs_size(points), plots.latency_bars(lat)]}
+            "extra_plots": [plots.accuracy_vs_size(points), plots.latency_bars(lat)],
+            "warnings": [(w.code, w.message) for w in r.warnings or []],
+            "worse": vs_alone.verdict == "b better" if vs_alone else (r.distillation_gain_points or 0) < 0}
 
 
 def _text_view(r: TextReportBase) -> dict[str, Any]:
@@ -166,6 +186,7 @@ def report_view(job_id: str, name: str | None, report: AnyReport, metrics: list[
         view = _text_view(report)
     curves = plots.training_curves(metrics)
     return {"job_id": job_id, "name": name, "task": report.task, "summary": report.summary, "gain": report.gain_points(),
+            "worse": view.get("worse", False), "warnings": view.get("warnings", []),
             "columns": view["columns"], "rows": view["rows"], "ratios": view["ratios"],
             "plots": [p for p in [curves, *view["extra_plots"]] if p], "generations": view.get("generations", []),
             "phases": [(k, f"{v:.2f}") for k, v in report.wall_time_s.items() if v is not None]}

@@ -87,7 +87,8 @@ class JobEvent(Base):
 
 
 class Metric(Base):
-    """One metric value: ``name`` (e.g. 'loss/kd', 'top1'), ``split`` ('train', 'train_epoch', 'val', and with a second training pass 'baseline_train' etc.; at most 32 characters), global ``step``, ``epoch``."""
+    """One metric value: ``name`` (e.g. 'loss/kd', 'top1'), ``split`` ('train', 'train_epoch', 'val'; a job's second passes prefix
+    them: 'baseline_train_epoch', 'prune_val'), global ``step``, ``epoch``."""
 
     __tablename__ = "metrics"
     __table_args__ = (Index("ix_metrics_job_id_id", "job_id", "id"),)
@@ -95,7 +96,7 @@ class Metric(Base):
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(64))
-    split: Mapped[str] = mapped_column(String(32))
+    split: Mapped[str] = mapped_column(String(64))
     step: Mapped[int] = mapped_column(Integer)
     epoch: Mapped[int] = mapped_column(Integer)
     value: Mapped[float] = mapped_column(Float)

@@ -84,6 +84,14 @@ async def test_cli_report_shows_every_stored_shape(http_url, stored_jobs, monkey
     assert "int8 student (student_int8.pt)" in full and "pruned student (student_pruned.safetensors)" in full
     assert "student trained alone" in full and "distillation gain" in full and "-3.89 points" in full
     assert "no labelled training rows" in _cli(http_url, "report", ids["classification_unlabelled"])
+    bars, r = _cli(http_url, "report", ids["classification_error_bars"]), parse_report(STORED["classification_error_bars"])
+    low, high = r.student.val_top1_interval
+    vs = r.comparisons["distilled_vs_alone"]
+    assert "95% interval (Wilson)" in bars and f"[{100 * low:.2f}%, {100 * high:.2f}%]" in bars
+    assert (f"distilled student − student alone {vs.difference_points:+.2f} points, 95% [{vs.interval_points[0]:+.2f}, "
+            f"{vs.interval_points[1]:+.2f}], McNemar p = {vs.mcnemar_p:.2g}: no measurable difference") in " ".join(bars.split())
+    assert "warning small_validation: the validation split has 90 labelled rows" in " ".join(bars.split())
+    assert "warning few_validation_rows_per_class" in bars and "No measurable difference" in " ".join(bars.split())
     raw = json.loads(_cli(http_url, "report", ids["classification_early"], "--json"))
     assert raw["task"] == "classification" and raw["job_id"] == ids["classification_early"] and raw["cache"] is None
 

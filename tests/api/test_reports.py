@@ -126,6 +126,14 @@ async def test_stored_report_is_served_and_rendered(api, tmp_path, name):
         assert "student alone" in page and "held-out perplexity" in page and f"{typed.perplexity.student.perplexity:,.3f}" in page
         assert "held-out prompts: the teacher's and the student's answers" in page and typed.generations.examples
         assert "decode tokens/s" in page and "cache: bytes / token" in page
+    if name == "classification_error_bars":
+        low, high = typed.baseline.val_top1_interval
+        vs = typed.comparisons["distilled_vs_alone"]
+        assert "95% interval (Wilson)" in page and f"[{100 * low:.2f}%, {100 * high:.2f}%]" in page
+        assert (f"{vs.difference_points:+.2f} points, 95% interval [{vs.interval_points[0]:+.2f}, {vs.interval_points[1]:+.2f}], "
+                f"McNemar p = {vs.mcnemar_p:.2g} (no measurable difference)") in page
+        assert "<code>small_validation</code>" in page and "<code>teacher_memorised_training</code>" in page
+        assert 'class="summary "' in page  # a difference inside the noise is not shown as a loss
 
 
 async def test_stored_reports_side_by_side(api, tmp_path):

@@ -45,7 +45,8 @@ def test_distils_digits_teacher_into_mlp(teacher_file, tmp_path):
     assert r["training"]["steps"] == 12 * SPE and r["training"]["resumed_from_epoch"] is None
     assert set(r["training"]["final_loss_terms"]) == {"kd", "ce", "total"}
     assert r["data"]["validation"]["rows"] == 360 and r["data"]["num_classes"] == 10
-    assert set(r["wall_time_s"]) == {"loading_teacher", "caching_teacher_outputs", "training", "evaluating", "exporting", "total"}
+    assert set(r["wall_time_s"]) == {"loading_teacher", "caching_teacher_outputs", "training", "baseline_training", "evaluating",
+                                     "exporting", "total"}  # the baseline: on by default with labels
     assert isinstance(r["summary"], str) and "agrees" in r["summary"]
     json.dumps(r)  # JSON-serialisable
     assert rep.phases == ["loading_teacher", "caching_teacher_outputs", "training", "evaluating", "exporting"]
@@ -58,7 +59,7 @@ def test_distils_digits_teacher_into_mlp(teacher_file, tmp_path):
     assert val_top1[-1].value > val_top1[0].value
     step_rows = [row.step for row in rep.rows if row.name == "loss/kd" and row.split == "train"]
     assert 10 in step_rows and 20 in step_rows and SPE in step_rows
-    lrs = [row.value for row in rep.rows if row.name == "lr"]
+    lrs = [row.value for row in rep.rows if row.name == "lr" and row.split == "train"]  # not the baseline's
     assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 1e-6  # cosine decays to 0
     assert rep.progress_calls[-1]["fraction"] == 1.0
     # artifacts: the student loads back as a teacher (metadata) and the card says how to use it
@@ -123,7 +124,8 @@ def test_cancel_during_evaluation_leaves_no_artifacts(teacher_file, tmp_path):
     # evaluation -> stop at the last
     rep = RecordingReporter(stop_after_steps=SPE + 2)
     with pytest.raises(StopRequested):
-        run(make_spec(training={"epochs": 1}), teacher_file, tmp_path / "job", reporter=rep)
+        run(make_spec(training={"epochs": 1}, evaluation={"compare_baseline": False, "latency_iterations": 5}), teacher_file,
+            tmp_path / "job", reporter=rep)
     assert "evaluating" in rep.phases and not (tmp_path / "job/artifacts").exists()
 
 

@@ -4,9 +4,13 @@ builder on its own (rounding, None handling, the baseline verdicts)."""
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import pytest
 
 from distill import report_builders as rb
+from distill import review
 from tests.fixtures import only_nulls_added, stored_reports
 
 STORED = stored_reports()
@@ -15,7 +19,8 @@ EXEMPT = {"object", "job_id", "task"}
 
 def _tensor_model(m: dict):
     return rb.tensor_model(format=m["format"], parameters=m["parameters"], bytes=m["bytes"], flops_per_sample=m["flops_per_sample"],
-                           val_top1=m["val_top1"], latency_ms=m["latency_ms"], architecture=m["architecture"], notes=m["notes"])
+                           val_top1=m["val_top1"], latency_ms=m["latency_ms"], architecture=m["architecture"], notes=m["notes"],
+                           val_top1_interval=m.get("val_top1_interval"))
 
 
 def _rebuild_classification(r: dict, batch_size: int):
@@ -37,16 +42,23 @@ def _rebuild_classification(r: dict, batch_size: int):
                                  artifact=p["artifact"], bytes=p["bytes"], parameters=p["parameters"], val_top1=p["val_top1"],
                                  latency_ms=p["latency_ms"]) if p else None,
         baseline=(rb.baseline(val_top1=b["val_top1"], training_time_s=b["training_time_s"], parameters=b["parameters"],
-                              epochs=b["epochs"], steps=b["steps"]) if b.get("note") is None else rb.no_baseline(b["note"])) if b else None)
+                              epochs=b["epochs"], steps=b["steps"], val_top1_interval=b.get("val_top1_interval"))
+                  if b.get("note") is None else rb.no_baseline(b["note"])) if b else None,
+        comparisons=r.get("comparisons"), warnings=r.get("warnings"))
 
 
 @pytest.mark.parametrize("name,batch_size", [("classification_full", 64), ("classification_unlabelled", 64),
-                                             ("classification_combined", 64), ("classification_tabular", 16)])
+                                             ("classification_combined", 64), ("classification_tabular", 16),
+                                             ("classification_error_bars", 64)])
 def test_classification_builders_rebuild_a_stored_report(name, batch_size):
     stored = STORED[name]
     built = _rebuild_classification(stored, batch_size)
-    assert built.summary == stored["summary"]
-    assert only_nulls_added(stored, built.model_dump(mode="json"), EXEMPT)
+    # reports stored before the error bars ended with a verdict on any non-zero gain; without the comparison the
+    # builders no longer give one (distill.review.gain_sentence), and the rest of the sentence is unchanged
+    expected = stored["summary"] if "comparisons" in stored else re.sub(r" Distillation (helped|did not help|made no difference).*$",
+                                                                        "", stored["summary"])
+    assert built.summary == expected
+    assert only_nulls_added({**stored, "summary": expected}, built.model_dump(mode="json"), EXEMPT)
 
 
 def _text_parts(r: dict):
@@ -105,15 +117,27 @@ def test_cache_savings():
     assert resumed.teacher_passes_saved == 0 and resumed.cache_seconds is None
 
 
-def _tiny(top1_student: float | None, baseline_top1: float | None):
+def _correct(top1: float, n: int = 1000) -> np.ndarray:
+    """A per-row correctness vector of ``n`` rows with ``top1 * n`` right (the first ones)."""
+    return np.arange(n) < round(top1 * n)
+
+
+def _tiny(top1_student: float | None, baseline_top1: float | None, alone_correct: np.ndarray | None = None,
+          student_correct: np.ndarray | None = None, compared: bool = True):
     lat = {"1": {"p50": 2.0, "p95": 3.0}}
     teacher = rb.tensor_model(format="safetensors", parameters=1000, bytes=4000, flops_per_sample=200, val_top1=0.9, latency_ms=lat,
                               architecture={"name": "cnn", "kwargs": {}})
     student = rb.tensor_model(format="safetensors", parameters=100, bytes=500, flops_per_sample=None, val_top1=top1_student,
                               latency_ms={"1": {"p50": 0.5, "p95": 0.6}}, architecture={"name": "mlp", "kwargs": {}})
     base = rb.baseline(val_top1=baseline_top1, training_time_s=1.0, parameters=100, epochs=1, steps=3) if baseline_top1 is not None else None
+    comparisons = None
+    if compared and top1_student is not None and baseline_top1 is not None:
+        s_ok = _correct(top1_student) if student_correct is None else student_correct
+        b_ok = _correct(baseline_top1) if alone_correct is None else alone_correct
+        comparisons = {"distilled_vs_alone": review.compare(s_ok, b_ok, "distilled student", "student alone", seed=0)}
     return rb.classification_report(
         teacher=teacher, student=student, agreement=0.8, mean_kl=0.1, cache=None, wall_time_s={"total": 1.0}, baseline=base,
+        comparisons=comparisons,
         data=rb.tensor_data(counts={"train": 10, "labelled": 10, "unlabelled": 0, "transfer": 0}, num_classes=2, input_shape=[4],
                             validation={"rows": 5}, preprocessing={}),
         training=rb.training_summary(epochs=1, steps=3, steps_per_epoch=3, resumed_from_epoch=None, final_loss_terms={},
@@ -125,9 +149,24 @@ def test_classification_assembly_derives_ratios_and_verdicts():
     assert (r.compression_ratio, r.parameter_ratio, r.flops_ratio, r.speedup) == (8.0, 10.0, None, {"1": 4.0})
     assert r.top1_drop_points == 5.0 and r.distillation_gain_points == 5.0 and r.gain_points() == 5.0
     assert r.summary.startswith("The mlp student has 100 parameters vs the teacher's 1,000 (8.0x smaller on disk, 4.0x faster")
-    assert "Distillation helped" in r.summary and "5.00 points above" in r.summary
+    # 850 vs 800 of the same 1,000 rows, the first 800 right for both: 50 discordant rows, all for the distilled one
+    assert "Distillation helped" in r.summary and "5.00 points above" in r.summary and "McNemar p = " in r.summary
+    assert r.comparisons["distilled_vs_alone"].verdict == "a better"
     assert "Distillation did not help" in _tiny(0.75, 0.8).summary
-    assert "made no difference" in _tiny(0.8, 0.8).summary
+    assert "No measurable difference" in _tiny(0.8, 0.8).summary
+    # +0.5 points made of 30 rows one way and 25 the other: the interval covers 0, so no verdict either way
+    rng = np.random.default_rng(0)
+    both = rng.permutation(np.r_[np.ones(770, bool), np.zeros(230, bool)])
+    s_ok, b_ok = both.copy(), both.copy()
+    wrong, right = np.flatnonzero(~both), np.flatnonzero(both)
+    s_ok[wrong[:30]] = True
+    b_ok[wrong[30:55]] = True
+    noisy = _tiny(s_ok.mean(), b_ok.mean(), alone_correct=b_ok, student_correct=s_ok)
+    vs = noisy.comparisons["distilled_vs_alone"]
+    assert vs.difference_points == 0.5 and vs.interval_points[0] < 0 < vs.interval_points[1] and vs.mcnemar_p > 0.5
+    assert "No measurable difference" in noisy.summary and "helped" not in noisy.summary and "did not help" not in noisy.summary
+    uncompared = _tiny(0.85, 0.8, compared=False)  # a baseline without its comparison: the gain, but no verdict
+    assert uncompared.distillation_gain_points == 5.0 and "Distillation" not in uncompared.summary
     no_labels = _tiny(None, None)
     assert no_labels.top1_drop_points is None and no_labels.baseline is None and "top-1" not in no_labels.summary
     assert rb.no_baseline("why").model_dump(exclude_unset=True) == {"val_top1": None, "training_time_s": None, "note": "why"}

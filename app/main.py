@@ -16,6 +16,7 @@ from app.health.router import router as health_router
 from app.metrics import MetricsMiddleware
 from app.metrics import router as metrics_router
 from app.jobs.router import router as jobs_router
+from app.sweeps.router import router as sweeps_router
 from app.reports.router import router as reports_router
 from app.ui.router import router as ui_router, static_files as ui_static
 from app.webhooks.router import router as webhooks_router
@@ -77,6 +78,7 @@ def create_app(*, auto_migrate: bool | None = None) -> FastAPI:
     app.include_router(files_router)
     app.include_router(reports_router)
     app.include_router(jobs_router)
+    app.include_router(sweeps_router)
     app.include_router(ui_router)
     app.mount("/ui/static", ui_static(), name="ui-static")
     app.include_router(webhooks_router)

@@ -440,6 +440,42 @@ class Stillhouse:
         params = {k: v for k, v in {"status": status, "limit": limit}.items() if v}
         return self._request("GET", f"/v1/webhooks/{endpoint_id}/deliveries", params=params)["data"]
 
+    def create_sweep(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/sweeps: a base job spec, search_space, objectives, sampler, budget; returns the sweep object. ApiError
+        422 naming the field (``base.…``, ``search_space.<path>``)."""
+        return self._request("POST", "/v1/sweeps", json=body)
+
+    def sweep(self, sweep_id: str) -> dict[str, Any]:
+        """GET /v1/sweeps/{id}: status, progress (trials by status), best so far."""
+        return self._request("GET", f"/v1/sweeps/{sweep_id}")
+
+    def sweep_trials(self, sweep_id: str) -> list[dict[str, Any]]:
+        """GET /v1/sweeps/{id}/trials: each trial's job, params, status and selection-split scores."""
+        return self._request("GET", f"/v1/sweeps/{sweep_id}/trials")["data"]
+
+    def sweep_front(self, sweep_id: str) -> dict[str, Any]:
+        """GET /v1/sweeps/{id}/front: the non-dominated trials with their held-out validation top-1 and intervals."""
+        return self._request("GET", f"/v1/sweeps/{sweep_id}/front")
+
+    def cancel_sweep(self, sweep_id: str) -> dict[str, Any]:
+        """POST /v1/sweeps/{id}/cancel."""
+        return self._request("POST", f"/v1/sweeps/{sweep_id}/cancel")
+
+    def wait_sweep(self, sweep_id: str, *, poll_s: float = 2.0, timeout_s: float | None = None,
+                   on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Poll the sweep every ``poll_s`` seconds until it ends (succeeded, failed, cancelled) and return it;
+        ``on_update`` sees each poll. Raises TimeoutError after ``timeout_s`` seconds, ApiError (404 unknown sweep)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            sw = self.sweep(sweep_id)
+            if on_update:
+                on_update(sw)
+            if sw["status"] in ("succeeded", "failed", "cancelled"):
+                return sw
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"sweep {sweep_id} still {sw['status']} after {timeout_s} s")
+            time.sleep(poll_s)
+
     def wait(self, job_id: str, *, poll_s: float = 0.5, timeout_s: float | None = None,
              on_update: Callable[[Job], None] | None = None, stream: bool = True) -> Job:
         """Follow the job until it reaches a final status and return it; ``on_update`` sees each new state of the job.

@@ -698,3 +698,121 @@ def webhooks_deliveries(endpoint_id: str, status_: Optional[str] = typer.Option(
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
+
+
+sweep_app = typer.Typer(help="Sweeps: search student sizes and distillation settings; each trial a job; the front.",
+                        no_args_is_help=True)
+app.add_typer(sweep_app, name="sweep")
+
+
+def _sweep_line(sw: dict[str, Any]) -> str:
+    t = sw["trials"]
+    best = sw.get("best")
+    return (f"sweep {sw['id']} {sw['status']}" + (f" ({sw['stop_reason']})" if sw.get("stop_reason") else "")
+            + f": {t['created']}/{t['max_trials']} trials, {t['succeeded']} succeeded, {t['running']} running, {t['queued']} queued, "
+            f"{t['failed']} failed, {t['cancelled']} cancelled" + (f"; best trial {best['trial']} {best['scores']}" if best else ""))
+
+
+def _wait_sweep(client: Stillhouse, sweep_id: str, timeout: float | None, as_json: bool) -> None:
+    """Progress bar over the sweep's trials until it ends; exit 0 succeeded, 1 failed, 3 cancelled, 4 timeout."""
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=err, transient=False) as bar:
+        task = bar.add_task(f"sweep {sweep_id}", total=None, info="")
+
+        def update(sw: dict[str, Any]) -> None:
+            t = sw["trials"]
+            done = t["succeeded"] + t["failed"] + t["cancelled"]
+            bar.update(task, total=t["max_trials"], completed=done,
+                       info=f"{t['running']} running, {t['queued']} queued" + (f", best {sw['best']['scores']}" if sw.get("best") else ""))
+
+        try:
+            sw = client.wait_sweep(sweep_id, timeout_s=timeout, on_update=update)
+        except TimeoutError as e:
+            err.print(str(e))
+            raise typer.Exit(EXIT_TIMEOUT)
+        except ApiError as e:
+            _fail(e)
+    if as_json:
+        _print_json(sw)
+    else:
+        console.print(_sweep_line(sw), highlight=False, soft_wrap=True)
+    if sw["status"] != "succeeded":
+        raise typer.Exit(EXIT_CANCELLED if sw["status"] == "cancelled" else EXIT_FAILED)
+
+
+@sweep_app.command("submit")
+def sweep_submit(spec_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Sweep spec, JSON or YAML."),
+                 wait_: bool = typer.Option(False, "--wait", help="Follow the sweep until it ends (exit 0/1/3/4 as submit)."),
+                 timeout: Optional[float] = typer.Option(None, "--timeout", min=0, help="With --wait: give up after this many seconds."),
+                 as_json: bool = JSON_OPTION) -> None:
+    """Start a sweep: ``base`` (a job spec; its local ``path:`` files are uploaded as ``submit`` does), ``search_space``,
+    ``objectives``, ``sampler``, ``budget``. Prints the sweep id."""
+    client = _client()
+    say = lambda m: err.print(m, highlight=False)  # noqa: E731
+    try:
+        body = load_spec(spec_path)
+        if isinstance(body.get("base"), dict):
+            upload_spec_paths(client, body["base"], spec_path.parent, say)
+        sw = client.create_sweep(body)
+    except ApiError as e:
+        _fail(e)
+    err.print(_sweep_line(sw), highlight=False)
+    if wait_:
+        _wait_sweep(client, sw["id"], timeout, as_json)
+    elif as_json:
+        _print_json(sw)
+    else:
+        print(sw["id"])
+
+
+@sweep_app.command("wait")
+def sweep_wait(sweep_id: str, timeout: Optional[float] = typer.Option(None, "--timeout", min=0, help="Give up after this many seconds (exit 4)."),
+               as_json: bool = JSON_OPTION) -> None:
+    """Follow a sweep with a progress bar over its trials until it ends; exit 0 succeeded, 1 failed, 3 cancelled, 4 timeout."""
+    _wait_sweep(_client(), sweep_id, timeout, as_json)
+
+
+@sweep_app.command("status")
+def sweep_status(sweep_id: str, as_json: bool = JSON_OPTION) -> None:
+    """Show a sweep's status and progress."""
+    _run(lambda: _client().sweep(sweep_id), as_json, _sweep_line)
+
+
+@sweep_app.command("cancel")
+def sweep_cancel(sweep_id: str, as_json: bool = JSON_OPTION) -> None:
+    """Cancel a sweep: no new trial; queued trials cancelled, running ones stopped."""
+    _run(lambda: _client().cancel_sweep(sweep_id), as_json, _sweep_line)
+
+
+@sweep_app.command("front")
+def sweep_front(sweep_id: str, as_json: bool = JSON_OPTION) -> None:
+    """The sweep's front as a table: each non-dominated trial's params, held-out validation top-1 with its 95%
+    interval, selection-split top-1, bytes, p50 latency and job (download its student with ``stillhouse download JOB``)."""
+    try:
+        front = _client().sweep_front(sweep_id)
+    except ApiError as e:
+        _fail(e)
+    if as_json:
+        _print_json(front)
+        return
+    t = Table(title=f"front of {sweep_id}" + ("" if front["final"] else " (so far)"))
+    for h in ("trial", "params", "val top-1", "95% interval", "selection top-1", "bytes", "p50 ms (batch 1)", "job"):
+        t.add_column(h)
+    teacher = front.get("teacher")
+    if teacher:
+        t.add_row("teacher", "", _fmt(teacher.get("val_top1"), "pct"), _ci(teacher.get("interval95")), "",
+                  f"{teacher.get('bytes') or 0:,}", _p50(teacher.get("latency_ms")), "")
+    for m in front["data"]:
+        h = m.get("holdout") or {}
+        t.add_row(str(m["trial"]), json.dumps(m["params"]), _fmt(h.get("student_val_top1"), "pct"), _ci(h.get("student_interval95")),
+                  _fmt(m.get("selection_top1"), "pct"), f"{m.get('bytes') or 0:,}", _p50(m.get("latency_ms")), m["job_id"])
+    console.print(t)
+
+
+def _ci(v: list[float] | None) -> str:
+    return "-" if not v else f"{100 * v[0]:.1f}-{100 * v[1]:.1f}%"
+
+
+def _p50(lat: dict[str, Any] | None) -> str:
+    v = ((lat or {}).get("1") or {}).get("p50")
+    return "-" if v is None else f"{v:.3f}"

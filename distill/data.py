@@ -32,7 +32,9 @@ class DataBundle:
     when the validation data has no labels); ``num_classes``: max label + 1 over train and validation (None
     without labels); ``input_shape``: per-sample shape; ``preprocessing``: JSON description of what was done
     to raw inputs (for ``student.json``); ``counts``: {'train', 'labelled', 'unlabelled', 'transfer',
-    'validation'} row counts; ``validation``: JSON description of how validation data was made."""
+    'validation'} row counts; ``validation``: JSON description of how validation data was made. With
+    ``data.selection``, ``val_x``/``val_y`` are the selection split carved from the training rows and
+    ``holdout_x``/``holdout_y`` the untouched validation split (else None)."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -43,6 +45,8 @@ class DataBundle:
     preprocessing: dict[str, Any]
     counts: dict[str, int]
     validation: dict[str, Any] = field(default_factory=dict)
+    holdout_x: torch.Tensor | None = None
+    holdout_y: torch.Tensor | None = None
 
     @property
     def has_labels(self) -> bool:
@@ -165,6 +169,15 @@ def load_data(data_spec: DataSpec, files: Mapping[str, FileInput], *, input_shap
                  "stratified": bool((y >= 0).any() and np.unique(y[y >= 0], return_counts=True)[1].min() >= 2)}
     if vx.shape[1:] != tx.shape[1:]:
         raise DistillError("shape_mismatch", f"validation samples have shape {list(vx.shape[1:])} but training samples {list(tx.shape[1:])}", "data.validation")
+    hx = hy = None
+    if data_spec.selection is not None:
+        sel = data_spec.selection
+        keep, carve = split_validation(ty, sel.fraction, sel.seed)
+        hx, hy = vx, vy
+        tx, ty, vx, vy = tx[keep], ty[keep], tx[carve], ty[carve]
+        vdesc = {"fraction": sel.fraction, "seed": sel.seed, "rows": int(carve.size), "selection": True,
+                 "note": "a selection split carved from the training rows; the validation split is held out (report 'holdout')",
+                 "holdout": vdesc}
     n_transfer = 0
     if data_spec.transfer is not None:
         sx, sy, _ = _load_ref(data_spec.transfer, files, "data.transfer")
@@ -174,7 +187,7 @@ def load_data(data_spec: DataSpec, files: Mapping[str, FileInput], *, input_shap
         n_transfer = int(sx.shape[0])
         tx = np.concatenate([tx, sx])
         ty = np.concatenate([ty, np.full(n_transfer, -1, dtype=np.int64)])
-    labels = np.concatenate([ty[ty >= 0], vy[vy >= 0]])
+    labels = np.concatenate([ty[ty >= 0], vy[vy >= 0]] + ([hy[hy >= 0]] if hy is not None else []))
     num_classes = int(labels.max()) + 1 if labels.size else None
     shape = [int(d) for d in tx.shape[1:]]
     prep = {**prep, "input_shape": shape, "dtype": "float32"}
@@ -187,4 +200,6 @@ def load_data(data_spec: DataSpec, files: Mapping[str, FileInput], *, input_shap
         val_x=torch.from_numpy(np.ascontiguousarray(vx, dtype=np.float32)),
         val_y=torch.from_numpy(np.ascontiguousarray(vy, dtype=np.int64)),
         num_classes=num_classes, input_shape=shape, preprocessing=prep, counts=counts, validation=vdesc,
+        holdout_x=torch.from_numpy(np.ascontiguousarray(hx, dtype=np.float32)) if hx is not None else None,
+        holdout_y=torch.from_numpy(np.ascontiguousarray(hy, dtype=np.int64)) if hy is not None else None,
     )

@@ -14,11 +14,12 @@ from .training.tensor import batched_logits
 from .measure import count_flops, module_latency
 from .models import parameter_count
 from .report_builders import rnd
+from .shared_cache import TeacherProfile
 from .teachers import Teacher
 
 
 def evaluate(teacher: Teacher, student: nn.Module, data: DataBundle, device: torch.device, latency_batch_sizes: list[int],
-             latency_iterations: int) -> dict[str, Any]:
+             latency_iterations: int, teacher_measured: TeacherProfile | None = None) -> dict[str, Any]:
     """Validation comparison of ``teacher`` and ``student`` (eval mode) on ``data.val_x`` / ``val_y``.
 
     Returns {'teacher': {...}, 'student': {...}, 'agreement', 'mean_kl', 'extra', 'val_correct'}: 'extra' is
@@ -28,12 +29,15 @@ def evaluate(teacher: Teacher, student: nn.Module, data: DataBundle, device: tor
     fraction of validation samples where both argmaxes agree; 'mean_kl' is KL(teacher ‖ student) at T=1 in nats,
     batchmean; 'val_correct' {'teacher', 'student'}: numpy bool ``[N_labelled]`` per labelled validation row (in order),
     whether the model's argmax is the label (None each without validation labels), for the report's error bars.
+    ``teacher_measured`` (``distill.shared_cache.teacher_profile``, for the same validation data, batch sizes
+    and iterations): the teacher's validation logits, FLOPs and latency measured once per teacher, used instead of
+    running and timing the teacher again.
     """
     student.eval()
     vx = data.val_x.to(device)
     vy = data.val_y.to(device)
     with torch.inference_mode():
-        t_logits = batched_logits(teacher, vx)
+        t_logits = teacher_measured.val_logits.to(device) if teacher_measured is not None else batched_logits(teacher, vx)
         s_logits = batched_logits(student, vx)
         t_pred, s_pred = t_logits.argmax(1), s_logits.argmax(1)
         agreement = float((t_pred == s_pred).float().mean())
@@ -47,14 +51,18 @@ def evaluate(teacher: Teacher, student: nn.Module, data: DataBundle, device: tor
     shape = list(data.input_shape)
     t_lat, s_lat = {}, {}
     for b in latency_batch_sizes:
-        t = teacher.latency(b, latency_iterations)
+        if teacher_measured is not None and str(b) in teacher_measured.latency_ms:
+            t_lat[str(b)] = dict(teacher_measured.latency_ms[str(b)])
+        else:
+            t = teacher.latency(b, latency_iterations)
+            t_lat[str(b)] = {"p50": rnd(t["p50_ms"]), "p95": rnd(t["p95_ms"])}
         s = module_latency(student, shape, b, latency_iterations, device)
-        t_lat[str(b)] = {"p50": rnd(t["p50_ms"]), "p95": rnd(t["p95_ms"])}
         s_lat[str(b)] = {"p50": rnd(s["p50_ms"]), "p95": rnd(s["p95_ms"])}
     extra = classification_metrics(t_logits.float().cpu(), s_logits.float().cpu(), vy.cpu())
     return {
         "extra": extra,
-        "teacher": {"val_top1": rnd(t_top1), "parameters": teacher.parameters, "flops_per_sample": teacher.flops_per_sample, "latency_ms": t_lat},
+        "teacher": {"val_top1": rnd(t_top1), "parameters": teacher.parameters, "latency_ms": t_lat,
+                    "flops_per_sample": teacher_measured.flops_per_sample if teacher_measured is not None else teacher.flops_per_sample},
         "student": {"val_top1": rnd(s_top1), "parameters": parameter_count(student),
                     "flops_per_sample": count_flops(student, shape, device), "latency_ms": s_lat},
         "agreement": rnd(agreement), "mean_kl": rnd(mean_kl, 6), "val_correct": correct,

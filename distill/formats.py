@@ -70,11 +70,12 @@ _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 @dataclass(frozen=True)
 class FileInput:
     """An uploaded file handed to the core: its ``path``, sniffed ``format`` (see ``sniff``; 'auto' = sniff
-    again) and size in ``bytes``."""
+    again), size in ``bytes`` and, when the caller knows it, the ``sha256`` hex of its bytes."""
 
     path: Path
     format: str
     bytes: int
+    sha256: str | None = None
 
 
 @dataclass

@@ -16,6 +16,7 @@ Face teachers run the text driver, ``distill.text.run_text_job``.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import time
@@ -39,10 +40,12 @@ from .jobrun import ARTIFACTS_DIR, JobRun
 from .methods import CombinedMethod, LabelsOnly, Method, build_method, check_method_supported
 from .models import build, describe, parameter_count
 from . import report_builders as rb
-from .report import (BaselineSummary, CacheSummary, PrunedStudent, QuantizedStudent, TensorDataSummary, TensorModelSummary,
-                     TrainingSummary)
+from .report import (BaselineSummary, CacheSummary, HoldoutEvaluation, PrunedStudent, QuantizedStudent, SharedTeacherCache,
+                     TensorDataSummary, TensorModelSummary, TrainingSummary)
 from .reporter import Reporter
 from .review import data_warnings, error_bars, teacher_warning
+from .holdout import holdout_block
+from .shared_cache import SharedCache, shared_teacher_outputs, teacher_key, teacher_profile
 from .spec import JobSpec, TrainingSpec
 from .results import DistillResult, JobInputs
 from .teachers import Teacher, load_teacher
@@ -274,14 +277,16 @@ def _is_causal_folder(folder: Path) -> bool:
 
 
 def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter, *, runtime_used_s: float = 0.0,
-            max_unpacked_bytes: int = 4 * 1024**3) -> DistillResult:
+            max_unpacked_bytes: int = 4 * 1024**3, shared: SharedCache | None = None) -> DistillResult:
     """Run one distillation job and return its report and artifacts.
 
     ``workdir``: the job's private folder (created if needed); holds the training checkpoints (the newest good one,
     of the same spec, is resumed from) and receives ``artifacts/`` (replaced). ``runtime_used_s``: seconds the job
     already ran before a redelivery, deducted from ``training.max_runtime_s``. A Hugging Face teacher ('hf'
     archive, unpacked into ``workdir/teacher`` up to ``max_unpacked_bytes``) runs the text tasks
-    (``distill.text.run_text_job``).
+    (``distill.text.run_text_job``). ``shared``: the cache every job of the service shares
+    (``distill.shared_cache``): the teacher's latency, FLOPs and validation logits, and its outputs on the training
+    rows, are read from it when a job of the same teacher and data stored them, else computed and stored.
 
     Raises ``DistillError`` (codes: invalid_spec, invalid_file, unsafe_checkpoint, shape_mismatch,
     non_finite_loss, max_runtime_exceeded, internal_error) or ``StopRequested`` (cancelled); in every failure
@@ -308,7 +313,8 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     with run.phase("loading_teacher"):
         loaded = _load(run, inputs, fmt)
     run.check("while loading", stop=False)
-    cache = _cache_teacher_outputs(run, loaded)
+    tkey = _teacher_key(spec, inputs, fmt) if shared is not None else ""
+    cache, shared_info = _cache_teacher_outputs(run, loaded, shared, tkey)
     teacher_train = _teacher_train_top1(run, loaded, cache)
     fingerprint = spec_fingerprint(spec)
     with run.phase("training"):
@@ -324,10 +330,17 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     baseline = _baseline(run, loaded, fingerprint)
     run.check("after training")
     with run.phase("evaluating"):
-        ev = evaluate(loaded.teacher, loaded.student, loaded.data, run.device, list(spec.evaluation.latency_batch_sizes),
-                      spec.evaluation.latency_iterations)
+        sizes, iters = list(spec.evaluation.latency_batch_sizes), spec.evaluation.latency_iterations
+        measured = (teacher_profile(loaded.teacher, tkey, loaded.data.val_x, run.device, sizes, iters, shared)
+                    if shared is not None and loaded.data.val_x.shape[0] else None)
+        ev = evaluate(loaded.teacher, loaded.student, loaded.data, run.device, sizes, iters, teacher_measured=measured)
         baseline_part, alone = _baseline_part(run, loaded, baseline, ev["student"]["parameters"])
         review = _review(run, loaded, ev, alone, teacher_train)
+        if measured is not None:
+            shared_info = {**(shared_info or {}), "teacher_profile": "reused" if measured.cached else "measured"}
+        if shared_info is not None:
+            cache_part.shared = SharedTeacherCache(**shared_info)
+        holdout = holdout_block(loaded.teacher, loaded.student, loaded.data, run.device, tkey=tkey, shared=shared)
     run.check("after evaluation", deadline=False)
     with run.phase("exporting"), run.artifacts() as tmp_dir:
         exported = _export_all(run, loaded, ev, pruned, tmp_dir)
@@ -340,6 +353,8 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
         training=training_part, cache=cache_part, onnx=rb.onnx_check(exported.onnx), quantized=exported.variants.get("quantized"),
         pruned=exported.variants.get("pruned"), baseline=baseline_part, wall_time_s=run.finish(),
         comparisons=review["bars"]["comparisons"], warnings=review["warnings"])
+    if holdout is not None:
+        report.holdout = HoldoutEvaluation(**holdout)
     return DistillResult(report=report.model_dump(mode="json"), artifacts=[run.final_dir / n for n in exported.names],
                          baseline_student=baseline[0] if isinstance(baseline, tuple) else None)
 
@@ -364,17 +379,43 @@ def _load(run: JobRun, inputs: JobInputs, fmt: str) -> _Loaded:
     return _Loaded(teacher, data, k, student, filled, method, all_labelled, use_cache, cache_reason)
 
 
-def _cache_teacher_outputs(run: JobRun, loaded: _Loaded) -> TeacherCache | None:
+def _teacher_key(spec: JobSpec, inputs: JobInputs, fmt: str) -> str:
+    """The shared cache's name of this job's teacher (``distill.shared_cache.teacher_key``): its file's sha256 (given
+    by the caller, else computed here), format and architecture."""
+    digest = inputs.teacher.sha256
+    if digest is None:
+        h = hashlib.sha256()
+        with open(inputs.teacher.path, "rb") as f:
+            while chunk := f.read(1024 * 1024):
+                h.update(chunk)
+        digest = h.hexdigest()
+    arch = spec.teacher.architecture.model_dump(mode="json") if spec.teacher.architecture is not None else None
+    return teacher_key(digest, fmt, arch)
+
+
+def _cache_teacher_outputs(run: JobRun, loaded: _Loaded, shared: SharedCache | None = None,
+                           tkey: str = "") -> tuple[TeacherCache | None, dict[str, Any] | None]:
     """Phase caching_teacher_outputs, when the outputs are cached or the method needs a pass over the training data
-    (``Method.prepare``): the teacher's logits and features for every training row."""
+    (``Method.prepare``): the teacher's logits and features for every training row, read from ``shared`` when another
+    job of the same teacher and training rows stored them (else computed and stored there). Returns (the cache or
+    None, the report's ``cache.shared`` block or None without a shared cache: {'teacher_outputs': 'reused' |
+    'computed', 'key'})."""
     method = loaded.method
     if not (loaded.use_cache or method.needs_dataset_pass):
-        return None
-    cache = None
+        return None, None
+    cache, info = None, None
     with run.phase("caching_teacher_outputs"):
         t0 = time.perf_counter()
         x = loaded.data.train_x.to(run.device)
-        t_logits, t_feats = teacher_outputs(loaded.teacher, x, method.teacher_layers, param="method.teacher_layer")
+        if shared is not None:
+            t_logits, t_feats, hit, key = shared_teacher_outputs(loaded.teacher, tkey, x, method.teacher_layers, shared,
+                                                                 param="method.teacher_layer")
+            info = {"teacher_outputs": "reused" if hit else "computed", "key": key}
+            run.reporter.event("teacher_outputs_shared", ("read the teacher's outputs on the training rows from the shared cache"
+                                                          if hit else "computed the teacher's outputs on the training rows and "
+                                                          "stored them in the shared cache"), info)
+        else:
+            t_logits, t_feats = teacher_outputs(loaded.teacher, x, method.teacher_layers, param="method.teacher_layer")
         _check_finite(t_logits, f"the {x.shape[0]} training rows (teacher-output cache)")
         if method.needs_dataset_pass:
             method.prepare(t_logits, t_feats, loaded.data.train_y.to(run.device))
@@ -383,7 +424,7 @@ def _cache_teacher_outputs(run: JobRun, loaded: _Loaded) -> TeacherCache | None:
             cache = TeacherCache(logits=t_logits, features=t_feats, seconds=time.perf_counter() - t0, bytes=nbytes)
         del t_logits, t_feats
     run.check("after caching teacher outputs")
-    return cache
+    return cache, info
 
 
 TEACHER_TRAIN_ROWS = 20_000  # most labelled training rows the teacher is run on (without a cache) for its training top-1

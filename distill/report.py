@@ -70,6 +70,33 @@ class ValidationSplit(_Part):
     seed: int | None = Field(None, description="Seed of the split (absent with a file).")
     stratified: bool | None = Field(None, description="Tensor tasks: whether the split kept the class proportions.")
     file_id: str | None = Field(None, description="The validation file, when one was given instead of a fraction.")
+    selection: bool | None = Field(None, description="True when these rows are a selection split carved from the training rows "
+                                                     "(data.selection): the validation split is then 'holdout'.")
+    note: str | None = Field(None, description="For a person.")
+    holdout: ValidationSplit | None = Field(None, description="With data.selection: how the held-out validation split was made.")
+
+
+class HoldoutEvaluation(_Part):
+    """Teacher and student on the held-out validation split, with 95% Wilson score intervals (Wilson 1927) of top-1."""
+
+    rows: int = Field(..., description="Labelled held-out rows.")
+    student_val_top1: float | None = Field(..., description="The student's top-1 on them, a fraction.")
+    student_interval95: list[float] | None = Field(..., description="[low, high] of the student's top-1.")
+    teacher_val_top1: float | None = Field(..., description="The teacher's top-1 on them, a fraction.")
+    teacher_interval95: list[float] | None = Field(..., description="[low, high] of the teacher's top-1.")
+    agreement: float | None = Field(..., description="Fraction of held-out rows where teacher and student argmaxes agree.")
+
+
+class SharedTeacherCache(_Part):
+    """What a job took from the cache shared by every job of the same teacher (``distill.shared_cache``)."""
+
+    teacher_outputs: Literal["reused", "computed"] | None = Field(
+        None, description="The teacher's outputs on the training rows: 'reused' (stored by an earlier job or sweep trial of the "
+                          "same teacher and training rows) or 'computed' (and stored); absent when they were not cached.")
+    key: str | None = Field(None, description="The cache entry of those outputs.")
+    teacher_profile: Literal["reused", "measured"] | None = Field(
+        None, description="The teacher's latency, FLOPs and validation top-1: 'reused' (measured once by an earlier job on this "
+                          "device and data) or 'measured' (and stored).")
 
 
 class CacheSummary(_Part):
@@ -81,6 +108,8 @@ class CacheSummary(_Part):
                                                        "(rows seen in training minus rows computed once).")
     cache_seconds: float | None = Field(None, description="Tensor tasks: seconds spent computing the cached outputs.")
     bytes: int | None = Field(None, description="Tensor tasks: memory held by the cache, bytes (only when used).")
+    shared: SharedTeacherCache | None = Field(None, description="Tensor tasks run by the service: what came from the cache "
+                                                                 "every job of the same teacher shares.")
 
 
 class MethodDetail(_Part):
@@ -359,6 +388,8 @@ class ClassificationReport(ReportBase):
                                                       "without validation labels.")
     warnings: list[ReportWarning] | None = Field(None, description="A reviewer's warnings about the split, the data and "
                                                  "the teacher ([] when none; None in reports stored before they existed).")
+    holdout: HoldoutEvaluation | None = Field(None, description="With data.selection (sweep trials): the untouched validation "
+                                                                "split, evaluated once at the end.")
 
     @model_validator(mode="before")
     @classmethod

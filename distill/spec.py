@@ -135,6 +135,14 @@ class GenerationSpec(_Strict):
     batch_size: int = Field(8, ge=1, le=1024, description="Prompts generated together.")
 
 
+class SelectionSpec(_Strict):
+    """A selection split carved from the training rows (after the validation split is held out), on which a choice
+    (a sweep's trials) is scored, so the validation split stays untouched by the choice."""
+
+    fraction: float = Field(0.2, gt=0, lt=1, description="Fraction of the labelled training rows carved out (stratified, seeded).")
+    seed: int = Field(0, ge=0, description="Seed of the carve.")
+
+
 class DataSpec(_Strict):
     """Training data, validation data and an optional unlabelled transfer set."""
 
@@ -143,6 +151,10 @@ class DataSpec(_Strict):
     transfer: DatasetRef | None = Field(
         None, description="Optional unlabelled inputs (NPZ with X only) that join training with the teacher's targets alone."
     )
+    selection: SelectionSpec | None = Field(
+        None, description="Tensor tasks: score the student on a selection split carved from the training rows (the report's "
+                          "val_* numbers are then selection-split numbers); the validation split is evaluated once, in the "
+                          "report's 'holdout' block. Set by sweeps on their trials.")
     text_column: str = Field("text", min_length=1, description="Text tasks, CSV files: the column holding the text.")
     max_seq_length: int = Field(128, ge=8, le=8192, description="Text tasks: tokens per text after truncation.")
     input_shape: list[Annotated[int, Field(ge=1)]] | None = Field(

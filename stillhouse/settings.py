@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     max_unpacked_bytes: ByteSize = Field(4 * 1024**3, ge=1, description="Largest unpacked size of an uploaded Hugging Face archive, bytes; larger ones get 422.")
     upload_chunk_bytes: ByteSize = Field(1024 * 1024, ge=4096, description="Chunk size used when streaming uploads and downloads, bytes.")
     worker_concurrency: int = Field(1, ge=1, description="Jobs one worker process runs at once (Celery prefork children).")
+    shared_teacher_cache: bool = Field(True, description="Workers share a teacher's measurements (latency, FLOPs, validation "
+                                       "logits) and its outputs on the training rows through the artifact store "
+                                       "(cache/teachers/...), so jobs and sweep trials of one teacher run it once; false: every "
+                                       "job computes its own.")
     torch_threads: int | None = Field(
         None, ge=1, description="PyTorch intra-op threads per job; default: cores available / worker concurrency."
     )

@@ -21,6 +21,8 @@ from sqlalchemy.exc import OperationalError
 from stillhouse import metrics
 from stillhouse.db import get_engine
 from stillhouse.jobs import handback, leases
+from stillhouse.jobs.states import TERMINAL
+from stillhouse.sweeps.scheduler import job_finished, storage as sweep_storage
 from stillhouse.jobs.runner import execute  # the core and torch, loaded once in the main process before the children fork
 from stillhouse.jobs.sweep import start_sweeper
 from stillhouse.jobs.workers import WorkerHeartbeat
@@ -54,6 +56,10 @@ def _init_child(**_: object) -> None:
     import onnxruntime  # noqa: F401
     import sklearn.model_selection  # noqa: F401
 
+    try:  # Optuna's storage of the sweeps (engine, schema check): ~3 s that the first sweep step would otherwise take
+        sweep_storage()
+    except Exception as e:  # noqa: BLE001 - sweeps retry at their first step; jobs do not need it
+        log.warning("worker child: the sweeps' Optuna storage is not ready (%s: %s)", type(e).__name__, e)
     log.info("worker child: torch intra-op threads = %d", n)
 
 
@@ -107,7 +113,10 @@ def run_job(self, job_id: str) -> str | None:
     before the job was claimed, or while recording its end) the message is sent again ``DB_RETRY_S`` seconds later
     (``celery.exceptions.Retry``), for as long as it takes, instead of being acknowledged and lost."""
     try:
-        return execute(job_id)
+        status = execute(job_id)
     except OperationalError as e:
         log.warning("job %s: database unreachable (%s); delivering it again in %g s", job_id, str(e).splitlines()[0], DB_RETRY_S)
         raise self.retry(exc=e, countdown=DB_RETRY_S)
+    if status in TERMINAL:
+        job_finished(job_id)  # a sweep's trial: tell Optuna and queue the next trial now (stillhouse.sweeps.scheduler)
+    return status

@@ -82,3 +82,33 @@ def latency_bars(series: dict[str, dict[str, float]], unit: str = "ms", title: s
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     return _svg(fig)
+
+
+def sweep_front(trials: list[tuple[float, float, int, bool]], teacher: tuple[float, float, int] | None, batch: int) -> str | None:
+    """A sweep's trials as quality vs latency, SVG: each (latency p50 ms, top-1 fraction, bytes, on the front) a point
+    sized by bytes, front members joined and coloured, the teacher (latency, top-1, bytes) as a star."""
+    pts = [p for p in trials if p[0] is not None and p[1] is not None]
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    biggest = max([p[2] for p in pts] + ([teacher[2]] if teacher else []))
+    size = lambda b: 20 + 400 * (b / biggest) ** 0.5  # noqa: E731 - marker area grows with the square root of bytes
+    others = [p for p in pts if not p[3]]
+    front = sorted([p for p in pts if p[3]])
+    if others:
+        ax.scatter([p[0] for p in others], [100 * p[1] for p in others], s=[size(p[2]) for p in others], c="#bbbbbb",
+                   label="trial (selection split)", alpha=0.7)
+    if front:
+        ax.plot([p[0] for p in front], [100 * p[1] for p in front], c="#1f77b4", lw=1, alpha=0.6)
+        ax.scatter([p[0] for p in front], [100 * p[1] for p in front], s=[size(p[2]) for p in front], c="#1f77b4",
+                   label="front (held-out validation)")
+        for p in front:
+            ax.annotate(f"{p[2] / 1024:,.0f} KiB", (p[0], 100 * p[1]), textcoords="offset points", xytext=(6, -10), fontsize=7)
+    if teacher and teacher[0] is not None and teacher[1] is not None:
+        ax.scatter([teacher[0]], [100 * teacher[1]], marker="*", s=250, c="#d62728", label=f"teacher ({teacher[2] / 1024:,.0f} KiB)")
+    ax.set_xscale("log")
+    ax.set(title="sweep: quality vs latency (marker area ~ bytes)", xlabel=f"p50 latency at batch {batch} (ms, log)",
+           ylabel="top-1 (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _svg(fig)

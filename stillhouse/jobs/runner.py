@@ -29,6 +29,7 @@ from stillhouse.registry import export_mlflow, is_epoch_metric
 from stillhouse.settings import Settings, get_settings
 from stillhouse.storage import ArtifactStore, StoreError, get_store, sha256_file
 from stillhouse.jobs.scratch import CheckpointMirror
+from stillhouse.teacher_cache import StoreSharedCache
 from stillhouse.jobs import handback
 from distill.errors import DistillError, StopRequested
 from distill.formats import FileInput
@@ -203,7 +204,8 @@ def _inputs(sessions, store: ArtifactStore, job_id: str, workdir: Path) -> JobIn
     files = {}
     for f in by_role.values():
         try:
-            files[f.id] = FileInput(path=store.job_input(f.storage_key, workdir, sha256=f.sha256), format=f.format, bytes=f.bytes)
+            files[f.id] = FileInput(path=store.job_input(f.storage_key, workdir, sha256=f.sha256), format=f.format, bytes=f.bytes,
+                                  sha256=f.sha256)
         except FileNotFoundError as e:
             raise StoreError(f"the bytes of file {f.id} ({f.filename}) are missing from the artifact store") from e
     teacher = by_role["teacher"]
@@ -271,7 +273,7 @@ def execute(job_id: str, settings: Settings | None = None) -> str | None:
             mirror.restore()
             mirror.start()
             result = run_job(spec, inputs, workdir, reporter, runtime_used_s=claimed.runtime_s,
-                             max_unpacked_bytes=settings.max_unpacked_bytes)
+                             max_unpacked_bytes=settings.max_unpacked_bytes, shared=StoreSharedCache(store) if settings.shared_teacher_cache else None)
             mirror.stop()
             reporter.flush()
             if reporter.cancel_requested():

@@ -21,6 +21,8 @@ main process run one each, every ``STILLHOUSE_SWEEP_INTERVAL_S``) can race safel
     ``worker_lost``;
   - otherwise sent again, once per expiry (``enqueued_at`` older than the expiry), for any worker to resume from
     its last checkpoint.
+- **sweeps**: every running sweep with an ended trial not yet told to Optuna, or room for a new trial, takes a step
+  (``stillhouse.sweeps.scheduler.advance_live``).
 
 ``python -m app sweep`` runs the loop alone (``python -m stillhouse.jobs.sweep --once``: one pass, printed as JSON).
 """
@@ -47,6 +49,7 @@ from stillhouse.jobs.workers import live_workers
 from stillhouse.models import Job, JobEvent, utcnow
 from stillhouse.settings import Settings, get_settings
 from stillhouse.storage import StoreError, get_store
+from stillhouse.sweeps.scheduler import advance_live
 
 log = logging.getLogger("stillhouse.sweep")
 
@@ -225,6 +228,7 @@ def sweep(session_factory: sessionmaker[Session], now: datetime, settings: Setti
     _repair_dead_leases(session_factory, now, settings, send, result)
     _send_unsent(session_factory, now, settings, send, result)
     _resend_unclaimed(session_factory, now, settings, send, result)
+    advance_live(session_factory, settings)  # sweeps: tell ended trials, ask for new ones (stillhouse.sweeps.scheduler)
     if result:
         log.info("sweep: %s", {k: v for k, v in asdict(result).items() if v})
     return result

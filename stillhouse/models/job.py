@@ -23,7 +23,7 @@ class Job(Base):
     creating request and the sha256 of its body (unique per tenant). ``queue``: the Celery queue its messages go to
     (``cpu`` or ``gpu``, from ``training.device``). ``registry_export``: the model-registry export's outcome
     (``{"mlflow": {"status": "pending"|"registered"|"failed", ...}}``), when the spec asks for one. ``job_metadata`` (column ``metadata``): the
-    caller's string map (at most 16 keys of ≤ 64 characters, values ≤ 512 characters), filterable in ``GET /v1/jobs``.
+    caller's string map (at most 16 keys of ≤ 64 characters, values ≤ 512 characters), filterable in ``GET /v1/jobs``. ``sweep_id``: the sweep this job is a trial of (``stillhouse.sweeps``), else NULL.
     """
 
     __tablename__ = "jobs"
@@ -60,6 +60,7 @@ class Job(Base):
     queue: Mapped[str | None] = mapped_column(String(64), nullable=True)
     registry_export: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     job_metadata: Mapped[dict[str, str]] = mapped_column("metadata", JSON, default=dict)
+    sweep_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
 
 
 class JobFile(Base):

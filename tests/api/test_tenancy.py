@@ -223,6 +223,45 @@ async def _create_webhook(api, w: World) -> None:
     assert_error(await api.get(f"/v1/webhooks/{made.json()['id']}", headers=w.a), 404, "not_found")
 
 
+def _sweep_body(teacher: str) -> dict:
+    return {"base": spec_for(teacher), "budget": {"max_trials": 2, "max_parallel": 1},
+            "search_space": {"method.temperature": {"type": "float", "low": 1.0, "high": 4.0}}}
+
+
+async def _sweep_route(api, w: World, method: str, path: str) -> None:
+    """A sweep route: as B, A's sweep answers exactly like an unknown one and is left running; as A it succeeds."""
+    made = await api.post("/v1/sweeps", json=_sweep_body(w.teacher), headers=w.a)
+    assert made.status_code == 201, made.text
+    mine, unknown_id = made.json()["id"], "swp_" + "0" * 24
+    theirs = await api.request(method, path.replace("{sweep_id}", mine), headers=w.b)
+    unknown = await api.request(method, path.replace("{sweep_id}", unknown_id), headers=w.b)
+    _same_404(theirs, unknown, {unknown_id: mine})
+    assert (await api.get(f"/v1/sweeps/{mine}", headers=w.a)).json()["status"] == "running"
+    ok = await api.request(method, path.replace("{sweep_id}", mine), headers=w.a)
+    assert ok.status_code == 200, (path, ok.text)
+
+
+async def _list_sweeps(api, w: World) -> None:
+    mine = (await api.post("/v1/sweeps", json=_sweep_body(w.teacher), headers=w.a)).json()["id"]
+    assert (await api.get("/v1/sweeps", headers=w.b)).json()["data"] == []
+    assert [x["id"] for x in (await api.get("/v1/sweeps", headers=w.a)).json()["data"]] == [mine]
+    theirs = await api.get("/v1/sweeps", params={"after": mine}, headers=w.b)
+    unknown = await api.get("/v1/sweeps", params={"after": "swp_" + "0" * 24}, headers=w.b)
+    assert_error(theirs, 422)
+    assert theirs.text == unknown.text.replace("swp_" + "0" * 24, mine)
+
+
+async def _create_sweep(api, w: World) -> None:
+    theirs = await api.post("/v1/sweeps", json=_sweep_body(w.teacher), headers=w.b)
+    unknown = await api.post("/v1/sweeps", json=_sweep_body(UNKNOWN["file_id"]), headers=w.b)
+    err = assert_error(theirs, 422, "file_not_found")
+    assert err["param"] == "base.teacher.file_id"
+    assert theirs.text == unknown.text.replace(UNKNOWN["file_id"], w.teacher)
+    ok = await api.post("/v1/sweeps", json=_sweep_body(w.b_teacher), headers=w.b)
+    assert ok.status_code == 201
+    assert all(j["id"] != ok.json()["id"] for j in (await api.get("/v1/sweeps", headers=w.a)).json()["data"])
+
+
 async def _unscoped(api, path: str) -> None:
     assert (await api.get(path)).status_code == 200
 
@@ -239,6 +278,10 @@ ROUTES = {
     ("GET", "/v1/jobs/{job_id}/artifacts/{name}"): "path", ("HEAD", "/v1/jobs/{job_id}/artifacts/{name}"): _head_artifact,
     ("DELETE", "/v1/jobs/{job_id}"): "path", ("GET", "/v1/jobs/{job_id}/events/stream"): "path",
     ("GET", "/v1/webhooks"): _list_webhooks, ("POST", "/v1/webhooks"): _create_webhook,
+    ("GET", "/v1/sweeps"): _list_sweeps, ("POST", "/v1/sweeps"): _create_sweep,
+    **{(m, p): "sweep" for m, p in (("GET", "/v1/sweeps/{sweep_id}"), ("GET", "/v1/sweeps/{sweep_id}/trials"),
+                                    ("GET", "/v1/sweeps/{sweep_id}/front"), ("GET", "/v1/sweeps/{sweep_id}/front.html"),
+                                    ("POST", "/v1/sweeps/{sweep_id}/cancel"))},
     **{(m, p): "webhook" for m, p in (("GET", "/v1/webhooks/{endpoint_id}"), ("PATCH", "/v1/webhooks/{endpoint_id}"),
                                       ("DELETE", "/v1/webhooks/{endpoint_id}"), ("POST", "/v1/webhooks/{endpoint_id}/rotate-secret"),
                                       ("POST", "/v1/webhooks/{endpoint_id}/test"), ("GET", "/v1/webhooks/{endpoint_id}/deliveries"))},
@@ -258,6 +301,8 @@ async def test_route_is_tenant_scoped(api, world, tmp_path, method, path):
         await _path_route(api, world, method, path)
     elif case == "webhook":
         await _webhook_route(api, world, method, path)
+    elif case == "sweep":
+        await _sweep_route(api, world, method, path)
     elif case is _upload_file:
         await _upload_file(api, world, tmp_path)
     else:

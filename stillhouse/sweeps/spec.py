@@ -1,0 +1,222 @@
+"""The sweep spec: what a user POSTs to ``/v1/sweeps`` (JSON) or gives ``stillhouse sweep submit`` (YAML).
+
+A base job spec, a search space over dotted paths into it, the objectives, the sampler and the budget. Each trial's
+job spec is the base with the sampled values set at their paths and ``data.selection`` set (``trial_spec``), so
+trials are scored on a selection split carved from the training rows and the validation split stays held out.
+Plain pydantic (no torch): the API validates with it, the scheduler reads it.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from distill.spec import JobSpec, SelectionSpec
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FloatDim(_Strict):
+    """A float in [low, high] (log-uniform with ``log``; on a grid of ``step`` when given)."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> "FloatDim":
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low:g}) is above high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError("log needs low > 0")
+        return self
+
+    def corners(self) -> list[Any]:
+        """The values a trial may take at the edges (checked against the job spec at creation)."""
+        return [self.low, self.high]
+
+
+class IntDim(_Strict):
+    """An integer in [low, high] by ``step`` (log-uniform with ``log``)."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = Field(1, ge=1)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self) -> "IntDim":
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        if self.log and (self.low <= 0 or self.step != 1):
+            raise ValueError("log needs low > 0 and step 1")
+        return self
+
+    def corners(self) -> list[Any]:
+        return [self.low, self.high]
+
+    def grid(self) -> list[Any]:
+        return list(range(self.low, self.high + 1, self.step))
+
+
+class CategoricalDim(_Strict):
+    """One of ``choices`` (any JSON values: numbers, strings, lists such as MLP ``hidden_sizes``)."""
+
+    type: Literal["categorical"]
+    choices: list[Any] = Field(..., min_length=1, max_length=256)
+
+    def corners(self) -> list[Any]:
+        return list(self.choices)
+
+    def grid(self) -> list[Any]:
+        return list(self.choices)
+
+
+class LayersDim(_Strict):
+    """A list of ``depth`` equal widths (e.g. an MLP's ``hidden_sizes``): width from ``widths`` × depth from ``depths``,
+    sampled as two parameters (``<path>.width``, ``<path>.depth``)."""
+
+    type: Literal["layers"]
+    widths: list[Annotated[int, Field(ge=1)]] = Field(..., min_length=1, max_length=64)
+    depths: list[Annotated[int, Field(ge=0, le=64)]] = Field(..., min_length=1, max_length=64)
+
+    def corners(self) -> list[Any]:
+        return [[w] * d for w, d in itertools.product(self.widths, self.depths)]
+
+    def grid(self) -> list[Any]:
+        return self.corners()
+
+
+Dimension = Annotated[Union[FloatDim, IntDim, CategoricalDim, LayersDim], Field(discriminator="type")]
+
+OBJECTIVE_DIRECTIONS = {"top1": "maximize", "latency_p50_ms": "minimize", "bytes": "minimize"}
+
+
+class Objective(_Strict):
+    """``top1``: the student's top-1 on the selection split (up); ``latency_p50_ms``: its p50 latency at
+    ``batch_size`` on the worker's device, ms (down); ``bytes``: its safetensors file, bytes (down)."""
+
+    name: Literal["top1", "latency_p50_ms", "bytes"]
+    batch_size: int = Field(1, ge=1, le=4096, description="latency_p50_ms only: the batch size it is measured at.")
+
+    @property
+    def direction(self) -> str:
+        return OBJECTIVE_DIRECTIONS[self.name]
+
+    @property
+    def label(self) -> str:
+        return f"latency_p50_ms@{self.batch_size}" if self.name == "latency_p50_ms" else self.name
+
+
+class SamplerSpec(_Strict):
+    """Optuna's sampler: ``tpe`` (Watanabe et al. 2023; multi-objective MOTPE, Ozaki et al. 2020), ``nsga2`` (Deb et
+    al. 2002), ``random``, or ``grid`` (every combination; discrete dimensions only)."""
+
+    name: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
+    seed: int = Field(0, ge=0)
+    population_size: int | None = Field(None, ge=2, le=1000, description="nsga2 only; default max(2, max_trials // 3).")
+
+
+class Budget(_Strict):
+    """``max_trials`` trials at most, ``max_parallel`` in flight at once, and no new trial after ``max_runtime_s``
+    seconds (the live ones are then cancelled)."""
+
+    max_trials: int = Field(12, ge=1, le=1000)
+    max_parallel: int = Field(2, ge=1, le=64)
+    max_runtime_s: float = Field(24 * 3600.0, gt=0, le=30 * 24 * 3600.0)
+
+
+class SweepSpec(_Strict):
+    """A sweep: ``base`` (a job spec, as for ``POST /v1/jobs``), ``search_space`` ({dotted path in the job spec:
+    dimension}), ``objectives`` (which scores, each up or down; 1 to 3), ``sampler``, ``budget`` and the ``selection``
+    split trials are scored on."""
+
+    name: str | None = Field(None, max_length=200)
+    base: dict[str, Any]
+    search_space: dict[Annotated[str, Field(pattern=r"^[a-z_]+(\.[A-Za-z0-9_]+)+$", max_length=200)], Dimension] = Field(
+        ..., min_length=1, max_length=16)
+    objectives: list[Objective] = Field(
+        default_factory=lambda: [Objective(name="top1"), Objective(name="latency_p50_ms"), Objective(name="bytes")],
+        min_length=1, max_length=3)
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    budget: Budget = Field(default_factory=Budget)
+    selection: SelectionSpec = Field(default_factory=SelectionSpec)
+
+    @model_validator(mode="after")
+    def _checks(self) -> "SweepSpec":
+        labels = [o.label for o in self.objectives]
+        if len(set(labels)) != len(labels):
+            raise ValueError("objectives: each objective at most once")
+        if self.sampler.name == "grid":
+            for path, dim in self.search_space.items():
+                if isinstance(dim, FloatDim):
+                    raise ValueError(f"search_space.{path}: the grid sampler needs discrete values (int, categorical, layers)")
+        return self
+
+    def grid_size(self) -> int | None:
+        """Combinations of the grid sampler (None for the other samplers)."""
+        if self.sampler.name != "grid":
+            return None
+        n = 1
+        for dim in self.search_space.values():
+            n *= len(dim.grid())
+        return n
+
+
+def set_path(spec: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``value`` at the dotted ``path`` of the JSON-shaped ``spec`` (intermediate objects created)."""
+    node = spec
+    parts = path.split(".")
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[p] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def trial_spec(sweep: SweepSpec, values: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """The JSON job spec of a trial: the base with ``values`` ({path: value}) set, ``data.selection`` from the sweep,
+    and each latency objective's batch size among ``evaluation.latency_batch_sizes``. Not validated here."""
+    spec = copy.deepcopy(sweep.base)
+    for path, value in values.items():
+        set_path(spec, path, copy.deepcopy(value))
+    set_path(spec, "data.selection", sweep.selection.model_dump(mode="json"))
+    sizes = list((spec.get("evaluation") or {}).get("latency_batch_sizes") or [1, 64])
+    for o in sweep.objectives:
+        if o.name == "latency_p50_ms" and o.batch_size not in sizes:
+            sizes.append(o.batch_size)
+    set_path(spec, "evaluation.latency_batch_sizes", sizes)
+    if name is not None:
+        spec["name"] = name[:200]
+    return spec
+
+
+def corner_specs(sweep: SweepSpec) -> list[tuple[str, dict[str, Any]]]:
+    """(path, job spec JSON) for each edge value of each dimension, the others left at the base: what creation
+    validates, so a search space that cannot be built is refused up front naming its field."""
+    out = []
+    for path, dim in sweep.search_space.items():
+        for v in dim.corners()[:32]:
+            out.append((path, trial_spec(sweep, {path: v})))
+    return out
+
+
+def validate_trial(spec: dict[str, Any]) -> JobSpec:
+    """The trial's ``JobSpec``. Raises pydantic's ``ValidationError``."""
+    return JobSpec.model_validate(spec)
+
+
+def encode_choice(value: Any) -> str:
+    """A categorical choice as Optuna stores it (JSON text: Optuna's choices are scalars)."""
+    return json.dumps(value, sort_keys=True)

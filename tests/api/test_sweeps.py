@@ -1,0 +1,204 @@
+"""``/v1/sweeps`` without workers: the scheduler's steps driven by hand (trial jobs ended by writing their rows as a
+worker would), on SQLite and PostgreSQL: trials are ordinary jobs with the sampled values and a selection split,
+max_parallel in flight, budget exhaustion (max_trials, max_runtime_s, grid), the front, cancel, and 422s naming
+the field of a search space that cannot be built. tests/e2e/test_sweeps_e2e.py runs real workers."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+import yaml
+from rich.console import Console
+from typer.testing import CliRunner
+from sqlalchemy import select, update
+
+from tests.api.test_files import assert_error
+from client import cli
+from tests.api.test_cli_reports import http_url  # noqa: F401 - fixture
+from tests.api.test_jobs import spec_for, teacher_id  # noqa: F401 - fixture
+
+SPACE = {"student.architecture.kwargs.hidden_sizes": {"type": "layers", "widths": [8, 32], "depths": [1, 2]},
+         "method.temperature": {"type": "float", "low": 1.0, "high": 8.0}}
+
+
+def sweep_body(teacher: str, **over) -> dict:
+    body = {"name": "s", "base": spec_for(teacher), "search_space": SPACE, "sampler": {"name": "random", "seed": 0},
+            "budget": {"max_trials": 4, "max_parallel": 2}}
+    body.update(over)
+    return body
+
+
+def _jobs(sweep_id: str):
+    from stillhouse.db import session_factory
+    from stillhouse.models import Job
+
+    with session_factory()() as s:
+        return list(s.scalars(select(Job).where(Job.sweep_id == sweep_id).order_by(Job.created_at)))
+
+
+def _end(job_id: str, status: str = "succeeded", top1: float = 0.9, nbytes: int = 1000, p50: float = 0.1) -> None:
+    """End a trial job as a worker would (status and report), then let the scheduler step."""
+    from stillhouse.db import session_factory
+    from stillhouse.models import Job
+    from stillhouse.sweeps import scheduler
+
+    report = {"student": {"val_top1": top1, "bytes": nbytes, "parameters": nbytes // 4, "latency_ms": {"1": {"p50": p50, "p95": p50}}},
+              "training": {"training_time_s": 0.5}, "cache": {"shared": {"teacher_outputs": "reused"}},
+              "holdout": {"rows": 360, "student_val_top1": top1 - 0.01, "student_interval95": [top1 - 0.05, top1 + 0.02],
+                          "teacher_val_top1": 0.97, "teacher_interval95": [0.95, 0.98], "agreement": 0.9},
+              "teacher": {"bytes": 99999, "parameters": 9999, "latency_ms": {"1": {"p50": 1.0, "p95": 1.0}}}}
+    with session_factory()() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(status=status, report=report if status == "succeeded" else None))
+        s.commit()
+    with session_factory()() as s:
+        sweep_id = s.get(Job, job_id).sweep_id
+    scheduler.advance(sweep_id)
+
+
+async def test_sweep_trials_are_jobs_and_budget_ends_it_with_a_front(api, teacher_id):  # noqa: F811
+    resp = await api.post("/v1/sweeps", json=sweep_body(teacher_id))
+    assert resp.status_code == 201, resp.text
+    sw = resp.json()
+    assert sw["id"].startswith("swp_") and sw["status"] == "running" and sw["trials"]["created"] == 2
+    jobs = _jobs(sw["id"])
+    assert len(jobs) == 2 and all(j.status == "queued" and j.enqueued_at is not None for j in jobs)  # sent like any job
+    trials = (await api.get(f"/v1/sweeps/{sw['id']}/trials")).json()["data"]
+    for t, j in zip(trials, jobs):
+        assert t["job_id"] == j.id
+        hs = t["params"]["student.architecture.kwargs.hidden_sizes"]
+        assert j.spec["student"]["architecture"]["kwargs"]["hidden_sizes"] == hs and hs[0] in (8, 32) and len(hs) in (1, 2)
+        assert j.spec["method"]["temperature"] == pytest.approx(t["params"]["method.temperature"])
+        assert j.spec["data"]["selection"] == {"fraction": 0.2, "seed": 0}  # scored on a selection split
+        assert (await api.get(f"/v1/jobs/{j.id}")).status_code == 200  # an ordinary job
+    # a trial ends: the next one is asked for at once, never more than max_parallel in flight
+    _end(jobs[0].id, top1=0.95, nbytes=4000, p50=0.3)
+    assert [j.status for j in _jobs(sw["id"])].count("queued") == 2 and len(_jobs(sw["id"])) == 3
+    _end(jobs[1].id, top1=0.80, nbytes=1000, p50=0.1)
+    jobs = _jobs(sw["id"])
+    assert len(jobs) == 4
+    _end(jobs[2].id, top1=0.70, nbytes=5000, p50=0.5)  # dominated by trial 0
+    got = (await api.get(f"/v1/sweeps/{sw['id']}")).json()
+    assert got["status"] == "running" and got["stop_reason"] == "max_trials" and got["trials"]["created"] == 4
+    assert got["best"]["job_id"] == jobs[0].id
+    _end(jobs[3].id, status="failed")
+    got = (await api.get(f"/v1/sweeps/{sw['id']}")).json()
+    assert got["status"] == "succeeded" and got["trials"]["created"] == 4 and len(_jobs(sw["id"])) == 4  # budget exhausted
+    front = (await api.get(f"/v1/sweeps/{sw['id']}/front")).json()
+    assert front["final"] and [m["job_id"] for m in front["data"]] == [jobs[0].id, jobs[1].id]
+    assert front["data"][0]["holdout"]["student_interval95"] == pytest.approx([0.90, 0.97])
+    assert front["objectives"] == ["top1", "latency_p50_ms@1", "bytes"]
+    states = {t["number"]: t["state"] for t in (await api.get(f"/v1/sweeps/{sw['id']}/trials")).json()["data"]}
+    assert states == {0: "complete", 1: "complete", 2: "complete", 3: "failed"}
+    page = await api.get(f"/v1/sweeps/{sw['id']}/front.html")
+    assert page.status_code == 200 and "<svg" in page.text and jobs[0].id in page.text
+    assert [s["id"] for s in (await api.get("/v1/sweeps")).json()["data"]] == [sw["id"]]
+
+
+async def test_cancel_cancels_queued_and_running_trials(api, teacher_id):  # noqa: F811
+    from stillhouse.db import session_factory
+    from stillhouse.models import Job
+    from stillhouse.sweeps import scheduler
+
+    sw = (await api.post("/v1/sweeps", json=sweep_body(teacher_id))).json()
+    running, queued = _jobs(sw["id"])
+    with session_factory()() as s:
+        s.execute(update(Job).where(Job.id == running.id).values(status="running"))
+        s.commit()
+    resp = await api.post(f"/v1/sweeps/{sw['id']}/cancel")
+    assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
+    status = {j.id: j.status for j in _jobs(sw["id"])}
+    assert status == {running.id: "cancelling", queued.id: "cancelled"}
+    assert (await api.post(f"/v1/sweeps/{sw['id']}/cancel")).status_code == 200  # twice is harmless
+    _end(running.id, status="cancelled")
+    scheduler.advance(sw["id"])
+    assert len(_jobs(sw["id"])) == 2  # no new trial after the cancel
+    front = (await api.get(f"/v1/sweeps/{sw['id']}/front")).json()
+    assert front["final"] and front["data"] == []
+
+
+async def test_max_runtime_cancels_live_trials_and_ends_the_sweep(api, teacher_id):  # noqa: F811
+    from stillhouse.db import session_factory
+    from stillhouse.models import Sweep
+    from stillhouse.sweeps import scheduler
+
+    sw = (await api.post("/v1/sweeps", json=sweep_body(teacher_id, budget={"max_trials": 10, "max_parallel": 2,
+                                                                             "max_runtime_s": 60}))).json()
+    first, second = _jobs(sw["id"])
+    _end(first.id, top1=0.9)
+    with session_factory()() as s:
+        row = s.get(Sweep, sw["id"])
+        s.execute(update(Sweep).where(Sweep.id == sw["id"]).values(created_at=row.created_at - timedelta(seconds=61)))
+        s.commit()
+    scheduler.advance(sw["id"])
+    got = (await api.get(f"/v1/sweeps/{sw['id']}")).json()
+    assert got["stop_reason"] == "max_runtime_s" and got["trials"]["created"] == 3
+    assert sorted(j.status for j in _jobs(sw["id"])) == ["cancelled", "cancelled", "succeeded"]
+    scheduler.advance(sw["id"])
+    got = (await api.get(f"/v1/sweeps/{sw['id']}")).json()
+    assert got["status"] == "succeeded" and len((await api.get(f"/v1/sweeps/{sw['id']}/front")).json()["data"]) == 1
+
+
+async def test_grid_sampler_stops_when_the_grid_is_done(api, teacher_id):  # noqa: F811
+    body = sweep_body(teacher_id, sampler={"name": "grid"}, budget={"max_trials": 50, "max_parallel": 8},
+                      search_space={"method.temperature": {"type": "categorical", "choices": [2.0, 4.0, 8.0]}})
+    sw = (await api.post("/v1/sweeps", json=body)).json()
+    jobs = _jobs(sw["id"])
+    assert sorted(j.spec["method"]["temperature"] for j in jobs) == [2.0, 4.0, 8.0]
+    for j in jobs:
+        _end(j.id)
+    got = (await api.get(f"/v1/sweeps/{sw['id']}")).json()
+    assert got["status"] == "succeeded" and got["stop_reason"] == "search_space_exhausted" and got["trials"]["created"] == 3
+
+
+@pytest.mark.parametrize("space,param", [
+    ({"method.temprature": {"type": "float", "low": 1, "high": 4}}, "search_space.method.temprature"),
+    ({"student.architecture.kwargs.hidden_sizes": {"type": "categorical", "choices": [[8], [-4]]}},
+     "search_space.student.architecture.kwargs.hidden_sizes"),
+    ({"method.alpha": {"type": "float", "low": 0.5, "high": 1.5}}, "search_space.method.alpha"),
+    ({"training.optimizer.lr": {"type": "float", "low": 1e-2, "high": 1e-4}}, "search_space.training.optimizer.lr"),
+])
+async def test_search_space_that_cannot_be_built_is_422_naming_the_field(api, teacher_id, space, param):  # noqa: F811
+    err = assert_error(await api.post("/v1/sweeps", json=sweep_body(teacher_id, search_space=space)), 422)
+    assert err["param"] == param or err["param"].startswith(param), err
+    assert _no_sweeps()
+
+
+async def test_bad_base_and_grid_over_floats_are_422(api, teacher_id):  # noqa: F811
+    err = assert_error(await api.post("/v1/sweeps", json=sweep_body("file_" + "0" * 24)), 422, "file_not_found")
+    assert err["param"] == "base.teacher.file_id"
+    err = assert_error(await api.post("/v1/sweeps", json=sweep_body(teacher_id, base=spec_for(teacher_id, training={"epochs": 0}))), 422)
+    assert err["param"] == "base.training.epochs"
+    err = assert_error(await api.post("/v1/sweeps", json=sweep_body(teacher_id, sampler={"name": "grid"})), 422)
+    assert "grid" in err["message"] and "method.temperature" in err["message"]
+    assert _no_sweeps()
+
+
+def _no_sweeps() -> bool:
+    from stillhouse.db import session_factory
+    from stillhouse.models import Job, Sweep
+
+    with session_factory()() as s:
+        return s.scalar(select(Sweep.id)) is None and s.scalar(select(Job.id).where(Job.sweep_id.is_not(None))) is None
+
+
+async def test_cli_sweep_submit_wait_front(http_url, teacher_id, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(cli, "console", Console(width=250))
+    body = sweep_body(teacher_id, sampler={"name": "grid"}, search_space={"method.alpha": {"type": "categorical", "choices": [0.5, 0.9]}})
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(body))
+    runner = CliRunner()
+    out = runner.invoke(cli.app, ["--api", http_url, "sweep", "submit", str(tmp_path / "sweep.yaml")])
+    assert out.exit_code == 0, out.output
+    sweep_id = out.stdout.strip().splitlines()[-1]
+    assert sweep_id.startswith("swp_")
+    jobs = _jobs(sweep_id)
+    _end(jobs[0].id, top1=0.9, nbytes=2000, p50=0.2)
+    _end(jobs[1].id, top1=0.8, nbytes=1000, p50=0.1)
+    waited = runner.invoke(cli.app, ["--api", http_url, "sweep", "wait", sweep_id, "--json"])
+    assert waited.exit_code == 0, waited.output
+    assert json.loads(waited.stdout)["status"] == "succeeded"
+    front = runner.invoke(cli.app, ["--api", http_url, "sweep", "front", sweep_id])
+    assert front.exit_code == 0 and jobs[0].id in front.stdout and jobs[1].id in front.stdout and "teacher" in front.stdout
+    missing = runner.invoke(cli.app, ["--api", http_url, "sweep", "front", "swp_" + "0" * 24])
+    assert missing.exit_code == 2

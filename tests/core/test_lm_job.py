@@ -37,7 +37,8 @@ def lm_spec(**over) -> JobSpec:
          "evaluation": {"speed_repeats": 1, "generation_prompts": 4},
          "export": {"formats": ["safetensors"]}}
     for k, v in over.items():
-        s[k] = {**s[k], **v} if isinstance(v, dict) and isinstance(s.get(k), dict) else v
+        # a method object replaces the base one (each method has its own fields); other sections merge
+        s[k] = {**s[k], **v} if isinstance(v, dict) and isinstance(s.get(k), dict) and k != "method" else v
     return JobSpec.model_validate(s)
 
 

@@ -29,7 +29,14 @@ async def test_causal_lm_teacher_upload_and_job_accepted(api, request, fixture, 
     resp = await api.post("/v1/jobs", json=lm_job(f["id"], method={"name": "gkd", "beta": 0.2}, cache={"top_k": 8}))
     assert resp.status_code == 201, resp.text
     job = resp.json()
-    assert job["spec"]["task"] == "auto" and job["spec"]["method"]["beta"] == 0.2 and job["spec"]["cache"]["top_k"] == 8
+    assert job["spec"]["task"] == "auto" and job["spec"]["cache"]["top_k"] == 8
+    assert job["spec"]["method"] == {"name": "gkd", "beta": 0.2, "temperature": 1.0, "alpha": 0.9, "ce_weight": None}
+    for given, stored in ((None, 1.0), (3.0, 3.0)):  # kd's own default is 4 (class logits); an LM job's is 1, stored as such
+        method = {"name": "kd", **({"temperature": given} if given else {})}
+        resp = await api.post("/v1/jobs", json=lm_job(f["id"], method=method))
+        assert resp.status_code == 201, resp.text
+        got = (await api.get(f"/v1/jobs/{resp.json()['id']}")).json()["spec"]["method"]
+        assert got["temperature"] == stored and "beta" not in got
 
 
 async def test_causal_lm_job_refusals(api, tiny_llama_gguf, tmp_path):

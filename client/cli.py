@@ -30,6 +30,7 @@ from rich.table import Table
 from client.api import ApiError, Job, Stillhouse
 from distill.report import (
     AnyReport,
+    CausalLMReport,
     ClassificationReport,
     LatencyMs,
     ReportBase,
@@ -462,6 +463,59 @@ def render_text_report(r: TextReportBase) -> None:
         console.print(f"\n[bold]{r.summary}[/]", highlight=False)
 
 
+def _ppl(p) -> str:
+    return "–" if p is None else f"{p.perplexity:,.3f} [{p.low:,.3f}, {p.high:,.3f}]"
+
+
+def render_lm_report(r: CausalLMReport) -> None:
+    """Print the report of a causal-LM job: perplexities with intervals (teacher / alone / distilled), agreement, size,
+    prefill/decode speed, the cache, and the first generations side by side."""
+    t, s, p = r.teacher, r.student, r.perplexity
+    alone = p.alone is not None
+    tab = Table(title=f"compression report · {r.job_id or ''} · {r.task}", title_justify="left")
+    tab.add_column("")
+    for name in ["teacher", *(["student alone"] if alone else []), "distilled student"]:
+        tab.add_column(name, justify="right")
+
+    def row(label: str, tv: str, av: str, sv: str) -> None:
+        tab.add_row(label, tv, *([av] if alone else []), sv)
+
+    ag_alone = r.baseline.agreement if r.baseline and r.baseline.agreement else None
+    row("held-out perplexity [95%]", _ppl(p.teacher), _ppl(p.alone), _ppl(p.student))
+    row(r.quality().label, _fmt(1.0, "pct"), _fmt(ag_alone.top1_agreement if ag_alone else None, "pct"), _fmt(r.agreement.top1_agreement, "pct"))
+    row("mean KL(teacher‖model)", "", _fmt(ag_alone.mean_kl_nats if ag_alone else None), _fmt(r.agreement.mean_kl_nats))
+    row("layers", _fmt(t.layers), _fmt(s.layers), _fmt(s.layers))
+    row("parameters", _fmt(t.parameters), _fmt(s.parameters), _fmt(s.parameters))
+    row("bytes", _fmt(t.bytes, "bytes"), _fmt(s.bytes, "bytes"), _fmt(s.bytes, "bytes"))
+    row("prefill tokens/s @ batch 1", _fmt(t.speed.prefill_tokens_per_s), "", _fmt(s.speed.prefill_tokens_per_s))
+    row("decode tokens/s @ batch 1", _fmt(t.speed.decode_tokens_per_s), "", _fmt(s.speed.decode_tokens_per_s))
+    console.print(tab)
+    summary = Table(show_header=False, box=None)
+    summary.add_row("parameter ratio", _fmt(r.parameter_ratio, "x"))
+    for k, v in r.speedup.items():
+        summary.add_row(f"speedup ({k})", _fmt(v, "x"))
+    if r.perplexity_gain is not None:
+        summary.add_row("perplexity gain (alone − distilled)", f"{r.perplexity_gain:+.3f}")
+    c = r.cache
+    summary.add_row("teacher outputs cached", str(c.teacher_outputs) + (f" (top-{c.top_k}, {c.bytes_per_token} bytes/token vs "
+                                                                      f"{c.full_logits_bytes_per_token} for float16 logits)" if c.teacher_outputs else ""))
+    if c.kl_mean_nats is not None:
+        summary.add_row("KL(full‖cached), held-out", _fmt(c.kl_mean_nats))
+    if r.generations is not None:
+        summary.add_row("generations: exact match / token F1", f"{_fmt(r.generations.exact_match, 'pct')} / {_fmt(r.generations.token_f1_mean)}")
+    _phases(summary, r)
+    console.print(summary)
+    if r.generations is not None and r.generations.examples:
+        gen = Table(title="held-out prompts", title_justify="left")
+        for col in ("prompt", "teacher", "student", "token F1"):
+            gen.add_column(col)
+        for g in r.generations.examples:
+            gen.add_row(g.prompt, g.teacher, g.student, f"{g.token_f1:.2f}")
+        console.print(gen)
+    if r.summary:
+        console.print(f"\n[bold]{r.summary}[/]", highlight=False)
+
+
 def _phases(summary: Table, r: ReportBase) -> None:
     for phase, sec in r.wall_time_s.items():
         summary.add_row(f"wall time · {phase}", f"{sec:.2f} s")
@@ -469,6 +523,9 @@ def _phases(summary: Table, r: ReportBase) -> None:
 
 def render_report(r: AnyReport) -> None:
     """Print a compression report as tables (teacher vs student, ratios, latency, phases)."""
+    if isinstance(r, CausalLMReport):
+        render_lm_report(r)
+        return
     if not isinstance(r, ClassificationReport):
         render_text_report(r)
         return

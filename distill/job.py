@@ -49,6 +49,8 @@ from .shared_cache import SharedCache, shared_teacher_outputs, teacher_key, teac
 from .spec import JobSpec, TrainingSpec
 from .results import DistillResult, JobInputs
 from .teachers import Teacher, load_teacher
+from .lm.job import run_lm_job
+from .lm.models import LM_FORMATS, is_causal_lm
 from .text import run_text_job
 from .training import TeacherCache, TensorClassification, Trainer, TrainOutcome, batched_logits, spec_fingerprint, teacher_outputs
 
@@ -265,6 +267,15 @@ def _teacher_format(spec: JobSpec, inputs: JobInputs) -> str:
     return sniff(inputs.teacher.path) if fmt in ("auto", "", None) else fmt
 
 
+def _is_causal_folder(folder: Path) -> bool:
+    """True when the extracted Hugging Face folder's config names a causal-LM class (task 'auto' then runs causal_lm)."""
+    try:
+        archs = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError):
+        return False
+    return is_causal_lm(archs)
+
+
 def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter, *, runtime_used_s: float = 0.0,
             max_unpacked_bytes: int = 4 * 1024**3, shared: SharedCache | None = None) -> DistillResult:
     """Run one distillation job and return its report and artifacts.
@@ -283,10 +294,18 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     """
     fmt = _teacher_format(spec, inputs)
     check_method_supported(spec.method, fmt)
+    if fmt == "gguf" or spec.task == "causal_lm":
+        if fmt not in LM_FORMATS:
+            raise DistillError("invalid_spec", f"task 'causal_lm' needs a causal-LM teacher ('hf' archive or 'gguf' file), got {fmt}", "task")
+        path = inputs.teacher.path if fmt == "gguf" else load_hf_archive(inputs.teacher.path, Path(workdir) / "teacher",
+                                                                         max_unpacked_bytes=max_unpacked_bytes)
+        return run_lm_job(spec, path, fmt, inputs.teacher.bytes, inputs.files, Path(workdir), reporter, runtime_used_s=runtime_used_s)
     if fmt == "hf" or spec.task in ("sequence_classification", "sentence_embedding"):
         if fmt != "hf":
             raise DistillError("invalid_spec", f"task {spec.task!r} needs a Hugging Face teacher ('hf' archive), got {fmt}", "task")
         folder = load_hf_archive(inputs.teacher.path, Path(workdir) / "teacher", max_unpacked_bytes=max_unpacked_bytes)
+        if spec.task == "auto" and _is_causal_folder(folder):
+            return run_lm_job(spec, folder, "hf", inputs.teacher.bytes, inputs.files, Path(workdir), reporter, runtime_used_s=runtime_used_s)
         return run_text_job(spec, folder, inputs.teacher.bytes, inputs.files, Path(workdir), reporter, runtime_used_s=runtime_used_s)
     if spec.student.architecture is None:
         raise DistillError("invalid_spec", "student.from_teacher needs a Hugging Face teacher; give student.architecture", "student")

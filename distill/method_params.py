@@ -132,8 +132,10 @@ class KDParams(MethodParams):
     """kd: soft labels, ``alpha · T² · KL(softmax(t/T) ‖ softmax(s/T))`` plus ``(1 - alpha) · CE`` on labelled rows."""
 
     paper: ClassVar[str] = "Hinton, Vinyals & Dean 2015, 'Distilling the Knowledge in a Neural Network'"
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "sequence_classification", "causal_lm")
     name: Literal["kd"] = "kd"
-    temperature: float = Field(4.0, gt=0, le=100, description=_TEMPERATURE)
+    temperature: float = Field(4.0, gt=0, le=100, description=_TEMPERATURE + " Task causal_lm: forward KL(p ‖ q) per target "
+                               "token over the vocabulary; when the spec gives no temperature the job uses 1 (JobSpec._measured_defaults).")
     logit_standardization: bool = Field(False, description=_STANDARDIZE)
 
 
@@ -270,6 +272,51 @@ class EmbeddingParams(MethodParams):
     attention_weight: float = Field(1.0, ge=0, le=1000, description="Weight of the attention-map MSE (summed over pairs).")
 
 
+# ------------------------------------------------------------------ causal language models (task causal_lm)
+
+_LM_TEMPERATURE = ("Softmax temperature T of the teacher's and the student's next-token distributions (the divergence is "
+                   "multiplied by T²); 1 = the distributions as the teacher samples them.")
+
+
+class _LMParams(MethodParams):
+    """A causal-LM method: per target token, mixed with ``(1 - alpha)`` next-token cross-entropy; no extra terms."""
+
+    tasks: ClassVar[tuple[str, ...]] = ("causal_lm",)
+    combinable: ClassVar[bool] = False
+
+
+@register_params
+class ReverseKLParams(_LMParams):
+    """reverse_kl: ``alpha · T² · KL(q ‖ p)`` per target token (mode-seeking) plus ``(1 - alpha)`` next-token CE."""
+
+    paper: ClassVar[str] = "Gu, Dong, Wei & Huang 2024, 'MiniLLM: Knowledge Distillation of Large Language Models'"
+    name: Literal["reverse_kl"] = "reverse_kl"
+    temperature: float = Field(1.0, gt=0, le=100, description=_LM_TEMPERATURE)
+
+
+@register_params
+class GKDParams(_LMParams):
+    """gkd: the generalized Jensen-Shannon divergence ``JSD(β) = β KL(p ‖ m) + (1 − β) KL(q ‖ m)``, ``m = β p + (1 − β) q``,
+    per target token, times ``alpha · T²``, plus ``(1 - alpha)`` next-token CE; β = 0 is forward KL, β = 1 reverse KL."""
+
+    paper: ClassVar[str] = ("Agarwal et al. 2024, 'On-Policy Distillation of Language Models: Learning from Self-Generated "
+                            "Mistakes' (GKD)")
+    name: Literal["gkd"] = "gkd"
+    temperature: float = Field(1.0, gt=0, le=100, description=_LM_TEMPERATURE)
+    beta: float = Field(0.5, ge=0, le=1, description="The teacher's weight β in the mixture m (0: forward KL, 1: reverse KL).")
+
+
+@register_params
+class SeqKDParams(_LMParams):
+    """seqkd: sequence-level KD, next-token cross-entropy on the teacher's own answers to every training prompt (the
+    teacher generates them first, data.generation)."""
+
+    paper: ClassVar[str] = "Kim & Rush 2016, 'Sequence-Level Knowledge Distillation'"
+    takes_alpha: ClassVar[bool] = False
+    takes_ce_weight: ClassVar[bool] = False
+    name: Literal["seqkd"] = "seqkd"
+
+
 # ------------------------------------------------------------------ renamed fields (the flat spec before per-method models)
 
 RENAMED: dict[str, tuple[str, str]] = {
@@ -373,6 +420,8 @@ MethodField = Annotated[Union[tuple(MAIN_MODELS.values())], Field(discriminator=
 
 METHODS: tuple[str, ...] = tuple(METHOD_PARAMS)
 FEATURE_METHODS: tuple[str, ...] = tuple(n for n, p in METHOD_PARAMS.items() if p.reads_features)
+LM_METHODS: tuple[str, ...] = tuple(n for n, p in METHOD_PARAMS.items() if "causal_lm" in p.tasks)
+"""The methods of task causal_lm (kd, reverse_kl, gkd, seqkd)."""
 LOGIT_METHODS: tuple[str, ...] = tuple(n for n, p in METHOD_PARAMS.items() if not p.reads_features and "classification" in p.tasks)
 
 

@@ -8,10 +8,11 @@ with this schema) and the client (``stillhouse report``, ``compare``). ``Report`
   student from the architecture registry;
 - ``SequenceClassificationReport`` (``task: sequence_classification``): a Hugging Face classifier and a student
   derived from it;
-- ``SentenceEmbeddingReport`` (``task: sentence_embedding``): a Hugging Face encoder and a student derived from it.
+- ``SentenceEmbeddingReport`` (``task: sentence_embedding``): a Hugging Face encoder and a student derived from it;
+- ``CausalLMReport`` (``task: causal_lm``): a decoder-only language model (Hugging Face folder or GGUF) and a
+  layer-dropped or narrower student: perplexities with intervals, agreement, generations, prefill/decode speed.
 
-A new task family (e.g. causal language models) is one more subclass of ``ReportBase`` with its own ``task``
-literal, added to ``Report``.
+A new task family is one more subclass of ``ReportBase`` with its own ``task`` literal, added to ``Report``.
 
 Field names are the keys of the JSON the core has always stored in ``jobs.report``, so stored reports validate:
 reports written before the ``task`` key existed are tensor classification reports (``parse_report`` fills it in),
@@ -31,7 +32,10 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, model_validator
 
 __all__ = [
-    "AnyReport", "BaselineSummary", "CacheSummary", "ClassificationReport", "Comparison", "Disagreement", "ExportChecks", "ExtraMethodDetail", "LatencyMs",
+    "AnyReport", "BaselineSummary", "CacheSummary", "CausalLMReport", "ClassificationReport", "Comparison", "Disagreement",
+    "ExportChecks", "ExtraMethodDetail", "GenerationExample", "LMAgreement", "LMBaseline", "LMCacheSummary", "LMDataSummary",
+    "LMExportChecks", "LMGenerations", "LMModelSummary", "LMPerplexities", "LMSpeed", "LMStudentSummary", "LatencyMs",
+    "Perplexity", "TransferSetSummary",
     "MethodDetail", "ModelArchitecture", "OnnxCheck", "PerClassTop1", "PoolingSummary", "Preprocessing", "PrunedStudent",
     "Quality", "QuantizedStudent", "Report", "ReportBase", "ReportWarning", "SentenceEmbeddingReport", "SequenceClassificationReport",
     "StudentVariant", "TASKS", "TeacherStudentValue", "TensorDataSummary", "TensorModelSummary", "TextDataSummary",
@@ -39,7 +43,7 @@ __all__ = [
     "parse_report", "unmodelled_keys",
 ]
 
-TASKS = ("classification", "sequence_classification", "sentence_embedding")
+TASKS = ("classification", "sequence_classification", "sentence_embedding", "causal_lm")
 
 
 class _Part(BaseModel):
@@ -504,17 +508,190 @@ class SentenceEmbeddingReport(TextReportBase):
         return Quality("linear-probe accuracy", self.probe_teacher, self.probe_student)
 
 
+# ---------------------------------------------------------------------------------------------------- causal LMs
+
+
+class Perplexity(_Part):
+    """Perplexity on held-out target tokens: ``exp(Σ NLL / Σ tokens)``, with a 95% percentile-bootstrap interval over
+    sequences (rows resampled, seeded)."""
+
+    perplexity: float = Field(..., description="exp of the mean next-token negative log-likelihood.")
+    low: float = Field(..., description="Lower end of the 95% interval.")
+    high: float = Field(..., description="Upper end of the 95% interval.")
+    nll_per_token: float = Field(..., description="Mean next-token negative log-likelihood, nats per token.")
+    tokens: int = Field(..., description="Held-out target tokens.")
+    sequences: int = Field(..., description="Held-out sequences (the bootstrap's units).")
+    interval: str | None = Field(None, description="How the interval was made.")
+
+
+class LMPerplexities(_Part):
+    """Held-out perplexity of the teacher, the distilled student and (with evaluation.compare_baseline) the same student
+    trained alone on next-token cross-entropy with the same budget."""
+
+    teacher: Perplexity = Field(..., description="The teacher.")
+    student: Perplexity = Field(..., description="The distilled student.")
+    alone: Perplexity | None = Field(None, description="The student trained alone; None without compare_baseline.")
+
+
+class LMAgreement(_Part):
+    """Next-token agreement with the teacher on held-out target tokens."""
+
+    top1_agreement: float = Field(..., description="Fraction of target tokens where the model's most likely next token is the "
+                                                   "teacher's.")
+    low: float = Field(..., description="Lower end of the 95% bootstrap interval over sequences.")
+    high: float = Field(..., description="Upper end of the 95% interval.")
+    mean_kl_nats: float = Field(..., description="Mean per-token KL(teacher ‖ model) at T = 1, nats.")
+    tokens: int = Field(..., description="Target tokens compared.")
+
+
+class GenerationExample(_Part):
+    """One held-out prompt answered by both models (greedy)."""
+
+    prompt: str = Field(..., description="The prompt (or the rendered chat).")
+    teacher: str = Field(..., description="The teacher's answer.")
+    student: str = Field(..., description="The student's answer.")
+    token_f1: float = Field(..., description="Bag-of-tokens F1 between the two answers (SQuAD's answer F1 on tokens).")
+
+
+class LMGenerations(_Part):
+    """The student's generations beside the teacher's on held-out prompts (prompt/completion or chat data)."""
+
+    prompts: int = Field(..., description="Held-out prompts answered by both.")
+    exact_match: float | None = Field(..., description="Fraction of identical answers (decoded, stripped).")
+    token_f1_mean: float | None = Field(..., description="Mean token F1 between the answers.")
+    max_new_tokens: int = Field(..., description="Most new tokens per answer.")
+    examples: list[GenerationExample] = Field(..., description="The first few, shown in the HTML report.")
+
+
+class LMSpeed(_Part):
+    """Speed at batch 1 on the worker's device: prefill = prompt tokens / one forward pass over the prompt; decode =
+    new tokens / the time of generating them one at a time with the key/value cache (greedy). Medians of repeats."""
+
+    prefill_tokens_per_s: float = Field(..., description="Prompt tokens per second.")
+    decode_tokens_per_s: float = Field(..., description="Generated tokens per second.")
+    prefill_ms: float | None = Field(None, description="Milliseconds of the prefill pass.")
+    decode_ms_per_token: float | None = Field(None, description="Milliseconds per generated token.")
+    prompt_tokens: int | None = Field(None, description="Prompt length of the measurement.")
+    new_tokens: int | None = Field(None, description="Tokens generated in the measurement.")
+    repeats: int | None = Field(None, description="Timed repeats (median reported).")
+
+
+class LMModelSummary(_Part):
+    """A causal language model of the job."""
+
+    format: str = Field(..., description="'hf' (a Hugging Face folder) or 'gguf' (dequantised to float32).")
+    model_type: str | None = Field(None, description="The config's model_type, e.g. llama, gpt2.")
+    layers: int = Field(..., description="Decoder layers.")
+    hidden_size: int = Field(..., description="Hidden width.")
+    vocab_size: int = Field(..., description="Vocabulary size (the student shares the teacher's tokenizer).")
+    parameters: int = Field(..., description="Scalar parameters, a tied embedding counted once.")
+    bytes: int = Field(..., description="Size on disk, bytes: the uploaded teacher file, or the student's model.safetensors.")
+    speed: LMSpeed = Field(..., description="Prefill and decode speed at batch 1.")
+
+
+class LMStudentSummary(LMModelSummary):
+    """The student derived from the teacher (layer dropping after Sanh et al. 2019, or narrower and fresh)."""
+
+    kept_teacher_layers: list[int] = Field(..., description="Teacher layers (0-based) the student's layers come from.")
+    initialised: str = Field(..., description="'copied from teacher' or 'fresh'.")
+    tied_embeddings: bool = Field(..., description="Whether the LM head is the input embedding (kept tied when the teacher's is).")
+
+
+class TransferSetSummary(_Part):
+    """The transfer set: prompts the teacher answered before training (the artifact transfer_set.jsonl)."""
+
+    artifact: str | None = Field(None, description="Its artifact name.")
+    records: int = Field(..., description="Training records in it.")
+    generated: int = Field(..., description="Answers the teacher generated.")
+    new_tokens: int | None = Field(None, description="Tokens generated in this attempt (a resumed attempt counts only its own).")
+    resumed_from_batch: int | None = Field(None, description="Generation batch a redelivered job resumed from (0: from the start).")
+    settings: dict[str, Any] = Field(default_factory=dict, description="max_new_tokens, do_sample, temperature, top_p, seed, batch_size.")
+
+
+class LMDataSummary(_Part):
+    """Records, rows and tokens of a causal-LM job's data."""
+
+    record_kind: str = Field(..., description="'text', 'prompt' or 'chat'.")
+    train_examples: int = Field(..., description="Training records.")
+    train_rows: int = Field(..., description="Training rows after truncation and packing.")
+    train_tokens: int = Field(..., description="Tokens in the training rows.")
+    train_target_tokens: int = Field(..., description="Training tokens that are targets (completions with prompts).")
+    dropped: int = Field(0, description="Training records left with no target token after truncation.")
+    truncated: int = Field(0, description="Prompt/chat training records cut at max_seq_length.")
+    packing: bool = Field(..., description="Whether training examples were packed into rows.")
+    max_seq_length: int = Field(..., description="Tokens per row.")
+    validation: ValidationSplit = Field(..., description="How the held-out records were made (rows = held-out sequences).")
+    validation_tokens: int = Field(..., description="Held-out target tokens.")
+    transfer_set: TransferSetSummary | None = Field(None, description="The teacher-generated transfer set, when prompts lacked answers.")
+
+
+class LMCacheSummary(CacheSummary):
+    """The top-k teacher cache: what it holds, its size against full-vocabulary logits, and what it loses."""
+
+    top_k: int | None = Field(None, description="Log-probabilities kept per target token.")
+    temperature: float | None = Field(None, description="Temperature the distributions were taken at.")
+    tokens: int | None = Field(None, description="Target tokens cached.")
+    bytes_per_token: int | None = Field(None, description="Bytes per cached token (k float16 values + k int32 ids + a float32 rest).")
+    full_logits_bytes_per_token: int | None = Field(None, description="Bytes per token of float16 full-vocabulary logits.")
+    kl_mean_nats: float | None = Field(None, description="Mean KL(full ‖ cached) on held-out target tokens, nats (the cache's "
+                                                         "reconstruction spreads the rest's mass evenly).")
+    kl_p95_nats: float | None = Field(None, description="95th percentile of that KL, nats.")
+    rest_mass_mean: float | None = Field(None, description="Mean probability mass outside the top k on held-out tokens.")
+
+
+class LMBaseline(_Part):
+    """The same student trained alone (next-token cross-entropy only; same data, budget, optimizer and seed)."""
+
+    method: str = Field(..., description="How it was trained.")
+    epochs: int = Field(..., description="Epochs run.")
+    steps: int = Field(..., description="Optimizer steps run.")
+    training_time_s: float | None = Field(None, description="Seconds of its training.")
+    agreement: LMAgreement | None = Field(None, description="Its next-token agreement with the teacher.")
+
+
+class LMExportChecks(_Part):
+    """Checks of the exported student."""
+
+    transformers_loads: bool = Field(..., description="student_hf loads with AutoModelForCausalLM.from_pretrained.")
+    generates: bool = Field(..., description="It generated tokens after a held-out prompt.")
+    gguf: dict[str, Any] | None = Field(None, description="student.gguf: bytes, dtype, tensors, max_abs_diff of its logits "
+                                                          "loaded back in transformers; None when not exported.")
+
+
+class CausalLMReport(ReportBase):
+    """Report of a causal language-model job: token-level KD (forward KL, Hinton et al. 2015), reverse KL (Gu et al.
+    2024), generalized JSD (Agarwal et al. 2024) or sequence-level KD (Kim & Rush 2016) into a smaller decoder."""
+
+    task: Literal["causal_lm"] = Field(..., description="'causal_lm'.")
+    teacher: LMModelSummary = Field(..., description="The teacher.")
+    student: LMStudentSummary = Field(..., description="The distilled student (student_hf.zip).")
+    perplexity: LMPerplexities = Field(..., description="Held-out perplexities with intervals.")
+    agreement: LMAgreement = Field(..., description="The distilled student's next-token agreement and KL with the teacher.")
+    perplexity_gain: float | None = Field(None, description="Alone student's perplexity minus the distilled one's (positive: "
+                                                            "distillation helped); None without compare_baseline.")
+    generations: LMGenerations | None = Field(None, description="Generations side by side; None for plain-text data.")
+    data: LMDataSummary = Field(..., description="Records, rows and tokens.")
+    cache: LMCacheSummary = Field(..., description="The top-k teacher cache.")
+    baseline: LMBaseline | None = Field(None, description="The student trained alone, with evaluation.compare_baseline.")
+    method_detail: dict[str, Any] | None = Field(None, description="The method as it ran: terms, divergence, temperature, alpha, beta.")
+    export_checks: LMExportChecks = Field(..., description="Whether the exported student loads and generates.")
+
+    def quality(self) -> Quality:
+        """Next-token top-1 agreement with the teacher (the teacher's own is 1 by definition)."""
+        return Quality("next-token agreement with the teacher", 1.0, self.agreement.top1_agreement)
+
+
 # ---------------------------------------------------------------------------------------------------- the union
 
 Report = Annotated[
-    Union[ClassificationReport, SequenceClassificationReport, SentenceEmbeddingReport],
+    Union[ClassificationReport, SequenceClassificationReport, SentenceEmbeddingReport, CausalLMReport],
     Field(discriminator="task"),
     BeforeValidator(_legacy_task),
 ]
 """A compression report of any task family, discriminated by ``task`` (absent = 'classification'); the type to declare
 in schemas (``response_model=Report``)."""
 
-AnyReport = Union[ClassificationReport, SequenceClassificationReport, SentenceEmbeddingReport]
+AnyReport = Union[ClassificationReport, SequenceClassificationReport, SentenceEmbeddingReport, CausalLMReport]
 """The same variants as a plain union, for annotations of a validated report."""
 
 _ADAPTER: TypeAdapter[Report] = TypeAdapter(Report)

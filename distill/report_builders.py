@@ -17,9 +17,20 @@ from .review import gain_sentence
 from .report import (
     BaselineSummary,
     CacheSummary,
+    CausalLMReport,
     ClassificationReport,
     ExportChecks,
     LatencyMs,
+    LMAgreement,
+    LMBaseline,
+    LMCacheSummary,
+    LMDataSummary,
+    LMExportChecks,
+    LMGenerations,
+    LMModelSummary,
+    LMPerplexities,
+    LMSpeed,
+    LMStudentSummary,
     OnnxCheck,
     PoolingSummary,
     PrunedStudent,
@@ -314,3 +325,75 @@ def sentence_embedding_report(*, teacher: TextTeacherSummary, student: TextStude
         probe_teacher=probe_teacher, probe_student=probe_student, probe_ratio=probe_ratio, data=data,
         pooling=PoolingSummary(mode=pooling_mode, normalize=normalize), cache=cache, training=training,
         export_checks=export_checks, onnx=onnx, wall_time_s=wall_times(wall_time_s))
+
+
+# ---------------------------------------------------------------------------------------------------- causal LMs
+
+
+def lm_speed(sp: Mapping[str, Any]) -> LMSpeed:
+    """Prefill/decode speed at batch 1 (``distill.lm.evaluate.speed``'s dict), rounded: tokens/s and ms to 3 decimals."""
+    return LMSpeed(**{k: (rnd(v, 3) if isinstance(v, float) else v) for k, v in sp.items()})
+
+
+def lm_model(*, format: str, config: Any, parameters: int, bytes: int, speed: Mapping[str, Any]) -> LMModelSummary:
+    """A causal LM from its transformers ``config`` (model_type, layers, width, vocabulary), ``parameters``, ``bytes`` on
+    disk and its measured ``speed``."""
+    return LMModelSummary(format=format, model_type=getattr(config, "model_type", None), layers=int(config.num_hidden_layers),
+                          hidden_size=int(config.hidden_size), vocab_size=int(config.vocab_size), parameters=parameters,
+                          bytes=int(bytes), speed=lm_speed(speed))
+
+
+def lm_student(*, config: Any, parameters: int, bytes: int, speed: Mapping[str, Any], facts: Mapping[str, Any]) -> LMStudentSummary:
+    """The derived student: ``lm_model`` plus the kept teacher layers, how it was initialised and whether its embeddings
+    are tied (``facts`` of ``distill.lm.models.derive_student``)."""
+    base = lm_model(format="hf", config=config, parameters=parameters, bytes=bytes, speed=speed)
+    return LMStudentSummary(**base.model_dump(), kept_teacher_layers=list(facts["keep_layers"]), initialised=facts["initialised"],
+                            tied_embeddings=bool(facts["tied_embeddings"]))
+
+
+def lm_cache(*, used: bool, reason: str, rows_seen: int, rows_cached: int, seconds: float | None, bytes: int | None = None,
+             top_k: int | None = None, temperature: float | None = None, tokens: int | None = None,
+             fidelity: Mapping[str, Any] | None = None) -> LMCacheSummary:
+    """The top-k teacher cache: ``cache_summary``'s figures plus k, the temperature, the tokens held and the fidelity
+    measured on held-out tokens (``distill.lm.cache.FidelityMeter.summary``: bytes per token, KL(full ‖ cached))."""
+    base = cache_summary(used=used, reason=reason, rows_seen=rows_seen, rows_cached=rows_cached, seconds=seconds, bytes=bytes)
+    f = fidelity or {}
+    return LMCacheSummary(**base.model_dump(), top_k=top_k if used else None, temperature=temperature if used else None,
+                          tokens=tokens if used else None, bytes_per_token=f.get("bytes_per_token"),
+                          full_logits_bytes_per_token=f.get("full_logits_bytes_per_token"), kl_mean_nats=rnd(f.get("kl_mean_nats"), 6),
+                          kl_p95_nats=rnd(f.get("kl_p95_nats"), 6), rest_mass_mean=rnd(f.get("rest_mass_mean"), 6))
+
+
+def lm_baseline(*, epochs: int, steps: int, training_time_s: float, agreement: Mapping[str, Any] | None) -> LMBaseline:
+    """The same student trained alone on next-token cross-entropy (no teacher)."""
+    return LMBaseline(method="next-token cross-entropy only (no teacher)", epochs=epochs, steps=steps,
+                      training_time_s=rnd(training_time_s, 3), agreement=LMAgreement(**agreement) if agreement else None)
+
+
+def causal_lm_report(*, teacher: LMModelSummary, student: LMStudentSummary, perplexity: Mapping[str, Any],
+                     agreement: Mapping[str, Any], generations: Mapping[str, Any] | None, data: Mapping[str, Any] | LMDataSummary,
+                     cache: LMCacheSummary, baseline: LMBaseline | None, training: TrainingSummary,
+                     export_checks: Mapping[str, Any] | LMExportChecks, wall_time_s: Mapping[str, float],
+                     method_detail: Mapping[str, Any] | None = None, onnx: OnnxCheck | None = None) -> CausalLMReport:
+    """Assemble a causal-LM report: ``perplexity`` ``{teacher, student, alone (or None)}`` (``distill.lm.evaluate``'s
+    dicts), the distilled student's ``agreement``, the generations, and derived: the ratios, the prefill/decode
+    speedups (student / teacher tokens/s), the perplexity gain (alone − distilled) and the summary sentence.
+    ``method_detail``: the method as it ran (``LMMethod.describe()``: divergence, temperature, alpha, beta)."""
+    ppl = LMPerplexities(**perplexity)
+    speedup = {"prefill": ratio(student.speed.prefill_tokens_per_s, teacher.speed.prefill_tokens_per_s),
+               "decode": ratio(student.speed.decode_tokens_per_s, teacher.speed.decode_tokens_per_s)}
+    gain = rnd(ppl.alone.perplexity - ppl.student.perplexity) if ppl.alone is not None else None
+    ag = LMAgreement(**agreement)
+    p_ratio = ratio(teacher.parameters, student.parameters)
+    text = (f"The {student.layers}-layer student has {student.parameters:,} parameters vs the teacher's {teacher.parameters:,} "
+            f"({p_ratio}x fewer) and decodes {speedup['decode']}x the teacher's tokens/s at batch 1; held-out perplexity "
+            f"{ppl.student.perplexity:.2f} vs the teacher's {ppl.teacher.perplexity:.2f}")
+    if ppl.alone is not None:
+        text += f" and {ppl.alone.perplexity:.2f} for the same student trained alone"
+    text += f"; it agrees with the teacher's next token on {ag.top1_agreement:.1%} of held-out tokens."
+    return CausalLMReport(task="causal_lm", summary=text, teacher=teacher, student=student, compression_ratio=ratio(teacher.bytes, student.bytes),
+                          parameter_ratio=p_ratio, speedup=speedup, perplexity=ppl, agreement=ag, perplexity_gain=gain,
+                          generations=LMGenerations(**generations) if generations else None,
+                          data=data if isinstance(data, LMDataSummary) else LMDataSummary(**data), cache=cache, baseline=baseline,
+                          method_detail=dict(method_detail) if method_detail is not None else None, training=training,
+                          export_checks=export_checks, onnx=onnx, wall_time_s=wall_times(wall_time_s))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
-PHASES = ("loading_teacher", "caching_teacher_outputs", "training", "evaluating", "exporting")
+PHASES = ("loading_teacher", "generating_transfer_set", "caching_teacher_outputs", "training", "evaluating", "exporting")
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,15 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import BeforeValidator, Discriminator, Field, Tag, TypeAdapter, model_validator
 
 from .method_params import (DKD_BETA, DKD_WARMUP_FRACTION, EXTRA_MODELS, FEATURE_METHODS, FITNET_EXTRA_WEIGHT, INTEGRAL,
-                            LOGIT_METHODS, MAIN_MODELS, METHOD_PARAMS, METHODS, Int, JsonValue, LayerPair, NoNulStr, MainMethod, MethodField, MethodParams, SpecModel, check_method_object, default_method)
+                            LM_METHODS, LOGIT_METHODS, MAIN_MODELS, METHOD_PARAMS, METHODS, Int, JsonValue, LayerPair, NoNulStr, MainMethod, MethodField, MethodParams, SpecModel, check_method_object, default_method)
 
-__all__ = ["DKD_BETA", "DKD_WARMUP_FRACTION", "FITNET_EXTRA_WEIGHT", "EXTRA_MODELS", "FEATURE_METHODS", "LOGIT_METHODS", "MAIN_MODELS", "METHOD_PARAMS", "METHODS", "LayerPair",
+__all__ = ["DKD_BETA", "DKD_WARMUP_FRACTION", "FITNET_EXTRA_WEIGHT", "EXTRA_MODELS", "FEATURE_METHODS", "LM_METHODS", "LOGIT_METHODS", "MAIN_MODELS", "METHOD_PARAMS", "METHODS", "LayerPair",
            "MainMethod", "MethodParams", "MethodSpec", "parse_method"]
 
 BUILTIN_DATASETS = ("digits", "mnist5k", "rotten_tomatoes")
 TEXT_BUILTINS = ("rotten_tomatoes",)
-TEACHER_FORMATS = ("auto", "safetensors", "state_dict", "torchscript", "onnx", "hf")
-TASKS = ("auto", "classification", "sequence_classification", "sentence_embedding")
+TEACHER_FORMATS = ("auto", "safetensors", "state_dict", "torchscript", "torch_export", "onnx", "hf", "gguf")
+TASKS = ("auto", "classification", "sequence_classification", "sentence_embedding", "causal_lm")
 
 MethodSpec = MainMethod
 """The type of ``JobSpec.method`` (one of the generated per-method models, see ``distill.method_params``)."""
@@ -59,9 +59,10 @@ class TeacherSpec(_Strict):
     """The trained model to distil from; always run inference-only."""
 
     file_id: str = Field(..., pattern=r"^file_[A-Za-z0-9]+$", description="Uploaded file (purpose 'teacher').")
-    format: Literal["auto", "safetensors", "state_dict", "torchscript", "torch_export", "onnx", "hf"] = Field(
+    format: Literal["auto", "safetensors", "state_dict", "torchscript", "torch_export", "onnx", "hf", "gguf"] = Field(
         "auto", description="Checkpoint format; 'auto' uses the format detected at upload ('hf': a Hugging Face model folder "
-        "uploaded as .zip or .tar.gz; 'torch_export': a torch.export.save .pt2 archive)."
+        "uploaded as .zip or .tar.gz; 'torch_export': a torch.export.save .pt2 archive; 'gguf': a single-file GGUF causal LM, "
+        "dequantised)."
     )
     outputs: Literal["auto", "logits", "probabilities", "log_probabilities"] = Field(
         "auto", description="What the teacher's outputs are. 'auto' decides on the first batch (non-negative rows summing to 1: "
@@ -192,6 +193,17 @@ class ValidationSpec(_Strict):
     seed: Int = Field(0, ge=0, description="Seed of the split (independent of training.seed, so runs compare on one split).")
 
 
+class GenerationSpec(_Strict):
+    """How the teacher generates the completions of a prompts-only transfer set (task causal_lm)."""
+
+    max_new_tokens: Int = Field(64, ge=1, le=4096, description="Most new tokens per answer (it stops earlier at EOS).")
+    do_sample: bool = Field(False, description="Sample (seeded) instead of greedy decoding.")
+    temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature (do_sample only).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (do_sample only).")
+    seed: Int = Field(0, ge=0, le=2**31 - 1, description="Seed of sampled generation (each batch is seeded from it and its index).")
+    batch_size: Int = Field(8, ge=1, le=1024, description="Prompts generated together.")
+
+
 class SelectionSpec(_Strict):
     """A selection split carved from the training rows (after the validation split is held out), on which a choice
     (a sweep's trials) is scored, so the validation split stays untouched by the choice."""
@@ -218,8 +230,16 @@ class DataSpec(_Strict):
         None, min_length=1, max_length=4,
         description="Per-sample shape to reshape flat features to (e.g. [1, 28, 28]); default: the teacher's input shape.",
     )
+    packing: bool = Field(False, description="Task causal_lm: concatenate whole training examples into rows of up to "
+                          "max_seq_length tokens (validation rows are never packed).")
+    generation: GenerationSpec = Field(default_factory=lambda: GenerationSpec(), description="Task causal_lm: how the teacher "
+                                       "answers prompts that have no completion (the transfer set), and the held-out prompts "
+                                       "of the report's generations.")
 
 
+LM_TEMPERATURE = 1.0
+"""Temperature of a causal-LM kd job that gives none (kd's own default, 4, is for class logits): the next-token
+distributions as the teacher samples them."""
 REGISTRY_STUDENT_LR = 1e-2
 """Default peak learning rate of a registry student (``student.architecture``; AdamW or SGD, cosine schedule). 1e-3
 under-trains small students: a third-party MNIST CNN (ONNX) distilled into mlp [32] for 15 epochs (kd T4 alpha 0.9,
@@ -273,7 +293,11 @@ class CacheSpec(_Strict):
     teacher_outputs: Literal["auto", "on", "off"] = Field(
         "auto", description="'auto': compute the teacher's outputs (logits and the features a method needs) once per job "
         "when nothing random touches the input (always so today) and they fit in 2 GiB, else per step; 'on': always once "
-        "(a 422-style invalid_spec when they would not fit); 'off': recompute at every step.")
+        "(a 422-style invalid_spec when they would not fit); 'off': recompute at every step. Task causal_lm: 'auto' and "
+        "'on' keep the teacher's top-k next-token log-probabilities per target token (top_k), 'off' runs the teacher "
+        "every step over the full vocabulary.")
+    top_k: Int = Field(32, ge=1, le=4096, description="Task causal_lm: next-token log-probabilities kept per target token "
+                       "(with their token ids and the log of the remaining mass).")
 
 
 class TrainingSpec(_Strict):
@@ -315,6 +339,10 @@ class EvaluationSpec(_Strict):
                                           "report the distillation gain in top-1 points with its 95% interval (which may be "
                                           "negative). Default (null): on for classification with labelled training rows "
                                           "(tensor tasks), off otherwise; the baseline roughly doubles the training time.")
+    generation_prompts: Int = Field(16, ge=0, le=10_000, description="Task causal_lm with prompt data: held-out prompts the "
+                                    "student and the teacher both answer (greedy) for the report's side-by-side generations.")
+    speed_repeats: Int = Field(5, ge=1, le=1000, description="Task causal_lm: timed repeats of the prefill and decode "
+                               "measurements (the median is reported).")
     probe_max_samples: Int = Field(4000, ge=10, le=1_000_000, description="Embedding tasks: most training texts used to fit the "
                                    "linear probe (logistic regression) on each model's embeddings.")
 
@@ -329,9 +357,10 @@ class PruneSpec(_Strict):
 class ExportSpec(_Strict):
     """Artifacts written for the student."""
 
-    formats: list[Literal["safetensors", "onnx"]] = Field(
+    formats: list[Literal["safetensors", "onnx", "gguf"]] = Field(
         default_factory=lambda: ["safetensors", "onnx"], min_length=1,
-        description="'safetensors' (+ student.json) is always written; 'onnx' adds student.onnx checked with onnxruntime.",
+        description="'safetensors' (+ student.json) is always written; 'onnx' adds student.onnx checked with onnxruntime; "
+        "'gguf' (task causal_lm, Llama-family students) adds student.gguf, loaded back and compared.",
     )
     quantize: Literal["none", "dynamic_int8"] = Field(
         "none", description="'dynamic_int8': also ship student_int8.pt (TorchScript; Linear weights int8), evaluated in the report.")
@@ -431,10 +460,11 @@ class JobSpec(_Strict):
 
 
     name: str | None = Field(None, max_length=200, description="Free-form job name.")
-    task: Literal["auto", "classification", "sequence_classification", "sentence_embedding"] = Field(
+    task: Literal["auto", "classification", "sequence_classification", "sentence_embedding", "causal_lm"] = Field(
         "auto", description="'classification': tensor inputs, logit KD; 'sequence_classification': an 'hf' teacher with a "
-        "classification head, logit KD on text; 'sentence_embedding': an 'hf' encoder, embedding distillation on text. "
-        "'auto' picks from the teacher.")
+        "classification head, logit KD on text; 'sentence_embedding': an 'hf' encoder, embedding distillation on text; "
+        "'causal_lm': a decoder-only language model ('hf' causal-LM folder or 'gguf' file) distilled on JSONL text, "
+        "prompt/completion or chat records. 'auto' picks from the teacher.")
     teacher: TeacherSpec = Field(..., description="The teacher checkpoint.")
     student: StudentSpec = Field(..., description="The student to train.")
     data: DataSpec = Field(..., description="Training, validation and transfer data.")
@@ -451,7 +481,7 @@ class JobSpec(_Strict):
     def _measured_defaults(self) -> "JobSpec":
         """Fill the defaults that depend on the rest of the spec, each measured (see the constants' docstrings): a registry
         student's learning rate (``REGISTRY_STUDENT_LR``) and a dkd method's warm-up (max(1, epochs //
-        ``DKD_WARMUP_FRACTION``)), main or extra. Only fields the user did not give; the filled values are marked as
+        ``DKD_WARMUP_FRACTION``)), main or extra, and a causal-LM kd job's temperature (``LM_TEMPERATURE``). Only fields the user did not give; the filled values are marked as
         given, so ``model_dump()`` validates to the same spec."""
         opt = self.training.optimizer
         if self.student.architecture is not None and "lr" not in opt.model_fields_set:
@@ -460,6 +490,8 @@ class JobSpec(_Strict):
         for _, part in self.method.components():
             if part.name == "dkd" and "warmup_epochs" not in part.model_fields_set:
                 part.warmup_epochs = warmup
+        if self.task == "causal_lm" and self.method.name == "kd" and "temperature" not in self.method.model_fields_set:
+            self.method.temperature = LM_TEMPERATURE
         return self
 
     def file_ids(self) -> dict[str, str]:

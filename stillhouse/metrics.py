@@ -49,7 +49,7 @@ JOBS_FINISHED = Counter("stillhouse_jobs_finished_total", "Jobs a worker ran to 
 JOB_DURATION = Histogram("stillhouse_job_run_duration_seconds", "Seconds a job ran on its last worker attempt, by final status.",
                          ["status"], buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600))
 PHASE_DURATION = Histogram("stillhouse_job_phase_duration_seconds", "Seconds a job spent in each phase (loading_teacher, "
-                           "caching_teacher_outputs, training, evaluating, exporting).", ["phase"],
+                           "generating_transfer_set, caching_teacher_outputs, training, evaluating, exporting).", ["phase"],
                            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600))
 TEACHER_CACHE_JOBS = Counter("stillhouse_teacher_cache_jobs_total", "Succeeded jobs by whether their teacher outputs were cached "
                              "(computed once, reused every epoch).", ["cached"])

@@ -58,8 +58,12 @@ def _batches(items: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
 
 def _version_tags(job_id: str, report: dict[str, Any], teacher_sha256: str | None) -> dict[str, str]:
     student, teacher = report.get("student") or {}, report.get("teacher") or {}
+    agreement = report.get("agreement")
+    if isinstance(agreement, dict):  # causal LMs: next-token agreement, and the held-out perplexity
+        agreement = agreement.get("top1_agreement")
+    ppl = ((report.get("perplexity") or {}).get("student") or {}).get("perplexity")
     tags = {"stillhouse.job_id": job_id, "teacher_sha256": teacher_sha256, "compression_ratio": report.get("compression_ratio"),
-            "top1": student.get("val_top1"), "teacher_top1": teacher.get("val_top1"), "agreement": report.get("agreement")}
+            "top1": student.get("val_top1"), "teacher_top1": teacher.get("val_top1"), "agreement": agreement, "perplexity": ppl}
     return {k: str(v)[:MAX_TAG_VALUE] for k, v in tags.items() if v is not None}
 
 

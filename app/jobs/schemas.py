@@ -102,7 +102,7 @@ class JobObject(BaseModel):
     object: Literal["job"] = Field("job", description="Always 'job'.")
     name: str | None = Field(None, description="The spec's name.")
     status: Status = Field(..., description="queued -> running -> succeeded | failed | cancelled (running -> cancelling -> cancelled).")
-    phase: str | None = Field(None, description="While running: loading_teacher, caching_teacher_outputs, training, evaluating, exporting.")
+    phase: str | None = Field(None, description="While running: loading_teacher, generating_transfer_set (causal_lm prompts without answers), caching_teacher_outputs, training, evaluating, exporting.")
     progress: Progress = Field(..., description="Training progress.")
     error: JobError | None = Field(None, description="Set when the job failed.")
     attempt: int = Field(..., description="How many times a worker started this job (2+ after a resume: a worker died or "

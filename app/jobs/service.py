@@ -30,7 +30,7 @@ from stillhouse.settings import get_settings
 from stillhouse.storage import ArtifactStore, StoreError
 from distill.errors import DistillError
 from distill.report import AnyReport, parse_report
-from distill.spec import METHOD_PARAMS, JobSpec
+from distill.spec import LM_METHODS, LM_TEMPERATURE, METHOD_PARAMS, JobSpec
 
 log = logging.getLogger("stillhouse.jobs")
 
@@ -167,25 +167,94 @@ def _check_class_counts(spec: JobSpec, files: dict[str, File]) -> None:
 
 
 TEXT_TASKS = ("sequence_classification", "sentence_embedding")
+LM_TEACHER_FORMATS = ("hf", "gguf")
+
+
+def _is_lm_teacher(teacher: File) -> bool:
+    return teacher.format == "gguf" or (teacher.details or {}).get("task") == "causal_lm"
 
 
 def job_task(spec: JobSpec, teacher: File) -> str:
-    """The task the job will run: the spec's, or from the teacher ('hf' with a classification head ->
-    sequence_classification, other 'hf' -> sentence_embedding, anything else -> classification)."""
+    """The task the job will run: the spec's, or from the teacher (a GGUF file or an 'hf' causal LM -> causal_lm,
+    'hf' with a classification head -> sequence_classification, other 'hf' -> sentence_embedding, anything else ->
+    classification)."""
     if spec.task != "auto":
         return spec.task
+    if _is_lm_teacher(teacher):
+        return "causal_lm"
     if teacher.format != "hf":
         return "classification"
     return "sequence_classification" if (teacher.details or {}).get("task") == "sequence_classification" else "sentence_embedding"
 
 
+def _check_from_teacher(spec: JobSpec, d: dict[str, Any]) -> None:
+    """``student.from_teacher`` must name layers the teacher has and keep its vocabulary. Raises Unprocessable (422)."""
+    ft = spec.student.from_teacher
+    layers = d.get("num_hidden_layers")
+    if layers and ft.num_layers and ft.num_layers > layers:
+        raise Unprocessable(f"student.from_teacher.num_layers={ft.num_layers} but the teacher has {layers} layers",
+                            param="student.from_teacher.num_layers")
+    if layers and ft.keep_layers and max(ft.keep_layers) >= layers:
+        raise Unprocessable(f"student.from_teacher.keep_layers {ft.keep_layers} name layers the teacher lacks (it has {layers}: 0..{layers - 1})",
+                            param="student.from_teacher.keep_layers")
+    vocab = ft.config.get("vocab_size")
+    if vocab is not None and d.get("vocab_size") is not None and int(vocab) != int(d["vocab_size"]):
+        raise Unprocessable(f"the student's vocabulary ({vocab} tokens) differs from the teacher's ({d['vocab_size']} tokens); the "
+                            "student shares the teacher's tokenizer", param="student.from_teacher.config.vocab_size")
+
+
+def _check_lm_task(spec: JobSpec, files: dict[str, File]) -> None:
+    """A causal-LM job: an LM teacher, a derived student, an LM method, JSONL text/prompt/chat data. Fills a kd job's
+    temperature with ``LM_TEMPERATURE`` (1) when the spec gives none. Raises Unprocessable (422)."""
+    teacher = files["teacher"]
+    if not _is_lm_teacher(teacher):
+        raise Unprocessable(f"task 'causal_lm' needs a causal language model teacher (a Hugging Face causal-LM folder or a GGUF "
+                            f"file); teacher {teacher.id} is {teacher.format}" + (f" ({teacher.details.get('task')})" if
+                            (teacher.details or {}).get("task") else ""), param="task")
+    if spec.student.from_teacher is None:
+        raise Unprocessable("a causal-LM teacher needs student.from_teacher ({num_layers: N} or {keep_layers: [...]})",
+                            param="student.from_teacher")
+    _check_from_teacher(spec, teacher.details or {})
+    method = spec.method.name
+    if method not in LM_METHODS:
+        raise Unprocessable(f"task causal_lm uses the methods {', '.join(LM_METHODS)}, not {method!r}", param="method.name")
+    if method == "kd" and "temperature" not in spec.method.model_fields_set:
+        spec.method.temperature = LM_TEMPERATURE  # task 'auto' resolved here: stored as given, so the worker reads 1, not kd's 4
+    if getattr(spec.method, "extra", None):
+        raise Unprocessable("task causal_lm takes no extra method terms", param="method.extra")
+    if getattr(spec.method, "logit_standardization", False):
+        raise Unprocessable("logit_standardization is for classification logits, not task causal_lm", param="method.logit_standardization")
+    if spec.data.transfer is not None:
+        raise Unprocessable("task causal_lm takes a prompts-only transfer set as data.train (the teacher answers it first); "
+                            "data.transfer is for tensor tasks", param="data.transfer")
+    for role, ref in (("data.train", spec.data.train), ("data.validation", spec.data.validation)):
+        if ref is None or (ref.file_id and role not in files) or (role == "data.validation" and not ref.file_id):
+            continue
+        if getattr(ref, "builtin", None):
+            if ref.builtin != "rotten_tomatoes":
+                raise Unprocessable(f"{role}: task causal_lm needs text; builtin {ref.builtin!r} is tensor data", param=role)
+            continue
+        f = files[role]
+        d = f.details or {}
+        if f.format != "jsonl" or d.get("kind") not in ("text", "lm"):
+            raise Unprocessable(f"{role}: task causal_lm needs a JSONL file of {{'text'}}, {{'prompt', 'completion'}} or {{'messages'}} "
+                                f"records; {f.id} is {f.format}", param=role)
+        if method == "seqkd" and role == "data.train" and d.get("kind") == "text":
+            raise Unprocessable("method seqkd trains on the teacher's answers to prompts; data.train holds plain text (use "
+                                "prompt/completion or chat records, or method kd)", param="method.name")
+
+
 def _check_task(spec: JobSpec, files: dict[str, File]) -> None:
     """Teacher, student, data and method must suit the task. Raises Unprocessable (422)."""
     teacher = files["teacher"]
-    if teacher.format == "gguf" or (teacher.details or {}).get("task") == "causal_lm":
-        raise Unprocessable(f"teacher {teacher.id} is a causal language model; distillation jobs for language models are not "
-                            "available yet (the upload is kept and validated)", param="teacher.file_id")
     task = job_task(spec, teacher)
+    if "gguf" in spec.export.formats and task != "causal_lm":
+        raise Unprocessable("export format 'gguf' is for task causal_lm (language-model students)", param="export.formats")
+    if task == "causal_lm":
+        _check_lm_task(spec, files)
+        return
+    if _is_lm_teacher(teacher):
+        raise Unprocessable(f"teacher {teacher.id} is a causal language model; use task 'causal_lm' (or 'auto')", param="task")
     text = task in TEXT_TASKS
     if text != (teacher.format == "hf"):
         raise Unprocessable(f"task {task!r} " + ("needs a Hugging Face teacher (a model folder uploaded as .zip or .tar.gz)" if text
@@ -198,19 +267,7 @@ def _check_task(spec: JobSpec, files: dict[str, File]) -> None:
     if task == "sequence_classification" and (teacher.details or {}).get("task") != "sequence_classification":
         raise Unprocessable(f"teacher {teacher.id} has no classification head; use task 'sentence_embedding'", param="task")
     if text:
-        d = teacher.details or {}
-        ft = spec.student.from_teacher
-        layers = d.get("num_hidden_layers")
-        if layers and ft.num_layers and ft.num_layers > layers:
-            raise Unprocessable(f"student.from_teacher.num_layers={ft.num_layers} but the teacher has {layers} layers",
-                                param="student.from_teacher.num_layers")
-        if layers and ft.keep_layers and max(ft.keep_layers) >= layers:
-            raise Unprocessable(f"student.from_teacher.keep_layers {ft.keep_layers} name layers the teacher lacks (it has {layers}: 0..{layers - 1})",
-                                param="student.from_teacher.keep_layers")
-        vocab = ft.config.get("vocab_size")
-        if vocab is not None and d.get("vocab_size") is not None and int(vocab) != int(d["vocab_size"]):
-            raise Unprocessable(f"the student's vocabulary ({vocab} tokens) differs from the teacher's ({d['vocab_size']} tokens); the "
-                                "student shares the teacher's tokenizer", param="student.from_teacher.config.vocab_size")
+        _check_from_teacher(spec, teacher.details or {})
     method = spec.method.name
     serves = METHOD_PARAMS[method].tasks  # the task families the method declares
     if task not in serves and ("method" in spec.model_fields_set or task != "sentence_embedding"):  # left out: embedding's

@@ -12,6 +12,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from app.reports import plots
 from distill.report import (
     AnyReport,
+    CausalLMReport,
     ClassificationReport,
     Comparison,
     LatencyMs,
@@ -134,14 +135,60 @@ def _text_view(r: TextReportBase) -> dict[str, Any]:
             "extra_plots": [plots.latency_bars(tput, unit="sentences / s", title="throughput")]}
 
 
+def _ppl(p: Any) -> str:
+    return "–" if p is None else f"{p.perplexity:,.3f} [{p.low:,.3f}, {p.high:,.3f}]"
+
+
+def _lm_view(r: CausalLMReport) -> dict[str, Any]:
+    """Teacher / student alone / distilled student: perplexity with its interval, agreement, size and speed; the
+    cache's figures; the first generations side by side."""
+    t, s, p = r.teacher, r.student, r.perplexity
+    alone = p.alone is not None
+    cols = ["teacher", *(["student alone"] if alone else []), "distilled student"]
+
+    def row(label: str, tv: str, av: str, sv: str) -> list[str]:
+        return [label, tv, *([av] if alone else []), sv]
+
+    ag_alone = r.baseline.agreement if r.baseline and r.baseline.agreement else None
+    rows = [row("held-out perplexity [95% interval]", _ppl(p.teacher), _ppl(p.alone), _ppl(p.student)),
+            row(r.quality().label, "100.00%", _pct(ag_alone.top1_agreement if ag_alone else None), _pct(r.agreement.top1_agreement)),
+            row("mean KL(teacher ‖ model), nats", "0", _num(ag_alone.mean_kl_nats if ag_alone else None), _num(r.agreement.mean_kl_nats)),
+            row("layers", _num(t.layers), _num(s.layers), _num(s.layers)),
+            row("parameters", _num(t.parameters), _num(s.parameters), _num(s.parameters)),
+            row("bytes", _bytes(t.bytes), _bytes(s.bytes), _bytes(s.bytes)),
+            row("prefill tokens/s @ batch 1", _num(t.speed.prefill_tokens_per_s), "", _num(s.speed.prefill_tokens_per_s)),
+            row("decode tokens/s @ batch 1", _num(t.speed.decode_tokens_per_s), "", _num(s.speed.decode_tokens_per_s))]
+    c = r.cache
+    ratios = [("parameter ratio", _num(r.parameter_ratio, "×")), *[(f"speedup ({k})", _num(v, "×")) for k, v in r.speedup.items()]]
+    if r.perplexity_gain is not None:
+        ratios.append(("perplexity gain (alone − distilled)", f"{r.perplexity_gain:+.3f}"))
+    ratios.append(("teacher outputs cached", str(c.teacher_outputs)))
+    if c.teacher_outputs:
+        ratios += [("cache: top-k", _num(c.top_k)), ("cache: bytes / token (vs full float16 logits)",
+                                                       f"{_num(c.bytes_per_token)} vs {_num(c.full_logits_bytes_per_token)}"),
+                   ("cache: KL(full ‖ cached) on held-out tokens, nats", _num(c.kl_mean_nats))]
+    if r.generations is not None:
+        ratios += [("generations: exact match", _pct(r.generations.exact_match)), ("generations: mean token F1", _num(r.generations.token_f1_mean))]
+    speed = {"teacher": {"prefill": t.speed.prefill_tokens_per_s, "decode": t.speed.decode_tokens_per_s},
+             "student": {"prefill": s.speed.prefill_tokens_per_s, "decode": s.speed.decode_tokens_per_s}}
+    return {"columns": cols, "rows": rows, "ratios": [x for x in ratios if x[1] != "–"],
+            "extra_plots": [plots.latency_bars(speed, unit="tokens / s", title="speed at batch 1")],
+            "generations": [(g.prompt, g.teacher, g.student, f"{g.token_f1:.2f}") for g in (r.generations.examples if r.generations else [])]}
+
+
 def report_view(job_id: str, name: str | None, report: AnyReport, metrics: list[dict[str, Any]]) -> dict[str, Any]:
     """What the template shows for one typed report: tables, ratios, plots (SVG strings), phases and the summary."""
-    view = _tensor_view(report) if isinstance(report, ClassificationReport) else _text_view(report)
+    if isinstance(report, ClassificationReport):
+        view = _tensor_view(report)
+    elif isinstance(report, CausalLMReport):
+        view = _lm_view(report)
+    else:
+        view = _text_view(report)
     curves = plots.training_curves(metrics)
     return {"job_id": job_id, "name": name, "task": report.task, "summary": report.summary, "gain": report.gain_points(),
             "worse": view.get("worse", False), "warnings": view.get("warnings", []),
             "columns": view["columns"], "rows": view["rows"], "ratios": view["ratios"],
-            "plots": [p for p in [curves, *view["extra_plots"]] if p],
+            "plots": [p for p in [curves, *view["extra_plots"]] if p], "generations": view.get("generations", []),
             "phases": [(k, f"{v:.2f}") for k, v in report.wall_time_s.items() if v is not None]}
 
 

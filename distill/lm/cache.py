@@ -140,37 +140,55 @@ def build_cache(teacher: nn.Module, rows: Rows, *, k: int, temperature: float, p
     return TopKCache(logp, ids_out, rest, torch.from_numpy(offsets), k, float(temperature), fingerprint)
 
 
+class FidelityMeter:
+    """Accumulates what a top-``k`` cache at ``temperature`` loses on batches of the teacher's selected logits
+    ``[M, V]`` (``add``), up to ``max_tokens`` tokens; ``summary()`` gives the figures of ``cache_fidelity``."""
+
+    def __init__(self, k: int, temperature: float, max_tokens: int = 50_000) -> None:
+        self.k, self.temperature, self.max_tokens = k, temperature, max_tokens
+        self.kls: list[torch.Tensor] = []
+        self.rest_mass: list[torch.Tensor] = []
+        self.seen, self.vocab = 0, None
+
+    def add(self, logits: torch.Tensor) -> None:
+        """Measure one batch (ignored once ``max_tokens`` were measured)."""
+        if self.seen >= self.max_tokens:
+            return
+        self.vocab = logits.shape[-1]
+        self.kls.append(cache_fidelity_kl(logits, self.k, self.temperature).cpu())
+        self.rest_mass.append(topk_from_logits(logits, self.k, self.temperature).rest.exp().cpu())
+        self.seen += logits.shape[0]
+
+    def summary(self) -> dict[str, Any]:
+        """``{k, tokens, kl_mean_nats, kl_p95_nats, rest_mass_mean, bytes_per_token, full_logits_bytes_per_token}``."""
+        kl = torch.cat(self.kls) if self.kls else torch.zeros(0)
+        mass = torch.cat(self.rest_mass) if self.rest_mass else torch.zeros(0)
+        return {
+            "k": self.k,
+            "tokens": int(kl.numel()),
+            "kl_mean_nats": float(kl.mean()) if kl.numel() else None,
+            "kl_p95_nats": float(kl.quantile(0.95)) if kl.numel() else None,
+            "rest_mass_mean": float(mass.mean()) if mass.numel() else None,
+            "bytes_per_token": cache_bytes_per_token(self.k),
+            "full_logits_bytes_per_token": full_logits_bytes_per_token(self.vocab) if self.vocab else None,
+        }
+
+
 def cache_fidelity(teacher: nn.Module, rows: Rows, *, k: int, temperature: float, pad_id: int, batch_size: int = 8,
                    device: torch.device | str = "cpu", max_tokens: int = 50_000) -> dict[str, Any]:
     """What the top-``k`` cache loses, measured on (validation) ``rows``: the mean and 95th percentile over target
     tokens of ``KL(p ‖ p̂)`` in nats between the teacher's full distribution and the cache's reconstruction
     (``losses.cache_fidelity_kl``), the mean mass outside the top k, and the bytes per token of the cache against
     float16 full-vocabulary logits. At most ``max_tokens`` tokens are measured (rows in order)."""
-    kls: list[torch.Tensor] = []
-    rest_mass: list[torch.Tensor] = []
-    seen = 0
-    vocab = None
+    meter = FidelityMeter(k, temperature, max_tokens)
     for start in range(0, len(rows), batch_size):
         index = list(range(start, min(start + batch_size, len(rows))))
         ids, att, tgt = collate(rows, index, pad_id, device)
         logits, _ = targets(teacher_logits(teacher, ids, att), ids, tgt)
-        vocab = logits.shape[-1]
-        kls.append(cache_fidelity_kl(logits, k, temperature).cpu())
-        rest_mass.append(topk_from_logits(logits, k, temperature).rest.exp().cpu())
-        seen += logits.shape[0]
-        if seen >= max_tokens:
+        meter.add(logits)
+        if meter.seen >= max_tokens:
             break
-    kl = torch.cat(kls) if kls else torch.zeros(0)
-    mass = torch.cat(rest_mass) if rest_mass else torch.zeros(0)
-    return {
-        "k": k,
-        "tokens": int(kl.numel()),
-        "kl_mean_nats": float(kl.mean()) if kl.numel() else None,
-        "kl_p95_nats": float(kl.quantile(0.95)) if kl.numel() else None,
-        "rest_mass_mean": float(mass.mean()) if mass.numel() else None,
-        "bytes_per_token": cache_bytes_per_token(k),
-        "full_logits_bytes_per_token": full_logits_bytes_per_token(vocab) if vocab else None,
-    }
+    return meter.summary()
 
 
-__all__ = ["TopKCache", "build_cache", "cache_fidelity", "rows_fingerprint", "teacher_logits"]
+__all__ = ["FidelityMeter", "TopKCache", "build_cache", "cache_fidelity", "rows_fingerprint", "teacher_logits"]

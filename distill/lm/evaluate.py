@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -46,35 +46,48 @@ def sequence_stats(model: nn.Module, rows: Rows, pad_id: int, *, teacher: nn.Mod
                    device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
     """Per row of ``rows``: summed next-token NLL of the targets (nats), target count, and with a ``teacher`` the
     count of top-1 agreements and the summed ``KL(teacher ‖ model)`` (nats). Arrays of length ``len(rows)``."""
+    return many_sequence_stats({"model": model}, rows, pad_id, teacher=teacher, batch_size=batch_size, device=device)["model"]
+
+
+def many_sequence_stats(models: dict[str, nn.Module], rows: Rows, pad_id: int, *, teacher: nn.Module | None = None,
+                        batch_size: int = 8, device: torch.device | str = "cpu",
+                        on_teacher_batch: Callable[[torch.Tensor], None] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """``sequence_stats`` of several models at once, the teacher run once per batch (not once per model): ``{name:
+    stats}``, plus ``'teacher'`` (its own NLL and counts) when a teacher is given. ``on_teacher_batch(t_sel)`` gets
+    the teacher's selected logits ``[M, V]`` of each batch (e.g. to measure the top-k cache's fidelity)."""
     n = len(rows)
-    nll, count, agree, kl = (np.zeros(n) for _ in range(4))
-    was = model.training
-    model.eval()
+    names = list(models) + (["teacher"] if teacher is not None else [])
+    acc = {k: {"nll": np.zeros(n), "tokens": np.zeros(n), "agree": np.zeros(n), "kl": np.zeros(n)} for k in names}
+    was = {k: m.training for k, m in models.items()}
+    for m in models.values():
+        m.eval()
     try:
         for start in range(0, n, batch_size):
             index = list(range(start, min(start + batch_size, n)))
             ids, att, tgt = collate(rows, index, pad_id, device)
-            with torch.inference_mode():
-                logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits.float()
-                t_logits = teacher(input_ids=ids, attention_mask=att, use_cache=False).logits.float() if teacher is not None else None
             sel = tgt[:, 1:].bool()
-            row_of = torch.arange(len(index), device=sel.device).unsqueeze(1).expand_as(sel)[sel].cpu().numpy()
-            s_sel, target_ids = targets(logits, ids, tgt)
-            tok_nll = F.cross_entropy(s_sel, target_ids, reduction="none").cpu().numpy()
-            np.add.at(nll, np.asarray(index)[row_of], tok_nll)
-            np.add.at(count, np.asarray(index)[row_of], 1)
-            if t_logits is not None:
-                t_sel, _ = targets(t_logits, ids, tgt)
-                same = (s_sel.argmax(-1) == t_sel.argmax(-1)).float().cpu().numpy()
-                tok_kl = divergence(F.log_softmax(s_sel, -1), F.log_softmax(t_sel, -1), "forward_kl").cpu().numpy()
-                np.add.at(agree, np.asarray(index)[row_of], same)
-                np.add.at(kl, np.asarray(index)[row_of], tok_kl)
+            at = np.asarray(index)[torch.arange(len(index), device=sel.device).unsqueeze(1).expand_as(sel)[sel].cpu().numpy()]
+            with torch.inference_mode():
+                t_sel = None
+                if teacher is not None:
+                    t_sel, _ = targets(teacher(input_ids=ids, attention_mask=att, use_cache=False).logits.float(), ids, tgt)
+                    if on_teacher_batch is not None:
+                        on_teacher_batch(t_sel)
+                for name in names:
+                    if name == "teacher":
+                        s_sel, target_ids = t_sel, ids[:, 1:][sel]
+                    else:
+                        s_sel, target_ids = targets(models[name](input_ids=ids, attention_mask=att, use_cache=False).logits.float(), ids, tgt)
+                    a = acc[name]
+                    np.add.at(a["nll"], at, F.cross_entropy(s_sel, target_ids, reduction="none").cpu().numpy())
+                    np.add.at(a["tokens"], at, 1)
+                    if t_sel is not None and name != "teacher":
+                        np.add.at(a["agree"], at, (s_sel.argmax(-1) == t_sel.argmax(-1)).float().cpu().numpy())
+                        np.add.at(a["kl"], at, divergence(F.log_softmax(s_sel, -1), F.log_softmax(t_sel, -1), "forward_kl").cpu().numpy())
     finally:
-        model.train(was)
-    out = {"nll": nll, "tokens": count}
-    if teacher is not None:
-        out.update(agree=agree, kl=kl)
-    return out
+        for k, m in models.items():
+            m.train(was[k])
+    return {k: ({"nll": v["nll"], "tokens": v["tokens"]} if teacher is None or k == "teacher" else v) for k, v in acc.items()}
 
 
 def perplexity(stats: dict[str, np.ndarray], seed: int = 0) -> dict[str, Any]:
@@ -188,4 +201,4 @@ def speed(model: nn.Module, *, prompt_tokens: int = 64, new_tokens: int = 32, re
             "repeats": repeats}
 
 
-__all__ = ["BOOTSTRAP_RESAMPLES", "agreement", "compare_generations", "perplexity", "sequence_stats", "speed", "token_f1"]
+__all__ = ["BOOTSTRAP_RESAMPLES", "agreement", "compare_generations", "many_sequence_stats", "perplexity", "sequence_stats", "speed", "token_f1"]

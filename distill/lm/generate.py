@@ -7,7 +7,9 @@ run stopped. After each batch its lines are appended to ``<out>.partial`` and fl
 progress file (``<out>.progress.json``: batches done, the byte length of the partial file, a fingerprint of the
 prompts and settings) is replaced atomically. A worker killed at any point resumes from the last recorded batch:
 the partial file is cut back to the recorded length (a batch written but not recorded is generated again,
-identically) and generation goes on. When all batches are done the partial file is renamed to ``out``.
+identically) and generation goes on. When all batches are done the partial file is renamed to ``out`` and the
+fingerprint recorded beside it (``<out>.done.json``), so a later run on the same prompts and settings (a job
+redelivered after training began) reuses the file without generating again.
 """
 
 from __future__ import annotations
@@ -100,6 +102,13 @@ def generate_transfer_set(model: nn.Module, tokenizer: Any, records: list[Record
             done, size = int(state["batches"]), int(state["bytes"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    done_path = out.with_name(out.name + ".done.json")
+    try:
+        if out.is_file() and json.loads(done_path.read_text()).get("fingerprint") == fp:
+            return {"finished": True, "path": str(out), "records": len(records), "generated": len(todo), "batches_done": n_batches,
+                    "batches_total": n_batches, "resumed_from_batch": n_batches, "new_tokens": 0, "settings": settings}
+    except (OSError, ValueError, AttributeError):
+        pass
     resumed_from = done
     out.parent.mkdir(parents=True, exist_ok=True)
     new_tokens = 0
@@ -142,6 +151,7 @@ def generate_transfer_set(model: nn.Module, tokenizer: Any, records: list[Record
             f.flush()
             os.fsync(f.fileno())
     os.replace(partial, out)
+    _write_json_atomic(done_path, {"fingerprint": fp, "records": len(records)})
     progress_path.unlink(missing_ok=True)
     return {"finished": True, "path": str(out), "records": len(records), "generated": len(todo), "batches_done": n_batches,
             "batches_total": n_batches, "resumed_from_batch": resumed_from, "new_tokens": new_tokens, "settings": settings}

@@ -3,7 +3,9 @@ method dkd, ``embedding: {...}`` -> ``method: {name: embedding, ...}``), ``momen
 alternatives of the student / dataset unions left out. A data migration: rewrites ``jobs.spec`` in place so every
 stored spec validates against the new ``JobSpec`` (the API and the workers validate what they read).
 
-The conversion (``convert``) is frozen here, independent of the code: it maps the flat spec of migrations 0001-0007.
+The conversion (``convert``) is frozen here, independent of the code: it maps the flat spec of migrations 0001-0007,
+including the causal-LM methods of branch lm (reverse_kl, gkd with its flat ``beta``, seqkd), which merged after
+this migration was written; their stored temperature is kept (the flat dump holds 4 whether given or not).
 
 Revision ID: 0008_method_params
 Revises: 0007_sweeps
@@ -34,7 +36,13 @@ _OWN = {  # method -> {old flat field: new field}
             "rkd_angle_weight": "angle_weight"},
     "prototype": {"student_layer": "student_layer", "teacher_layer": "teacher_layer", "prototype_mse_weight": "mse_weight",
                   "prototype_kl_weight": "kl_weight", "prototype_temperature": "temperature"},
+    # the causal-LM methods of branch lm (issue 13), stored flat before it merged
+    "reverse_kl": {"temperature": "temperature"},
+    "gkd": {"temperature": "temperature", "beta": "beta"},
+    "seqkd": {},
 }
+_SINGLE = ("reverse_kl", "gkd", "seqkd")  # no extra terms
+_NO_WEIGHTS = ("seqkd",)  # no alpha, no ce_weight
 _EMBEDDING_DEFAULTS = {"cosine_weight": 1.0, "mse_weight": 0.0, "hidden_layers": [], "hidden_weight": 1.0, "attention_layers": [],
                        "attention_weight": 1.0}
 
@@ -46,11 +54,12 @@ def _method(old: dict[str, Any], *, main: bool) -> dict[str, Any]:
         if k in _OWN.get(name, {}) and v is not None:
             new[_OWN[name][k]] = v
     if main:
-        if name != "dkd" and "alpha" in old:
+        if name not in ("dkd", *_NO_WEIGHTS) and "alpha" in old:
             new["alpha"] = old["alpha"]
-        if old.get("ce_weight") is not None:
+        if old.get("ce_weight") is not None and name not in _NO_WEIGHTS:
             new["ce_weight"] = old["ce_weight"]
-        new["extra"] = [_method(e, main=False) for e in old.get("extra") or []]
+        if name not in _SINGLE:
+            new["extra"] = [_method(e, main=False) for e in old.get("extra") or []]
     elif "weight" in old:
         new["weight"] = old["weight"]
     return new

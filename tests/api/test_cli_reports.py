@@ -75,6 +75,9 @@ async def test_cli_report_shows_every_stored_shape(http_url, stored_jobs, monkey
             assert "mean cosine to teacher" in out and f"{r.mean_cosine:,.4g}" in out
         elif r.task == "sequence_classification":
             assert "agreement with teacher" in out and f"{100 * r.agreement:.2f}%" in out
+        elif r.task == "causal_lm":
+            assert f"{r.perplexity.student.perplexity:,.3f}" in out and "student alone" in out and "decode tokens/s" in out
+            assert "held-out prompts" in out and r.generations.examples[0].prompt in out
         else:
             assert f"{100 * r.agreement:.2f}%" in out and "latency p50/p95 @ batch 16" in out
     full = _cli(http_url, "report", ids["classification_full"])
@@ -142,10 +145,10 @@ def test_client_refuses_a_report_it_cannot_read_with_a_clear_error():
 
     from client import ApiError, Stillhouse
 
-    newer = {**STORED["sentence_embedding"], "task": "causal_lm", "job_id": "job_new"}
+    newer = {**STORED["sentence_embedding"], "task": "speech_recognition", "job_id": "job_new"}
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json=newer if "jobs" in request.url.path else {"data": [newer]}))
     with Stillhouse("http://stillhouse.test", transport=transport) as c:
         for call in (lambda: c.report("job_new"), lambda: c.compare(["job_new"])):
             with pytest.raises(ApiError) as e:
                 call()
-            assert e.value.code == "unsupported_report" and "'causal_lm'" in e.value.message and "job_new" in e.value.message
+            assert e.value.code == "unsupported_report" and "'speech_recognition'" in e.value.message and "job_new" in e.value.message

@@ -121,3 +121,14 @@ def test_a_failed_export_is_recorded_and_the_job_stays_succeeded(backend, tmp_pa
     out = job.registry_export["mlflow"]
     assert job.status == "succeeded" and out["status"] == "failed" and "connect" in out["error"].lower(), out
     assert ev.type == "registry_failed" and str(port) in ev.message
+
+
+def test_version_tags_of_a_causal_lm_report():
+    """A causal-LM report's agreement is an object: the tag holds its top-1 agreement, plus the held-out perplexity."""
+    from stillhouse.registry import _version_tags
+    from tests.fixtures import stored_reports
+
+    r = stored_reports()["causal_lm"]
+    tags = _version_tags("job_x", r, "abc")
+    assert tags["agreement"] == str(r["agreement"]["top1_agreement"])
+    assert tags["perplexity"] == str(r["perplexity"]["student"]["perplexity"]) and "top1" not in tags

@@ -122,6 +122,10 @@ async def test_stored_report_is_served_and_rendered(api, tmp_path, name):
     if name == "classification_full":
         assert "quantised student" in page and "pruned student" in page and "student alone" in page
         assert f"{typed.distillation_gain_points:+.2f} points" in page
+    if name == "causal_lm":
+        assert "student alone" in page and "held-out perplexity" in page and f"{typed.perplexity.student.perplexity:,.3f}" in page
+        assert "held-out prompts: the teacher's and the student's answers" in page and typed.generations.examples
+        assert "decode tokens/s" in page and "cache: bytes / token" in page
     if name == "classification_error_bars":
         low, high = typed.baseline.val_top1_interval
         vs = typed.comparisons["distilled_vs_alone"]
@@ -162,12 +166,12 @@ async def test_openapi_documents_the_report_variants(api):
     comps = schema["components"]["schemas"]
     body = schema["paths"]["/v1/jobs/{job_id}/report"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
     mapping = {"classification": "ClassificationReport", "sequence_classification": "SequenceClassificationReport",
-               "sentence_embedding": "SentenceEmbeddingReport"}
+               "sentence_embedding": "SentenceEmbeddingReport", "causal_lm": "CausalLMReport"}
     assert body["discriminator"] == {"propertyName": "task",
                                      "mapping": {k: f"#/components/schemas/{v}" for k, v in mapping.items()}}
     assert sorted(x["$ref"] for x in body["oneOf"]) == sorted(f"#/components/schemas/{v}" for v in mapping.values())
     listed = comps["ReportList"]["properties"]["data"]["items"]
-    assert listed["discriminator"]["propertyName"] == "task" and len(listed["oneOf"]) == 3
+    assert listed["discriminator"]["propertyName"] == "task" and len(listed["oneOf"]) == 4
     for task, name in mapping.items():
         variant = comps[name]
         assert variant["properties"]["task"]["const"] == task and "task" in variant["required"]

@@ -120,6 +120,14 @@ def test_should_stop_keeps_progress(llama, lm_tokenizer, tmp_path):
     assert not r["finished"] and r["batches_done"] == 1 and not (tmp_path / "s.jsonl").exists()
     r = generate_transfer_set(llama, lm_tokenizer, recs, tmp_path / "s.jsonl", max_new_tokens=4, batch_size=2)
     assert r["finished"] and r["resumed_from_batch"] == 1
+    # a later run (a job redelivered after training began) reuses the finished file; other settings generate anew
+    before = (tmp_path / "s.jsonl").read_bytes()
+    again = generate_transfer_set(llama, lm_tokenizer, recs, tmp_path / "s.jsonl", max_new_tokens=4, batch_size=2,
+                                  should_stop=lambda: True)
+    assert again["finished"] and again["new_tokens"] == 0 and again["resumed_from_batch"] == 3
+    assert (tmp_path / "s.jsonl").read_bytes() == before
+    other = generate_transfer_set(llama, lm_tokenizer, recs, tmp_path / "s.jsonl", max_new_tokens=3, batch_size=2)
+    assert other["finished"] and other["resumed_from_batch"] == 0 and other["new_tokens"] > 0
 
 
 CHILD = """
@@ -209,3 +217,24 @@ def test_speed_measures_prefill_and_decode(llama):
     s = speed(llama, prompt_tokens=16, new_tokens=8, repeats=2)
     assert s["prefill_tokens_per_s"] > 0 and s["decode_tokens_per_s"] > 0
     assert s["decode_ms_per_token"] == pytest.approx(1e3 / s["decode_tokens_per_s"])
+
+
+def test_many_sequence_stats_match_one_model_at_a_time_with_one_teacher_pass(llama, rows, lm_tokenizer):
+    from distill.lm.cache import FidelityMeter
+    from distill.lm.evaluate import many_sequence_stats
+
+    pad = lm_tokenizer.pad_token_id
+    a, _ = derive_student(llama, num_layers=2)
+    b, _ = derive_student(llama, num_layers=1)
+    calls = []
+    meter = FidelityMeter(8, 1.0)
+    many = many_sequence_stats({"a": a, "b": b}, rows, pad, teacher=llama, batch_size=3,
+                               on_teacher_batch=lambda t: (calls.append(t.shape[0]), meter.add(t)))
+    assert sum(calls) == rows.target_tokens and len(calls) == -(-len(rows) // 3)  # the teacher ran once per batch
+    for name, m in (("a", a), ("b", b)):
+        one = sequence_stats(m, rows, pad, teacher=llama, batch_size=3)
+        assert all(np.allclose(many[name][k], one[k], rtol=1e-5, atol=1e-6) for k in one)
+    own = sequence_stats(llama, rows, pad, batch_size=3)
+    assert np.allclose(many["teacher"]["nll"], own["nll"], rtol=1e-5) and set(many["teacher"]) == {"nll", "tokens"}
+    whole = cache_fidelity(llama, rows, k=8, temperature=1.0, pad_id=pad, batch_size=3)
+    assert meter.summary()["kl_mean_nats"] == pytest.approx(whole["kl_mean_nats"], rel=1e-5)

@@ -210,6 +210,21 @@ def test_migration_converts_stored_flat_specs():
     assert new["seqcls_auto"].method.name == "kd" and new["seqcls_auto"].method.temperature == 3.0
 
 
+def test_migration_converts_stored_flat_causal_lm_specs():
+    """model_dump()s of branch lm's flat JobSpec (at 885c6b8, before it merged): gkd's flat beta moves under gkd,
+    seqkd loses alpha/ce_weight/extra, which it has no longer; the stored temperature stays."""
+    stored = json.loads((ROOT / "tests" / "fixtures" / "stored_specs_lm.json").read_text())
+    convert = _migration().convert
+    new = {k: JobSpec.model_validate(convert(v)) for k, v in stored.items()}
+    for k, s in new.items():
+        assert convert(s.model_dump(mode="json")) == s.model_dump(mode="json"), k
+        assert s.task == "causal_lm" and s.cache.top_k == 16
+    assert new["lm_gkd"].method.params() == {"temperature": 4.0, "beta": 0.3, "alpha": 0.8, "ce_weight": None}
+    assert new["lm_reverse_kl"].method.params() == {"temperature": 2.0, "alpha": 0.7, "ce_weight": 0.2}
+    assert new["lm_seqkd"].method.params() == {} and new["lm_seqkd"].data.generation.max_new_tokens == 6
+    assert (new["lm_kd_default"].method.name, new["lm_kd_default"].method.alpha) == ("kd", 0.5)
+
+
 # ------------------------------------------------------------------ the README's and demo/'s specs
 
 def _readme_specs() -> list[tuple[str, dict]]:

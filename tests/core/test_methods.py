@@ -11,6 +11,7 @@ from distill.errors import DistillError
 from distill.methods import build_method
 from distill.methods import HardLabelKD, SoftTargetKD, available_methods, masked_cross_entropy
 import distill.text.adapters  # noqa: F401  (registers 'embedding', whose loss lives with the text task)
+from distill.lm.methods import available_lm_methods
 from distill.method_params import METHOD_PARAMS
 from distill.spec import parse_method
 
@@ -31,7 +32,9 @@ def softmax(z: list[float]) -> list[float]:
 
 def test_registry_has_every_method():
     assert available_methods() == ["attention_transfer", "dkd", "embedding", "fitnet", "hard_label", "kd", "prototype", "rkd"]
-    assert sorted(METHOD_PARAMS) == available_methods()  # every parameter model has its loss class
+    # every parameter model has its loss class: the causal-LM ones in distill.lm.methods (kd serves both)
+    assert sorted(METHOD_PARAMS) == sorted(set(available_methods()) | set(available_lm_methods()))
+    assert available_lm_methods() == sorted(n for n, p in METHOD_PARAMS.items() if "causal_lm" in p.tasks)
     assert isinstance(build_method(method_of(name="kd"), True), SoftTargetKD)
     assert isinstance(build_method(method_of(name="hard_label"), True), HardLabelKD)
 

@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from distill.report import (
+    CausalLMReport,
     ClassificationReport,
     SentenceEmbeddingReport,
     SequenceClassificationReport,
@@ -19,7 +20,7 @@ from tests.fixtures import stored_reports
 
 STORED = stored_reports()
 VARIANT = {"classification": ClassificationReport, "sequence_classification": SequenceClassificationReport,
-           "sentence_embedding": SentenceEmbeddingReport}
+           "sentence_embedding": SentenceEmbeddingReport, "causal_lm": CausalLMReport}
 
 
 def test_the_fixtures_cover_every_task_and_the_legacy_shape():

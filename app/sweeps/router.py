@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import CurrentTenant, SessionDep
-from app.errors import ERROR_RESPONSES, ErrorResponse
+from app.errors import ERROR_RESPONSES, ErrorResponse, json_error_responses
 from app.pagination import Limit, Page
 from app.sweeps import page, service
 from app.sweeps.schemas import FrontObject, SweepObject, TrialObject
@@ -60,7 +60,7 @@ def get_front(sweep_id: SweepId, session: SessionDep, tenant: CurrentTenant) -> 
     return service.front(session, sweep_id, tenant.id)
 
 
-@router.get("/{sweep_id}/front.html", response_class=HTMLResponse, responses=ERROR_RESPONSES)
+@router.get("/{sweep_id}/front.html", response_class=HTMLResponse, responses=json_error_responses())
 async def front_page(sweep_id: SweepId, session: SessionDep, tenant: CurrentTenant) -> HTMLResponse:
     """The sweep as an HTML page: the front plotted (top-1 vs p50 latency, marker area ~ bytes) beside the teacher,
     the front and the trials as tables."""

@@ -33,7 +33,10 @@ def _check(session: Session, spec_json: dict[str, Any], tenant_id: str, prefix: 
     except ValidationError as e:
         loc, msg = _first_error(e)
         where = param or f"{prefix}.{loc}"
-        raise Unprocessable(f"{where}: {msg}" + (f" (at {loc})" if param and loc else ""), param=where) from e
+        # a dimension whose values the job spec refuses at its path: code invalid_search_space (no JSON Schema of the sweep
+        # can say which values a path of the job spec takes)
+        raise Unprocessable(f"{where}: {msg}" + (f" (at {loc})" if param and loc else ""), param=where,
+                            **({"code": "invalid_search_space"} if param else {})) from e
     try:
         validate_references(session, job, tenant_id)
     except Unprocessable as e:
@@ -82,10 +85,10 @@ def to_schema(session: Session, sweep: Sweep) -> SweepObject:
 
 
 def list_sweeps(session: Session, tenant_id: str, *, limit: int, after: str | None) -> tuple[list[Sweep], bool]:
-    """The tenant's sweeps newest first. Raises Unprocessable (422) when ``after`` is not one of them."""
+    """The tenant's sweeps newest first. Raises NotFound (404) when ``after`` is not one of them (as for jobs and files)."""
     anchor = session.scalar(select(Sweep).where(Sweep.id == after, Sweep.tenant_id == tenant_id)) if after else None
     if after and anchor is None:
-        raise Unprocessable(f"after: no sweep {after!r} to continue from", param="after")
+        raise NotFound(f"after: no sweep {after!r} to continue from", param="after")
     return newest_first(session, select(Sweep).where(Sweep.tenant_id == tenant_id), Sweep, limit=limit, anchor=anchor)
 
 

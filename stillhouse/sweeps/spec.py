@@ -171,10 +171,13 @@ class SweepSpec(_Strict):
         """The base job spec as the user wrote it (JSON)."""
         return self._base_json
     search_space: dict[Annotated[str, Field(pattern=r"^[a-z_]+(\.[A-Za-z0-9_]+)+$", max_length=200)], Dimension] = Field(
-        ..., min_length=1, max_length=16, description="{dotted path in the job spec (e.g. 'method.temperature'): dimension}.")
+        ..., min_length=1, max_length=16, description="{dotted path in the job spec (e.g. 'method.temperature'): dimension}.",
+        # pydantic writes the key pattern as patternProperties, which leaves other keys free: say that there are none
+        json_schema_extra={"additionalProperties": False, "propertyNames": {"pattern": r"^[a-z_]+(\.[A-Za-z0-9_]+)+$", "maxLength": 200}})
     objectives: list[Objective] = Field(
         default_factory=lambda: [Objective(name="top1"), Objective(name="latency_p50_ms"), Objective(name="bytes")],
-        min_length=1, max_length=3, description="What the front trades off (1 to 3): default top-1, p50 latency and bytes.")
+        min_length=1, max_length=3, description="What the front trades off (1 to 3, each at most once): default top-1, p50 "
+        "latency and bytes.", json_schema_extra={"uniqueItems": True})
     sampler: SamplerSpec = Field(default_factory=SamplerSpec, description="How trials are sampled.")
     budget: Budget = Field(default_factory=Budget, description="Limits on trials, parallelism and time.")
     selection: SelectionSpec = Field(default_factory=SelectionSpec, description="The selection split carved from the training "

@@ -570,7 +570,7 @@ def render_report(r: AnyReport) -> None:
     for c in (r.comparisons or {}).values():
         low, high = c.interval_points
         summary.add_row(f"{c.a} − {c.b}", f"{c.difference_points:+.2f} points, 95% [{low:+.2f}, {high:+.2f}], "
-                                          f"McNemar p = {c.mcnemar_p:.2g}: {c.verdict}")
+                                          f"McNemar p = {c.mcnemar_p:.2g}: {_verdict(c)}")
     if r.cache:
         summary.add_row("teacher outputs cached", str(r.cache.teacher_outputs))
     _phases(summary, r)
@@ -719,6 +719,11 @@ sweep_app = typer.Typer(help="Sweeps: search student sizes and distillation sett
 app.add_typer(sweep_app, name="sweep")
 
 
+def _verdict(c: Any) -> str:
+    """A comparison's verdict in words: 'a better' / 'b better' name the model ('teacher better'), else as stored."""
+    return {"a better": f"{c.a} better", "b better": f"{c.b} better"}.get(c.verdict, c.verdict)
+
+
 def _sweep_line(sw: dict[str, Any]) -> str:
     t = sw["trials"]
     best = sw.get("best")
@@ -811,7 +816,10 @@ def sweep_front(sweep_id: str, as_json: bool = JSON_OPTION) -> None:
         return
     t = Table(title=f"front of {sweep_id}" + ("" if front["final"] else " (so far)"))
     for h in ("trial", "params", "val top-1", "95% interval", "selection top-1", "bytes", "p50 ms (batch 1)", "job"):
-        t.add_column(h)
+        if h == "job":  # ids never cut, whatever the terminal's width
+            _id_column(t, h, [m["job_id"] for m in front["data"]])
+        else:
+            t.add_column(h, overflow="fold")  # params fold onto more lines rather than end in an ellipsis
     teacher = front.get("teacher")
     if teacher:
         t.add_row("teacher", "", _fmt(teacher.get("val_top1"), "pct"), _ci(teacher.get("interval95")), "",

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 BUILTIN_DATASETS = ("digits", "mnist5k", "rotten_tomatoes")
 TEXT_BUILTINS = ("rotten_tomatoes",)
 TEACHER_FORMATS = ("auto", "safetensors", "state_dict", "torchscript", "onnx", "hf")
-METHODS = ("kd", "hard_label", "dkd", "fitnet", "attention_transfer", "rkd", "prototype", "embedding")
+METHODS = ("auto", "kd", "hard_label", "dkd", "fitnet", "attention_transfer", "rkd", "prototype", "embedding")
 TASKS = ("auto", "classification", "sequence_classification", "sentence_embedding")
 
 
@@ -165,6 +165,7 @@ _METHOD_FIELDS: dict[str, frozenset[str]] = {
     "prototype": frozenset({"student_layer", "teacher_layer", "prototype_mse_weight", "prototype_kl_weight",
                             "prototype_temperature"}),
     "embedding": frozenset(),
+    "auto": frozenset(),
 }
 _LAYER_REQUIRED = ("fitnet", "attention_transfer")
 
@@ -185,6 +186,9 @@ top-1 points against the student trained alone on mnist5k (kd T4 alpha 0.9 + hin
 measured -0.5 (issue 11): the hint MSE on un-normalised features outweighs the soft labels at 1. Re-measured with
 ``bench/methods_study.py --cases kd_fitnet kd_fitnet_w1 --epochs 10`` (lr 1e-2, seeds 0-2): weight 0.1 -1.2 / -0.2 /
 -0.3 points (no measurable difference on every seed), weight 1 -1.4 / -1.0 / -1.0 (the student alone better on seed 0)."""
+AUTO_SELECTION_BUDGET = 0.5
+"""Default ``method.selection_budget`` of method 'auto': the candidate trainings take at most half of the job's training
+steps (issue 11: the selection costs at most a stated fraction of the job, e.g. <= 50%)."""
 REGISTRY_STUDENT_LR = 1e-2
 """Default peak learning rate of a registry student (``student.architecture``; AdamW or SGD, cosine schedule). 1e-3
 under-trains small students: a third-party MNIST CNN (ONNX) distilled into mlp [32] for 15 epochs (kd T4 alpha 0.9,
@@ -267,9 +271,12 @@ class MethodSpec(_MethodParams):
     so a typo'd combination fails at creation while a full ``model_dump()`` still validates.
     """
 
-    name: Literal["kd", "hard_label", "dkd", "fitnet", "attention_transfer", "rkd", "prototype", "embedding"] = Field(
-        "kd",
-        description="'kd': soft labels, T^2 * KL(softmax(t/T) || softmax(s/T)) (Hinton et al. 2015); "
+    name: Literal["auto", "kd", "hard_label", "dkd", "fitnet", "attention_transfer", "rkd", "prototype", "embedding"] = Field(
+        "auto",
+        description="'auto' (the default): tensor classification with labelled rows picks among AUTO_CANDIDATES (the "
+        "student alone, kd T4 a0.9, kd T2 a0.5, hard_label, each at the spec's lr and 3x) by short trainings scored on a "
+        "selection split carved from the training rows, then retrains the winner on all of them (distill.auto); text "
+        "tasks and data without labels run 'kd'. 'kd': soft labels, T^2 * KL(softmax(t/T) || softmax(s/T)) (Hinton et al. 2015); "
         "'hard_label': cross-entropy to the teacher's argmax (Touvron et al. 2021); 'dkd': decoupled KD, TCKD + NCKD "
         "(Zhao et al. 2022); 'fitnet': hint MSE through a learned 1x1-conv/linear adapter (Romero et al. 2015); "
         "'attention_transfer': spatial attention maps (Zagoruyko & Komodakis 2017); 'rkd': distance and angle relations "
@@ -287,6 +294,9 @@ class MethodSpec(_MethodParams):
         "where it defaults to 1.0 (mdistiller's CE_LOSS_WEIGHT).")
     extra: list[ExtraMethodSpec] = Field(default_factory=list, max_length=8, description="Further weighted loss terms "
                                          "(any method but 'embedding'), added to the main method's terms.")
+    selection_budget: float = Field(AUTO_SELECTION_BUDGET, gt=0, le=1, description="method 'auto': the candidate "
+                                    "trainings together take at most this fraction of the job's training steps (epochs x "
+                                    "steps per epoch on all training rows), split evenly among the candidates.")
 
     @model_validator(mode="after")
     def _fields(self) -> "MethodSpec":
@@ -294,6 +304,11 @@ class MethodSpec(_MethodParams):
         if self.name == "dkd" and "alpha" in self.model_fields_set and self.alpha != MethodSpec.model_fields["alpha"].default:
             raise ValueError("'alpha' is not a parameter of method 'dkd': its terms are weighted by dkd_alpha/dkd_beta "
                              "and the cross-entropy by ce_weight (default 1.0)")
+        if self.name == "auto" and (self.extra or self.ce_weight is not None or "alpha" in self.model_fields_set):
+            raise ValueError("method 'auto' picks its own method and weights: give no 'alpha', 'ce_weight' or 'extra' "
+                             "(name a method, e.g. {name: kd}, to set them)")
+        if self.name != "auto" and "selection_budget" in self.model_fields_set and self.selection_budget != AUTO_SELECTION_BUDGET:
+            raise ValueError(f"'selection_budget' is a parameter of method 'auto', not {self.name!r}")
         if self.name == "embedding" and (self.extra or self.ce_weight is not None):
             raise ValueError("method 'embedding' takes no 'extra' terms and no 'ce_weight'")
         return self

@@ -1,0 +1,124 @@
+"""method 'auto' (issue 11): candidates trained on the training rows outside a selection split, scored on it, the winner
+retrained on all training rows and reported on the untouched validation split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from distill import auto, job as _job
+from distill.formats import FileInput
+from distill.data import load_builtin
+from distill.teacher_training import train_classifier
+from distill.spec import JobSpec
+from distill.training import steps_per_epoch
+from tests.models import TEACHER_ARCH, save_model
+
+from .helpers import make_spec, run
+
+
+def auto_spec(**over) -> JobSpec:
+    """``make_spec(**over)`` with no method named (so the default, 'auto')."""
+    d = make_spec(**over).model_dump(mode="json", exclude_unset=True)
+    d.pop("method")
+    spec = JobSpec.model_validate(d)
+    assert spec.method.name == "auto"
+    return spec
+
+
+def test_auto_job_reports_every_candidate_and_retrains_the_winner(teacher_file, tmp_path):
+    spec = auto_spec(training={"epochs": 13}, evaluation={"compare_baseline": True})
+    result, rep = run(spec, teacher_file, tmp_path / "j")
+    sel = result.report["selection"]
+    names = [c["name"] for c in sel["candidates"]]
+    assert len(names) == 8 and len({c["lr"] for c in sel["candidates"]}) == 2
+    assert sel["chosen"] in names and sel["reason"]
+    assert sel["steps"] <= 0.5 * sel["job_steps"] and sel["steps_fraction"] <= 0.5
+    assert 0 < sel["cost_fraction_of_job_time"] < 1
+    # the winner was retrained on all training rows for the full epochs
+    tr = result.report["training"]
+    assert tr["epochs"] == 13 and tr["steps"] == sel["job_steps"]
+    assert result.report["data"]["train"] == sel["selection_rows"] + sel["candidate_training_rows"]
+    assert "Method auto" in result.report["summary"]
+    candidates = {c["name"]: c for c in sel["candidates"]}
+    assert result.report["training"]["method"] == "auto"
+    if not sel["student_alone"]:
+        assert result.report["training"]["method_detail"]["name"] == candidates[sel["chosen"]]["method"]["name"]
+    assert [e for e in rep.events if e[0] == "selection_done"]
+
+
+def _poisoned_load(monkeypatch):
+    """Make every job load data whose reported validation labels are shuffled (and its images reversed in order)."""
+    real = _job.load_data
+
+    def poisoned(*a, **kw):
+        d = real(*a, **kw)
+        g = np.random.default_rng(1)
+        d.val_y = d.val_y[np.asarray(g.permutation(d.val_y.shape[0]))]
+        d.val_x = d.val_x.flip(0)
+        return d
+
+    monkeypatch.setattr(_job, "load_data", poisoned)
+
+
+def test_selection_never_reads_the_reported_validation_rows(teacher_file, tmp_path, monkeypatch):
+    spec = auto_spec(training={"epochs": 7})
+    clean, _ = run(spec, teacher_file, tmp_path / "clean")
+    _poisoned_load(monkeypatch)
+    dirty, _ = run(spec, teacher_file, tmp_path / "dirty")
+    a, b = clean.report["selection"], dirty.report["selection"]
+    assert [c["selection_top1"] for c in a["candidates"]] == [c["selection_top1"] for c in b["candidates"]]
+    assert a["chosen"] == b["chosen"] and a["reason"] == b["reason"]
+    # the poison did reach the reported validation split: the returned student scores near chance there
+    assert dirty.report["student"]["val_top1"] < 0.3 < clean.report["student"]["val_top1"]
+    # and the returned students are the same weights
+    wa, wb = (load_file(r.artifacts[0]) for r in (clean, dirty))
+    assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+
+
+def test_student_alone_wins_and_is_returned(tmp_path):
+    # an untrained teacher: its soft and hard labels are noise, so the student alone wins the selection
+    x, y, _ = load_builtin("digits")
+    teacher = train_classifier(TEACHER_ARCH, x[:64], y[:64], epochs=0, seed=0)
+    path = tmp_path / "noise_teacher.safetensors"
+    size = save_model(teacher, teacher.stillhouse_architecture, path)
+    spec = auto_spec(training={"epochs": 7})
+    result, _ = run(spec, FileInput(path, "safetensors", size), tmp_path / "j")
+    r, sel = result.report, result.report["selection"]
+    assert sel["student_alone"] is True and sel["chosen"].startswith(auto.ALONE) and sel["chosen_method"] is None
+    assert r["training"]["method_detail"]["name"] == "ce"  # trained on the labels alone
+    assert "trained without the teacher" in r["summary"]
+    # the returned student is the student alone: the baseline is that same training, not run twice
+    assert r["baseline"]["val_top1"] == r["student"]["val_top1"] and result.baseline_student is not None
+    assert r["distillation_gain_points"] == 0
+    best = max(c["selection_top1"] for c in sel["candidates"] if c["method"] is not None)
+    assert best < max(c["selection_top1"] for c in sel["candidates"] if c["method"] is None)
+
+
+@pytest.mark.parametrize("epochs,n_train,batch", [(7, 1437, 64), (13, 1437, 64), (30, 4000, 64), (10, 4000, 128), (2, 500, 32)])
+def test_plan_respects_the_budget(epochs, n_train, batch):
+    rest = n_train - int(np.ceil(0.2 * n_train))
+    plan = auto.plan_budget(1e-2, epochs, batch, n_train, rest, 0.5)
+    assert plan.epochs >= 1 and plan.candidates
+    assert plan.steps == plan.epochs * len(plan.candidates) * steps_per_epoch(rest, batch) <= 0.5 * plan.job_steps
+    assert plan.job_steps == epochs * steps_per_epoch(n_train, batch)
+    assert {c.name.split("@")[0] for c in plan.candidates} == {n for n, _ in auto.CANDIDATE_METHODS}
+
+
+def test_too_small_a_budget_runs_kd_and_says_so(teacher_file, tmp_path):
+    assert auto.plan_budget(1e-2, 3, 64, 1437, 1149, 0.5).epochs == 0
+    result, _ = run(auto_spec(training={"epochs": 3}), teacher_file, tmp_path / "j")
+    sel = result.report["selection"]
+    assert sel["chosen"] is None and "cannot give" in sel["note"] and sel["candidates"] == []
+    assert result.report["training"]["method_detail"]["name"] == "kd"
+
+
+def test_auto_spec_validation():
+    assert JobSpec.model_fields["method"].default_factory().name == "auto"
+    with pytest.raises(ValueError, match="alpha"):
+        make_spec(method={"name": "auto", "alpha": 0.5})
+    with pytest.raises(ValueError, match="selection_budget"):
+        make_spec(method={"name": "kd", "selection_budget": 0.3})
+    spec = auto_spec()
+    assert auto.method_spec(spec, {"name": "kd", "temperature": 2, "alpha": 0.5}).temperature == 2

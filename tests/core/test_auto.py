@@ -96,7 +96,7 @@ def test_student_alone_wins_and_is_returned(tmp_path):
     assert best < max(c["selection_top1"] for c in sel["candidates"] if c["method"] is None)
 
 
-@pytest.mark.parametrize("epochs,n_train,batch", [(7, 1437, 64), (13, 1437, 64), (30, 4000, 64), (10, 4000, 128), (2, 500, 32)])
+@pytest.mark.parametrize("epochs,n_train,batch", [(7, 1437, 64), (13, 1437, 64), (30, 4000, 64), (10, 4000, 128), (20, 500, 32)])
 def test_plan_respects_the_budget(epochs, n_train, batch):
     rest = n_train - int(np.ceil(0.2 * n_train))
     plan = auto.plan_budget(1e-2, epochs, batch, n_train, rest, 0.5)

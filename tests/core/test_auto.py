@@ -90,8 +90,10 @@ def test_student_alone_wins_and_is_returned(tmp_path):
     assert r["training"]["method_detail"]["name"] == "ce"  # trained on the labels alone
     assert "trained without the teacher" in r["summary"]
     # the returned student is the student alone: the baseline is that same training, not run twice
-    assert r["baseline"]["val_top1"] == r["student"]["val_top1"] and result.baseline_student is not None
-    assert r["distillation_gain_points"] == 0
+    if sel["chosen_lr"] == spec.training.optimizer.lr:
+        assert r["baseline"]["val_top1"] == r["student"]["val_top1"] and result.baseline_student is not None
+        assert r["distillation_gain_points"] == 0
+    assert "Distillation helped" not in r["summary"] and "did not help" in r["summary"]
     best = max(c["selection_top1"] for c in sel["candidates"] if c["method"] is not None)
     assert best < max(c["selection_top1"] for c in sel["candidates"] if c["method"] is None)
 

@@ -304,7 +304,8 @@ class MethodSpec(_MethodParams):
         if self.name == "dkd" and "alpha" in self.model_fields_set and self.alpha != MethodSpec.model_fields["alpha"].default:
             raise ValueError("'alpha' is not a parameter of method 'dkd': its terms are weighted by dkd_alpha/dkd_beta "
                              "and the cross-entropy by ce_weight (default 1.0)")
-        if self.name == "auto" and (self.extra or self.ce_weight is not None or "alpha" in self.model_fields_set):
+        if self.name == "auto" and (self.extra or self.ce_weight is not None  # defaults tolerated: a full dump validates
+                                    or self.alpha != MethodSpec.model_fields["alpha"].default):
             raise ValueError("method 'auto' picks its own method and weights: give no 'alpha', 'ce_weight' or 'extra' "
                              "(name a method, e.g. {name: kd}, to set them)")
         if self.name != "auto" and "selection_budget" in self.model_fields_set and self.selection_budget != AUTO_SELECTION_BUDGET:

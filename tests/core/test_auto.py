@@ -120,6 +120,7 @@ def test_auto_spec_validation():
     assert JobSpec.model_fields["method"].default_factory().name == "auto"
     with pytest.raises(ValueError, match="alpha"):
         make_spec(method={"name": "auto", "alpha": 0.5})
+    assert JobSpec.model_validate(auto_spec().model_dump()).method.name == "auto"
     with pytest.raises(ValueError, match="selection_budget"):
         make_spec(method={"name": "kd", "selection_budget": 0.3})
     spec = auto_spec()

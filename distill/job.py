@@ -291,10 +291,6 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     if fmt == "hf" or spec.task in ("sequence_classification", "sentence_embedding"):
         if fmt != "hf":
             raise DistillError("invalid_spec", f"task {spec.task!r} needs a Hugging Face teacher ('hf' archive), got {fmt}", "task")
-        if spec.method.name == "auto":
-            spec = spec.model_copy(update={"method": auto.fallback_method(spec)})
-            reporter.event("method_auto", "method 'auto' selects among candidates for tensor classification only; this text "
-                           "task runs kd (temperature 4, alpha 0.9)", {"method": "kd"})
         folder = load_hf_archive(inputs.teacher.path, Path(workdir) / "teacher", max_unpacked_bytes=max_unpacked_bytes)
         return run_text_job(spec, folder, inputs.teacher.bytes, inputs.files, Path(workdir), reporter, runtime_used_s=runtime_used_s)
     if spec.student.architecture is None:

@@ -15,7 +15,10 @@ from distill.spec import JobSpec
 from distill.training import steps_per_epoch
 from tests.models import TEACHER_ARCH, save_model
 
-from .helpers import make_spec, run
+from distill.reporter import RecordingReporter
+
+from .helpers import make_spec, run, run_text_job
+from .test_report_jobs import _text_spec
 
 
 def auto_spec(**over) -> JobSpec:
@@ -125,3 +128,13 @@ def test_auto_spec_validation():
         make_spec(method={"name": "kd", "selection_budget": 0.3})
     spec = auto_spec()
     assert auto.method_spec(spec, {"name": "kd", "temperature": 2, "alpha": 0.5}).temperature == 2
+
+
+def test_text_tasks_run_kd_and_say_so(tiny_bert_classifier_dir, review_jsonl, tmp_path):
+    spec = _text_spec("sequence_classification", **{"student.from_teacher": {"num_layers": 1}})
+    assert spec.method.name == "auto"
+    files = {"file_d": FileInput(path=review_jsonl, format="jsonl", bytes=review_jsonl.stat().st_size)}
+    rep = RecordingReporter()
+    r = run_text_job(spec, tiny_bert_classifier_dir, 12345, files, tmp_path / "w", rep).report
+    assert r["training"]["method"] == "kd"
+    assert [m for t, m, _ in rep.events if t == "method_auto" and "runs kd" in m]

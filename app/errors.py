@@ -13,6 +13,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
+
+from distill.spec import field_path
 
 from stillhouse.db import database_unavailable
 
@@ -137,8 +140,31 @@ _BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 detai
 
 
 def _loc(loc: tuple[Any, ...]) -> str | None:
+    if loc[:1] == ("body",):  # a job spec: without the tags pydantic inserts for its unions (method name, student kind ...)
+        return field_path(loc[1:])
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or None
+
+
+def allowed_methods(request: Request) -> str:
+    """The ``Allow`` header of a 405: every method ``/openapi.json`` documents for the request's path (HEAD where GET
+    is). Starlette names only the first matching route's methods, and FastAPI makes one route per method, so
+    ``DELETE`` went missing from a 405 on ``/v1/files/{id}``. Comma-separated, sorted."""
+    app = request.app
+    paths = getattr(app.state, "allow_paths", None)
+    if paths is None:  # once per app: each documented path template as a regex, with its methods
+        paths = [(compile_path(t)[0], {m.upper() for m in ops if m in _HTTP_METHODS}) for t, ops in app.openapi()["paths"].items()]
+        app.state.allow_paths = paths
+    methods: set[str] = set()
+    for regex, ms in paths:
+        if regex.match(request.url.path):
+            methods |= ms
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
+
+
+_HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -160,6 +186,9 @@ def install_error_handlers(app: FastAPI) -> None:
             msg = "the request body is required (a JSON object)"
         elif param is None and tuple(first.get("loc", ())) == ("body",) and first.get("type") in ("model_attributes_type", "dict_type"):
             msg = "the request body must be a JSON object sent with 'Content-Type: application/json' (the CLI also reads YAML files)"
+        elif first.get("type") in ("union_tag_invalid", "union_tag_not_found"):  # e.g. an unknown method name
+            param = f"{param}.{str(first.get('ctx', {}).get('discriminator', '')).strip(chr(39))}" if param else param
+            msg = f"{param}: {msg}"
         elif first.get("type") == "extra_forbidden":
             msg = f"unknown field {param!r}"
         elif param:
@@ -169,11 +198,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_json(422, "invalid_request", msg, param)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and exc.detail == _BODY_PARSE_ERROR:  # FastAPI: a JSON body that is not UTF-8
             return error_json(422, "invalid_request", "the request body is not valid JSON (it must be UTF-8 encoded JSON)")
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return error_json(exc.status_code, code, str(exc.detail), None, getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": allowed_methods(request)}
+        return error_json(exc.status_code, code, str(exc.detail), None, headers)
 
     def _database_down(request: Request, exc: BaseException) -> JSONResponse:
         log.warning("%s %s: database unavailable (%s)", request.method, request.url.path,

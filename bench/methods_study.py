@@ -42,7 +42,7 @@ CASES: dict[str, dict[str, Any]] = {
     "kd_t2": {"name": "kd", "temperature": 2.0, "alpha": 0.5},
     "hard_label": {"name": "hard_label", "alpha": 0.9},
     "dkd": {"name": "dkd", "temperature": 4.0},
-    "dkd_paper": {"name": "dkd", "temperature": 4.0, "dkd_beta": 8.0, "dkd_warmup_epochs": 1},
+    "dkd_paper": {"name": "dkd", "temperature": 4.0, "beta": 8.0, "warmup_epochs": 1},
     "kd_fitnet": {"name": "kd", "temperature": 4.0, "alpha": 0.9,
                   "extra": [{"name": "fitnet", "student_layer": "2", "teacher_layer": "10"}]},
     "kd_fitnet_w1": {"name": "kd", "temperature": 4.0, "alpha": 0.9,

@@ -73,7 +73,7 @@ def main() -> None:
             "name": "bench-minilm-rt", "task": "sentence_embedding", "teacher": {"file_id": teacher.id},
             "student": {"from_teacher": {"num_layers": args.layers}},
             "data": {"train": {"builtin": "rotten_tomatoes"}, "validation": {"fraction": 0.2, "seed": 0}, "max_seq_length": 64},
-            "method": {"name": "embedding"}, "embedding": {"cosine_weight": 1.0},
+            "method": {"name": "embedding", "cosine_weight": 1.0},
             "training": {"epochs": args.epochs, "batch_size": 32, "optimizer": {"name": "adamw", "lr": args.lr}, "seed": 0},
             "evaluation": {"latency_iterations": 200, "throughput_batch_size": 32},
         }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -115,11 +116,24 @@ def upload(path: Path = typer.Argument(..., exists=True, dir_okay=False, help="F
     print(f.id)
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: ``1e-3`` is a number (YAML 1.1, PyYAML's default, reads it as the
+    string '1e-3', which the spec's strict numbers refuse)."""
+
+
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
+               r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
 def load_spec(path: Path) -> dict[str, Any]:
-    """Read a JSON or YAML job spec. Raises typer.BadParameter for unreadable files."""
+    """Read a JSON or YAML job spec (YAML 1.2 floats: ``lr: 1e-3`` is a number). Raises typer.BadParameter for
+    unreadable files."""
     try:
         text = path.read_text()
-        spec = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        spec = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_SpecLoader)
     except (OSError, ValueError, yaml.YAMLError) as e:
         raise typer.BadParameter(f"cannot read spec {path}: {e}") from e
     if not isinstance(spec, dict):

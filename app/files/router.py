@@ -85,7 +85,7 @@ def list_files(session: SessionDep, tenant: CurrentTenant, limit: Limit = 100,
                sha256: Annotated[str | None, Query(pattern=r"^[0-9a-fA-F]{64}$",
                                                    description="Only files with this content (hex SHA-256): lets a client "
                                                                "skip uploading a file the tenant already has.")] = None) -> Page[FileObject]:
-    """List the tenant's uploaded files, newest first, optionally of one purpose or content (``sha256``). 422 if
+    """List the tenant's uploaded files, newest first, optionally of one purpose or content (``sha256``). 404 if
     ``after`` names none of them."""
     rows, more = service.list_files(session, tenant.id, limit=limit, after=after, purpose=purpose, sha256=sha256)
     return Page[FileObject](data=[FileObject.model_validate(r) for r in rows], has_more=more)

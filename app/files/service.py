@@ -117,7 +117,7 @@ def get_file(session: Session, file_id: str, tenant_id: str) -> File:
 def list_files(session: Session, tenant_id: str, *, limit: int, after: str | None, purpose: str | None,
                sha256: str | None = None) -> tuple[list[File], bool]:
     """The tenant's files newest first, ``limit`` at most, starting after file ``after``, optionally of one purpose and
-    content (``sha256`` hex, lower case); returns (rows, has_more). Raises Unprocessable (422) when ``after`` is not
+    content (``sha256`` hex, lower case); returns (rows, has_more). Raises NotFound (404) when ``after`` is not
     one of the tenant's files."""
     q = select(File).where(File.tenant_id == tenant_id)
     if purpose:
@@ -128,7 +128,7 @@ def list_files(session: Session, tenant_id: str, *, limit: int, after: str | Non
     if anchor is not None and anchor.tenant_id != tenant_id:
         anchor = None
     if after and anchor is None:
-        raise Unprocessable(f"after: no file {after!r} to continue from", param="after")
+        raise NotFound(f"after: no file {after!r} to continue from", param="after")
     return newest_first(session, q, File, limit=limit, anchor=anchor)
 
 

@@ -44,6 +44,10 @@ def _artifact(job_id: str, a: Any) -> ArtifactObject:
                           url=f"/v1/jobs/{job_id}/artifacts/{a.name}")
 
 
+_ROLE = r"(teacher|data\.train|data\.validation|data\.transfer)"
+_PENDING_PATTERN = rf"^(\s*{_ROLE}\s*(,\s*{_ROLE}\s*)*)?$"  # what the dry run accepts in 'pending'
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobObject,
              responses={200: {"model": JobValidation, "description": "dry_run=true: the spec is valid; nothing was created"},
                         409: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body"},
@@ -62,7 +66,8 @@ def create_job(body: JobCreate, session: SessionDep, tenant: CurrentTenant, resp
                pending: Annotated[str | None, Query(
                    description="With dry_run: comma-separated file roles (teacher, data.train, data.validation, data.transfer) "
                                "whose files are not uploaded yet. Their file_id may be any placeholder ('file_pending'); the "
-                               "checks that need those files run at the real creation.", max_length=200)] = None) -> Any:
+                               "checks that need those files run at the real creation.", max_length=200,
+                   pattern=_PENDING_PATTERN)] = None) -> Any:
     """Create a distillation job from a spec (plus optional ``metadata``), owned by the caller's tenant; it is queued
     and sent to a worker after the commit.
 
@@ -77,7 +82,7 @@ def create_job(body: JobCreate, session: SessionDep, tenant: CurrentTenant, resp
     """
     spec = body.spec()
     if dry_run:
-        roles = frozenset(r.strip() for r in pending.split(",") if r.strip()) if pending else frozenset()
+        roles = frozenset(r.strip() for r in pending.split(",")) if pending else frozenset()  # an empty one is unknown
         service.dry_run(session, spec, tenant.id, pending=roles)
         validation = JobValidation(spec=spec, metadata=body.metadata, pending=sorted(roles))
         return JSONResponse(validation.model_dump(mode="json"), status_code=200)
@@ -110,7 +115,7 @@ def list_jobs(request: Request, session: SessionDep, tenant: CurrentTenant, limi
               after: Annotated[str | None, Query(description="Return jobs after this job id.")] = None,
               status: Annotated[Status | None, Query(description="Only jobs in this status.")] = None) -> Page[JobObject]:
     """List the tenant's jobs, newest first, optionally of one status and metadata (``metadata[KEY]=VALUE``, all must
-    match). 422 if ``after`` names none of them."""
+    match). 404 if ``after`` names none of them."""
     rows, more = service.list_jobs(session, tenant.id, limit=limit, after=after, status=status, metadata=_metadata_filter(request))
     return Page[JobObject](data=[service.to_schema(j) for j in rows], has_more=more)
 

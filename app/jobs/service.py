@@ -30,7 +30,7 @@ from stillhouse.settings import get_settings
 from stillhouse.storage import ArtifactStore, StoreError
 from distill.errors import DistillError
 from distill.report import AnyReport, parse_report
-from distill.spec import FEATURE_METHODS, JobSpec
+from distill.spec import METHOD_PARAMS, JobSpec
 
 log = logging.getLogger("stillhouse.jobs")
 
@@ -119,7 +119,7 @@ def _check_layers(spec: JobSpec, files: dict[str, File]) -> None:
     layer of its model: the student's registry architecture, the teacher file's listed layers (``details['layers']``,
     recorded at upload) or its architecture. Raises Unprocessable (422 ``invalid_spec``) naming the model, the layer and
     the nearest names; a model whose layers are not known yet (a dry run, an older upload) is left to the worker."""
-    parts = [(param, part) for param, part in spec.method.components() if part.name in FEATURE_METHODS]
+    parts = [(param, part) for param, part in spec.method.components() if METHOD_PARAMS[part.name].reads_features]
     if not parts:
         return
     teacher = files.get("teacher")
@@ -212,11 +212,10 @@ def _check_task(spec: JobSpec, files: dict[str, File]) -> None:
             raise Unprocessable(f"the student's vocabulary ({vocab} tokens) differs from the teacher's ({d['vocab_size']} tokens); the "
                                 "student shares the teacher's tokenizer", param="student.from_teacher.config.vocab_size")
     method = spec.method.name
-    explicit = "name" in spec.method.model_fields_set
-    if task == "sentence_embedding" and explicit and method != "embedding":
-        raise Unprocessable(f"task sentence_embedding uses method 'embedding', not {method!r}", param="method.name")
-    if task != "sentence_embedding" and method == "embedding":
-        raise Unprocessable(f"method 'embedding' is for task sentence_embedding; task {task!r} uses a logit method (kd, hard_label, dkd) or, for tensor teachers, the feature methods", param="method.name")
+    serves = METHOD_PARAMS[method].tasks  # the task families the method declares
+    if task not in serves and ("method" in spec.model_fields_set or task != "sentence_embedding"):  # left out: embedding's
+        users = [n for n, p in METHOD_PARAMS.items() if task in p.tasks]
+        raise Unprocessable(f"method {method!r} is for task {' or '.join(serves)}; task {task!r} uses {', '.join(users)}", param="method.name")
     for role, ref in (("data.train", spec.data.train), ("data.transfer", spec.data.transfer)):
         if ref is None or (ref.file_id and role not in files):  # not uploaded yet (a dry run)
             continue
@@ -434,7 +433,7 @@ def job_status(job_id: str, tenant_id: str) -> bytes:
 def list_jobs(session: Session, tenant_id: str, *, limit: int, after: str | None, status: str | None,
               metadata: dict[str, str] | None = None) -> tuple[list[Job], bool]:
     """The tenant's jobs newest first, optionally of one status and with every ``metadata`` key equal to its value;
-    returns (rows, has_more). Raises Unprocessable (422) when ``after`` is not one of the tenant's jobs."""
+    returns (rows, has_more). Raises NotFound (404) when ``after`` is not one of the tenant's jobs."""
     q = select(Job).options(defer(Job.report)).where(Job.tenant_id == tenant_id)
     if status:
         q = q.where(Job.status == status)
@@ -444,7 +443,7 @@ def list_jobs(session: Session, tenant_id: str, *, limit: int, after: str | None
     if anchor is not None and anchor.tenant_id != tenant_id:
         anchor = None
     if after and anchor is None:
-        raise Unprocessable(f"after: no job {after!r} to continue from", param="after")
+        raise NotFound(f"after: no job {after!r} to continue from", param="after")
     return newest_first(session, q, Job, limit=limit, anchor=anchor)
 
 

@@ -33,7 +33,8 @@ class ReportList(BaseModel):
 
 @router.get("/v1/reports", response_model=ReportList, responses={200: {"content": {"text/html": {}}}, **_409, **ERROR_RESPONSES})
 async def compare_reports(session: SessionDep, tenant: CurrentTenant,
-                          job_ids: Annotated[str, Query(description="Comma-separated job ids (at most 20), e.g. job_a,job_b.")],
+                          job_ids: Annotated[str, Query(description="Comma-separated job ids (at most 20), e.g. job_a,job_b.",
+                                                        pattern=service.JOB_IDS_PATTERN)],
                           format: Annotated[Literal["json", "html"], Query(description="'json' or 'html' (a page with the reports side by side).")] = "json"):
     """Compare several jobs: their reports side by side (JSON list, or one HTML page with tables and plots).
     404 for an unknown job (or another tenant's), 409 ``report_not_ready`` for a job that has not succeeded, 422 for a bad

@@ -15,6 +15,8 @@ from distill.report import AnyReport
 
 EPOCH_SPLITS = ("train_epoch", "val", "baseline_train_epoch", "baseline_val")
 MAX_COMPARE = 20
+JOB_IDS_PATTERN = r"^\s*[^,\s][^,]*(,\s*[^,\s][^,]*){0,%d}$" % (MAX_COMPARE - 1)
+"""What ``parse_job_ids`` accepts: 1 to ``MAX_COMPARE`` comma-separated non-empty ids."""
 
 
 def epoch_metrics(session: Session, job_id: str) -> list[dict[str, Any]]:
@@ -32,13 +34,14 @@ def job_report_html(session: Session, job_id: str, tenant_id: str) -> str:
 
 
 def parse_job_ids(job_ids: str) -> list[str]:
-    """``a,b,c`` -> ['a', 'b', 'c'] (order kept, duplicates dropped). Raises Unprocessable (422) for none or too many."""
-    ids = list(dict.fromkeys(j.strip() for j in job_ids.split(",") if j.strip()))
-    if not ids:
-        raise Unprocessable("job_ids: give one or more job ids separated by commas", param="job_ids")
-    if len(ids) > MAX_COMPARE:
-        raise Unprocessable(f"job_ids: at most {MAX_COMPARE} jobs can be compared at once, got {len(ids)}", param="job_ids")
-    return ids
+    """``a,b,c`` -> ['a', 'b', 'c'] (order kept, duplicates dropped). Raises Unprocessable (422) for none, an empty one
+    or more than ``MAX_COMPARE`` (as ``JOB_IDS_PATTERN`` says in the schema)."""
+    parts = [j.strip() for j in job_ids.split(",")]
+    if not all(parts):
+        raise Unprocessable("job_ids: give one or more job ids separated by commas (no empty ones)", param="job_ids")
+    if len(parts) > MAX_COMPARE:
+        raise Unprocessable(f"job_ids: at most {MAX_COMPARE} jobs can be compared at once, got {len(parts)}", param="job_ids")
+    return list(dict.fromkeys(parts))
 
 
 def compare(session: Session, job_ids: list[str], tenant_id: str) -> list[AnyReport]:

@@ -51,10 +51,10 @@ def create_endpoint(session: Session, tenant_id: str, url: str, events: list[str
 
 
 def list_endpoints(session: Session, tenant_id: str, *, limit: int, after: str | None) -> tuple[list[WebhookEndpoint], bool]:
-    """The tenant's endpoints newest first; (rows, has_more). Raises Unprocessable (422) for an unknown ``after``."""
+    """The tenant's endpoints newest first; (rows, has_more). Raises NotFound (404) for an unknown ``after``."""
     anchor = session.scalars(readable(tenant_id).where(WebhookEndpoint.id == after)).first() if after else None
     if after and anchor is None:
-        raise Unprocessable(f"after: no webhook endpoint {after!r} to continue from", param="after")
+        raise NotFound(f"after: no webhook endpoint {after!r} to continue from", param="after")
     return newest_first(session, readable(tenant_id), WebhookEndpoint, limit=limit, anchor=anchor)
 
 
@@ -117,14 +117,14 @@ def send_test(session: Session, endpoint_id: str, tenant_id: str) -> WebhookDeli
 def list_deliveries(session: Session, endpoint_id: str, tenant_id: str, *, limit: int, after: str | None,
                     status: str | None) -> tuple[list[tuple[WebhookDelivery, list[WebhookAttempt]]], bool]:
     """The endpoint's deliveries newest first, each with its attempts oldest first; (rows, has_more). Raises NotFound
-    (404), Unprocessable (422) for an unknown ``after``."""
+    (404) for an unknown endpoint or ``after``."""
     get_endpoint(session, endpoint_id, tenant_id)
     q = select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id)
     if status:
         q = q.where(WebhookDelivery.status == status)
     anchor = session.scalars(q.where(WebhookDelivery.id == after)).first() if after else None
     if after and anchor is None:
-        raise Unprocessable(f"after: no delivery {after!r} of this endpoint to continue from", param="after")
+        raise NotFound(f"after: no delivery {after!r} of this endpoint to continue from", param="after")
     rows, more = newest_first(session, q, WebhookDelivery, limit=limit, anchor=anchor)
     attempts: dict[str, list[WebhookAttempt]] = {d.id: [] for d in rows}
     if rows:

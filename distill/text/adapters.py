@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DistillError
-from ..methods import CombinedMethod, Method
-from ..spec import EmbeddingMethodSpec, LayerPair
+from ..method_params import EmbeddingParams, LayerPair
+from ..methods import CombinedMethod, Method, register_method
 from ..training import TaskAdapter
 from .data import collate, length_batches
 from .hf import from_states
@@ -66,17 +66,17 @@ def attention_loss(student_attn: tuple, teacher_attn: tuple, pairs: list[LayerPa
     return total
 
 
-def embedding_term_names(spec: EmbeddingMethodSpec) -> list[str]:
+def embedding_term_names(spec: EmbeddingParams) -> list[str]:
     """The terms ``embedding_loss_terms`` returns for ``spec``, in order (cosine, mse, hidden, attention; those
     weighted or configured). Raises ``DistillError('invalid_spec')`` when none is."""
     names = [n for n, on in (("cosine", spec.cosine_weight), ("mse", spec.mse_weight), ("hidden", spec.hidden_layers),
                              ("attention", spec.attention_layers)) if on]
     if not names:
-        raise DistillError("invalid_spec", "every embedding loss weight is 0", "embedding")
+        raise DistillError("invalid_spec", "every embedding loss weight is 0 and no layer pair is given", "method")
     return names
 
 
-def embedding_loss_terms(student: dict[str, Any], teacher: dict[str, Any], mask: torch.Tensor, spec: EmbeddingMethodSpec,
+def embedding_loss_terms(student: dict[str, Any], teacher: dict[str, Any], mask: torch.Tensor, spec: EmbeddingParams,
                          hidden_projections: nn.ModuleList) -> dict[str, torch.Tensor]:
     """The sentence-embedding distillation terms (scalars, weighted):
 
@@ -100,6 +100,49 @@ def embedding_loss_terms(student: dict[str, Any], teacher: dict[str, Any], mask:
         terms["attention"] = spec.attention_weight * attention_loss(student["attentions"], teacher["attentions"],
                                                                     spec.attention_layers, mask)
     return terms
+
+
+@register_method(EmbeddingParams)
+class EmbeddingKD(nn.Module):
+    """The ``embedding`` method (task sentence_embedding): cosine and/or MSE between the student's and the teacher's
+    sentence embeddings ``[B, D]``, plus optional TinyBERT-style (Jiao et al. 2020) hidden-state and attention-map
+    matching of layer pairs; the terms of ``embedding_loss_terms``. Built as ``EmbeddingKD(**params)`` from
+    ``EmbeddingParams``; ``has_labels``/``all_labelled``/``extra_weight`` are accepted for the registry's uniform call
+    and not used (the method reads no labels and takes no extras). ``setup(s_width, t_width)`` builds the learned
+    hidden-state projections (one per hidden pair, ``Linear(s_width, t_width)`` or identity). Raises
+    ``DistillError('invalid_spec')`` when every weight is 0 and no layer pair is given."""
+
+    name = "embedding"
+
+    def __init__(self, cosine_weight: float = 1.0, mse_weight: float = 0.0, hidden_layers: list[LayerPair] | None = None,
+                 hidden_weight: float = 1.0, attention_layers: list[LayerPair] | None = None, attention_weight: float = 1.0, *,
+                 has_labels: bool = True, all_labelled: bool = False, extra_weight: float | None = None, param: str = "method") -> None:
+        super().__init__()
+        self.spec = EmbeddingParams(cosine_weight=cosine_weight, mse_weight=mse_weight, hidden_layers=list(hidden_layers or []),
+                                    hidden_weight=hidden_weight, attention_layers=list(attention_layers or []),
+                                    attention_weight=attention_weight)
+        self.param = param
+        self.term_names = embedding_term_names(self.spec)
+        self.hidden_projections = nn.ModuleList()
+
+    @property
+    def hidden_layers(self) -> list[LayerPair]:
+        """Hidden-state matching pairs."""
+        return self.spec.hidden_layers
+
+    @property
+    def attention_layers(self) -> list[LayerPair]:
+        """Attention-map matching pairs."""
+        return self.spec.attention_layers
+
+    def setup(self, s_width: int, t_width: int) -> None:
+        """One learned projection per hidden pair: ``Linear(s_width, t_width)``, or identity when the widths agree."""
+        self.hidden_projections = nn.ModuleList([nn.Linear(s_width, t_width) if s_width != t_width else nn.Identity()
+                                                 for _ in self.spec.hidden_layers])
+
+    def forward(self, student: dict[str, Any], teacher: dict[str, Any], mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``embedding_loss_terms`` of a batch (``mask [B, T]``: its attention mask)."""
+        return embedding_loss_terms(student, teacher, mask, self.spec, self.hidden_projections)
 
 
 class _TextAdapter(TaskAdapter):
@@ -188,24 +231,23 @@ class SequenceClassification(_TextAdapter):
 class SentenceEmbedding(_TextAdapter):
     """A sentence encoder learns the teacher's embeddings: ``student`` is the encoder pipeline
     (``hf.SentenceEncoder``: model, pooling ``mode``, optional ``projection`` to the teacher's width, ``normalize``),
-    ``teacher_model`` the teacher's ``AutoModel`` (for per-step states), ``spec`` the loss weights and layer pairs
-    (``embedding_loss_terms``), ``hidden_projections`` one learned map per hidden pair. Validation row: 'cosine'
-    (mean cosine to the teacher's validation embeddings), split 'val'."""
+    ``teacher_model`` the teacher's ``AutoModel`` (for per-step states), ``method`` the ``EmbeddingKD`` (loss weights,
+    layer pairs and, after its ``setup``, one learned projection per hidden pair). Validation row: 'cosine' (mean
+    cosine to the teacher's validation embeddings), split 'val'."""
 
-    def __init__(self, student: nn.Module, teacher_model: nn.Module, spec: EmbeddingMethodSpec, hidden_projections: nn.ModuleList,
-                 ids: list[list[int]], pad_id: int, val_ids: list[list[int]], teacher_val: torch.Tensor, device: torch.device,
-                 cache: torch.Tensor | None = None) -> None:
+    def __init__(self, student: nn.Module, teacher_model: nn.Module, method: EmbeddingKD, ids: list[list[int]], pad_id: int,
+                 val_ids: list[list[int]], teacher_val: torch.Tensor, device: torch.device, cache: torch.Tensor | None = None) -> None:
         super().__init__(student, ids, pad_id, val_ids, teacher_val, device, cache)
-        self.teacher, self.spec, self.hidden_projections = teacher_model, spec, hidden_projections
-        self.term_names = embedding_term_names(spec)
-        self.hidden, self.attention = bool(spec.hidden_layers), bool(spec.attention_layers)
+        self.teacher, self.method = teacher_model, method
+        self.term_names = method.term_names
+        self.hidden, self.attention = bool(method.hidden_layers), bool(method.attention_layers)
 
     def modules(self) -> dict[str, nn.Module]:
         """``{'student': model, 'projection': …, 'hidden_proj': …}`` (projection only when the widths differ)."""
         mods: dict[str, nn.Module] = {"student": self.student.model}
         if self.student.projection is not None:
             mods["projection"] = self.student.projection
-        mods["hidden_proj"] = self.hidden_projections
+        mods["hidden_proj"] = self.method.hidden_projections
         return mods
 
     def _states(self, model: nn.Module, batch: Any, projection: nn.Module | None) -> dict[str, Any]:
@@ -228,8 +270,8 @@ class SentenceEmbedding(_TextAdapter):
         return self._states(self.student.model, batch, self.student.projection)
 
     def loss_terms(self, student_out: Any, teacher_out: Any, batch: Any, epoch: int) -> dict[str, torch.Tensor]:
-        """``embedding_loss_terms`` of the batch."""
-        return embedding_loss_terms(student_out, teacher_out, batch[2], self.spec, self.hidden_projections)
+        """The ``embedding`` method's terms of the batch."""
+        return self.method(student_out, teacher_out, batch[2])
 
     def evaluate(self, epoch: int) -> list[tuple[str, str, float]]:
         """Mean cosine similarity to the teacher's validation embeddings."""

@@ -12,7 +12,7 @@ import torch
 from ..data import split_validation
 from ..errors import DistillError
 from ..formats import FileInput
-from ..spec import DataSpec, DatasetRef
+from ..spec import DataSpec, DatasetRef, FileDataset
 from ..text_data import classify_csv, load_rotten_tomatoes, read_text_dataset
 
 
@@ -60,7 +60,7 @@ def load_text_data(spec: DataSpec, files: Mapping[str, FileInput]) -> TextBundle
     train = _read(spec.train, files, spec.text_column, "data.train")
     labels = np.asarray(train.labels if train.labels is not None else np.full(len(train.texts), -1), dtype=np.int64)
     if spec.validation.file_id:
-        val = _read(DatasetRef(file_id=spec.validation.file_id, label_column=spec.validation.label_column), files,
+        val = _read(FileDataset(file_id=spec.validation.file_id, label_column=spec.validation.label_column), files,
                     spec.text_column, "data.validation", label_names=train.label_names)
         tr_idx = np.arange(len(train.texts))
         val_texts = list(val.texts)

@@ -43,13 +43,25 @@ from ..report import (CacheSummary, ExportChecks, SentenceEmbeddingReport, Seque
                       TextStudentSummary, TextTeacherSummary, TrainingSummary)
 from ..reporter import Reporter
 from ..results import DistillResult
-from ..spec import JobSpec
+from ..spec import JobSpec, default_method
 from ..training import TaskAdapter, Trainer, TrainOutcome, spec_fingerprint
-from .adapters import SentenceEmbedding, SequenceClassification, encode_all
+from .adapters import EmbeddingKD, SentenceEmbedding, SequenceClassification, encode_all
 from .data import TextBundle, collate, load_text_data, tokenize
 from .hf import Classifier, SentenceEncoder, derive_student, load_model, load_tokenizer, pipeline_pooling, save_student_folder, st_embeddings
 
 ONNX_TOLERANCE = 1e-3
+
+
+def embedding_method(spec: JobSpec) -> EmbeddingKD:
+    """The ``embedding`` method of a sentence-embedding job, built from its parameters: the spec's method, or the
+    default ``embedding`` when the spec gives none (its default ``kd`` then stands for 'not given'). Raises
+    ``DistillError('invalid_spec')`` for another method given explicitly, or every weight 0."""
+    m = spec.method
+    if m.name != "embedding":
+        if "method" in spec.model_fields_set:
+            raise DistillError("invalid_spec", f"task sentence_embedding uses method 'embedding', not {m.name!r}", "method.name")
+        m = default_method("sentence_embedding")
+    return build_method(m, has_labels=False)  # type: ignore[return-value]
 
 
 def resolve_task(spec: JobSpec, folder: Path) -> str:
@@ -134,7 +146,7 @@ class _TextSetup:
     t_width: int
     s_width: int
     projection: nn.Linear | None
-    hidden_proj: nn.ModuleList
+    embedding: EmbeddingKD | None
     t_fn: nn.Module
     s_fn: nn.Module
     max_len: int
@@ -188,13 +200,14 @@ def run_text_job(spec: JobSpec, folder: Path, teacher_bytes: int, files: dict, w
 def _load(run: JobRun, folder: Path, files: dict, task: str) -> _TextSetup:
     """Tokenizer, teacher, texts (tokenised once), pooling, the derived student and its projections."""
     spec, device = run.spec, run.device
-    emb = spec.embedding
-    feature_losses = task == "sentence_embedding" and bool(emb.hidden_layers or emb.attention_layers)
+    emb = embedding_method(spec) if task == "sentence_embedding" else None
+    pairs = (emb.hidden_layers + emb.attention_layers) if emb is not None else []
+    feature_losses = bool(pairs)
     if spec.cache.teacher_outputs == "on" and feature_losses:
         raise DistillError("invalid_spec", "cache.teacher_outputs='on' cannot hold per-token states for hidden/attention matching; "
                            "use 'auto' or 'off'", "cache.teacher_outputs")
     tokenizer = load_tokenizer(folder)
-    teacher = load_model(folder, task, attention=bool(emb.attention_layers)).to(device)
+    teacher = load_model(folder, task, attention=bool(emb is not None and emb.attention_layers)).to(device)
     data = load_text_data(spec.data, files)
     mode, normalize = pipeline_pooling(folder)
     if spec.pooling.mode != "auto":
@@ -204,12 +217,14 @@ def _load(run: JobRun, folder: Path, files: dict, task: str) -> _TextSetup:
     student, facts = derive_student(teacher, spec.student.from_teacher, task, spec.training.seed)
     student.to(device)
     t_width, s_width = int(teacher.config.hidden_size), int(student.config.hidden_size)
-    for p in emb.hidden_layers + emb.attention_layers:
+    for p in pairs:
         if p.student >= facts["num_hidden_layers"] or p.teacher >= int(teacher.config.num_hidden_layers):
             raise DistillError("invalid_spec", f"layer pair {p.student}->{p.teacher} is out of range: the student has "
-                               f"{facts['num_hidden_layers']} layers, the teacher {teacher.config.num_hidden_layers}", "embedding")
+                               f"{facts['num_hidden_layers']} layers, the teacher {teacher.config.num_hidden_layers}", "method")
     projection = nn.Linear(s_width, t_width).to(device) if task == "sentence_embedding" and s_width != t_width else None
-    hidden_proj = nn.ModuleList([nn.Linear(s_width, t_width) if s_width != t_width else nn.Identity() for _ in emb.hidden_layers]).to(device)
+    if emb is not None:
+        emb.setup(s_width, t_width)
+        emb.to(device)
     if task == "sentence_embedding":
         t_fn: nn.Module = SentenceEncoder(teacher, mode, normalize)
         s_fn: nn.Module = SentenceEncoder(student, mode, normalize, projection)
@@ -221,7 +236,7 @@ def _load(run: JobRun, folder: Path, files: dict, task: str) -> _TextSetup:
     max_len = min(spec.data.max_seq_length, int(getattr(tokenizer, "model_max_length", 10**9) or 10**9),
                   int(getattr(teacher.config, "max_position_embeddings", 10**9)))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return _TextSetup(task, tokenizer, teacher, data, mode, normalize, student, facts, t_width, s_width, projection, hidden_proj,
+    return _TextSetup(task, tokenizer, teacher, data, mode, normalize, student, facts, t_width, s_width, projection, emb,
                       t_fn, s_fn, max_len, tokenize(tokenizer, data.train_texts, max_len), tokenize(tokenizer, data.val_texts, max_len),
                       pad_id, spec.cache.teacher_outputs != "off" and not feature_losses, feature_losses)
 
@@ -229,8 +244,7 @@ def _load(run: JobRun, folder: Path, files: dict, task: str) -> _TextSetup:
 def _adapter(run: JobRun, t: _TextSetup, t_val: torch.Tensor, t_train: torch.Tensor | None) -> TaskAdapter:
     """The task's trainer adapter (the method of a sequence-classification job is built here)."""
     if t.task == "sentence_embedding":
-        return SentenceEmbedding(t.s_fn, t.teacher, run.spec.embedding, t.hidden_proj, t.train_ids, t.pad_id, t.val_ids, t_val,
-                                 run.device, t_train)
+        return SentenceEmbedding(t.s_fn, t.teacher, t.embedding, t.train_ids, t.pad_id, t.val_ids, t_val, run.device, t_train)
     counts = t.data.counts
     method = build_method(run.spec.method, has_labels=counts["labelled"] > 0, all_labelled=counts["unlabelled"] == 0)
     return SequenceClassification(t.s_fn, t.t_fn, method, t.train_ids, t.data.train_labels, t.pad_id, t.val_ids,

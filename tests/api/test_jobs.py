@@ -76,7 +76,70 @@ async def test_unknown_fields_are_rejected(api, teacher_id):
 
 async def test_dataset_needs_exactly_one_source(api, teacher_id):
     err = assert_error(await api.post("/v1/jobs", json=spec_for(teacher_id, **{"data.train": {}})), 422)
-    assert "exactly one" in err["message"]
+    assert err["param"] == "data.train.builtin" and "required" in err["message"]
+    both = {"builtin": "digits", "file_id": teacher_id}
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(teacher_id, **{"data.train": both})), 422)
+    assert err["param"] == "data.train.builtin" and "unknown field" in err["message"]
+
+
+async def test_student_needs_exactly_one_kind(api, teacher_id):
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(teacher_id, student={})), 422)
+    assert err["param"] == "student.architecture" and "required" in err["message"]
+
+
+@pytest.mark.parametrize("path,value,param,words", [
+    ("method", {"name": "dkd", "dkd_beta": 3.0}, "method", "use 'beta' under method 'dkd'"),
+    ("method", {"name": "kd", "extra": [{"name": "rkd", "rkd_angle_weight": 3}]}, "method", "use 'angle_weight' under method 'rkd'"),
+    ("embedding", {"cosine_weight": 1.0}, None, "method: {name: embedding"),
+    ("method", {"temperature": 4.0}, "method", "needs 'name'"),
+    ("method", {"name": "kd", "beta": 8.0}, "method.beta", "unknown field"),
+    ("method", {"name": "kd", "extra": [{"name": "fitnet", "student_layer": "1", "teacher_layer": "2", "alpha": 0.5}]},
+     "method.extra.0.alpha", "unknown field"),
+    ("method.temperature", True, "method.temperature", "valid number"),
+    ("method.temperature", "4", "method.temperature", "valid number"),
+    ("training.epochs", "2", "training.epochs", "valid integer"),
+    ("training.optimizer", {"name": "adamw", "momentum": 0.9}, "training.optimizer.momentum", "unknown field"),
+])
+async def test_old_shapes_and_loose_numbers_get_422_naming_the_field(api, teacher_id, path, value, param, words):
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(teacher_id, **{path: value})), 422, "invalid_request")
+    assert err["param"] == param and words in err["message"], err
+
+
+async def test_each_method_own_parameters_are_accepted_and_echoed(api, teacher_id):
+    method = {"name": "dkd", "temperature": 2, "alpha": 2.0, "beta": 4.0, "warmup_epochs": 3}
+    job = (await api.post("/v1/jobs", json=spec_for(teacher_id, method=method, **{"training.optimizer": {"name": "sgd", "momentum": 0.5}})))
+    assert job.status_code == 201, job.text
+    spec = job.json()["spec"]
+    assert spec["method"] == {**method, "temperature": 2.0, "logit_standardization": False, "ce_weight": None, "extra": []}
+    assert spec["training"]["optimizer"] == {"name": "sgd", "lr": 0.001, "weight_decay": 0.0, "momentum": 0.5}
+    assert (await api.get(f"/v1/jobs/{job.json()['id']}")).json()["spec"] == spec
+
+
+def test_openapi_has_one_schema_per_method_discriminated_by_name():
+    from app.main import create_app
+    from distill.method_params import EXTRA_MODELS, MAIN_MODELS
+
+    doc = create_app(auto_migrate=False).openapi()
+    schemas = doc["components"]["schemas"]
+    field = schemas["JobCreate"]["properties"]["method"]
+    assert field["discriminator"]["propertyName"] == "name"
+    assert field["discriminator"]["mapping"] == {n: f"#/components/schemas/{m.__name__}" for n, m in MAIN_MODELS.items()}
+    assert {r["$ref"] for r in field["oneOf"]} == set(field["discriminator"]["mapping"].values())
+    dkd = schemas["DKDMethod"]
+    assert {"alpha", "beta", "warmup_epochs", "temperature", "ce_weight", "extra"} <= set(dkd["properties"]) and dkd["required"] == ["name"]
+    assert "dkd_beta" not in dkd["properties"] and dkd["additionalProperties"] is False and "Zhao" in dkd["description"]
+    assert "temperature" not in schemas["HardLabelMethod"]["properties"]
+    assert set(schemas["FitNetMethod"]["required"]) == {"name", "student_layer", "teacher_layer"}
+    assert schemas["EmbeddingMethod"]["properties"].keys() >= {"cosine_weight", "hidden_layers"}
+    extra = schemas["KDMethod"]["properties"]["extra"]["items"]
+    assert extra["discriminator"]["mapping"] == {n: f"#/components/schemas/{m.__name__}" for n, m in EXTRA_MODELS.items()}
+    student = schemas["JobCreate"]["properties"]["student"]
+    kinds = {r["$ref"].rsplit("/", 1)[1] for r in student["oneOf"]}  # '-Input': FastAPI's name for the request side
+    assert kinds == {"ArchitectureStudent-Input", "DerivedStudent-Input"}
+    assert schemas["ArchitectureStudent-Input"]["required"] == ["architecture"]
+    optimizer = schemas["TrainingSpec"]["properties"]["optimizer"]
+    assert {r["$ref"].rsplit("/", 1)[1] for r in optimizer["oneOf"]} == {"AdamWSpec", "SGDSpec"}
+    assert "momentum" not in schemas["AdamWSpec"]["properties"]
 
 
 async def test_references_must_exist_and_have_the_right_purpose(api, teacher_id, tmp_path):
@@ -202,8 +265,8 @@ async def test_cursor_errors(api, teacher_id):
         err = assert_error(await api.get(path, params={"after": 2**63}), 422)
         assert err["param"] == "after"
         assert (await api.get(path, params={"after": 2**63 - 1})).json()["data"] == []
-    for path in ("/v1/jobs", "/v1/files"):
-        err = assert_error(await api.get(path, params={"after": "garbage"}), 422)
+    for path in ("/v1/jobs", "/v1/files"):  # an id no object has: 404, as the object itself would be
+        err = assert_error(await api.get(path, params={"after": "garbage"}), 404, "not_found")
         assert err["param"] == "after"
 
 

@@ -42,7 +42,7 @@ def run_text_job(*args: Any, **kw: Any) -> DistillResult:
 
 def make_spec(**overrides: Any) -> JobSpec:
     """A fast job spec on digits (mlp student, 3 epochs, cheap latency measurement, no ONNX) with overrides
-    merged one level deep per section."""
+    merged one level deep per section (a method other than kd replaces the base method)."""
     base: dict[str, Any] = {
         "teacher": {"file_id": "file_teacher"},
         "student": {"architecture": {"name": "mlp", "kwargs": {"hidden_sizes": [64]}}},
@@ -53,7 +53,9 @@ def make_spec(**overrides: Any) -> JobSpec:
         "export": {"formats": ["safetensors"]},
     }
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
+        if key == "method" and isinstance(value, dict) and value.get("name", "kd") != "kd":
+            base[key] = value  # another method: its own parameters only (kd's temperature is not one of hard_label's)
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
             base[key] = {**base[key], **value}
         else:
             base[key] = value

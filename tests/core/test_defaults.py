@@ -30,14 +30,14 @@ def test_registry_students_default_to_lr_1e_2_and_a_given_lr_is_kept():
 @pytest.mark.parametrize("epochs,warmup", [(1, 1), (4, 1), (10, 2), (20, 4), (30, 6)])
 def test_dkd_warms_up_over_the_first_fifth_of_the_epochs(epochs, warmup):
     spec = _spec(method={"name": "dkd"}, training={"epochs": epochs})
-    assert spec.method.dkd_warmup_epochs == warmup and spec.method.dkd_beta == DKD_BETA == 0.5
+    assert spec.method.warmup_epochs == warmup and spec.method.beta == DKD_BETA == 0.5
     extra = _spec(method={"name": "kd", "extra": [{"name": "dkd"}]}, training={"epochs": epochs})
-    assert extra.method.extra[0].dkd_warmup_epochs == warmup and extra.method.dkd_warmup_epochs == 1  # kd: untouched
+    assert extra.method.extra[0].warmup_epochs == warmup and not hasattr(extra.method, "warmup_epochs")  # kd: has none
 
 
 def test_a_given_dkd_warmup_and_beta_are_kept_and_reach_the_method():
-    spec = _spec(method={"name": "dkd", "dkd_warmup_epochs": 1, "dkd_beta": 8.0}, training={"epochs": 30})
-    assert (spec.method.dkd_warmup_epochs, spec.method.dkd_beta) == (1, 8.0)
+    spec = _spec(method={"name": "dkd", "warmup_epochs": 1, "beta": 8.0}, training={"epochs": 30})
+    assert (spec.method.warmup_epochs, spec.method.beta) == (1, 8.0)
     m = build_method(_spec(method={"name": "dkd"}, training={"epochs": 30}).method, has_labels=True, all_labelled=True)
     assert isinstance(m, DecoupledKD) and (m.dkd_beta, m.warmup_epochs) == (0.5, 6)
     assert DecoupledKD(temperature=4.0, has_labels=True).dkd_beta == 0.5

@@ -20,7 +20,12 @@ from distill.data import load_builtin, split_validation
 from distill.features import list_layers
 from distill.methods import check_method_supported
 from distill.models import build
-from distill.spec import MethodSpec
+from distill.spec import parse_method
+
+
+def method_of(**fields):
+    """A validated method object from keyword fields, e.g. ``method_of(name="kd", temperature=2.0)``."""
+    return parse_method(fields)
 from distill.teacher_training import save_model, train_classifier
 
 from .helpers import latest_checkpoint, run
@@ -77,7 +82,7 @@ def mnist_spec(method: dict, *, student: dict = MLP, epochs: int = 2, **over) ->
 METHOD_CASES = {
     "kd": ({"name": "kd", "temperature": 4.0, "alpha": 0.9}, MLP, {"kd", "ce"}),
     "hard_label": ({"name": "hard_label", "alpha": 0.9}, MLP, {"hard_label", "ce"}),
-    "dkd": ({"name": "dkd", "temperature": 4.0, "dkd_alpha": 1.0, "dkd_beta": 8.0}, MLP, {"tckd", "nckd", "ce"}),
+    "dkd": ({"name": "dkd", "temperature": 4.0, "alpha": 1.0, "beta": 8.0}, MLP, {"tckd", "nckd", "ce"}),
     "kd+logit_standardization": ({"name": "kd", "temperature": 2.0, "alpha": 0.9, "logit_standardization": True}, MLP, {"kd", "ce"}),
     "dkd+logit_standardization": ({"name": "dkd", "temperature": 2.0, "logit_standardization": True}, MLP, {"tckd", "nckd", "ce"}),
     "fitnet": ({"name": "fitnet", "alpha": 0.5, "student_layer": "2", "teacher_layer": "10"}, MLP, {"fitnet", "ce"}),
@@ -265,9 +270,9 @@ def test_feature_methods_run_on_onnx_and_torchscript_teachers(mnist_teacher, tmp
     assert e.value.code == "invalid_spec" and e.value.param == "method.teacher_layer"
     assert "the teacher (ONNX) has no layer '1'" in e.value.message and "its layers are: 0, 2, 3" in e.value.message
     for fmt in ("onnx", "torchscript", "torch_export", "safetensors", "state_dict", "auto"):
-        check_method_supported(MethodSpec(name="rkd"), fmt)
+        check_method_supported(method_of(name="rkd"), fmt)
     with pytest.raises(DistillError):
-        check_method_supported(MethodSpec(name="rkd"), "hf")
+        check_method_supported(method_of(name="rkd"), "hf")
 
 
 @pytest.mark.parametrize("arch,shape,expect", [

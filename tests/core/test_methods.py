@@ -10,7 +10,14 @@ import torch
 from distill.errors import DistillError
 from distill.methods import build_method
 from distill.methods import HardLabelKD, SoftTargetKD, available_methods, masked_cross_entropy
-from distill.spec import MethodSpec
+import distill.text.adapters  # noqa: F401  (registers 'embedding', whose loss lives with the text task)
+from distill.method_params import METHOD_PARAMS
+from distill.spec import parse_method
+
+
+def method_of(**fields):
+    """A validated method object from keyword fields, e.g. ``method_of(name="kd", temperature=2.0)``."""
+    return parse_method(fields)
 
 
 def kl(p: list[float], q: list[float]) -> float:
@@ -23,9 +30,11 @@ def softmax(z: list[float]) -> list[float]:
 
 
 def test_registry_has_every_method():
-    assert available_methods() == ["attention_transfer", "dkd", "fitnet", "hard_label", "kd", "prototype", "rkd"]
-    assert isinstance(build_method(MethodSpec(name="kd"), True), SoftTargetKD)
-    assert isinstance(build_method(MethodSpec(name="hard_label"), True), HardLabelKD)
+    assert available_methods() == ["attention_transfer", "dkd", "embedding", "fitnet", "hard_label", "kd", "prototype", "rkd"]
+    assert sorted(set(METHOD_PARAMS) - {"auto"}) == available_methods()  # every parameter model has its loss class (auto
+    # is a selection among them, distill.auto, not a loss)
+    assert isinstance(build_method(method_of(name="kd"), True), SoftTargetKD)
+    assert isinstance(build_method(method_of(name="hard_label"), True), HardLabelKD)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
@@ -69,7 +78,7 @@ def test_ce_gradient_zero_without_labels():
 
 
 def test_unlabelled_dataset_uses_teacher_term_alone():
-    m = build_method(MethodSpec(name="kd", alpha=0.3, temperature=1.0), has_labels=False)
+    m = build_method(method_of(name="kd", alpha=0.3, temperature=1.0), has_labels=False)
     assert m.alpha == 1.0 and m.term_names == ["kd"]
     s = torch.tensor([[0.0, 0.0]])
     t = torch.tensor([[math.log(3.0), 0.0]])
@@ -138,7 +147,7 @@ def test_dkd_terms_by_hand():
     t = [[2.0, 1.0, 0.0], [0.0, 1.0, 0.0]]
     labels = torch.tensor([0, -1])  # row 1 is unlabelled: its target is the teacher's argmax, class 1
     T = 2.0
-    m = DecoupledKD(temperature=T, dkd_alpha=1.5, dkd_beta=8.0, warmup_epochs=4, has_labels=True)
+    m = DecoupledKD(temperature=T, alpha=1.5, beta=8.0, warmup_epochs=4, has_labels=True)
     terms = m(torch.tensor(s), torch.tensor(t), labels, epoch=1)
     (tc0, nc0), (tc1, nc1) = dkd_by_hand(s[0], t[0], 0, T), dkd_by_hand(s[1], t[1], 1, T)
     w = 1 / 4  # warm-up: min(epoch / 4, 1)
@@ -166,15 +175,15 @@ def test_logit_standardization_by_hand():
     assert standardize_logits(torch.tensor(s)).tolist()[0] == pytest.approx([-1.0, 0.0, 1.0], abs=1e-6)
     assert standardize_logits(torch.tensor(t)).tolist()[0] == pytest.approx([1.0, -1.0, 0.0], abs=1e-6)
     T = 2.0
-    m = build_method(MethodSpec(name="kd", temperature=T, alpha=0.5, logit_standardization=True), has_labels=False)
+    m = build_method(method_of(name="kd", temperature=T, alpha=0.5, logit_standardization=True), has_labels=False)
     expected = T * T * kl(softmax([1 / T, -1 / T, 0.0]), softmax([-1 / T, 0.0, 1 / T]))
     assert m(torch.tensor(s), torch.tensor(t), torch.tensor([-1]))["kd"].item() == pytest.approx(expected, rel=1e-5)
     # standardisation makes KD blind to a per-row shift and scale of the teacher's logits
-    plain = build_method(MethodSpec(name="kd", temperature=T), has_labels=False)
+    plain = build_method(method_of(name="kd", temperature=T), has_labels=False)
     scaled = [[10 * v + 3 for v in t[0]]]
     assert m(torch.tensor(s), torch.tensor(scaled), torch.tensor([-1]))["kd"].item() == pytest.approx(expected, rel=1e-4)
     assert plain(torch.tensor(s), torch.tensor(scaled), torch.tensor([-1]))["kd"].item() != pytest.approx(expected, rel=1e-2)
-    d = build_method(MethodSpec(name="dkd", temperature=T, logit_standardization=True), has_labels=False)
+    d = build_method(method_of(name="dkd", temperature=T, logit_standardization=True), has_labels=False)
     tc, nc = dkd_by_hand([-1.0, 0.0, 1.0], [1.0, -1.0, 0.0], 0, T)  # target: the teacher's argmax, class 0
     out = d(torch.tensor(s), torch.tensor(t), torch.tensor([-1]))
     assert out["tckd"].item() == pytest.approx(tc, rel=1e-4) and out["nckd"].item() == pytest.approx(8 * nc, rel=1e-4)
@@ -206,8 +215,8 @@ def test_fitnet_linear_and_conv_by_hand():
 
 
 def test_attention_transfer_by_hand():
-    m = AttentionTransfer(alpha=1.0, student_layer="a", teacher_layer="b", has_labels=False,
-                          options=MethodSpec(name="attention_transfer", student_layer="a", teacher_layer="b"))
+    m = build_method(method_of(name="attention_transfer", alpha=1.0, student_layer="a", teacher_layer="b"), has_labels=False)
+    assert isinstance(m, AttentionTransfer) and (m.p, m.beta) == (2.0, 1000.0)
     m.setup({"a": (2, 2, 2)}, {"b": (3, 2, 2)})
     s = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, -1.0]]]).unsqueeze(0)   # channel mean of A^2: [1, 0, 0, 1]
     t = torch.tensor([[[2.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]], [[1.0, 0.0], [0.0, 0.0]]]).unsqueeze(0)  # [5/3, 0, 0, 0]
@@ -240,7 +249,7 @@ def test_rkd_by_hand():
     ed = sum(huber(a - b) for a, b in zip(dist(s), dist(t))) / 9
     ea = sum(huber(a - b) for a, b in zip(angles(s), angles(t))) / 27
     assert ed > 0 and ea > 0
-    m = RelationalKD(alpha=1.0, student_layer="e", teacher_layer="e", has_labels=False, options=MethodSpec(name="rkd"))
+    m = RelationalKD(alpha=1.0, student_layer="e", teacher_layer="e", has_labels=False)
     out = m(torch.zeros(3, 2), torch.zeros(3, 2), torch.full((3,), -1), student_features={"e": torch.tensor(s)},
             teacher_features={"e": torch.tensor(t)})
     assert out["rkd_distance"].item() == pytest.approx(25 * ed, rel=1e-4)
@@ -252,8 +261,8 @@ def test_rkd_by_hand():
 
 
 def test_prototype_by_hand():
-    opts = MethodSpec(name="prototype", prototype_temperature=0.5)
-    m = PrototypeKD(alpha=1.0, student_layer="s", teacher_layer="t", has_labels=False, options=opts)
+    m = build_method(method_of(name="prototype", temperature=0.5, alpha=1.0, student_layer="s", teacher_layer="t"), has_labels=False)
+    assert isinstance(m, PrototypeKD) and m.temperature == 0.5
     m.setup({"s": (2,)}, {"t": (2,)})
     tf = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [0.0, 4.0]])
     t_logits = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [5.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
@@ -287,7 +296,7 @@ def test_prototype_by_hand():
 
 
 def test_combined_method_sums_weighted_terms_and_renames_duplicates():
-    spec = MethodSpec.model_validate({"name": "kd", "temperature": 2.0, "alpha": 0.75, "extra": [
+    spec = parse_method({"name": "kd", "temperature": 2.0, "alpha": 0.75, "extra": [
         {"name": "kd", "weight": 0.5, "temperature": 1.0}, {"name": "hard_label", "weight": 2.0}]})
     m = build_method(spec, has_labels=True)
     assert isinstance(m, CombinedMethod) and m.term_names == ["kd", "ce", "kd_2", "hard_label"]
@@ -303,33 +312,47 @@ def test_combined_method_sums_weighted_terms_and_renames_duplicates():
 def test_method_spec_checks():
     from pydantic import ValidationError
 
-    ok = MethodSpec.model_validate({"name": "kd", "temperature": 4, "alpha": 0.9,
-                                    "extra": [{"name": "fitnet", "weight": 1.0, "student_layer": "features.3", "teacher_layer": "features.7"}]})
-    assert MethodSpec.model_validate(ok.model_dump()) == ok  # a full dump validates again
-    assert MethodSpec.model_validate({"name": "hard_label", "temperature": 4.0, "alpha": 0.9}).name == "hard_label"  # as before
+    ok = parse_method({"name": "kd", "temperature": 4, "alpha": 0.9,
+                       "extra": [{"name": "fitnet", "weight": 1.0, "student_layer": "features.3", "teacher_layer": "features.7"}]})
+    assert parse_method(ok.model_dump()) == ok  # a full dump validates again
+    assert type(ok).__name__ == "KDMethod" and type(ok.extra[0]).__name__ == "FitNetExtra"
     for bad, words in [
-        ({"name": "kd", "dkd_beta": 3}, "'dkd_beta' is not a parameter of method 'kd'"),
-        ({"name": "dkd", "alpha": 0.5}, "'alpha' is not a parameter of method 'dkd'"),
-        ({"name": "fitnet"}, "needs 'student_layer' and 'teacher_layer'"),
+        ({"name": "kd", "dkd_beta": 3}, "method.dkd_beta was renamed: use 'beta' under method 'dkd'"),
+        ({"name": "dkd", "dkd_alpha": 3}, "use 'alpha' under method 'dkd'"),
+        ({"name": "kd", "extra": [{"name": "rkd", "rkd_angle_weight": 3}]}, "method.extra.0.rkd_angle_weight was renamed: use 'angle_weight'"),
+        ({"name": "prototype", "prototype_temperature": 0.5}, "use 'temperature' under method 'prototype'"),
+        ({"name": "kd", "beta": 3}, "Extra inputs are not permitted"),       # another method's parameter
+        ({"name": "hard_label", "temperature": 4.0}, "Extra inputs are not permitted"),  # hard_label has no temperature
+        ({"name": "dkd", "alpha": -0.5}, "greater than or equal to 0"),       # dkd's alpha weighs TCKD (0..1000)
+        ({"name": "fitnet"}, "Field required"),
+        ({"name": "fitnet", "student_layer": "1"}, "teacher_layer"),
         ({"name": "kd", "extra": [{"name": "rkd", "unknown": 1}]}, "Extra inputs are not permitted"),
-        ({"name": "kd", "extra": [{"name": "embedding"}]}, "extra.0.name"),
+        ({"name": "kd", "extra": [{"name": "embedding"}]}, "does not match any of the expected tags"),
+        ({"name": "embedding", "extra": []}, "Extra inputs are not permitted"),
+        ({"name": "embedding", "alpha": 0.5}, "Extra inputs are not permitted"),
         ({"name": "kd", "extra": [{"name": "rkd", "weight": -1}]}, "greater than or equal to 0"),
-        ({"name": "dkd", "dkd_beta": -2}, "greater than or equal to 0"),
-        ({"name": "rkd", "logit_standardization": True}, "'logit_standardization' is not a parameter of method 'rkd'"),
+        ({"name": "dkd", "beta": -2}, "greater than or equal to 0"),
+        ({"name": "rkd", "logit_standardization": True}, "Extra inputs are not permitted"),
+        ({"temperature": 4.0}, "method needs 'name': one of kd, hard_label, dkd"),
+        ({"name": "kd", "temperature": True}, "valid number"),
+        ({"name": "kd", "temperature": "4"}, "valid number"),
+        ({"name": "nope"}, "does not match any of the expected tags"),
     ]:
         with pytest.raises(ValidationError) as e:
-            MethodSpec.model_validate(bad)
+            parse_method(bad)
         assert words in str(e.value), (bad, str(e.value))
+    assert parse_method({"name": "dkd", "alpha": 2, "beta": 3.5}).params() == {
+        "temperature": 4.0, "logit_standardization": False, "alpha": 2.0, "beta": 3.5, "warmup_epochs": 1, "ce_weight": None}
 
 
 def test_check_method_supported():
-    fitnet = MethodSpec.model_validate({"name": "kd", "extra": [{"name": "fitnet", "student_layer": "1", "teacher_layer": "2"}]})
+    fitnet = parse_method({"name": "kd", "extra": [{"name": "fitnet", "student_layer": "1", "teacher_layer": "2"}]})
     for fmt in ("safetensors", "state_dict", "torchscript", "torch_export", "onnx", "auto"):  # every tensor format gives features
         check_method_supported(fitnet, fmt)
-        check_method_supported(MethodSpec(name="prototype"), fmt)
-    check_method_supported(MethodSpec(name="dkd"), "onnx")
+        check_method_supported(method_of(name="prototype"), fmt)
+    check_method_supported(method_of(name="dkd"), "onnx")
     with pytest.raises(DistillError) as e:
         check_method_supported(fitnet, "hf")
     assert e.value.code == "invalid_spec" and e.value.param == "method.extra.0.name" and "Hugging Face" in e.value.message
     with pytest.raises(DistillError):
-        check_method_supported(MethodSpec.model_validate({"name": "kd", "extra": [{"name": "hard_label"}]}), "hf")
+        check_method_supported(parse_method({"name": "kd", "extra": [{"name": "hard_label"}]}), "hf")

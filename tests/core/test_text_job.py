@@ -114,7 +114,7 @@ def test_sentence_embedding_job_learns_and_exports(tiny_encoder_dir, reviews, tm
 
 def test_feature_matching_disables_the_cache_and_logs_every_term(tiny_encoder_dir, reviews, tmp_path):
     rep = RecordingReporter()
-    s = spec(**{"training.epochs": 1, "embedding": {"cosine_weight": 1.0, "mse_weight": 1.0,
+    s = spec(**{"training.epochs": 1, "method": {"name": "embedding", "cosine_weight": 1.0, "mse_weight": 1.0,
                                                     "hidden_layers": [{"student": 1, "teacher": 3}],
                                                     "attention_layers": [{"student": 0, "teacher": 0}]},
                 "export.formats": ["safetensors"]})
@@ -122,7 +122,7 @@ def test_feature_matching_disables_the_cache_and_logs_every_term(tiny_encoder_di
     assert r["cache"]["teacher_outputs"] is False
     assert set(r["training"]["final_loss_terms"]) == {"cosine", "mse", "hidden", "attention", "total"}
     with pytest.raises(DistillError, match="layer pair"):
-        run_text_job(spec(**{"embedding": {"hidden_layers": [{"student": 5, "teacher": 0}]}}), tiny_encoder_dir, 1000,
+        run_text_job(spec(**{"method": {"name": "embedding", "hidden_layers": [{"student": 5, "teacher": 0}]}}), tiny_encoder_dir, 1000,
                      files(reviews), tmp_path / "w2", RecordingReporter())
 
 
@@ -174,7 +174,7 @@ def test_dkd_warm_up_reaches_text_jobs(minilm_dir, tmp_path, reviews):
     mp = pytest.MonkeyPatch()
     mp.setattr(text_job, "build_method", spy)
     try:
-        s = spec(task="sequence_classification", method={"name": "dkd", "temperature": 2.0, "dkd_warmup_epochs": 2},
+        s = spec(task="sequence_classification", method={"name": "dkd", "temperature": 2.0, "warmup_epochs": 2},
                  **{"student.from_teacher": {"num_layers": 1}, "training.epochs": 2, "export.formats": ["safetensors"]})
         run_text_job(s, folder, 1000, files(reviews), tmp_path / "w", RecordingReporter())
     finally:
@@ -191,7 +191,7 @@ def _text_case(task, tiny_encoder_dir, tiny_bert_classifier_dir, **over):
     base = {"training.epochs": 2, "training.log_every_steps": 4, "training.optimizer": {"name": "sgd", "lr": 0.05},
             "export.formats": ["safetensors"], **over}
     if task == "sentence_embedding":
-        return spec(**{"embedding": {"cosine_weight": 1.0, "mse_weight": 1.0}, **base}), tiny_encoder_dir
+        return spec(**{"method": {"name": "embedding", "cosine_weight": 1.0, "mse_weight": 1.0}, **base}), tiny_encoder_dir
     return spec(task="sequence_classification", method={"name": "kd", "temperature": 2.0, "alpha": 0.5},
                 **{"student.from_teacher": {"num_layers": 1}, **base}), tiny_bert_classifier_dir
 
@@ -269,7 +269,7 @@ def test_bf16_autocast_is_in_effect_on_a_text_job(task, tiny_encoder_dir, tiny_b
     monkeypatch.setattr(text_job, "derive_student", spy)
     over = {"training.epochs": 1}
     if task == "sentence_embedding":  # the TinyBERT hidden-state term reads the student's bf16 states in float32
-        over["embedding"] = {"cosine_weight": 1.0, "hidden_layers": [{"student": 1, "teacher": 3}]}
+        over["method"] = {"name": "embedding", "cosine_weight": 1.0, "hidden_layers": [{"student": 1, "teacher": 3}]}
     for current in ("bf16", "fp32"):
         seen[current] = set()
         s, folder = _text_case(task, tiny_encoder_dir, tiny_bert_classifier_dir, **over, **{"training.precision": current})

@@ -140,3 +140,25 @@ def test_text_tasks_run_kd_and_say_so(tiny_bert_classifier_dir, review_jsonl, tm
     r = run_text_job(spec, tiny_bert_classifier_dir, 12345, files, tmp_path / "w", rep).report
     assert r["training"]["method"] == "kd"
     assert [m for t, m, _ in rep.events if t == "method_auto" and "runs kd" in m]
+
+
+def test_choose_needs_a_clear_win_over_the_student_alone_at_the_spec_lr():
+    cands = auto.candidates(1e-2)  # student_alone@lr0.01 first, then kd..., then the 3x lr ones
+    rng = np.random.default_rng(0)
+    base = rng.random(800) < 0.9
+
+    def flip(v, n, to):
+        v = v.copy()
+        idx = np.flatnonzero(v != to)[:n]
+        v[idx] = to
+        return v
+
+    scores = [(c, base) for c in cands]
+    scores[4] = (cands[4], flip(flip(base, 10, True), 4, False))  # student alone at 3x: +10 -4 rows, inside the noise
+    winner, why, iv = auto.choose(scores, seed=0)
+    assert winner is cands[0] and "tie goes to the student alone" in why and iv[0] <= 0
+    scores[1] = (cands[1], flip(base, 60, True))  # kd T4: +7.5 points, clearly better
+    winner, why, iv = auto.choose(scores, seed=0)
+    assert winner is cands[1] and iv[0] > 0 and "outside the noise" in why
+    winner, why, iv = auto.choose([(c, flip(base, 40, False) if i else base) for i, c in enumerate(cands)], seed=0)
+    assert winner is cands[0] and iv is None and "did not help" in why

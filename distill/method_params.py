@@ -290,7 +290,7 @@ AUTO_SELECTION_BUDGET = 0.5
 @register_params
 class AutoParams(MethodParams):
     """auto (the default): no loss of its own; the job picks among a documented candidate set (``distill.auto``: the
-    student alone, kd T4 alpha 0.9, kd T2 alpha 0.5, hard_label, each at the spec's lr and 3x) by short trainings on
+    student alone, kd T4 alpha 0.9, kd T2 alpha 0.5, hard_label, at the spec's lr; see distill.auto.LR_FACTORS) by short trainings on
     the training rows outside a selection split carved from them, scored by selection top-1 (a tie within the
     paired-bootstrap noise goes to the student alone), then retrains the winner on all training rows for the full
     epochs. Tensor classification with labelled rows; text tasks and data without labels run kd (T4 alpha 0.9)."""

@@ -35,7 +35,8 @@ def test_auto_job_reports_every_candidate_and_retrains_the_winner(teacher_file, 
     result, rep = run(spec, teacher_file, tmp_path / "j")
     sel = result.report["selection"]
     names = [c["name"] for c in sel["candidates"]]
-    assert len(names) == 8 and len({c["lr"] for c in sel["candidates"]}) == 2
+    assert len(names) == 4 and {c["lr"] for c in sel["candidates"]} == {spec.training.optimizer.lr}
+    assert sel["candidates"][0]["epochs"] == 2  # floor(0.5 x 13 x 23 / (4 x 18))
     assert sel["chosen"] in names and sel["reason"]
     assert sel["steps"] <= 0.5 * sel["job_steps"] and sel["steps_fraction"] <= 0.5
     assert 0 < sel["cost_fraction_of_job_time"] < 1
@@ -143,7 +144,7 @@ def test_text_tasks_run_kd_and_say_so(tiny_bert_classifier_dir, review_jsonl, tm
 
 
 def test_choose_needs_a_clear_win_over_the_student_alone_at_the_spec_lr():
-    cands = auto.candidates(1e-2)  # student_alone@lr0.01 first, then kd..., then the 3x lr ones
+    cands = auto.candidates(1e-2, (1.0, 3.0))  # student_alone@lr0.01 first, then kd..., then the 3x lr ones
     rng = np.random.default_rng(0)
     base = rng.random(800) < 0.9
 

@@ -45,8 +45,8 @@ alpha 0.5, and hard labels (the teacher's argmax; Touvron et al. 2021). ``None``
 LR_FACTORS: tuple[float, ...] = (1.0,)
 """Candidates run at the spec's learning rate times each factor. Only 1: with (1, 3) (issue 11: the learning rate moved
 mlp [32] from 0.891 to 0.925 top-1), the 2-epoch candidates of a 30-epoch mnist5k job picked the 3x lr on every seed
-(they favour a high lr), and the winner retrained at 3x for 30 epochs scored -2.0 / -0.7 (student alone at 3x) and -1.4
-/ +1.2 / +0.3 points (kd at 3x) against the student alone at the spec's lr (``bench/methods_study.py --cases auto
+(they favour a high lr), and the winner retrained at 3x for 30 epochs scored -2.0 / +1.2 / -0.7 points against the
+student alone at the spec's lr with a bare top-1 choice, -1.4 / +1.2 / +0.3 with the noise rule of ``choose`` (``bench/methods_study.py --cases auto
 --epochs 30``, seeds 0-2). ``candidates(lr, factors)`` still takes other factors."""
 
 

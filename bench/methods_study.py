@@ -9,7 +9,9 @@ Regimes: ``all``: the 4,000 training rows of the default split, all labelled; ``
 class), the other 3,800 as an unlabelled transfer set (``data.transfer``). Validation: the same 1,000 rows in both (the
 default split's, given as a validation file in ``few``). The teacher is bench/service_vs_bare.py's cnn [32, 64],
 trained on the 4,000 labelled rows. The spec's own defaults apply unless a case sets them (learning rate, DKD's beta and
-warm-up, a FitNets extra's weight); ``--lr`` overrides the learning rate of every case.
+warm-up, a FitNets extra's weight); ``--lr`` overrides the learning rate of every case. Case ``auto`` (the default
+method, ``distill.auto``) shows the chosen candidate and the selection's cost (fraction of the job's training steps and
+of its wall time) in the case column.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from distill.spec import JobSpec  # noqa: E402
 MLP = {"name": "mlp", "kwargs": {"hidden_sizes": [64]}}
 # mlp [64]: 0 flatten 1 Linear 2 ReLU 3 Linear; teacher cnn [32, 64] / 128: ... 9 Linear 10 ReLU 11 Linear
 CASES: dict[str, dict[str, Any]] = {
+    "auto": {"name": "auto"},  # the default: the case column shows the chosen candidate and the selection's cost
     "kd": {"name": "kd", "temperature": 4.0, "alpha": 0.9},
     "kd_t2": {"name": "kd", "temperature": 2.0, "alpha": 0.5},
     "hard_label": {"name": "hard_label", "alpha": 0.9},
@@ -112,7 +115,11 @@ def main() -> None:
                         results.setdefault((case, regime, epochs), []).append(c)
                         lo, hi = c["interval_points"]
                         label = "all 4,000" if regime == "all" else f"{10 * FEW_LABELS_PER_CLASS} + 3,800 transfer"
-                        print(f"| {case} | {label} | {epochs} | {seed} | {spec.training.optimizer.lr:g} | "
+                        sel = r.get("selection")
+                        shown = case if not sel else (f"{case} → {sel['chosen'] or 'kd (no selection)'} (selection "
+                                                      f"{sel['steps_fraction']:.0%} of steps, "
+                                                      f"{sel['cost_fraction_of_job_time'] or 0:.0%} of time)")
+                        print(f"| {shown} | {label} | {epochs} | {seed} | {spec.training.optimizer.lr:g} | "
                               f"{100 * r['teacher']['val_top1']:.1f}% | {100 * r['baseline']['val_top1']:.1f}% | "
                               f"{100 * r['student']['val_top1']:.1f}% | {c['difference_points']:+.2f} [{lo:+.2f}, {hi:+.2f}] | "
                               f"{c['mcnemar_p']:.2g} | {c['verdict'].replace('a better', 'distilled better').replace('b better', 'alone better')} "

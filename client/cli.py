@@ -521,6 +521,22 @@ def _phases(summary: Table, r: ReportBase) -> None:
         summary.add_row(f"wall time · {phase}", f"{sec:.2f} s")
 
 
+def _selection(summary: Table, r: Any) -> None:
+    """Method 'auto' rows: what was chosen and why, the candidates' selection top-1 on one line, the selection's cost."""
+    sel = getattr(r, "selection", None)
+    if sel is None:
+        return
+    if sel.chosen is None:
+        summary.add_row("method auto", f"no selection: {sel.note}")
+        return
+    summary.add_row("method auto chose", f"{sel.chosen}{' (the student alone, no teacher)' if sel.student_alone else ''}: {sel.reason}")
+    summary.add_row("candidates (selection top-1)", ", ".join(f"{c.name} {_fmt(c.selection_top1, 'pct')}" for c in sel.candidates))
+    cost = f"{sel.steps_fraction:.0%} of the job's steps"
+    if sel.cost_fraction_of_job_time is not None:
+        cost += f", {sel.cost_fraction_of_job_time:.0%} of its time"
+    summary.add_row("selection cost", cost)
+
+
 def render_report(r: AnyReport) -> None:
     """Print a compression report as tables (teacher vs student, ratios, latency, phases)."""
     if isinstance(r, CausalLMReport):
@@ -573,6 +589,7 @@ def render_report(r: AnyReport) -> None:
                                           f"McNemar p = {c.mcnemar_p:.2g}: {_verdict(c)}")
     if r.cache:
         summary.add_row("teacher outputs cached", str(r.cache.teacher_outputs))
+    _selection(summary, r)
     _phases(summary, r)
     console.print(summary)
     if r.summary:

@@ -16,6 +16,7 @@ Face teachers run the text driver, ``distill.text.run_text_job``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -29,6 +30,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import prune
 
+from . import auto
 from .data import DataBundle, load_data
 from .evaluation import evaluate, evaluate_variant
 from .export import export_student as _export, quantize_dynamic_int8, save_torchscript
@@ -40,10 +42,11 @@ from .jobrun import ARTIFACTS_DIR, JobRun
 from .methods import CombinedMethod, LabelsOnly, Method, build_method, check_method_supported
 from .models import build, describe, parameter_count
 from . import report_builders as rb
-from .report import (BaselineSummary, CacheSummary, HoldoutEvaluation, PrunedStudent, QuantizedStudent, SharedTeacherCache,
-                     TensorDataSummary, TensorModelSummary, TrainingSummary)
+from .report import (BaselineSummary, CacheSummary, HoldoutEvaluation, PrunedStudent, QuantizedStudent, SelectionCandidate,
+                     SelectionSummary, SharedTeacherCache, TensorDataSummary, TensorModelSummary, TrainingSummary)
 from .reporter import Reporter
 from .review import data_warnings, error_bars, teacher_warning
+from .stats import wilson_interval
 from .holdout import holdout_block
 from .shared_cache import SharedCache, shared_teacher_outputs, teacher_key, teacher_profile
 from .spec import JobSpec, TrainingSpec
@@ -52,13 +55,15 @@ from .teachers import Teacher, load_teacher
 from .lm.job import run_lm_job
 from .lm.models import LM_FORMATS, is_causal_lm
 from .text import run_text_job
-from .training import TeacherCache, TensorClassification, Trainer, TrainOutcome, batched_logits, spec_fingerprint, teacher_outputs
+from .training import (TeacherCache, TensorClassification, Trainer, TrainOutcome, batched_logits, spec_fingerprint, steps_per_epoch,
+                       teacher_outputs)
 
 __all__ = ["ARTIFACTS_DIR", "CACHE_LIMIT_BYTES", "run_job", "prune_and_fine_tune"]
 
 CACHE_LIMIT_BYTES = 2 * 1024**3  # teacher-output cache ceiling: 'on' beyond it is invalid_spec, 'auto' falls back to per-step
 CHECKPOINT_STEM = "checkpoint"
 BASELINE_CHECKPOINT_STEM = "baseline_checkpoint"
+AUTO_CHECKPOINT_STEM = "auto_checkpoint"
 PRUNE_CHECKPOINT_STEM = "prune_checkpoint"
 
 
@@ -317,8 +322,12 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     cache, shared_info = _cache_teacher_outputs(run, loaded, shared, tkey)
     teacher_train = _teacher_train_top1(run, loaded, cache)
     fingerprint = spec_fingerprint(spec)
+    selection = _select(run, loaded, cache, fingerprint)
+    training = spec.training
+    if selection is not None and selection.winner is not None:
+        loaded.method, training, fingerprint = _winner(run, loaded, selection.winner, fingerprint)
     with run.phase("training"):
-        outcome = train_pass(run, loaded, loaded.student, loaded.method, fingerprint, cache=cache)
+        outcome = train_pass(run, loaded, loaded.student, loaded.method, fingerprint, cache=cache, training=training)
     cache_part = _cache_part(run, loaded, cache, outcome)
     training_part = _training_part(run, loaded, outcome)
     pruned = None
@@ -327,7 +336,11 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
         with run.phase("pruning", announce=False):
             pruned = prune_and_fine_tune(run, loaded, fingerprint, cache)
     del cache
-    baseline = _baseline(run, loaded, fingerprint)
+    if selection is not None and selection.winner is not None and selection.winner.alone and selection.winner.lr == spec.training.optimizer.lr \
+            and _wants_baseline(spec, loaded.data):
+        baseline = (loaded.student, outcome)  # the winner is exactly the baseline's training: not run twice
+    else:
+        baseline = _baseline(run, loaded, spec_fingerprint(spec))
     run.check("after training")
     with run.phase("evaluating"):
         sizes, iters = list(spec.evaluation.latency_batch_sizes), spec.evaluation.latency_iterations
@@ -355,6 +368,14 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
         comparisons=review["bars"]["comparisons"], warnings=review["warnings"])
     if holdout is not None:
         report.holdout = HoldoutEvaluation(**holdout)
+    if selection is not None:
+        report.selection = _selection_part(selection, report.wall_time_s.get("total"))
+        if report.selection.student_alone:  # the returned student is not a distilled one: no verdict on distillation
+            vs = (report.comparisons or {}).get("distilled_vs_alone")
+            if vs is not None:
+                vs.a = "returned student (trained alone)"
+            report.summary = rb.classification_summary(report.model_copy(update={"baseline": None, "comparisons": None}))
+        report.summary = f"{report.summary} {_selection_sentence(report.selection)}".strip()
     return DistillResult(report=report.model_dump(mode="json"), artifacts=[run.final_dir / n for n in exported.names],
                          baseline_student=baseline[0] if isinstance(baseline, tuple) else None)
 
@@ -373,7 +394,8 @@ def _load(run: JobRun, inputs: JobInputs, fmt: str) -> _Loaded:
     student, filled = _build_student(spec, teacher, data, k, device)
     _probe_student(student, filled, data, k, device)
     all_labelled = data.counts["unlabelled"] == 0
-    method = build_method(spec.method, has_labels=data.has_labels, all_labelled=all_labelled)
+    method_spec = auto.fallback_method(spec) if spec.method.name == "auto" else spec.method
+    method = build_method(method_spec, has_labels=data.has_labels, all_labelled=all_labelled)
     _setup_method(method, student, teacher, data, device, spec.training.seed)
     use_cache, cache_reason, _ = _plan_cache(spec, method, teacher, data, k, device)
     return _Loaded(teacher, data, k, student, filled, method, all_labelled, use_cache, cache_reason)
@@ -494,6 +516,104 @@ def _baseline(run: JobRun, loaded: _Loaded, fingerprint: str) -> tuple[nn.Module
         outcome = train_pass(run, loaded, student, LabelsOnly(all_labelled=loaded.all_labelled), fingerprint + ":baseline",
                              split_prefix="baseline_", checkpoint_stem=BASELINE_CHECKPOINT_STEM, owns_metrics=False)
     return student, outcome
+
+
+@dataclass
+class _Selection:
+    """What method 'auto' chose: the ``winner`` (None: no selection ran, the job runs kd T4 alpha 0.9) and the
+    report's ``selection`` block as keyword arguments of ``SelectionSummary`` (without the cost fraction)."""
+
+    winner: auto.Candidate | None
+    part: dict[str, Any]
+
+
+def _select(run: JobRun, loaded: _Loaded, cache: TeacherCache | None, fingerprint: str) -> _Selection | None:
+    """Method 'auto' (``distill.auto``): carve the selection split from the training rows, train every candidate on the
+    rest (the cache sliced, so no teacher pass over the training rows), score each by its top-1 on the selection split
+    and choose. Never reads ``loaded.data.val_*`` (the reported validation split). None for any other method. Raises
+    what ``Trainer.fit`` raises, and ``StopRequested`` / max_runtime_exceeded between candidates."""
+    spec = run.spec
+    if spec.method.name != "auto":
+        return None
+    budget, data = spec.method.selection_budget, loaded.data
+    n_train = int(data.train_x.shape[0])
+    base = {"budget": budget, "chosen": None, "job_steps": spec.training.epochs * steps_per_epoch(n_train, min(spec.training.batch_size, n_train))}
+    if not data.has_labels:
+        return _Selection(None, {**base, "reason": "no selection", "note": "no labelled training rows to score candidates "
+                                 "on: ran kd T4 alpha 0.9 (soft labels need no labels)"})
+    t0 = time.perf_counter()
+    rest, sel = auto.selection_rows(data.train_y, spec.data.validation.seed)
+    plan = auto.plan_budget(spec.training.optimizer.lr, spec.training.epochs, spec.training.batch_size, n_train, int(rest.size), budget)
+    if plan.epochs == 0:
+        return _Selection(None, {**base, "reason": "no selection", "note": plan.note})
+    sub, sub_cache = auto.slice_rows(data, cache, rest, sel)
+    view = dataclasses.replace(loaded, data=sub)
+    run.reporter.event("selection_started", f"method auto: training {len(plan.candidates)} candidates for {plan.epochs} epoch(s) "
+                       f"each on {rest.size} training rows, scored on a selection split of {sel.size} training rows",
+                       {"candidates": [c.name for c in plan.candidates], "epochs": plan.epochs})
+    scores, rows = [], []
+    sx, sy = sub.val_x.to(run.device), sub.val_y.to(run.device)
+    with run.phase("selection", announce=False):
+        for i, cand in enumerate(plan.candidates):
+            run.check(f"before candidate {cand.name}")
+            student, _ = _build_student(spec, loaded.teacher, data, loaded.num_classes, run.device)
+            method = _candidate_method(run, loaded, cand, student)
+            training = spec.training.model_copy(update={"epochs": plan.epochs, "optimizer": spec.training.optimizer.model_copy(
+                update={"lr": cand.lr})})
+            out = train_pass(run, view, student, method, f"{fingerprint}:auto:{cand.name}:{plan.epochs}",
+                             cache=None if cand.alone else sub_cache, training=training, split_prefix=f"auto{i}_",
+                             checkpoint_stem=f"{AUTO_CHECKPOINT_STEM}{i}", owns_metrics=False)
+            student.eval()
+            hits = (batched_logits(student, sx).argmax(1) == sy).cpu().numpy()
+            scores.append((cand, hits))
+            wi = wilson_interval(int(hits.sum()), int(hits.size))
+            rows.append(SelectionCandidate(name=cand.name, method=cand.method, lr=cand.lr, epochs=out.epochs, steps=out.steps,
+                                           selection_top1=round(float(hits.mean()), 6), training_time_s=round(out.elapsed_s, 3),
+                                           selection_top1_interval=[round(wi[0], 6), round(wi[1], 6)] if wi else None))
+    winner, reason, pts = auto.choose(scores, spec.training.seed)
+    steps = sum(r.steps for r in rows)
+    part = {**base, "candidates": rows, "chosen": winner.name, "chosen_method": winner.method, "chosen_lr": winner.lr,
+            "student_alone": winner.alone, "reason": reason, "interval_points": pts, "selection_rows": int(sel.size),
+            "candidate_training_rows": int(rest.size), "steps": steps, "steps_fraction": round(steps / max(1, base["job_steps"]), 4),
+            "seconds": round(time.perf_counter() - t0, 3)}
+    run.reporter.event("selection_done", f"method auto chose {winner.name}: {reason}", {"chosen": winner.name})
+    return _Selection(winner, part)
+
+
+def _candidate_method(run: JobRun, loaded: _Loaded, cand: auto.Candidate, student: nn.Module) -> Method | CombinedMethod:
+    """The candidate's method: ``LabelsOnly`` for the student alone, else its dict validated through the spec and built."""
+    if cand.alone:
+        return LabelsOnly(all_labelled=loaded.all_labelled)
+    method = build_method(auto.method_spec(run.spec, cand.method), has_labels=loaded.data.has_labels,
+                          all_labelled=loaded.all_labelled)
+    _setup_method(method, student, loaded.teacher, loaded.data, run.device, run.spec.training.seed)
+    return method
+
+
+def _winner(run: JobRun, loaded: _Loaded, winner: auto.Candidate, fingerprint: str) -> tuple[Method | CombinedMethod, TrainingSpec, str]:
+    """The winner's retraining on all training rows for the job's full epochs: (method, training spec with the winner's
+    learning rate, checkpoint fingerprint naming the winner)."""
+    method = _candidate_method(run, loaded, winner, loaded.student)
+    training = run.spec.training.model_copy(update={"optimizer": run.spec.training.optimizer.model_copy(update={"lr": winner.lr})})
+    return method, training, f"{fingerprint}:auto:{winner.name}"
+
+
+def _selection_part(selection: _Selection, total_s: float | None) -> SelectionSummary:
+    """The report's ``selection`` block, with the selection's seconds as a fraction of the job's ``total_s``."""
+    part = dict(selection.part)
+    if total_s:
+        part["cost_fraction_of_job_time"] = round(part.get("seconds", 0.0) / total_s, 4)
+    return SelectionSummary(**part)
+
+
+def _selection_sentence(sel: SelectionSummary) -> str:
+    """One sentence for the report summary on what method 'auto' chose."""
+    if sel.chosen is None:
+        return f"Method auto: no selection ({sel.note})."
+    if sel.student_alone:
+        return (f"Method auto chose the student alone ({sel.chosen}): the returned student was trained without the teacher, "
+                f"because {sel.reason}.")
+    return f"Method auto chose {sel.chosen}: {sel.reason}."
 
 
 @dataclass

@@ -329,6 +329,30 @@ RENAMED: dict[str, tuple[str, str]] = {
 """Old flat field -> (method, new field name)."""
 
 
+AUTO_SELECTION_BUDGET = 0.5
+"""Default ``selection_budget`` of method 'auto': the candidate trainings take at most half of the job's training steps
+(issue 11: the selection costs at most a stated fraction of the job, e.g. <= 50%)."""
+
+
+@register_params
+class AutoParams(MethodParams):
+    """auto (the default): no loss of its own; the job picks among a documented candidate set (``distill.auto``: the
+    student alone, kd T4 alpha 0.9, kd T2 alpha 0.5, hard_label, at the spec's lr; see distill.auto.LR_FACTORS) by short trainings on
+    the training rows outside a selection split carved from them, scored by selection top-1 (a tie within the
+    paired-bootstrap noise goes to the student alone), then retrains the winner on all training rows for the full
+    epochs. Tensor classification with labelled rows; text tasks and data without labels run kd (T4 alpha 0.9)."""
+
+    paper: ClassVar[str] = ("stillhouse issue 11 (model selection on a held-out split of the training rows; candidates after "
+                            "Hinton et al. 2015 and Touvron et al. 2021)")
+    takes_alpha: ClassVar[bool] = False
+    takes_ce_weight: ClassVar[bool] = False
+    combinable: ClassVar[bool] = False
+    name: Literal["auto"] = "auto"
+    selection_budget: float = Field(AUTO_SELECTION_BUDGET, gt=0, le=1, description="The candidate trainings together take "
+                                    "at most this fraction of the job's training steps (epochs x steps per epoch on all "
+                                    "training rows), split evenly among the candidates.")
+
+
 def check_method_object(value: Any, where: str) -> None:
     """Refuse, with a message naming the new field, a method object of the old flat shape (``dkd_beta`` ...) or one
     without ``name``; ``where`` is its path ('method', 'method.extra.0'). Raises ``ValueError``; other inputs pass."""
@@ -422,9 +446,12 @@ METHODS: tuple[str, ...] = tuple(METHOD_PARAMS)
 FEATURE_METHODS: tuple[str, ...] = tuple(n for n, p in METHOD_PARAMS.items() if p.reads_features)
 LM_METHODS: tuple[str, ...] = tuple(n for n, p in METHOD_PARAMS.items() if "causal_lm" in p.tasks)
 """The methods of task causal_lm (kd, reverse_kl, gkd, seqkd)."""
-LOGIT_METHODS: tuple[str, ...] = tuple(n for n, p in METHOD_PARAMS.items() if not p.reads_features and "classification" in p.tasks)
+LOGIT_METHODS: tuple[str, ...] = tuple(n for n, p in METHOD_PARAMS.items()
+                                       if not p.reads_features and "classification" in p.tasks and n != "auto")
 
 
 def default_method(task: str = "classification") -> MainMethod:
-    """The method of a spec that gives none: ``embedding`` for task sentence_embedding, else ``kd`` with its defaults."""
-    return MAIN_MODELS["embedding" if task == "sentence_embedding" else "kd"](name="embedding" if task == "sentence_embedding" else "kd")
+    """The method of a spec that gives none: ``embedding`` for task sentence_embedding, else ``auto`` (``AutoParams``;
+    text tasks run it as kd)."""
+    name = "embedding" if task == "sentence_embedding" else "auto"
+    return MAIN_MODELS[name](name=name)

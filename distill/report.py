@@ -37,7 +37,7 @@ __all__ = [
     "LMExportChecks", "LMGenerations", "LMModelSummary", "LMPerplexities", "LMSpeed", "LMStudentSummary", "LatencyMs",
     "Perplexity", "TransferSetSummary",
     "MethodDetail", "ModelArchitecture", "OnnxCheck", "PerClassTop1", "PoolingSummary", "Preprocessing", "PrunedStudent",
-    "Quality", "QuantizedStudent", "Report", "ReportBase", "ReportWarning", "SentenceEmbeddingReport", "SequenceClassificationReport",
+    "Quality", "QuantizedStudent", "Report", "ReportBase", "ReportWarning", "SelectionCandidate", "SelectionSummary", "SentenceEmbeddingReport", "SequenceClassificationReport",
     "StudentVariant", "TASKS", "TeacherStudentValue", "TensorDataSummary", "TensorModelSummary", "TextDataSummary",
     "TextModelSummary", "TextReportBase", "TextStudentSummary", "TextTeacherSummary", "TrainingSummary", "ValidationSplit",
     "parse_report", "unmodelled_keys",
@@ -337,6 +337,48 @@ class Comparison(_Part):
         ..., description="'a better'/'b better' when the interval excludes 0, else 'no measurable difference'.")
 
 
+class SelectionCandidate(_Part):
+    """One candidate of method 'auto', trained on the training rows outside the selection split and scored on it."""
+
+    name: str = Field(..., description="E.g. 'kd_t4_a0.9@lr0.01' or 'student_alone@lr0.03'.")
+    method: dict[str, Any] | None = Field(..., description="The method as given to the spec (None: the student alone, "
+                                                           "cross-entropy on the labels only).")
+    lr: float = Field(..., description="Peak learning rate.")
+    epochs: int = Field(..., description="Epochs it trained.")
+    steps: int = Field(..., description="Optimizer steps it ran.")
+    selection_top1: float = Field(..., description="Top-1 on the selection split, fraction.")
+    selection_top1_interval: list[float] | None = Field(None, min_length=2, max_length=2, description="Wilson 95% "
+                                                        "interval [low, high] of selection_top1, fractions.")
+    training_time_s: float = Field(..., description="Seconds of its training loop.")
+
+
+class SelectionSummary(_Part):
+    """What method 'auto' did (``distill.auto``): every candidate with its selection score, the chosen one and why, and
+    what the selection cost. The reported validation split was not used to choose."""
+
+    candidates: list[SelectionCandidate] = Field(default_factory=list, description="Every candidate, in training order.")
+    chosen: str | None = Field(..., description="The winner, retrained on all training rows for the full epochs (None: no "
+                                                "selection ran, see note).")
+    chosen_method: dict[str, Any] | None = Field(None, description="The winner's method (None: the student alone).")
+    chosen_lr: float | None = Field(None, description="The winner's peak learning rate.")
+    student_alone: bool = Field(False, description="True when the student alone won: the returned student was trained "
+                                                   "without the teacher.")
+    reason: str = Field(..., description="Why, for a person.")
+    interval_points: list[float] | None = Field(None, min_length=2, max_length=2, description="Paired-bootstrap 95% "
+                                                "interval of the best distilled minus the best student-alone candidate "
+                                                "on the selection split, points.")
+    selection_rows: int = Field(0, description="Labelled training rows carved out as the selection split.")
+    candidate_training_rows: int = Field(0, description="Training rows the candidates trained on.")
+    budget: float = Field(..., description="method.selection_budget: the most the candidates may take, as a fraction of "
+                                           "the job's training steps.")
+    steps: int = Field(0, description="Optimizer steps of all candidates together.")
+    job_steps: int = Field(..., description="Steps of the job's training (epochs x steps per epoch on all training rows).")
+    steps_fraction: float = Field(0.0, description="steps / job_steps.")
+    seconds: float = Field(0.0, description="Wall seconds of the selection (all candidates, scoring included).")
+    cost_fraction_of_job_time: float | None = Field(None, description="seconds / the job's total wall seconds.")
+    note: str | None = Field(None, description="Why no selection ran, when none did.")
+
+
 class ReportWarning(_Part):
     """Something a careful reviewer would point out about how the numbers were obtained (not an error: the job
     succeeded)."""
@@ -390,6 +432,8 @@ class ClassificationReport(ReportBase):
                                                  "the teacher ([] when none; None in reports stored before they existed).")
     holdout: HoldoutEvaluation | None = Field(None, description="With data.selection (sweep trials): the untouched validation "
                                                                 "split, evaluated once at the end.")
+    selection: SelectionSummary | None = Field(None, description="With method 'auto': the candidates, the choice and its "
+                                                                  "cost (None in other jobs and in reports stored before it).")
 
     @model_validator(mode="before")
     @classmethod

@@ -469,7 +469,7 @@ class JobSpec(_Strict):
     student: StudentSpec = Field(..., description="The student to train.")
     data: DataSpec = Field(..., description="Training, validation and transfer data.")
     method: Annotated[MethodField, BeforeValidator(_method_shape)] = Field(default_factory=default_method, description="The distillation method and its own parameters, "
-                                "discriminated by 'name' (one schema per method); default: kd (embedding for task sentence_embedding).")
+                                "discriminated by 'name' (one schema per method); default: auto (distill.auto: the method, or the student alone, picked on a selection split carved from the training rows; text tasks run it as kd; embedding for task sentence_embedding).")
     pooling: PoolingSpec = Field(default_factory=PoolingSpec, description="Sentence pooling (sentence_embedding).")
     cache: CacheSpec = Field(default_factory=CacheSpec, description="Whether the teacher's outputs are computed once and reused.")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Training loop settings.")

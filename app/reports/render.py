@@ -102,6 +102,7 @@ def _tensor_view(r: ClassificationReport) -> dict[str, Any]:
         ratios.append((f"{c.a} − {c.b} (paired, {c.rows:,} rows)", _comparison(c)))
     if r.cache:
         ratios.append(("teacher outputs cached", str(r.cache.teacher_outputs)))
+    ratios += _selection_rows(r)
     points = [(m.name, m.bytes, m.val_top1) for m in models]
     lat = {m.name: {f"batch {k}": v.p50 for k, v in m.latency_ms.items()} for m in models if m.latency_ms}
     vs_alone = (r.comparisons or {}).get("distilled_vs_alone")
@@ -109,6 +110,22 @@ def _tensor_view(r: ClassificationReport) -> dict[str, Any]:
             "extra_plots": [plots.accuracy_vs_size(points), plots.latency_bars(lat)],
             "warnings": [(w.code, w.message) for w in r.warnings or []],
             "worse": vs_alone.verdict == "b better" if vs_alone else (r.distillation_gain_points or 0) < 0}
+
+
+def _selection_rows(r: ClassificationReport) -> list[tuple[str, str]]:
+    """Method 'auto': the choice and why, each candidate's selection top-1 and the selection's cost, as (label, value)."""
+    sel = r.selection
+    if sel is None:
+        return []
+    if sel.chosen is None:
+        return [("method auto", f"no selection: {sel.note}")]
+    cost = f"{sel.steps_fraction:.0%} of the job's training steps"
+    if sel.cost_fraction_of_job_time is not None:
+        cost += f", {sel.cost_fraction_of_job_time:.0%} of its time"
+    return [("method auto chose", f"{sel.chosen}{' (the student alone, no teacher)' if sel.student_alone else ''}: {sel.reason}"),
+            *[(f"candidate {c.name}", f"selection top-1 {_pct(c.selection_top1)} {_interval(c.selection_top1_interval)}")
+              for c in sel.candidates],
+            (f"selection cost ({sel.selection_rows:,} selection rows)", cost)]
 
 
 def _text_view(r: TextReportBase) -> dict[str, Any]:

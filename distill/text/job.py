@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..auto import fallback_method
 from ..errors import DistillError, first_line
 from ..jobrun import JobRun
 from ..methods import build_method
@@ -168,6 +169,10 @@ def run_text_job(spec: JobSpec, folder: Path, teacher_bytes: int, files: dict, w
     """
     if spec.student.from_teacher is None:
         raise DistillError("invalid_spec", "a Hugging Face teacher needs student.from_teacher (num_layers or keep_layers)", "student")
+    if spec.method.name == "auto":  # the selection of method 'auto' is for tensor classification: text tasks run kd
+        spec = spec.model_copy(update={"method": fallback_method(spec)})
+        reporter.event("method_auto", "method 'auto' selects among candidates for tensor classification only; this text "
+                       "task runs kd (temperature 4, alpha 0.9)", {"method": "kd"})
     run = JobRun.start(spec, workdir, reporter, runtime_used_s)
     task = resolve_task(spec, folder)
     with run.phase("loading_teacher"):

@@ -92,6 +92,9 @@ async def test_cli_report_shows_every_stored_shape(http_url, stored_jobs, monkey
             f"{vs.interval_points[1]:+.2f}], McNemar p = {vs.mcnemar_p:.2g}: no measurable difference") in " ".join(bars.split())
     assert "warning small_validation: the validation split has 90 labelled rows" in " ".join(bars.split())
     assert "warning few_validation_rows_per_class" in bars and "No measurable difference" in " ".join(bars.split())
+    chosen, r = " ".join(_cli(http_url, "report", ids["classification_auto"]).split()), parse_report(STORED["classification_auto"])
+    assert f"method auto chose {r.selection.chosen}" in chosen and "candidates (selection top-1)" in chosen
+    assert all(c.name in chosen for c in r.selection.candidates) and "selection cost" in chosen
     raw = json.loads(_cli(http_url, "report", ids["classification_early"], "--json"))
     assert raw["task"] == "classification" and raw["job_id"] == ids["classification_early"] and raw["cache"] is None
 

@@ -67,6 +67,18 @@ async def test_out_of_range_numbers_and_bad_choices_get_422_naming_the_field(api
     assert err["param"] == param, err
 
 
+async def test_a_spec_without_a_method_gets_auto(api, teacher_id):
+    spec = spec_for(teacher_id)
+    del spec["method"]
+    job = await api.post("/v1/jobs", json=spec)
+    assert job.status_code == 201, job.text
+    assert job.json()["spec"]["method"] == {"name": "auto", "selection_budget": 0.5}
+    err = assert_error(await api.post("/v1/jobs", json={**spec, "method": {"name": "auto", "alpha": 0.5}}), 422)
+    assert err["param"] == "method.alpha", err
+    err = assert_error(await api.post("/v1/jobs", json={**spec, "method": {"name": "auto", "selection_budget": 2}}), 422)
+    assert err["param"] == "method.selection_budget", err
+
+
 async def test_unknown_fields_are_rejected(api, teacher_id):
     err = assert_error(await api.post("/v1/jobs", json=spec_for(teacher_id, **{"training.epochz": 3})), 422)
     assert err["param"] == "training.epochz" and "unknown field" in err["message"]

@@ -134,6 +134,11 @@ async def test_stored_report_is_served_and_rendered(api, tmp_path, name):
                 f"McNemar p = {vs.mcnemar_p:.2g} (no measurable difference)") in page
         assert "<code>small_validation</code>" in page and "<code>teacher_memorised_training</code>" in page
         assert 'class="summary "' in page  # a difference inside the noise is not shown as a loss
+    if name == "classification_auto":
+        sel = typed.selection
+        assert "method auto chose" in page
+        assert sel.chosen in page and all(f"candidate {c.name}" in page for c in sel.candidates)
+        assert f"{sel.steps_fraction:.0%} of the job&#39;s training steps" in page or f"{sel.steps_fraction:.0%} of the job's training steps" in page
 
 
 async def test_stored_reports_side_by_side(api, tmp_path):

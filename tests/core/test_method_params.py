@@ -164,7 +164,7 @@ def test_old_flat_fields_get_a_422_naming_the_new_field():
 def test_a_sentence_embedding_spec_without_a_method_gets_embedding():
     s = job(task="sentence_embedding", student={"from_teacher": {"num_layers": 2}})
     assert s.method.name == "embedding" and s.method.cosine_weight == 1.0
-    assert job().method.name == "kd" and "method" not in job().model_fields_set
+    assert job().method.name == "auto" and "method" not in job().model_fields_set
 
 
 def test_a_full_dump_validates_again():

@@ -32,8 +32,9 @@ def softmax(z: list[float]) -> list[float]:
 
 def test_registry_has_every_method():
     assert available_methods() == ["attention_transfer", "dkd", "embedding", "fitnet", "hard_label", "kd", "prototype", "rkd"]
-    # every parameter model has its loss class: the causal-LM ones in distill.lm.methods (kd serves both)
-    assert sorted(METHOD_PARAMS) == sorted(set(available_methods()) | set(available_lm_methods()))
+    # every parameter model has its loss class: the causal-LM ones in distill.lm.methods (kd serves both); auto is a
+    # selection among them (distill.auto), not a loss
+    assert sorted(set(METHOD_PARAMS) - {"auto"}) == sorted(set(available_methods()) | set(available_lm_methods()))
     assert available_lm_methods() == sorted(n for n, p in METHOD_PARAMS.items() if "causal_lm" in p.tasks)
     assert isinstance(build_method(method_of(name="kd"), True), SoftTargetKD)
     assert isinstance(build_method(method_of(name="hard_label"), True), HardLabelKD)

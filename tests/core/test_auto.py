@@ -1,0 +1,165 @@
+"""method 'auto' (issue 11): candidates trained on the training rows outside a selection split, scored on it, the winner
+retrained on all training rows and reported on the untouched validation split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from distill import auto, job as _job
+from distill.formats import FileInput
+from distill.data import load_builtin
+from distill.teacher_training import train_classifier
+from distill.spec import JobSpec
+from distill.training import steps_per_epoch
+from tests.models import TEACHER_ARCH, save_model
+
+from distill.reporter import RecordingReporter
+
+from .helpers import make_spec, run, run_text_job
+from .test_report_jobs import _text_spec
+
+
+def auto_spec(**over) -> JobSpec:
+    """``make_spec(**over)`` with no method named (so the default, 'auto')."""
+    d = make_spec(**over).model_dump(mode="json", exclude_unset=True)
+    d.pop("method")
+    spec = JobSpec.model_validate(d)
+    assert spec.method.name == "auto"
+    return spec
+
+
+def test_auto_job_reports_every_candidate_and_retrains_the_winner(teacher_file, tmp_path):
+    spec = auto_spec(training={"epochs": 13}, evaluation={"compare_baseline": True})
+    result, rep = run(spec, teacher_file, tmp_path / "j")
+    sel = result.report["selection"]
+    names = [c["name"] for c in sel["candidates"]]
+    assert len(names) == 4 and {c["lr"] for c in sel["candidates"]} == {spec.training.optimizer.lr}
+    assert sel["candidates"][0]["epochs"] == 2  # floor(0.5 x 13 x 23 / (4 x 18))
+    assert sel["chosen"] in names and sel["reason"]
+    assert sel["steps"] <= 0.5 * sel["job_steps"] and sel["steps_fraction"] <= 0.5
+    assert 0 < sel["cost_fraction_of_job_time"] < 1
+    # the winner was retrained on all training rows for the full epochs
+    tr = result.report["training"]
+    assert tr["epochs"] == 13 and tr["steps"] == sel["job_steps"]
+    assert result.report["data"]["train"] == sel["selection_rows"] + sel["candidate_training_rows"]
+    assert "Method auto" in result.report["summary"]
+    candidates = {c["name"]: c for c in sel["candidates"]}
+    assert result.report["training"]["method"] == "auto"
+    if not sel["student_alone"]:
+        assert result.report["training"]["method_detail"]["name"] == candidates[sel["chosen"]]["method"]["name"]
+    assert [e for e in rep.events if e[0] == "selection_done"]
+
+
+def _poisoned_load(monkeypatch):
+    """Make every job load data whose reported validation labels are shuffled (and its images reversed in order)."""
+    real = _job.load_data
+
+    def poisoned(*a, **kw):
+        d = real(*a, **kw)
+        g = np.random.default_rng(1)
+        d.val_y = d.val_y[np.asarray(g.permutation(d.val_y.shape[0]))]
+        d.val_x = d.val_x.flip(0)
+        return d
+
+    monkeypatch.setattr(_job, "load_data", poisoned)
+
+
+def test_selection_never_reads_the_reported_validation_rows(teacher_file, tmp_path, monkeypatch):
+    spec = auto_spec(training={"epochs": 7})
+    clean, _ = run(spec, teacher_file, tmp_path / "clean")
+    _poisoned_load(monkeypatch)
+    dirty, _ = run(spec, teacher_file, tmp_path / "dirty")
+    a, b = clean.report["selection"], dirty.report["selection"]
+    assert [c["selection_top1"] for c in a["candidates"]] == [c["selection_top1"] for c in b["candidates"]]
+    assert a["chosen"] == b["chosen"] and a["reason"] == b["reason"]
+    # the poison did reach the reported validation split: the returned student scores near chance there
+    assert dirty.report["student"]["val_top1"] < 0.3 < clean.report["student"]["val_top1"]
+    # and the returned students are the same weights
+    wa, wb = (load_file(r.artifacts[0]) for r in (clean, dirty))
+    assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+
+
+def test_student_alone_wins_and_is_returned(tmp_path):
+    # an untrained teacher: its soft and hard labels are noise, so the student alone wins the selection
+    x, y, _ = load_builtin("digits")
+    teacher = train_classifier(TEACHER_ARCH, x[:64], y[:64], epochs=0, seed=0)
+    path = tmp_path / "noise_teacher.safetensors"
+    size = save_model(teacher, teacher.stillhouse_architecture, path)
+    spec = auto_spec(training={"epochs": 7})
+    result, _ = run(spec, FileInput(path, "safetensors", size), tmp_path / "j")
+    r, sel = result.report, result.report["selection"]
+    assert sel["student_alone"] is True and sel["chosen"].startswith(auto.ALONE) and sel["chosen_method"] is None
+    assert r["training"]["method_detail"]["name"] == "ce"  # trained on the labels alone
+    assert "trained without the teacher" in r["summary"]
+    # the returned student is the student alone: the baseline is that same training, not run twice
+    if sel["chosen_lr"] == spec.training.optimizer.lr:
+        assert r["baseline"]["val_top1"] == r["student"]["val_top1"] and result.baseline_student is not None
+        assert r["distillation_gain_points"] == 0
+    assert "Distillation helped" not in r["summary"] and "did not help" in r["summary"]
+    best = max(c["selection_top1"] for c in sel["candidates"] if c["method"] is not None)
+    assert best < max(c["selection_top1"] for c in sel["candidates"] if c["method"] is None)
+
+
+@pytest.mark.parametrize("epochs,n_train,batch", [(7, 1437, 64), (13, 1437, 64), (30, 4000, 64), (10, 4000, 128), (20, 500, 32)])
+def test_plan_respects_the_budget(epochs, n_train, batch):
+    rest = n_train - int(np.ceil(0.2 * n_train))
+    plan = auto.plan_budget(1e-2, epochs, batch, n_train, rest, 0.5)
+    assert plan.epochs >= 1 and plan.candidates
+    assert plan.steps == plan.epochs * len(plan.candidates) * steps_per_epoch(rest, batch) <= 0.5 * plan.job_steps
+    assert plan.job_steps == epochs * steps_per_epoch(n_train, batch)
+    assert {c.name.split("@")[0] for c in plan.candidates} == {n for n, _ in auto.CANDIDATE_METHODS}
+
+
+def test_too_small_a_budget_runs_kd_and_says_so(teacher_file, tmp_path):
+    assert auto.plan_budget(1e-2, 3, 64, 1437, 1149, 0.5).epochs == 0
+    result, _ = run(auto_spec(training={"epochs": 3}), teacher_file, tmp_path / "j")
+    sel = result.report["selection"]
+    assert sel["chosen"] is None and "cannot give" in sel["note"] and sel["candidates"] == []
+    assert result.report["training"]["method_detail"]["name"] == "kd"
+
+
+def test_auto_spec_validation():
+    assert JobSpec.model_fields["method"].default_factory().name == "auto"
+    spec = auto_spec()
+    assert JobSpec.model_validate(spec.model_dump()).method.name == "auto"  # a full dump round-trips
+    base = spec.model_dump(mode="json")
+    for bad, field in (({"name": "auto", "alpha": 0.5}, "alpha"), ({"name": "auto", "selection_budget": 0}, "selection_budget"),
+                       ({"name": "kd", "selection_budget": 0.3}, "selection_budget")):
+        with pytest.raises(ValueError, match=field):
+            JobSpec.model_validate({**base, "method": bad})
+    assert JobSpec.model_validate({**base, "method": {"name": "auto", "selection_budget": 0.3}}).method.selection_budget == 0.3
+    assert auto.method_spec(spec, {"name": "kd", "temperature": 2, "alpha": 0.5}).temperature == 2
+
+
+def test_text_tasks_run_kd_and_say_so(tiny_bert_classifier_dir, review_jsonl, tmp_path):
+    spec = _text_spec("sequence_classification", **{"student.from_teacher": {"num_layers": 1}})
+    assert spec.method.name == "auto"
+    files = {"file_d": FileInput(path=review_jsonl, format="jsonl", bytes=review_jsonl.stat().st_size)}
+    rep = RecordingReporter()
+    r = run_text_job(spec, tiny_bert_classifier_dir, 12345, files, tmp_path / "w", rep).report
+    assert r["training"]["method"] == "kd"
+    assert [m for t, m, _ in rep.events if t == "method_auto" and "runs kd" in m]
+
+
+def test_choose_needs_a_clear_win_over_the_student_alone_at_the_spec_lr():
+    cands = auto.candidates(1e-2, (1.0, 3.0))  # student_alone@lr0.01 first, then kd..., then the 3x lr ones
+    rng = np.random.default_rng(0)
+    base = rng.random(800) < 0.9
+
+    def flip(v, n, to):
+        v = v.copy()
+        idx = np.flatnonzero(v != to)[:n]
+        v[idx] = to
+        return v
+
+    scores = [(c, base) for c in cands]
+    scores[4] = (cands[4], flip(flip(base, 10, True), 4, False))  # student alone at 3x: +10 -4 rows, inside the noise
+    winner, why, iv = auto.choose(scores, seed=0)
+    assert winner is cands[0] and "tie goes to the student alone" in why and iv[0] <= 0
+    scores[1] = (cands[1], flip(base, 60, True))  # kd T4: +7.5 points, clearly better
+    winner, why, iv = auto.choose(scores, seed=0)
+    assert winner is cands[1] and iv[0] > 0 and "outside the noise" in why
+    winner, why, iv = auto.choose([(c, flip(base, 40, False) if i else base) for i, c in enumerate(cands)], seed=0)
+    assert winner is cands[0] and iv is None and "did not help" in why

@@ -113,6 +113,7 @@ def operations() -> list[tuple[str, str]]:
 
 
 IDS = {"job_id": "job_0123456789abcdef", "file_id": "file_0123456789abcdef", "endpoint_id": "whe_0123456789abcdef",
+       "sweep_id": "swp_0123456789abcdef",
        "name": "student.safetensors"}
 NO_DATABASE = {("GET", "/healthz"), ("GET", "/metrics")}
 
@@ -124,6 +125,9 @@ def call(client: httpx.Client, method: str, template: str, teacher_id: str = IDS
         return client.post(path, data={"purpose": "teacher"}, files={"file": ("t.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")})
     if (method, template) == ("POST", "/v1/jobs"):
         return client.post(path, json=spec(teacher_id, **SHORT))
+    if (method, template) == ("POST", "/v1/sweeps"):
+        return client.post(path, json={"base": spec(teacher_id, **SHORT), "budget": {"max_trials": 2},
+                                       "search_space": {"method.temperature": {"type": "float", "low": 2.0, "high": 4.0}}})
     if (method, template) == ("POST", "/v1/webhooks"):
         return client.post(path, json={"url": "https://93.184.216.34/stillhouse"})
     if (method, template) == ("GET", "/v1/reports"):

@@ -209,7 +209,7 @@ class SelectionSpec(_Strict):
     (a sweep's trials) is scored, so the validation split stays untouched by the choice."""
 
     fraction: float = Field(0.2, gt=0, lt=1, description="Fraction of the labelled training rows carved out (stratified, seeded).")
-    seed: int = Field(0, ge=0, description="Seed of the carve.")
+    seed: Int = Field(0, ge=0, description="Seed of the carve.")
 
 
 class DataSpec(_Strict):
@@ -490,6 +490,8 @@ class JobSpec(_Strict):
         for _, part in self.method.components():
             if part.name == "dkd" and "warmup_epochs" not in part.model_fields_set:
                 part.warmup_epochs = warmup
+        if self.task == "causal_lm" and self.method.name == "auto":  # auto's candidates are classification ones: LMs take kd
+            self.method = parse_method({"name": "kd", "temperature": LM_TEMPERATURE})
         if self.task == "causal_lm" and self.method.name == "kd" and "temperature" not in self.method.model_fields_set:
             self.method.temperature = LM_TEMPERATURE
         return self

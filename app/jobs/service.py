@@ -30,7 +30,7 @@ from stillhouse.settings import get_settings
 from stillhouse.storage import ArtifactStore, StoreError
 from distill.errors import DistillError
 from distill.report import AnyReport, parse_report
-from distill.spec import LM_METHODS, LM_TEMPERATURE, METHOD_PARAMS, JobSpec
+from distill.spec import LM_METHODS, LM_TEMPERATURE, METHOD_PARAMS, JobSpec, parse_method
 
 log = logging.getLogger("stillhouse.jobs")
 
@@ -216,6 +216,9 @@ def _check_lm_task(spec: JobSpec, files: dict[str, File]) -> None:
                             param="student.from_teacher")
     _check_from_teacher(spec, teacher.details or {})
     method = spec.method.name
+    if method == "auto":  # the default method (task 'auto' resolved here): auto's candidates are classification ones
+        spec.method = parse_method({"name": "kd", "temperature": LM_TEMPERATURE})
+        method = "kd"
     if method not in LM_METHODS:
         raise Unprocessable(f"task causal_lm uses the methods {', '.join(LM_METHODS)}, not {method!r}", param="method.name")
     if method == "kd" and "temperature" not in spec.method.model_fields_set:

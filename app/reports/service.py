@@ -15,8 +15,8 @@ from distill.report import AnyReport
 
 EPOCH_SPLITS = ("train_epoch", "val", "baseline_train_epoch", "baseline_val")
 MAX_COMPARE = 20
-JOB_IDS_PATTERN = r"^\s*[^,\s][^,]*(,\s*[^,\s][^,]*){0,%d}$" % (MAX_COMPARE - 1)
-"""What ``parse_job_ids`` accepts: 1 to ``MAX_COMPARE`` comma-separated non-empty ids."""
+JOB_IDS_PATTERN = r"^\s*[^,\s\x00][^,\x00]*(,\s*[^,\s\x00][^,\x00]*){0,%d}$" % (MAX_COMPARE - 1)
+"""What ``parse_job_ids`` accepts: 1 to ``MAX_COMPARE`` comma-separated non-empty ids (no NUL: no query may hold one)."""
 
 
 def epoch_metrics(session: Session, job_id: str) -> list[dict[str, Any]]:

@@ -247,7 +247,7 @@ async def _list_sweeps(api, w: World) -> None:
     assert [x["id"] for x in (await api.get("/v1/sweeps", headers=w.a)).json()["data"]] == [mine]
     theirs = await api.get("/v1/sweeps", params={"after": mine}, headers=w.b)
     unknown = await api.get("/v1/sweeps", params={"after": "swp_" + "0" * 24}, headers=w.b)
-    assert_error(theirs, 422)
+    assert_error(theirs, 404)  # as for files and jobs: an unknown cursor is a missing resource (as another tenant's)
     assert theirs.text == unknown.text.replace("swp_" + "0" * 24, mine)
 
 

@@ -727,8 +727,6 @@ def webhooks_deliveries(endpoint_id: str, status_: Optional[str] = typer.Option(
     _run(lambda: _client().webhook_deliveries(endpoint_id, status_, limit), as_json, lambda rows: "\n".join(map(line, rows)))
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
 
 
 sweep_app = typer.Typer(help="Sweeps: search student sizes and distillation settings; each trial a job; the front.",
@@ -855,3 +853,7 @@ def _ci(v: list[float] | None) -> str:
 def _p50(lat: dict[str, Any] | None) -> str:
     v = ((lat or {}).get("1") or {}).get("p50")
     return "-" if v is None else f"{v:.3f}"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -93,7 +93,10 @@ def start_seaweedfs(base: Path, timeout_s: float = 90.0) -> SeaweedFS:
     cmd = [binary, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={base / 'data'}",
            f"-master.port={master}", f"-master.port.grpc={master_g}", f"-volume.port={volume}", f"-volume.port.grpc={volume_g}",
            "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_g}", "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_g}",
-           "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}", "-master.volumeSizeLimitMB=1024", "-volume.max=0"]
+           "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}", "-master.volumeSizeLimitMB=64", "-volume.max=4000"]
+    # Every bucket is its own collection and its first write grows 7 volumes. With "-volume.max=0" the slots are
+    # free disk / volume size, which on a fuller CI disk ran out after a dozen buckets: every later PutObject then
+    # answered InternalError. Small (sparse) volumes and a fixed, large slot count keep a whole session's buckets.
     log_path = base / "weed.log"
     proc = subprocess.Popen(cmd, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     sw = SeaweedFS(endpoint=f"http://127.0.0.1:{s3}", process=proc, log_path=log_path)

@@ -138,3 +138,28 @@ async def api(backend: Backend):
     app = create_app(auto_migrate=False)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
         yield client
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Two collection rules for the suite's time budget (CI under 20 minutes):
+
+    - ``@pytest.mark.backend_only("sqlite" | "postgres", reason=...)`` deselects a backend-parametrized test's other
+      variant (before its fixtures start any process), for tests whose mechanism is the same on both backends;
+    - every end-to-end test without an ``xdist_group`` mark joins its module's group, so ``-n 2 --dist loadgroup``
+      keeps a module (and its module-scoped servers) on one process, as ``loadfile`` would, while the fault-injection
+      modules that share the ``faults`` group never run beside each other.
+    """
+    keep, drop = [], []
+    for item in items:
+        only = item.get_closest_marker("backend_only")
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if only is not None and params.get("backend_session", only.args[0]) != only.args[0]:
+            drop.append(item)
+            continue
+        if item.get_closest_marker("e2e") is not None and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+        keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

@@ -57,7 +57,10 @@ def mlflow_server(tmp_path_factory) -> Iterator[MlflowServer]:
     log_path = base / "mlflow.log"
     proc = subprocess.Popen([cmd, "server", "--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}",
                              "--artifacts-destination", str(base / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1"], stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+                             "--workers", "1"], stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            # the server's own job runner (5 huey consumer processes) serves nothing the tests use and
+                            # took a core for seconds at each start
+                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     server = MlflowServer(uri=f"http://127.0.0.1:{port}", process=proc, log_path=log_path)
     deadline = time.monotonic() + 180
     while True:

@@ -23,6 +23,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def own_metrics_dir(tmp_path_factory) -> Iterator[Path]:
+    """Give each e2e module's processes their own Prometheus multiprocess directory. Importing ``stillhouse.metrics``
+    in the test process exports ``PROMETHEUS_MULTIPROC_DIR`` (so a process's children share its machine's totals);
+    inherited by every API and worker the tests start, it made one module's ``/metrics`` add up the requests of all
+    the modules before it (92 job creations counted where the test made 2)."""
+    before = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path_factory.mktemp("metrics"))
+    yield Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    if before is None:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = before
+
+
 class Live:
     """Running API + worker processes for one backend, and a client for them."""
 

@@ -27,6 +27,7 @@ def dp_checkpoint(digits_teacher, tmp_path_factory):
     return path
 
 
+@pytest.mark.backend_only("sqlite", reason="checkpoint loading is the core's, whatever the backend")
 def test_dataparallel_training_checkpoint_is_accepted_and_the_report_says_so(live, dp_checkpoint):
     c = live.client
     f = c.upload(dp_checkpoint, "teacher")
@@ -40,6 +41,7 @@ def test_dataparallel_training_checkpoint_is_accepted_and_the_report_says_so(liv
     assert c.report(job.id).teacher.val_top1 > 0.9  # the teacher's own weights were used
 
 
+@pytest.mark.backend_only("sqlite", reason="checkpoint loading is the core's, whatever the backend")
 def test_weights_not_fitting_the_architecture_fail_the_job_listing_keys(live, dp_checkpoint):
     c = live.client
     f = c.upload(dp_checkpoint, "teacher")

@@ -25,7 +25,7 @@ from tests.durability import commit_unsent_job
 from tests.e2e.conftest import ROOT, free_port
 from tests.e2e.test_jobs_e2e import spec, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("faults")]  # never beside each other (tests/conftest.py)
 
 # A Redis database of its own for the short-visibility test: kombu's unacked-message index is per database, so a
 # 2 s visibility timeout there must not redeliver the messages of other suites' workers (they use REDIS_URL's).
@@ -223,6 +223,7 @@ def test_whole_worker_killed_then_a_new_worker_resumes_the_job(cluster, digits_t
     assert row.lease_owner is None and row.handbacks == 0 and row.runtime_s > 0
 
 
+@pytest.mark.backend_only("postgres", reason="the lease take-over and fencing are SQL; PostgreSQL is where workers race")
 def test_a_frozen_worker_whose_job_was_taken_over_writes_nothing_when_it_wakes(cluster, digits_teacher):
     """SIGSTOP the whole worker (a machine that stops answering: a partition, a long pause) past its lease; the sweep
     re-sends the job and a second worker takes it over. Woken up (SIGCONT), the first worker finds its lease gone
@@ -250,6 +251,7 @@ def test_a_frozen_worker_whose_job_was_taken_over_writes_nothing_when_it_wakes(c
     assert cl.procs["w1"].poll() is None  # the frozen worker lives on and takes other jobs
 
 
+@pytest.mark.backend_only("postgres", reason="the worker-lost sweep is SQL, the same on both backends")
 def test_whole_worker_killed_and_none_comes_back_fails_worker_lost(cluster, digits_teacher):
     cl = cluster(STILLHOUSE_WORKER_LOST_TIMEOUT_S="3")
     w1 = cl.start_worker("w1")
@@ -297,6 +299,7 @@ def test_sigterm_hands_the_job_back_and_another_worker_resumes_it_at_the_same_st
     assert_one_continuous_history(c, job.id, 40)
 
 
+@pytest.mark.backend_only("sqlite", reason="the unsent-job sweep is SQL and a plain send, the same on both backends")
 def test_a_job_committed_but_never_sent_is_sent_by_the_sweep_and_runs(cluster, digits_teacher):
     """The API died between committing the job and sending its message: the row is committed directly here and
     never sent; the API's sweep sends it and the worker runs it."""
@@ -312,6 +315,7 @@ def test_a_job_committed_but_never_sent_is_sent_by_the_sweep_and_runs(cluster, d
     assert done.attempt == 1
 
 
+@pytest.mark.backend_only("sqlite", reason="the runtime deadline is the trainer's, the same on both backends")
 def test_max_runtime_ends_the_job_failed_with_nothing_published(cluster, digits_teacher):
     cl = cluster()
     cl.start_worker("w1")

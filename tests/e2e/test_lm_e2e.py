@@ -16,6 +16,7 @@ from tests.lm_fixtures import CORPUS
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.backend_only("sqlite", reason="the causal-LM path is the core's, whatever the backend")
 def test_causal_lm_job_from_the_cli(live, tiny_llama_zip, tmp_path):
     import yaml
 

@@ -21,7 +21,7 @@ from tests.e2e.conftest import ROOT, free_port
 from tests.e2e.test_durability_e2e import LONG, cluster  # noqa: F401 - the cluster fixture
 from tests.e2e.test_jobs_e2e import spec, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("faults")]  # never beside each other (tests/conftest.py)
 
 SHORT = {"training.epochs": 1, "export.formats": ["safetensors"]}
 
@@ -31,6 +31,7 @@ def pool_children(pid: int) -> list[int]:
     return [p.pid for p in psutil.Process(pid).children()]
 
 
+@pytest.mark.backend_only("sqlite", reason="the wedge was the embedded broker's (billiard Pool without AsynPool)")
 def test_an_idle_pool_child_killed_then_the_next_job_runs(cluster, digits_teacher):
     """Issue 15 case 1: a job succeeds, the worker's idle pool child is SIGKILLed, Celery starts a replacement, and
     the next job (and the one after) still runs to ``succeeded``."""

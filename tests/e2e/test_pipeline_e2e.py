@@ -85,7 +85,7 @@ def test_cli_submit_wait_exit_codes_json_and_no_wasted_uploads(pipeline, digits_
     assert job["status"] == "succeeded" and job["metadata"] == {"run": "1"} and job["id"].startswith("job_")
     n_files = len(c.list_files())
     res = _cli(pipeline, "submit", str(tmp_path / "good.yaml"), "--json")  # the teacher is already there: not uploaded again
-    assert res.returncode == 0 and "already uploaded" in res.stderr, res.stderr
+    assert res.returncode == 0 and "already uploaded" in " ".join(res.stderr.split()), res.stderr  # rich wraps at the width
     second = json.loads(res.stdout)
     assert len(c.list_files()) == n_files and second["spec"]["teacher"]["file_id"] == job["spec"]["teacher"]["file_id"]
     assert _cli(pipeline, "wait", second["id"], "--json").returncode == 0

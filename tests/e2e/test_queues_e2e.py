@@ -49,7 +49,7 @@ def test_each_worker_takes_only_its_queue_and_a_gpu_job_waits_for_a_gpu_worker(q
     cl, c = qcluster, qcluster.client
     cpu_q, gpu_q = cl.env["STILLHOUSE_QUEUE"], cl.gpu_queue
     w_cpu = cl.start_worker_with("cpu-worker", STILLHOUSE_WORKER_QUEUES=cpu_q)
-    wait_for(lambda: [w.queues for w in cl.worker_rows()] == [[cpu_q]], 30, "the CPU worker's row")
+    wait_for(lambda: [w.queues for w in cl.worker_rows()] == [[cpu_q]], 120, "the CPU worker's row")
     teacher = c.upload(digits_teacher, "teacher")
     gpu_job = c.create_job(spec(teacher.id, **{"training.device": "cuda", "training.epochs": 1}))
     assert gpu_job.queue == gpu_q

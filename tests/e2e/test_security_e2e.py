@@ -57,6 +57,7 @@ def cli(live: Live, *args: str, key: str | None = None, env_key: str | None = No
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.backend_only("postgres", reason="tenants and keys are the same SQL on both backends")
 def test_tenants_keys_and_a_job_end_to_end(secured, digits_teacher, tmp_path):
     assert "authentication is REQUIRED: STILLHOUSE_AUTH=required" in secured.log("api")
     _, key_a = tenant_with_key(secured, "a")

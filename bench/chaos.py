@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from client import ApiError, Stillhouse  # noqa: E402
-from tests.durability import ThrowawayPostgres  # noqa: E402
+from tests.durability import ThrowawayPostgres, stop_process_groups  # noqa: E402
 
 FAULTS_SQLITE = ["busy_child", "idle_child", "group_kill", "freeze"]
 FAULTS_PG = FAULTS_SQLITE + ["db_restart"]
@@ -106,16 +106,8 @@ class Stack:
         return [n for n in self.procs if n.startswith("w")]
 
     def close(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGCONT)
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        """Stop every process (frozen ones too)."""
+        stop_process_groups(self.procs.values())
 
 
 def busy_pids(engine: sa.Engine) -> set[int]:

@@ -59,6 +59,27 @@ _FORMAT_NAMES = {
     "csv": "CSV",
     "jsonl": "JSONL",
 }
+def _sniffed_as(path: Path, fmt: str) -> str:
+    """What ``sniff`` took the file at ``path`` for, in words for an error message: the format's name, and for text
+    formats what the text was read as (a plain text file sniffs as a one-column CSV, so 'CSV' alone would mislead).
+    Example: ``"plain text (sniffed as CSV: no comma, semicolon or tab in its first line 'hello world', read as a
+    one-column header)"``. Raises nothing (an unreadable first line is left out)."""
+    name = _FORMAT_NAMES.get(fmt, fmt)
+    if fmt not in ("csv", "jsonl"):
+        return name
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(200).removeprefix(b"\xef\xbb\xbf").decode("utf-8", "replace").strip()
+    except OSError:
+        return f"text ({name})"
+    shown = first if len(first) <= 60 else first[:57] + "..."
+    if fmt == "csv" and not any(d in first for d in ",;\t"):
+        return f"plain text (sniffed as CSV: no comma, semicolon or tab in its first line {shown!r}, read as a one-column header)"
+    if fmt == "csv":
+        return f"CSV text (header row {shown!r})"
+    return f"JSONL text (first line {shown!r})"
+
+
 _EXPECTED_MODEL = (
     "a model checkpoint (safetensors, TorchScript, a torch.export .pt2 program, ONNX, a PyTorch state dict, "
     "a Hugging Face model folder as .zip/.tar.gz, or a GGUF language model)"
@@ -560,7 +581,7 @@ def _inspect_model(path: Path, fmt: str) -> FileInfo:
         opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)
         info = FileInfo(fmt, parameters=onnx_parameters(model), input_shape=in_shape, output_shape=out_shape, details={"opset": opset})
         return _with_layers(info, list(onnx_layers(model)[0]))
-    raise _invalid(f"expected {_EXPECTED_MODEL}, got {_FORMAT_NAMES.get(fmt, fmt)}")
+    raise _invalid(f"expected {_EXPECTED_MODEL}, got {_sniffed_as(path, fmt)}")
 
 
 # ----------------------------------------------------------------------------------------- datasets
@@ -861,7 +882,7 @@ def inspect_file(
             return FileInfo(fmt, details=text_details(read_text_dataset(path, "jsonl", label_column=label_column)))
         return FileInfo(fmt, details=inspect_npz(path, max_unpacked_bytes=max_unpacked_bytes))
     if fmt not in MODEL_FORMATS:
-        raise _invalid(f"expected {_EXPECTED_MODEL}, got {_FORMAT_NAMES[fmt]}")
+        raise _invalid(f"expected {_EXPECTED_MODEL}, got {_sniffed_as(path, fmt)}")
     if fmt == "hf":
         return _inspect_hf(path, max_unpacked_bytes)
     if fmt == "gguf":

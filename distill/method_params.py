@@ -16,6 +16,7 @@ and ``ce_weight`` when ``P`` takes them, and ``extra`` when it combines) and, fo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
@@ -25,30 +26,57 @@ NO_NUL = "^[^\\x00]*$"
 """JSON Schema pattern of a string without a NUL character (PostgreSQL text cannot hold one; the spec refuses it)."""
 
 
-def _no_nul_strings(node: Any) -> None:
-    """Give every string schema in ``node`` without a pattern, enum or const the ``NO_NUL`` pattern, and every object
-    schema ``propertyNames`` with it (walks anyOf/oneOf/items/additionalProperties, not $refs)."""
+def _subschemas(node: Any) -> Iterator[dict[str, Any]]:
+    """``node`` and every schema nested in it through anyOf/oneOf/allOf/items/prefixItems/additionalProperties/
+    properties (not $refs), each parent before its children (a caller may rewrite a parent's keywords as it goes)."""
     if isinstance(node, list):
         for n in node:
-            _no_nul_strings(n)
+            yield from _subschemas(n)
         return
     if not isinstance(node, dict):
         return
-    if node.get("type") == "string" and not ({"pattern", "enum", "const", "format"} & set(node)):
-        node["pattern"] = NO_NUL
-    if (node.get("type") == "object" and node.get("additionalProperties") is not False and "propertyNames" not in node
-            and ({"additionalProperties", "patternProperties"} & set(node))):
-        node["propertyNames"] = {"pattern": NO_NUL}
+    yield node
     for key in ("anyOf", "oneOf", "allOf", "items", "prefixItems"):
         if key in node:
-            _no_nul_strings(node[key])
+            yield from _subschemas(node[key])
     if isinstance(node.get("additionalProperties"), dict):
-        _no_nul_strings(node["additionalProperties"])
+        yield from _subschemas(node["additionalProperties"])
     for prop in (node.get("properties") or {}).values():
-        _no_nul_strings(prop)
+        yield from _subschemas(prop)
+
+
+def dict_keys_as_property_names(schema: dict[str, Any], cls: type | None = None) -> None:
+    """Rewrite every pydantic ``dict[Key, V]`` schema in ``schema`` whose key type has a pattern so that JSON Schema
+    validators enforce the key rule as pydantic does. Pydantic writes such a dict as ``patternProperties: {pattern: V}``
+    (its other key constraints, e.g. ``maxLength``, go to ``propertyNames``), which leaves keys that do not match the
+    pattern free; this moves the pattern into ``propertyNames`` and ``V`` to ``additionalProperties``. Only an object
+    with that one pattern, no ``properties``, no ``additionalProperties`` and no ``propertyNames`` pattern is rewritten.
+    In place; usable as a model's ``json_schema_extra`` (``cls`` is ignored). Raises nothing."""
+    for node in _subschemas(schema):
+        pattern_props = node.get("patternProperties")
+        names = node.get("propertyNames", {})
+        if (node.get("type") == "object" and isinstance(pattern_props, dict) and len(pattern_props) == 1
+                and not {"properties", "additionalProperties"} & set(node) and "pattern" not in names):
+            (pattern, value), = pattern_props.items()
+            del node["patternProperties"]
+            node["additionalProperties"] = value
+            node["propertyNames"] = {**names, "pattern": pattern}
+
+
+def _no_nul_strings(node: Any) -> None:
+    """Give every string schema in ``node`` without a pattern, enum or const the ``NO_NUL`` pattern, and every object
+    schema of free keys ``propertyNames`` with it (walks as ``_subschemas`` does). Run after
+    ``dict_keys_as_property_names`` (whose ``propertyNames`` it leaves alone)."""
+    for n in _subschemas(node):
+        if n.get("type") == "string" and not ({"pattern", "enum", "const", "format"} & set(n)):
+            n["pattern"] = NO_NUL
+        if (n.get("type") == "object" and n.get("additionalProperties") is not False and "propertyNames" not in n
+                and ({"additionalProperties", "patternProperties"} & set(n))):
+            n["propertyNames"] = {"pattern": NO_NUL}
 
 
 def _spec_schema(schema: dict[str, Any], cls: type) -> None:
+    dict_keys_as_property_names(schema)
     _no_nul_strings(schema)
     schema.update(getattr(cls, "schema_extra", {}))
 
@@ -74,7 +102,7 @@ Int = Annotated[int, INTEGRAL]
 
 NoNulStr = Annotated[str, Field(pattern=NO_NUL)]
 JsonValue = TypeAliasType("JsonValue", Union[None, bool, int, float, NoNulStr, list["JsonValue"],  # type: ignore[misc]
-                                              Annotated[dict[NoNulStr, "JsonValue"], Field(json_schema_extra={"propertyNames": {"pattern": NO_NUL}})]])
+                                              Annotated[dict[NoNulStr, "JsonValue"], Field(json_schema_extra=dict_keys_as_property_names)]])
 """Any JSON value whose strings (keys included) hold no NUL character: free-form keyword arguments."""
 
 

@@ -240,6 +240,21 @@ class DataSpec(_Strict):
 LM_TEMPERATURE = 1.0
 """Temperature of a causal-LM kd job that gives none (kd's own default, 4, is for class logits): the next-token
 distributions as the teacher samples them."""
+
+
+def lm_method_defaults(method: MainMethod) -> MainMethod:
+    """The method a causal-LM job runs: method ``auto`` (the default; its candidates are classification ones) becomes
+    ``kd`` at ``LM_TEMPERATURE`` (1), and a ``kd`` method that gives no temperature gets ``LM_TEMPERATURE`` (kd's own
+    default, 4, is for class logits). The filled temperature is marked as given, so a stored spec validates to the same
+    method. Used by ``JobSpec`` (task ``causal_lm``) and by the API once task ``auto`` resolves to ``causal_lm``. Returns
+    ``method`` itself (changed in place) or the new kd method; other methods are returned unchanged. Raises nothing."""
+    if method.name == "auto":
+        return parse_method({"name": "kd", "temperature": LM_TEMPERATURE})
+    if method.name == "kd" and "temperature" not in method.model_fields_set:
+        method.temperature = LM_TEMPERATURE
+    return method
+
+
 REGISTRY_STUDENT_LR = 1e-2
 """Default peak learning rate of a registry student (``student.architecture``; AdamW or SGD, cosine schedule). 1e-3
 under-trains small students: a third-party MNIST CNN (ONNX) distilled into mlp [32] for 15 epochs (kd T4 alpha 0.9,
@@ -481,7 +496,7 @@ class JobSpec(_Strict):
     def _measured_defaults(self) -> "JobSpec":
         """Fill the defaults that depend on the rest of the spec, each measured (see the constants' docstrings): a registry
         student's learning rate (``REGISTRY_STUDENT_LR``) and a dkd method's warm-up (max(1, epochs //
-        ``DKD_WARMUP_FRACTION``)), main or extra, and a causal-LM kd job's temperature (``LM_TEMPERATURE``). Only fields the user did not give; the filled values are marked as
+        ``DKD_WARMUP_FRACTION``)), main or extra, and a causal-LM job's method (``lm_method_defaults``). Only fields the user did not give; the filled values are marked as
         given, so ``model_dump()`` validates to the same spec."""
         opt = self.training.optimizer
         if self.student.architecture is not None and "lr" not in opt.model_fields_set:
@@ -490,10 +505,8 @@ class JobSpec(_Strict):
         for _, part in self.method.components():
             if part.name == "dkd" and "warmup_epochs" not in part.model_fields_set:
                 part.warmup_epochs = warmup
-        if self.task == "causal_lm" and self.method.name == "auto":  # auto's candidates are classification ones: LMs take kd
-            self.method = parse_method({"name": "kd", "temperature": LM_TEMPERATURE})
-        if self.task == "causal_lm" and self.method.name == "kd" and "temperature" not in self.method.model_fields_set:
-            self.method.temperature = LM_TEMPERATURE
+        if self.task == "causal_lm":
+            self.method = lm_method_defaults(self.method)
         return self
 
     def file_ids(self) -> dict[str, str]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from sqlalchemy import update
@@ -70,6 +73,24 @@ def dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
     return p.pid
+
+
+def stop_process_groups(procs: Iterable[subprocess.Popen], timeout_s: float = 30) -> None:
+    """Stop processes that each lead a process group of their own (``start_new_session=True``): SIGCONT then SIGTERM
+    to every live one's whole group (a SIGSTOPped worker cannot act on SIGTERM), then wait up to ``timeout_s`` seconds
+    for each and SIGKILL the group of any still running. Used by the durability tests' and ``bench/chaos.py``'s
+    clusters. Raises nothing for processes that have already exited."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGCONT)
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
 
 
 class ThrowawayPostgres:

@@ -7,16 +7,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from distill.method_params import NO_NUL, dict_keys_as_property_names
 from distill.spec import JobSpec
 
 Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 
 MAX_METADATA_KEYS = 16
-MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-MetadataValue = Annotated[str, StringConstraints(max_length=512, pattern=r"^[^\x00]*$")]  # no NUL (PostgreSQL text)
-# the keys' NUL rule is written as propertyNames (a key pattern would become patternProperties, leaving other keys free)
-Metadata = Annotated[dict[MetadataKey, MetadataValue],
-                     Field(json_schema_extra={"propertyNames": {"minLength": 1, "maxLength": 64, "pattern": r"^[^\x00]*$"}})]
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NO_NUL)]  # no NUL (PostgreSQL text)
+MetadataValue = Annotated[str, StringConstraints(max_length=512, pattern=NO_NUL)]
+Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(json_schema_extra=dict_keys_as_property_names)]  # requests and answers
 METADATA_DESCRIPTION = ("Your own labels for the job, e.g. {\"dag\": \"nightly\", \"run_id\": \"42\"}: at most 16 keys of 1-64 "
                         "characters, string values of at most 512 characters. Filter on them with GET /v1/jobs?metadata[KEY]=VALUE.")
 

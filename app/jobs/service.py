@@ -30,7 +30,7 @@ from stillhouse.settings import get_settings
 from stillhouse.storage import ArtifactStore, StoreError
 from distill.errors import DistillError
 from distill.report import AnyReport, parse_report
-from distill.spec import LM_METHODS, LM_TEMPERATURE, METHOD_PARAMS, JobSpec, parse_method
+from distill.spec import LM_METHODS, METHOD_PARAMS, JobSpec, lm_method_defaults
 
 log = logging.getLogger("stillhouse.jobs")
 
@@ -205,7 +205,7 @@ def _check_from_teacher(spec: JobSpec, d: dict[str, Any]) -> None:
 
 def _check_lm_task(spec: JobSpec, files: dict[str, File]) -> None:
     """A causal-LM job: an LM teacher, a derived student, an LM method, JSONL text/prompt/chat data. Fills a kd job's
-    temperature with ``LM_TEMPERATURE`` (1) when the spec gives none. Raises Unprocessable (422)."""
+    method with ``lm_method_defaults`` (auto -> kd at T=1; a kd temperature left out -> 1). Raises Unprocessable (422)."""
     teacher = files["teacher"]
     if not _is_lm_teacher(teacher):
         raise Unprocessable(f"task 'causal_lm' needs a causal language model teacher (a Hugging Face causal-LM folder or a GGUF "
@@ -215,14 +215,10 @@ def _check_lm_task(spec: JobSpec, files: dict[str, File]) -> None:
         raise Unprocessable("a causal-LM teacher needs student.from_teacher ({num_layers: N} or {keep_layers: [...]})",
                             param="student.from_teacher")
     _check_from_teacher(spec, teacher.details or {})
+    spec.method = lm_method_defaults(spec.method)  # task 'auto' resolved here: stored as given, so the worker reads T=1
     method = spec.method.name
-    if method == "auto":  # the default method (task 'auto' resolved here): auto's candidates are classification ones
-        spec.method = parse_method({"name": "kd", "temperature": LM_TEMPERATURE})
-        method = "kd"
     if method not in LM_METHODS:
         raise Unprocessable(f"task causal_lm uses the methods {', '.join(LM_METHODS)}, not {method!r}", param="method.name")
-    if method == "kd" and "temperature" not in spec.method.model_fields_set:
-        spec.method.temperature = LM_TEMPERATURE  # task 'auto' resolved here: stored as given, so the worker reads 1, not kd's 4
     if getattr(spec.method, "extra", None):
         raise Unprocessable("task causal_lm takes no extra method terms", param="method.extra")
     if getattr(spec.method, "logit_standardization", False):

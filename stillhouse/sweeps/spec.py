@@ -15,11 +15,13 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer, model_validator
 
+from distill.method_params import dict_keys_as_property_names
 from distill.spec import JobSpec, SelectionSpec
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # a dict's key pattern written as propertyNames (pydantic's patternProperties would leave other keys free)
+    model_config = ConfigDict(extra="forbid", json_schema_extra=dict_keys_as_property_names)
 
 
 class FloatDim(_Strict):
@@ -171,9 +173,7 @@ class SweepSpec(_Strict):
         """The base job spec as the user wrote it (JSON)."""
         return self._base_json
     search_space: dict[Annotated[str, Field(pattern=r"^[a-z_]+(\.[A-Za-z0-9_]+)+$", max_length=200)], Dimension] = Field(
-        ..., min_length=1, max_length=16, description="{dotted path in the job spec (e.g. 'method.temperature'): dimension}.",
-        # pydantic writes the key pattern as patternProperties, which leaves other keys free: say that there are none
-        json_schema_extra={"additionalProperties": False, "propertyNames": {"pattern": r"^[a-z_]+(\.[A-Za-z0-9_]+)+$", "maxLength": 200}})
+        ..., min_length=1, max_length=16, description="{dotted path in the job spec (e.g. 'method.temperature'): dimension}.")
     objectives: list[Objective] = Field(
         default_factory=lambda: [Objective(name="top1"), Objective(name="latency_p50_ms"), Objective(name="bytes")],
         min_length=1, max_length=3, description="What the front trades off (1 to 3, each at most once): default top-1, p50 "

@@ -110,6 +110,10 @@ async def test_dataset_uploaded_as_teacher_and_model_as_dataset(api, tmp_path):
     assert "NPZ" in err["message"] or "npz" in err["message"]
     err = assert_error(await upload(api, mk.safetensors_file(tmp_path), purpose="dataset"), 422, "invalid_file")
     assert "dataset" in err["message"]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("just some notes\n")  # plain text, not a table: the message says what it was sniffed as
+    err = assert_error(await upload(api, notes, purpose="teacher"), 422, "invalid_file")
+    assert "got plain text (sniffed as CSV" in err["message"] and "'just some notes'" in err["message"], err
 
 
 async def test_bad_datasets(api, tmp_path):

@@ -175,6 +175,11 @@ async def test_dry_run_with_files_still_to_upload(api, teacher_id):  # noqa: F81
         err = assert_error(resp, 422)
         if param:
             assert err["param"] == param, err
+    # a registry student's layers are listed by a dry run naming one that does not exist (the README says so)
+    fitnet = {"name": "kd", "extra": [{"name": "fitnet", "student_layer": "99", "teacher_layer": "0"}]}
+    err = assert_error(await api.post("/v1/jobs", params={"dry_run": "true", "pending": "teacher"},
+                                      json=spec_for("file_pending", method=fitnet)), 422)
+    assert err["param"] == "method.extra.0.student_layer" and "its layers are: 0, 1, 2, 3, penultimate" in err["message"], err
     # a file that is not pending is still checked
     assert_error(await api.post("/v1/jobs", params={"dry_run": "true", "pending": "teacher"},
                                 json=spec_for("file_pending", **{"data.train": {"file_id": "file_nope"}})), 422, "file_not_found")

@@ -37,6 +37,10 @@ async def test_causal_lm_teacher_upload_and_job_accepted(api, request, fixture, 
         assert resp.status_code == 201, resp.text
         got = (await api.get(f"/v1/jobs/{resp.json()['id']}")).json()["spec"]["method"]
         assert got["temperature"] == stored and "beta" not in got
+    resp = await api.post("/v1/jobs", json=lm_job(f["id"]))  # no method (auto): task auto resolves to causal_lm -> kd at T=1
+    assert resp.status_code == 201, resp.text
+    got = (await api.get(f"/v1/jobs/{resp.json()['id']}")).json()["spec"]["method"]
+    assert got["name"] == "kd" and got["temperature"] == 1.0
 
 
 async def test_causal_lm_job_refusals(api, tiny_llama_gguf, tmp_path):

@@ -250,3 +250,19 @@ def test_model_uploaded_as_dataset(teacher_file):
 def test_unknown_purpose(teacher_file):
     with pytest.raises(ValueError):
         inspect_file(teacher_file.path, "weights")
+
+
+def test_text_uploaded_as_teacher_says_what_it_was_sniffed_as(tmp_path):
+    """A plain text file sniffs as a one-column CSV; the refusal says so rather than calling it 'CSV' outright."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my teacher model notes\nsecond line\n")
+    err = _expect("invalid_file", inspect_file, notes, "teacher")
+    assert err.message.startswith("expected a model checkpoint")
+    assert err.message.endswith("got plain text (sniffed as CSV: no comma, semicolon or tab in its first line "
+                                "'my teacher model notes', read as a one-column header)"), err.message
+    table = tmp_path / "t.csv"
+    table.write_text("a,b,label\n1,2,0\n")
+    assert _expect("invalid_file", inspect_file, table, "teacher").message.endswith("got CSV text (header row 'a,b,label')")
+    lines = tmp_path / "t.jsonl"
+    lines.write_text('{"text": "hi"}\n')
+    assert _expect("invalid_file", inspect_file, lines, "teacher").message.endswith("""got JSONL text (first line '{"text": "hi"}')""")

@@ -10,7 +10,7 @@ from distill.errors import DistillError
 from distill.lm.losses import cached_kd_loss, divergence, next_token_ce, topk_from_logits
 from distill.lm.methods import available_lm_methods, build_lm_method
 from distill.method_params import LM_METHODS, METHOD_PARAMS
-from distill.spec import parse_method
+from distill.spec import JobSpec, lm_method_defaults, parse_method
 
 
 def method(**fields):
@@ -93,3 +93,19 @@ def test_a_causal_lm_kd_job_defaults_to_temperature_one_and_keeps_it_through_sto
     stored = JobSpec.model_validate(s.model_dump(mode="json"))  # as the worker reads the job row
     assert s.method.temperature == stored.method.temperature == want
     assert build_lm_method(stored.method).temperature == want
+
+
+def test_lm_method_defaults_one_rule_for_spec_and_api():
+    """Method auto -> kd at T=1; kd without a temperature -> 1 (given: kept); other methods untouched. JobSpec with task
+    causal_lm applies the same rule, and the filled values survive a dump/validate round trip."""
+    auto = lm_method_defaults(parse_method({"name": "auto"}))
+    assert auto.name == "kd" and auto.temperature == 1.0 and "temperature" in auto.model_fields_set
+    assert lm_method_defaults(parse_method({"name": "kd"})).temperature == 1.0
+    assert lm_method_defaults(parse_method({"name": "kd", "temperature": 3.0})).temperature == 3.0
+    assert lm_method_defaults(parse_method({"name": "gkd", "beta": 0.2})).params()["beta"] == 0.2
+    base = {"teacher": {"file_id": "file_t"}, "student": {"from_teacher": {"num_layers": 2}},
+            "data": {"train": {"file_id": "file_d"}}}
+    lm = JobSpec.model_validate({**base, "task": "causal_lm"})
+    assert lm.method.name == "kd" and lm.method.temperature == 1.0
+    assert JobSpec.model_validate(lm.model_dump()).method == lm.method
+    assert JobSpec.model_validate(base).method.name == "auto"  # task auto: the API resolves it (app.jobs.service)

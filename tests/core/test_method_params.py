@@ -270,3 +270,36 @@ def test_the_cli_reads_yaml_exponents_as_numbers(tmp_path):
                     "training: {epochs: 1e1, optimizer: {lr: 1e-3}}\nname: '1e-3'\n")
     spec = JobSpec.model_validate(load_spec(path))
     assert (spec.training.optimizer.lr, spec.training.epochs, spec.name) == (0.001, 10, "1e-3")
+
+
+def test_dict_key_rules_reach_json_schema_validators():
+    """Pydantic writes a dict's key pattern as patternProperties, which lets any other key through a JSON Schema
+    validator; ``dict_keys_as_property_names`` (every spec model, sweeps and job metadata) writes it as propertyNames,
+    so a validator refuses the keys pydantic refuses."""
+    from typing import Annotated
+
+    import jsonschema_rs
+    from pydantic import Field
+
+    from app.jobs.schemas import JobCreate
+    from distill.method_params import SpecModel
+    from stillhouse.sweeps.spec import SweepSpec
+
+    class Labels(SpecModel):
+        by_name: dict[Annotated[str, Field(pattern="^[a-z]+$", max_length=3)], int]
+
+    schema = Labels.model_json_schema()
+    assert "patternProperties" not in json.dumps(schema)
+    ok = jsonschema_rs.validator_for(schema).is_valid
+    assert ok({"by_name": {"ab": 1}}) and not ok({"by_name": {"AB": 1}}) and not ok({"by_name": {"abcd": 1}})
+    assert not ok({"by_name": {"ab": "x"}})  # the values keep their schema
+    for bad in ({"AB": 1}, {"abcd": 1}, {"ab": "x"}):
+        with pytest.raises(ValidationError):
+            Labels.model_validate({"by_name": bad})
+    sweep = SweepSpec.model_json_schema()
+    assert sweep["properties"]["search_space"]["propertyNames"]["pattern"] == r"^[a-z_]+(\.[A-Za-z0-9_]+)+$"
+    meta = JobCreate.model_json_schema()["properties"]["metadata"]
+    assert meta["propertyNames"] == {"minLength": 1, "maxLength": 64, "pattern": "^[^\\x00]*$"}
+    with pytest.raises(ValidationError):
+        JobCreate.model_validate({**BASE, "metadata": {"a\x00": "x"}})
+    assert "patternProperties" not in json.dumps([sweep, JobSpec.model_json_schema()])

@@ -99,3 +99,30 @@ def test_build_is_seeded_by_the_global_rng():
     torch.manual_seed(3)
     b = build("mlp", {"input_shape": [4], "num_classes": 2})
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_readme_lists_the_registry_students_layer_names():
+    """The README's table of registry students' layers (for fitnet/attention_transfer ``student_layer``) is what
+    ``distill.features.layer_names`` gives for the defaults it names."""
+    from pathlib import Path
+
+    from distill.features import layer_names
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "**A registry student's layers**" in readme
+
+    def names(name: str, **kwargs) -> list[str]:
+        return layer_names(build(name, kwargs))
+
+    mlp = build("mlp", {"input_shape": [64], "num_classes": 10})
+    assert names("mlp", input_shape=[64], num_classes=10) == ["0", "1", "2", "3", "penultimate"]
+    assert [type(m).__name__ for m in mlp] == ["Flatten", "Linear", "ReLU", "Linear"]
+    two = build("mlp", {"input_shape": [64], "num_classes": 10, "hidden_sizes": [64, 32]})
+    assert [type(m).__name__ for m in two] == ["Flatten", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    cnn = build("cnn", {"input_shape": [1, 8, 8], "num_classes": 10})
+    assert [type(m).__name__ for m in cnn] == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"] * 2 + ["Flatten", "Linear", "ReLU", "Linear"]
+    assert names("cnn", input_shape=[1, 8, 8], num_classes=10) == [str(i) for i in range(12)] + ["penultimate"]
+    res = names("resnet", input_shape=[3, 32, 32], num_classes=10)
+    assert [n for n in res if "." not in n] == ["stem", "stages", "pool", "fc", "penultimate"]
+    assert {"stem.0", "stem.2", "stages.0.conv1", "stages.0.shortcut", "stages.2.relu", "stages.1.shortcut.0", "stages.1.shortcut.1"} <= set(res)
+    assert "stages.3" not in res

@@ -21,7 +21,7 @@ from stillhouse.models import Job, JobEvent
 from stillhouse.settings import Settings
 from client import Stillhouse
 from tests.conftest import REDIS_URL, Backend
-from tests.durability import commit_unsent_job
+from tests.durability import commit_unsent_job, stop_process_groups
 from tests.e2e.conftest import ROOT, free_port
 from tests.e2e.test_jobs_e2e import spec, wait_for
 
@@ -134,16 +134,8 @@ class Cluster:
         raise AssertionError(f"could not freeze {name} outside a transaction")
 
     def close(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGCONT)  # a frozen worker cannot act on SIGTERM
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        """Stop every process (frozen ones too) and the client."""
+        stop_process_groups(self.procs.values())
         self.client.close()
 
 

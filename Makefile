@@ -25,11 +25,10 @@ demo: $(STAMP)  ## make the demo teacher, start API + worker, run a job over HTT
 	$(PY) demo/run.py
 
 test: $(STAMP)  ## the whole test suite (PostgreSQL + Redis tests skip unless reachable; CI requires them)
-	# everything but the end-to-end tests on 2 processes (pytest-xdist, whole files per process), then the end-to-end
-	# tests on 2 processes by group: a module per group, and the fault-injection modules (durability, outages), which
-	# time leases, kills and restarts of real processes, in one group so they never run beside each other
-	$(PY) -m pytest -n 2 --dist loadfile -m "not e2e" $(PYTEST_ARGS)
-	$(PY) -m pytest -n 2 --dist loadgroup -m e2e $(PYTEST_ARGS)
+	# one run on 2 processes by group (pytest-xdist --dist loadgroup): a module per group, the fault-injection
+	# end-to-end modules (durability, outages) in one group so they never run beside each other, the longest groups
+	# first (tests/conftest.py)
+	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 test-quick: $(STAMP)  ## the edit-test loop: everything but end-to-end, slow and PostgreSQL tests (under 2 minutes)
 	$(PY) -m pytest -q -m "not e2e and not slow and not postgres" $(PYTEST_ARGS)

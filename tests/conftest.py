@@ -140,15 +140,22 @@ async def api(backend: Backend):
         yield client
 
 
+# Modules whose tests are independent and long enough to be worth spreading over both xdist processes.
+SPREAD_MODULES = {"tests.api.test_fuzz"}
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Two collection rules for the suite's time budget (CI under 20 minutes):
+    """Collection rules for the suite's time budget (CI under 20 minutes; ``make test`` is one
+    ``pytest -n 2 --dist loadgroup`` run):
 
     - ``@pytest.mark.backend_only("sqlite" | "postgres", reason=...)`` deselects a backend-parametrized test's other
       variant (before its fixtures start any process), for tests whose mechanism is the same on both backends;
-    - every end-to-end test without an ``xdist_group`` mark joins its module's group, so ``-n 2 --dist loadgroup``
-      keeps a module (and its module-scoped servers) on one process, as ``loadfile`` would, while the fault-injection
-      modules that share the ``faults`` group never run beside each other.
+    - every test without an ``xdist_group`` mark joins its module's group (a module and its module-scoped servers stay
+      on one process, as with ``--dist loadfile``), except in ``SPREAD_MODULES``, whose tests go one by one; the
+      fault-injection modules share the ``faults`` group, so they never run beside each other;
+    - the end-to-end tests come first, the ``faults`` group at their head: the longest groups start first and the
+      short ones fill in behind them, so neither process idles at the end.
     """
     keep, drop = [], []
     for item in items:
@@ -157,9 +164,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if only is not None and params.get("backend_session", only.args[0]) != only.args[0]:
             drop.append(item)
             continue
-        if item.get_closest_marker("e2e") is not None and item.get_closest_marker("xdist_group") is None:
+        if item.get_closest_marker("xdist_group") is None and item.module.__name__ not in SPREAD_MODULES:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
         keep.append(item)
+
+    def rank(item: pytest.Item) -> int:
+        group = item.get_closest_marker("xdist_group")
+        if group is not None and group.args and group.args[0] == "faults":
+            return 0
+        return 1 if item.get_closest_marker("e2e") is not None else 2
+
+    keep.sort(key=rank)  # stable: collection order within each rank
     if drop:
         config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+    items[:] = keep

@@ -44,7 +44,7 @@ class Live:
     def __init__(self, backend: Backend, port: int, procs: dict[str, subprocess.Popen], logs: dict[str, Path]) -> None:
         self.backend, self.port, self.procs, self.logs = backend, port, procs, logs
         self.url = f"http://127.0.0.1:{port}"
-        self.client = Stillhouse(self.url, timeout=30)
+        self.client = Stillhouse(self.url, timeout=120)  # a loaded CI machine: the first text spec check imports transformers
 
     def env(self) -> dict[str, str]:
         return {**os.environ, **self.backend.env(), "STILLHOUSE_PORT": str(self.port), "STILLHOUSE_API_URL": self.url}

@@ -56,7 +56,7 @@ class Cluster:
         self.procs: dict[str, subprocess.Popen] = {}
         port = free_port()
         self.env["STILLHOUSE_PORT"] = str(port)
-        self.client = Stillhouse(f"http://127.0.0.1:{port}", timeout=30)
+        self.client = Stillhouse(f"http://127.0.0.1:{port}", timeout=120)
         self._spawn("api", [sys.executable, "-m", "app", "serve"])
         try:
             self.client.wait_ready(timeout_s=90)

@@ -44,6 +44,8 @@ class SweepObject(BaseModel):
     finished_at: datetime | None = Field(None, description="When it ended (UTC).")
     trials: TrialCounts = Field(..., description="Trials by state.")
     best: BestTrial | None = Field(None, description="The best trial so far on the first objective.")
+    waiting_for_job_slot: bool = Field(False, description="True while the sweep would start a trial but its tenant is at "
+                                       "its live-job limit (max_running_jobs; trials count as jobs): it waits, it does not fail.")
     spec: SweepSpec = Field(..., description="The sweep spec as validated.")
 
 

@@ -202,3 +202,61 @@ async def test_cli_sweep_submit_wait_front(http_url, teacher_id, tmp_path, monke
     assert front.exit_code == 0 and jobs[0].id in front.stdout and jobs[1].id in front.stdout and "teacher" in front.stdout
     missing = runner.invoke(cli.app, ["--api", http_url, "sweep", "front", "swp_" + "0" * 24])
     assert missing.exit_code == 2
+
+
+def _live(tenant_id: str = "default") -> int:
+    from stillhouse.db import session_factory
+    from stillhouse.jobs.limits import live_jobs
+
+    with session_factory()() as s:
+        return live_jobs(s, tenant_id)
+
+
+async def test_trials_count_against_the_tenants_live_job_limit(api, teacher_id, monkeypatch):  # noqa: F811
+    """Limit 3, one ordinary job live: a sweep with max_parallel 4 starts 2 trials and waits (never over the limit);
+    at the limit both POST /v1/jobs and POST /v1/sweeps answer 429; each freed slot (a trial's or another job's end)
+    starts one more trial, and the sweep still runs its whole budget."""
+    from stillhouse.db import session_scope
+    from stillhouse.jobs import states
+    from stillhouse.settings import get_settings
+    from stillhouse.sweeps import scheduler
+
+    monkeypatch.setenv("STILLHOUSE_MAX_RUNNING_JOBS_PER_TENANT", "3")
+    get_settings.cache_clear()
+    other = (await api.post("/v1/jobs", json=spec_for(teacher_id))).json()["id"]
+    sw = (await api.post("/v1/sweeps", json=sweep_body(teacher_id, budget={"max_trials": 5, "max_parallel": 4}))).json()
+    assert sw["status"] == "running" and sw["trials"]["created"] == 2 and sw["waiting_for_job_slot"] is True
+    assert _live() == 3
+    assert_error(await api.post("/v1/jobs", json=spec_for(teacher_id)), 429, "too_many_jobs")
+    resp = await api.post("/v1/sweeps", json=sweep_body(teacher_id))
+    err = assert_error(resp, 429, "too_many_jobs")
+    assert "limit is 3" in err["message"] and resp.headers["retry-after"]
+    assert [s["id"] for s in (await api.get("/v1/sweeps")).json()["data"]] == [sw["id"]]  # nothing created
+    scheduler.advance(sw["id"], force=True)  # a step at the limit creates nothing
+    assert len(_jobs(sw["id"])) == 2
+    # the ordinary job ends: its worker's hook gives the freed slot to the waiting sweep
+    with session_scope() as s:
+        assert states.transition(s, other, states.RUNNING, attempt=1) and states.transition(s, other, states.SUCCEEDED)
+    scheduler.job_finished(other)
+    assert len(_jobs(sw["id"])) == 3 and _live() == 3
+    seen = 3
+    while (jobs := [j for j in _jobs(sw["id"]) if j.status == "queued"]):
+        _end(jobs[0].id)
+        assert _live() <= 3
+        seen = max(seen, len(_jobs(sw["id"])))
+    got = (await api.get(f"/v1/sweeps/{sw['id']}")).json()
+    assert got["status"] == "succeeded" and got["trials"]["created"] == 5 and got["trials"]["succeeded"] == 5
+    assert got["waiting_for_job_slot"] is False and seen == 5
+
+
+async def test_a_sweep_under_a_roomy_limit_is_not_held_back(api, teacher_id, monkeypatch):  # noqa: F811
+    from stillhouse.settings import get_settings
+
+    monkeypatch.setenv("STILLHOUSE_MAX_RUNNING_JOBS_PER_TENANT", "4")
+    get_settings.cache_clear()
+    sw = (await api.post("/v1/sweeps", json=sweep_body(teacher_id, budget={"max_trials": 8, "max_parallel": 3}))).json()
+    assert sw["trials"]["created"] == 3 and sw["waiting_for_job_slot"] is False
+    second = (await api.post("/v1/sweeps", json=sweep_body(teacher_id, budget={"max_trials": 8, "max_parallel": 3}))).json()
+    assert second["trials"]["created"] == 1 and second["waiting_for_job_slot"] is True and _live() == 4
+    _end(_jobs(sw["id"])[0].id)  # the first sweep's slot: its own next trial takes it (the sweep of the ended trial first)
+    assert len(_jobs(sw["id"])) == 4 and len(_jobs(second["id"])) == 1 and _live() == 4

@@ -654,7 +654,8 @@ def _endpoint_line(ep: dict[str, Any]) -> str:
 
 @webhooks_app.command("create")
 def webhooks_create(url: str = typer.Argument(..., help="https:// URL that receives the events."),
-                    event: Optional[list[str]] = typer.Option(None, "--event", help="job.succeeded, job.failed or job.cancelled "
+                    event: Optional[list[str]] = typer.Option(None, "--event", help="job.succeeded, job.failed, job.cancelled, "
+                                                                                    "sweep.succeeded, sweep.failed or sweep.cancelled "
                                                                                     "(repeatable; default all)."),
                     description: Optional[str] = typer.Option(None, help="Free text."), as_json: bool = JSON_OPTION) -> None:
     """Register an endpoint; prints its signing secret (whsec_…) this once, alone on stdout: keep it to verify the

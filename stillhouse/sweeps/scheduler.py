@@ -52,6 +52,7 @@ from stillhouse.jobs.queue import enqueue_job, mark_sent, queue_for
 from stillhouse.models import Job, JobEvent, JobFile, Sweep, SweepTrial, new_id, utcnow
 from stillhouse.settings import Settings, get_settings
 from stillhouse.sweeps.spec import CategoricalDim, FloatDim, IntDim, LayersDim, SweepSpec, encode_choice, trial_spec
+from stillhouse.webhooks import outbox
 from distill.spec import JobSpec
 
 log = logging.getLogger("stillhouse.sweeps")
@@ -349,13 +350,21 @@ def _cancel_job(s: Session, job_id: str, why: str) -> None:
 
 
 def _finish(s: Session, sweep: Sweep, spec: SweepSpec, study: optuna.Study) -> None:
-    """Write the front and end the sweep (succeeded with at least one completed trial, else failed)."""
+    """Write the front and end the sweep (succeeded with at least one completed trial, else failed; a cancelled sweep
+    stays cancelled), and add its ``sweep.<status>`` webhook deliveries to the same transaction
+    (``stillhouse.webhooks.outbox.sweep_finished``). A sweep's front is written once (this runs under the step's
+    compare-and-set, only while ``front`` is None), so each sweep's event is emitted exactly once: for a succeeded or
+    failed sweep at its last step, for a cancelled one when its last running trial has stopped and its front (of the
+    trials that completed) is known."""
+    if sweep.front is not None:
+        return
     sweep.front = front_rows(s, sweep, spec, study)
     sweep.finished_at = sweep.finished_at or utcnow()
     if sweep.status == RUNNING:
         sweep.status = SUCCEEDED if sweep.front else FAILED
         if not sweep.front:
             sweep.error_message = "no trial completed"
+    outbox.sweep_finished(s, sweep.id, sweep.tenant_id, sweep.status, len(sweep.front))
 
 
 def front_rows(s: Session, sweep: Sweep, spec: SweepSpec, study: optuna.Study | None = None) -> list[dict[str, Any]]:

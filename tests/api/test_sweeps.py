@@ -18,6 +18,8 @@ from tests.api.test_files import assert_error
 from client import cli
 from tests.api.test_cli_reports import http_url  # noqa: F401 - fixture
 from tests.api.test_jobs import spec_for, teacher_id  # noqa: F401 - fixture
+from tests.api.test_webhooks import pass_until_idle, private_ok  # noqa: F401 - fixture
+from tests.webhooks import WebhookReceiver
 
 SPACE = {"student.architecture.kwargs.hidden_sizes": {"type": "layers", "widths": [8, 32], "depths": [1, 2]},
          "method.temperature": {"type": "float", "low": 1.0, "high": 8.0}}
@@ -260,3 +262,64 @@ async def test_a_sweep_under_a_roomy_limit_is_not_held_back(api, teacher_id, mon
     assert second["trials"]["created"] == 1 and second["waiting_for_job_slot"] is True and _live() == 4
     _end(_jobs(sw["id"])[0].id)  # the first sweep's slot: its own next trial takes it (the sweep of the ended trial first)
     assert len(_jobs(sw["id"])) == 4 and len(_jobs(second["id"])) == 1 and _live() == 4
+
+
+async def test_sweep_webhooks_are_sent_once_when_a_sweep_ends(api, backend, teacher_id, private_ok):  # noqa: F811
+    """sweep.succeeded / sweep.failed / sweep.cancelled through the job events' outbox: signed, thin (id, status,
+    tenant, front size), only to endpoints subscribed to them, once per sweep however many steps follow; a cancelled
+    sweep's event waits for its last running trial (its front is known then)."""
+    from stillhouse.db import session_factory
+    from stillhouse.models import Job
+    from stillhouse.sweeps import scheduler
+
+    with WebhookReceiver() as rx:
+        every = (await api.post("/v1/webhooks", json={"url": rx.url + "?all"})).json()
+        done = (await api.post("/v1/webhooks", json={"url": rx.url + "?done", "events": ["sweep.succeeded", "sweep.cancelled"]})).json()
+        jobs_only = (await api.post("/v1/webhooks", json={"url": rx.url + "?jobs", "events": ["job.succeeded"]})).json()
+        # succeeded, with a 2-member front
+        ok = (await api.post("/v1/sweeps", json=sweep_body(teacher_id, budget={"max_trials": 2, "max_parallel": 2}))).json()
+        first, second = _jobs(ok["id"])
+        _end(first.id, top1=0.95, nbytes=4000, p50=0.3)
+        assert pass_until_idle() == 0  # nothing before the sweep's end
+        _end(second.id, top1=0.80, nbytes=1000, p50=0.1)
+        for _ in range(3):
+            scheduler.advance(ok["id"], force=True)  # later steps announce nothing again
+        assert pass_until_idle() == 2
+        got = rx.wait_for(2)
+        assert sorted(r.path.rsplit("?", 1)[-1] for r in got) == ["all", "done"]
+        for r in got:
+            secret = every["secret"] if r.path.endswith("?all") else done["secret"]
+            payload = r.verify(secret)
+            assert payload["type"] == "sweep.succeeded"
+            assert payload["data"] == {"object": "sweep", "id": ok["id"], "status": "succeeded", "tenant_id": "default",
+                                       "front_size": 2}
+        log = (await api.get(f"/v1/webhooks/{every['id']}/deliveries")).json()["data"]
+        assert [(d["event_type"], d["sweep_id"], d["job_id"], d["status"]) for d in log] == [("sweep.succeeded", ok["id"], None, "succeeded")]
+        # failed: no trial completed -> only the endpoint subscribed to everything
+        bad = (await api.post("/v1/sweeps", json=sweep_body(teacher_id, budget={"max_trials": 1, "max_parallel": 1}))).json()
+        _end(_jobs(bad["id"])[0].id, status="failed")
+        assert pass_until_idle() == 1
+        payload = rx.wait_for(3)[-1].verify(every["secret"])
+        assert payload["type"] == "sweep.failed" and payload["data"]["id"] == bad["id"] and payload["data"]["front_size"] == 0
+        # cancelled: announced once its running trial has stopped, not at the cancel
+        sw = (await api.post("/v1/sweeps", json=sweep_body(teacher_id))).json()
+        running, _ = _jobs(sw["id"])
+        with session_factory()() as s:
+            s.execute(update(Job).where(Job.id == running.id).values(status="running"))
+            s.commit()
+        assert (await api.post(f"/v1/sweeps/{sw['id']}/cancel")).json()["status"] == "cancelled"
+        assert (await api.post(f"/v1/sweeps/{sw['id']}/cancel")).status_code == 200
+        pass_until_idle()  # the queued trial's job.cancelled (its job is an ordinary job), no sweep event yet
+
+        def sweep_events():
+            return [(r.path.rsplit("?", 1)[-1], json.loads(r.body)) for r in rx.requests if json.loads(r.body)["type"].startswith("sweep.")]
+
+        assert len(sweep_events()) == 3
+        _end(running.id, status="cancelled")
+        scheduler.advance(sw["id"], force=True)
+        pass_until_idle()
+        last = sorted((where, p["type"]) for where, p in sweep_events()[3:])
+        assert last == [("all", "sweep.cancelled"), ("done", "sweep.cancelled")]
+        assert sweep_events()[-1][1]["data"] == {"object": "sweep", "id": sw["id"], "status": "cancelled",
+                                                 "tenant_id": "default", "front_size": 0}
+        assert (await api.get(f"/v1/webhooks/{jobs_only['id']}/deliveries")).json()["data"] == []

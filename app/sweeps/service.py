@@ -106,14 +106,15 @@ def trials(session: Session, sweep_id: str, tenant_id: str) -> list[TrialObject]
     """The sweep's trials in Optuna's order. Raises NotFound (404)."""
     sweep = readable(session, sweep_id, tenant_id)
     spec = SweepSpec.model_validate(sweep.spec)
-    rows = session.execute(select(SweepTrial, Job.status, Job.report).join(Job, Job.id == SweepTrial.job_id)
+    rows = session.execute(select(SweepTrial, Job.status, Job.report, Job.error_message).join(Job, Job.id == SweepTrial.job_id)
                            .where(SweepTrial.sweep_id == sweep.id).order_by(SweepTrial.number)).all()
     out = []
-    for t, status, report in rows:
+    for t, status, report, reason in rows:
         shared = ((report or {}).get("cache") or {}).get("shared") or {}
         out.append(TrialObject(number=t.number, job_id=t.job_id, params=t.params, status=status, state=t.state,
                                scores={o.label: v for o, v in zip(spec.objectives, t.values)} if t.values else None,
-                               training_time_s=t.training_time_s, teacher_outputs=shared.get("teacher_outputs")))
+                               training_time_s=t.training_time_s, teacher_outputs=shared.get("teacher_outputs"),
+                               reason=reason))
     return out
 
 

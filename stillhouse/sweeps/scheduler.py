@@ -60,6 +60,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 RUNNING, SUCCEEDED, FAILED, CANCELLED = "running", "succeeded", "failed", "cancelled"
 SWEEP_TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+PRUNED_CODE = "trial_pruned"
+"""``jobs.error_code`` of a trial's job its sweep's pruner stopped (status ``cancelled``; ``stillhouse.sweeps.pruning``)."""
 STEP_WAIT_S = 60.0  # how long a caller keeps trying while other processes take the sweep's steps
 
 
@@ -309,6 +311,9 @@ def _tell_finished(s: Session, spec: SweepSpec, study: optuna.Study, trials: lis
             study.tell(t.number, values, skip_if_finished=True)
             t.state, t.values = "complete", values
             t.training_time_s = ((job.report or {}).get("training") or {}).get("training_time_s")
+        elif job.status == states.CANCELLED and job.error_code == PRUNED_CODE:  # stopped early by the sweep's pruner
+            study.tell(t.number, state=TrialState.PRUNED, skip_if_finished=True)
+            t.state = "pruned"
         else:
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             t.state = "failed" if job.status != states.CANCELLED else "cancelled"
@@ -442,11 +447,14 @@ def cancel(s: Session, sweep_id: str) -> bool:
 
 
 def progress(s: Session, sweep: Sweep) -> dict[str, Any]:
-    """{'trials': {'created', 'done', 'running', 'queued', 'failed', 'cancelled'}, 'best': the best completed trial by
+    """{'trials': {'created', 'done', 'running', 'queued', 'failed', 'cancelled', 'pruned' (stopped early by the
+    pruner; not among 'cancelled')}, 'best': the best completed trial by
     the first objective ({'trial', 'job_id', 'scores'}) or None, 'waiting_for_job_slot': True while the sweep would
     start a trial but its tenant is at its live-job limit}."""
     spec = SweepSpec.model_validate(sweep.spec)
     counts = dict(s.execute(select(Job.status, func.count()).where(Job.sweep_id == sweep.id).group_by(Job.status)).all())
+    pruned = s.scalar(select(func.count()).select_from(Job).where(Job.sweep_id == sweep.id, Job.status == states.CANCELLED,
+                                                                 Job.error_code == PRUNED_CODE)) or 0
     done = [t for t in s.scalars(select(SweepTrial).where(SweepTrial.sweep_id == sweep.id, SweepTrial.state == "complete"))]
     best = None
     if done:
@@ -456,5 +464,5 @@ def progress(s: Session, sweep: Sweep) -> dict[str, Any]:
     return {"trials": {"created": sweep.trials_created, "max_trials": spec.budget.max_trials,
                        "succeeded": counts.get(states.SUCCEEDED, 0), "running": counts.get(states.RUNNING, 0) + counts.get(states.CANCELLING, 0),
                        "queued": counts.get(states.QUEUED, 0), "failed": counts.get(states.FAILED, 0),
-                       "cancelled": counts.get(states.CANCELLED, 0)},
+                       "cancelled": counts.get(states.CANCELLED, 0) - pruned, "pruned": pruned},
             "best": best, "waiting_for_job_slot": waiting_for_job_slot(s, sweep, spec)}

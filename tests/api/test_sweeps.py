@@ -323,3 +323,62 @@ async def test_sweep_webhooks_are_sent_once_when_a_sweep_ends(api, backend, teac
         assert sweep_events()[-1][1]["data"] == {"object": "sweep", "id": sw["id"], "status": "cancelled",
                                                  "tenant_id": "default", "front_size": 0}
         assert (await api.get(f"/v1/webhooks/{jobs_only['id']}/deliveries")).json()["data"] == []
+
+
+async def test_a_pruner_needs_the_single_objective_top1(api, teacher_id):  # noqa: F811
+    """Optuna's pruners are single-objective: a multi-objective sweep (or one on latency/bytes) with a pruner is 422,
+    naming the field; with the one objective top1 it is accepted."""
+    for objectives in (None, [{"name": "bytes"}], [{"name": "top1"}, {"name": "bytes"}]):
+        body = sweep_body(teacher_id, budget={"max_trials": 2, "pruner": "median"})
+        if objectives is not None:
+            body["objectives"] = objectives
+        err = assert_error(await api.post("/v1/sweeps", json=body), 422)
+        assert "budget.pruner" in err["message"] and "[top1]" in err["message"], err
+    assert_error(await api.post("/v1/sweeps", json=sweep_body(teacher_id, objectives=[{"name": "top1"}],
+                                                              budget={"pruner": "hyperband"})), 422)
+    assert _no_sweeps()
+    resp = await api.post("/v1/sweeps", json=sweep_body(teacher_id, objectives=[{"name": "top1"}],
+                                                        budget={"max_trials": 2, "pruner": "successive_halving"}))
+    assert resp.status_code == 201 and resp.json()["spec"]["budget"]["pruner"] == "successive_halving"
+    assert sweep_body(teacher_id)["budget"].get("pruner") is None and resp.json()["trials"]["pruned"] == 0
+
+
+async def test_a_pruned_trial_stops_early_and_stays_off_the_front(api, teacher_id):  # noqa: F811
+    """Median pruner, 3 epochs a trial: two trials report a selection top-1 of 0.95 per epoch (as their worker would)
+    and complete; the third runs for real in this process (the worker's task body) with a learning rate too small to
+    learn, is told by Optuna to stop after epoch 1, stops through the trainer's stop check, and ends cancelled with
+    error code trial_pruned: one epoch of metrics, nothing published, trial state 'pruned' with the reason, off the
+    front; the sweep still ends succeeded."""
+    from distill.reporter import MetricRow
+    from stillhouse.db import session_factory
+    from stillhouse.jobs.runner import execute
+    from stillhouse.models import Artifact, Metric
+    from stillhouse.settings import get_settings
+    from stillhouse.sweeps import pruning, scheduler
+
+    base = spec_for(teacher_id, **{"training.epochs": 3, "training.optimizer": {"name": "sgd", "lr": 1e-9}})
+    body = sweep_body(teacher_id, base=base, objectives=[{"name": "top1"}], sampler={"name": "random", "seed": 0},
+                      search_space={"method.alpha": {"type": "categorical", "choices": [0.5, 0.9]}},
+                      budget={"max_trials": 3, "max_parallel": 1, "pruner": "median"})
+    sw = (await api.post("/v1/sweeps", json=body)).json()
+    for n in range(2):
+        (job,) = [j for j in _jobs(sw["id"]) if j.status == "queued"]
+        watch = pruning.for_job(session_factory(), job.id, get_settings())
+        assert watch is not None and watch.epochs == 3
+        assert [watch.observe([MetricRow("top1", "val", 10 * e, e, 0.95)]) for e in (1, 2)] == [None, None]
+        _end(job.id, top1=0.95)
+    (third,) = [j for j in _jobs(sw["id"]) if j.status == "queued"]
+    assert execute(third.id) == "cancelled"
+    with session_factory()() as s:
+        job = s.get(type(third), third.id)
+        assert job.error_code == "trial_pruned" and "median pruner after epoch 1 of 3" in job.error_message
+        epochs = sorted({m.epoch for m in s.scalars(select(Metric).where(Metric.job_id == third.id, Metric.split == "val"))})
+        assert epochs == [1] and s.scalar(select(Artifact.id).where(Artifact.job_id == third.id)) is None
+    scheduler.job_finished(third.id)
+    trials = (await api.get(f"/v1/sweeps/{sw['id']}/trials")).json()["data"]
+    assert [t["state"] for t in trials] == ["complete", "complete", "pruned"]
+    assert trials[2]["status"] == "cancelled" and "pruned by the sweep's median pruner" in trials[2]["reason"]
+    got = (await api.get(f"/v1/sweeps/{sw['id']}")).json()
+    assert got["status"] == "succeeded" and got["trials"]["pruned"] == 1 and got["trials"]["cancelled"] == 0
+    front = (await api.get(f"/v1/sweeps/{sw['id']}/front")).json()
+    assert third.id not in [m["job_id"] for m in front["data"]] and front["data"]

@@ -745,7 +745,9 @@ def _sweep_line(sw: dict[str, Any]) -> str:
     best = sw.get("best")
     return (f"sweep {sw['id']} {sw['status']}" + (f" ({sw['stop_reason']})" if sw.get("stop_reason") else "")
             + f": {t['created']}/{t['max_trials']} trials, {t['succeeded']} succeeded, {t['running']} running, {t['queued']} queued, "
-            f"{t['failed']} failed, {t['cancelled']} cancelled" + (f"; best trial {best['trial']} {best['scores']}" if best else ""))
+            f"{t['failed']} failed, {t['cancelled']} cancelled" + (f", {t['pruned']} pruned" if t.get("pruned") else "")
+            + ("; waiting for a free job slot of the tenant" if sw.get("waiting_for_job_slot") else "")
+            + (f"; best trial {best['trial']} {best['scores']}" if best else ""))
 
 
 def _wait_sweep(client: Stillhouse, sweep_id: str, timeout: float | None, as_json: bool) -> None:

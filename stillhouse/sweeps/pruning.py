@@ -55,12 +55,12 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
 class TrialPruning:
     """The pruning check of one running trial: ``observe(rows)`` → a message when the trial must stop, else None.
 
-    ``study``: the sweep's Optuna study loaded with its pruner; ``number``: the trial's Optuna number; ``pruner``: its
-    name (for the message); ``epochs``: the trial's ``training.epochs`` (the last one is never pruned)."""
+    ``study``: the sweep's Optuna study loaded with its pruner; ``trial_id`` / ``number``: the trial's id in the storage
+    and number in the study; ``pruner``: its name (for the message); ``epochs``: the trial's ``training.epochs`` (the
+    last one is never pruned)."""
 
-    def __init__(self, study: optuna.Study, number: int, pruner: str, epochs: int) -> None:
+    def __init__(self, study: optuna.Study, trial_id: int, number: int, pruner: str, epochs: int) -> None:
         self.study, self.number, self.pruner, self.epochs = study, number, pruner, epochs
-        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
         self.trial = optuna.trial.Trial(study, trial_id)
 
     def observe(self, rows: Sequence[MetricRow]) -> str | None:
@@ -105,5 +105,7 @@ def _for_job(sessions: sessionmaker[Session], job_id: str, settings: Settings) -
             return None
         epochs = int((job.spec.get("training") or {}).get("epochs") or 1)
         study_name = sweep.study_name
-    study = optuna.load_study(study_name=study_name, storage=storage(settings), pruner=make_pruner(spec.budget.pruner))
-    return TrialPruning(study, int(number), spec.budget.pruner, epochs)
+    rdb = storage(settings)
+    study = optuna.load_study(study_name=study_name, storage=rdb, pruner=make_pruner(spec.budget.pruner))
+    trial_id = rdb.get_trial_id_from_study_id_trial_number(rdb.get_study_id_from_name(study_name), int(number))
+    return TrialPruning(study, trial_id, int(number), spec.budget.pruner, epochs)

@@ -382,3 +382,21 @@ async def test_a_pruned_trial_stops_early_and_stays_off_the_front(api, teacher_i
     assert got["status"] == "succeeded" and got["trials"]["pruned"] == 1 and got["trials"]["cancelled"] == 0
     front = (await api.get(f"/v1/sweeps/{sw['id']}/front")).json()
     assert third.id not in [m["job_id"] for m in front["data"]] and front["data"]
+
+
+async def test_concurrent_sweeps_and_jobs_cannot_pass_the_limit_together(api, teacher_id, monkeypatch):  # noqa: F811
+    """Limit 3: three sweeps (max_parallel 2) and three jobs created at once; however they interleave, at most 3 of the
+    tenant's jobs are live (the sweep steps count under the same tenant lock as job creation), and every refusal is a
+    429 too_many_jobs."""
+    import asyncio
+
+    from stillhouse.settings import get_settings
+
+    monkeypatch.setenv("STILLHOUSE_MAX_RUNNING_JOBS_PER_TENANT", "3")
+    get_settings.cache_clear()
+    calls = [api.post("/v1/sweeps", json=sweep_body(teacher_id, name=f"s{i}")) for i in range(3)]
+    calls += [api.post("/v1/jobs", json=spec_for(teacher_id, name=f"j{i}")) for i in range(3)]
+    responses = await asyncio.gather(*calls)
+    assert all(r.status_code in (201, 429) for r in responses), [r.text for r in responses]
+    assert all(r.json()["error"]["code"] == "too_many_jobs" for r in responses if r.status_code == 429)
+    assert _live() == 3 and any(r.status_code == 429 for r in responses)

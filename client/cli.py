@@ -654,7 +654,8 @@ def _endpoint_line(ep: dict[str, Any]) -> str:
 
 @webhooks_app.command("create")
 def webhooks_create(url: str = typer.Argument(..., help="https:// URL that receives the events."),
-                    event: Optional[list[str]] = typer.Option(None, "--event", help="job.succeeded, job.failed or job.cancelled "
+                    event: Optional[list[str]] = typer.Option(None, "--event", help="job.succeeded, job.failed, job.cancelled, "
+                                                                                    "sweep.succeeded, sweep.failed or sweep.cancelled "
                                                                                     "(repeatable; default all)."),
                     description: Optional[str] = typer.Option(None, help="Free text."), as_json: bool = JSON_OPTION) -> None:
     """Register an endpoint; prints its signing secret (whsec_…) this once, alone on stdout: keep it to verify the
@@ -744,7 +745,9 @@ def _sweep_line(sw: dict[str, Any]) -> str:
     best = sw.get("best")
     return (f"sweep {sw['id']} {sw['status']}" + (f" ({sw['stop_reason']})" if sw.get("stop_reason") else "")
             + f": {t['created']}/{t['max_trials']} trials, {t['succeeded']} succeeded, {t['running']} running, {t['queued']} queued, "
-            f"{t['failed']} failed, {t['cancelled']} cancelled" + (f"; best trial {best['trial']} {best['scores']}" if best else ""))
+            f"{t['failed']} failed, {t['cancelled']} cancelled" + (f", {t['pruned']} pruned" if t.get("pruned") else "")
+            + ("; waiting for a free job slot of the tenant" if sw.get("waiting_for_job_slot") else "")
+            + (f"; best trial {best['trial']} {best['scores']}" if best else ""))
 
 
 def _wait_sweep(client: Stillhouse, sweep_id: str, timeout: float | None, as_json: bool) -> None:

@@ -6,18 +6,23 @@ A tenant's ``max_running_jobs`` / ``max_storage_bytes`` override the service-wid
 Checks that must not race (two job creations of one tenant both seeing one free slot) run after
 ``lock_tenant``: an ``UPDATE tenants SET updated_at=…`` first in the transaction, which holds the tenant's row
 lock on PostgreSQL and the database's write lock on SQLite until commit or rollback, so a tenant's creations
-are serialised while other tenants' proceed (PostgreSQL).
+are serialised while other tenants' proceed (PostgreSQL). ``job_limit``, ``live_jobs`` and the lock itself live in
+``stillhouse.jobs.limits`` (the sweep scheduler counts its trials there too) and are re-exported here.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.errors import PayloadTooLarge, TooManyRequests, Unauthorized
-from stillhouse.jobs.states import LIVE, RUNNING
-from stillhouse.models import Artifact, File, Job, Tenant, utcnow
+from stillhouse.jobs.limits import job_limit, live_jobs, lock_tenant_row
+from stillhouse.jobs.states import RUNNING
+from stillhouse.models import Artifact, File, Job, Tenant
 from stillhouse.settings import Settings
+
+__all__ = ["DEFAULT_RETRY_AFTER_S", "lock_tenant", "job_limit", "storage_limit", "live_jobs", "storage_by_kind", "storage_used",
+           "retry_after_s", "check_job_slot", "quota_error", "remaining_storage", "check_storage"]
 
 DEFAULT_RETRY_AFTER_S = 30
 """Retry-After (seconds) of a 429 when no running job of the tenant has an ETA."""
@@ -27,27 +32,16 @@ def lock_tenant(session: Session, tenant_id: str) -> Tenant:
     """Take the tenant's lock for the rest of the transaction (see the module doc) and return its fresh row.
 
     Raises Unauthorized (401) if the tenant no longer exists (its key outlived it)."""
-    res = session.execute(update(Tenant).where(Tenant.id == tenant_id).values(updated_at=utcnow())
-                          .execution_options(synchronize_session=False))
-    if res.rowcount != 1:
+    tenant = lock_tenant_row(session, tenant_id)
+    if tenant is None:
         session.rollback()
         raise Unauthorized(f"tenant {tenant_id!r} does not exist", invalid_token=True)
-    return session.get(Tenant, tenant_id, populate_existing=True)
-
-
-def job_limit(tenant: Tenant, settings: Settings) -> int:
-    """Most live jobs (queued, running, cancelling) the tenant may have."""
-    return tenant.max_running_jobs or settings.max_running_jobs_per_tenant
+    return tenant
 
 
 def storage_limit(tenant: Tenant, settings: Settings) -> int:
     """Most bytes the tenant may store (uploads + artifacts)."""
     return tenant.max_storage_bytes or settings.max_storage_bytes_per_tenant
-
-
-def live_jobs(session: Session, tenant_id: str) -> int:
-    """How many of the tenant's jobs are queued, running or cancelling."""
-    return session.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.status.in_(LIVE))) or 0
 
 
 def storage_by_kind(session: Session, tenant_id: str) -> tuple[int, int]:

@@ -27,7 +27,9 @@ def create_sweep(body: SweepSpec, session: SessionDep, tenant: CurrentTenant) ->
     an Optuna sampler (tpe, nsga2, random, grid) and a budget (max_trials, max_parallel, max_runtime_s). Each trial is an
     ordinary job (``sweep_id`` on it) scored on a selection split carved from the training rows; at most max_parallel
     run at once. 422 naming the field for a bad base spec (``base.…``) or a search space that cannot be built
-    (``search_space.<path>``, checked at every dimension's edge values)."""
+    (``search_space.<path>``, checked at every dimension's edge values). Trials are jobs for the tenant's live-job
+    limit: 429 ``too_many_jobs`` (Retry-After) when the tenant is already at it, as for POST /v1/jobs; otherwise the
+    sweep starts trials only while the tenant is under it and waits meanwhile (``waiting_for_job_slot``)."""
     return service.to_schema(session, service.create_sweep(session, body, tenant.id))
 
 

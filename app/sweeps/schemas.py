@@ -19,7 +19,9 @@ class TrialCounts(BaseModel):
     running: int = Field(..., description="Running or cancelling.")
     queued: int = Field(..., description="Trials whose job waits in the queue.")
     failed: int = Field(..., description="Trials whose job failed.")
-    cancelled: int = Field(..., description="Trials whose job was cancelled.")
+    cancelled: int = Field(..., description="Trials whose job was cancelled (pruned ones aside).")
+    pruned: int = Field(0, description="Trials stopped early by the sweep's pruner (budget.pruner; their jobs end cancelled "
+                        "with error code trial_pruned).")
 
 
 class BestTrial(BaseModel):
@@ -44,6 +46,8 @@ class SweepObject(BaseModel):
     finished_at: datetime | None = Field(None, description="When it ended (UTC).")
     trials: TrialCounts = Field(..., description="Trials by state.")
     best: BestTrial | None = Field(None, description="The best trial so far on the first objective.")
+    waiting_for_job_slot: bool = Field(False, description="True while the sweep would start a trial but its tenant is at "
+                                       "its live-job limit (max_running_jobs; trials count as jobs): it waits, it does not fail.")
     spec: SweepSpec = Field(..., description="The sweep spec as validated.")
 
 
@@ -55,7 +59,10 @@ class TrialObject(BaseModel):
     job_id: str = Field(..., description="The trial's job.")
     params: dict[str, Any] = Field(..., description="The sampled values by search-space path.")
     status: str = Field(..., description="The trial job's status.")
-    state: str | None = Field(None, description="complete, failed or cancelled once told to Optuna.")
+    state: str | None = Field(None, description="complete, failed, cancelled or pruned (stopped early by the sweep's pruner; "
+                              "never on the front) once told to Optuna.")
+    reason: str | None = Field(None, description="Why the trial's job did not complete (its error message: the failure, the "
+                               "cancel, or the pruner's decision with the epoch and value).")
     scores: dict[str, float] | None = Field(None, description="Its objective values once the job succeeded.")
     training_time_s: float | None = Field(None, description="Seconds of the trial's training loop.")
     teacher_outputs: str | None = Field(None, description="'reused' when the trial read the teacher's outputs from the shared "

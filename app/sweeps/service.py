@@ -10,12 +10,14 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.auth.limits import check_job_slot, lock_tenant
 from app.errors import Conflict, NotFound, Unprocessable
 from app.jobs.service import validate_references
 from app.pagination import newest_first
 from app.sweeps.schemas import FrontMember, FrontObject, SweepObject, TrialObject
 from distill.spec import JobSpec
 from stillhouse.models import Job, Sweep, SweepTrial, new_id
+from stillhouse.settings import get_settings
 from stillhouse.sweeps import scheduler
 from stillhouse.sweeps.spec import SweepSpec, corner_specs, trial_spec
 
@@ -52,11 +54,18 @@ def create_sweep(session: Session, spec: SweepSpec, tenant_id: str) -> Sweep:
     Every edge value of every dimension is applied to the base spec and validated as a job would be (fields,
     ranges, files of the tenant, architectures), so a search space that cannot be built gets 422 naming
     ``search_space.<path>`` now rather than failed trials later; a bad base spec gets 422 naming ``base.<field>``.
-    Raises Unprocessable (422)."""
+
+    Trials are jobs of the tenant for its live-job limit (queued, running, cancelling): a tenant already at its limit
+    gets 429 ``too_many_jobs`` (with ``Retry-After``) exactly as ``POST /v1/jobs`` answers, and nothing is created.
+    Under the limit, the sweep starts at most as many trials as the tenant has slots left (fewer than
+    ``max_parallel`` when it has fewer), and later ones only while it is under the limit: the sweep then waits
+    (``waiting_for_job_slot`` on the sweep), it never fails for the limit.
+    Raises Unprocessable (422), TooManyRequests (429 ``too_many_jobs``)."""
     _check(session, trial_spec(spec, {}), tenant_id, "base")
     for path, spec_json in corner_specs(spec):
         _check(session, spec_json, tenant_id, "search_space", param=f"search_space.{path}")
     session.rollback()
+    check_job_slot(session, lock_tenant(session, tenant_id), get_settings())  # held until the sweep's commit; 429 releases it
     sweep_id = new_id("swp")
     sweep = Sweep(id=sweep_id, tenant_id=tenant_id, name=spec.name, status=scheduler.RUNNING, spec=spec.model_dump(mode="json"),
                   study_name=f"stillhouse-{sweep_id}", version=0, trials_created=0)
@@ -81,6 +90,7 @@ def to_schema(session: Session, sweep: Sweep) -> SweepObject:
     p = scheduler.progress(session, sweep)
     return SweepObject(id=sweep.id, name=sweep.name, status=sweep.status, stop_reason=sweep.stop_reason, error=sweep.error_message,
                        created_at=sweep.created_at, finished_at=sweep.finished_at, trials=p["trials"], best=p["best"],
+                       waiting_for_job_slot=p["waiting_for_job_slot"],
                        spec=SweepSpec.model_validate(sweep.spec))
 
 
@@ -96,14 +106,15 @@ def trials(session: Session, sweep_id: str, tenant_id: str) -> list[TrialObject]
     """The sweep's trials in Optuna's order. Raises NotFound (404)."""
     sweep = readable(session, sweep_id, tenant_id)
     spec = SweepSpec.model_validate(sweep.spec)
-    rows = session.execute(select(SweepTrial, Job.status, Job.report).join(Job, Job.id == SweepTrial.job_id)
+    rows = session.execute(select(SweepTrial, Job.status, Job.report, Job.error_message).join(Job, Job.id == SweepTrial.job_id)
                            .where(SweepTrial.sweep_id == sweep.id).order_by(SweepTrial.number)).all()
     out = []
-    for t, status, report in rows:
+    for t, status, report, reason in rows:
         shared = ((report or {}).get("cache") or {}).get("shared") or {}
         out.append(TrialObject(number=t.number, job_id=t.job_id, params=t.params, status=status, state=t.state,
                                scores={o.label: v for o, v in zip(spec.objectives, t.values)} if t.values else None,
-                               training_time_s=t.training_time_s, teacher_outputs=shared.get("teacher_outputs")))
+                               training_time_s=t.training_time_s, teacher_outputs=shared.get("teacher_outputs"),
+                               reason=reason))
     return out
 
 

@@ -31,16 +31,21 @@ def _view(row, *, with_secret: bool = False) -> EndpointObject:
 
 
 def _delivery(d, attempts) -> DeliveryObject:
+    payload = service.payload(d)
+    data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
     return DeliveryObject(id=d.id, event_type=d.event_type, job_id=d.job_id, status=d.status, attempts=d.attempts,
+                          sweep_id=data.get("id") if data.get("object") == "sweep" else None,
                           next_attempt_at=d.next_attempt_at, last_status_code=d.last_status_code, last_error=d.last_error,
-                          created_at=d.created_at, finished_at=d.finished_at, payload=service.payload(d),
+                          created_at=d.created_at, finished_at=d.finished_at, payload=payload,
                           attempt_log=[AttemptObject.model_validate(a) for a in attempts])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=EndpointObject, responses=ERROR_RESPONSES)
 def create_endpoint(body: EndpointCreate, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep) -> EndpointObject:
-    """Register a URL that receives the tenant's events (``job.succeeded``, ``job.failed``, ``job.cancelled``), POSTed
-    as JSON ``{"type", "timestamp", "data": {"object": "job", "id", "status"}}`` with the Standard Webhooks headers
+    """Register a URL that receives the tenant's events (``job.succeeded``, ``job.failed``, ``job.cancelled``,
+    ``sweep.succeeded``, ``sweep.failed``, ``sweep.cancelled``; default all), POSTed as JSON ``{"type", "timestamp",
+    "data": {"object": "job", "id", "status"}}`` (a sweep's: ``{"object": "sweep", "id", "status", "tenant_id",
+    "front_size"}``, once, when it reaches its final state) with the Standard Webhooks headers
     ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature``. The answer carries the signing ``secret``
     (``whsec_…``) this once. 422 ``webhook_target_refused`` for a URL that is not http(s) or resolves to a loopback,
     link-local or private address (unless the operator allows those)."""

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from stillhouse.webhooks.outbox import EVENT_TYPES
 
-EventType = Literal["job.succeeded", "job.failed", "job.cancelled"]
+EventType = Literal["job.succeeded", "job.failed", "job.cancelled", "sweep.succeeded", "sweep.failed", "sweep.cancelled"]
 assert set(EventType.__args__) == set(EVENT_TYPES)  # type: ignore[attr-defined]
 
 
@@ -23,7 +23,8 @@ class EndpointCreate(_Strict):
     url: str = Field(..., min_length=1, max_length=2048, description="https:// (or http://) URL that receives the events; "
                      "it must resolve to public addresses unless the operator allows private ones.")
     events: list[EventType] = Field(default_factory=lambda: list(EVENT_TYPES), min_length=1,
-                                    description="Event types to receive (default: all of job.succeeded, job.failed, job.cancelled).")
+                                    description="Event types to receive (default: all of job.succeeded, job.failed, job.cancelled, "
+                                    "sweep.succeeded, sweep.failed, sweep.cancelled).")
     description: str | None = Field(None, max_length=255, description="Free text, e.g. which pipeline listens.")
 
 
@@ -89,7 +90,8 @@ class DeliveryObject(BaseModel):
     id: str = Field(..., description="Message id ('msg_…'), sent as webhook-id; the same on every retry.")
     object: Literal["webhook_delivery"] = Field("webhook_delivery", description="Always 'webhook_delivery'.")
     event_type: str = Field(..., description="e.g. job.succeeded.")
-    job_id: str | None = Field(None, description="The job it is about.")
+    job_id: str | None = Field(None, description="The job it is about (job.* events).")
+    sweep_id: str | None = Field(None, description="The sweep it is about (sweep.* events).")
     status: Literal["pending", "succeeded", "failed"] = Field(..., description="pending (to be tried or retried), succeeded, failed.")
     attempts: int = Field(..., description="Attempts so far.")
     next_attempt_at: datetime | None = Field(None, description="When a pending delivery is tried next.")

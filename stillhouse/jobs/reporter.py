@@ -20,7 +20,7 @@ from stillhouse.metrics import PhaseClock
 from stillhouse.models import Job, JobEvent, Metric, utcnow
 from distill.reporter import MetricRow
 
-CANCEL, HANDBACK, LEASE_LOST = "cancel", "handback", "lease_lost"
+CANCEL, HANDBACK, LEASE_LOST, PRUNED = "cancel", "handback", "lease_lost", "pruned"
 
 
 class LeaseLost(Exception):
@@ -34,16 +34,21 @@ class SqlReporter:
 
     ``owner``: the lease owner id this process holds the job under (None: unguarded writes, for tools and tests).
     ``lease_lost``: a callable that is true once the heartbeat lost the lease; ``handback``: a callable that is true
-    once the worker is shutting down (``stillhouse.jobs.handback.requested``). ``stop_reason`` says why ``should_stop`` turned
-    true: ``lease_lost``, ``cancel`` or ``handback``, in that order of precedence.
+    once the worker is shutting down (``stillhouse.jobs.handback.requested``). ``prune_check``: for a sweep trial with a
+    pruner, a callable given every batch of metric rows that returns why the trial must stop early, or None
+    (``stillhouse.sweeps.pruning.TrialPruning.observe``); its message is kept in ``pruned``. ``stop_reason`` says why
+    ``should_stop`` turned true: ``lease_lost``, ``cancel``, ``pruned`` or ``handback``, in that order of precedence.
     """
 
     def __init__(self, sessions: sessionmaker[Session], job_id: str, interval_s: float = 0.5, *, owner: str | None = None,
-                 lease_lost: Callable[[], bool] | None = None, handback: Callable[[], bool] | None = None) -> None:
+                 lease_lost: Callable[[], bool] | None = None, handback: Callable[[], bool] | None = None,
+                 prune_check: Callable[[Sequence[MetricRow]], str | None] | None = None) -> None:
         self.sessions, self.job_id, self.interval_s = sessions, job_id, interval_s
         self.owner = owner
         self._lease_lost = lease_lost or (lambda: False)
         self._handback = handback or (lambda: False)
+        self._prune_check = prune_check
+        self.pruned: str | None = None
         self._rows: list[dict[str, Any]] = []
         self._progress: dict[str, Any] | None = None
         self._last_write = 0.0
@@ -93,11 +98,15 @@ class SqlReporter:
             self.flush()
 
     def metrics(self, rows: Sequence[MetricRow]) -> None:
-        """Buffer metric rows; epoch-level rows (split 'val') flush at once with the progress. Raises ``LeaseLost``."""
+        """Buffer metric rows; epoch-level rows (split 'val') flush at once with the progress; then, for a trial with a
+        pruner, ask ``prune_check`` (written rows first, so a pruned trial's last epoch is in its metrics). Raises
+        ``LeaseLost``."""
         self._rows.extend({"job_id": self.job_id, "name": r.name, "split": r.split, "step": int(r.step),
                            "epoch": int(r.epoch), "value": float(r.value)} for r in rows)
         if any(r.split == "val" for r in rows) or time.monotonic() - self._last_write >= self.interval_s:
             self.flush()
+        if self._prune_check is not None and self.pruned is None:
+            self.pruned = self._prune_check(rows)
 
     def event(self, type: str, message: str, data: dict[str, Any] | None = None) -> None:
         """Record an event (flushing buffered rows first, so a checkpoint event follows its metrics). Raises ``LeaseLost``."""
@@ -122,7 +131,8 @@ class SqlReporter:
 
     def should_stop(self) -> bool:
         """True once the job must stop: its lease is lost, it is cancelling/cancelled (the status is read at most every
-        ``interval_s`` seconds), or its worker is shutting down (checked at every call). Sets ``stop_reason``."""
+        ``interval_s`` seconds), its sweep's pruner stopped it (``pruned``), or its worker is shutting down (checked at
+        every call). Sets ``stop_reason``."""
         if self._lost or self._lease_lost():
             self._lost = True
             self.stop_reason = LEASE_LOST
@@ -139,6 +149,9 @@ class SqlReporter:
             self._cancelled = row.status in (CANCELLING, CANCELLED)
         if self._cancelled:
             self.stop_reason = CANCEL
+            return True
+        if self.pruned is not None:
+            self.stop_reason = PRUNED
             return True
         if self._handback():
             self.stop_reason = HANDBACK

@@ -36,7 +36,8 @@ from distill.formats import FileInput
 from distill.job import run_job
 from distill.results import JobInputs
 from distill.spec import JobSpec
-from stillhouse.jobs.reporter import CANCEL, HANDBACK, LeaseLost, SqlReporter
+from stillhouse.jobs.reporter import CANCEL, HANDBACK, PRUNED, LeaseLost, SqlReporter
+from stillhouse.sweeps.pruning import PRUNED_CODE, for_job as trial_pruning
 
 log = logging.getLogger("stillhouse.worker")
 
@@ -263,8 +264,9 @@ def execute(job_id: str, settings: Settings | None = None) -> str | None:
     workdir = store.scratch_dir(job_id)
     workdir.mkdir(parents=True, exist_ok=True)
     mirror = CheckpointMirror(store, job_id, workdir, may_write=lambda: not lease.lost())
+    pruning = trial_pruning(sessions, job_id, settings)
     reporter = SqlReporter(sessions, job_id, interval_s=settings.progress_interval_s, owner=owner, lease_lost=lease.lost,
-                           handback=handback.requested)
+                           handback=handback.requested, prune_check=pruning.observe if pruning is not None else None)
     t0 = time.monotonic()
     try:
         try:
@@ -282,6 +284,9 @@ def execute(job_id: str, settings: Settings | None = None) -> str | None:
         except StopRequested:
             if reporter.stop_reason == HANDBACK:
                 return _hand_back(sessions, settings, job_id, owner, reporter, lease, mirror)
+            if reporter.stop_reason == PRUNED:
+                reporter.flush()
+                return _pruned(sessions, store, job_id, owner, lease, reporter.pruned or "pruned")
             if reporter.stop_reason != CANCEL:
                 raise LeaseLost(f"job {job_id}: lease lost")
             reporter.flush()
@@ -375,6 +380,20 @@ def _cancelled(sessions, store: ArtifactStore, job_id: str, owner: str, lease: L
                                phase=None, runtime_s=lease.runtime_s(), event=event)
     if not ok:
         raise LeaseLost(job_id)
+    _drop_workdir(store, job_id)
+    metrics.observe_job(states.CANCELLED, lease.runtime_s())
+    return states.CANCELLED
+
+
+def _pruned(sessions, store: ArtifactStore, job_id: str, owner: str, lease: Lease, message: str) -> str | None:
+    """End a sweep trial its sweep's pruner stopped: ``cancelled`` (from running) with error code ``trial_pruned`` and the
+    pruner's ``message``, nothing published (``stillhouse.sweeps.pruning``)."""
+    with sessions.begin() as s:
+        ok = states.transition(s, job_id, states.CANCELLED, only_from={states.RUNNING}, holder=owner, phase=None,
+                               runtime_s=lease.runtime_s(), error_code=PRUNED_CODE, error_message=message, event=message,
+                               data={"code": PRUNED_CODE})
+    if not ok:  # cancelled by the user meanwhile (cancelling), or the lease lost
+        return _cancelled(sessions, store, job_id, owner, lease, "cancelled; stopped between steps, nothing published")
     _drop_workdir(store, job_id)
     metrics.observe_job(states.CANCELLED, lease.runtime_s())
     return states.CANCELLED

@@ -7,7 +7,11 @@ compare-and-set on ``sweeps.version`` (so any number of processes may race: one 
    from the job's report, which scores the student on the selection split; ``failed``/``cancelled`` as FAIL);
 2. unless the sweep stops (``max_trials`` created, the grid exhausted, ``max_runtime_s`` passed: its live trials are
    then cancelled), new trials are asked of Optuna (``study.ask``) until ``max_parallel`` are in flight, each
-   committed as a queued job with ``sweep_id`` and then sent to the workers like any job;
+   committed as a queued job with ``sweep_id`` and then sent to the workers like any job. Trials are jobs for the
+   tenant's live-job limit too (``stillhouse.jobs.limits``: queued, running, cancelling jobs, trials or not): under
+   the tenant lock, no more trials are created than the tenant has free slots, so a sweep never takes its tenant
+   over the limit; with no slot free the sweep waits (``waiting_for_job_slot``), it does not fail, and a step is
+   taken again when one of the tenant's jobs ends (``job_finished``) or by the repair loop;
 3. once the sweep stops and no trial is live, its front (Optuna's ``best_trials``: the non-dominated trials) is
    written with each member's held-out validation top-1 and interval, and the sweep ends ``succeeded`` (``failed``
    when no trial completed).
@@ -43,10 +47,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from stillhouse.db import session_factory
 from stillhouse.jobs import states
+from stillhouse.jobs.limits import free_job_slots, lock_tenant_row
 from stillhouse.jobs.queue import enqueue_job, mark_sent, queue_for
 from stillhouse.models import Job, JobEvent, JobFile, Sweep, SweepTrial, new_id, utcnow
 from stillhouse.settings import Settings, get_settings
 from stillhouse.sweeps.spec import CategoricalDim, FloatDim, IntDim, LayersDim, SweepSpec, encode_choice, trial_spec
+from stillhouse.webhooks import outbox
 from distill.spec import JobSpec
 
 log = logging.getLogger("stillhouse.sweeps")
@@ -54,6 +60,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 RUNNING, SUCCEEDED, FAILED, CANCELLED = "running", "succeeded", "failed", "cancelled"
 SWEEP_TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+PRUNED_CODE = "trial_pruned"
+"""``jobs.error_code`` of a trial's job its sweep's pruner stopped (status ``cancelled``; ``stillhouse.sweeps.pruning``)."""
 STEP_WAIT_S = 60.0  # how long a caller keeps trying while other processes take the sweep's steps
 
 
@@ -179,8 +187,22 @@ def _claim_step(s: Session, sweep_id: str) -> Sweep | None:
     return sweep
 
 
-def _needs_step(s: Session, sweep: Sweep, spec: SweepSpec) -> bool:
-    """Cheap check (no Optuna, no lock): a trial ended untold, room for a new trial, or the runtime budget passed."""
+def _wants_trials(sweep: Sweep, spec: SweepSpec, live: int) -> bool:
+    """Whether the sweep's own budget leaves room for a new trial now (the tenant's limit aside)."""
+    return (sweep.status == RUNNING and sweep.stop_reason is None and live < spec.budget.max_parallel
+            and sweep.trials_created < spec.budget.max_trials)
+
+
+def waiting_for_job_slot(s: Session, sweep: Sweep, spec: SweepSpec, settings: Settings | None = None) -> bool:
+    """True when the sweep would start a trial but its tenant is at its live-job limit (it waits for a slot)."""
+    live = s.scalar(select(func.count()).select_from(SweepTrial).where(SweepTrial.sweep_id == sweep.id,
+                                                                        SweepTrial.told.is_(False))) or 0
+    return _wants_trials(sweep, spec, live) and free_job_slots(s, sweep.tenant_id, settings or get_settings()) == 0
+
+
+def _needs_step(s: Session, sweep: Sweep, spec: SweepSpec, settings: Settings) -> bool:
+    """Cheap check (no Optuna, no lock): a trial ended untold, room for a new trial (in the sweep's budget and under
+    the tenant's live-job limit), or the runtime budget passed."""
     if sweep.status in (SUCCEEDED, FAILED):
         return False
     rows = s.execute(select(SweepTrial.told, Job.status).join(Job, Job.id == SweepTrial.job_id)
@@ -193,7 +215,7 @@ def _needs_step(s: Session, sweep: Sweep, spec: SweepSpec) -> bool:
     if live == 0:
         return True
     over = utcnow() - sweep.created_at > timedelta(seconds=spec.budget.max_runtime_s)
-    return over or (sweep.stop_reason is None and live < spec.budget.max_parallel and sweep.trials_created < spec.budget.max_trials)
+    return over or (_wants_trials(sweep, spec, live) and free_job_slots(s, sweep.tenant_id, settings) > 0)
 
 
 def advance(sweep_id: str, settings: Settings | None = None, *, force: bool = False) -> list[str]:
@@ -209,7 +231,7 @@ def advance(sweep_id: str, settings: Settings | None = None, *, force: bool = Fa
             if sweep is None:
                 raise LookupError(sweep_id)
             spec = SweepSpec.model_validate(sweep.spec)
-            if not force and not _needs_step(s, sweep, spec):
+            if not force and not _needs_step(s, sweep, spec, settings):
                 return []
         t0 = time.perf_counter()
         created = _step(sessions, settings, sweep_id)
@@ -267,6 +289,8 @@ def _step(sessions: sessionmaker[Session], settings: Settings, sweep_id: str) ->
             grid = spec.grid_size()
             if grid is not None:
                 room = min(room, grid - sweep.trials_created)
+            if room > 0:  # trials are jobs of the tenant: never past its live-job limit (the tenant lock, as POST /v1/jobs)
+                room = min(room, free_job_slots(s, sweep.tenant_id, settings) if lock_tenant_row(s, sweep.tenant_id) else 0)
             for _ in range(max(0, room)):
                 created.append(_new_trial(s, sweep, spec, study))
             if sweep.trials_created >= spec.budget.max_trials:
@@ -287,6 +311,9 @@ def _tell_finished(s: Session, spec: SweepSpec, study: optuna.Study, trials: lis
             study.tell(t.number, values, skip_if_finished=True)
             t.state, t.values = "complete", values
             t.training_time_s = ((job.report or {}).get("training") or {}).get("training_time_s")
+        elif job.status == states.CANCELLED and job.error_code == PRUNED_CODE:  # stopped early by the sweep's pruner
+            study.tell(t.number, state=TrialState.PRUNED, skip_if_finished=True)
+            t.state = "pruned"
         else:
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             t.state = "failed" if job.status != states.CANCELLED else "cancelled"
@@ -328,13 +355,21 @@ def _cancel_job(s: Session, job_id: str, why: str) -> None:
 
 
 def _finish(s: Session, sweep: Sweep, spec: SweepSpec, study: optuna.Study) -> None:
-    """Write the front and end the sweep (succeeded with at least one completed trial, else failed)."""
+    """Write the front and end the sweep (succeeded with at least one completed trial, else failed; a cancelled sweep
+    stays cancelled), and add its ``sweep.<status>`` webhook deliveries to the same transaction
+    (``stillhouse.webhooks.outbox.sweep_finished``). A sweep's front is written once (this runs under the step's
+    compare-and-set, only while ``front`` is None), so each sweep's event is emitted exactly once: for a succeeded or
+    failed sweep at its last step, for a cancelled one when its last running trial has stopped and its front (of the
+    trials that completed) is known."""
+    if sweep.front is not None:
+        return
     sweep.front = front_rows(s, sweep, spec, study)
     sweep.finished_at = sweep.finished_at or utcnow()
     if sweep.status == RUNNING:
         sweep.status = SUCCEEDED if sweep.front else FAILED
         if not sweep.front:
             sweep.error_message = "no trial completed"
+    outbox.sweep_finished(s, sweep.id, sweep.tenant_id, sweep.status, len(sweep.front))
 
 
 def front_rows(s: Session, sweep: Sweep, spec: SweepSpec, study: optuna.Study | None = None) -> list[dict[str, Any]]:
@@ -363,14 +398,22 @@ def front_rows(s: Session, sweep: Sweep, spec: SweepSpec, study: optuna.Study | 
 # -- entry points --------------------------------------------------------------------------------------------------
 def job_finished(job_id: str, settings: Settings | None = None) -> list[str]:
     """Called after job ``job_id`` ran on a worker: when it is a trial, advance its sweep (ask for the next trial at
-    once). Never raises (the repair loop catches up); returns the trial jobs created."""
+    once); then the tenant's other running sweeps, since the job's end freed one of the tenant's live-job slots that a
+    sweep may be waiting for. Never raises (the repair loop catches up); returns the trial jobs created."""
     settings = settings or get_settings()
     try:
         with session_factory(settings)() as s:
-            sweep_id = s.scalar(select(Job.sweep_id).where(Job.id == job_id))
-        return advance(sweep_id, settings) if sweep_id else []
+            row = s.execute(select(Job.sweep_id, Job.tenant_id).where(Job.id == job_id)).first()
+            if row is None:
+                return []
+            others = list(s.scalars(select(Sweep.id).where(Sweep.tenant_id == row.tenant_id, Sweep.status == RUNNING)
+                                    .order_by(Sweep.created_at).limit(100)))
+        out: list[str] = []
+        for sweep_id in ([row.sweep_id] if row.sweep_id else []) + [o for o in others if o != row.sweep_id]:
+            out += advance(sweep_id, settings)
+        return out
     except Exception:  # noqa: BLE001 - the sweep is advanced by the repair loop too
-        log.exception("could not advance the sweep of job %s", job_id)
+        log.exception("could not advance the sweeps after job %s", job_id)
         return []
 
 
@@ -404,10 +447,14 @@ def cancel(s: Session, sweep_id: str) -> bool:
 
 
 def progress(s: Session, sweep: Sweep) -> dict[str, Any]:
-    """{'trials': {'created', 'done', 'running', 'queued', 'failed', 'cancelled'}, 'best': the best completed trial by
-    the first objective ({'trial', 'job_id', 'scores'}) or None}."""
+    """{'trials': {'created', 'done', 'running', 'queued', 'failed', 'cancelled', 'pruned' (stopped early by the
+    pruner; not among 'cancelled')}, 'best': the best completed trial by
+    the first objective ({'trial', 'job_id', 'scores'}) or None, 'waiting_for_job_slot': True while the sweep would
+    start a trial but its tenant is at its live-job limit}."""
     spec = SweepSpec.model_validate(sweep.spec)
     counts = dict(s.execute(select(Job.status, func.count()).where(Job.sweep_id == sweep.id).group_by(Job.status)).all())
+    pruned = s.scalar(select(func.count()).select_from(Job).where(Job.sweep_id == sweep.id, Job.status == states.CANCELLED,
+                                                                 Job.error_code == PRUNED_CODE)) or 0
     done = [t for t in s.scalars(select(SweepTrial).where(SweepTrial.sweep_id == sweep.id, SweepTrial.state == "complete"))]
     best = None
     if done:
@@ -417,5 +464,5 @@ def progress(s: Session, sweep: Sweep) -> dict[str, Any]:
     return {"trials": {"created": sweep.trials_created, "max_trials": spec.budget.max_trials,
                        "succeeded": counts.get(states.SUCCEEDED, 0), "running": counts.get(states.RUNNING, 0) + counts.get(states.CANCELLING, 0),
                        "queued": counts.get(states.QUEUED, 0), "failed": counts.get(states.FAILED, 0),
-                       "cancelled": counts.get(states.CANCELLED, 0)},
-            "best": best}
+                       "cancelled": counts.get(states.CANCELLED, 0) - pruned, "pruned": pruned},
+            "best": best, "waiting_for_job_slot": waiting_for_job_slot(s, sweep, spec)}

@@ -132,14 +132,26 @@ class SamplerSpec(_Strict):
     population_size: int | None = Field(None, ge=2, le=1000, description="nsga2 only; default max(2, max_trials // 3).")
 
 
+PRUNERS = ("none", "median", "successive_halving")
+
+
 class Budget(_Strict):
     """``max_trials`` trials at most, ``max_parallel`` in flight at once, and no new trial after ``max_runtime_s``
-    seconds (the live ones are then cancelled)."""
+    seconds (the live ones are then cancelled). ``pruner``: early stopping of trials that are clearly behind, on the
+    per-epoch top-1 of the selection split (Optuna's pruners; see ``stillhouse.sweeps.pruning``): ``median`` (Optuna's
+    MedianPruner: stop a trial whose best top-1 so far is below the median of the completed trials' at the same epoch;
+    the median stopping rule of Google Vizier, Golovin et al. 2017) or ``successive_halving`` (asynchronous successive
+    halving, Li et al. 2020, "A System for Massively Parallel Hyperparameter Tuning"). Pruning is single-objective:
+    a sweep with a pruner must have the one objective ``top1`` (see ``SweepSpec``)."""
 
     max_trials: int = Field(12, ge=1, le=1000, description="Most trials (jobs) created.")
     max_parallel: int = Field(2, ge=1, le=64, description="Most trials queued or running at once.")
     max_runtime_s: float = Field(24 * 3600.0, gt=0, le=30 * 24 * 3600.0, description="Seconds after which no new trial is "
                                  "created (running ones finish).")
+    pruner: Literal["none", "median", "successive_halving"] = Field(
+        "none", description="Early stopping of trials on the per-epoch selection-split top-1: 'none', 'median' (below the "
+        "completed trials' median at that epoch) or 'successive_halving' (asynchronous successive halving). Needs the single "
+        "objective top1. A pruned trial's job ends cancelled with error code trial_pruned and does not enter the front.")
 
 
 class SweepSpec(_Strict):
@@ -188,6 +200,13 @@ class SweepSpec(_Strict):
         labels = [o.label for o in self.objectives]
         if len(set(labels)) != len(labels):
             raise ValueError("objectives: each objective at most once")
+        if self.budget.pruner != "none" and labels != ["top1"]:
+            # Optuna's pruners compare one intermediate value per epoch (Trial.report refuses multi-objective studies).
+            # Pruning a multi-objective sweep on its quality objective alone would stop exactly the small, fast students
+            # that are behind on top-1 early yet belong on the accuracy-latency-size front, so it is refused instead.
+            raise ValueError(f"budget.pruner {self.budget.pruner!r} needs objectives [top1] alone (pruning compares the "
+                             f"per-epoch selection-split top-1 of trials; with objectives {labels} it would drop small students "
+                             "that belong on the front); use pruner 'none' for a multi-objective sweep")
         if self.sampler.name == "grid":
             for path, dim in self.search_space.items():
                 if isinstance(dim, FloatDim):

@@ -18,6 +18,8 @@ from tests.api.test_files import assert_error
 from client import cli
 from tests.api.test_cli_reports import http_url  # noqa: F401 - fixture
 from tests.api.test_jobs import spec_for, teacher_id  # noqa: F401 - fixture
+from tests.api.test_webhooks import pass_until_idle, private_ok  # noqa: F401 - fixture
+from tests.webhooks import WebhookReceiver
 
 SPACE = {"student.architecture.kwargs.hidden_sizes": {"type": "layers", "widths": [8, 32], "depths": [1, 2]},
          "method.temperature": {"type": "float", "low": 1.0, "high": 8.0}}
@@ -202,3 +204,199 @@ async def test_cli_sweep_submit_wait_front(http_url, teacher_id, tmp_path, monke
     assert front.exit_code == 0 and jobs[0].id in front.stdout and jobs[1].id in front.stdout and "teacher" in front.stdout
     missing = runner.invoke(cli.app, ["--api", http_url, "sweep", "front", "swp_" + "0" * 24])
     assert missing.exit_code == 2
+
+
+def _live(tenant_id: str = "default") -> int:
+    from stillhouse.db import session_factory
+    from stillhouse.jobs.limits import live_jobs
+
+    with session_factory()() as s:
+        return live_jobs(s, tenant_id)
+
+
+async def test_trials_count_against_the_tenants_live_job_limit(api, teacher_id, monkeypatch):  # noqa: F811
+    """Limit 3, one ordinary job live: a sweep with max_parallel 4 starts 2 trials and waits (never over the limit);
+    at the limit both POST /v1/jobs and POST /v1/sweeps answer 429; each freed slot (a trial's or another job's end)
+    starts one more trial, and the sweep still runs its whole budget."""
+    from stillhouse.db import session_scope
+    from stillhouse.jobs import states
+    from stillhouse.settings import get_settings
+    from stillhouse.sweeps import scheduler
+
+    monkeypatch.setenv("STILLHOUSE_MAX_RUNNING_JOBS_PER_TENANT", "3")
+    get_settings.cache_clear()
+    other = (await api.post("/v1/jobs", json=spec_for(teacher_id))).json()["id"]
+    sw = (await api.post("/v1/sweeps", json=sweep_body(teacher_id, budget={"max_trials": 5, "max_parallel": 4}))).json()
+    assert sw["status"] == "running" and sw["trials"]["created"] == 2 and sw["waiting_for_job_slot"] is True
+    assert _live() == 3
+    assert_error(await api.post("/v1/jobs", json=spec_for(teacher_id)), 429, "too_many_jobs")
+    resp = await api.post("/v1/sweeps", json=sweep_body(teacher_id))
+    err = assert_error(resp, 429, "too_many_jobs")
+    assert "limit is 3" in err["message"] and resp.headers["retry-after"]
+    assert [s["id"] for s in (await api.get("/v1/sweeps")).json()["data"]] == [sw["id"]]  # nothing created
+    scheduler.advance(sw["id"], force=True)  # a step at the limit creates nothing
+    assert len(_jobs(sw["id"])) == 2
+    # the ordinary job ends: its worker's hook gives the freed slot to the waiting sweep
+    with session_scope() as s:
+        assert states.transition(s, other, states.RUNNING, attempt=1) and states.transition(s, other, states.SUCCEEDED)
+    scheduler.job_finished(other)
+    assert len(_jobs(sw["id"])) == 3 and _live() == 3
+    seen = 3
+    while (jobs := [j for j in _jobs(sw["id"]) if j.status == "queued"]):
+        _end(jobs[0].id)
+        assert _live() <= 3
+        seen = max(seen, len(_jobs(sw["id"])))
+    got = (await api.get(f"/v1/sweeps/{sw['id']}")).json()
+    assert got["status"] == "succeeded" and got["trials"]["created"] == 5 and got["trials"]["succeeded"] == 5
+    assert got["waiting_for_job_slot"] is False and seen == 5
+
+
+async def test_a_sweep_under_a_roomy_limit_is_not_held_back(api, teacher_id, monkeypatch):  # noqa: F811
+    from stillhouse.settings import get_settings
+
+    monkeypatch.setenv("STILLHOUSE_MAX_RUNNING_JOBS_PER_TENANT", "4")
+    get_settings.cache_clear()
+    sw = (await api.post("/v1/sweeps", json=sweep_body(teacher_id, budget={"max_trials": 8, "max_parallel": 3}))).json()
+    assert sw["trials"]["created"] == 3 and sw["waiting_for_job_slot"] is False
+    second = (await api.post("/v1/sweeps", json=sweep_body(teacher_id, budget={"max_trials": 8, "max_parallel": 3}))).json()
+    assert second["trials"]["created"] == 1 and second["waiting_for_job_slot"] is True and _live() == 4
+    _end(_jobs(sw["id"])[0].id)  # the first sweep's slot: its own next trial takes it (the sweep of the ended trial first)
+    assert len(_jobs(sw["id"])) == 4 and len(_jobs(second["id"])) == 1 and _live() == 4
+
+
+async def test_sweep_webhooks_are_sent_once_when_a_sweep_ends(api, backend, teacher_id, private_ok):  # noqa: F811
+    """sweep.succeeded / sweep.failed / sweep.cancelled through the job events' outbox: signed, thin (id, status,
+    tenant, front size), only to endpoints subscribed to them, once per sweep however many steps follow; a cancelled
+    sweep's event waits for its last running trial (its front is known then)."""
+    from stillhouse.db import session_factory
+    from stillhouse.models import Job
+    from stillhouse.sweeps import scheduler
+
+    with WebhookReceiver() as rx:
+        every = (await api.post("/v1/webhooks", json={"url": rx.url + "?all"})).json()
+        done = (await api.post("/v1/webhooks", json={"url": rx.url + "?done", "events": ["sweep.succeeded", "sweep.cancelled"]})).json()
+        jobs_only = (await api.post("/v1/webhooks", json={"url": rx.url + "?jobs", "events": ["job.succeeded"]})).json()
+        # succeeded, with a 2-member front
+        ok = (await api.post("/v1/sweeps", json=sweep_body(teacher_id, budget={"max_trials": 2, "max_parallel": 2}))).json()
+        first, second = _jobs(ok["id"])
+        _end(first.id, top1=0.95, nbytes=4000, p50=0.3)
+        assert pass_until_idle() == 0  # nothing before the sweep's end
+        _end(second.id, top1=0.80, nbytes=1000, p50=0.1)
+        for _ in range(3):
+            scheduler.advance(ok["id"], force=True)  # later steps announce nothing again
+        assert pass_until_idle() == 2
+        got = rx.wait_for(2)
+        assert sorted(r.path.rsplit("?", 1)[-1] for r in got) == ["all", "done"]
+        for r in got:
+            secret = every["secret"] if r.path.endswith("?all") else done["secret"]
+            payload = r.verify(secret)
+            assert payload["type"] == "sweep.succeeded"
+            assert payload["data"] == {"object": "sweep", "id": ok["id"], "status": "succeeded", "tenant_id": "default",
+                                       "front_size": 2}
+        log = (await api.get(f"/v1/webhooks/{every['id']}/deliveries")).json()["data"]
+        assert [(d["event_type"], d["sweep_id"], d["job_id"], d["status"]) for d in log] == [("sweep.succeeded", ok["id"], None, "succeeded")]
+        # failed: no trial completed -> only the endpoint subscribed to everything
+        bad = (await api.post("/v1/sweeps", json=sweep_body(teacher_id, budget={"max_trials": 1, "max_parallel": 1}))).json()
+        _end(_jobs(bad["id"])[0].id, status="failed")
+        assert pass_until_idle() == 1
+        payload = rx.wait_for(3)[-1].verify(every["secret"])
+        assert payload["type"] == "sweep.failed" and payload["data"]["id"] == bad["id"] and payload["data"]["front_size"] == 0
+        # cancelled: announced once its running trial has stopped, not at the cancel
+        sw = (await api.post("/v1/sweeps", json=sweep_body(teacher_id))).json()
+        running, _ = _jobs(sw["id"])
+        with session_factory()() as s:
+            s.execute(update(Job).where(Job.id == running.id).values(status="running"))
+            s.commit()
+        assert (await api.post(f"/v1/sweeps/{sw['id']}/cancel")).json()["status"] == "cancelled"
+        assert (await api.post(f"/v1/sweeps/{sw['id']}/cancel")).status_code == 200
+        pass_until_idle()  # the queued trial's job.cancelled (its job is an ordinary job), no sweep event yet
+
+        def sweep_events():
+            return [(r.path.rsplit("?", 1)[-1], json.loads(r.body)) for r in rx.requests if json.loads(r.body)["type"].startswith("sweep.")]
+
+        assert len(sweep_events()) == 3
+        _end(running.id, status="cancelled")
+        scheduler.advance(sw["id"], force=True)
+        pass_until_idle()
+        last = sorted((where, p["type"]) for where, p in sweep_events()[3:])
+        assert last == [("all", "sweep.cancelled"), ("done", "sweep.cancelled")]
+        assert sweep_events()[-1][1]["data"] == {"object": "sweep", "id": sw["id"], "status": "cancelled",
+                                                 "tenant_id": "default", "front_size": 0}
+        assert (await api.get(f"/v1/webhooks/{jobs_only['id']}/deliveries")).json()["data"] == []
+
+
+async def test_a_pruner_needs_the_single_objective_top1(api, teacher_id):  # noqa: F811
+    """Optuna's pruners are single-objective: a multi-objective sweep (or one on latency/bytes) with a pruner is 422,
+    naming the field; with the one objective top1 it is accepted."""
+    for objectives in (None, [{"name": "bytes"}], [{"name": "top1"}, {"name": "bytes"}]):
+        body = sweep_body(teacher_id, budget={"max_trials": 2, "pruner": "median"})
+        if objectives is not None:
+            body["objectives"] = objectives
+        err = assert_error(await api.post("/v1/sweeps", json=body), 422)
+        assert "budget.pruner" in err["message"] and "[top1]" in err["message"], err
+    assert_error(await api.post("/v1/sweeps", json=sweep_body(teacher_id, objectives=[{"name": "top1"}],
+                                                              budget={"pruner": "hyperband"})), 422)
+    assert _no_sweeps()
+    resp = await api.post("/v1/sweeps", json=sweep_body(teacher_id, objectives=[{"name": "top1"}],
+                                                        budget={"max_trials": 2, "pruner": "successive_halving"}))
+    assert resp.status_code == 201 and resp.json()["spec"]["budget"]["pruner"] == "successive_halving"
+    assert sweep_body(teacher_id)["budget"].get("pruner") is None and resp.json()["trials"]["pruned"] == 0
+
+
+async def test_a_pruned_trial_stops_early_and_stays_off_the_front(api, teacher_id):  # noqa: F811
+    """Median pruner, 3 epochs a trial: two trials report a selection top-1 of 0.95 per epoch (as their worker would)
+    and complete; the third runs for real in this process (the worker's task body) with a learning rate too small to
+    learn, is told by Optuna to stop after epoch 1, stops through the trainer's stop check, and ends cancelled with
+    error code trial_pruned: one epoch of metrics, nothing published, trial state 'pruned' with the reason, off the
+    front; the sweep still ends succeeded."""
+    from distill.reporter import MetricRow
+    from stillhouse.db import session_factory
+    from stillhouse.jobs.runner import execute
+    from stillhouse.models import Artifact, Metric
+    from stillhouse.settings import get_settings
+    from stillhouse.sweeps import pruning, scheduler
+
+    base = spec_for(teacher_id, **{"training.epochs": 3, "training.optimizer": {"name": "sgd", "lr": 1e-9}})
+    body = sweep_body(teacher_id, base=base, objectives=[{"name": "top1"}], sampler={"name": "random", "seed": 0},
+                      search_space={"method.alpha": {"type": "categorical", "choices": [0.5, 0.9]}},
+                      budget={"max_trials": 3, "max_parallel": 1, "pruner": "median"})
+    sw = (await api.post("/v1/sweeps", json=body)).json()
+    for n in range(2):
+        (job,) = [j for j in _jobs(sw["id"]) if j.status == "queued"]
+        watch = pruning.for_job(session_factory(), job.id, get_settings())
+        assert watch is not None and watch.epochs == 3
+        assert [watch.observe([MetricRow("top1", "val", 10 * e, e, 0.95)]) for e in (1, 2)] == [None, None]
+        _end(job.id, top1=0.95)
+    (third,) = [j for j in _jobs(sw["id"]) if j.status == "queued"]
+    assert execute(third.id) == "cancelled"
+    with session_factory()() as s:
+        job = s.get(type(third), third.id)
+        assert job.error_code == "trial_pruned" and "median pruner after epoch 1 of 3" in job.error_message
+        epochs = sorted({m.epoch for m in s.scalars(select(Metric).where(Metric.job_id == third.id, Metric.split == "val"))})
+        assert epochs == [1] and s.scalar(select(Artifact.id).where(Artifact.job_id == third.id)) is None
+    scheduler.job_finished(third.id)
+    trials = (await api.get(f"/v1/sweeps/{sw['id']}/trials")).json()["data"]
+    assert [t["state"] for t in trials] == ["complete", "complete", "pruned"]
+    assert trials[2]["status"] == "cancelled" and "pruned by the sweep's median pruner" in trials[2]["reason"]
+    got = (await api.get(f"/v1/sweeps/{sw['id']}")).json()
+    assert got["status"] == "succeeded" and got["trials"]["pruned"] == 1 and got["trials"]["cancelled"] == 0
+    front = (await api.get(f"/v1/sweeps/{sw['id']}/front")).json()
+    assert third.id not in [m["job_id"] for m in front["data"]] and front["data"]
+
+
+async def test_concurrent_sweeps_and_jobs_cannot_pass_the_limit_together(api, teacher_id, monkeypatch):  # noqa: F811
+    """Limit 3: three sweeps (max_parallel 2) and three jobs created at once; however they interleave, at most 3 of the
+    tenant's jobs are live (the sweep steps count under the same tenant lock as job creation), and every refusal is a
+    429 too_many_jobs."""
+    import asyncio
+
+    from stillhouse.settings import get_settings
+
+    monkeypatch.setenv("STILLHOUSE_MAX_RUNNING_JOBS_PER_TENANT", "3")
+    get_settings.cache_clear()
+    calls = [api.post("/v1/sweeps", json=sweep_body(teacher_id, name=f"s{i}")) for i in range(3)]
+    calls += [api.post("/v1/jobs", json=spec_for(teacher_id, name=f"j{i}")) for i in range(3)]
+    responses = await asyncio.gather(*calls)
+    assert all(r.status_code in (201, 429) for r in responses), [r.text for r in responses]
+    assert all(r.json()["error"]["code"] == "too_many_jobs" for r in responses if r.status_code == 429)
+    assert _live() == 3 and any(r.status_code == 429 for r in responses)

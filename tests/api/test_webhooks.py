@@ -82,7 +82,8 @@ async def test_create_shows_the_secret_once_and_events_are_checked(api):
     assert resp.status_code == 201, resp.text
     ep = resp.json()
     assert ep["id"].startswith("whep_") and ep["secret"].startswith("whsec_") and len(ep["secret"]) > 40
-    assert ep["events"] == ["job.succeeded", "job.failed", "job.cancelled"] and ep["enabled"] is True
+    assert ep["events"] == ["job.succeeded", "job.failed", "job.cancelled", "sweep.succeeded", "sweep.failed", "sweep.cancelled"]
+    assert ep["enabled"] is True
     assert (await api.get(f"/v1/webhooks/{ep['id']}")).json()["secret"] is None
     assert [e["secret"] for e in (await api.get("/v1/webhooks")).json()["data"]] == [None]
     assert_error(await api.post("/v1/webhooks", json={"url": "https://93.184.216.34/", "events": ["job.exploded"]}), 422)

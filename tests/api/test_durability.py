@@ -78,6 +78,7 @@ def events(job_id: str) -> list[JobEvent]:
 
 
 async def test_create_job_records_that_its_message_was_sent(api, teacher_id):
+    drain_queue(get_settings())  # what earlier tests in this process left there (e.g. sweep trials' messages)
     jid = (await api.post("/v1/jobs", json=spec_for(teacher_id))).json()["id"]
     assert row(jid)["enqueued_at"] is not None
     assert drain_queue(get_settings()) == [jid]

@@ -157,6 +157,7 @@ def test_serve_refuses_auth_off_on_a_public_host(backend):
 
 
 @pytest.mark.slow
+@pytest.mark.backend_only("sqlite", reason="a dozen CLI subprocesses; on PostgreSQL the security e2e test runs the same commands")
 async def test_admin_command_creates_lists_limits_and_revokes(api, backend):
     """``python -m app tenants …`` / ``keys …`` as real subprocesses on the test database; the printed key works."""
     created = _run(["tenants", "create", "acme", "--max-running-jobs", "3", "--max-storage-bytes", "2MiB"], backend)

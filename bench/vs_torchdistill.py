@@ -374,13 +374,13 @@ def _summarise(rows: list[dict[str, Any]], same: str, epochs: int) -> list[str]:
         return [(r["td"][layout] if layout else r[side])[k] for r in rows]
 
     print(f"\nmedians over {len(rows)} alternating runs (spread min-max), {epochs} epochs:")
-    print(f"  {'':64} {'wall s':>8} {'spread':>11} {'train s':>8} {'CPU s':>7} {'top-1':>7}")
+    print(f"  {'':104} {'wall s':>8} {'spread':>11} {'train s':>8} {'CPU s':>7} {'top-1':>7}")
     named = [(f"torchdistill {rows[0]['td'][lay]['versions']['torchdistill']} (torch {rows[0]['td'][lay]['versions']['torch']}, "
               f"torchvision {rows[0]['td'][lay]['versions'].get('torchvision', '?')}, "
               f"{lay} teacher{', = the job' if lay == same else ''})", "td", lay) for lay in rows[0]["td"]]
     named += [("stillhouse job, cache off", "off", None), ("stillhouse job, cache on", "on", None)]
     for name, side, lay in named:
-        print(f"  {name:64} {_med(col(side, 'wall', lay)):8.1f} {_spread(col(side, 'wall', lay)):>11} {_med(col(side, 'train', lay)):8.1f} "
+        print(f"  {name:104} {_med(col(side, 'wall', lay)):8.1f} {_spread(col(side, 'wall', lay)):>11} {_med(col(side, 'train', lay)):8.1f} "
               f"{_med(col(side, 'cpu', lay)):7.1f} {100 * _med(col(side, 'top1', lay)):6.2f}%")
     missed: list[str] = []
     for lay in rows[0]["td"]:

@@ -43,6 +43,17 @@ Set-up of the torchdistill venv (once, ~2 minutes; the path is git-ignored)::
     bench/.venv-torchdistill/bin/pip install torch==2.14.1 torchvision==0.29.1
     bench/.venv-torchdistill/bin/pip install torchdistill==1.1.5 safetensors mlxtend scikit-learn
 
+Or, without a second torch (seconds): torchvision and torchdistill beside the project's own venv's torch 2.13, in a
+folder of their own, never in the venv itself, with ``--no-deps`` so that pip cannot replace torch (torchvision 0.28.0
+declares ``torch==2.13.0``; torchdistill's other import-time needs, numpy, scipy, pyyaml, and the side's safetensors,
+mlxtend and scikit-learn, are already in the project's venv)::
+
+    .venv/bin/pip install --no-deps --target /tmp/tv torchvision==0.28.0 torchdistill==1.1.5
+    PYTHONPATH=/tmp/tv:$PWD .venv/bin/python bench/vs_torchdistill.py --td-venv .venv [...]
+
+With the CPU-only torch (``2.13.0+cpu``) the PyPI torchvision's compiled ops do not load; ``_import_torchvision``
+then lets its Python part import (the benchmark uses no torchvision operator) and the summary says "(no ops)".
+
 Run::
 
     .venv/bin/python bench/vs_torchdistill.py [--epochs 20] [--repeats 3] [--td-layouts both|service] [--td-venv DIR]
@@ -120,6 +131,33 @@ def _stillhouse_models() -> Any:
     return models
 
 
+def _import_torchvision() -> str:
+    """Import torchvision (torchdistill imports it at import time) and return its version, suffixed ' (no ops)' when
+    its compiled ops could not be loaded. PyPI's Linux wheel of torchvision is a CUDA build: beside a CPU-only torch of
+    the same version (``torch==2.13.0+cpu`` and ``torchvision==0.28.0``) its ``_C.so`` does not load (it links
+    ``libtorch_cuda.so``/``libc10_cuda.so``), and ``import torchvision`` then fails with "operator torchvision::nms
+    does not exist", raised by the two fake-kernel registrations (``nms``, ``qnms``) that torchvision 0.28 does not guard
+    with ``extension._has_ops()``. In that case only, this defines those two operators' schemas (no kernels) so that
+    torchvision's Python part imports; the benchmark never calls a torchvision operator (one would raise "no kernel").
+    Raises the original error for any other import failure."""
+    import torch
+
+    try:
+        import torchvision
+    except RuntimeError as e:
+        if "torchvision::nms does not exist" not in str(e):
+            raise
+        for name in [m for m in list(sys.modules) if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        lib = torch.library.Library("torchvision", "FRAGMENT")
+        for op in ("nms", "qnms"):
+            lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _import_torchvision.lib = lib  # type: ignore[attr-defined]  # keep the definitions alive
+        import torchvision
+    ops = torchvision.extension._has_ops()
+    return torchvision.__version__ + ("" if ops else " (no ops)")
+
+
 def torchdistill_run(teacher_path: Path, split_path: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     """One torchdistill KD run (in the torchdistill venv). ``cfg``: epochs, batch, lr, temperature, alpha (stillhouse's:
     the KD-term weight), seed, student (architecture spec). Returns {'wall_s', 'train_s', 'top1' (fraction, final
@@ -127,6 +165,8 @@ def torchdistill_run(teacher_path: Path, split_path: Path, cfg: dict[str, Any]) 
     the timings."""
     import numpy as np
     import torch
+
+    tv_ops = _import_torchvision()
     import torchdistill
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -231,7 +271,7 @@ def torchdistill_run(teacher_path: Path, split_path: Path, cfg: dict[str, Any]) 
     return {"wall_s": end - t0 - hash_s, "train_s": end - t_train, "cpu_s": c_end - c0 - hash_s, "train_cpu_s": c_end - c_train, "top1": epoch_top1[-1], "epoch_top1": epoch_top1,
             "init_sha256": init_sha, "data_sha256": d_sha, "steps": steps,
             "versions": {"torch": torch.__version__, "torchdistill": getattr(torchdistill, "__version__", "?"),
-                         "threads": torch.get_num_threads()}}
+                         "torchvision": tv_ops, "threads": torch.get_num_threads()}}
 
 
 def run_torchdistill(teacher: Path, cfg: dict[str, Any], venv: Path = TD_VENV) -> dict[str, Any]:
@@ -334,12 +374,13 @@ def _summarise(rows: list[dict[str, Any]], same: str, epochs: int) -> list[str]:
         return [(r["td"][layout] if layout else r[side])[k] for r in rows]
 
     print(f"\nmedians over {len(rows)} alternating runs (spread min-max), {epochs} epochs:")
-    print(f"  {'':64} {'wall s':>8} {'spread':>11} {'train s':>8} {'CPU s':>7} {'top-1':>7}")
+    print(f"  {'':104} {'wall s':>8} {'spread':>11} {'train s':>8} {'CPU s':>7} {'top-1':>7}")
     named = [(f"torchdistill {rows[0]['td'][lay]['versions']['torchdistill']} (torch {rows[0]['td'][lay]['versions']['torch']}, "
+              f"torchvision {rows[0]['td'][lay]['versions'].get('torchvision', '?')}, "
               f"{lay} teacher{', = the job' if lay == same else ''})", "td", lay) for lay in rows[0]["td"]]
     named += [("stillhouse job, cache off", "off", None), ("stillhouse job, cache on", "on", None)]
     for name, side, lay in named:
-        print(f"  {name:64} {_med(col(side, 'wall', lay)):8.1f} {_spread(col(side, 'wall', lay)):>11} {_med(col(side, 'train', lay)):8.1f} "
+        print(f"  {name:104} {_med(col(side, 'wall', lay)):8.1f} {_spread(col(side, 'wall', lay)):>11} {_med(col(side, 'train', lay)):8.1f} "
               f"{_med(col(side, 'cpu', lay)):7.1f} {100 * _med(col(side, 'top1', lay)):6.2f}%")
     missed: list[str] = []
     for lay in rows[0]["td"]:

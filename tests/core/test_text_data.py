@@ -101,7 +101,7 @@ def test_jsonl_is_not_a_numeric_dataset_or_a_model(tmp_path):
     path = _jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": 0}])
     assert "text dataset" in _expect("invalid_file", read_dataset, path, "jsonl").message
     err = _expect("invalid_file", inspect_file, path, "teacher")
-    assert err.message.endswith("got JSONL")
+    assert "got JSONL text (first line" in err.message, err.message
 
 
 # --------------------------------------------------------------------------------------------- CSV

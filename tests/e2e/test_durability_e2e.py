@@ -313,7 +313,8 @@ def test_max_runtime_ends_the_job_failed_with_nothing_published(cluster, digits_
     cl.start_worker("w1")
     c = cl.client
     teacher = c.upload(digits_teacher, "teacher")
-    job = c.create_job(spec(teacher.id, **{**LONG, "training.max_runtime_s": 2}))
+    # 1,000 epochs (23,000 steps): LONG's 40 epochs can finish inside 2 s on a quiet machine (CI saw it succeed)
+    job = c.create_job(spec(teacher.id, **{**LONG, "training.epochs": 1000, "training.max_runtime_s": 2}))
     done = c.wait(job.id, timeout_s=240)
     assert done.status == "failed" and done.error.code == "max_runtime_exceeded", done
     assert "training.max_runtime_s=2" in done.error.message

@@ -100,7 +100,9 @@ def test_cli_submit_wait_exit_codes_json_and_no_wasted_uploads(pipeline, digits_
     res = _cli(pipeline, "submit", str(tmp_path / "slow.json"), "--wait", "--timeout", "1", "--json")
     assert res.returncode == 4 and "has not ended after 1 s" in res.stderr
     slow_id = json.loads(res.stdout)["id"]
-    assert json.loads(_cli(pipeline, "cancel", slow_id, "--json").stdout)["status"] in ("cancelling", "cancelled")
+    cancel = _cli(pipeline, "cancel", slow_id, "--json")
+    assert cancel.returncode == 0 and cancel.stdout.strip(), (cancel.returncode, cancel.stdout, cancel.stderr)
+    assert json.loads(cancel.stdout)["status"] in ("cancelling", "cancelled")
     assert _cli(pipeline, "wait", slow_id).returncode == 3
 
     listed = _cli(pipeline, "jobs", "--json")

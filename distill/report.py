@@ -528,6 +528,13 @@ class SequenceClassificationReport(TextReportBase):
     mean_kl: float | None = Field(..., description="KL(teacher ‖ student) at T = 1, nats, mean over validation texts.")
     teacher_top1: float | None = Field(..., description="Teacher's validation top-1, fraction; None without labels.")
     student_top1: float | None = Field(..., description="Student's validation top-1, fraction; None without labels.")
+    teacher_top1_interval: list[float] | None = Field(None, min_length=2, max_length=2, description="Wilson 95% interval "
+                                                      "[low, high] of teacher_top1, fractions; None without labels.")
+    student_top1_interval: list[float] | None = Field(None, min_length=2, max_length=2, description="Wilson 95% interval "
+                                                      "[low, high] of student_top1, fractions; None without labels.")
+    comparisons: dict[str, Comparison] | None = Field(None, description="Paired comparisons on the labelled validation "
+                                                      "texts, keyed 'teacher_vs_student' (text jobs train no "
+                                                      "student-alone baseline); None without validation labels.")
 
     def quality(self) -> Quality:
         """Validation top-1 of teacher and student."""

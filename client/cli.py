@@ -542,6 +542,7 @@ def _selection(summary: Table, r: Any) -> None:
         return
     summary.add_row("method auto chose", f"{sel.chosen}{' (the student alone, no teacher)' if sel.student_alone else ''}: {sel.reason}")
     summary.add_row("candidates (selection top-1)", ", ".join(f"{c.name} {_fmt(c.selection_top1, 'pct')}" for c in sel.candidates))
+    summary.add_row("selection split", sel.split_text())
     cost = f"{sel.steps_fraction:.0%} of the job's steps"
     if sel.cost_fraction_of_job_time is not None:
         cost += f", {sel.cost_fraction_of_job_time:.0%} of its time"

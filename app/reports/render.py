@@ -125,7 +125,7 @@ def _selection_rows(r: ClassificationReport) -> list[tuple[str, str]]:
     return [("method auto chose", f"{sel.chosen}{' (the student alone, no teacher)' if sel.student_alone else ''}: {sel.reason}"),
             *[(f"candidate {c.name}", f"selection top-1 {_pct(c.selection_top1)} {_interval(c.selection_top1_interval)}")
               for c in sel.candidates],
-            (f"selection cost ({sel.selection_rows:,} selection rows)", cost)]
+            ("selection split", sel.split_text()), (f"selection cost ({sel.selection_rows:,} selection rows)", cost)]
 
 
 def _text_view(r: TextReportBase) -> dict[str, Any]:

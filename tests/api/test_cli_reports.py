@@ -101,6 +101,7 @@ async def test_cli_report_shows_every_stored_shape(http_url, stored_jobs, monkey
     chosen, r = " ".join(_cli(http_url, "report", ids["classification_auto"]).split()), parse_report(STORED["classification_auto"])
     assert f"method auto chose {r.selection.chosen}" in chosen and "candidates (selection top-1)" in chosen
     assert all(c.name in chosen for c in r.selection.candidates) and "selection cost" in chosen
+    assert f"selection split {r.selection.selection_rows:,} labelled training rows; candidates trained on" in chosen
     raw = json.loads(_cli(http_url, "report", ids["classification_early"], "--json"))
     assert raw["task"] == "classification" and raw["job_id"] == ids["classification_early"] and raw["cache"] is None
 

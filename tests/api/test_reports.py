@@ -143,6 +143,7 @@ async def test_stored_report_is_served_and_rendered(api, tmp_path, name):
         sel = typed.selection
         assert "method auto chose" in page
         assert sel.chosen in page and all(f"candidate {c.name}" in page for c in sel.candidates)
+        assert f"{sel.selection_rows:,} labelled training rows; candidates trained on {sel.candidate_training_rows:,}" in page
         assert f"{sel.steps_fraction:.0%} of the job&#39;s training steps" in page or f"{sel.steps_fraction:.0%} of the job's training steps" in page
 
 

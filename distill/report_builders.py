@@ -308,7 +308,7 @@ def sequence_classification_report(*, teacher: TextTeacherSummary, student: Text
     if ts is not None:
         low, high = ts["interval_points"]
         text += (f" (teacher − student {ts['difference_points']:+.2f} points, 95% paired interval [{low:+.2f}, {high:+.2f}], "
-                 f"{'no measurable difference' if ts['verdict'] == 'no measurable difference' else 'outside the noise'})")
+                 f"{ {'a better': 'the teacher better', 'b better': 'the student better'}.get(ts['verdict'], ts['verdict'])})")
     return SequenceClassificationReport(
         task="sequence_classification", summary=text + ".", teacher=teacher, student=student, **ratios, agreement=rnd(agreement),
         mean_kl=rnd(mean_kl, 6), teacher_top1=rnd(teacher_top1), student_top1=rnd(student_top1), data=data, pooling=None,

@@ -10,8 +10,8 @@ class), the other 3,800 as an unlabelled transfer set (``data.transfer``). Valid
 default split's, given as a validation file in ``few``). The teacher is bench/service_vs_bare.py's cnn [32, 64],
 trained on the 4,000 labelled rows. The spec's own defaults apply unless a case sets them (learning rate, DKD's beta and
 warm-up, a FitNets extra's weight); ``--lr`` overrides the learning rate of every case. Case ``auto`` (the default
-method, ``distill.auto``) shows the chosen candidate and the selection's cost (fraction of the job's training steps and
-of its wall time) in the case column.
+method, ``distill.auto``) shows the chosen candidate, the selection's cost (fraction of the job's training steps and
+of its wall time), the rule that chose, the selection split's size and the selection intervals in the case column.
 """
 
 from __future__ import annotations
@@ -74,6 +74,14 @@ def _data(regime: str, tmp: Path) -> tuple[dict[str, Any], dict[str, FileInput]]
     return {"train": {"file_id": "file_l"}, "transfer": {"file_id": "file_u"}, "validation": {"file_id": "file_v"}}, files
 
 
+def _rule(sel: dict[str, Any]) -> str:
+    """The selection's rule, split size and intervals (points) for the case column."""
+    iv, tv = sel.get("interval_points"), sel.get("teacher_vs_alone_points")
+    fmt = (lambda v: f"[{v[0]:+.1f}, {v[1]:+.1f}]" if v else "–")
+    return (f"rule {sel.get('rule') or '–'}, {sel.get('selection_rows', 0)} selection rows, candidate − alone {fmt(iv)}, "
+            f"teacher − alone {fmt(tv)}")
+
+
 def main() -> None:
     """Run every (case, regime, epochs, seed) and print the rows and the summary."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -118,7 +126,7 @@ def main() -> None:
                         sel = r.get("selection")
                         shown = case if not sel else (f"{case} → {sel['chosen'] or 'kd (no selection)'} (selection "
                                                       f"{sel['steps_fraction']:.0%} of steps, "
-                                                      f"{sel['cost_fraction_of_job_time'] or 0:.0%} of time)")
+                                                      f"{sel['cost_fraction_of_job_time'] or 0:.0%} of time; {_rule(sel)})")
                         print(f"| {shown} | {label} | {epochs} | {seed} | {spec.training.optimizer.lr:g} | "
                               f"{100 * r['teacher']['val_top1']:.1f}% | {100 * r['baseline']['val_top1']:.1f}% | "
                               f"{100 * r['student']['val_top1']:.1f}% | {c['difference_points']:+.2f} [{lo:+.2f}, {hi:+.2f}] | "

@@ -427,6 +427,14 @@ def _latency(lat: LatencyMs | None) -> str:
     return f"{_fmt(lat.p50 if lat else None)} / {_fmt(lat.p95 if lat else None)} ms"
 
 
+def _comparison_rows(summary: Table, comparisons: dict[str, Any] | None) -> None:
+    """One row per paired comparison (``distill.report.Comparison``): difference, 95% interval, McNemar p, verdict."""
+    for c in (comparisons or {}).values():
+        low, high = c.interval_points
+        summary.add_row(f"{c.a} − {c.b}", f"{c.difference_points:+.2f} points, 95% [{low:+.2f}, {high:+.2f}], "
+                                          f"McNemar p = {c.mcnemar_p:.2g}: {_verdict(c)}")
+
+
 def render_text_report(r: TextReportBase) -> None:
     """Print the report of a text job (sentence_embedding or sequence_classification)."""
     t, s = r.teacher, r.student
@@ -439,6 +447,8 @@ def render_text_report(r: TextReportBase) -> None:
     tab.add_row("parameters", _fmt(t.parameters), _fmt(s.parameters))
     tab.add_row("bytes", _fmt(t.bytes, "bytes"), _fmt(s.bytes, "bytes"))
     tab.add_row(q.label, _fmt(q.teacher, "pct"), _fmt(q.student, "pct"))
+    if isinstance(r, SequenceClassificationReport) and (r.teacher_top1_interval or r.student_top1_interval):
+        tab.add_row("95% interval (Wilson)", _interval(r.teacher_top1_interval), _interval(r.student_top1_interval))
     tab.add_row("latency p50/p95 per sentence", _latency(t.latency_ms.get("1")), _latency(s.latency_ms.get("1")))
     for bs, v in t.throughput_per_s.items():
         tab.add_row(f"throughput @ batch {bs}", f"{_fmt(v)} /s", f"{_fmt(s.throughput_per_s.get(bs))} /s")
@@ -450,6 +460,7 @@ def render_text_report(r: TextReportBase) -> None:
     elif isinstance(r, SequenceClassificationReport):
         summary.add_row("agreement with teacher", _fmt(r.agreement, "pct"))
         summary.add_row("mean KL(teacher‖student)", _fmt(r.mean_kl))
+        _comparison_rows(summary, r.comparisons)
     summary.add_row("parameter ratio", _fmt(r.parameter_ratio, "x"))
     summary.add_row("compression ratio (bytes)", _fmt(r.compression_ratio, "x"))
     for k, v in r.speedup.items():
@@ -531,6 +542,7 @@ def _selection(summary: Table, r: Any) -> None:
         return
     summary.add_row("method auto chose", f"{sel.chosen}{' (the student alone, no teacher)' if sel.student_alone else ''}: {sel.reason}")
     summary.add_row("candidates (selection top-1)", ", ".join(f"{c.name} {_fmt(c.selection_top1, 'pct')}" for c in sel.candidates))
+    summary.add_row("selection split", sel.split_text())
     cost = f"{sel.steps_fraction:.0%} of the job's steps"
     if sel.cost_fraction_of_job_time is not None:
         cost += f", {sel.cost_fraction_of_job_time:.0%} of its time"
@@ -583,10 +595,7 @@ def render_report(r: AnyReport) -> None:
         summary.add_row("student trained alone", alone)
     if r.distillation_gain_points is not None:
         summary.add_row("distillation gain", f"{r.distillation_gain_points:+.2f} points")
-    for c in (r.comparisons or {}).values():
-        low, high = c.interval_points
-        summary.add_row(f"{c.a} − {c.b}", f"{c.difference_points:+.2f} points, 95% [{low:+.2f}, {high:+.2f}], "
-                                          f"McNemar p = {c.mcnemar_p:.2g}: {_verdict(c)}")
+    _comparison_rows(summary, r.comparisons)
     if r.cache:
         summary.add_row("teacher outputs cached", str(r.cache.teacher_outputs))
     _selection(summary, r)

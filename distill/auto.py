@@ -5,7 +5,9 @@ stratified, seeded by ``data.validation.seed``; never the reported validation sp
 ``candidates()`` on the remaining training rows for ``plan_budget``'s epochs, scores each by its top-1 on the selection
 split, and ``choose`` picks the winner: the best selection top-1, provided it beats the student alone at the spec's
 learning rate outside the paired-bootstrap noise (Efron & Tibshirani 1993; the 95% interval of the difference must lie
-above 0), else that student alone wins (what the job's baseline trains). The winner is then retrained on all training rows for the
+above 0), else that student alone wins (what the job's baseline trains) -- except with few labels (most training rows
+unlabelled and a teacher measurably better than the student alone on the selection split), where a tie goes to the
+best distilled candidate unless it is measurably worse. The winner is then retrained on all training rows for the
 job's full epochs and reported on the untouched validation split.
 
 Candidates are plain dicts validated through the job spec's ``method`` field (``method_spec``), so they follow the
@@ -28,7 +30,8 @@ from .stats import paired_bootstrap_interval
 from .training import TeacherCache, steps_per_epoch
 
 __all__ = ["AUTO_SELECTION_FRACTION", "CANDIDATE_METHODS", "LR_FACTORS", "ALONE", "Candidate", "Plan", "candidates",
-           "method_spec", "plan_budget", "selection_rows", "slice_rows", "choose", "fallback_method"]
+           "method_spec", "plan_budget", "selection_rows", "slice_rows", "choose", "Choice", "fallback_method",
+           "FEW_LABELS_UNLABELLED_FRACTION"]
 
 AUTO_SELECTION_FRACTION = 0.2
 """Fraction of the labelled training rows carved out as the selection split of method 'auto'."""
@@ -136,29 +139,98 @@ def slice_rows(data: DataBundle, cache: TeacherCache | None, rest: np.ndarray,
     return sub, sliced
 
 
-def choose(scores: list[tuple[Candidate, np.ndarray]], seed: int) -> tuple[Candidate, str, list[float] | None]:
-    """The winner among ``(candidate, per-row correctness on the selection split [S] bool)``, why (a sentence) and the
-    paired-bootstrap 95% interval (points) of the best candidate minus the reference (None when the reference is best
-    or absent). The reference is the first student-alone candidate (the student alone at the spec's learning rate:
-    what the job's baseline trains). The best selection top-1 (first listed on equal top-1) wins only when it beats
-    the reference outside the noise (interval above 0); otherwise (a tie) the reference wins. Measured reason (issue
-    11, mnist5k, 30 epochs): short candidates favour the 3x learning rate, which then lost 2 points at the full budget,
-    so any departure from the plain student alone must be clear."""
+FEW_LABELS_UNLABELLED_FRACTION = 0.5
+"""Few-labels regime of ``choose``: at least this fraction of the candidates' training rows has no label (a transfer
+set or label -1), so the student alone learns from a minority of the rows the distilled candidates learn from."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What ``choose`` picked: the ``winner``, ``reason`` (a sentence for the report), ``rule`` ('best' when the best
+    candidate is the reference student alone or beat it outside the noise; 'tie_to_alone'; 'few_labels_tie_to_distilled'),
+    ``interval_points`` (paired-bootstrap 95% interval of the compared candidate minus the student alone on the selection
+    split, points; None when the student alone is best and the few-labels rule did not apply) and
+    ``teacher_vs_alone_points`` (the teacher minus the student alone there, points; None without the teacher's
+    correctness)."""
+
+    winner: Candidate
+    reason: str
+    rule: str
+    interval_points: list[float] | None = None
+    teacher_vs_alone_points: list[float] | None = None
+
+
+def _points(a: np.ndarray, b: np.ndarray, seed: int) -> list[float] | None:
+    """Paired-bootstrap 95% interval of top-1(a) - top-1(b) on the same rows, in points (2 decimals); None for no rows."""
+    iv = paired_bootstrap_interval(a, b, seed=seed)
+    return [round(100 * iv[0], 2), round(100 * iv[1], 2)] if iv is not None else None
+
+
+def choose(scores: list[tuple[Candidate, np.ndarray]], seed: int, *, teacher_correct: np.ndarray | None = None,
+           unlabelled_fraction: float = 0.0) -> Choice:
+    """The winner among ``(candidate, per-row correctness on the selection split [S] bool)`` (see ``Choice``).
+
+    The reference is the first student-alone candidate (the student alone at the spec's learning rate: what the job's
+    baseline trains). The best selection top-1 (first listed on equal top-1) wins only when it beats the reference
+    outside the noise (paired-bootstrap 95% interval above 0; Efron & Tibshirani 1993); otherwise (a tie) the reference
+    wins. Measured reason (issue 11, mnist5k, 30 epochs): short candidates favour the 3x learning rate, which then lost
+    2 points at the full budget, so any departure from the plain student alone must be clear.
+
+    One exception, the few-labels regime: when at least ``FEW_LABELS_UNLABELLED_FRACTION`` of the candidates' training
+    rows are unlabelled (``unlabelled_fraction``) and the teacher (``teacher_correct``: its correctness on the same
+    selection rows) beats the student alone outside the noise, a tie goes to the best distilled candidate instead,
+    provided that candidate is not measurably worse than the student alone (its interval does not lie below 0). The
+    student alone learns from the labelled minority only; the distilled candidates from every row through a teacher
+    shown to be better. Measured reason (issue 11, mnist5k, 200 labels + 3,800 transfer rows, 30 epochs): the selection
+    split keeps 40 labelled rows, too few to resolve kd's +12 to +14 points (the tie rule chose the student alone on 2
+    of 3 seeds). A teacher no better than the student alone (e.g. an untrained one) keeps the tie with the student alone.
+    """
     top = [(c, float(v.mean()) if v.size else 0.0) for c, v in scores]
     best = max(range(len(top)), key=lambda i: (top[i][1], -i))
     ref = next((i for i, (c, _) in enumerate(top) if c.alone), None)
-    if ref is None or best == ref:
+    if ref is None:
         c, t = top[best]
-        why = "the student alone had the best selection top-1" if c.alone else "it had the best selection top-1"
-        return c, f"{why} ({c.name}, {100 * t:.1f}%): the teacher did not help here" if c.alone else f"{why} ({100 * t:.1f}%)", None
-    iv = paired_bootstrap_interval(scores[best][1], scores[ref][1], seed=seed)
-    pts = [round(100 * iv[0], 2), round(100 * iv[1], 2)] if iv is not None else None
-    bn, rn = top[best][0].name, top[ref][0].name
-    diff = 100 * (top[best][1] - top[ref][1])
+        return Choice(c, f"it had the best selection top-1 ({100 * t:.1f}%)", "best")
+    rn = top[ref][0].name
+    pts = _points(scores[best][1], scores[ref][1], seed) if best != ref else None
+    teacher_pts = _points(teacher_correct, scores[ref][1], seed) if teacher_correct is not None else None
     if pts is not None and pts[0] > 0:
-        return top[best][0], (f"{bn} beat the student alone ({rn}) by {diff:+.1f} points on the selection split, 95% "
-                              f"paired-bootstrap interval [{pts[0]:+.1f}, {pts[1]:+.1f}] outside the noise"), pts
+        bn, diff = top[best][0].name, 100 * (top[best][1] - top[ref][1])
+        return Choice(top[best][0], f"{bn} beat the student alone ({rn}) by {diff:+.1f} points on the selection split, 95% "
+                                    f"paired-bootstrap interval [{pts[0]:+.1f}, {pts[1]:+.1f}] outside the noise", "best", pts,
+                      teacher_pts)
+    few = _few_labels(scores, top, ref, seed, teacher_pts, unlabelled_fraction)
+    if few is not None:
+        return few
+    if best == ref:
+        c, t = top[best]
+        return Choice(c, f"the student alone had the best selection top-1 ({c.name}, {100 * t:.1f}%): the teacher did not "
+                         "help here", "best", None, teacher_pts)
+    bn, diff = top[best][0].name, 100 * (top[best][1] - top[ref][1])
     lo, hi = pts if pts is not None else (diff, diff)
-    return top[ref][0], (f"a tie goes to the student alone: the best candidate, {bn}, scored {diff:+.1f} points over {rn} "
-                         f"on the selection split, within the noise (95% paired-bootstrap interval [{lo:+.1f}, {hi:+.1f}] "
-                         "covers 0)"), pts
+    return Choice(top[ref][0], f"a tie goes to the student alone: the best candidate, {bn}, scored {diff:+.1f} points over "
+                               f"{rn} on the selection split, within the noise (95% paired-bootstrap interval [{lo:+.1f}, "
+                               f"{hi:+.1f}] covers 0)", "tie_to_alone", pts, teacher_pts)
+
+
+def _few_labels(scores: list[tuple[Candidate, np.ndarray]], top: list[tuple[Candidate, float]], ref: int, seed: int,
+                teacher_pts: list[float] | None, unlabelled_fraction: float) -> Choice | None:
+    """``choose``'s few-labels rule: the best distilled candidate when it applies (see ``choose``; ``teacher_pts``: the
+    teacher minus the student alone on the selection split, points), else None."""
+    distilled = [i for i, (c, _) in enumerate(top) if not c.alone]
+    if unlabelled_fraction < FEW_LABELS_UNLABELLED_FRACTION or not distilled:
+        return None
+    alone = scores[ref][1]
+    if teacher_pts is None or teacher_pts[0] <= 0:
+        return None
+    bd = max(distilled, key=lambda i: (top[i][1], -i))
+    pts = _points(scores[bd][1], alone, seed)
+    if pts is None or pts[1] < 0:
+        return None
+    (c, t), (rc, rt), n = top[bd], top[ref], len(alone)
+    return Choice(c, f"few labels: {unlabelled_fraction:.0%} of the candidates' training rows are unlabelled, which only "
+                     f"the teacher's outputs use, and the teacher beat the student alone on the selection split ({n} labelled "
+                     f"rows) by 95% interval [{teacher_pts[0]:+.1f}, {teacher_pts[1]:+.1f}] points; {c.name} "
+                     f"({100 * t:.1f}%) vs {rc.name} ({100 * rt:.1f}%), [{pts[0]:+.1f}, {pts[1]:+.1f}] points, is within "
+                     "what so few rows can resolve and not measurably worse, so the tie goes to the distilled candidate",
+                  "few_labels_tie_to_distilled", pts, teacher_pts)

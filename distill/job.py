@@ -570,13 +570,19 @@ def _select(run: JobRun, loaded: _Loaded, cache: TeacherCache | None, fingerprin
             rows.append(SelectionCandidate(name=cand.name, method=cand.method, lr=cand.lr, epochs=out.epochs, steps=out.steps,
                                            selection_top1=round(float(hits.mean()), 6), training_time_s=round(out.elapsed_s, 3),
                                            selection_top1_interval=[round(wi[0], 6), round(wi[1], 6)] if wi else None))
-    winner, reason, pts = auto.choose(scores, spec.training.seed)
+    t_logits = cache.logits[torch.from_numpy(sel).to(cache.logits.device)] if cache is not None else batched_logits(loaded.teacher, sx)
+    t_hits = (t_logits.argmax(1).to(sy.device) == sy).cpu().numpy()
+    unlabelled = int(sub.counts["unlabelled"])
+    choice = auto.choose(scores, spec.training.seed, teacher_correct=t_hits, unlabelled_fraction=unlabelled / max(1, int(rest.size)))
+    winner = choice.winner
     steps = sum(r.steps for r in rows)
     part = {**base, "candidates": rows, "chosen": winner.name, "chosen_method": winner.method, "chosen_lr": winner.lr,
-            "student_alone": winner.alone, "reason": reason, "interval_points": pts, "selection_rows": int(sel.size),
-            "candidate_training_rows": int(rest.size), "steps": steps, "steps_fraction": round(steps / max(1, base["job_steps"]), 4),
-            "seconds": round(time.perf_counter() - t0, 3)}
-    run.reporter.event("selection_done", f"method auto chose {winner.name}: {reason}", {"chosen": winner.name})
+            "student_alone": winner.alone, "reason": choice.reason, "rule": choice.rule, "interval_points": choice.interval_points,
+            "teacher_selection_top1": round(float(t_hits.mean()), 6) if t_hits.size else None,
+            "teacher_vs_alone_points": choice.teacher_vs_alone_points, "selection_rows": int(sel.size),
+            "candidate_training_rows": int(rest.size), "candidate_unlabelled_rows": unlabelled, "steps": steps,
+            "steps_fraction": round(steps / max(1, base["job_steps"]), 4), "seconds": round(time.perf_counter() - t0, 3)}
+    run.reporter.event("selection_done", f"method auto chose {winner.name}: {choice.reason}", {"chosen": winner.name})
     return _Selection(winner, part)
 
 

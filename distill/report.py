@@ -364,11 +364,24 @@ class SelectionSummary(_Part):
     student_alone: bool = Field(False, description="True when the student alone won: the returned student was trained "
                                                    "without the teacher.")
     reason: str = Field(..., description="Why, for a person.")
+    rule: Literal["best", "tie_to_alone", "few_labels_tie_to_distilled"] | None = Field(
+        None, description="Which rule of distill.auto.choose decided: 'best' (the best selection top-1: the student alone, "
+                          "or a candidate that beat it outside the noise), 'tie_to_alone' (no candidate beat the student "
+                          "alone outside the noise), 'few_labels_tie_to_distilled' (most candidate training rows unlabelled, "
+                          "the teacher measurably better than the student alone, the best distilled candidate not "
+                          "measurably worse); None in reports stored before it.")
     interval_points: list[float] | None = Field(None, min_length=2, max_length=2, description="Paired-bootstrap 95% "
-                                                "interval of the best distilled minus the best student-alone candidate "
-                                                "on the selection split, points.")
+                                                "interval of the compared candidate (the best one, or with rule "
+                                                "few_labels_tie_to_distilled the best distilled one) minus the student "
+                                                "alone at the spec's lr on the selection split, points.")
+    teacher_selection_top1: float | None = Field(None, description="The teacher's top-1 on the selection split, fraction.")
+    teacher_vs_alone_points: list[float] | None = Field(None, min_length=2, max_length=2, description="Paired-bootstrap "
+                                                        "95% interval of the teacher minus the student alone on the "
+                                                        "selection split, points.")
     selection_rows: int = Field(0, description="Labelled training rows carved out as the selection split.")
     candidate_training_rows: int = Field(0, description="Training rows the candidates trained on.")
+    candidate_unlabelled_rows: int | None = Field(None, description="Of those, rows without a label (transfer set, label "
+                                                                    "-1): only distilled candidates learn from them.")
     budget: float = Field(..., description="method.selection_budget: the most the candidates may take, as a fraction of "
                                            "the job's training steps.")
     steps: int = Field(0, description="Optimizer steps of all candidates together.")
@@ -377,6 +390,16 @@ class SelectionSummary(_Part):
     seconds: float = Field(0.0, description="Wall seconds of the selection (all candidates, scoring included).")
     cost_fraction_of_job_time: float | None = Field(None, description="seconds / the job's total wall seconds.")
     note: str | None = Field(None, description="Why no selection ran, when none did.")
+
+    def split_text(self) -> str:
+        """The selection split in words (CLI and HTML): its labelled rows, the candidates' training rows (the unlabelled
+        ones among them) and the teacher's top-1 on the split."""
+        text = f"{self.selection_rows:,} labelled training rows; candidates trained on {self.candidate_training_rows:,}"
+        if self.candidate_unlabelled_rows:
+            text += f" ({self.candidate_unlabelled_rows:,} unlabelled)"
+        if self.teacher_selection_top1 is not None:
+            text += f"; teacher top-1 there {self.teacher_selection_top1:.2%}"
+        return text
 
 
 class ReportWarning(_Part):
@@ -528,6 +551,13 @@ class SequenceClassificationReport(TextReportBase):
     mean_kl: float | None = Field(..., description="KL(teacher ‖ student) at T = 1, nats, mean over validation texts.")
     teacher_top1: float | None = Field(..., description="Teacher's validation top-1, fraction; None without labels.")
     student_top1: float | None = Field(..., description="Student's validation top-1, fraction; None without labels.")
+    teacher_top1_interval: list[float] | None = Field(None, min_length=2, max_length=2, description="Wilson 95% interval "
+                                                      "[low, high] of teacher_top1, fractions; None without labels.")
+    student_top1_interval: list[float] | None = Field(None, min_length=2, max_length=2, description="Wilson 95% interval "
+                                                      "[low, high] of student_top1, fractions; None without labels.")
+    comparisons: dict[str, Comparison] | None = Field(None, description="Paired comparisons on the labelled validation "
+                                                      "texts, keyed 'teacher_vs_student' (text jobs train no "
+                                                      "student-alone baseline); None without validation labels.")
 
     def quality(self) -> Quality:
         """Validation top-1 of teacher and student."""

@@ -289,19 +289,40 @@ def sequence_classification_report(*, teacher: TextTeacherSummary, student: Text
                                    mean_kl: float | None, teacher_top1: float | None, student_top1: float | None,
                                    data: TextDataSummary, cache: CacheSummary, training: TrainingSummary,
                                    export_checks: Mapping[str, Any] | ExportChecks, wall_time_s: Mapping[str, float],
-                                   onnx: OnnxCheck | None = None) -> SequenceClassificationReport:
+                                   onnx: OnnxCheck | None = None,
+                                   bars: Mapping[str, Any] | None = None) -> SequenceClassificationReport:
     """Assemble a text classification report: agreement and top-1 (fractions), mean KL (nats), the ratios and speedups
-    (teacher / student latency at batch 1, student / teacher throughput) and the summary sentence."""
+    (teacher / student latency at batch 1, student / teacher throughput) and the summary sentence. ``bars``: the error
+    bars of ``distill.review.error_bars`` on the labelled validation texts (Wilson 95% intervals 'teacher' / 'student'
+    and the paired 'comparisons'), as the tensor classification report carries them; None: none measured (no labels,
+    or a report rebuilt from before they existed). Raises ``pydantic.ValidationError`` for mistyped parts."""
     ratios = _text_ratios(teacher, student)
+    bars = bars or {}
+    t_iv, s_iv = bars.get("teacher"), bars.get("student")
     text = _text_summary_start(teacher, student, ratios["parameter_ratio"], ratios["speedup"])
     if agreement is not None:
         text += f"; it agrees with the teacher on {agreement:.1%} of validation texts"
     if student_top1 is not None and teacher_top1 is not None:
-        text += f", top-1 {student_top1:.1%} vs the teacher's {teacher_top1:.1%}"
+        text += f", top-1 {student_top1:.1%}{_iv_text(s_iv)} vs the teacher's {teacher_top1:.1%}{_iv_text(t_iv)}"
+    ts = (bars.get("comparisons") or {}).get("teacher_vs_student")
+    if ts is not None:
+        low, high = ts["interval_points"]
+        text += (f" (teacher − student {ts['difference_points']:+.2f} points, 95% paired interval [{low:+.2f}, {high:+.2f}], "
+                 f"{ {'a better': 'the teacher better', 'b better': 'the student better'}.get(ts['verdict'], ts['verdict'])})")
     return SequenceClassificationReport(
         task="sequence_classification", summary=text + ".", teacher=teacher, student=student, **ratios, agreement=rnd(agreement),
         mean_kl=rnd(mean_kl, 6), teacher_top1=rnd(teacher_top1), student_top1=rnd(student_top1), data=data, pooling=None,
-        cache=cache, training=training, export_checks=export_checks, onnx=onnx, wall_time_s=wall_times(wall_time_s))
+        cache=cache, training=training, export_checks=export_checks, onnx=onnx, wall_time_s=wall_times(wall_time_s),
+        teacher_top1_interval=list(t_iv) if t_iv else None, student_top1_interval=list(s_iv) if s_iv else None,
+        comparisons=dict(bars["comparisons"]) if bars.get("comparisons") else None)
+
+
+def _iv_text(iv: Iterable[float] | None) -> str:
+    """' [low%, high%]' of a Wilson interval (fractions), '' for None."""
+    if not iv:
+        return ""
+    low, high = iv
+    return f" [95% {low:.1%}, {high:.1%}]"
 
 
 def sentence_embedding_report(*, teacher: TextTeacherSummary, student: TextStudentSummary, mean_cosine: float | None,

@@ -125,7 +125,7 @@ def _selection_rows(r: ClassificationReport) -> list[tuple[str, str]]:
     return [("method auto chose", f"{sel.chosen}{' (the student alone, no teacher)' if sel.student_alone else ''}: {sel.reason}"),
             *[(f"candidate {c.name}", f"selection top-1 {_pct(c.selection_top1)} {_interval(c.selection_top1_interval)}")
               for c in sel.candidates],
-            (f"selection cost ({sel.selection_rows:,} selection rows)", cost)]
+            ("selection split", sel.split_text()), (f"selection cost ({sel.selection_rows:,} selection rows)", cost)]
 
 
 def _text_view(r: TextReportBase) -> dict[str, Any]:
@@ -144,7 +144,10 @@ def _text_view(r: TextReportBase) -> dict[str, Any]:
     if isinstance(r, SentenceEmbeddingReport):
         ratios = [("mean cosine to the teacher", _num(r.mean_cosine)), ("probe accuracy, student / teacher", _pct(r.probe_ratio))]
     elif isinstance(r, SequenceClassificationReport):
-        ratios = [("agreement", _pct(r.agreement))]
+        if r.teacher_top1_interval or r.student_top1_interval:
+            rows.insert(4, ["95% interval (Wilson)", _interval(r.teacher_top1_interval), _interval(r.student_top1_interval)])
+        ratios = [("agreement", _pct(r.agreement)),
+                  *[(f"{c.a} − {c.b} (paired, {c.rows:,} rows)", _comparison(c)) for c in (r.comparisons or {}).values()]]
     else:
         ratios = []
     ratios += [("parameter ratio", _num(r.parameter_ratio, "×")), *[(f"speedup ({k})", _num(v, "×")) for k, v in r.speedup.items()]]

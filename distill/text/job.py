@@ -42,6 +42,7 @@ from .. import report_builders as rb
 from ..report import (CacheSummary, ExportChecks, SentenceEmbeddingReport, SequenceClassificationReport, TextDataSummary,
                       TextStudentSummary, TextTeacherSummary, TrainingSummary)
 from ..reporter import Reporter
+from ..review import error_bars
 from ..results import DistillResult
 from ..spec import JobSpec, default_method
 from ..training import TaskAdapter, Trainer, TrainOutcome, spec_fingerprint
@@ -254,18 +255,21 @@ def _adapter(run: JobRun, t: _TextSetup, t_val: torch.Tensor, t_train: torch.Ten
 @dataclass
 class _TextEval:
     """What the evaluating phase measured: the task's quality figures (``quality``, keyed by the report assembler's
-    keyword arguments: mean_cosine, probe_teacher, probe_student; or agreement, mean_kl, teacher_top1, student_top1)
-    and both models' speed."""
+    keyword arguments: mean_cosine, probe_teacher, probe_student; or agreement, mean_kl, teacher_top1, student_top1),
+    both models' speed and, for sequence classification with validation labels, the error bars of the top-1s
+    (``distill.review.error_bars``: Wilson intervals and the paired teacher-vs-student comparison)."""
 
     quality: dict[str, float | None]
     teacher: _Speed
     student: _Speed
+    bars: dict[str, Any] | None = None
 
 
 def _evaluate(run: JobRun, t: _TextSetup, t_val: torch.Tensor, t_train: torch.Tensor | None) -> _TextEval:
     """Held-out comparison (mean cosine and linear-probe accuracies, fractions; or agreement and top-1, fractions, and
     mean KL(teacher ‖ student) at T = 1, nats) and latency/throughput of both models."""
     spec, device, data = run.spec, run.device, t.data
+    bars = None
     t.student.eval()
     s_val = encode_all(t.s_fn, t.val_ids, t.pad_id, device)
     if t.task == "sentence_embedding":
@@ -282,12 +286,17 @@ def _evaluate(run: JobRun, t: _TextSetup, t_val: torch.Tensor, t_train: torch.Te
     else:
         vy = torch.as_tensor(data.val_labels)
         lab = vy >= 0
+        t_ok = (t_val.argmax(1).cpu()[lab] == vy[lab]).numpy()
+        s_ok = (s_val.argmax(1).cpu()[lab] == vy[lab]).numpy()
         quality = dict(agreement=float((s_val.argmax(1) == t_val.argmax(1)).float().mean()),
                        mean_kl=float(F.kl_div(F.log_softmax(s_val, 1), F.log_softmax(t_val, 1), log_target=True, reduction="batchmean")),
-                       teacher_top1=float((t_val.argmax(1)[lab] == vy[lab]).float().mean()) if lab.any() else None,
-                       student_top1=float((s_val.argmax(1)[lab] == vy[lab]).float().mean()) if lab.any() else None)
+                       teacher_top1=float(t_ok.mean()) if lab.any() else None,
+                       student_top1=float(s_ok.mean()) if lab.any() else None)
+        if lab.any():
+            bars = error_bars(teacher=t_ok, student=s_ok, alone=None, seed=spec.training.seed)
     it, tb = spec.evaluation.latency_iterations, spec.evaluation.throughput_batch_size
-    return _TextEval(quality, _latency(t.t_fn, t.val_ids, t.pad_id, device, it, tb), _latency(t.s_fn, t.val_ids, t.pad_id, device, it, tb))
+    return _TextEval(quality, _latency(t.t_fn, t.val_ids, t.pad_id, device, it, tb), _latency(t.s_fn, t.val_ids, t.pad_id, device, it, tb),
+                     bars)
 
 
 @dataclass
@@ -347,7 +356,7 @@ def _report(run: JobRun, t: _TextSetup, teacher_bytes: int, ev: _TextEval, outco
                  export_checks=exported.checks, onnx=rb.onnx_check(exported.onnx), wall_time_s=run.finish())
     if t.task == "sentence_embedding":
         return rb.sentence_embedding_report(**parts, **ev.quality, pooling_mode=t.mode, normalize=t.normalize)
-    return rb.sequence_classification_report(**parts, **ev.quality)
+    return rb.sequence_classification_report(**parts, **ev.quality, bars=ev.bars)
 
 
 def _teacher_part(run: JobRun, t: _TextSetup, teacher_bytes: int, speed: _Speed) -> TextTeacherSummary:

@@ -134,10 +134,16 @@ async def test_stored_report_is_served_and_rendered(api, tmp_path, name):
                 f"McNemar p = {vs.mcnemar_p:.2g} (no measurable difference)") in page
         assert "<code>small_validation</code>" in page and "<code>teacher_memorised_training</code>" in page
         assert 'class="summary "' in page  # a difference inside the noise is not shown as a loss
+    if name == "sequence_classification_error_bars":
+        ts, (low, high) = typed.comparisons["teacher_vs_student"], typed.student_top1_interval
+        assert "95% interval (Wilson)" in page and f"[{100 * low:.2f}%, {100 * high:.2f}%]" in page
+        assert (f"teacher − distilled student (paired, {ts.rows:,} rows)" in page and f"{ts.difference_points:+.2f} points, 95% "
+                f"interval [{ts.interval_points[0]:+.2f}, {ts.interval_points[1]:+.2f}], McNemar p = {ts.mcnemar_p:.2g}") in page
     if name == "classification_auto":
         sel = typed.selection
         assert "method auto chose" in page
         assert sel.chosen in page and all(f"candidate {c.name}" in page for c in sel.candidates)
+        assert f"{sel.selection_rows:,} labelled training rows; candidates trained on {sel.candidate_training_rows:,}" in page
         assert f"{sel.steps_fraction:.0%} of the job&#39;s training steps" in page or f"{sel.steps_fraction:.0%} of the job's training steps" in page
 
 

@@ -156,10 +156,92 @@ def test_choose_needs_a_clear_win_over_the_student_alone_at_the_spec_lr():
 
     scores = [(c, base) for c in cands]
     scores[4] = (cands[4], flip(flip(base, 10, True), 4, False))  # student alone at 3x: +10 -4 rows, inside the noise
-    winner, why, iv = auto.choose(scores, seed=0)
-    assert winner is cands[0] and "tie goes to the student alone" in why and iv[0] <= 0
+    ch = auto.choose(scores, seed=0)
+    assert ch.winner is cands[0] and "tie goes to the student alone" in ch.reason and ch.interval_points[0] <= 0
+    assert ch.rule == "tie_to_alone"
     scores[1] = (cands[1], flip(base, 60, True))  # kd T4: +7.5 points, clearly better
-    winner, why, iv = auto.choose(scores, seed=0)
-    assert winner is cands[1] and iv[0] > 0 and "outside the noise" in why
-    winner, why, iv = auto.choose([(c, flip(base, 40, False) if i else base) for i, c in enumerate(cands)], seed=0)
-    assert winner is cands[0] and iv is None and "did not help" in why
+    ch = auto.choose(scores, seed=0)
+    assert ch.winner is cands[1] and ch.interval_points[0] > 0 and "outside the noise" in ch.reason and ch.rule == "best"
+    ch = auto.choose([(c, flip(base, 40, False) if i else base) for i, c in enumerate(cands)], seed=0)
+    assert ch.winner is cands[0] and ch.interval_points is None and "did not help" in ch.reason
+
+
+def _flip(v, n, to):
+    v = v.copy()
+    v[np.flatnonzero(v != to)[:n]] = to
+    return v
+
+
+def test_few_labels_tie_goes_to_the_distilled_candidate_only_with_a_better_teacher():
+    """40 selection rows (200 labels, 20% carved): kd +7.5 points over the student alone is inside the noise there. With
+    most candidate rows unlabelled and a teacher measurably better than the student alone, the tie goes to kd; not with
+    all rows labelled, not with a teacher no better than the student alone, and never to a measurably worse kd."""
+    cands = auto.candidates(1e-3)  # student_alone, kd_t4_a0.9, kd_t2_a0.5, hard_label
+    alone = np.zeros(40, bool)
+    alone[:30] = True  # 75%
+    kd = _flip(alone, 3, True)  # 82.5%
+    teacher = np.ones(40, bool)  # 100%: +25 points over the student alone
+    scores = [(cands[0], alone), (cands[1], kd), (cands[2], alone), (cands[3], alone)]
+    tie = auto.choose(scores, seed=0, teacher_correct=teacher, unlabelled_fraction=0.0)
+    assert tie.winner is cands[0] and tie.rule == "tie_to_alone"  # all labelled: unchanged
+    few = auto.choose(scores, seed=0, teacher_correct=teacher, unlabelled_fraction=3800 / 3960)
+    assert few.winner is cands[1] and few.rule == "few_labels_tie_to_distilled" and few.interval_points[0] <= 0 <= few.interval_points[1]
+    assert few.teacher_vs_alone_points[0] > 0 and "96% of the candidates' training rows are unlabelled" in few.reason
+    # the student alone scored best, the distilled candidates within the noise: the few-labels rule still applies
+    level = [(cands[0], alone), *[(c, _flip(alone, 2, False)) for c in cands[1:]]]
+    assert auto.choose(level, seed=0, teacher_correct=teacher, unlabelled_fraction=0.95).winner is cands[1]
+    # a teacher no better than the student alone: the tie stays with the student alone
+    bad = auto.choose(scores, seed=0, teacher_correct=_flip(alone, 1, True), unlabelled_fraction=0.95)
+    assert bad.winner is cands[0] and bad.rule == "tie_to_alone" and bad.teacher_vs_alone_points[0] <= 0
+    # every distilled candidate measurably worse: the student alone, whatever the teacher
+    worse = [(cands[0], alone), *[(c, _flip(alone, 15, False)) for c in cands[1:]]]
+    assert auto.choose(worse, seed=0, teacher_correct=teacher, unlabelled_fraction=0.95).winner is cands[0]
+
+
+def _few_labels_files(tmp_path, digits, per_class: int = 10) -> dict[str, FileInput]:
+    """digits' default training split as ``per_class`` labelled rows per class + the rest as an unlabelled transfer set,
+    and its validation split as a validation file."""
+    x, y, tr, va = digits["x"], digits["y"], digits["train_idx"], digits["val_idx"]
+    rng = np.random.default_rng(0)
+    lab = np.concatenate([rng.permutation(tr[y[tr] == c])[:per_class] for c in range(10)])
+    rest = np.setdiff1d(tr, lab)
+    out = {}
+    for name, arrays in (("file_l", {"X": x[lab], "y": y[lab]}), ("file_u", {"X": x[rest]}), ("file_v", {"X": x[va], "y": y[va]})):
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        out[name] = FileInput(tmp_path / f"{name}.npz", "npz", (tmp_path / f"{name}.npz").stat().st_size)
+    return out
+
+
+def test_few_labels_job_says_what_its_selection_split_was_and_why(teacher_file, tmp_path, digits):
+    """100 labels + 1,337 transfer rows: the selection split keeps 20 labelled rows; the report says how many rows the
+    candidates trained on and how many were unlabelled, the teacher's selection top-1, and the rule that decided. The
+    trained digits teacher is far better than a student on 80 labels, so a distilled candidate wins (here outright, even
+    on 20 rows; the few-labels tie rule itself: test_few_labels_tie_goes_to_the_distilled_candidate_only_with_a_better_teacher)."""
+    files = _few_labels_files(tmp_path, digits)
+    spec = auto_spec(data={"train": {"file_id": "file_l"}, "transfer": {"file_id": "file_u"}, "validation": {"file_id": "file_v"}},
+                     training={"epochs": 10})
+    result, _ = run(spec, teacher_file, tmp_path / "j", files=files)
+    sel, d = result.report["selection"], result.report["data"]
+    assert sel["selection_rows"] == 20 and sel["candidate_training_rows"] == d["train"] - 20
+    assert sel["candidate_unlabelled_rows"] == d["transfer"] == d["unlabelled"] > 0.9 * sel["candidate_training_rows"]
+    assert 0.8 <= sel["teacher_selection_top1"] <= 1 and sel["teacher_vs_alone_points"][0] > 0
+    assert sel["rule"] in ("best", "few_labels_tie_to_distilled") and sel["student_alone"] is False
+    if sel["rule"] == "few_labels_tie_to_distilled":
+        assert "few labels" in sel["reason"] and "20 labelled rows" in sel["reason"]
+    vs = result.report["comparisons"]["distilled_vs_alone"]
+    assert vs["verdict"] == "a better"  # and on the untouched validation split the distilled student is clearly better
+
+
+def test_few_labels_with_a_useless_teacher_keeps_the_student_alone(tmp_path, digits):
+    """The few-labels rule needs a teacher measurably better than the student alone: an untrained teacher (noise) on
+    100 labels + 1,337 transfer rows leaves the tie with the student alone."""
+    x, y, _ = load_builtin("digits")
+    teacher = train_classifier(TEACHER_ARCH, x[:64], y[:64], epochs=0, seed=0)
+    path = tmp_path / "noise_teacher.safetensors"
+    size = save_model(teacher, teacher.stillhouse_architecture, path)
+    spec = auto_spec(data={"train": {"file_id": "file_l"}, "transfer": {"file_id": "file_u"}, "validation": {"file_id": "file_v"}},
+                     training={"epochs": 10})
+    result, _ = run(spec, FileInput(path, "safetensors", size), tmp_path / "j", files=_few_labels_files(tmp_path, digits))
+    sel = result.report["selection"]
+    assert sel["candidate_unlabelled_rows"] > 0.9 * sel["candidate_training_rows"] and sel["teacher_vs_alone_points"][0] <= 0
+    assert sel["student_alone"] is True and sel["rule"] in ("best", "tie_to_alone")

@@ -6,6 +6,7 @@ own measurements, as the per-phase builders (``distill.report_builders``) comput
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -83,3 +84,28 @@ def test_text_job_stores_its_validated_report(task, tiny_bert_classifier_dir, ti
     else:
         assert r.training.method == "kd" and r.pooling is None and r.data.label_names == ["fresh", "rotten"]
         assert 0 <= r.agreement <= 1 and r.student_top1 is not None and r.export_checks.sentence_transformers_max_abs_diff is None
+        _check_text_error_bars(r)
+
+
+def _wilson(k: int, n: int, z: float = 1.959963984540054) -> list[float]:
+    """Wilson 1927 score interval, by its closed form (not scipy's), rounded as the report rounds."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return [round(centre - half, 4), round(centre + half, 4)]
+
+
+def _check_text_error_bars(r: SequenceClassificationReport) -> None:
+    """A text classification report's Wilson intervals match its own counts, and its teacher-vs-student comparison is
+    consistent with the two top-1s (rows, discordant counts, difference inside its interval)."""
+    n = r.data.validation.rows  # every validation review is labelled
+    t_ok, s_ok = round(r.teacher_top1 * n), round(r.student_top1 * n)
+    assert abs(t_ok / n - r.teacher_top1) < 1e-4 and abs(s_ok / n - r.student_top1) < 1e-4
+    assert r.teacher_top1_interval == _wilson(t_ok, n) and r.student_top1_interval == _wilson(s_ok, n)
+    c = r.comparisons["teacher_vs_student"]
+    assert set(r.comparisons) == {"teacher_vs_student"} and (c.a, c.b, c.rows) == ("teacher", "distilled student", n)
+    assert c.a_only - c.b_only == t_ok - s_ok and c.difference_points == round(100 * (t_ok - s_ok) / n, 2)
+    assert c.interval_points[0] <= c.difference_points <= c.interval_points[1]
+    assert c.verdict == ("no measurable difference" if c.interval_points[0] <= 0 <= c.interval_points[1] else
+                         "a better" if c.interval_points[0] > 0 else "b better")
+    assert f"[95% {r.student_top1_interval[0]:.1%}, {r.student_top1_interval[1]:.1%}]" in r.summary

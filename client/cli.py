@@ -460,6 +460,10 @@ def render_text_report(r: TextReportBase) -> None:
     elif isinstance(r, SequenceClassificationReport):
         summary.add_row("agreement with teacher", _fmt(r.agreement, "pct"))
         summary.add_row("mean KL(teacher‖student)", _fmt(r.mean_kl))
+        if r.baseline is not None:
+            summary.add_row("student trained alone", f"top-1 {_fmt(r.baseline.val_top1, 'pct')} {_interval(r.baseline.val_top1_interval)}")
+        if r.distillation_gain_points is not None:
+            summary.add_row("distillation gain", f"{r.distillation_gain_points:+.2f} points")
         _comparison_rows(summary, r.comparisons)
     summary.add_row("parameter ratio", _fmt(r.parameter_ratio, "x"))
     summary.add_row("compression ratio (bytes)", _fmt(r.compression_ratio, "x"))

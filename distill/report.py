@@ -556,12 +556,20 @@ class SequenceClassificationReport(TextReportBase):
     student_top1_interval: list[float] | None = Field(None, min_length=2, max_length=2, description="Wilson 95% interval "
                                                       "[low, high] of student_top1, fractions; None without labels.")
     comparisons: dict[str, Comparison] | None = Field(None, description="Paired comparisons on the labelled validation "
-                                                      "texts, keyed 'teacher_vs_student' (text jobs train no "
-                                                      "student-alone baseline); None without validation labels.")
+                                                      "texts, keyed 'teacher_vs_student' and (with a baseline) "
+                                                      "'distilled_vs_alone'; None without validation labels.")
+    baseline: BaselineSummary | None = Field(None, description="The same derived student trained alone (cross-entropy on "
+                                                               "the labelled texts), with evaluation.compare_baseline: true.")
+    distillation_gain_points: float | None = Field(None, description="Distilled student's top-1 minus the baseline's, "
+                                                                     "percentage points.")
 
     def quality(self) -> Quality:
         """Validation top-1 of teacher and student."""
         return Quality("validation top-1", self.teacher_top1, self.student_top1)
+
+    def gain_points(self) -> float | None:
+        """``distillation_gain_points``."""
+        return self.distillation_gain_points
 
 
 class SentenceEmbeddingReport(TextReportBase):

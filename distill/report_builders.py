@@ -290,12 +290,16 @@ def sequence_classification_report(*, teacher: TextTeacherSummary, student: Text
                                    data: TextDataSummary, cache: CacheSummary, training: TrainingSummary,
                                    export_checks: Mapping[str, Any] | ExportChecks, wall_time_s: Mapping[str, float],
                                    onnx: OnnxCheck | None = None,
-                                   bars: Mapping[str, Any] | None = None) -> SequenceClassificationReport:
+                                   bars: Mapping[str, Any] | None = None,
+                                   baseline: BaselineSummary | None = None) -> SequenceClassificationReport:
     """Assemble a text classification report: agreement and top-1 (fractions), mean KL (nats), the ratios and speedups
     (teacher / student latency at batch 1, student / teacher throughput) and the summary sentence. ``bars``: the error
     bars of ``distill.review.error_bars`` on the labelled validation texts (Wilson 95% intervals 'teacher' / 'student'
     and the paired 'comparisons'), as the tensor classification report carries them; None: none measured (no labels,
-    or a report rebuilt from before they existed). Raises ``pydantic.ValidationError`` for mistyped parts."""
+    or a report rebuilt from before they existed; with a baseline also 'alone' and the 'distilled_vs_alone'
+    comparison, whose verdict the summary states through ``distill.review.gain_sentence``). ``baseline``: the student
+    trained alone (``baseline``), with evaluation.compare_baseline. Raises ``pydantic.ValidationError`` for mistyped
+    parts."""
     ratios = _text_ratios(teacher, student)
     bars = bars or {}
     t_iv, s_iv = bars.get("teacher"), bars.get("student")
@@ -309,12 +313,15 @@ def sequence_classification_report(*, teacher: TextTeacherSummary, student: Text
         low, high = ts["interval_points"]
         text += (f" (teacher − student {ts['difference_points']:+.2f} points, 95% paired interval [{low:+.2f}, {high:+.2f}], "
                  f"{ {'a better': 'the teacher better', 'b better': 'the student better'}.get(ts['verdict'], ts['verdict'])})")
+    vs_alone = (bars.get("comparisons") or {}).get("distilled_vs_alone")
+    text += "." + gain_sentence(student_top1, baseline.val_top1 if baseline is not None else None, vs_alone)
     return SequenceClassificationReport(
-        task="sequence_classification", summary=text + ".", teacher=teacher, student=student, **ratios, agreement=rnd(agreement),
+        task="sequence_classification", summary=text, teacher=teacher, student=student, **ratios, agreement=rnd(agreement),
         mean_kl=rnd(mean_kl, 6), teacher_top1=rnd(teacher_top1), student_top1=rnd(student_top1), data=data, pooling=None,
         cache=cache, training=training, export_checks=export_checks, onnx=onnx, wall_time_s=wall_times(wall_time_s),
         teacher_top1_interval=list(t_iv) if t_iv else None, student_top1_interval=list(s_iv) if s_iv else None,
-        comparisons=dict(bars["comparisons"]) if bars.get("comparisons") else None)
+        comparisons=dict(bars["comparisons"]) if bars.get("comparisons") else None, baseline=baseline,
+        distillation_gain_points=_points(student_top1, baseline.val_top1) if baseline is not None else None)
 
 
 def _iv_text(iv: Iterable[float] | None) -> str:

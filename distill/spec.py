@@ -353,7 +353,8 @@ class EvaluationSpec(_Strict):
                                           "on the labels only; same data, split, epochs, optimizer, batch size and seed) and "
                                           "report the distillation gain in top-1 points with its 95% interval (which may be "
                                           "negative). Default (null): on for classification with labelled training rows "
-                                          "(tensor tasks), off otherwise; the baseline roughly doubles the training time.")
+                                          "(tensor tasks), off otherwise; true also runs it for sequence_classification "
+                                          "(the derived student trained alone); the baseline roughly doubles the training time.")
     generation_prompts: Int = Field(16, ge=0, le=10_000, description="Task causal_lm with prompt data: held-out prompts the "
                                     "student and the teacher both answer (greedy) for the report's side-by-side generations.")
     speed_repeats: Int = Field(5, ge=1, le=1000, description="Task causal_lm: timed repeats of the prefill and decode "

@@ -146,8 +146,12 @@ def _text_view(r: TextReportBase) -> dict[str, Any]:
     elif isinstance(r, SequenceClassificationReport):
         if r.teacher_top1_interval or r.student_top1_interval:
             rows.insert(4, ["95% interval (Wilson)", _interval(r.teacher_top1_interval), _interval(r.student_top1_interval)])
-        ratios = [("agreement", _pct(r.agreement)),
-                  *[(f"{c.a} − {c.b} (paired, {c.rows:,} rows)", _comparison(c)) for c in (r.comparisons or {}).values()]]
+        ratios = [("agreement", _pct(r.agreement))]
+        if r.baseline is not None:
+            ratios.append(("student trained alone: top-1", f"{_pct(r.baseline.val_top1)} {_interval(r.baseline.val_top1_interval)}"))
+        if r.distillation_gain_points is not None:
+            ratios.append(("distillation gain (distilled − alone)", f"{r.distillation_gain_points:+.2f} points"))
+        ratios += [(f"{c.a} − {c.b} (paired, {c.rows:,} rows)", _comparison(c)) for c in (r.comparisons or {}).values()]
     else:
         ratios = []
     ratios += [("parameter ratio", _num(r.parameter_ratio, "×")), *[(f"speedup ({k})", _num(v, "×")) for k, v in r.speedup.items()]]

@@ -36,7 +36,7 @@ from torch import nn
 from ..auto import fallback_method
 from ..errors import DistillError, first_line
 from ..jobrun import JobRun
-from ..methods import build_method
+from ..methods import LabelsOnly, build_method
 from ..models import parameter_count
 from .. import report_builders as rb
 from ..report import (CacheSummary, ExportChecks, SentenceEmbeddingReport, SequenceClassificationReport, TextDataSummary,
@@ -188,12 +188,13 @@ def run_text_job(spec: JobSpec, folder: Path, teacher_bytes: int, files: dict, w
                           deadline=run.deadline, fingerprint=spec_fingerprint(spec))
         outcome = trainer.fit()
     run.check("after training")
+    alone = _baseline(run, t, t_val, t_train)
     with run.phase("evaluating"):
-        ev = _evaluate(run, t, t_val, t_train)
+        ev = _evaluate(run, t, t_val, t_train, alone)
     run.check("after evaluation")
     with run.phase("exporting"), run.artifacts() as tmp:
         exported = _export(run, t, tmp)
-    report = _report(run, t, teacher_bytes, ev, outcome, exported)
+    report = _report(run, t, teacher_bytes, ev, outcome, exported, alone)
     names = ("student_hf.zip", "student.json") + (("student.onnx",) if exported.onnx else ())
     return DistillResult(report=report.model_dump(mode="json"), artifacts=[run.final_dir / n for n in names])
 
@@ -252,6 +253,43 @@ def _adapter(run: JobRun, t: _TextSetup, t_val: torch.Tensor, t_train: torch.Ten
                                   t.data.val_labels, t_val, run.device, t_train)
 
 
+BASELINE_CHECKPOINT_STEM = "baseline_checkpoint"
+
+
+@dataclass
+class _TextAlone:
+    """The student trained alone for ``evaluation.compare_baseline``: its classifier (``s_fn``: ``hf.Classifier``), its
+    parameters and the trainer's outcome."""
+
+    s_fn: nn.Module
+    parameters: int
+    outcome: TrainOutcome
+
+
+def _baseline(run: JobRun, t: _TextSetup, t_val: torch.Tensor, t_train: torch.Tensor | None) -> _TextAlone | None:
+    """With ``evaluation.compare_baseline: true`` on a sequence-classification job with labelled training texts: the
+    same student (derived from the teacher's layers as the distilled one, same seed, data, epochs, optimizer and batch
+    size) trained alone on cross-entropy over the labelled texts (``LabelsOnly``; the cached teacher outputs are passed
+    but never read). None otherwise (text tasks do not run it by default: it doubles the training)."""
+    spec = run.spec
+    if t.task != "sequence_classification" or not spec.evaluation.compare_baseline or t.data.counts["labelled"] == 0:
+        return None
+    run.check("before the baseline", deadline=False)
+    run.reporter.event("baseline_started", "training the same student alone (cross-entropy on labels only) for comparison",
+                       {"epochs": spec.training.epochs})
+    with run.phase("baseline_training", announce=False):
+        student, _ = derive_student(t.teacher, spec.student.from_teacher, t.task, spec.training.seed)
+        s_fn = Classifier(student.to(run.device))
+        adapter = SequenceClassification(s_fn, t.t_fn, LabelsOnly(all_labelled=t.data.counts["unlabelled"] == 0), t.train_ids,
+                                         t.data.train_labels, t.pad_id, t.val_ids, t.data.val_labels, t_val, run.device, t_train)
+        trainer = Trainer(adapter, spec.training, device=run.device, workdir=run.workdir, reporter=run.reporter, deadline=run.deadline,
+                          fingerprint=spec_fingerprint(spec) + ":baseline", split_prefix="baseline_",
+                          checkpoint_stem=BASELINE_CHECKPOINT_STEM, owns_metrics=False)
+        outcome = trainer.fit()
+    run.check("after the baseline")
+    return _TextAlone(s_fn, parameter_count(student), outcome)
+
+
 @dataclass
 class _TextEval:
     """What the evaluating phase measured: the task's quality figures (``quality``, keyed by the report assembler's
@@ -265,9 +303,11 @@ class _TextEval:
     bars: dict[str, Any] | None = None
 
 
-def _evaluate(run: JobRun, t: _TextSetup, t_val: torch.Tensor, t_train: torch.Tensor | None) -> _TextEval:
+def _evaluate(run: JobRun, t: _TextSetup, t_val: torch.Tensor, t_train: torch.Tensor | None,
+              alone: _TextAlone | None = None) -> _TextEval:
     """Held-out comparison (mean cosine and linear-probe accuracies, fractions; or agreement and top-1, fractions, and
-    mean KL(teacher ‖ student) at T = 1, nats) and latency/throughput of both models."""
+    mean KL(teacher ‖ student) at T = 1, nats; with ``alone``, the baseline's top-1 as well) and latency/throughput of
+    both models."""
     spec, device, data = run.spec, run.device, t.data
     bars = None
     t.student.eval()
@@ -292,8 +332,13 @@ def _evaluate(run: JobRun, t: _TextSetup, t_val: torch.Tensor, t_train: torch.Te
                        mean_kl=float(F.kl_div(F.log_softmax(s_val, 1), F.log_softmax(t_val, 1), log_target=True, reduction="batchmean")),
                        teacher_top1=float(t_ok.mean()) if lab.any() else None,
                        student_top1=float(s_ok.mean()) if lab.any() else None)
+        a_ok = None
+        if alone is not None:
+            alone.s_fn.eval()
+            a_ok = (encode_all(alone.s_fn, t.val_ids, t.pad_id, device).argmax(1).cpu()[lab] == vy[lab]).numpy()
         if lab.any():
-            bars = error_bars(teacher=t_ok, student=s_ok, alone=None, seed=spec.training.seed)
+            bars = {**error_bars(teacher=t_ok, student=s_ok, alone=a_ok, seed=spec.training.seed),
+                    "alone_top1": float(a_ok.mean()) if a_ok is not None else None}
     it, tb = spec.evaluation.latency_iterations, spec.evaluation.throughput_batch_size
     return _TextEval(quality, _latency(t.t_fn, t.val_ids, t.pad_id, device, it, tb), _latency(t.s_fn, t.val_ids, t.pad_id, device, it, tb),
                      bars)
@@ -349,14 +394,20 @@ def _export(run: JobRun, t: _TextSetup, tmp: Path) -> _TextExported:
 
 
 def _report(run: JobRun, t: _TextSetup, teacher_bytes: int, ev: _TextEval, outcome: TrainOutcome,
-            exported: _TextExported) -> SequenceClassificationReport | SentenceEmbeddingReport:
-    """The text compression report of ``t.task``, assembled from its per-phase parts (``distill.report_builders``)."""
+            exported: _TextExported, alone: _TextAlone | None = None) -> SequenceClassificationReport | SentenceEmbeddingReport:
+    """The text compression report of ``t.task``, assembled from its per-phase parts (``distill.report_builders``);
+    ``alone``: the baseline (its top-1 and interval come from ``ev.bars``)."""
     parts = dict(teacher=_teacher_part(run, t, teacher_bytes, ev.teacher), student=_student_part(run, t, exported.student_bytes, ev.student),
                  data=_data_part(t), cache=_cache_part(run, t), training=_training_part(run, t, outcome),
                  export_checks=exported.checks, onnx=rb.onnx_check(exported.onnx), wall_time_s=run.finish())
     if t.task == "sentence_embedding":
         return rb.sentence_embedding_report(**parts, **ev.quality, pooling_mode=t.mode, normalize=t.normalize)
-    return rb.sequence_classification_report(**parts, **ev.quality, bars=ev.bars)
+    base = None
+    if alone is not None:
+        bars = ev.bars or {}
+        base = rb.baseline(val_top1=bars.get("alone_top1"), training_time_s=alone.outcome.elapsed_s, parameters=alone.parameters,
+                           epochs=alone.outcome.epochs, steps=alone.outcome.steps, val_top1_interval=bars.get("alone"))
+    return rb.sequence_classification_report(**parts, **ev.quality, bars=ev.bars, baseline=base)
 
 
 def _teacher_part(run: JobRun, t: _TextSetup, teacher_bytes: int, speed: _Speed) -> TextTeacherSummary:

@@ -98,6 +98,9 @@ async def test_cli_report_shows_every_stored_shape(http_url, stored_jobs, monkey
     assert "95% interval (Wilson)" in text and f"[{100 * low:.2f}%, {100 * high:.2f}%]" in text
     assert (f"teacher − distilled student {ts.difference_points:+.2f} points, 95% [{ts.interval_points[0]:+.2f}, "
             f"{ts.interval_points[1]:+.2f}], McNemar p = {ts.mcnemar_p:.2g}") in text
+    b = r.baseline
+    assert (f"student trained alone top-1 {100 * b.val_top1:.2f}% [{100 * b.val_top1_interval[0]:.2f}%, "
+            f"{100 * b.val_top1_interval[1]:.2f}%]") in text and "distilled student − student alone" in text
     chosen, r = " ".join(_cli(http_url, "report", ids["classification_auto"]).split()), parse_report(STORED["classification_auto"])
     assert f"method auto chose {r.selection.chosen}" in chosen and "candidates (selection top-1)" in chosen
     assert all(c.name in chosen for c in r.selection.candidates) and "selection cost" in chosen

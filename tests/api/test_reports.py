@@ -139,6 +139,8 @@ async def test_stored_report_is_served_and_rendered(api, tmp_path, name):
         assert "95% interval (Wilson)" in page and f"[{100 * low:.2f}%, {100 * high:.2f}%]" in page
         assert (f"teacher − distilled student (paired, {ts.rows:,} rows)" in page and f"{ts.difference_points:+.2f} points, 95% "
                 f"interval [{ts.interval_points[0]:+.2f}, {ts.interval_points[1]:+.2f}], McNemar p = {ts.mcnemar_p:.2g}") in page
+        assert "student trained alone: top-1" in page and "distilled student − student alone (paired" in page
+        assert f"{typed.distillation_gain_points:+.2f} points" in page
     if name == "classification_auto":
         sel = typed.selection
         assert "method auto chose" in page

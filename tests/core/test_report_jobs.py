@@ -85,6 +85,7 @@ def test_text_job_stores_its_validated_report(task, tiny_bert_classifier_dir, ti
         assert r.training.method == "kd" and r.pooling is None and r.data.label_names == ["fresh", "rotten"]
         assert 0 <= r.agreement <= 1 and r.student_top1 is not None and r.export_checks.sentence_transformers_max_abs_diff is None
         _check_text_error_bars(r)
+        assert r.baseline is None and r.distillation_gain_points is None  # not asked for: text jobs do not run it by default
 
 
 def _wilson(k: int, n: int, z: float = 1.959963984540054) -> list[float]:
@@ -103,9 +104,31 @@ def _check_text_error_bars(r: SequenceClassificationReport) -> None:
     assert abs(t_ok / n - r.teacher_top1) < 1e-4 and abs(s_ok / n - r.student_top1) < 1e-4
     assert r.teacher_top1_interval == _wilson(t_ok, n) and r.student_top1_interval == _wilson(s_ok, n)
     c = r.comparisons["teacher_vs_student"]
-    assert set(r.comparisons) == {"teacher_vs_student"} and (c.a, c.b, c.rows) == ("teacher", "distilled student", n)
+    assert set(r.comparisons) == {"teacher_vs_student"} | ({"distilled_vs_alone"} if r.baseline else set())
+    assert (c.a, c.b, c.rows) == ("teacher", "distilled student", n)
     assert c.a_only - c.b_only == t_ok - s_ok and c.difference_points == round(100 * (t_ok - s_ok) / n, 2)
     assert c.interval_points[0] <= c.difference_points <= c.interval_points[1]
     assert c.verdict == ("no measurable difference" if c.interval_points[0] <= 0 <= c.interval_points[1] else
                          "a better" if c.interval_points[0] > 0 else "b better")
     assert f"[95% {r.student_top1_interval[0]:.1%}, {r.student_top1_interval[1]:.1%}]" in r.summary
+
+
+def test_text_classification_baseline_has_error_bars(tiny_bert_classifier_dir, review_jsonl, tmp_path):
+    """With evaluation.compare_baseline: true a text classification job also trains the derived student alone; the
+    report carries its top-1 with the Wilson interval of its counts, the gain, and the paired distilled-vs-alone
+    comparison, whose verdict the summary states."""
+    spec = _text_spec("sequence_classification", **{"student.from_teacher": {"num_layers": 1}, "training.epochs": 2,
+                                                    "method": {"name": "kd", "temperature": 2.0, "alpha": 0.5},
+                                                    "evaluation.compare_baseline": True})
+    files = {"file_d": FileInput(path=review_jsonl, format="jsonl", bytes=review_jsonl.stat().st_size)}
+    rep = RecordingReporter()
+    r = _stored(run_text_job(spec, tiny_bert_classifier_dir, 12345, files, tmp_path / "w", rep).report, SequenceClassificationReport)
+    n, b = r.data.validation.rows, r.baseline
+    a_ok, s_ok = round(b.val_top1 * n), round(r.student_top1 * n)
+    assert b.method and b.epochs == 2 and b.steps == r.training.steps and b.parameters == r.student.parameters
+    assert b.val_top1_interval == _wilson(a_ok, n) and r.distillation_gain_points == round(100 * (r.student_top1 - b.val_top1), 2)
+    vs = r.comparisons["distilled_vs_alone"]
+    assert (vs.a, vs.b, vs.rows) == ("distilled student", "student alone", n) and vs.a_only - vs.b_only == s_ok - a_ok
+    assert ("No measurable difference" in r.summary) == (vs.verdict == "no measurable difference")
+    assert "baseline_training" in r.wall_time_s and [e for e in rep.events if e[0] == "baseline_started"]
+    _check_text_error_bars(r)

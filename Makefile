@@ -31,7 +31,7 @@ test: $(STAMP)  ## the whole test suite (PostgreSQL + Redis tests skip unless re
 	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 test-quick: $(STAMP)  ## the edit-test loop: everything but end-to-end, slow and PostgreSQL tests (under 2 minutes)
-	$(PY) -m pytest -q -m "not e2e and not slow and not postgres" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not e2e and not slow and not postgres" $(PYTEST_ARGS)
 
 up: $(STAMP)  ## API + one worker in the foreground on the configured settings; Ctrl-C stops both
 	$(PY) -m app up

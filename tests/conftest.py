@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+# Each test process (each pytest-xdist worker) counts its Prometheus samples in its own directory, chosen before
+# anything imports stillhouse.metrics: with one shared directory, a test reading /metrics counted the requests of the
+# other process too (test_metrics: 6 where it made 3, under -n 2).
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"stillhouse-metrics-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
 
 PG_ADMIN_URL = os.environ.get("STILLHOUSE_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("STILLHOUSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

@@ -41,7 +41,7 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -188,9 +188,13 @@ def _claim_step(s: Session, sweep_id: str) -> Sweep | None:
 
 
 def _wants_trials(sweep: Sweep, spec: SweepSpec, live: int) -> bool:
-    """Whether the sweep's own budget leaves room for a new trial now (the tenant's limit aside)."""
+    """Whether the sweep's own budget leaves room for a new trial now (the tenant's limit aside): running, not stopped,
+    fewer than ``max_parallel`` live trials, and neither ``max_trials``, the grid nor ``max_runtime_s`` used up (the
+    last two set ``stop_reason`` only at the next step)."""
+    grid = spec.grid_size()
     return (sweep.status == RUNNING and sweep.stop_reason is None and live < spec.budget.max_parallel
-            and sweep.trials_created < spec.budget.max_trials)
+            and sweep.trials_created < spec.budget.max_trials and (grid is None or sweep.trials_created < grid)
+            and utcnow() - sweep.created_at <= timedelta(seconds=spec.budget.max_runtime_s))
 
 
 def waiting_for_job_slot(s: Session, sweep: Sweep, spec: SweepSpec, settings: Settings | None = None) -> bool:
@@ -418,9 +422,14 @@ def job_finished(job_id: str, settings: Settings | None = None) -> list[str]:
 
 
 def advance_live(sessions: sessionmaker[Session], settings: Settings) -> list[str]:
-    """The repair loop's pass: advance every running sweep that has something to do; returns the sweeps advanced."""
+    """The repair loop's pass: advance every running sweep that has something to do, and every cancelled one whose
+    final step (front, ``sweep.cancelled`` webhook) is still to come: its last trial may have ended without a worker's
+    ``job_finished`` (a dead lease's ``cancelling`` job is ended by the repair loop itself). Returns the sweeps
+    advanced."""
     with sessions() as s:
-        ids = list(s.scalars(select(Sweep.id).where(Sweep.status == RUNNING).limit(500)))
+        ids = list(s.scalars(select(Sweep.id).where(or_(Sweep.status == RUNNING, and_(Sweep.status == CANCELLED,
+                                                                                     Sweep.front.is_(None))))
+                             .limit(500)))
     done = []
     for sweep_id in ids:
         try:

@@ -400,3 +400,66 @@ async def test_concurrent_sweeps_and_jobs_cannot_pass_the_limit_together(api, te
     assert all(r.status_code in (201, 429) for r in responses), [r.text for r in responses]
     assert all(r.json()["error"]["code"] == "too_many_jobs" for r in responses if r.status_code == 429)
     assert _live() == 3 and any(r.status_code == 429 for r in responses)
+
+
+async def test_the_repair_loop_finishes_a_cancelled_sweep_whose_worker_died(api, teacher_id):  # noqa: F811
+    """A sweep cancelled while a trial runs waits for that trial; when its worker dies, the repair loop ends the
+    ``cancelling`` job itself (no worker calls job_finished), and the same pass must then take the sweep's final step:
+    its front is written and its sweep.cancelled webhook is added once (it was never sent: the pass looked at running
+    sweeps only)."""
+    from stillhouse.db import session_factory
+    from stillhouse.jobs.sweep import sweep as repair_pass
+    from stillhouse.models import Job, Sweep, WebhookDelivery, utcnow
+    from stillhouse.settings import get_settings
+
+    hook = (await api.post("/v1/webhooks", json={"url": "https://93.184.216.34/hooks", "events": ["sweep.cancelled"]})).json()
+    sw = (await api.post("/v1/sweeps", json=sweep_body(teacher_id))).json()
+    running, queued = _jobs(sw["id"])
+    with session_factory()() as s:  # a worker claimed the first trial, then died (its lease expired)
+        s.execute(update(Job).where(Job.id == running.id).values(status="running", attempt=1, lease_owner="dead-worker",
+                                                               lease_expires_at=utcnow() - timedelta(minutes=5)))
+        s.commit()
+    assert (await api.post(f"/v1/sweeps/{sw['id']}/cancel")).json()["status"] == "cancelled"
+
+    def sweep_deliveries() -> list[str]:
+        with session_factory()() as s:
+            return list(s.scalars(select(WebhookDelivery.event_type).where(WebhookDelivery.endpoint_id == hook["id"])))
+
+    assert sweep_deliveries() == []  # its running trial has not stopped yet
+    with session_factory()() as s:
+        assert s.get(Job, running.id).status == "cancelling" and s.get(Job, queued.id).status == "cancelled"
+    result = repair_pass(session_factory(), utcnow(), get_settings(), send=lambda job_id: None)
+    assert result.cancelled == [running.id]
+    with session_factory()() as s:
+        done = s.get(Sweep, sw["id"])
+        assert done.status == "cancelled" and done.front == []
+    assert sweep_deliveries() == ["sweep.cancelled"]
+    repair_pass(session_factory(), utcnow(), get_settings(), send=lambda job_id: None)
+    assert sweep_deliveries() == ["sweep.cancelled"]  # once
+    front = (await api.get(f"/v1/sweeps/{sw['id']}/front")).json()
+    assert front["final"] is True and front["data"] == []
+
+
+async def test_a_sweep_with_nothing_left_to_start_is_not_waiting_for_a_job_slot(api, teacher_id, monkeypatch):  # noqa: F811
+    """waiting_for_job_slot means "would start a trial but the tenant is at its limit": a grid sweep whose 2 grid
+    points are both created, at the tenant's limit, has nothing left to start (its stop reason is set only at its next
+    step), so it is not waiting; neither is a sweep past its max_runtime_s."""
+    from stillhouse.db import session_factory
+    from stillhouse.models import Sweep, utcnow
+    from stillhouse.settings import get_settings
+
+    monkeypatch.setenv("STILLHOUSE_MAX_RUNNING_JOBS_PER_TENANT", "3")
+    get_settings.cache_clear()
+    await api.post("/v1/jobs", json=spec_for(teacher_id))
+    grid = (await api.post("/v1/sweeps", json=sweep_body(
+        teacher_id, sampler={"name": "grid", "seed": 0}, budget={"max_trials": 12, "max_parallel": 4},
+        search_space={"method.alpha": {"type": "categorical", "choices": [0.5, 0.9]}}))).json()
+    assert grid["trials"]["created"] == 2 and _live() == 3 and grid["stop_reason"] is None
+    assert grid["waiting_for_job_slot"] is False
+    await api.post(f"/v1/sweeps/{grid['id']}/cancel")  # frees the grid's 2 slots: the next sweep gets 2 of its 4
+    late = (await api.post("/v1/sweeps", json=sweep_body(teacher_id, budget={"max_trials": 8, "max_parallel": 4}))).json()
+    assert late["trials"]["created"] == 2 and late["waiting_for_job_slot"] is True  # at the limit, with more to start
+    with session_factory()() as s:
+        s.execute(update(Sweep).where(Sweep.id == late["id"]).values(created_at=utcnow() - timedelta(days=2)))
+        s.commit()
+    assert (await api.get(f"/v1/sweeps/{late['id']}")).json()["waiting_for_job_slot"] is False  # past max_runtime_s

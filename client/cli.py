@@ -30,6 +30,7 @@ from rich.table import Table
 from client.api import ApiError, Job, Stillhouse
 from distill.report import (
     AnyReport,
+    BaselineSummary,
     CausalLMReport,
     ClassificationReport,
     LatencyMs,
@@ -427,6 +428,13 @@ def _latency(lat: LatencyMs | None) -> str:
     return f"{_fmt(lat.p50 if lat else None)} / {_fmt(lat.p95 if lat else None)} ms"
 
 
+def _baseline_text(b: BaselineSummary) -> str:
+    """The student trained alone: its top-1 with its Wilson interval, or the note why there is none."""
+    if b.val_top1 is None:
+        return b.note or "–"
+    return f"top-1 {_fmt(b.val_top1, 'pct')}" + (f" {_interval(b.val_top1_interval)}" if b.val_top1_interval else "")
+
+
 def _comparison_rows(summary: Table, comparisons: dict[str, Any] | None) -> None:
     """One row per paired comparison (``distill.report.Comparison``): difference, 95% interval, McNemar p, verdict."""
     for c in (comparisons or {}).values():
@@ -461,7 +469,7 @@ def render_text_report(r: TextReportBase) -> None:
         summary.add_row("agreement with teacher", _fmt(r.agreement, "pct"))
         summary.add_row("mean KL(teacher‖student)", _fmt(r.mean_kl))
         if r.baseline is not None:
-            summary.add_row("student trained alone", f"top-1 {_fmt(r.baseline.val_top1, 'pct')} {_interval(r.baseline.val_top1_interval)}")
+            summary.add_row("student trained alone", _baseline_text(r.baseline))
         if r.distillation_gain_points is not None:
             summary.add_row("distillation gain", f"{r.distillation_gain_points:+.2f} points")
         _comparison_rows(summary, r.comparisons)
@@ -593,10 +601,7 @@ def render_report(r: AnyReport) -> None:
             summary.add_row(f"{label} ({v.artifact})", f"top-1 {_fmt(v.val_top1, 'pct')}, {_fmt(v.bytes, 'bytes')}, "
                                                        f"p50 @1 {_fmt(v.latency_ms['1'].p50 if '1' in v.latency_ms else None)} ms (CPU)")
     if r.baseline:
-        alone = f"top-1 {_fmt(r.baseline.val_top1, 'pct')}" if r.baseline.val_top1 is not None else (r.baseline.note or "–")
-        if r.baseline.val_top1_interval:
-            alone += f" {_interval(r.baseline.val_top1_interval)}"
-        summary.add_row("student trained alone", alone)
+        summary.add_row("student trained alone", _baseline_text(r.baseline))
     if r.distillation_gain_points is not None:
         summary.add_row("distillation gain", f"{r.distillation_gain_points:+.2f} points")
     _comparison_rows(summary, r.comparisons)

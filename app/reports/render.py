@@ -147,8 +147,10 @@ def _text_view(r: TextReportBase) -> dict[str, Any]:
         if r.teacher_top1_interval or r.student_top1_interval:
             rows.insert(4, ["95% interval (Wilson)", _interval(r.teacher_top1_interval), _interval(r.student_top1_interval)])
         ratios = [("agreement", _pct(r.agreement))]
-        if r.baseline is not None:
+        if r.baseline is not None and r.baseline.val_top1 is not None:
             ratios.append(("student trained alone: top-1", f"{_pct(r.baseline.val_top1)} {_interval(r.baseline.val_top1_interval)}"))
+        elif r.baseline is not None:
+            ratios.append(("student trained alone", r.baseline.note or "–"))
         if r.distillation_gain_points is not None:
             ratios.append(("distillation gain (distilled − alone)", f"{r.distillation_gain_points:+.2f} points"))
         ratios += [(f"{c.a} − {c.b} (paired, {c.rows:,} rows)", _comparison(c)) for c in (r.comparisons or {}).values()]

@@ -254,6 +254,7 @@ def _adapter(run: JobRun, t: _TextSetup, t_val: torch.Tensor, t_train: torch.Ten
 
 
 BASELINE_CHECKPOINT_STEM = "baseline_checkpoint"
+NO_LABELS_BASELINE_NOTE = "no labelled training texts: a student cannot be trained alone"
 
 
 @dataclass
@@ -270,7 +271,8 @@ def _baseline(run: JobRun, t: _TextSetup, t_val: torch.Tensor, t_train: torch.Te
     """With ``evaluation.compare_baseline: true`` on a sequence-classification job with labelled training texts: the
     same student (derived from the teacher's layers as the distilled one, same seed, data, epochs, optimizer and batch
     size) trained alone on cross-entropy over the labelled texts (``LabelsOnly``; the cached teacher outputs are passed
-    but never read). None otherwise (text tasks do not run it by default: it doubles the training)."""
+    but never read). None otherwise (text tasks do not run it by default: it doubles the training); asked for without
+    labelled training texts, the report's baseline is the note ``NO_LABELS_BASELINE_NOTE`` (``_report``)."""
     spec = run.spec
     if t.task != "sequence_classification" or not spec.evaluation.compare_baseline or t.data.counts["labelled"] == 0:
         return None
@@ -396,7 +398,8 @@ def _export(run: JobRun, t: _TextSetup, tmp: Path) -> _TextExported:
 def _report(run: JobRun, t: _TextSetup, teacher_bytes: int, ev: _TextEval, outcome: TrainOutcome,
             exported: _TextExported, alone: _TextAlone | None = None) -> SequenceClassificationReport | SentenceEmbeddingReport:
     """The text compression report of ``t.task``, assembled from its per-phase parts (``distill.report_builders``);
-    ``alone``: the baseline (its top-1 and interval come from ``ev.bars``)."""
+    ``alone``: the baseline (its top-1 and interval come from ``ev.bars``); a sequence-classification job that asked
+    for one without labelled training texts gets ``NO_LABELS_BASELINE_NOTE`` as its baseline instead."""
     parts = dict(teacher=_teacher_part(run, t, teacher_bytes, ev.teacher), student=_student_part(run, t, exported.student_bytes, ev.student),
                  data=_data_part(t), cache=_cache_part(run, t), training=_training_part(run, t, outcome),
                  export_checks=exported.checks, onnx=rb.onnx_check(exported.onnx), wall_time_s=run.finish())
@@ -407,6 +410,8 @@ def _report(run: JobRun, t: _TextSetup, teacher_bytes: int, ev: _TextEval, outco
         bars = ev.bars or {}
         base = rb.baseline(val_top1=bars.get("alone_top1"), training_time_s=alone.outcome.elapsed_s, parameters=alone.parameters,
                            epochs=alone.outcome.epochs, steps=alone.outcome.steps, val_top1_interval=bars.get("alone"))
+    elif run.spec.evaluation.compare_baseline and t.data.counts["labelled"] == 0:  # asked for, as tensor jobs say it
+        base = rb.no_baseline(NO_LABELS_BASELINE_NOTE)
     return rb.sequence_classification_report(**parts, **ev.quality, bars=ev.bars, baseline=base)
 
 

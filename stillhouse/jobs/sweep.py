@@ -21,7 +21,8 @@ main process run one each, every ``STILLHOUSE_SWEEP_INTERVAL_S``) can race safel
     ``worker_lost``;
   - otherwise sent again, once per expiry (``enqueued_at`` older than the expiry), for any worker to resume from
     its last checkpoint.
-- **sweeps**: every running sweep with an ended trial not yet told to Optuna, or room for a new trial, takes a step
+- **sweeps**: every running sweep with an ended trial not yet told to Optuna, or room for a new trial, takes a step,
+  and so does every cancelled sweep whose last trial ended before its final step (front, ``sweep.cancelled``)
   (``stillhouse.sweeps.scheduler.advance_live``).
 
 ``python -m app sweep`` runs the loop alone (``python -m stillhouse.jobs.sweep --once``: one pass, printed as JSON).

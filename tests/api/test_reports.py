@@ -196,3 +196,28 @@ async def test_openapi_documents_the_report_variants(api):
     assert "fraction" in comps["TensorModelSummary"]["properties"]["val_top1"]["description"]
     assert "Sentences per second" in comps["TextTeacherSummary"]["properties"]["throughput_per_s"]["description"]
     assert "probe" in comps["SentenceEmbeddingReport"]["properties"]["probe_student"]["description"]
+
+
+def test_a_text_baseline_that_could_not_be_trained_shows_its_note():
+    """A text classification report whose asked-for baseline has no top-1 (no labelled training texts) shows the note
+    why, on the HTML page and in the CLI, as tensor reports do (not an empty '– –' row)."""
+    from rich.console import Console
+
+    from app.reports.render import render_html, report_view
+    from client import cli
+
+    note = "no labelled training texts: a student cannot be trained alone"
+    stored = copy.deepcopy(STORED["sequence_classification_error_bars"])
+    stored.update(baseline={"val_top1": None, "training_time_s": None, "note": note}, distillation_gain_points=None)
+    stored["comparisons"].pop("distilled_vs_alone")
+    r = parse_report(stored)
+    page = render_html("r", [report_view("job_x", None, r, [])])
+    assert note in page and "student trained alone: top-1" not in page
+    console = Console(width=250, record=True)
+    old, cli.console = cli.console, console
+    try:
+        cli.render_text_report(r)
+    finally:
+        cli.console = old
+    out = " ".join(console.export_text().split())
+    assert f"student trained alone {note}" in out

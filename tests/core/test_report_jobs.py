@@ -132,3 +132,23 @@ def test_text_classification_baseline_has_error_bars(tiny_bert_classifier_dir, r
     assert ("No measurable difference" in r.summary) == (vs.verdict == "no measurable difference")
     assert "baseline_training" in r.wall_time_s and [e for e in rep.events if e[0] == "baseline_started"]
     _check_text_error_bars(r)
+
+
+def test_text_classification_baseline_asked_for_without_labelled_training_texts_says_why(tiny_bert_classifier_dir,
+                                                                                         review_jsonl, tmp_path):
+    """compare_baseline: true on unlabelled training texts (a labelled validation file) cannot train a student alone: the
+    report says so in its baseline's note, as a tensor job's does, instead of leaving the asked-for baseline out."""
+    rows = [json.loads(line) for line in review_jsonl.read_text().splitlines()]
+    unlabelled, validation = tmp_path / "unlabelled.jsonl", tmp_path / "validation.jsonl"
+    unlabelled.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in rows[:200]))
+    validation.write_text("".join(json.dumps(r) + "\n" for r in rows[200:280]))
+    spec = _text_spec("sequence_classification", **{"student.from_teacher": {"num_layers": 1}, "data.validation": {"file_id": "file_v"},
+                                                    "method": {"name": "kd", "temperature": 2.0, "alpha": 1.0},
+                                                    "evaluation.compare_baseline": True})
+    files = {name: FileInput(path=p, format="jsonl", bytes=p.stat().st_size) for name, p in (("file_d", unlabelled), ("file_v", validation))}
+    rep = RecordingReporter()
+    r = _stored(run_text_job(spec, tiny_bert_classifier_dir, 12345, files, tmp_path / "w", rep).report, SequenceClassificationReport)
+    assert r.data.labelled == 0 and r.student_top1 is not None
+    assert r.baseline is not None and r.baseline.val_top1 is None and r.baseline.note == "no labelled training texts: a student cannot be trained alone"
+    assert r.distillation_gain_points is None and "distilled_vs_alone" not in (r.comparisons or {})
+    assert not [e for e in rep.events if e[0] == "baseline_started"]

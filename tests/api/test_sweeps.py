@@ -463,3 +463,35 @@ async def test_a_sweep_with_nothing_left_to_start_is_not_waiting_for_a_job_slot(
         s.execute(update(Sweep).where(Sweep.id == late["id"]).values(created_at=utcnow() - timedelta(days=2)))
         s.commit()
     assert (await api.get(f"/v1/sweeps/{late['id']}")).json()["waiting_for_job_slot"] is False  # past max_runtime_s
+
+
+async def test_a_trials_slot_goes_to_its_own_sweep_first_then_to_the_oldest_waiting(api, teacher_id, monkeypatch):  # noqa: F811
+    """Limit 4, two sweeps both waiting for a slot: the worker's hook (job_finished) gives the slot a trial freed to that
+    trial's own sweep, even when an older sweep waits too (the other tests of the limit step the trial's sweep by hand;
+    this one goes through job_finished as a worker does); slots freed by a cancelled sweep go to the waiting one at the
+    repair loop's next pass."""
+    from stillhouse.db import session_factory
+    from stillhouse.models import Job
+    from stillhouse.settings import get_settings
+    from stillhouse.sweeps import scheduler
+
+    def finish(job_id: str, status: str = "failed") -> None:
+        with session_factory()() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(status=status))
+            s.commit()
+
+    monkeypatch.setenv("STILLHOUSE_MAX_RUNNING_JOBS_PER_TENANT", "4")
+    get_settings.cache_clear()
+    other = (await api.post("/v1/jobs", json=spec_for(teacher_id))).json()["id"]
+    older = (await api.post("/v1/sweeps", json=sweep_body(teacher_id, budget={"max_trials": 8, "max_parallel": 4}))).json()
+    assert older["trials"]["created"] == 3 and older["waiting_for_job_slot"] is True
+    finish(other)  # ended without the hook: one slot free for the next sweep's creation
+    newer = (await api.post("/v1/sweeps", json=sweep_body(teacher_id, budget={"max_trials": 8, "max_parallel": 2}))).json()
+    assert newer["trials"]["created"] == 1 and newer["waiting_for_job_slot"] is True and _live() == 4
+    (trial,) = _jobs(newer["id"])
+    finish(trial.id)
+    scheduler.job_finished(trial.id)  # the newer sweep's own trial ended: its slot stays with the newer sweep
+    assert len(_jobs(newer["id"])) == 2 and len(_jobs(older["id"])) == 3 and _live() == 4
+    await api.post(f"/v1/sweeps/{newer['id']}/cancel")  # its queued trial cancelled: a slot for the older sweep
+    scheduler.advance_live(session_factory(), get_settings())
+    assert len(_jobs(older["id"])) == 4 and _live() == 4

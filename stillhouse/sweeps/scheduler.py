@@ -33,7 +33,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import time
+import weakref
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -77,10 +79,27 @@ def optuna_url(database_url: str) -> tuple[str, dict[str, Any]]:
     raise ValueError(f"sweeps need PostgreSQL or a SQLite file, not {url.get_backend_name()}")
 
 
+_STORAGES: "weakref.WeakSet[optuna.storages.RDBStorage]" = weakref.WeakSet()  # this process's, for _after_fork
+
+
 @functools.lru_cache(maxsize=8)
 def _storage_for(database_url: str) -> optuna.storages.RDBStorage:
     url, kwargs = optuna_url(database_url)
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    rdb = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    _STORAGES.add(rdb)
+    return rdb
+
+
+def _after_fork() -> None:
+    """In a forked child (a Celery pool child that replaces a dead one is forked from a main process whose repair loop
+    has stepped sweeps): let go of the Optuna storages' pooled connections, which are the parent's, without closing
+    them (``Engine.dispose(close=False)``, SQLAlchemy's recipe for pools across ``os.fork``, as ``worker.tasks`` does
+    for the service's own engine), so the child opens its own instead of talking over the parent's sockets."""
+    for rdb in list(_STORAGES):
+        rdb.engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def storage(settings: Settings | None = None) -> optuna.storages.RDBStorage:

@@ -495,3 +495,34 @@ async def test_a_trials_slot_goes_to_its_own_sweep_first_then_to_the_oldest_wait
     await api.post(f"/v1/sweeps/{newer['id']}/cancel")  # its queued trial cancelled: a slot for the older sweep
     scheduler.advance_live(session_factory(), get_settings())
     assert len(_jobs(older["id"])) == 4 and _live() == 4
+
+
+def test_a_forked_child_does_not_reuse_the_parents_optuna_connections(backend):
+    """A Celery pool child that replaces a dead one is forked from the worker's main process, whose repair loop has used
+    the sweeps' Optuna storage (cached once per process): the child must open its own connections (its trials' pruner
+    and job_finished use the storage) instead of the pooled ones it inherited, which belong to the parent."""
+    import os
+
+    from sqlalchemy import text
+
+    from stillhouse.sweeps import scheduler
+
+    rdb = scheduler.storage()
+    with rdb.engine.connect() as c:
+        c.execute(text("SELECT 1"))
+    assert rdb.engine.pool.checkedin() >= 1  # the parent's connection, pooled
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only, never return into pytest
+        code = 3
+        try:
+            same = scheduler.storage() is rdb
+            inherited = rdb.engine.pool.checkedin()
+            with rdb.engine.connect() as c:
+                c.execute(text("SELECT 1"))
+            code = 0 if same and inherited == 0 else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with rdb.engine.connect() as c:  # the parent's own connection still works
+        assert c.execute(text("SELECT 1")).scalar() == 1

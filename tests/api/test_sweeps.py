@@ -399,7 +399,9 @@ async def test_concurrent_sweeps_and_jobs_cannot_pass_the_limit_together(api, te
     responses = await asyncio.gather(*calls)
     assert all(r.status_code in (201, 429) for r in responses), [r.text for r in responses]
     assert all(r.json()["error"]["code"] == "too_many_jobs" for r in responses if r.status_code == 429)
-    assert _live() == 3 and any(r.status_code == 429 for r in responses)
+    # no `any(429)`: all six may be accepted (three sweeps committed, then three jobs, before any sweep's first step,
+    # which then finds no slot and waits); the 429s themselves are checked in test_trials_count_against_the_tenants_live_job_limit
+    assert _live() == 3
 
 
 async def test_the_repair_loop_finishes_a_cancelled_sweep_whose_worker_died(api, teacher_id):  # noqa: F811

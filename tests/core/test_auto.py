@@ -38,6 +38,7 @@ def test_auto_job_reports_every_candidate_and_retrains_the_winner(teacher_file, 
     assert len(names) == 4 and {c["lr"] for c in sel["candidates"]} == {spec.training.optimizer.lr}
     assert sel["candidates"][0]["epochs"] == 2  # floor(0.5 x 13 x 23 / (4 x 18))
     assert sel["chosen"] in names and sel["reason"]
+    assert sel["margin_points"] == (auto.MEMORISED_MARGIN_POINTS if sel["teacher_selection_top1"] >= 0.99 else 0)
     assert sel["steps"] <= 0.5 * sel["job_steps"] and sel["steps_fraction"] <= 0.5
     assert 0 < sel["cost_fraction_of_job_time"] < 1
     # the winner was retrained on all training rows for the full epochs
@@ -196,6 +197,30 @@ def test_few_labels_tie_goes_to_the_distilled_candidate_only_with_a_better_teach
     # every distilled candidate measurably worse: the student alone, whatever the teacher
     worse = [(cands[0], alone), *[(c, _flip(alone, 15, False)) for c in cands[1:]]]
     assert auto.choose(worse, seed=0, teacher_correct=teacher, unlabelled_fraction=0.95).winner is cands[0]
+
+
+def test_a_teacher_that_memorised_the_selection_rows_raises_the_bar_for_distilled_candidates():
+    """kd +2.5 points on 800 selection rows (20 rows more right, none fewer: interval about [+1.4, +3.6], above 0) wins
+    with a teacher at 97% there, but with a teacher at 100% (trained on those rows, which inflates a distilled score:
+    auto.MEMORISED_MARGIN_POINTS) the interval must clear +2 points: a tie to the student alone, saying why. A clear win
+    (+7.5 points) still goes to kd, and the few-labels rule still applies."""
+    cands = auto.candidates(1e-2)
+    base = np.random.default_rng(0).random(800) < 0.9
+    kd = _flip(base, 20, True)
+    scores = [(cands[0], base), (cands[1], kd), (cands[2], base), (cands[3], base)]
+    fair = auto.choose(scores, seed=0, teacher_correct=_flip(np.ones(800, bool), 24, False))  # 97%
+    assert fair.winner is cands[1] and fair.rule == "best" and 0 < fair.interval_points[0] <= auto.MEMORISED_MARGIN_POINTS
+    assert fair.margin_points == 0 and "outside the noise" in fair.reason
+    memorised = auto.choose(scores, seed=0, teacher_correct=np.ones(800, bool))
+    assert memorised.winner is cands[0] and memorised.rule == "memorised_teacher_tie_to_alone"
+    assert memorised.margin_points == auto.MEMORISED_MARGIN_POINTS and memorised.interval_points == fair.interval_points
+    assert "100.0% on those rows" in memorised.reason and "2-point margin" in memorised.reason
+    clear = auto.choose([(cands[0], base), (cands[1], _flip(base, 60, True)), *scores[2:]], seed=0,
+                        teacher_correct=np.ones(800, bool))
+    assert clear.winner is cands[1] and clear.rule == "best" and clear.interval_points[0] > auto.MEMORISED_MARGIN_POINTS
+    assert "margin for a teacher that memorised" in clear.reason
+    few = auto.choose(scores, seed=0, teacher_correct=np.ones(800, bool), unlabelled_fraction=0.95)
+    assert few.winner is cands[1] and few.rule == "few_labels_tie_to_distilled"
 
 
 def _few_labels_files(tmp_path, digits, per_class: int = 10) -> dict[str, FileInput]:

@@ -164,7 +164,8 @@ def main() -> None:
     x_all, y_all, _ = load_builtin("mnist5k")
     held = holdout_rows(y_all, split_validation(y_all, 0.2, seed=0)[0], args.holdout)[1]
     hx, hy = torch.as_tensor(x_all[held], dtype=torch.float32), y_all[held]
-    extra = " held-out top-1 returned / alone / teacher (covered by the report's interval) |" if held.size else ""
+    extra = (" held-out top-1 returned / alone / teacher (covered by the report's interval: its Wilson 95% interval) |"
+             if held.size else "")
     print(f"| case | labels | epochs | seed | lr | teacher | alone | distilled | gain (points) [95% interval] | McNemar p | verdict | wall |{extra}")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if held.size else ""))
     results: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
@@ -194,11 +195,13 @@ def main() -> None:
                                 tops = {"student": _top1(load_teacher(student, "safetensors", None, torch.device("cpu")), hx, hy),
                                         "baseline": _top1(res.baseline_student, hx, hy) if res.baseline_student is not None else None,
                                         "teacher": _top1(load_teacher(teacher, "safetensors", None, torch.device("cpu")), hx, hy)}
-                                marks = {k: _covers((r.get(k) or {}).get("val_top1_interval"), v) if v is not None else "–"
-                                         for k, v in tops.items()}
+                                ivs = {k: (r.get(k) or {}).get("val_top1_interval") for k in tops}
+                                marks = {k: _covers(ivs[k], v) if v is not None else "–" for k, v in tops.items()}
                                 covered += [(k, m) for k, m in marks.items() if m in "yn"]
-                                shown_held = " " + " / ".join(f"{100 * v:.1f}% ({marks[k]})" if v is not None else "–"
-                                                              for k, v in tops.items()) + " |"
+                                shown_held = " " + " / ".join(
+                                    (f"{100 * v:.1f}% ({marks[k]}" + (f": [{100 * ivs[k][0]:.1f}, {100 * ivs[k][1]:.1f}])"
+                                                                     if ivs[k] else ")")) if v is not None else "–"
+                                    for k, v in tops.items()) + " |"
                         c = r["comparisons"]["distilled_vs_alone"]
                         results.setdefault((case, regime, epochs), []).append(c)
                         lo, hi = c["interval_points"]

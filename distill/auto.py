@@ -164,7 +164,8 @@ on every seed (-1.0 points on seed 0)."""
 @dataclass(frozen=True)
 class Choice:
     """What ``choose`` picked: the ``winner``, ``reason`` (a sentence for the report), ``rule`` ('best' when the best
-    candidate is the reference student alone or beat it outside the noise; 'tie_to_alone'; 'few_labels_tie_to_distilled'),
+    candidate is the reference student alone or beat it outside the noise; 'tie_to_alone'; 'memorised_teacher_tie_to_alone';
+    'few_labels_tie_to_distilled'),
     ``interval_points`` (paired-bootstrap 95% interval of the compared candidate minus the student alone on the selection
     split, points; None when the student alone is best and the few-labels rule did not apply) and
     ``teacher_vs_alone_points`` (the teacher minus the student alone there, points; None without the teacher's

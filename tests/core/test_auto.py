@@ -270,3 +270,16 @@ def test_few_labels_with_a_useless_teacher_keeps_the_student_alone(tmp_path, dig
     sel = result.report["selection"]
     assert sel["candidate_unlabelled_rows"] > 0.9 * sel["candidate_training_rows"] and sel["teacher_vs_alone_points"][0] <= 0
     assert sel["student_alone"] is True and sel["rule"] in ("best", "tie_to_alone")
+
+
+def test_the_selection_split_line_names_the_memorised_teacher_margin():
+    """The CLI and HTML line of the selection split (``SelectionSummary.split_text``) says when a memorising teacher
+    raised the bar, and says nothing of it otherwise (margin 0, or a report stored before the field)."""
+    from distill.report import SelectionSummary
+
+    base = {"chosen": "student_alone@lr0.01", "reason": "r", "budget": 0.5, "job_steps": 100, "selection_rows": 800,
+            "candidate_training_rows": 3200, "teacher_selection_top1": 1.0}
+    text = SelectionSummary(**base, margin_points=auto.MEMORISED_MARGIN_POINTS).split_text()
+    assert "teacher top-1 there 100.00%" in text and "trained on those rows" in text and "more than 2 points" in text
+    for margin in (0.0, None):
+        assert "trained on those rows" not in SelectionSummary(**base, margin_points=margin).split_text()

@@ -578,6 +578,7 @@ def _select(run: JobRun, loaded: _Loaded, cache: TeacherCache | None, fingerprin
     steps = sum(r.steps for r in rows)
     part = {**base, "candidates": rows, "chosen": winner.name, "chosen_method": winner.method, "chosen_lr": winner.lr,
             "student_alone": winner.alone, "reason": choice.reason, "rule": choice.rule, "interval_points": choice.interval_points,
+            "margin_points": choice.margin_points,
             "teacher_selection_top1": round(float(t_hits.mean()), 6) if t_hits.size else None,
             "teacher_vs_alone_points": choice.teacher_vs_alone_points, "selection_rows": int(sel.size),
             "candidate_training_rows": int(rest.size), "candidate_unlabelled_rows": unlabelled, "steps": steps,

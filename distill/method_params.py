@@ -367,8 +367,10 @@ class AutoParams(MethodParams):
     """auto (the default): no loss of its own; the job picks among a documented candidate set (``distill.auto``: the
     student alone, kd T4 alpha 0.9, kd T2 alpha 0.5, hard_label, at the spec's lr; see distill.auto.LR_FACTORS) by short trainings on
     the training rows outside a selection split carved from them, scored by selection top-1 (a tie within the
-    paired-bootstrap noise goes to the student alone), then retrains the winner on all training rows for the full
-    epochs. Tensor classification with labelled rows; text tasks and data without labels run kd (T4 alpha 0.9)."""
+    paired-bootstrap noise goes to the student alone; with a teacher at >= 99% on the selection split, which it was
+    trained on, a distilled candidate must win by more than distill.auto.MEMORISED_MARGIN_POINTS), then retrains the
+    winner on all training rows for the full epochs. Tensor classification with labelled rows; text tasks and data
+    without labels run kd (T4 alpha 0.9)."""
 
     paper: ClassVar[str] = ("stillhouse issue 11 (model selection on a held-out split of the training rows; candidates after "
                             "Hinton et al. 2015 and Touvron et al. 2021)")

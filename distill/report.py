@@ -364,12 +364,18 @@ class SelectionSummary(_Part):
     student_alone: bool = Field(False, description="True when the student alone won: the returned student was trained "
                                                    "without the teacher.")
     reason: str = Field(..., description="Why, for a person.")
-    rule: Literal["best", "tie_to_alone", "few_labels_tie_to_distilled"] | None = Field(
+    rule: Literal["best", "tie_to_alone", "memorised_teacher_tie_to_alone", "few_labels_tie_to_distilled"] | None = Field(
         None, description="Which rule of distill.auto.choose decided: 'best' (the best selection top-1: the student alone, "
-                          "or a candidate that beat it outside the noise), 'tie_to_alone' (no candidate beat the student "
-                          "alone outside the noise), 'few_labels_tie_to_distilled' (most candidate training rows unlabelled, "
-                          "the teacher measurably better than the student alone, the best distilled candidate not "
-                          "measurably worse); None in reports stored before it.")
+                          "or a candidate that beat it outside the noise, by more than margin_points for a distilled one), "
+                          "'tie_to_alone' (no candidate beat the student alone outside the noise), "
+                          "'memorised_teacher_tie_to_alone' (a distilled candidate beat it outside the noise but not by the "
+                          "margin a teacher that memorised the selection rows calls for), 'few_labels_tie_to_distilled' "
+                          "(most candidate training rows unlabelled, the teacher measurably better than the student alone, "
+                          "the best distilled candidate not measurably worse); None in reports stored before it.")
+    margin_points: float | None = Field(None, description="What the low end of a distilled candidate's interval had to "
+                                        "exceed to win outright, points: 0, or distill.auto.MEMORISED_MARGIN_POINTS when the "
+                                        "teacher's top-1 on the selection split is at least 99% (it was trained on those rows, "
+                                        "so distilled candidates score optimistically there); None in reports stored before it.")
     interval_points: list[float] | None = Field(None, min_length=2, max_length=2, description="Paired-bootstrap 95% "
                                                 "interval of the compared candidate (the best one, or with rule "
                                                 "few_labels_tie_to_distilled the best distilled one) minus the student "
@@ -393,12 +399,15 @@ class SelectionSummary(_Part):
 
     def split_text(self) -> str:
         """The selection split in words (CLI and HTML): its labelled rows, the candidates' training rows (the unlabelled
-        ones among them) and the teacher's top-1 on the split."""
+        ones among them), the teacher's top-1 on the split and the margin a memorising teacher called for."""
         text = f"{self.selection_rows:,} labelled training rows; candidates trained on {self.candidate_training_rows:,}"
         if self.candidate_unlabelled_rows:
             text += f" ({self.candidate_unlabelled_rows:,} unlabelled)"
         if self.teacher_selection_top1 is not None:
             text += f"; teacher top-1 there {self.teacher_selection_top1:.2%}"
+        if self.margin_points:
+            text += (f" (it was trained on those rows: a distilled candidate had to beat the student alone by more than "
+                     f"{self.margin_points:g} points)")
         return text
 
 

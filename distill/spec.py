@@ -14,13 +14,18 @@ from pydantic import BeforeValidator, Discriminator, Field, Tag, TypeAdapter, mo
 from .method_params import (DKD_BETA, DKD_WARMUP_FRACTION, EXTRA_MODELS, FEATURE_METHODS, FITNET_EXTRA_WEIGHT, INTEGRAL,
                             LM_METHODS, LOGIT_METHODS, MAIN_MODELS, METHOD_PARAMS, METHODS, Int, JsonValue, LayerPair, NoNulStr, MainMethod, MethodField, MethodParams, SpecModel, check_method_object, default_method)
 
-__all__ = ["DKD_BETA", "DKD_WARMUP_FRACTION", "FITNET_EXTRA_WEIGHT", "EXTRA_MODELS", "FEATURE_METHODS", "LM_METHODS", "LOGIT_METHODS", "MAIN_MODELS", "METHOD_PARAMS", "METHODS", "LayerPair",
+__all__ = ["DKD_BETA", "NO_EMBEDDING_BASELINE", "DKD_WARMUP_FRACTION", "FITNET_EXTRA_WEIGHT", "EXTRA_MODELS", "FEATURE_METHODS", "LM_METHODS", "LOGIT_METHODS", "MAIN_MODELS", "METHOD_PARAMS", "METHODS", "LayerPair",
            "MainMethod", "MethodParams", "MethodSpec", "parse_method"]
 
 BUILTIN_DATASETS = ("digits", "mnist5k", "rotten_tomatoes")
 TEXT_BUILTINS = ("rotten_tomatoes",)
 TEACHER_FORMATS = ("auto", "safetensors", "state_dict", "torchscript", "torch_export", "onnx", "hf", "gguf")
 TASKS = ("auto", "classification", "sequence_classification", "sentence_embedding", "causal_lm")
+NO_EMBEDDING_BASELINE = ("evaluation.compare_baseline: true is not available for task sentence_embedding: a sentence-embedding "
+                         "student has no labels to learn from, so there is no student trained alone to compare with (its only "
+                         "training signal is the teacher's embeddings); leave compare_baseline unset or false")
+"""The refusal (422 / invalid_spec, param ``evaluation.compare_baseline``) of a baseline on task sentence_embedding, by the
+API (``app.jobs.service``) and by the core (``distill.text.job.check_baseline_supported``)."""
 
 MethodSpec = MainMethod
 """The type of ``JobSpec.method`` (one of the generated per-method models, see ``distill.method_params``)."""
@@ -354,7 +359,8 @@ class EvaluationSpec(_Strict):
                                           "report the distillation gain in top-1 points with its 95% interval (which may be "
                                           "negative). Default (null): on for classification with labelled training rows "
                                           "(tensor tasks), off otherwise; true also runs it for sequence_classification "
-                                          "(the derived student trained alone); the baseline roughly doubles the training time.")
+                                          "(the derived student trained alone) and causal_lm; sentence_embedding refuses "
+                                          "true (422: no labels, so no student alone to train); the baseline roughly doubles the training time.")
     generation_prompts: Int = Field(16, ge=0, le=10_000, description="Task causal_lm with prompt data: held-out prompts the "
                                     "student and the teacher both answer (greedy) for the report's side-by-side generations.")
     speed_repeats: Int = Field(5, ge=1, le=1000, description="Task causal_lm: timed repeats of the prefill and decode "

@@ -30,7 +30,7 @@ from stillhouse.settings import get_settings
 from stillhouse.storage import ArtifactStore, StoreError
 from distill.errors import DistillError
 from distill.report import AnyReport, parse_report
-from distill.spec import LM_METHODS, METHOD_PARAMS, JobSpec, lm_method_defaults
+from distill.spec import LM_METHODS, METHOD_PARAMS, NO_EMBEDDING_BASELINE, JobSpec, lm_method_defaults
 
 log = logging.getLogger("stillhouse.jobs")
 
@@ -267,6 +267,8 @@ def _check_task(spec: JobSpec, files: dict[str, File]) -> None:
         raise Unprocessable(f"teacher {teacher.id} has no classification head; use task 'sentence_embedding'", param="task")
     if text:
         _check_from_teacher(spec, teacher.details or {})
+    if task == "sentence_embedding" and spec.evaluation.compare_baseline is True:
+        raise Unprocessable(NO_EMBEDDING_BASELINE, param="evaluation.compare_baseline")
     method = spec.method.name
     serves = METHOD_PARAMS[method].tasks  # the task families the method declares
     if task not in serves and ("method" in spec.model_fields_set or task != "sentence_embedding"):  # left out: embedding's

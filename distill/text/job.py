@@ -44,7 +44,7 @@ from ..report import (CacheSummary, ExportChecks, SentenceEmbeddingReport, Seque
 from ..reporter import Reporter
 from ..review import error_bars
 from ..results import DistillResult
-from ..spec import JobSpec, default_method
+from ..spec import NO_EMBEDDING_BASELINE, JobSpec, default_method
 from ..training import TaskAdapter, Trainer, TrainOutcome, spec_fingerprint
 from .adapters import EmbeddingKD, SentenceEmbedding, SequenceClassification, encode_all
 from .data import TextBundle, collate, load_text_data, tokenize
@@ -63,6 +63,17 @@ def embedding_method(spec: JobSpec) -> EmbeddingKD:
             raise DistillError("invalid_spec", f"task sentence_embedding uses method 'embedding', not {m.name!r}", "method.name")
         m = default_method("sentence_embedding")
     return build_method(m, has_labels=False)  # type: ignore[return-value]
+
+
+
+
+def check_baseline_supported(spec: JobSpec, task: str) -> None:
+    """``evaluation.compare_baseline: true`` needs a student that can be trained without the teacher: on labels
+    (classification, sequence classification) or on next tokens (causal LM). A sentence-embedding job's data has no
+    targets but the teacher's embeddings, so a baseline cannot be trained and the request is refused rather than
+    ignored. ``task``: the resolved task. Raises ``DistillError('invalid_spec', param='evaluation.compare_baseline')``."""
+    if task == "sentence_embedding" and spec.evaluation.compare_baseline is True:
+        raise DistillError("invalid_spec", NO_EMBEDDING_BASELINE, "evaluation.compare_baseline")
 
 
 def resolve_task(spec: JobSpec, folder: Path) -> str:
@@ -174,8 +185,9 @@ def run_text_job(spec: JobSpec, folder: Path, teacher_bytes: int, files: dict, w
         spec = spec.model_copy(update={"method": fallback_method(spec)})
         reporter.event("method_auto", "method 'auto' selects among candidates for tensor classification only; this text "
                        "task runs kd (temperature 4, alpha 0.9)", {"method": "kd"})
-    run = JobRun.start(spec, workdir, reporter, runtime_used_s)
     task = resolve_task(spec, folder)
+    check_baseline_supported(spec, task)
+    run = JobRun.start(spec, workdir, reporter, runtime_used_s)
     with run.phase("loading_teacher"):
         t = _load(run, folder, files, task)
     run.check("while loading")

@@ -465,3 +465,21 @@ async def test_sql_reporter_discards_only_the_given_splits(api, teacher_id):
 async def test_a_job_spec_in_another_content_type_says_json_is_expected(api, content_type, body):
     err = assert_error(await api.post("/v1/jobs", content=body, headers={"Content-Type": content_type}), 422, "invalid_request")
     assert "application/json" in err["message"], err
+
+
+async def test_compare_baseline_true_on_sentence_embedding_is_refused_naming_the_field(api, tiny_encoder_dir):
+    """A sentence-embedding student has no labels to learn from alone: compare_baseline true is a 422 on that field (it was
+    silently ignored), for task sentence_embedding and for task auto resolved to it; unset or false is accepted."""
+    from tests.models import zip_folder
+
+    archive = zip_folder(tiny_encoder_dir, tiny_encoder_dir.parent / "enc.zip", prefix="enc/")
+    tid = (await upload(api, archive)).json()["id"]
+    base = {"teacher": {"file_id": tid}, "student": {"from_teacher": {"num_layers": 2}},
+            "data": {"train": {"builtin": "rotten_tomatoes"}}, "training": {"epochs": 1}}
+    for task in ("sentence_embedding", "auto"):
+        err = assert_error(await api.post("/v1/jobs", json={**base, "task": task, "evaluation": {"compare_baseline": True}}), 422)
+        assert err["param"] == "evaluation.compare_baseline", err
+        assert "sentence_embedding" in err["message"] and "no labels" in err["message"]
+    for asked in (False, None):
+        resp = await api.post("/v1/jobs", json={**base, "task": "sentence_embedding", "evaluation": {"compare_baseline": asked}})
+        assert resp.status_code == 201, resp.text

@@ -38,6 +38,7 @@ def test_auto_job_reports_every_candidate_and_retrains_the_winner(teacher_file, 
     assert len(names) == 4 and {c["lr"] for c in sel["candidates"]} == {spec.training.optimizer.lr}
     assert sel["candidates"][0]["epochs"] == 2  # floor(0.5 x 13 x 23 / (4 x 18))
     assert sel["chosen"] in names and sel["reason"]
+    assert sel["margin_points"] == (auto.MEMORISED_MARGIN_POINTS if sel["teacher_selection_top1"] >= 0.99 else 0)
     assert sel["steps"] <= 0.5 * sel["job_steps"] and sel["steps_fraction"] <= 0.5
     assert 0 < sel["cost_fraction_of_job_time"] < 1
     # the winner was retrained on all training rows for the full epochs
@@ -198,6 +199,30 @@ def test_few_labels_tie_goes_to_the_distilled_candidate_only_with_a_better_teach
     assert auto.choose(worse, seed=0, teacher_correct=teacher, unlabelled_fraction=0.95).winner is cands[0]
 
 
+def test_a_teacher_that_memorised_the_selection_rows_raises_the_bar_for_distilled_candidates():
+    """kd +2.5 points on 800 selection rows (20 rows more right, none fewer: interval about [+1.4, +3.6], above 0) wins
+    with a teacher at 97% there, but with a teacher at 100% (trained on those rows, which inflates a distilled score:
+    auto.MEMORISED_MARGIN_POINTS) the interval must clear +2 points: a tie to the student alone, saying why. A clear win
+    (+7.5 points) still goes to kd, and the few-labels rule still applies."""
+    cands = auto.candidates(1e-2)
+    base = np.random.default_rng(0).random(800) < 0.9
+    kd = _flip(base, 20, True)
+    scores = [(cands[0], base), (cands[1], kd), (cands[2], base), (cands[3], base)]
+    fair = auto.choose(scores, seed=0, teacher_correct=_flip(np.ones(800, bool), 24, False))  # 97%
+    assert fair.winner is cands[1] and fair.rule == "best" and 0 < fair.interval_points[0] <= auto.MEMORISED_MARGIN_POINTS
+    assert fair.margin_points == 0 and "outside the noise" in fair.reason
+    memorised = auto.choose(scores, seed=0, teacher_correct=np.ones(800, bool))
+    assert memorised.winner is cands[0] and memorised.rule == "memorised_teacher_tie_to_alone"
+    assert memorised.margin_points == auto.MEMORISED_MARGIN_POINTS and memorised.interval_points == fair.interval_points
+    assert "100.0% on those rows" in memorised.reason and "2-point margin" in memorised.reason
+    clear = auto.choose([(cands[0], base), (cands[1], _flip(base, 60, True)), *scores[2:]], seed=0,
+                        teacher_correct=np.ones(800, bool))
+    assert clear.winner is cands[1] and clear.rule == "best" and clear.interval_points[0] > auto.MEMORISED_MARGIN_POINTS
+    assert "margin for a teacher that memorised" in clear.reason
+    few = auto.choose(scores, seed=0, teacher_correct=np.ones(800, bool), unlabelled_fraction=0.95)
+    assert few.winner is cands[1] and few.rule == "few_labels_tie_to_distilled"
+
+
 def _few_labels_files(tmp_path, digits, per_class: int = 10) -> dict[str, FileInput]:
     """digits' default training split as ``per_class`` labelled rows per class + the rest as an unlabelled transfer set,
     and its validation split as a validation file."""
@@ -245,3 +270,16 @@ def test_few_labels_with_a_useless_teacher_keeps_the_student_alone(tmp_path, dig
     sel = result.report["selection"]
     assert sel["candidate_unlabelled_rows"] > 0.9 * sel["candidate_training_rows"] and sel["teacher_vs_alone_points"][0] <= 0
     assert sel["student_alone"] is True and sel["rule"] in ("best", "tie_to_alone")
+
+
+def test_the_selection_split_line_names_the_memorised_teacher_margin():
+    """The CLI and HTML line of the selection split (``SelectionSummary.split_text``) says when a memorising teacher
+    raised the bar, and says nothing of it otherwise (margin 0, or a report stored before the field)."""
+    from distill.report import SelectionSummary
+
+    base = {"chosen": "student_alone@lr0.01", "reason": "r", "budget": 0.5, "job_steps": 100, "selection_rows": 800,
+            "candidate_training_rows": 3200, "teacher_selection_top1": 1.0}
+    text = SelectionSummary(**base, margin_points=auto.MEMORISED_MARGIN_POINTS).split_text()
+    assert "teacher top-1 there 100.00%" in text and "trained on those rows" in text and "more than 2 points" in text
+    for margin in (0.0, None):
+        assert "trained on those rows" not in SelectionSummary(**base, margin_points=margin).split_text()

@@ -112,6 +112,17 @@ def test_sentence_embedding_job_learns_and_exports(tiny_encoder_dir, reviews, tm
         assert "student_hf/modules.json" in z.namelist() and "student_hf/model.safetensors" in z.namelist()
 
 
+def test_compare_baseline_true_on_a_sentence_embedding_job_is_refused(tiny_encoder_dir, reviews, tmp_path):
+    """The core refuses (invalid_spec naming evaluation.compare_baseline) rather than silently ignoring it: a
+    sentence-embedding student has no labels, so no student alone can be trained (task auto resolves to it too)."""
+    for task in ("sentence_embedding", "auto"):
+        with pytest.raises(DistillError) as e:
+            run_text_job(spec(**{"task": task, "evaluation.compare_baseline": True}), tiny_encoder_dir, 1000, files(reviews),
+                         tmp_path / task, RecordingReporter())
+        assert e.value.code == "invalid_spec" and e.value.param == "evaluation.compare_baseline"
+        assert not (tmp_path / task / "artifacts").exists()
+
+
 def test_feature_matching_disables_the_cache_and_logs_every_term(tiny_encoder_dir, reviews, tmp_path):
     rep = RecordingReporter()
     s = spec(**{"training.epochs": 1, "method": {"name": "embedding", "cosine_weight": 1.0, "mse_weight": 1.0,

@@ -1,0 +1,144 @@
+"""``training.devices: 2`` on the CPU (gloo, 2 processes) for causal-LM jobs on the tiny Llama the tests make: the
+loss curve is one process's with the same global batch, a hand-back checkpoint resumes under 2 processes, a cancel
+ends the job at the next step, a helper rank that dies fails the job with ``training_process_failed``, and the spec
+is refused where the worker or the task cannot run it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+import pytest
+import torch
+
+from distill.errors import DistillError, StopRequested
+from distill.jobrun import JobRun
+from distill.lm.job import run_lm_job
+from distill.report import parse_report
+from distill.reporter import RecordingReporter
+from distill.training.parallel import check_devices, usable_cores
+from tests.core.test_lm_job import lm_spec, text_file  # noqa: F401 - the module fixture is used here too
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(usable_cores() < 2, reason="2 processes need 2 usable cores")]
+
+TOL = 1e-5  # largest |loss(2 processes) - loss(1 process)| per logged step, nats: float rounding of the split sums
+
+
+def _train_losses(rep: RecordingReporter, split: str = "train") -> dict[int, float]:
+    return {m.step: m.value for m in rep.rows if m.name == "loss/total" and m.split == split}
+
+
+def _helpers() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if "distill.lm.parallel" in " ".join(p.cmdline())]
+
+
+def _spec(devices: int, **over):
+    training = {"epochs": 2, "batch_size": 5, "log_every_steps": 1, "devices": devices, **over.pop("training", {})}
+    return lm_spec(training=training, **over)
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_llama_dir, text_file, tmp_path_factory):  # noqa: F811
+    """The same job (with the baseline pass) in 1 and in 2 processes."""
+    out = {}
+    for n in (1, 2):
+        rep = RecordingReporter()
+        wd = tmp_path_factory.mktemp(f"devices{n}")
+        t0 = time.perf_counter()
+        res = run_lm_job(_spec(n, evaluation={"compare_baseline": True}), tiny_llama_dir, "hf", 1000, {"file_d": text_file}, wd, rep)
+        out[n] = (res, rep, wd, time.perf_counter() - t0)
+    return out
+
+
+def test_two_processes_follow_the_one_process_loss_curve(runs):
+    one, two = _train_losses(runs[1][1]), _train_losses(runs[2][1])
+    # global batches of 5 rows: 2 on rank 1, 3 on rank 0, of different lengths and target counts
+    assert sorted(one) == sorted(two) and len(one) >= 8
+    diff = max(abs(one[s] - two[s]) for s in one)
+    print(f"largest |loss difference| over {len(one)} steps: {diff:.2e} nats; walls 1 process {runs[1][3]:.1f} s, 2 processes "
+          f"{runs[2][3]:.1f} s")
+    assert diff < TOL
+    b1, b2 = _train_losses(runs[1][1], "baseline_train"), _train_losses(runs[2][1], "baseline_train")
+    assert sorted(b1) == sorted(b2) and max(abs(b1[s] - b2[s]) for s in b1) < TOL
+    r1, r2 = parse_report(runs[1][0].report), parse_report(runs[2][0].report)
+    assert r1.training.devices == 1 and r2.training.devices == 2
+    assert r2.perplexity.student.perplexity == pytest.approx(r1.perplexity.student.perplexity, rel=1e-4)
+    assert r2.perplexity.alone.perplexity == pytest.approx(r1.perplexity.alone.perplexity, rel=1e-4)
+    # rank 0 alone writes metrics (no duplicate rows) and checkpoints; the helper logged nothing alarming
+    assert len(runs[2][1].rows) == len(runs[1][1].rows)
+    assert sorted(p.name for p in runs[2][2].glob("checkpoint-*.pt")) == sorted(p.name for p in runs[1][2].glob("checkpoint-*.pt"))
+    assert "Traceback" not in (runs[2][2] / "parallel-rank1.log").read_text()
+    assert _helpers() == []
+
+
+def test_hand_back_under_two_processes_resumes_and_ends_like_the_straight_run(tiny_llama_dir, text_file, tmp_path, runs):  # noqa: F811
+    s = _spec(2, evaluation={"compare_baseline": True})
+    with pytest.raises(StopRequested):  # rank 0's 7th stop check: within epoch 2 of the distilled pass (4 steps an epoch)
+        run_lm_job(s, tiny_llama_dir, "hf", 1000, {"file_d": text_file}, tmp_path, RecordingReporter(stop_after_steps=7, hand_back=True))
+    assert list(tmp_path.glob("checkpoint-*-partial.pt")) and _helpers() == []
+    rep = RecordingReporter()
+    res = run_lm_job(s, tiny_llama_dir, "hf", 1000, {"file_d": text_file}, tmp_path, rep)
+    assert any(e[0] == "resumed" and "within epoch 2" in e[1] for e in rep.events)
+    straight = parse_report(runs[2][0].report).training.final_loss_terms
+    assert parse_report(res.report).training.final_loss_terms == pytest.approx(straight, abs=TOL)
+
+
+def test_cancel_under_two_processes_ends_at_the_next_step(tiny_llama_dir, text_file, tmp_path):  # noqa: F811
+    rep = RecordingReporter(stop_after_steps=2)
+    t0 = time.perf_counter()
+    with pytest.raises(StopRequested):
+        run_lm_job(_spec(2, training={"epochs": 50}), tiny_llama_dir, "hf", 1000, {"file_d": text_file}, tmp_path, rep)
+    assert time.perf_counter() - t0 < 60
+    assert max(_train_losses(rep)) == 2  # the two steps before the stop, then nothing
+    assert _helpers() == [] and not (tmp_path / "artifacts").exists()
+    assert "stopped with the group" in (tmp_path / "parallel-rank1.log").read_text()
+
+
+class _KillHelperAt(RecordingReporter):
+    """Kills the helper rank (SIGKILL) at rank 0's ``at``-th stop check."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def should_stop(self) -> bool:
+        if self._checks + 1 == self.at:
+            for p in _helpers():
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait(10)
+        return super().should_stop()
+
+
+def test_a_rank_that_dies_fails_the_job_with_a_clear_error(tiny_llama_dir, text_file, tmp_path):  # noqa: F811
+    t0 = time.perf_counter()
+    with pytest.raises(DistillError) as e:
+        run_lm_job(_spec(2, training={"epochs": 50}), tiny_llama_dir, "hf", 1000, {"file_d": text_file}, tmp_path, _KillHelperAt(4))
+    assert e.value.code == "training_process_failed"
+    assert "training process 1 of 2" in e.value.message and "SIGKILL" in e.value.message
+    assert time.perf_counter() - t0 < 60 and _helpers() == []
+
+
+def test_devices_beyond_the_worker_are_refused(tmp_path):
+    with pytest.raises(DistillError) as e:
+        check_devices(usable_cores() + 1, torch.device("cpu"))
+    assert e.value.code == "invalid_spec" and e.value.param == "training.devices" and "usable core" in e.value.message
+    if torch.cuda.device_count() < 2:
+        with pytest.raises(DistillError) as e:
+            check_devices(2, torch.device("cuda"))
+        assert e.value.param == "training.devices" and "CUDA devices" in e.value.message
+    check_devices(1, torch.device("cpu"))
+    check_devices(2, torch.device("cpu"))
+    # a driver that trains in one process refuses devices > 1 before anything runs
+    with pytest.raises(DistillError) as e:
+        JobRun.start(_spec(2), tmp_path, RecordingReporter(), 0.0)
+    assert e.value.param == "training.devices" and "causal_lm only" in e.value.message
+
+
+def test_devices_field_bounds():
+    from pydantic import ValidationError
+
+    assert lm_spec().training.devices == 1
+    with pytest.raises(ValidationError, match="devices"):
+        _spec(0)

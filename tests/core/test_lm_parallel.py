@@ -21,7 +21,8 @@ from distill.reporter import RecordingReporter
 from distill.training.parallel import check_devices, usable_cores
 from tests.core.test_lm_job import lm_spec, text_file  # noqa: F401 - the module fixture is used here too
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(usable_cores() < 2, reason="2 processes need 2 usable cores")]
+two_cores = pytest.mark.skipif(usable_cores() < 2, reason="2 processes need 2 usable cores")
+# the job tests are slow: each starts a second interpreter (torch + transformers imports take seconds)
 
 TOL = 1e-5  # largest |loss(2 processes) - loss(1 process)| per logged step, nats: float rounding of the split sums
 
@@ -52,6 +53,8 @@ def runs(tiny_llama_dir, text_file, tmp_path_factory):  # noqa: F811
     return out
 
 
+@pytest.mark.slow
+@two_cores
 def test_two_processes_follow_the_one_process_loss_curve(runs):
     one, two = _train_losses(runs[1][1]), _train_losses(runs[2][1])
     # global batches of 5 rows: 2 on rank 1, 3 on rank 0, of different lengths and target counts
@@ -73,53 +76,75 @@ def test_two_processes_follow_the_one_process_loss_curve(runs):
     assert _helpers() == []
 
 
+class _StopAtStep(RecordingReporter):
+    """Asks to stop (or, with ``hand_back``, to hand back) once rank 0 has logged training step ``at`` (the count of
+    ``should_stop`` calls would also count the polls while the helper starts); ``kill`` instead SIGKILLs the helper
+    rank there and never asks to stop."""
+
+    def __init__(self, at: int, hand_back: bool = False, kill: bool = False) -> None:
+        super().__init__(hand_back=hand_back)
+        self.at, self.kill, self.killed = at, kill, False
+
+    def _reached(self) -> bool:
+        return any(m.split == "train" and m.name == "loss/total" and m.step >= self.at for m in self.rows)
+
+    def should_stop(self) -> bool:
+        if not self._reached():
+            return False
+        if self.kill:
+            if not self.killed:
+                for p in _helpers():
+                    os.kill(p.pid, signal.SIGKILL)  # not reaped here: the job's Popen must see how it ended
+                self.killed = True
+            return False
+        return True
+
+
+@pytest.mark.slow
+@two_cores
 def test_hand_back_under_two_processes_resumes_and_ends_like_the_straight_run(tiny_llama_dir, text_file, tmp_path, runs):  # noqa: F811
     s = _spec(2, evaluation={"compare_baseline": True})
-    with pytest.raises(StopRequested):  # rank 0's 7th stop check: within epoch 2 of the distilled pass (4 steps an epoch)
-        run_lm_job(s, tiny_llama_dir, "hf", 1000, {"file_d": text_file}, tmp_path, RecordingReporter(stop_after_steps=7, hand_back=True))
-    assert list(tmp_path.glob("checkpoint-*-partial.pt")) and _helpers() == []
+    at = parse_report(runs[2][0].report).training.steps_per_epoch + 2  # within epoch 2 of the distilled pass
+    with pytest.raises(StopRequested):
+        run_lm_job(s, tiny_llama_dir, "hf", 1000, {"file_d": text_file}, tmp_path, _StopAtStep(at, hand_back=True))
+    assert [p.name for p in tmp_path.glob("checkpoint-*-partial.pt")] == [f"checkpoint-epoch1-step{at}-partial.pt"]
+    assert _helpers() == []
     rep = RecordingReporter()
     res = run_lm_job(s, tiny_llama_dir, "hf", 1000, {"file_d": text_file}, tmp_path, rep)
-    assert any(e[0] == "resumed" and "within epoch 2" in e[1] for e in rep.events)
+    assert any(e[0] == "resumed" and f"within epoch 2 at step {at}" in e[1] for e in rep.events)
+    # the resumed run logs the steps after the hand-back and ends where the straight 2-process run ended
+    assert min(_train_losses(rep)) == at + 1
     straight = parse_report(runs[2][0].report).training.final_loss_terms
     assert parse_report(res.report).training.final_loss_terms == pytest.approx(straight, abs=TOL)
+    assert _train_losses(rep) == pytest.approx({k: v for k, v in _train_losses(runs[2][1]).items() if k > at}, abs=TOL)
 
 
+@pytest.mark.slow
+@two_cores
 def test_cancel_under_two_processes_ends_at_the_next_step(tiny_llama_dir, text_file, tmp_path):  # noqa: F811
-    rep = RecordingReporter(stop_after_steps=2)
+    rep = _StopAtStep(3)
     t0 = time.perf_counter()
     with pytest.raises(StopRequested):
         run_lm_job(_spec(2, training={"epochs": 50}), tiny_llama_dir, "hf", 1000, {"file_d": text_file}, tmp_path, rep)
     assert time.perf_counter() - t0 < 60
-    assert max(_train_losses(rep)) == 2  # the two steps before the stop, then nothing
+    assert max(_train_losses(rep)) == 3  # asked after step 3: step 4 never ran
     assert _helpers() == [] and not (tmp_path / "artifacts").exists()
     assert "stopped with the group" in (tmp_path / "parallel-rank1.log").read_text()
 
 
-class _KillHelperAt(RecordingReporter):
-    """Kills the helper rank (SIGKILL) at rank 0's ``at``-th stop check."""
-
-    def __init__(self, at: int) -> None:
-        super().__init__()
-        self.at = at
-
-    def should_stop(self) -> bool:
-        if self._checks + 1 == self.at:
-            for p in _helpers():
-                os.kill(p.pid, signal.SIGKILL)
-                p.wait(10)
-        return super().should_stop()
-
-
+@pytest.mark.slow
+@two_cores
 def test_a_rank_that_dies_fails_the_job_with_a_clear_error(tiny_llama_dir, text_file, tmp_path):  # noqa: F811
+    rep = _StopAtStep(3, kill=True)
     t0 = time.perf_counter()
     with pytest.raises(DistillError) as e:
-        run_lm_job(_spec(2, training={"epochs": 50}), tiny_llama_dir, "hf", 1000, {"file_d": text_file}, tmp_path, _KillHelperAt(4))
-    assert e.value.code == "training_process_failed"
-    assert "training process 1 of 2" in e.value.message and "SIGKILL" in e.value.message
+        run_lm_job(_spec(2, training={"epochs": 50}), tiny_llama_dir, "hf", 1000, {"file_d": text_file}, tmp_path, rep)
+    assert rep.killed and e.value.code == "training_process_failed"
+    assert "training process 1 of 2 ended during training (killed by SIGKILL)" in e.value.message
     assert time.perf_counter() - t0 < 60 and _helpers() == []
 
 
+@two_cores
 def test_devices_beyond_the_worker_are_refused(tmp_path):
     with pytest.raises(DistillError) as e:
         check_devices(usable_cores() + 1, torch.device("cpu"))

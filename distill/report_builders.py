@@ -87,10 +87,10 @@ def training_summary(*, epochs: int, steps: int, steps_per_epoch: int, resumed_f
                      final_loss_terms: Mapping[str, float], method: str, device: str, threads: int, seed: int,
                      training_time_s: float | None = None, precision: str | None = None,
                      method_detail: Mapping[str, Any] | None = None,
-                     prototype_class_counts: Iterable[int] | None = None, devices: int = 1) -> TrainingSummary:
+                     prototype_class_counts: Iterable[int] | None = None, devices: int | None = None) -> TrainingSummary:
     """The training phase: counts from the trainer's outcome, ``final_loss_terms`` (mean per term over the last epoch, nats),
-    the method's ``describe()`` as ``method_detail``, ``training_time_s`` (seconds of the loop), ``devices`` (data-parallel
-    processes). Raises
+    the method's ``describe()`` as ``method_detail``, ``training_time_s`` (seconds of the loop), ``devices`` (causal_lm:
+    training.devices). Raises
     ``pydantic.ValidationError`` for inputs of the wrong type."""
     return TrainingSummary(
         epochs=epochs, steps=steps, steps_per_epoch=steps_per_epoch, resumed_from_epoch=resumed_from_epoch,

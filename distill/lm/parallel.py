@@ -32,6 +32,7 @@ from .adapter import CausalLM
 from .cache import TopKCache
 from .data import Rows
 from .methods import NextTokenOnly, build_lm_method
+from .models import load_causal_lm
 
 ROWS_FILE = "parallel-rows.safetensors"
 STUDENT_DIR = "parallel-student"
@@ -114,8 +115,6 @@ def run_helper(handoff: dict[str, Any], rank: int) -> None:
     """Train the handoff's passes as rank ``rank`` (≥ 1). Raises ``StopRequested`` / ``DistillError`` when the group
     agreed to stop, and whatever a collective raises when rank 0 is gone."""
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from .models import load_causal_lm
 
     torch.set_num_threads(int(handoff["threads"]))
     spec = JobSpec.model_validate(handoff["spec"])

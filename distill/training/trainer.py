@@ -14,6 +14,11 @@ the teacher's forward (from a cache or live, no grad), the student's forward (ru
 the named loss terms, optionally the training predictions (for train top-1) and its per-epoch evaluation. Per-token
 losses with masks or a top-k teacher cache (causal LMs) live entirely in an adapter: the trainer only sees scalar
 loss terms.
+
+Data-parallel (``training.devices`` > 1, a ``Parallel`` handle from ``distill.training.parallel``): the same loop in
+every rank, the student wrapped in ``DistributedDataParallel`` (Li et al. 2020), each rank a fixed slice of every
+global batch, the terms weighted by the adapter's ``loss_count`` over the global count, rank 0's stop / hand-back /
+deadline flags all-reduced with that count each step, and checkpoints, metrics and evaluation on rank 0 only.
 """
 
 from __future__ import annotations
@@ -326,9 +331,13 @@ class Trainer:
                 self._save_partial(ep, i)
             raise StopRequested(f"stop requested before step {self.step + 1}")
         if time.perf_counter() > self.deadline:
-            raise DistillError("max_runtime_exceeded",
-                               f"training.max_runtime_s={self.training.max_runtime_s:g} s reached at step {self.step} of {self.total_steps}",
-                               "training.max_runtime_s")
+            raise self._deadline_error()
+
+    def _deadline_error(self) -> DistillError:
+        """The ``max_runtime_exceeded`` error at the current step."""
+        return DistillError("max_runtime_exceeded",
+                            f"training.max_runtime_s={self.training.max_runtime_s:g} s reached at step {self.step} of {self.total_steps}",
+                            "training.max_runtime_s")
 
     def _parallel_step(self, ep: _Epoch, i: int) -> None:
         """Step ``i`` as one rank of a data-parallel group: the rank's slice of the global batch, one all-reduce of
@@ -354,9 +363,7 @@ class Trainer:
                 self._save_partial(ep, i)
             raise StopRequested(f"stop requested before step {self.step + 1}")
         if late:
-            raise DistillError("max_runtime_exceeded",
-                               f"training.max_runtime_s={self.training.max_runtime_s:g} s reached at step {self.step} of {self.total_steps}",
-                               "training.max_runtime_s")
+            raise self._deadline_error()
         if total_count <= 0:
             raise DistillError("invalid_spec", f"global batch {i + 1} of epoch {ep.number} has nothing to train on", "data.train")
         self._train_step(ep, i, batch=batch, scale=local * par.world / total_count, rows=None if empty else (par.rank, par.world))

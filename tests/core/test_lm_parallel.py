@@ -76,6 +76,19 @@ def test_two_processes_follow_the_one_process_loss_curve(runs):
     assert _helpers() == []
 
 
+@pytest.mark.slow
+@two_cores
+def test_with_the_teacher_run_every_step_each_rank_loads_it_and_the_curve_still_matches(tiny_llama_dir, text_file, tmp_path):  # noqa: F811
+    curves = {}
+    for n in (1, 2):
+        rep = RecordingReporter()
+        run_lm_job(_spec(n, training={"epochs": 1}, cache={"teacher_outputs": "off"}), tiny_llama_dir, "hf", 1000,
+                   {"file_d": text_file}, tmp_path / str(n), rep)
+        curves[n] = _train_losses(rep)
+    assert sorted(curves[1]) == sorted(curves[2]) and max(abs(curves[1][s] - curves[2][s]) for s in curves[1]) < TOL
+    assert not (tmp_path / "2" / "lm_teacher_topk.safetensors").exists()  # no cache: the helper ran its own teacher
+
+
 class _StopAtStep(RecordingReporter):
     """Asks to stop (or, with ``hand_back``, to hand back) once rank 0 has logged training step ``at`` (the count of
     ``should_stop`` calls would also count the polls while the helper starts); ``kill`` instead SIGKILLs the helper
@@ -142,6 +155,18 @@ def test_a_rank_that_dies_fails_the_job_with_a_clear_error(tiny_llama_dir, text_
     assert rep.killed and e.value.code == "training_process_failed"
     assert "training process 1 of 2 ended during training (killed by SIGKILL)" in e.value.message
     assert time.perf_counter() - t0 < 60 and _helpers() == []
+
+
+@pytest.mark.slow
+@two_cores
+def test_the_runtime_limit_under_two_processes_ends_every_rank_at_the_same_step(tiny_llama_dir, text_file, tmp_path):  # noqa: F811
+    rep = RecordingReporter()
+    with pytest.raises(DistillError) as e:
+        run_lm_job(_spec(2, training={"epochs": 10_000, "max_runtime_s": 20}), tiny_llama_dir, "hf", 1000, {"file_d": text_file},
+                   tmp_path, rep)
+    assert e.value.code == "max_runtime_exceeded" and "reached at step" in e.value.message  # the trainer's agreed check
+    assert max(_train_losses(rep)) >= 1 and _helpers() == []
+    assert "stopped with the group: max_runtime_exceeded" in (tmp_path / "parallel-rank1.log").read_text()
 
 
 @two_cores

@@ -27,7 +27,7 @@ from ..errors import DistillError, StopRequested
 from ..reporter import MetricRow
 from ..spec import JobSpec
 from ..training import Trainer
-from ..training.parallel import RankGroup, join_as_helper, leave, rank_device
+from ..training.parallel import RankGroup, die_with_parent, join_as_helper, leave, rank_device
 from .adapter import CausalLM
 from .cache import TopKCache
 from .data import Rows
@@ -154,6 +154,7 @@ def main(argv: list[str]) -> int:
     import json
 
     handoff, rank = json.loads(Path(argv[0]).read_text()), int(argv[1])
+    die_with_parent(int(handoff["parent_pid"]))
     try:
         run_helper(handoff, rank)
     except (StopRequested, DistillError) as e:

@@ -18,8 +18,8 @@ handoff file (JSON, plus safetensors files the task's driver writes next to it) 
 
 A helper that dies (killed, out of memory, an exception) closes its connections; rank 0's next collective then fails
 and ``RankGroup.failure`` turns that into ``DistillError('training_process_failed')`` naming the rank, how it ended and
-the last line of its log (``workdir/parallel-rank<r>.log``). Helpers are started with a parent-death signal, so a
-killed worker leaves no rank behind.
+the last line of its log (``workdir/parallel-rank<r>.log``). Each helper asks for a parent-death signal first thing
+(``die_with_parent``), so a killed worker leaves no rank behind.
 """
 
 from __future__ import annotations
@@ -134,12 +134,18 @@ class Parallel:
         return self.failure(e) if self.failure is not None else e
 
 
-def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the helper gets SIGKILL when its parent (the job process) dies."""
+def die_with_parent(parent_pid: int) -> None:
+    """In a helper, first thing: on Linux ask for SIGKILL when the parent (rank 0, the job's process) dies
+    (``PR_SET_PDEATHSIG``), then exit at once if it is already gone (it died before the request). Elsewhere nothing:
+    a helper then ends at its next collective, whose peer is gone."""
+    if not sys.platform.startswith("linux"):
+        return
     with contextlib.suppress(Exception):
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 @dataclass
@@ -183,6 +189,7 @@ class RankGroup:
                                     timeout=datetime.timedelta(seconds=PG_TIMEOUT_S))
         path = self.workdir / "parallel-handoff.json"
         path.write_text(json.dumps({**handoff, "port": int(self._store.port), "world": self.world, "backend": backend,
+                                    "parent_pid": os.getpid(),
                                     "threads": self.threads, "workdir": str(self.workdir), "device": self.device.type}))
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
         root = str(Path(__file__).resolve().parents[2])  # the folder holding the distill package, for the helpers' imports
@@ -191,8 +198,7 @@ class RankGroup:
             log = open(self.workdir / LOG_NAME.format(rank=rank), "wb")  # noqa: SIM115 - the child keeps it
             try:
                 self.procs[rank] = subprocess.Popen([sys.executable, "-m", self.module, str(path), str(rank)], stdout=log,
-                                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                                    preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None)
+                                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
             finally:
                 log.close()
         self._wait_ready()
@@ -286,8 +292,8 @@ class RankGroup:
 
 
 def join_as_helper(handoff: dict[str, Any], rank: int) -> Parallel:
-    """In a helper (rank ≥ 1): set its threads, tell rank 0 it is ready (after the caller loaded its inputs), join the
-    process group; returns its ``Parallel``. Raises what ``torch.distributed`` raises when rank 0 is gone."""
+    """In a helper (rank ≥ 1), once the caller loaded its inputs: tell rank 0 it is ready, join the process group;
+    returns its ``Parallel``. Raises what ``torch.distributed`` raises when rank 0 is gone."""
     import torch.distributed as dist
 
     store = dist.TCPStore("127.0.0.1", int(handoff["port"]), int(handoff["world"]), is_master=False,
@@ -310,4 +316,4 @@ def leave() -> None:
             dist.destroy_process_group()
 
 
-__all__ = ["Parallel", "RankGroup", "backend_for", "check_devices", "join_as_helper", "leave", "rank_device", "usable_cores"]
+__all__ = ["Parallel", "RankGroup", "backend_for", "check_devices", "die_with_parent", "join_as_helper", "leave", "rank_device", "usable_cores"]

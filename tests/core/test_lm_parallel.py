@@ -6,6 +6,7 @@ is refused where the worker or the task cannot run it."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import signal
 import time
 
@@ -90,7 +91,7 @@ def test_with_the_teacher_run_every_step_each_rank_loads_it_and_the_curve_still_
 
 
 class _StopAtStep(RecordingReporter):
-    """Asks to stop (or, with ``hand_back``, to hand back) once rank 0 has logged training step ``at`` (the count of
+    """Asks to stop (or, with ``hand_back``, to hand back) once rank 0 has reported progress at step ``at`` (the count of
     ``should_stop`` calls would also count the polls while the helper starts); ``kill`` instead SIGKILLs the helper
     rank there and never asks to stop."""
 
@@ -99,7 +100,7 @@ class _StopAtStep(RecordingReporter):
         self.at, self.kill, self.killed = at, kill, False
 
     def _reached(self) -> bool:
-        return any(m.split == "train" and m.name == "loss/total" and m.step >= self.at for m in self.rows)
+        return any(c["step"] >= self.at for c in self.progress_calls)  # progress comes every step at these sizes
 
     def should_stop(self) -> bool:
         if not self._reached():
@@ -116,20 +117,75 @@ class _StopAtStep(RecordingReporter):
 @pytest.mark.slow
 @two_cores
 def test_hand_back_under_two_processes_resumes_and_ends_like_the_straight_run(tiny_llama_dir, text_file, tmp_path, runs):  # noqa: F811
-    s = _spec(2, evaluation={"compare_baseline": True})
+    """Logged every 3 steps, so the hand-back checkpoint carries loss sums of steps not yet logged (the ranks' sums,
+    carried on by rank 0 alone after the resume)."""
+    over = {"evaluation": {"compare_baseline": True}, "training": {"log_every_steps": 3}}
     at = parse_report(runs[2][0].report).training.steps_per_epoch + 2  # within epoch 2 of the distilled pass
+    assert at % 3  # not a log point: the partial checkpoint holds unlogged sums
     with pytest.raises(StopRequested):
-        run_lm_job(s, tiny_llama_dir, "hf", 1000, {"file_d": text_file}, tmp_path, _StopAtStep(at, hand_back=True))
-    assert [p.name for p in tmp_path.glob("checkpoint-*-partial.pt")] == [f"checkpoint-epoch1-step{at}-partial.pt"]
+        run_lm_job(_spec(2, **over), tiny_llama_dir, "hf", 1000, {"file_d": text_file}, tmp_path / "w", _StopAtStep(at, hand_back=True))
+    assert [p.name for p in (tmp_path / "w").glob("checkpoint-*-partial.pt")] == [f"checkpoint-epoch1-step{at}-partial.pt"]
     assert _helpers() == []
     rep = RecordingReporter()
-    res = run_lm_job(s, tiny_llama_dir, "hf", 1000, {"file_d": text_file}, tmp_path, rep)
+    res = run_lm_job(_spec(2, **over), tiny_llama_dir, "hf", 1000, {"file_d": text_file}, tmp_path / "w", rep)
     assert any(e[0] == "resumed" and f"within epoch 2 at step {at}" in e[1] for e in rep.events)
-    # the resumed run logs the steps after the hand-back and ends where the straight 2-process run ended
-    assert min(_train_losses(rep)) == at + 1
-    straight = parse_report(runs[2][0].report).training.final_loss_terms
-    assert parse_report(res.report).training.final_loss_terms == pytest.approx(straight, abs=TOL)
-    assert _train_losses(rep) == pytest.approx({k: v for k, v in _train_losses(runs[2][1]).items() if k > at}, abs=TOL)
+    straight = RecordingReporter()  # one process, straight through, same logging
+    ref = run_lm_job(_spec(1, **over), tiny_llama_dir, "hf", 1000, {"file_d": text_file}, tmp_path / "one", straight)
+    after = {k: v for k, v in _train_losses(straight).items() if k > at}
+    assert min(_train_losses(rep)) > at and _train_losses(rep) == pytest.approx(after, abs=TOL)
+    epochs = {m.epoch: m.value for m in rep.rows if m.name == "loss/total" and m.split == "train_epoch"}
+    ref_epochs = {m.epoch: m.value for m in straight.rows if m.name == "loss/total" and m.split == "train_epoch"}
+    assert epochs == pytest.approx({e: v for e, v in ref_epochs.items() if e >= 2}, abs=TOL)
+    assert parse_report(res.report).training.final_loss_terms == pytest.approx(parse_report(ref.report).training.final_loss_terms, abs=TOL)
+
+
+@pytest.mark.slow
+@two_cores
+def test_a_global_batch_smaller_than_the_world_trains_like_one_process(tiny_llama_dir, text_file, tmp_path):  # noqa: F811
+    """batch_size 1: rank 1 has no row in any batch; it runs a stand-in row at weight 0 so DDP's collectives still meet."""
+    curves = {}
+    for n in (1, 2):
+        rep = RecordingReporter()
+        run_lm_job(_spec(n, training={"epochs": 1, "batch_size": 1}), tiny_llama_dir, "hf", 1000, {"file_d": text_file},
+                   tmp_path / str(n), rep)
+        curves[n] = _train_losses(rep)
+    assert sorted(curves[1]) == sorted(curves[2]) and max(abs(curves[1][s] - curves[2][s]) for s in curves[1]) < TOL
+
+
+@pytest.mark.slow
+@two_cores
+def test_a_killed_job_process_leaves_no_helper_behind(tiny_llama_dir, text_file, tmp_path):  # noqa: F811
+    """SIGKILL of rank 0 (a worker killed mid-training): the helper gets its parent-death signal."""
+    import subprocess
+    import sys
+
+    (tmp_path / "spec.json").write_text(_spec(2, training={"epochs": 10_000}).model_dump_json())
+    script = tmp_path / "job.py"
+    script.write_text(f"""
+from pathlib import Path
+from distill.formats import FileInput
+from distill.lm.job import run_lm_job
+from distill.reporter import RecordingReporter
+from distill.spec import JobSpec
+spec = JobSpec.model_validate_json(Path({str(tmp_path / "spec.json")!r}).read_text())
+run_lm_job(spec, Path({str(tiny_llama_dir)!r}), "hf", 1000, {{"file_d": FileInput(Path({str(text_file.path)!r}), "jsonl", 1)}},
+           Path({str(tmp_path / "w")!r}), RecordingReporter())
+""")
+    job = subprocess.Popen([sys.executable, str(script)], cwd=Path(__file__).resolve().parents[2],
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "w").glob("checkpoint-*.pt")):  # training under way on both ranks
+            assert job.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        helpers = [p for p in psutil.Process(job.pid).children() if "distill.lm.parallel" in " ".join(p.cmdline())]
+        assert len(helpers) == 1
+        job.kill()
+        job.wait()
+        gone, alive = psutil.wait_procs(helpers, timeout=10)
+        assert alive == [] and gone
+    finally:
+        job.kill()
 
 
 @pytest.mark.slow

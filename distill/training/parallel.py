@@ -154,7 +154,8 @@ class RankGroup:
 
     ``start(handoff)`` writes ``handoff`` (plus the rendezvous address, world size, backend and per-rank thread count)
     to ``workdir/parallel-handoff.json``, starts ranks 1..N-1 as ``python -m <module> <file> <rank>`` with their
-    output in ``workdir/parallel-rank<r>.log``, waits until each has loaded its inputs (checking that none exited and,
+    output in ``workdir/parallel-rank<r>.log`` and in a session of their own (a Ctrl-C or a signal to the worker's
+process group reaches rank 0 alone, which decides for all: a hand-back stays a hand-back), waits until each has loaded its inputs (checking that none exited and,
     through ``should_stop``, that the job was not cancelled meanwhile), joins the process group and returns rank 0's
     ``Parallel``. ``close(ok)`` waits for the helpers to finish (``ok``) or gives them ``EXIT_GRACE_S`` and then
     terminates them, and leaves the process group. Use as a context manager around ``start``: the exit closes.
@@ -198,7 +199,8 @@ class RankGroup:
             log = open(self.workdir / LOG_NAME.format(rank=rank), "wb")  # noqa: SIM115 - the child keeps it
             try:
                 self.procs[rank] = subprocess.Popen([sys.executable, "-m", self.module, str(path), str(rank)], stdout=log,
-                                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+                                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                                    start_new_session=True)
             finally:
                 log.close()
         self._wait_ready()

@@ -77,16 +77,20 @@ def test_two_processes_follow_the_one_process_loss_curve(runs):
     assert _helpers() == []
 
 
-@pytest.mark.slow
-@two_cores
-def test_with_the_teacher_run_every_step_each_rank_loads_it_and_the_curve_still_matches(tiny_llama_dir, text_file, tmp_path):  # noqa: F811
+def _curves_match(teacher: Path, data, workdir: Path, **over) -> None:
+    """The job with ``over`` in 1 and in 2 processes logs the same steps with losses within ``TOL``."""
     curves = {}
     for n in (1, 2):
         rep = RecordingReporter()
-        run_lm_job(_spec(n, training={"epochs": 1}, cache={"teacher_outputs": "off"}), tiny_llama_dir, "hf", 1000,
-                   {"file_d": text_file}, tmp_path / str(n), rep)
+        run_lm_job(_spec(n, **over), teacher, "hf", 1000, {"file_d": data}, workdir / str(n), rep)
         curves[n] = _train_losses(rep)
     assert sorted(curves[1]) == sorted(curves[2]) and max(abs(curves[1][s] - curves[2][s]) for s in curves[1]) < TOL
+
+
+@pytest.mark.slow
+@two_cores
+def test_with_the_teacher_run_every_step_each_rank_loads_it_and_the_curve_still_matches(tiny_llama_dir, text_file, tmp_path):  # noqa: F811
+    _curves_match(tiny_llama_dir, text_file, tmp_path, training={"epochs": 1}, cache={"teacher_outputs": "off"})
     assert not (tmp_path / "2" / "lm_teacher_topk.safetensors").exists()  # no cache: the helper ran its own teacher
 
 
@@ -143,13 +147,7 @@ def test_hand_back_under_two_processes_resumes_and_ends_like_the_straight_run(ti
 @two_cores
 def test_a_global_batch_smaller_than_the_world_trains_like_one_process(tiny_llama_dir, text_file, tmp_path):  # noqa: F811
     """batch_size 1: rank 1 has no row in any batch; it runs a stand-in row at weight 0 so DDP's collectives still meet."""
-    curves = {}
-    for n in (1, 2):
-        rep = RecordingReporter()
-        run_lm_job(_spec(n, training={"epochs": 1, "batch_size": 1}), tiny_llama_dir, "hf", 1000, {"file_d": text_file},
-                   tmp_path / str(n), rep)
-        curves[n] = _train_losses(rep)
-    assert sorted(curves[1]) == sorted(curves[2]) and max(abs(curves[1][s] - curves[2][s]) for s in curves[1]) < TOL
+    _curves_match(tiny_llama_dir, text_file, tmp_path, training={"epochs": 1, "batch_size": 1})
 
 
 @pytest.mark.slow
@@ -236,6 +234,10 @@ def test_devices_beyond_the_worker_are_refused(tmp_path):
         assert e.value.param == "training.devices" and "CUDA devices" in e.value.message
     check_devices(1, torch.device("cpu"))
     check_devices(2, torch.device("cpu"))
+    # more processes than cores: the job fails before it loads anything
+    with pytest.raises(DistillError) as e:
+        run_lm_job(_spec(usable_cores() + 1), tmp_path / "no-teacher", "hf", 1000, {}, tmp_path / "w", RecordingReporter())
+    assert e.value.code == "invalid_spec" and e.value.param == "training.devices"
     # a driver that trains in one process refuses devices > 1 before anything runs
     with pytest.raises(DistillError) as e:
         JobRun.start(_spec(2), tmp_path, RecordingReporter(), 0.0)

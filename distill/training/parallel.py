@@ -43,6 +43,7 @@ from ..errors import DistillError, StopRequested, first_line
 PG_TIMEOUT_S = 1800  # a collective waits this long for the other ranks (rank 0's epoch-end evaluation runs meanwhile)
 START_TIMEOUT_S = 900  # helpers must have loaded their inputs by then
 EXIT_GRACE_S = 5.0  # after a failure on rank 0, seconds the helpers get to leave on their own before SIGTERM/SIGKILL
+FINISH_GRACE_S = 60.0  # after the last pass, seconds the helpers get to exit (they have nothing left but to leave)
 LOG_NAME = "parallel-rank{rank}.log"
 
 
@@ -152,13 +153,15 @@ def die_with_parent(parent_pid: int) -> None:
 class RankGroup:
     """Rank 0's side of an N-process data-parallel group.
 
-    ``start(handoff)`` writes ``handoff`` (plus the rendezvous address, world size, backend and per-rank thread count)
-    to ``workdir/parallel-handoff.json``, starts ranks 1..N-1 as ``python -m <module> <file> <rank>`` with their
-    output in ``workdir/parallel-rank<r>.log`` and in a session of their own (a Ctrl-C or a signal to the worker's
-process group reaches rank 0 alone, which decides for all: a hand-back stays a hand-back), waits until each has loaded its inputs (checking that none exited and,
-    through ``should_stop``, that the job was not cancelled meanwhile), joins the process group and returns rank 0's
-    ``Parallel``. ``close(ok)`` waits for the helpers to finish (``ok``) or gives them ``EXIT_GRACE_S`` and then
-    terminates them, and leaves the process group. Use as a context manager around ``start``: the exit closes.
+    ``start(handoff)`` writes ``handoff`` (plus the rendezvous address, world size, backend, rank 0's pid and the
+    per-rank thread count) to ``workdir/parallel-handoff.json``, starts ranks 1..N-1 as
+    ``python -m <module> <file> <rank>`` with their output in ``workdir/parallel-rank<r>.log`` and in a session of
+    their own (a Ctrl-C or a signal to the worker's process group reaches rank 0 alone, which decides for all: a
+    hand-back stays a hand-back), waits until each has loaded its inputs (checking that none exited and, through
+    ``should_stop``, that the job was not cancelled meanwhile), joins the process group and returns rank 0's
+    ``Parallel``. ``close(ok)`` gives the helpers ``FINISH_GRACE_S`` to exit after the last pass (``ok``) or
+    ``EXIT_GRACE_S`` after a failure, then terminates those left, and leaves the process group. Use as a context
+    manager around ``start``: the exit closes.
 
     Raises (from ``start``) ``DistillError('training_process_failed')`` when a helper exits before joining or does not
     join within ``START_TIMEOUT_S``, and ``StopRequested`` when ``should_stop`` turns true while waiting."""
@@ -190,8 +193,8 @@ process group reaches rank 0 alone, which decides for all: a hand-back stays a h
                                     timeout=datetime.timedelta(seconds=PG_TIMEOUT_S))
         path = self.workdir / "parallel-handoff.json"
         path.write_text(json.dumps({**handoff, "port": int(self._store.port), "world": self.world, "backend": backend,
-                                    "parent_pid": os.getpid(),
-                                    "threads": self.threads, "workdir": str(self.workdir), "device": self.device.type}))
+                                    "parent_pid": os.getpid(), "threads": self.threads, "workdir": str(self.workdir),
+                                    "device": self.device.type}))
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
         root = str(Path(__file__).resolve().parents[2])  # the folder holding the distill package, for the helpers' imports
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -266,11 +269,11 @@ process group reaches rank 0 alone, which decides for all: a hand-back stays a h
         return e
 
     def close(self, ok: bool) -> None:
-        """Let the helpers finish (``ok``: up to ``PG_TIMEOUT_S``; else ``EXIT_GRACE_S``), terminate those left, leave the
+        """Let the helpers exit (``ok``: up to ``FINISH_GRACE_S``; else ``EXIT_GRACE_S``), terminate those left, leave the
         process group and restore rank 0's thread count. Never raises."""
         import torch.distributed as dist
 
-        deadline = time.monotonic() + (PG_TIMEOUT_S if ok else EXIT_GRACE_S)
+        deadline = time.monotonic() + (FINISH_GRACE_S if ok else EXIT_GRACE_S)
         for p in self.procs.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=max(0.0, deadline - time.monotonic()))

@@ -13,6 +13,7 @@ ERROR_CODES = (
     "non_finite_teacher",
     "max_runtime_exceeded",
     "worker_lost",
+    "training_process_failed",
     "internal_error",
 )
 
@@ -22,8 +23,9 @@ class DistillError(Exception):
 
     Raised by the core for bad checkpoints (``unsafe_checkpoint``, ``invalid_file``), teacher/student/data
     disagreements (``shape_mismatch``), diverging training (``non_finite_loss``), a teacher whose own outputs are NaN/inf
-    (``non_finite_teacher``) and the wall-clock limit
-    (``max_runtime_exceeded``). The worker records ``code`` and ``message`` on the failed job.
+    (``non_finite_teacher``), the wall-clock limit
+    (``max_runtime_exceeded``) and, in data-parallel training (``training.devices`` > 1), another training process
+    that ended (``training_process_failed``). The worker records ``code`` and ``message`` on the failed job.
     """
 
     def __init__(self, code: str, message: str, param: str | None = None) -> None:

@@ -18,6 +18,7 @@ from .measure import resolve_device
 from .reporter import Reporter
 from .spec import JobSpec
 from .training import check_precision
+from .training.parallel import check_devices
 
 ARTIFACTS_DIR = "artifacts"
 
@@ -37,10 +38,11 @@ class JobRun:
     times: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, spec: JobSpec, workdir: Path, reporter: Reporter, runtime_used_s: float) -> "JobRun":
-        """Check the remaining budget, the device and its precision, create ``workdir`` and remove any earlier
-        ``artifacts/``. Raises ``DistillError`` ('max_runtime_exceeded' when the budget is used up; 'invalid_spec'
-        for a device or precision this worker cannot run)."""
+    def start(cls, spec: JobSpec, workdir: Path, reporter: Reporter, runtime_used_s: float, *, parallel: bool = False) -> "JobRun":
+        """Check the remaining budget, the device and its precision, ``training.devices`` (``parallel``: the driver trains
+        data-parallel; otherwise only 1 is accepted), create ``workdir`` and remove any earlier ``artifacts/``. Raises
+        ``DistillError`` ('max_runtime_exceeded' when the budget is used up; 'invalid_spec' for a device, precision or
+        number of devices this worker or task cannot run)."""
         t_start = time.perf_counter()
         budget = spec.training.max_runtime_s - runtime_used_s
         if budget <= 0:
@@ -48,6 +50,10 @@ class JobRun:
                                f"training.max_runtime_s={spec.training.max_runtime_s:g}", "training.max_runtime_s")
         device = resolve_device(spec.training.device)
         check_precision(spec.training.precision, device)
+        if spec.training.devices > 1 and not parallel:
+            raise DistillError("invalid_spec", f"training.devices={spec.training.devices}: data-parallel training is available for "
+                               "task causal_lm only; this task trains in one process (training.devices: 1)", "training.devices")
+        check_devices(spec.training.devices, device)
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         final_dir = workdir / ARTIFACTS_DIR

@@ -145,6 +145,8 @@ class TrainingSummary(_Part):
     method: str = Field(..., description="The spec's method name ('embedding' for sentence embeddings).")
     device: str = Field(..., description="Torch device trained on, e.g. 'cpu', 'cuda:0'.")
     threads: int = Field(..., description="PyTorch intra-op threads of the worker.")
+    devices: int | None = Field(None, description="Task causal_lm: training.devices, the processes the student was trained "
+                                "data-parallel over (1: one process); None for other tasks and reports written before it (one process).")
     seed: int = Field(..., description="training.seed.")
     training_time_s: float | None = Field(None, description="Tensor tasks: seconds of the training loop itself.")
     precision: str | None = Field(None, description="training.precision the student's forward ran in: fp32, bf16 or fp16.")

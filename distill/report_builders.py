@@ -87,14 +87,15 @@ def training_summary(*, epochs: int, steps: int, steps_per_epoch: int, resumed_f
                      final_loss_terms: Mapping[str, float], method: str, device: str, threads: int, seed: int,
                      training_time_s: float | None = None, precision: str | None = None,
                      method_detail: Mapping[str, Any] | None = None,
-                     prototype_class_counts: Iterable[int] | None = None) -> TrainingSummary:
+                     prototype_class_counts: Iterable[int] | None = None, devices: int | None = None) -> TrainingSummary:
     """The training phase: counts from the trainer's outcome, ``final_loss_terms`` (mean per term over the last epoch, nats),
-    the method's ``describe()`` as ``method_detail``, ``training_time_s`` (seconds of the loop). Raises
+    the method's ``describe()`` as ``method_detail``, ``training_time_s`` (seconds of the loop), ``devices`` (causal_lm:
+    training.devices). Raises
     ``pydantic.ValidationError`` for inputs of the wrong type."""
     return TrainingSummary(
         epochs=epochs, steps=steps, steps_per_epoch=steps_per_epoch, resumed_from_epoch=resumed_from_epoch,
         final_loss_terms={k: rnd(v, 6) for k, v in final_loss_terms.items()}, method=method, device=device, threads=threads,
-        seed=seed, training_time_s=rnd(training_time_s, 3), precision=precision, method_detail=method_detail,
+        seed=seed, training_time_s=rnd(training_time_s, 3), precision=precision, method_detail=method_detail, devices=devices,
         prototype_class_counts=list(prototype_class_counts) if prototype_class_counts is not None else None)
 
 

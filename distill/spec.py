@@ -338,6 +338,12 @@ class TrainingSpec(_Strict):
         "float32): 'bf16' on CPU or CUDA, 'fp16' on CUDA only (with a gradient scaler).")
     max_runtime_s: float = Field(3600, gt=0, le=7 * 24 * 3600, description="Wall-clock limit of the job, seconds.")
     log_every_steps: Int = Field(20, ge=1, description="Training loss terms are recorded every this many steps (and per epoch).")
+    devices: Int = Field(1, ge=1, le=64, description="Task causal_lm: train data-parallel over this many processes on the worker "
+                         "(PyTorch DDP; gloo on the CPU, at most its cores; NCCL on CUDA, at most its GPUs, one each). Each "
+                         "process takes a fixed slice of every batch of batch_size rows and the losses are weighted by the "
+                         "global token count, so the loss curve is one process's (to float rounding); the teacher is "
+                         "replicated. A worker that cannot run that many fails the job with invalid_spec; other tasks "
+                         "accept only 1.")
 
     @model_validator(mode="after")
     def _precision(self) -> "TrainingSpec":

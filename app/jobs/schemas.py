@@ -63,7 +63,8 @@ class JobError(BaseModel):
     """Why a job failed."""
 
     code: str = Field(..., description="From a fixed vocabulary: invalid_spec, invalid_file, unsafe_checkpoint, shape_mismatch, "
-                                       "non_finite_loss, non_finite_teacher, max_runtime_exceeded, worker_lost, internal_error, broker_unavailable, "
+                                       "non_finite_loss, non_finite_teacher, max_runtime_exceeded, worker_lost, training_process_failed (one of the "
+                                       "training.devices processes ended), internal_error, broker_unavailable, "
                                        "storage_unavailable (the artifact store could not be read or written).")
     message: str = Field(..., description="What happened, for a person (names the sizes, fields or files involved).")
 

@@ -247,6 +247,9 @@ def _check_task(spec: JobSpec, files: dict[str, File]) -> None:
     """Teacher, student, data and method must suit the task. Raises Unprocessable (422)."""
     teacher = files["teacher"]
     task = job_task(spec, teacher)
+    if spec.training.devices > 1 and task != "causal_lm":
+        raise Unprocessable(f"training.devices={spec.training.devices}: data-parallel training is available for task causal_lm "
+                            f"only; task {task!r} trains in one process (training.devices: 1)", param="training.devices")
     if "gguf" in spec.export.formats and task != "causal_lm":
         raise Unprocessable("export format 'gguf' is for task causal_lm (language-model students)", param="export.formats")
     if task == "causal_lm":

@@ -42,6 +42,7 @@ class CausalLM(TaskAdapter):
         self.teacher_val_top1 = teacher_val_top1
         self.term_names = list(method.term_names)
         self.lengths = rows.lengths
+        self.forward_module: nn.Module = student  # the student's training forward: itself, or its DDP wrapper
 
     def modules(self) -> dict[str, nn.Module]:
         """``{'student': model}`` (the methods have no learned parts)."""
@@ -72,9 +73,17 @@ class CausalLM(TaskAdapter):
 
     def student_forward(self, batch: Any) -> dict[str, torch.Tensor]:
         """``{'logits': [M, V], 'targets': [M]}``: the student's logits at the target positions and the tokens they predict."""
-        logits = self.student(input_ids=batch[1], attention_mask=batch[2], use_cache=False).logits
+        logits = self.forward_module(input_ids=batch[1], attention_mask=batch[2], use_cache=False).logits
         s_sel, y = targets(logits, batch[1], batch[3])
         return {"logits": s_sel, "targets": y}
+
+    def loss_count(self, batch: Any) -> int:
+        """The batch's target tokens ``M`` (the methods' terms are means over them): ``target_mask[:, 1:].sum()``."""
+        return int(batch[3][:, 1:].sum())
+
+    def wrap_student(self, module: nn.Module) -> None:
+        """Train through ``module`` (the student's ``DistributedDataParallel`` wrapper); evaluation keeps the student."""
+        self.forward_module = module
 
     def loss_terms(self, student_out: Any, teacher_out: Any, batch: Any, epoch: int) -> dict[str, torch.Tensor]:
         """The method's weighted terms (``LMMethod.forward``)."""

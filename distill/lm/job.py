@@ -35,6 +35,8 @@ from ..results import DistillResult
 from ..spec import DatasetRef, JobSpec
 from ..text_data import load_rotten_tomatoes
 from ..training import Trainer, TrainOutcome, spec_fingerprint
+from ..training.parallel import Parallel, RankGroup
+from . import parallel as lm_parallel
 from .adapter import CausalLM
 from .cache import FidelityMeter, TopKCache, build_cache, rows_fingerprint
 from .data import Rows, make_rows, prompt_ids, split_records
@@ -206,7 +208,8 @@ def _train(run: JobRun, s: _LMSetup, student: nn.Module, method: LMMethod, rows:
                    fingerprint=fingerprint, **kw).fit()
 
 
-def _baseline(run: JobRun, s: _LMSetup, rows: Rows, val: Rows, top1: torch.Tensor, fingerprint: str) -> tuple[nn.Module, TrainOutcome, float] | None:
+def _baseline(run: JobRun, s: _LMSetup, rows: Rows, val: Rows, top1: torch.Tensor, fingerprint: str,
+              **kw: Any) -> tuple[nn.Module, TrainOutcome, float] | None:
     """With ``evaluation.compare_baseline``: the same student trained alone (next-token CE only, same rows, budget and
     seed) as (model, outcome, seconds)."""
     if not run.spec.evaluation.compare_baseline:
@@ -222,8 +225,26 @@ def _baseline(run: JobRun, s: _LMSetup, rows: Rows, val: Rows, top1: torch.Tenso
                                     config=ft.config, seed=run.spec.training.seed)
         student.to(run.device)
         outcome = _train(run, s, student, NextTokenOnly(), rows, val, None, top1, fingerprint + ":baseline", split_prefix="baseline_",
-                         checkpoint_stem=BASELINE_STEM, owns_metrics=False)
+                         checkpoint_stem=BASELINE_STEM, owns_metrics=False, **kw)
     return student.eval(), outcome, time.perf_counter() - t0
+
+
+def _train_parallel(run: JobRun, s: _LMSetup, rows: Rows, val: Rows, cache: TopKCache | None, top1: torch.Tensor, fingerprint: str,
+                    teacher_path: Path, fmt: str) -> tuple[TrainOutcome, tuple[nn.Module, TrainOutcome, float] | None]:
+    """``training.devices`` = N > 1: the training passes (distilled, then the baseline) data-parallel over N processes, this
+    one rank 0 (``distill.lm.parallel`` starts the others); each process gets ``threads // N`` PyTorch threads (at least
+    1). Raises what the passes raise, and ``DistillError('training_process_failed')`` when another rank ends."""
+    n = run.spec.training.devices
+    group = RankGroup(world=n, device=run.device, module=lm_parallel.MODULE, workdir=run.workdir,
+                      threads=max(1, torch.get_num_threads() // n), should_stop=run.reporter.should_stop)
+    with group:
+        with run.phase("training"):
+            par: Parallel = lm_parallel.start_ranks(group, spec=run.spec, student=s.student, rows=rows, cache=cache,
+                                                    cache_path=run.workdir / CACHE_FILE, teacher_path=teacher_path, fmt=fmt,
+                                                    pad_id=s.pad_id, fingerprint=fingerprint, baseline_stem=BASELINE_STEM)
+            outcome = _train(run, s, s.student, s.method, rows, val, cache, top1, fingerprint, parallel=par)
+        baseline = _baseline(run, s, rows, val, top1, fingerprint, parallel=par)
+    return outcome, baseline
 
 
 def _held_out_prompts(s: _LMSetup, n: int) -> tuple[list[list[int]], list[str]]:
@@ -347,7 +368,8 @@ def _report(run: JobRun, s: _LMSetup, teacher_bytes: int, rows: Rows, val: Rows,
                                      resumed_from_epoch=outcome.resumed_from_epoch, final_loss_terms=outcome.final_loss_terms,
                                      method=spec.method.name, device=str(run.device), threads=torch.get_num_threads(), seed=tr.seed,
                                      training_time_s=outcome.elapsed_s, precision=tr.precision,
-                                     method_detail={"name": s.method.name, "terms": s.method.term_names}),
+                                     method_detail={"name": s.method.name, "terms": s.method.term_names},
+                                     devices=tr.devices),
         method_detail=s.method.describe(),
         export_checks=exported["checks"], wall_time_s=times, onnx=rb.onnx_check(exported["onnx"]))
 
@@ -363,7 +385,7 @@ def run_lm_job(spec: JobSpec, teacher_path: Path, fmt: str, teacher_bytes: int, 
     """
     if spec.student.from_teacher is None:
         raise DistillError("invalid_spec", "a causal-LM teacher needs student.from_teacher (num_layers or keep_layers)", "student")
-    run = JobRun.start(spec, workdir, reporter, runtime_used_s)
+    run = JobRun.start(spec, workdir, reporter, runtime_used_s, parallel=True)
     with run.phase("loading_teacher"):
         s = _load(run, Path(teacher_path), fmt, files)
     run.check("while loading")
@@ -373,9 +395,12 @@ def run_lm_job(spec: JobSpec, teacher_path: Path, fmt: str, teacher_bytes: int, 
     cache, top1, cache_s = _cache(run, s, rows, val)
     run.check("after caching teacher outputs")
     fingerprint = spec_fingerprint(spec)
-    with run.phase("training"):
-        outcome = _train(run, s, s.student, s.method, rows, val, cache, top1, fingerprint)
-    baseline = _baseline(run, s, rows, val, top1, fingerprint)
+    if spec.training.devices == 1:
+        with run.phase("training"):
+            outcome = _train(run, s, s.student, s.method, rows, val, cache, top1, fingerprint)
+        baseline = _baseline(run, s, rows, val, top1, fingerprint)
+    else:
+        outcome, baseline = _train_parallel(run, s, rows, val, cache, top1, fingerprint, Path(teacher_path), fmt)
     run.check("after training")
     with run.phase("evaluating"):
         ev = _evaluate(run, s, val, baseline, cache)

@@ -152,7 +152,8 @@ class CheckpointStore:
     one write in flight), ``save(state)`` writes one at once (a hand-back), ``wait()`` blocks until the last write is
     done and re-raises its error. ``load_latest(reporter)`` returns the newest good checkpoint: each newer one that
     cannot be read is reported as event ``checkpoint_unreadable`` (with the epoch whose work is lost and the epoch
-    resumed from instead, or none) and renamed ``*.unreadable``. After each write only the ``keep`` newest remain.
+    resumed from instead, or none) and renamed ``*.unreadable``; ``last_loaded`` is the path of the one it returned.
+    After each write only the ``keep`` newest remain.
     """
 
     def __init__(self, folder: Path, stem: str, keep: int = KEEP) -> None:
@@ -163,6 +164,7 @@ class CheckpointStore:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.last_bytes = 0
+        self.last_loaded: Path | None = None  # the file load_latest last returned
 
     def path_for(self, epoch: int, step: int, partial: bool) -> Path:
         """Where the checkpoint of ``epoch`` completed epochs and ``step`` steps goes."""
@@ -188,6 +190,7 @@ class CheckpointStore:
         for f in self.files():
             try:
                 state = read_checkpoint(f.path)
+                self.last_loaded = f.path
                 break
             except FileNotFoundError:
                 continue

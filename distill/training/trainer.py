@@ -14,6 +14,11 @@ the teacher's forward (from a cache or live, no grad), the student's forward (ru
 the named loss terms, optionally the training predictions (for train top-1) and its per-epoch evaluation. Per-token
 losses with masks or a top-k teacher cache (causal LMs) live entirely in an adapter: the trainer only sees scalar
 loss terms.
+
+Data-parallel (``training.devices`` > 1, a ``Parallel`` handle from ``distill.training.parallel``): the same loop in
+every rank, the student wrapped in ``DistributedDataParallel`` (Li et al. 2020), each rank a fixed slice of every
+global batch, the terms weighted by the adapter's ``loss_count`` over the global count, rank 0's stop / hand-back /
+deadline flags all-reduced with that count each step, and checkpoints, metrics and evaluation on rank 0 only.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ from torch import nn
 from ..errors import DistillError, StopRequested
 from ..reporter import MetricRow, Reporter
 from ..spec import TrainingSpec
-from .checkpoints import CHECKPOINT_VERSION, PARTIAL_CHECKPOINT_VERSION, CheckpointStore
+from .checkpoints import CHECKPOINT_VERSION, PARTIAL_CHECKPOINT_VERSION, CheckpointStore, read_checkpoint
 from .optim import epoch_seed, make_optimizer, make_scheduler
+from .parallel import Parallel
 from .precision import Precision
 
 
@@ -88,6 +94,18 @@ class TaskAdapter(ABC):
     def close(self) -> None:
         """Release hooks and the like (called once training ends, also on failure)."""
 
+    def loss_count(self, batch: Any) -> int:
+        """Data-parallel training: how many items (rows, target tokens) the batch's loss terms are means over; the
+        trainer all-reduces it to weigh each rank's terms by its share of the global batch. Raises
+        ``NotImplementedError`` for an adapter that does not support ``training.devices`` > 1."""
+        raise NotImplementedError(f"{type(self).__name__} does not support data-parallel training")
+
+    def wrap_student(self, module: nn.Module) -> None:
+        """Data-parallel training: run the training forward of the student through ``module`` (its
+        ``DistributedDataParallel`` wrapper) from now on; evaluation keeps the bare student. Raises
+        ``NotImplementedError`` for an adapter that does not support ``training.devices`` > 1."""
+        raise NotImplementedError(f"{type(self).__name__} does not support data-parallel training")
+
 
 @dataclass
 class TrainOutcome:
@@ -132,12 +150,21 @@ class Trainer:
     'top1' when the adapter predicts classes), 'train_epoch' (the epoch's mean of each term) and the adapter's
     evaluation rows; ``split_prefix`` (e.g. 'baseline_') goes before every split. ``owns_metrics=False`` (a second pass
     of the same job) discards, when it (re)starts, only its own splits' rows after its checkpoint.
+
+    ``parallel`` (``training.devices`` > 1, see ``distill.training.parallel``): this process is one rank of a
+    data-parallel group. The student is wrapped in ``DistributedDataParallel``; each step the rank trains on rows
+    ``rank, rank + world, ...`` of the global batch and scales the loss terms by ``local count · world / global count``
+    (``adapter.loss_count``, all-reduced together with rank 0's stop / hand-back / deadline flags), so the averaged
+    gradient and the logged losses are the single-process ones of the global batch. Rank 0 alone writes checkpoints
+    (its reporter records metrics and events; the helpers' reporters are silent) and evaluates; every rank loads the
+    checkpoint rank 0 resumes from. With ``parallel`` None (or a world of 1) nothing of this runs.
     """
 
     def __init__(self, adapter: TaskAdapter, training: TrainingSpec, *, device: torch.device, workdir: Path,
                  reporter: Reporter, deadline: float, fingerprint: str, split_prefix: str = "",
-                 checkpoint_stem: str = "checkpoint", owns_metrics: bool = True) -> None:
+                 checkpoint_stem: str = "checkpoint", owns_metrics: bool = True, parallel: Parallel | None = None) -> None:
         self.adapter, self.training, self.device, self.reporter = adapter, training, device, reporter
+        self.par = parallel if parallel is not None and parallel.world > 1 else None
         self.deadline, self.fingerprint, self.prefix = deadline, fingerprint, split_prefix
         self.store = CheckpointStore(workdir, checkpoint_stem)
         self._unannounced: tuple[int, int] | None = None  # (epoch, step) of a background checkpoint write not yet announced
@@ -155,6 +182,22 @@ class Trainer:
         self.prior_elapsed = 0.0
         self.final_terms: dict[str, float] = {}
         self.history: list[dict[str, Any]] = []
+        if self.par is not None:
+            self._wrap_student()
+
+    def _wrap_student(self) -> None:
+        """Wrap the student in ``DistributedDataParallel`` (which broadcasts rank 0's weights to every rank) and hand
+        the wrapper to the adapter. Raises ``DistillError('invalid_spec')`` when other modules train too (only the
+        student is synchronised)."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        others = [n for n, m in self.modules.items() if n != "student" and any(p.requires_grad for p in m.parameters())]
+        if others:
+            raise DistillError("invalid_spec", f"training.devices > 1 synchronises the student only; this method also trains "
+                               f"{', '.join(others)}", "training.devices")
+        student = self.modules["student"]
+        ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] if self.device.type == "cuda" else None
+        self.adapter.wrap_student(DistributedDataParallel(student, device_ids=ids, forward_sync_buffers=False))
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainOutcome:
@@ -174,15 +217,27 @@ class Trainer:
         self.progress_every = max(1, self.spe // 20)
         try:
             start_epoch, partial, resumed = self._resume()
-            self.store.clear_temporary()
+            if self.par is None or self.par.is_main:
+                self.store.clear_temporary()
             self.run_start, self.start_step = time.perf_counter(), self.step
             for epoch in range(start_epoch, self.training.epochs + 1):
                 ep = self._begin_epoch(epoch, partial if partial is not None and int(partial["epoch"]) == epoch else None)
                 partial = None
                 for i in range(ep.first, self.spe):
-                    self._before_step(ep, i)
-                    self._train_step(ep, i)
+                    if self.par is None:
+                        self._before_step(ep, i)
+                        self._train_step(ep, i)
+                    else:
+                        self._parallel_step(ep, i)
                 self._end_epoch(ep)
+        except RuntimeError as e:  # data-parallel: a rank that ended shows up as a collective's error here
+            with contextlib.suppress(Exception):
+                self.store.wait()
+            if self.par is not None:
+                err = self.par.translate(e)
+                if err is not e:
+                    raise err from e
+            raise
         except BaseException:
             with contextlib.suppress(Exception):  # a stop or failure still leaves the last checkpoint complete
                 self.store.wait()
@@ -201,13 +256,18 @@ class Trainer:
         """Load the newest good checkpoint into the modules, optimizer, scheduler and scaler; discard the metric rows
         after it; return (first epoch to run, the partial epoch's state or None, the checkpoint's epoch or None)."""
         rep = self.reporter
-        ckpt = self.store.load_latest(rep)
-        if ckpt is not None and (ckpt.get("version") not in (CHECKPOINT_VERSION, PARTIAL_CHECKPOINT_VERSION)
-                                 or ckpt.get("fingerprint") != self.fingerprint):
-            rep.event("checkpoint_ignored", "found a checkpoint of a different job spec; starting from scratch (its files are "
-                      "removed)", None)
-            self.store.remove_all()
-            ckpt = None
+        if self.par is None or self.par.is_main:
+            ckpt = self.store.load_latest(rep)
+            if ckpt is not None and (ckpt.get("version") not in (CHECKPOINT_VERSION, PARTIAL_CHECKPOINT_VERSION)
+                                     or ckpt.get("fingerprint") != self.fingerprint):
+                rep.event("checkpoint_ignored", "found a checkpoint of a different job spec; starting from scratch (its files are "
+                          "removed)", None)
+                self.store.remove_all()
+                ckpt = None
+        if self.par is not None:  # every rank resumes from the file rank 0 chose (or none)
+            chosen = self.par.broadcast_text(str(self.store.last_loaded) if self.par.is_main and ckpt is not None else None)
+            if not self.par.is_main:
+                ckpt = read_checkpoint(Path(chosen)) if chosen else None
         if ckpt is None:
             rep.discard_metrics_after(0, self.own_splits)
             return 1, None, None
@@ -243,13 +303,20 @@ class Trainer:
         for m in self.modules.values():
             m.train()
         n_terms = len(self.names)
-        preds = torch.empty(offsets[-1], dtype=torch.int64, device=self.device) if seen_labels is not None else None
+        if seen_labels is None:
+            preds = None
+        elif self.par is None:
+            preds = torch.empty(offsets[-1], dtype=torch.int64, device=self.device)
+        else:  # each rank fills its own rows; the others stay -1 until the epoch end's max-reduction
+            preds = torch.full((offsets[-1],), -1, dtype=torch.int64, device=self.device)
         ep = _Epoch(epoch, plan, offsets, torch.zeros(n_terms, device=self.device), torch.zeros(n_terms, device=self.device),
                     preds, seen_labels, labelled_seen)
         if partial is not None:  # continue the epoch a hand-back interrupted
             ep.first = int(partial["steps_done"])
             self.precision.set_rng_state(partial["rng"])
             ep.log_acc.copy_(partial["log_acc"].to(self.device))
+            if self.par is not None and not self.par.is_main:
+                ep.log_acc.zero_()  # data-parallel: the saved log_acc is the ranks' sum; rank 0 alone carries it on
             ep.ep_acc.copy_(partial["ep_acc"].to(self.device))
             if preds is not None:
                 preds.copy_(partial["preds"].to(self.device))
@@ -264,18 +331,58 @@ class Trainer:
                 self._save_partial(ep, i)
             raise StopRequested(f"stop requested before step {self.step + 1}")
         if time.perf_counter() > self.deadline:
-            raise DistillError("max_runtime_exceeded",
-                               f"training.max_runtime_s={self.training.max_runtime_s:g} s reached at step {self.step} of {self.total_steps}",
-                               "training.max_runtime_s")
+            raise self._deadline_error()
 
-    def _train_step(self, ep: _Epoch, i: int) -> None:
+    def _deadline_error(self) -> DistillError:
+        """The ``max_runtime_exceeded`` error at the current step."""
+        return DistillError("max_runtime_exceeded",
+                            f"training.max_runtime_s={self.training.max_runtime_s:g} s reached at step {self.step} of {self.total_steps}",
+                            "training.max_runtime_s")
+
+    def _parallel_step(self, ep: _Epoch, i: int) -> None:
+        """Step ``i`` as one rank of a data-parallel group: the rank's slice of the global batch, one all-reduce of
+        ``[local count, stop, hand-back, deadline passed]`` (the flags are rank 0's), then the agreed stop (a hand-back
+        saves the partial checkpoint first), the deadline, or the step with the terms scaled to the global mean."""
+        par, a = self.par, self.adapter
+        self._announce_checkpoint()
+        flags = [0.0, 0.0, 0.0]
+        if par.is_main:
+            if self.reporter.should_stop():
+                flags = [1.0, 1.0 if getattr(self.reporter, "checkpoint_on_stop", lambda: False)() else 0.0, 0.0]
+            elif time.perf_counter() > self.deadline:
+                flags[2] = 1.0
+        index = ep.plan[i]
+        mine = index[par.rank::par.world]
+        empty = int(mine.shape[0]) == 0  # a global batch smaller than the world: this rank runs one row at weight 0
+        batch = a.make_batch(index[:1] if empty else mine)
+        local = 0 if empty else int(a.loss_count(batch))
+        stats = par.all_reduce(torch.tensor([float(local), *flags], dtype=torch.float64, device=par.device))
+        total_count, stop, hand_back, late = (float(v) for v in stats.tolist())
+        if stop:
+            if hand_back:
+                self._save_partial(ep, i)
+            raise StopRequested(f"stop requested before step {self.step + 1}")
+        if late:
+            raise self._deadline_error()
+        if total_count <= 0:
+            raise DistillError("invalid_spec", f"global batch {i + 1} of epoch {ep.number} has nothing to train on", "data.train")
+        self._train_step(ep, i, batch=batch, scale=local * par.world / total_count, rows=None if empty else (par.rank, par.world))
+
+    def _train_step(self, ep: _Epoch, i: int, batch: Any = None, scale: float | None = None,
+                    rows: tuple[int, int] | None = None) -> None:
+        """Step ``i`` of the epoch. Data-parallel (from ``_parallel_step``): ``batch`` is the rank's slice, ``scale`` its
+        weight (the terms become this rank's share of the global mean), ``rows`` ``(rank, world)`` places its training
+        predictions (None: the slice is a weight-0 stand-in)."""
         a, prec = self.adapter, self.precision
-        batch = a.make_batch(ep.plan[i])
+        if batch is None:
+            batch = a.make_batch(ep.plan[i])
         t_out = a.teacher_forward(batch)
         with prec.autocast():
             s_out = a.student_forward(batch)
         s_out = prec.float32(s_out)
         values = list(a.loss_terms(s_out, t_out, batch, ep.number).values())
+        if scale is not None:
+            values = [v * scale for v in values]
         total = values[0]
         for v in values[1:]:
             total = total + v
@@ -285,15 +392,20 @@ class Trainer:
         ep.log_count += 1
         with torch.no_grad():
             ep.log_acc.add_(torch.stack([*values, total]))
-            if ep.preds is not None:
+            if ep.preds is not None and self.par is None:
                 a.predict_into(s_out, ep.preds[ep.offsets[i]:ep.offsets[i + 1]])
+            elif ep.preds is not None and rows is not None:
+                mine = torch.empty(int(batch[0].shape[0]), dtype=torch.int64, device=self.device)
+                a.predict_into(s_out, mine)
+                ep.preds[ep.offsets[i]:ep.offsets[i + 1]][rows[0]::rows[1]] = mine
         last = i == self.spe - 1
         if self.step % self.training.log_every_steps == 0 or last:
-            means = (ep.log_acc / ep.log_count).tolist()
+            acc = ep.log_acc if self.par is None else self.par.all_reduce(ep.log_acc.clone()) / self.par.world
+            means = (acc / ep.log_count).tolist()
             self._check_finite(means, ep.number)
             self.reporter.metrics([MetricRow(f"loss/{k}", f"{self.prefix}train", self.step, ep.number, v)
                                    for k, v in zip(self.names, means)])
-            ep.ep_acc.add_(ep.log_acc)
+            ep.ep_acc.add_(acc)
             ep.log_acc.zero_()
             ep.log_count = 0
         if self.step % self.progress_every == 0 or last:
@@ -302,11 +414,13 @@ class Trainer:
     def _end_epoch(self, ep: _Epoch) -> None:
         """Epoch means, the guards, evaluation, the epoch's metric rows, its checkpoint (in the background) and progress."""
         epoch, sp = ep.number, self.prefix
+        if self.par is not None and ep.preds is not None:
+            self.par.all_reduce(ep.preds, op="max")  # every rank's predictions of its rows
         ep_means = (ep.ep_acc / self.spe).tolist()
         self._check_finite(ep_means, epoch)
         self._check_finite_weights(epoch)
         self.final_terms = dict(zip(self.names, ep_means))
-        evaluated = self.adapter.evaluate(epoch)
+        evaluated = self.adapter.evaluate(epoch) if self.par is None or self.par.is_main else []
         lr = float(self.sched.get_last_lr()[0])
         rows = [MetricRow(f"loss/{k}", f"{sp}train_epoch", self.step, epoch, v) for k, v in self.final_terms.items()]
         rows.append(MetricRow("lr", f"{sp}train", self.step, epoch, lr))
@@ -320,8 +434,9 @@ class Trainer:
             record[f"{split}_{name}"] = value
         self.reporter.metrics(rows)
         self.history.append(record)
-        self.store.submit(self._state(epoch))
-        self._unannounced = (epoch, self.step)
+        if self.par is None or self.par.is_main:
+            self.store.submit(self._state(epoch))
+            self._unannounced = (epoch, self.step)
         self._progress(epoch)
 
     def _announce_checkpoint(self, block: bool = False) -> None:
@@ -348,11 +463,17 @@ class Trainer:
 
     def _save_partial(self, ep: _Epoch, steps_done: int) -> None:
         """Write the hand-back checkpoint: ``steps_done`` steps of the epoch finished, the next one not started."""
+        log_acc, preds = ep.log_acc, ep.preds
+        if self.par is not None:  # the ranks' sums (rank 0 alone carries them on after a resume) and every rank's predictions
+            log_acc = self.par.all_reduce(ep.log_acc.clone())
+            preds = self.par.all_reduce(ep.preds.clone(), op="max") if ep.preds is not None else None
+            if not self.par.is_main:
+                return
         self._announce_checkpoint(block=True)  # the previous epoch's checkpoint first, so this newer one is the newest on disk
-        partial = {"epoch": ep.number, "steps_done": steps_done, "rng": self.precision.rng_state(), "log_acc": ep.log_acc,
+        partial = {"epoch": ep.number, "steps_done": steps_done, "rng": self.precision.rng_state(), "log_acc": log_acc,
                    "ep_acc": ep.ep_acc, "log_count": ep.log_count}
-        if ep.preds is not None:
-            partial["preds"] = ep.preds
+        if preds is not None:
+            partial["preds"] = preds
         self.store.save(self._state(ep.number - 1, partial))
         self.reporter.event("checkpoint_saved", f"checkpoint at step {self.step} ({steps_done} of the {self.spe} steps of epoch "
                             f"{ep.number}) saved to hand the job back",
@@ -372,6 +493,8 @@ class Trainer:
     def _check_finite_weights(self, epoch: int) -> None:
         with torch.no_grad():
             ok = bool(torch.isfinite(torch.stack([p.detach().float().sum() for p in self.params])).all()) if self.params else True
+            if self.par is not None:  # agreed, so every rank raises (or none does)
+                ok = not bool(self.par.all_reduce(torch.tensor([0.0 if ok else 1.0], device=self.par.device), op="max")[0])
         if not ok:
             amp = self.precision.amp_dtype is not None
             raise DistillError("non_finite_loss", f"the student's weights became non-finite by step {self.step} (epoch {epoch}); try a "

@@ -70,3 +70,17 @@ async def test_lm_methods_and_gguf_export_are_refused_for_other_tasks(api, tmp_p
     assert err["param"] == "method.name"
     err = assert_error(await api.post("/v1/jobs", json=spec_for(teacher_id, **{"export": {"formats": ["gguf"]}})), 422)
     assert err["param"] == "export.formats"
+
+
+async def test_training_devices_is_accepted_for_causal_lm_and_refused_for_other_tasks(api, tiny_llama_gguf, tmp_path):
+    tid = (await upload(api, tiny_llama_gguf)).json()["id"]
+    resp = await api.post("/v1/jobs", json=lm_job(tid, training={"devices": 2}))
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["spec"]["training"]["devices"] == 2
+    err = assert_error(await api.post("/v1/jobs", json=lm_job(tid, training={"devices": 0})), 422)
+    assert err["param"] == "training.devices"
+    teacher_id = (await upload(api, mk.safetensors_file(tmp_path))).json()["id"]
+    err = assert_error(await api.post("/v1/jobs", json=spec_for(teacher_id, **{"training.devices": 2})), 422)
+    assert err["param"] == "training.devices" and "causal_lm only" in err["message"]
+    ok = await api.post("/v1/jobs", json=spec_for(teacher_id, **{"training.devices": 1}))
+    assert ok.status_code == 201, ok.text

@@ -323,3 +323,53 @@ def test_max_runtime_ends_the_job_failed_with_nothing_published(cluster, digits_
     # the worker is free again
     follow = c.wait(c.create_job(spec(teacher.id, **{"training.epochs": 1, "export.formats": ["safetensors"]})).id, timeout_s=240)
     assert follow.status == "succeeded"
+
+
+@pytest.mark.slow
+@pytest.mark.backend_only("sqlite", reason="the data-parallel hand-back is the trainer's, the same on both backends")
+def test_sigterm_hands_back_a_two_process_job_and_another_worker_resumes_it_at_the_same_step(cluster, tiny_llama_zip, tmp_path):
+    """``training.devices: 2``: SIGTERM to the worker's main process reaches rank 0 only (the helper rank has a session
+    of its own); rank 0's hand-back flag stops both ranks at the same step, rank 0 writes the partial checkpoint, and
+    the next worker resumes both ranks from it."""
+    import json
+
+    import psutil
+
+    from distill.training.parallel import usable_cores
+    from tests.lm_fixtures import CORPUS
+
+    if usable_cores() < 2:
+        pytest.skip("2 processes need 2 usable cores")
+    cl = cluster()
+    w1 = cl.start_worker("w1")
+    c = cl.client
+    text = tmp_path / "text.jsonl"
+    text.write_text("".join(json.dumps({"text": f"{a} {b}"}) + "\n" for a in CORPUS for b in CORPUS))
+    teacher, data = c.upload(tiny_llama_zip, "teacher"), c.upload(text, "dataset")
+    epochs = 60
+    job = c.create_job({"task": "causal_lm", "teacher": {"file_id": teacher.id}, "student": {"from_teacher": {"num_layers": 2}},
+                        "data": {"train": {"file_id": data.id}, "validation": {"fraction": 0.2, "seed": 0}, "max_seq_length": 48},
+                        "method": {"name": "kd", "alpha": 0.5}, "cache": {"top_k": 16},
+                        "training": {"epochs": epochs, "batch_size": 5, "optimizer": {"name": "adamw", "lr": 3e-3}, "seed": 0,
+                                     "log_every_steps": 1, "devices": 2},
+                        "evaluation": {"speed_repeats": 1}, "export": {"formats": ["safetensors"]}})
+    wait_for(lambda: (c.get_job(job.id).progress.epoch or 0) >= 2, 240, "epoch 2")
+    helpers = [p for p in psutil.process_iter(["cmdline"]) if "distill.lm.parallel" in " ".join(p.info["cmdline"] or [])
+               and job.id in " ".join(p.info["cmdline"] or [])]
+    assert len(helpers) == 1
+    w1.send_signal(signal.SIGTERM)  # to the main process only, as docker stop does
+    w1.wait(timeout=60)
+    assert psutil.wait_procs(helpers, timeout=10)[1] == []  # the helper left with its rank 0
+    row = cl.job_row(job.id)
+    assert (row.status, row.handbacks, row.attempt) == ("queued", 1, 1), cl.log("w1")[-3000:]
+    saved = [e for e in cl.events(job.id, "checkpoint_saved") if "steps_done_in_epoch" in (e.data or {})]
+    assert len(saved) == 1
+
+    cl.start_worker("w2")
+    done = c.wait(job.id, timeout_s=400)
+    assert done.status == "succeeded", (done.error, cl.log("w2")[-3000:])
+    resumed = [e for e in c.events(job.id) if e.type == "resumed"]
+    assert len(resumed) == 1 and resumed[0].data["step"] == saved[0].data["step"]
+    steps = [m.step for m in c.metrics(job.id, name="loss/total", split="train")]
+    r = c.report(job.id)
+    assert steps == list(range(1, epochs * r.training.steps_per_epoch + 1)) and r.training.devices == 2  # each step once

@@ -74,3 +74,64 @@ def test_causal_lm_job_from_the_cli(live, tiny_llama_zip, tmp_path):
 
     out = cli(live, "report", job.id)
     assert "held-out perplexity" in out and "student alone" in out and "decode tokens/s" in out
+
+
+@pytest.mark.slow
+@pytest.mark.backend_only("sqlite", reason="the data-parallel path is the core's, whatever the backend")
+def test_causal_lm_job_on_two_processes_in_a_real_worker_then_a_cancel(live, tiny_llama_zip, tmp_path):
+    """``training.devices: 2`` inside a Celery pool child: the job's process is rank 0 and starts the helper rank; the
+    job succeeds with rank 0's metrics only; a second, long one is cancelled while training and ends cancelled, its
+    helper gone."""
+    import time
+
+    import psutil
+
+    from distill.training.parallel import usable_cores
+
+    if usable_cores() < 2:
+        pytest.skip("2 processes need 2 usable cores")
+    c = live.client
+    text = tmp_path / "text.jsonl"
+    text.write_text("".join(json.dumps({"text": f"{a} {b}"}) + "\n" for a in CORPUS for b in CORPUS))
+    from client import Stillhouse
+
+    with Stillhouse(live.url, timeout=600) as patient:
+        teacher = patient.upload(tiny_llama_zip, "teacher")
+        data = patient.upload(text, "dataset")
+
+    def spec(epochs: int) -> dict:
+        return {"task": "causal_lm", "teacher": {"file_id": teacher.id}, "student": {"from_teacher": {"num_layers": 2}},
+                "data": {"train": {"file_id": data.id}, "validation": {"fraction": 0.2, "seed": 0}, "max_seq_length": 48},
+                "method": {"name": "kd", "alpha": 0.5}, "cache": {"top_k": 16},
+                "training": {"epochs": epochs, "batch_size": 5, "optimizer": {"name": "adamw", "lr": 3e-3}, "seed": 0,
+                             "log_every_steps": 1, "devices": 2},
+                "evaluation": {"speed_repeats": 1}, "export": {"formats": ["safetensors"]}}
+
+    job = c.wait(c.create_job(spec(2)).id, timeout_s=600)
+    assert job.status == "succeeded", (job.error, live.log("worker"))
+    r = c.report(job.id)
+    assert r.training.devices == 2 and r.training.steps == 2 * r.training.steps_per_epoch
+    steps = [m.step for m in c.metrics(job.id, name="loss/total", split="train")]
+    assert steps == list(range(1, r.training.steps + 1))  # one row per step: rank 0 alone records
+
+    def helpers(job_id: str) -> list[psutil.Process]:
+        found = []
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if "distill.lm.parallel" in cmd and job_id in cmd:
+                found.append(p)
+        return found
+
+    long = c.create_job(spec(10_000))
+    deadline = time.monotonic() + 300
+    while not c.metrics(long.id, name="loss/total", split="train"):
+        assert time.monotonic() < deadline and not c.get_job(long.id).done, live.log("worker")
+        time.sleep(0.5)
+    assert helpers(long.id)
+    t0 = time.monotonic()
+    c.cancel(long.id)
+    job = c.wait(long.id, timeout_s=120)
+    assert job.status == "cancelled", (job.error, live.log("worker"))
+    assert time.monotonic() - t0 < 30
+    time.sleep(1.0)
+    assert helpers(long.id) == []

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -139,6 +140,11 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
 _BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 detail when a body cannot be decoded
 
 
+# The field a body-level rule's message begins with: a dotted path ('budget.pruner ...') or a name and a colon
+# ('objectives: ...', 'search_space.x.y: ...').
+_MODEL_LEVEL_PARAM = re.compile(r"^([a-z_][a-z0-9_]*(?:\.[A-Za-z0-9_\-\[\]]+)+(?=[: ])|[a-z_][a-z0-9_]*(?=:))")
+
+
 def _loc(loc: tuple[Any, ...]) -> str | None:
     if loc[:1] == ("body",):  # a job spec: without the tags pydantic inserts for its unions (method name, student kind ...)
         return field_path(loc[1:])
@@ -191,6 +197,10 @@ def install_error_handlers(app: FastAPI) -> None:
             msg = f"{param}: {msg}"
         elif first.get("type") == "extra_forbidden":
             msg = f"unknown field {param!r}"
+        elif param is None and first.get("type") == "value_error" and _MODEL_LEVEL_PARAM.match(msg.removeprefix("Value error, ")):
+            # a rule over several fields of the body (its model_validator): the message begins with the field it is about
+            msg = msg.removeprefix("Value error, ")
+            param = _MODEL_LEVEL_PARAM.match(msg).group(1)
         elif param:
             msg = f"{param}: {msg}"
         if len(errors) > 1:

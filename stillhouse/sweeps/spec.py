@@ -132,9 +132,6 @@ class SamplerSpec(_Strict):
     population_size: int | None = Field(None, ge=2, le=1000, description="nsga2 only; default max(2, max_trials // 3).")
 
 
-PRUNERS = ("none", "median", "successive_halving")
-
-
 class Budget(_Strict):
     """``max_trials`` trials at most, ``max_parallel`` in flight at once, and no new trial after ``max_runtime_s``
     seconds (the live ones are then cancelled). ``pruner``: early stopping of trials that are clearly behind, on the

@@ -174,6 +174,7 @@ async def test_bad_base_and_grid_over_floats_are_422(api, teacher_id):  # noqa: 
     assert err["param"] == "base.training.epochs"
     err = assert_error(await api.post("/v1/sweeps", json=sweep_body(teacher_id, sampler={"name": "grid"})), 422)
     assert "grid" in err["message"] and "method.temperature" in err["message"]
+    assert err["param"] == "search_space.method.temperature", err  # a rule over several fields still names its field
     assert _no_sweeps()
 
 
@@ -334,6 +335,7 @@ async def test_a_pruner_needs_the_single_objective_top1(api, teacher_id):  # noq
             body["objectives"] = objectives
         err = assert_error(await api.post("/v1/sweeps", json=body), 422)
         assert "budget.pruner" in err["message"] and "[top1]" in err["message"], err
+        assert err["param"] == "budget.pruner" and not err["message"].startswith("Value error"), err
     assert_error(await api.post("/v1/sweeps", json=sweep_body(teacher_id, objectives=[{"name": "top1"}],
                                                               budget={"pruner": "hyperband"})), 422)
     assert _no_sweeps()

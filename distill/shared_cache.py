@@ -1,11 +1,14 @@
 """What one teacher gives every job and sweep trial that uses it, computed once and kept in a shared cache.
 
-Two entries per teacher (its file's sha256, format and architecture make the ``teacher_key``):
+Entries per teacher (its file's sha256, format and architecture make the ``teacher_key``):
 
 - the **profile** (``teacher_profile``): forward FLOPs per sample, p50/p95 latency (ms) at each batch size on the
   worker's device and thread count, and the teacher's validation logits ``[N_val, K]`` (its top-1 and the agreement
   are computed from them), keyed further by the sha256 of the validation tensor. A job used to re-measure the
   teacher's latency at every evaluation (batch 64 × 50 iterations: most of a small job's evaluation time);
+- the **layout decision** (``teacher_layout``): whether the teacher runs in the channels-last memory layout, the
+  outcome of ``Teacher.use_channels_last``'s check (two teacher passes over a training batch) on this device and
+  thread count, keyed further by the sha256 of that batch;
 - the **training outputs** (``shared_teacher_outputs``): logits ``[N, K]`` and the features the method reads, for
   every training row, keyed further by the sha256 of the training tensor (so the preprocessing and the split are in
   the key), the layers and the device type. Across a sweep the teacher then runs over the training data once.
@@ -35,7 +38,7 @@ from .teachers import Teacher
 from .training.tensor import batched_logits, teacher_outputs
 
 __all__ = ["SharedCache", "DirCache", "TeacherProfile", "teacher_key", "tensor_sha256", "teacher_profile", "shared_teacher_logits",
-           "shared_teacher_outputs"]
+           "shared_teacher_outputs", "teacher_layout"]
 
 
 class SharedCache(Protocol):
@@ -196,3 +199,26 @@ def shared_teacher_logits(teacher: Teacher, tkey: str, x: torch.Tensor, cache: S
             save_file({"logits": logits.contiguous()}, str(Path(d) / "l.safetensors"))
             cache.save(Path(d) / "l.safetensors", key)
         return logits
+
+
+def teacher_layout(teacher: Teacher, tkey: str, sample: torch.Tensor, cache: SharedCache | None) -> str | None:
+    """``teacher.use_channels_last(sample)`` (``sample``: a training batch ``[B, C, H, W]`` on the teacher's device),
+    its decision read from ``cache`` when a job of the same teacher, batch, device and thread count made it: then the
+    teacher is switched (``Teacher.set_channels_last``) without running the check's two teacher passes. Returns the
+    report's note (the one the check gave) when the teacher now runs channels-last, else None. The check depends on
+    the model and data only (never on a timing), so reading it back gives the job exactly the teacher the check would."""
+    if cache is None:
+        return teacher.use_channels_last(sample)
+    key = f"teachers/{tkey}/layout-{_digest({'sample': tensor_sha256(sample), 'device': str(sample.device), 'threads': torch.get_num_threads()})}.json"
+    with cache.lock(key):
+        path = cache.load(key)
+        if path is not None:
+            note = json.loads(path.read_text())["channels_last_note"]
+            if note is not None:
+                teacher.set_channels_last()
+            return note
+        note = teacher.use_channels_last(sample)
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "layout.json").write_text(json.dumps({"channels_last_note": note}))
+            cache.save(Path(d) / "layout.json", key)
+        return note

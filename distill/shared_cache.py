@@ -128,9 +128,11 @@ class TeacherProfile:
     cached: bool
 
 
-def _measure(teacher: Teacher, val_x: torch.Tensor, device: torch.device, batch_sizes: list[int], iterations: int) -> TeacherProfile:
-    with torch.inference_mode():
-        logits = batched_logits(teacher, val_x.to(device)).float().cpu().clone()
+def _measure(teacher: Teacher, val_x: torch.Tensor, device: torch.device, batch_sizes: list[int], iterations: int,
+             logits: torch.Tensor | None = None) -> TeacherProfile:
+    if logits is None:
+        with torch.inference_mode():
+            logits = batched_logits(teacher, val_x.to(device)).float().cpu().clone()
     lat = {}
     for b in batch_sizes:
         t = teacher.latency(b, iterations)
@@ -153,7 +155,8 @@ def teacher_profile(teacher: Teacher, tkey: str, val_x: torch.Tensor, device: to
         if meta_path is not None and logits_path is not None:
             meta = json.loads(meta_path.read_text())
             return TeacherProfile(meta["flops_per_sample"], meta["latency_ms"], load_file(str(logits_path))["val_logits"], cached=True)
-        prof = _measure(teacher, val_x, device, batch_sizes, iterations)
+        # the validation logits through their own entry, which the job's training passes read too (the agreement)
+        prof = _measure(teacher, val_x, device, batch_sizes, iterations, shared_teacher_logits(teacher, tkey, val_x.to(device), cache))
         with tempfile.TemporaryDirectory() as d:
             save_file({"val_logits": prof.val_logits.contiguous()}, str(Path(d) / "l.safetensors"))
             cache.save(Path(d) / "l.safetensors", logits_key)  # the logits first: the JSON marks the entry complete

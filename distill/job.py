@@ -48,8 +48,8 @@ from .reporter import Reporter
 from .review import data_warnings, error_bars, teacher_warning
 from .stats import wilson_interval
 from .holdout import holdout_block
-from .shared_cache import (SharedCache, shared_teacher_logits, shared_teacher_outputs, teacher_key, teacher_layout,
-                           teacher_profile)
+from .shared_cache import (SharedCache, TeacherProfile, outputs_key, shared_teacher_logits, shared_teacher_outputs, teacher_key,
+                           teacher_layout, teacher_profile)
 from .spec import JobSpec, TrainingSpec
 from .results import DistillResult, JobInputs
 from .teachers import Teacher, load_teacher
@@ -321,7 +321,8 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     with run.phase("loading_teacher"):
         loaded = _load(run, inputs, fmt, shared, tkey)
     run.check("while loading", stop=False)
-    cache, shared_info = _cache_teacher_outputs(run, loaded, shared, tkey)
+    okey, profiled = _profile_while_another_computes(run, loaded, shared, tkey)
+    cache, shared_info = _cache_teacher_outputs(run, loaded, shared, tkey, okey)
     teacher_train = _teacher_train_top1(run, loaded, cache)
     loaded.teacher_val_pred = _teacher_val_pred(run, loaded, shared, tkey)
     fingerprint = spec_fingerprint(spec)
@@ -347,8 +348,8 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     run.check("after training")
     with run.phase("evaluating"):
         sizes, iters = list(spec.evaluation.latency_batch_sizes), spec.evaluation.latency_iterations
-        measured = (teacher_profile(loaded.teacher, tkey, loaded.data.val_x, run.device, sizes, iters, shared)
-                    if shared is not None and loaded.data.val_x.shape[0] else None)
+        measured = profiled or (teacher_profile(loaded.teacher, tkey, loaded.data.val_x, run.device, sizes, iters, shared)
+                                if shared is not None and loaded.data.val_x.shape[0] else None)
         ev = evaluate(loaded.teacher, loaded.student, loaded.data, run.device, sizes, iters, teacher_measured=measured)
         baseline_part, alone = _baseline_part(run, loaded, baseline, ev["student"]["parameters"])
         review = _review(run, loaded, ev, alone, teacher_train)
@@ -420,11 +421,32 @@ def _teacher_key(spec: JobSpec, inputs: JobInputs, fmt: str) -> str:
     return teacher_key(digest, fmt, arch)
 
 
-def _cache_teacher_outputs(run: JobRun, loaded: _Loaded, shared: SharedCache | None = None,
-                           tkey: str = "") -> tuple[TeacherCache | None, dict[str, Any] | None]:
+def _profile_while_another_computes(run: JobRun, loaded: _Loaded, shared: SharedCache | None,
+                                    tkey: str) -> tuple[str | None, TeacherProfile | None]:
+    """With a shared cache and a method that reads the teacher's outputs on the training rows: their cache key, and,
+    when another job (a sweep's first trial, on any worker) is computing them right now, the teacher's profile
+    (``teacher_profile``: latency, FLOPs, validation logits), measured now instead of at evaluation. A sweep's first
+    trials start together: one computes the outputs while the next measures the profile that all of them need, where it
+    used to wait for the outputs and then for the first one's profile. Results are the same either way (both entries
+    are read back by every later trial); the seconds are the report's ``wall_time_s.teacher_profile``. Returns
+    (None, None) without a shared cache or when the outputs are not needed."""
+    if shared is None or not (loaded.use_cache or loaded.method.needs_dataset_pass):
+        return None, None
+    key = outputs_key(tkey, loaded.data.train_x.to(run.device), loaded.method.teacher_layers)
+    if not loaded.data.val_x.shape[0] or shared.load(key) is not None or not shared.busy(key):
+        return key, None
+    spec = run.spec
+    with run.phase("teacher_profile", announce=False):
+        return key, teacher_profile(loaded.teacher, tkey, loaded.data.val_x, run.device, list(spec.evaluation.latency_batch_sizes),
+                                    spec.evaluation.latency_iterations, shared)
+
+
+def _cache_teacher_outputs(run: JobRun, loaded: _Loaded, shared: SharedCache | None = None, tkey: str = "",
+                           okey: str | None = None) -> tuple[TeacherCache | None, dict[str, Any] | None]:
     """Phase caching_teacher_outputs, when the outputs are cached or the method needs a pass over the training data
     (``Method.prepare``): the teacher's logits and features for every training row, read from ``shared`` when another
-    job of the same teacher and training rows stored them (else computed and stored there). Returns (the cache or
+    job of the same teacher and training rows stored them (else computed and stored there; ``okey``: their cache key
+    when the caller has it). Returns (the cache or
     None, the report's ``cache.shared`` block or None without a shared cache: {'teacher_outputs': 'reused' |
     'computed', 'key'})."""
     method = loaded.method
@@ -436,7 +458,7 @@ def _cache_teacher_outputs(run: JobRun, loaded: _Loaded, shared: SharedCache | N
         x = loaded.data.train_x.to(run.device)
         if shared is not None:
             t_logits, t_feats, hit, key = shared_teacher_outputs(loaded.teacher, tkey, x, method.teacher_layers, shared,
-                                                                 param="method.teacher_layer")
+                                                                 param="method.teacher_layer", key=okey)
             info = {"teacher_outputs": "reused" if hit else "computed", "key": key}
             run.reporter.event("teacher_outputs_shared", ("read the teacher's outputs on the training rows from the shared cache"
                                                           if hit else "computed the teacher's outputs on the training rows and "

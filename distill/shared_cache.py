@@ -38,7 +38,7 @@ from .teachers import Teacher
 from .training.tensor import batched_logits, teacher_outputs
 
 __all__ = ["SharedCache", "DirCache", "TeacherProfile", "teacher_key", "tensor_sha256", "teacher_profile", "shared_teacher_logits",
-           "shared_teacher_outputs", "teacher_layout"]
+           "shared_teacher_outputs", "teacher_layout", "outputs_key"]
 
 
 class SharedCache(Protocol):
@@ -53,6 +53,10 @@ class SharedCache(Protocol):
 
     def lock(self, key: str) -> contextlib.AbstractContextManager[None]:
         """Hold a lock named ``key`` for the block (best effort: at worst two holders compute the same entry)."""
+
+    def busy(self, key: str) -> bool:
+        """True when another holder has the lock named ``key`` right now (a peek, for ordering work: by the time the
+        caller acts it may have changed)."""
 
 
 class DirCache:
@@ -86,17 +90,30 @@ class DirCache:
         finally:
             Path(tmp).unlink(missing_ok=True)
 
+    def _lock_file(self, key: str) -> Path:
+        d = self.root / ".locks"
+        d.mkdir(parents=True, exist_ok=True)
+        return d / hashlib.sha256(key.encode()).hexdigest()[:32]
+
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
         """An exclusive ``flock`` on ``root/.locks/<sha256(key)>`` for the block."""
-        d = self.root / ".locks"
-        d.mkdir(parents=True, exist_ok=True)
-        with open(d / hashlib.sha256(key.encode()).hexdigest()[:32], "a+b") as f:
+        with open(self._lock_file(key), "a+b") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    def busy(self, key: str) -> bool:
+        """True when another process (or another open of the file) holds the ``flock`` of ``key`` now."""
+        with open(self._lock_file(key), "a+b") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
 
 
 def _digest(obj: Any) -> str:
@@ -166,14 +183,19 @@ def teacher_profile(teacher: Teacher, tkey: str, val_x: torch.Tensor, device: to
         return prof
 
 
+def outputs_key(tkey: str, x: torch.Tensor, layers: list[str]) -> str:
+    """The cache key of the teacher's outputs (``shared_teacher_outputs``) on training rows ``x`` for ``layers``."""
+    return f"teachers/{tkey}/outputs-{_digest({'train': tensor_sha256(x), 'layers': sorted(layers), 'device': x.device.type})}.safetensors"
+
+
 def shared_teacher_outputs(teacher: Teacher, tkey: str, x: torch.Tensor, layers: list[str], cache: SharedCache,
-                           param: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], bool, str]:
+                           param: str | None = None, key: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], bool, str]:
     """The teacher's logits ``[N, K]`` and features ``{layer: [N, ...]}`` for the training rows ``x [N, ...]`` (on
     ``x``'s device), as ``teacher_outputs`` computes them, read from ``cache`` when a job of the same teacher and
     training tensor stored them (the first of several concurrent jobs computes, the others wait on its lock and read).
-    Returns (logits, features, hit, key). Raises what ``teacher_outputs`` raises."""
-    okey = _digest({"train": tensor_sha256(x), "layers": sorted(layers), "device": x.device.type})
-    key = f"teachers/{tkey}/outputs-{okey}.safetensors"
+    ``key``: ``outputs_key(tkey, x, layers)`` when the caller has it. Returns (logits, features, hit, key). Raises what
+    ``teacher_outputs`` raises."""
+    key = key or outputs_key(tkey, x, layers)
     with cache.lock(key):
         path = cache.load(key)
         if path is not None:

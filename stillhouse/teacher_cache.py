@@ -76,6 +76,31 @@ class StoreSharedCache:
                 self._advisory(stack, key)
                 yield
 
+    def busy(self, key: str) -> bool:
+        """True when a worker of this machine (its ``flock``) or, with PostgreSQL, of any machine (the advisory lock)
+        holds the lock of ``key`` now. A database error reads as not busy."""
+        if self._locks.busy(key):
+            return True
+        if self._engine is None:
+            return False
+        k = advisory_key(key)
+        try:
+            conn = self._engine.connect()
+        except Exception as e:  # noqa: BLE001 - a peek only orders work
+            log.warning("teacher cache %s: could not check its lock (%s: %s)", key, type(e).__name__, e)
+            return False
+        try:
+            if not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": k}).scalar():
+                return True
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": k})
+            conn.commit()
+        except Exception as e:  # noqa: BLE001
+            log.warning("teacher cache %s: could not check its lock (%s: %s)", key, type(e).__name__, e)
+            conn.invalidate()  # its lock state is unknown: never pooled again
+        finally:
+            conn.close()
+        return False
+
     def _advisory(self, stack: contextlib.ExitStack, key: str) -> None:
         """Take the advisory lock of ``key`` on a connection of its own, released (and the connection closed) when
         ``stack`` closes. A connection whose lock state is unknown after an error is invalidated, never pooled with a

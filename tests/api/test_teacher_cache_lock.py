@@ -38,12 +38,13 @@ def test_two_machines_take_turns_on_an_entry(backend, tmp_path):
     t = threading.Thread(target=first)
     t.start()
     assert inside.wait(10)
+    assert b.busy("teachers/t/outputs-x") and not b.busy("teachers/t/other")  # the other machine sees it held
     t0 = time.monotonic()
     with b.lock("teachers/t/outputs-x"):  # the other machine waits for the first one's block
         order.append("b in")
         waited = time.monotonic() - t0
     t.join()
-    assert order == ["a in", "a out", "b in"] and waited >= 0.3
+    assert order == ["a in", "a out", "b in"] and waited >= 0.3 and not a.busy("teachers/t/outputs-x")
     with b.lock("teachers/t/other"), a.lock("teachers/t/outputs-x"):  # other names do not wait on each other
         pass
 

@@ -115,3 +115,46 @@ def test_a_job_without_the_shared_cache_runs_the_teacher_over_validation_once(te
     from distill.teachers import Teacher
 
     assert sum(isinstance(f, Teacher) for f in calls) == 1
+
+
+def test_the_profile_is_measured_while_another_job_computes_the_outputs(teacher_file, tmp_path, monkeypatch):
+    """When another job holds the lock of the teacher's training outputs (a sweep's first trials start together), a job
+    measures the teacher's profile first (its own wall_time_s entry) and does not measure it again at evaluation."""
+    import threading
+
+    from distill import job as job_module
+
+    class OutputsBeingComputed(DirCache):
+        def busy(self, key: str) -> bool:
+            return "/outputs-" in key or super().busy(key)
+
+    cache = OutputsBeingComputed(tmp_path / "cache")
+    calls: list[str] = []
+    real = job_module.teacher_profile
+    monkeypatch.setattr(job_module, "teacher_profile", lambda *a, **kw: calls.append("profile") or real(*a, **kw))
+    real_outputs = job_module.shared_teacher_outputs
+    monkeypatch.setattr(job_module, "shared_teacher_outputs", lambda *a, **kw: calls.append("outputs") or real_outputs(*a, **kw))
+    spec = make_spec(cache={"teacher_outputs": "on"})
+    result, _ = run(spec, teacher_file, tmp_path / "a", shared=cache)
+    assert calls == ["profile", "outputs"]
+    assert result.report["wall_time_s"]["teacher_profile"] > 0
+    assert result.report["cache"]["shared"]["teacher_profile"] == "measured"
+    assert result.report["cache"]["shared"]["teacher_outputs"] == "computed"
+    calls.clear()
+    again, _ = run(spec, teacher_file, tmp_path / "b", shared=DirCache(tmp_path / "cache"))  # a later trial: both read
+    assert calls == ["outputs", "profile"] and "teacher_profile" not in again.report["wall_time_s"]
+    assert again.report["cache"]["shared"]["teacher_profile"] == "reused" and again.report["teacher"] == result.report["teacher"]
+    # DirCache.busy sees a lock another holder has
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with cache.lock("teachers/x/e"):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert held.wait(10) and DirCache(tmp_path / "cache").busy("teachers/x/e")
+    release.set()
+    t.join()
+    assert not DirCache(tmp_path / "cache").busy("teachers/x/e")

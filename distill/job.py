@@ -48,8 +48,8 @@ from .reporter import Reporter
 from .review import data_warnings, error_bars, teacher_warning
 from .stats import wilson_interval
 from .holdout import holdout_block
-from .shared_cache import (SharedCache, TeacherProfile, outputs_key, shared_teacher_logits, shared_teacher_outputs, teacher_key,
-                           teacher_layout, teacher_profile)
+from .shared_cache import (SharedCache, TeacherProfile, outputs_key, profile_key, shared_teacher_logits, shared_teacher_outputs,
+                           teacher_key, teacher_layout, teacher_profile)
 from .spec import JobSpec, TrainingSpec
 from .results import DistillResult, JobInputs
 from .teachers import Teacher, load_teacher
@@ -424,21 +424,25 @@ def _teacher_key(spec: JobSpec, inputs: JobInputs, fmt: str) -> str:
 def _profile_while_another_computes(run: JobRun, loaded: _Loaded, shared: SharedCache | None,
                                     tkey: str) -> tuple[str | None, TeacherProfile | None]:
     """With a shared cache and a method that reads the teacher's outputs on the training rows: their cache key, and,
-    when another job (a sweep's first trial, on any worker) is computing them right now, the teacher's profile
-    (``teacher_profile``: latency, FLOPs, validation logits), measured now instead of at evaluation. A sweep's first
-    trials start together: one computes the outputs while the next measures the profile that all of them need, where it
-    used to wait for the outputs and then for the first one's profile. Results are the same either way (both entries
-    are read back by every later trial); the seconds are the report's ``wall_time_s.teacher_profile``. Returns
-    (None, None) without a shared cache or when the outputs are not needed."""
+    while neither they nor the teacher's profile (``teacher_profile``: latency, FLOPs, validation logits) are cached
+    and nobody is measuring the profile, the profile, measured now rather than at evaluation. A sweep's first trials
+    start together: the first measures the profile while the next computes the outputs (it finds the profile's lock
+    taken and goes on), where the second used to wait for the outputs and then for the first one's profile. A job
+    alone does the same work in another order. Results are the same either way (every later trial reads both
+    entries); the seconds are the report's ``wall_time_s.teacher_profile``. Returns (None, None) without a shared
+    cache or when the outputs are not needed."""
     if shared is None or not (loaded.use_cache or loaded.method.needs_dataset_pass):
         return None, None
     key = outputs_key(tkey, loaded.data.train_x.to(run.device), loaded.method.teacher_layers)
-    if not loaded.data.val_x.shape[0] or shared.load(key) is not None or not shared.busy(key):
+    if not loaded.data.val_x.shape[0] or shared.load(key) is not None:
         return key, None
     spec = run.spec
+    sizes, iters = list(spec.evaluation.latency_batch_sizes), spec.evaluation.latency_iterations
+    pkey = profile_key(tkey, loaded.data.val_x, run.device, sizes, iters)
+    if shared.load(pkey) is not None or shared.busy(pkey):
+        return key, None
     with run.phase("teacher_profile", announce=False):
-        return key, teacher_profile(loaded.teacher, tkey, loaded.data.val_x, run.device, list(spec.evaluation.latency_batch_sizes),
-                                    spec.evaluation.latency_iterations, shared)
+        return key, teacher_profile(loaded.teacher, tkey, loaded.data.val_x, run.device, sizes, iters, shared)
 
 
 def _cache_teacher_outputs(run: JobRun, loaded: _Loaded, shared: SharedCache | None = None, tkey: str = "",

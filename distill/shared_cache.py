@@ -38,7 +38,7 @@ from .teachers import Teacher
 from .training.tensor import batched_logits, teacher_outputs
 
 __all__ = ["SharedCache", "DirCache", "TeacherProfile", "teacher_key", "tensor_sha256", "teacher_profile", "shared_teacher_logits",
-           "shared_teacher_outputs", "teacher_layout", "outputs_key"]
+           "shared_teacher_outputs", "teacher_layout", "outputs_key", "profile_key"]
 
 
 class SharedCache(Protocol):
@@ -157,6 +157,14 @@ def _measure(teacher: Teacher, val_x: torch.Tensor, device: torch.device, batch_
     return TeacherProfile(teacher.flops_per_sample, lat, logits, cached=False)
 
 
+def profile_key(tkey: str, val_x: torch.Tensor, device: torch.device, batch_sizes: list[int], iterations: int) -> str:
+    """The cache key of the teacher's profile (``teacher_profile``, its JSON part) for these validation rows, device,
+    this process's thread count, batch sizes and timed iterations."""
+    pkey = _digest({"device": str(device), "threads": torch.get_num_threads(), "batch_sizes": list(batch_sizes),
+                    "iterations": iterations, "val": tensor_sha256(val_x)})
+    return f"teachers/{tkey}/profile-{pkey}.json"
+
+
 def teacher_profile(teacher: Teacher, tkey: str, val_x: torch.Tensor, device: torch.device, batch_sizes: list[int],
                     iterations: int, cache: SharedCache | None) -> TeacherProfile:
     """The teacher's FLOPs, latency at ``batch_sizes`` (``iterations`` timed calls each) and validation logits for
@@ -164,9 +172,8 @@ def teacher_profile(teacher: Teacher, tkey: str, val_x: torch.Tensor, device: to
     thread count measured them, else measured now (and stored). Without a cache, always measured."""
     if cache is None:
         return _measure(teacher, val_x, device, batch_sizes, iterations)
-    pkey = _digest({"device": str(device), "threads": torch.get_num_threads(), "batch_sizes": list(batch_sizes),
-                    "iterations": iterations, "val": tensor_sha256(val_x)})
-    meta_key, logits_key = f"teachers/{tkey}/profile-{pkey}.json", f"teachers/{tkey}/profile-{pkey}.safetensors"
+    meta_key = profile_key(tkey, val_x, device, batch_sizes, iterations)
+    logits_key = meta_key.removesuffix(".json") + ".safetensors"
     with cache.lock(meta_key):
         meta_path, logits_path = cache.load(meta_key), cache.load(logits_key)
         if meta_path is not None and logits_path is not None:

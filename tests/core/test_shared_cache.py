@@ -118,8 +118,9 @@ def test_a_job_without_the_shared_cache_runs_the_teacher_over_validation_once(te
 
 
 def test_the_profile_is_measured_while_another_job_computes_the_outputs(teacher_file, tmp_path, monkeypatch):
-    """When another job holds the lock of the teacher's training outputs (a sweep's first trials start together), a job
-    measures the teacher's profile first (its own wall_time_s entry) and does not measure it again at evaluation."""
+    """On a cold cache a job measures the teacher's profile before the outputs (its own wall_time_s entry) and not
+    again at evaluation, so a second trial that starts meanwhile (and finds the profile's lock taken) computes the
+    outputs at the same time; a later job reads both."""
     import threading
 
     from distill import job as job_module
@@ -143,6 +144,16 @@ def test_the_profile_is_measured_while_another_job_computes_the_outputs(teacher_
     calls.clear()
     again, _ = run(spec, teacher_file, tmp_path / "b", shared=DirCache(tmp_path / "cache"))  # a later trial: both read
     assert calls == ["outputs", "profile"] and "teacher_profile" not in again.report["wall_time_s"]
+    # the profile being measured by another (its lock taken): this job goes to the outputs and reads the profile later
+
+    class ProfileBeingMeasured(DirCache):
+        def busy(self, key: str) -> bool:
+            return "/profile-" in key or super().busy(key)
+
+    calls.clear()
+    third, _ = run(spec, teacher_file, tmp_path / "c", shared=ProfileBeingMeasured(tmp_path / "cache3"))
+    assert calls == ["outputs", "profile"] and "teacher_profile" not in third.report["wall_time_s"]
+    assert third.report["cache"]["shared"] == {**result.report["cache"]["shared"], "key": third.report["cache"]["shared"]["key"]}
     assert again.report["cache"]["shared"]["teacher_profile"] == "reused" and again.report["teacher"] == result.report["teacher"]
     # DirCache.busy sees a lock another holder has
     held, release = threading.Event(), threading.Event()

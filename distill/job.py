@@ -321,7 +321,7 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     with run.phase("loading_teacher"):
         loaded = _load(run, inputs, fmt, shared, tkey)
     run.check("while loading", stop=False)
-    okey, profiled = _profile_while_another_computes(run, loaded, shared, tkey)
+    okey, profiled = _profile_first_on_a_cold_cache(run, loaded, shared, tkey)
     cache, shared_info = _cache_teacher_outputs(run, loaded, shared, tkey, okey)
     teacher_train = _teacher_train_top1(run, loaded, cache)
     loaded.teacher_val_pred = _teacher_val_pred(run, loaded, shared, tkey)
@@ -421,7 +421,7 @@ def _teacher_key(spec: JobSpec, inputs: JobInputs, fmt: str) -> str:
     return teacher_key(digest, fmt, arch)
 
 
-def _profile_while_another_computes(run: JobRun, loaded: _Loaded, shared: SharedCache | None,
+def _profile_first_on_a_cold_cache(run: JobRun, loaded: _Loaded, shared: SharedCache | None,
                                     tkey: str) -> tuple[str | None, TeacherProfile | None]:
     """With a shared cache and a method that reads the teacher's outputs on the training rows: their cache key, and,
     while neither they nor the teacher's profile (``teacher_profile``: latency, FLOPs, validation logits) are cached

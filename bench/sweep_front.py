@@ -9,7 +9,7 @@ Prints, side by side from one run:
 - the front as a table (held-out validation top-1 with 95% Wilson interval, selection top-1, bytes, p50 latency), each
   member's held-out top-1 reproduced by evaluating its downloaded student on the validation split.
 
-    .venv/bin/python bench/sweep_front.py [--trials 12] [--epochs 5] [--workers 2] [--skip-separate]
+    .venv/bin/python bench/sweep_front.py [--trials 12] [--epochs 5] [--workers 2] [--skip-separate] [--events N]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from bench.load_status import REDIS_URL, create_database, free_port  # noqa: E402
-from bench.service_vs_bare import OUT, make_teacher  # noqa: E402
+from bench.service_vs_bare import OUT, make_teacher, tree_cpu_seconds  # noqa: E402
 from client import Stillhouse  # noqa: E402
 from distill.data import load_data  # noqa: E402
 from distill.models import build  # noqa: E402
@@ -90,10 +90,17 @@ class Services:
             name = f"worker{i}"
             self.spawn(name, [sys.executable, "-m", "worker"], extra)
         deadline = time.monotonic() + 120
-        while not all("ready." in (self.out / f"worker{i}.log").read_text(errors="replace") for i in range(n)):
+        # 'ready.' is the main process; its pool child then imports what a job needs and opens Optuna's storage
+        # (several seconds): a sweep started before would time a worker's start-up, not its trials
+        while not all(all(w in (self.out / f"worker{i}.log").read_text(errors="replace") for w in ("ready.", "worker child:"))
+                      for i in range(n)):
             if time.monotonic() > deadline:
                 raise RuntimeError("workers not ready")
             time.sleep(0.3)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """User + system CPU seconds used so far by each process (and its children), by name."""
+        return {name: tree_cpu_seconds(p.pid) for name, p in self.procs.items()}
 
     def stop_workers(self) -> None:
         for name in [n for n in self.procs if n.startswith("worker")]:
@@ -131,6 +138,7 @@ def main() -> int:
     ap.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "random"])
     ap.add_argument("--skip-separate", action="store_true", help="do not run the trials again as separate jobs")
     ap.add_argument("--timeout-s", type=float, default=3600)
+    ap.add_argument("--events", type=int, default=0, help="print the events of the first N trials (where their time went)")
     args = ap.parse_args()
     out = ROOT / "bench" / "out" / "sweep"
     shutil.rmtree(out, ignore_errors=True)
@@ -150,8 +158,10 @@ def main() -> int:
         teacher = c.upload(teacher_path, "teacher")
         body = {"name": "mnist5k", "base": base_spec(teacher.id, args.epochs), "search_space": STUDENT_SPACE,
                 "sampler": {"name": args.sampler, "seed": 0}, "budget": {"max_trials": args.trials, "max_parallel": args.workers}}
+        cpu0 = svc.cpu_seconds()
         sw = c.create_sweep(body)
         final = c.wait_sweep(sw["id"], poll_s=1.0, timeout_s=args.timeout_s)
+        cpu = {k: v - cpu0[k] for k, v in svc.cpu_seconds().items()}
         trials = c.sweep_trials(sw["id"])
         front = c.sweep_front(sw["id"])
         wall = (_ts(final["finished_at"]) - _ts(final["created_at"]))
@@ -162,6 +172,7 @@ def main() -> int:
         print(f"  wall {wall:.1f} s; sum of trials' training {train_sum:.1f} s / {args.workers} workers = {train_sum / args.workers:.1f} s;"
               f" ratio {wall / (train_sum / args.workers):.2f} (target <= 1.2)")
         print(f"  teacher passes over the training rows: {computed} (target 1); reused by {[t['teacher_outputs'] for t in trials].count('reused')} trials")
+        timeline(c, final, trials, args.workers, cpu, args.events)
         data = load_data(DataSpec.model_validate(body["base"]["data"]), {})
         t = front.get("teacher") or {}
         print("\nfront (chosen on the selection split; top-1 on the held-out validation split, 95% Wilson interval):")
@@ -198,6 +209,51 @@ def main() -> int:
         if svc is not None:
             svc.close()
         drop()
+
+
+def timeline(c: Stillhouse, sweep: dict, trials: list[dict], workers: int, cpu: dict[str, float], show_events: int = 0) -> None:
+    """Where the sweep's wall time went, from the trial jobs' timestamps and reports (medians over trials): the step
+    (a trial ends → the next one is created: tell, ask, commit), the pick-up (created → started on a worker: send,
+    delivery, claim), the job on the worker (started → finished) split into the core's run (report wall_time_s.total,
+    of which training) and the worker's own part (inputs, reporter, publishing, the final write); and the CPU seconds
+    the API and the workers used meanwhile (less noisy than wall time on a shared machine)."""
+    import statistics
+
+    jobs = sorted((c.get_job(t["job_id"]) for t in trials), key=lambda j: j.created_at)
+    done = [j for j in jobs if j.started_at and j.finished_at]
+    if not done:
+        return
+    ends = sorted(j.finished_at.timestamp() for j in done)
+    steps = []
+    for j in jobs[workers:]:
+        before = [e for e in ends if e <= j.created_at.timestamp()]
+        if before:
+            steps.append(j.created_at.timestamp() - before[-1])
+    reports = {j.id: c.report(j.id) for j in done if j.status == "succeeded"}
+    core = [r.wall_time_s["total"] for r in reports.values()]
+    train = [r.training.training_time_s for r in reports.values()]
+    on_worker = [(j.finished_at - j.started_at).total_seconds() for j in done]
+    med = lambda v: statistics.median(v) if v else float("nan")  # noqa: E731
+    print(f"  per trial (median of {len(done)}): step {med(steps):.3f} s; pick-up {med([(j.started_at - j.created_at).total_seconds() for j in done]):.3f} s; "
+          f"on the worker {med(on_worker):.3f} s = core {med(core):.3f} s (training {med(train):.3f} s, rest {med([a - b for a, b in zip(core, train)]):.3f} s)"
+          f" + worker {med([w - r.wall_time_s['total'] for w, r in zip(on_worker, reports.values())]):.3f} s")
+    t0 = _ts(sweep["created_at"])
+    print("  | trial | created s | started s | finished s | core s | training s | teacher outputs | core phases (s) |")
+    for t, j in zip(sorted(trials, key=lambda t: t["number"]), sorted(jobs, key=lambda j: int(j.metadata.get("trial", 0)))):
+        r = reports.get(j.id)
+        print(f"  | {t['number']:>5} | {j.created_at.timestamp() - t0:9.3f} | {(j.started_at.timestamp() - t0) if j.started_at else float('nan'):9.3f} | "
+              f"{(j.finished_at.timestamp() - t0) if j.finished_at else float('nan'):10.3f} | {r.wall_time_s['total'] if r else float('nan'):6.3f} | "
+              f"{r.training.training_time_s if r else float('nan'):10.3f} | {t['teacher_outputs'] or '-':>15} | "
+              + (" ".join(f"{k[:8]} {v:.2f}" for k, v in r.wall_time_s.items() if k != "total") if r else "") + " |")
+    for j in jobs[:show_events]:
+        print(f"  events of trial {j.metadata.get('trial')} (s after the sweep's creation):")
+        for e in c.events(j.id):
+            print(f"    {e.created_at.timestamp() - t0:8.3f} {e.type}: {e.message[:110]}")
+    first, last = jobs[0].created_at.timestamp(), ends[-1]
+    print(f"  sweep created -> first trial created {first - _ts(sweep['created_at']):.3f} s; last trial finished -> sweep finished "
+          f"{_ts(sweep['finished_at']) - last:.3f} s; sum of trial jobs on the workers / {workers} = {sum(on_worker) / workers:.1f} s")
+    print("  CPU seconds during the sweep: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()) +
+          f"; workers' CPU / sum of training = {sum(v for k, v in cpu.items() if k.startswith('worker')) / sum(train):.2f}")
 
 
 def _ts(s: str) -> float:

@@ -48,7 +48,8 @@ from .reporter import Reporter
 from .review import data_warnings, error_bars, teacher_warning
 from .stats import wilson_interval
 from .holdout import holdout_block
-from .shared_cache import SharedCache, shared_teacher_outputs, teacher_key, teacher_profile
+from .shared_cache import (SharedCache, TeacherProfile, outputs_key, profile_key, shared_teacher_logits, shared_teacher_outputs,
+                           teacher_key, teacher_layout, teacher_profile)
 from .spec import JobSpec, TrainingSpec
 from .results import DistillResult, JobInputs
 from .teachers import Teacher, load_teacher
@@ -229,6 +230,7 @@ class _Loaded:
     all_labelled: bool
     use_cache: bool
     cache_reason: str
+    teacher_val_pred: torch.Tensor | None = None  # the teacher's argmax on data.val_x [N_val] (int64), shared by the passes
 
 
 def train_pass(run: JobRun, loaded: _Loaded, student: nn.Module, method: Method | CombinedMethod, fingerprint: str, *,
@@ -237,7 +239,7 @@ def train_pass(run: JobRun, loaded: _Loaded, student: nn.Module, method: Method 
     """One training pass of ``student`` with ``method`` through the trainer (see ``distill.training.Trainer``):
     ``training`` defaults to the spec's; ``split_prefix``/``checkpoint_stem``/``owns_metrics`` tell a second pass
     of the job (baseline, prune fine-tune) from the main one. Raises what ``Trainer.fit`` raises."""
-    adapter = TensorClassification(student, loaded.teacher, method, loaded.data, run.device, cache)
+    adapter = TensorClassification(student, loaded.teacher, method, loaded.data, run.device, cache, loaded.teacher_val_pred)
     trainer = Trainer(adapter, training or run.spec.training, device=run.device, workdir=run.workdir, reporter=run.reporter,
                       deadline=run.deadline, fingerprint=fingerprint, split_prefix=split_prefix, checkpoint_stem=checkpoint_stem,
                       owns_metrics=owns_metrics)
@@ -315,12 +317,14 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     if spec.student.architecture is None:
         raise DistillError("invalid_spec", "student.from_teacher needs a Hugging Face teacher; give student.architecture", "student")
     run = JobRun.start(spec, workdir, reporter, runtime_used_s)
-    with run.phase("loading_teacher"):
-        loaded = _load(run, inputs, fmt)
-    run.check("while loading", stop=False)
     tkey = _teacher_key(spec, inputs, fmt) if shared is not None else ""
-    cache, shared_info = _cache_teacher_outputs(run, loaded, shared, tkey)
+    with run.phase("loading_teacher"):
+        loaded = _load(run, inputs, fmt, shared, tkey)
+    run.check("while loading", stop=False)
+    okey, profiled = _profile_first_on_a_cold_cache(run, loaded, shared, tkey)
+    cache, shared_info = _cache_teacher_outputs(run, loaded, shared, tkey, okey)
     teacher_train = _teacher_train_top1(run, loaded, cache)
+    loaded.teacher_val_pred = _teacher_val_pred(run, loaded, shared, tkey)
     fingerprint = spec_fingerprint(spec)
     selection = _select(run, loaded, cache, fingerprint)
     training = spec.training
@@ -344,8 +348,8 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     run.check("after training")
     with run.phase("evaluating"):
         sizes, iters = list(spec.evaluation.latency_batch_sizes), spec.evaluation.latency_iterations
-        measured = (teacher_profile(loaded.teacher, tkey, loaded.data.val_x, run.device, sizes, iters, shared)
-                    if shared is not None and loaded.data.val_x.shape[0] else None)
+        measured = profiled or (teacher_profile(loaded.teacher, tkey, loaded.data.val_x, run.device, sizes, iters, shared)
+                                if shared is not None and loaded.data.val_x.shape[0] else None)
         ev = evaluate(loaded.teacher, loaded.student, loaded.data, run.device, sizes, iters, teacher_measured=measured)
         baseline_part, alone = _baseline_part(run, loaded, baseline, ev["student"]["parameters"])
         review = _review(run, loaded, ev, alone, teacher_train)
@@ -380,15 +384,17 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
                          baseline_student=baseline[0] if isinstance(baseline, tuple) else None)
 
 
-def _load(run: JobRun, inputs: JobInputs, fmt: str) -> _Loaded:
-    """Teacher, data, the student (probed against both) and the method (set up on their feature shapes)."""
+def _load(run: JobRun, inputs: JobInputs, fmt: str, shared: SharedCache | None = None, tkey: str = "") -> _Loaded:
+    """Teacher, data, the student (probed against both) and the method (set up on their feature shapes). The teacher's
+    memory-layout decision is read from ``shared`` when a job of the same teacher and data made it
+    (``shared_cache.teacher_layout``)."""
     spec, device = run.spec, run.device
     teacher = load_teacher(inputs.teacher.path, fmt, spec.teacher.architecture, device)
     data = load_data(spec.data, inputs.files, input_shape=teacher.input_shape)
     if teacher.input_shape is None:
         teacher.input_shape = list(data.input_shape)
     k = _probe(spec, teacher, data, device)
-    layout_note = teacher.use_channels_last(data.train_x[: spec.training.batch_size].to(device))
+    layout_note = teacher_layout(teacher, tkey, data.train_x[: spec.training.batch_size].to(device), shared)
     if layout_note:
         teacher.notes.append(layout_note)
     student, filled = _build_student(spec, teacher, data, k, device)
@@ -415,11 +421,36 @@ def _teacher_key(spec: JobSpec, inputs: JobInputs, fmt: str) -> str:
     return teacher_key(digest, fmt, arch)
 
 
-def _cache_teacher_outputs(run: JobRun, loaded: _Loaded, shared: SharedCache | None = None,
-                           tkey: str = "") -> tuple[TeacherCache | None, dict[str, Any] | None]:
+def _profile_first_on_a_cold_cache(run: JobRun, loaded: _Loaded, shared: SharedCache | None,
+                                    tkey: str) -> tuple[str | None, TeacherProfile | None]:
+    """With a shared cache and a method that reads the teacher's outputs on the training rows: their cache key, and,
+    while neither they nor the teacher's profile (``teacher_profile``: latency, FLOPs, validation logits) are cached
+    and nobody is measuring the profile, the profile, measured now rather than at evaluation. A sweep's first trials
+    start together: the first measures the profile while the next computes the outputs (it finds the profile's lock
+    taken and goes on), where the second used to wait for the outputs and then for the first one's profile. A job
+    alone does the same work in another order. Results are the same either way (every later trial reads both
+    entries); the seconds are the report's ``wall_time_s.teacher_profile``. Returns (None, None) without a shared
+    cache or when the outputs are not needed."""
+    if shared is None or not (loaded.use_cache or loaded.method.needs_dataset_pass):
+        return None, None
+    key = outputs_key(tkey, loaded.data.train_x.to(run.device), loaded.method.teacher_layers)
+    if not loaded.data.val_x.shape[0] or shared.load(key) is not None:
+        return key, None
+    spec = run.spec
+    sizes, iters = list(spec.evaluation.latency_batch_sizes), spec.evaluation.latency_iterations
+    pkey = profile_key(tkey, loaded.data.val_x, run.device, sizes, iters)
+    if shared.load(pkey) is not None or shared.busy(pkey):
+        return key, None
+    with run.phase("teacher_profile", announce=False):
+        return key, teacher_profile(loaded.teacher, tkey, loaded.data.val_x, run.device, sizes, iters, shared)
+
+
+def _cache_teacher_outputs(run: JobRun, loaded: _Loaded, shared: SharedCache | None = None, tkey: str = "",
+                           okey: str | None = None) -> tuple[TeacherCache | None, dict[str, Any] | None]:
     """Phase caching_teacher_outputs, when the outputs are cached or the method needs a pass over the training data
     (``Method.prepare``): the teacher's logits and features for every training row, read from ``shared`` when another
-    job of the same teacher and training rows stored them (else computed and stored there). Returns (the cache or
+    job of the same teacher and training rows stored them (else computed and stored there; ``okey``: their cache key
+    when the caller has it). Returns (the cache or
     None, the report's ``cache.shared`` block or None without a shared cache: {'teacher_outputs': 'reused' |
     'computed', 'key'})."""
     method = loaded.method
@@ -431,7 +462,7 @@ def _cache_teacher_outputs(run: JobRun, loaded: _Loaded, shared: SharedCache | N
         x = loaded.data.train_x.to(run.device)
         if shared is not None:
             t_logits, t_feats, hit, key = shared_teacher_outputs(loaded.teacher, tkey, x, method.teacher_layers, shared,
-                                                                 param="method.teacher_layer")
+                                                                 param="method.teacher_layer", key=okey)
             info = {"teacher_outputs": "reused" if hit else "computed", "key": key}
             run.reporter.event("teacher_outputs_shared", ("read the teacher's outputs on the training rows from the shared cache"
                                                           if hit else "computed the teacher's outputs on the training rows and "
@@ -467,6 +498,20 @@ def _teacher_train_top1(run: JobRun, loaded: _Loaded, cache: TeacherCache | None
         with torch.inference_mode():
             pred = batched_logits(loaded.teacher, loaded.data.train_x[rows].to(run.device)).argmax(1).to("cpu")
     return float((pred == y[rows]).float().mean()), int(rows.numel())
+
+
+def _teacher_val_pred(run: JobRun, loaded: _Loaded, shared: SharedCache | None, tkey: str) -> torch.Tensor | None:
+    """The teacher's argmax class of every validation row (int64 ``[N_val]`` on the job's device), which each training
+    pass scores its per-epoch agreement against: computed once per job (it was once per pass), and read from
+    ``shared`` (``shared_teacher_logits``) when a job of the same teacher and validation rows stored the logits (a
+    sweep's trials share one selection split). None without validation rows."""
+    vx = loaded.data.val_x
+    if vx.shape[0] == 0:
+        return None
+    vx = vx.to(run.device)
+    if shared is not None:
+        return shared_teacher_logits(loaded.teacher, tkey, vx, shared).to(run.device).argmax(dim=1)
+    return batched_logits(loaded.teacher, vx).argmax(dim=1)
 
 
 def _wants_baseline(spec: JobSpec, data: DataBundle) -> bool:
@@ -547,7 +592,7 @@ def _select(run: JobRun, loaded: _Loaded, cache: TeacherCache | None, fingerprin
     if plan.epochs == 0:
         return _Selection(None, {**base, "reason": "no selection", "note": plan.note})
     sub, sub_cache = auto.slice_rows(data, cache, rest, sel)
-    view = dataclasses.replace(loaded, data=sub)
+    view = dataclasses.replace(loaded, data=sub, teacher_val_pred=None)  # another validation split (the selection carve)
     run.reporter.event("selection_started", f"method auto: training {len(plan.candidates)} candidates for {plan.epochs} epoch(s) "
                        f"each on {rest.size} training rows, scored on a selection split of {sel.size} training rows",
                        {"candidates": [c.name for c in plan.candidates], "epochs": plan.epochs})

@@ -189,8 +189,10 @@ class ReportBase(_Part):
     training: TrainingSummary = Field(..., description="Epochs, steps, final loss terms, method, device and seed of the training.")
     onnx: OnnxCheck | None = Field(None, description="The ONNX export check; None when ONNX was not exported.")
     wall_time_s: dict[str, float] = Field(..., description="Wall-clock seconds per phase, in the order run (loading_teacher, "
-                                                           "caching_teacher_outputs, training, pruning, baseline_training, "
-                                                           "evaluating, exporting) and 'total'.")
+                                                           "teacher_profile (the teacher's shared latency profile, measured "
+                                                           "before training on a cold shared cache), caching_teacher_outputs, "
+                                                           "training, pruning, baseline_training, evaluating, exporting) and "
+                                                           "'total'.")
 
     def quality(self) -> Quality:
         """The headline quality figure of this task family (see ``Quality``)."""

@@ -203,6 +203,11 @@ class Teacher(ABC):
         (e.g. ONNX teachers) never changes anything."""
         return None
 
+    def set_channels_last(self) -> None:
+        """Switch to the channels-last layout without checking: what ``use_channels_last`` does when its check passes,
+        for a teacher whose check an earlier job of the same teacher and data already passed (its decision is read
+        from the shared teacher cache, ``distill.shared_cache.teacher_layout``). The base class does nothing."""
+
     def _need_shape(self) -> list[int]:
         if self.input_shape is None:
             raise DistillError("invalid_spec", "the teacher's input shape is unknown; set data.input_shape", "data.input_shape")
@@ -253,8 +258,7 @@ class TorchTeacher(Teacher):
         except Exception:  # noqa: BLE001 - not this method's error to report: training will meet it with its own message
             return None
         try:
-            self.module.to(memory_format=torch.channels_last)
-            self.memory_format = torch.channels_last
+            self.set_channels_last()
             out = self.forward(sample)
             diff = float((out - ref).abs().max()) if out.shape == ref.shape else math.inf
         except Exception:  # noqa: BLE001 - any failure means: keep the contiguous layout
@@ -264,6 +268,11 @@ class TorchTeacher(Teacher):
         self.module.to(memory_format=torch.contiguous_format)
         self.memory_format = torch.contiguous_format
         return None
+
+    def set_channels_last(self) -> None:
+        """The module's 4-D weights and every 4-D input in ``torch.channels_last`` from now on (no check)."""
+        self.module.to(memory_format=torch.channels_last)
+        self.memory_format = torch.channels_last
 
     @property
     def flops_per_sample(self) -> int | None:

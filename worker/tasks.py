@@ -19,9 +19,10 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 from sqlalchemy.exc import OperationalError
 
 from stillhouse import metrics
-from stillhouse.db import get_engine
+from stillhouse.db import get_engine, session_factory
 from stillhouse.jobs import handback, leases
 from stillhouse.jobs.states import TERMINAL
+from stillhouse.models import Job
 from stillhouse.sweeps.scheduler import job_finished, storage as sweep_storage
 from stillhouse.jobs.runner import execute  # the core and torch, loaded once in the main process before the children fork
 from stillhouse.jobs.sweep import start_sweeper
@@ -40,7 +41,8 @@ _stop_dispatcher = None
 @worker_process_init.connect
 def _init_child(**_: object) -> None:
     """In each worker child: PyTorch's intra-op threads (see ``Settings.resolved_torch_threads``), no database
-    connection shared with the parent, the hand-back signal handler, and what the core imports on a job's path."""
+    connection shared with the parent but one of its own, opened now (a sweep's first trial waited 1.3 s in its claim
+    for it on a loaded machine), the hand-back signal handler, and what the core imports on a job's path."""
     get_engine().dispose(close=False)  # connections inherited through fork belong to the main process
     handback.install_child_handler()
     n = get_settings().resolved_torch_threads()
@@ -56,6 +58,11 @@ def _init_child(**_: object) -> None:
     import onnxruntime  # noqa: F401
     import sklearn.model_selection  # noqa: F401
 
+    try:  # the child's first database connection and query (a job's claim would otherwise wait for them)
+        with session_factory()() as s:
+            s.get(Job, "job_warmup")
+    except Exception as e:  # noqa: BLE001 - the first job connects then
+        log.warning("worker child: the database is not reachable yet (%s: %s)", type(e).__name__, e)
     try:  # Optuna's storage of the sweeps (engine, schema check): ~3 s that the first sweep step would otherwise take
         sweep_storage()
     except Exception as e:  # noqa: BLE001 - sweeps retry at their first step; jobs do not need it

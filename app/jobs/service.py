@@ -28,6 +28,7 @@ from stillhouse.jobs.queue import enqueue_job, mark_sent, queue_for
 from stillhouse.jobs import workers
 from stillhouse.settings import get_settings
 from stillhouse.storage import ArtifactStore, StoreError
+from stillhouse.sweeps.scheduler import job_finished
 from distill.errors import DistillError
 from distill.report import AnyReport, parse_report
 from distill.spec import LM_METHODS, METHOD_PARAMS, NO_EMBEDDING_BASELINE, JobSpec, lm_method_defaults
@@ -509,8 +510,10 @@ def list_jobs(session: Session, tenant_id: str, *, limit: int, after: str | None
 
 
 def cancel_job(session: Session, job_id: str, tenant_id: str) -> Job:
-    """Cancel: a queued job becomes ``cancelled`` at once (it will never start); a running one becomes
-    ``cancelling`` and its worker stops within one step. Cancelling twice is harmless.
+    """Cancel: a queued job becomes ``cancelled`` at once (it will never start), and the tenant's sweeps step at once
+    (``stillhouse.sweeps.scheduler.job_finished``: the trial's own sweep tells Optuna, a sweep waiting for a free job
+    slot starts a trial); a running one becomes ``cancelling`` and its worker stops within one step (the worker's end
+    of the job steps the sweeps). Cancelling twice is harmless.
     Raises NotFound (404, also for another tenant's job), Conflict (409 ``job_not_cancellable``) for a finished job."""
     job = get_job(session, job_id, tenant_id)
     if job.status == states.CANCELLING:
@@ -526,7 +529,10 @@ def cancel_job(session: Session, job_id: str, tenant_id: str) -> Job:
                        code="job_not_cancellable")
     session.commit()
     session.expire_all()
-    return get_job(session, job_id, tenant_id)
+    job = get_job(session, job_id, tenant_id)
+    if job.status == states.CANCELLED:  # its slot is free now: a waiting sweep (or the trial's own) steps at once
+        job_finished(job_id)
+    return job
 
 
 def delete_job(session: Session, store: ArtifactStore, job_id: str, tenant_id: str) -> int:

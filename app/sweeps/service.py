@@ -150,6 +150,6 @@ def cancel_sweep(session: Session, sweep_id: str, tenant_id: str) -> Sweep:
         sweep = readable(session, sweep_id, tenant_id)
         if sweep.status != scheduler.CANCELLED:
             raise Conflict(f"sweep {sweep_id} is already {sweep.status}", code="sweep_not_cancellable")
-    scheduler.advance(sweep_id)
+    scheduler.job_slots_freed(tenant_id, first=sweep_id)  # its final step, then the tenant's sweeps waiting for the slots freed
     session.expire_all()
     return readable(session, sweep_id, tenant_id)

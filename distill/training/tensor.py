@@ -84,18 +84,22 @@ class TensorClassification(TaskAdapter):
     given (the teacher is then never run per step; the cache's rows are ``data.train_x``'s) or from
     ``Teacher.features`` per step; a method with ``needs_teacher`` False (the baseline's ``LabelsOnly``) never runs it. A method
     with learned parts (adapters) is trained with the student and checkpointed as module 'method'.
+    ``teacher_val_pred`` (int64 ``[N_val]``): the teacher's argmax class of each ``data.val_x`` row when the caller
+    has it (a job's passes share one, read from the shared teacher cache); else computed here (a teacher pass over
+    the validation rows).
     Raises ``DistillError('invalid_spec')`` when teacher features are asked of layers the teacher cannot give.
     """
 
     def __init__(self, student: nn.Module, teacher: Teacher, method: Method | CombinedMethod, data: DataBundle,
-                 device: torch.device, cache: TeacherCache | None = None) -> None:
+                 device: torch.device, cache: TeacherCache | None = None, teacher_val_pred: torch.Tensor | None = None) -> None:
         self.student, self.teacher, self.method, self.cache, self.device = student, teacher, method, cache, device
         self.term_names = list(method.term_names)
         self.x, self.y = data.train_x.to(device), data.train_y.to(device)
         self.vx, self.vy = data.val_x.to(device), data.val_y.to(device)
         self.n = int(self.x.shape[0])
         self.val_labelled = bool((self.vy >= 0).any())
-        self.teacher_val_pred = batched_logits(teacher, self.vx).argmax(dim=1)
+        self.teacher_val_pred = (teacher_val_pred.to(device) if teacher_val_pred is not None
+                                 else batched_logits(teacher, self.vx).argmax(dim=1))
         self.uses_teacher = bool(getattr(method, "needs_teacher", True))
         s_layers = list(method.student_layers)
         self.t_layers = [] if cache is not None else list(method.teacher_layers)

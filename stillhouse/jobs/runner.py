@@ -21,7 +21,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 
 from stillhouse import metrics
-from stillhouse.db import database_unavailable, session_factory
+from stillhouse.db import database_unavailable, get_engine, session_factory
 from stillhouse.jobs import leases, states
 from stillhouse.jobs.queue import enqueue_job, mark_sent
 from stillhouse.models import Artifact, File, Job, JobEvent, JobFile, Metric, utcnow
@@ -275,7 +275,8 @@ def execute(job_id: str, settings: Settings | None = None) -> str | None:
             mirror.restore()
             mirror.start()
             result = run_job(spec, inputs, workdir, reporter, runtime_used_s=claimed.runtime_s,
-                             max_unpacked_bytes=settings.max_unpacked_bytes, shared=StoreSharedCache(store) if settings.shared_teacher_cache else None)
+                             max_unpacked_bytes=settings.max_unpacked_bytes,
+                             shared=StoreSharedCache(store, get_engine(settings)) if settings.shared_teacher_cache else None)
             mirror.stop()
             reporter.flush()
             if reporter.cancel_requested():

@@ -11,7 +11,8 @@ compare-and-set on ``sweeps.version`` (so any number of processes may race: one 
    tenant's live-job limit too (``stillhouse.jobs.limits``: queued, running, cancelling jobs, trials or not): under
    the tenant lock, no more trials are created than the tenant has free slots, so a sweep never takes its tenant
    over the limit; with no slot free the sweep waits (``waiting_for_job_slot``), it does not fail, and a step is
-   taken again when one of the tenant's jobs ends (``job_finished``) or by the repair loop;
+   taken again when one of the tenant's jobs ends (``job_finished``: on a worker, or a queued job the API cancels;
+   ``job_slots_freed`` after the API cancels a sweep) or by the repair loop;
 3. once the sweep stops and no trial is live, its front (Optuna's ``best_trials``: the non-dominated trials) is
    written with each member's held-out validation top-1 and interval, and the sweep ends ``succeeded`` (``failed``
    when no trial completed).
@@ -420,23 +421,39 @@ def front_rows(s: Session, sweep: Sweep, spec: SweepSpec, study: optuna.Study | 
 
 # -- entry points --------------------------------------------------------------------------------------------------
 def job_finished(job_id: str, settings: Settings | None = None) -> list[str]:
-    """Called after job ``job_id`` ran on a worker: when it is a trial, advance its sweep (ask for the next trial at
-    once); then the tenant's other running sweeps, since the job's end freed one of the tenant's live-job slots that a
-    sweep may be waiting for. Never raises (the repair loop catches up); returns the trial jobs created."""
+    """Called after job ``job_id`` ended (on a worker, or cancelled while queued by the API): when it is a trial, advance
+    its sweep (tell Optuna, ask for the next trial at once); then the tenant's other running sweeps, since the job's end
+    freed one of the tenant's live-job slots that a sweep may be waiting for (``job_slots_freed``). Never raises (the
+    repair loop catches up); returns the trial jobs created."""
     settings = settings or get_settings()
     try:
         with session_factory(settings)() as s:
             row = s.execute(select(Job.sweep_id, Job.tenant_id).where(Job.id == job_id)).first()
-            if row is None:
-                return []
-            others = list(s.scalars(select(Sweep.id).where(Sweep.tenant_id == row.tenant_id, Sweep.status == RUNNING)
+    except Exception:  # noqa: BLE001 - the sweep is advanced by the repair loop too
+        log.exception("could not advance the sweeps after job %s", job_id)
+        return []
+    if row is None:
+        return []
+    return job_slots_freed(row.tenant_id, settings, first=row.sweep_id)
+
+
+def job_slots_freed(tenant_id: str, settings: Settings | None = None, *, first: str | None = None) -> list[str]:
+    """Some of tenant ``tenant_id``'s live jobs ended (a trial or job finished, the API cancelled queued jobs or a whole
+    sweep): advance sweep ``first`` (the ended trial's, or the cancelled one) and then the tenant's other running
+    sweeps, oldest first, so one waiting for a free job slot (``waiting_for_job_slot``) starts its trial now rather than
+    at the next repair pass. Each ``advance`` checks cheaply first, so sweeps with nothing to do cost one read. Never
+    raises (the repair loop catches up); returns the trial jobs created."""
+    settings = settings or get_settings()
+    try:
+        with session_factory(settings)() as s:
+            others = list(s.scalars(select(Sweep.id).where(Sweep.tenant_id == tenant_id, Sweep.status == RUNNING)
                                     .order_by(Sweep.created_at).limit(100)))
         out: list[str] = []
-        for sweep_id in ([row.sweep_id] if row.sweep_id else []) + [o for o in others if o != row.sweep_id]:
+        for sweep_id in ([first] if first else []) + [o for o in others if o != first]:
             out += advance(sweep_id, settings)
         return out
     except Exception:  # noqa: BLE001 - the sweep is advanced by the repair loop too
-        log.exception("could not advance the sweeps after job %s", job_id)
+        log.exception("could not advance the sweeps of tenant %s after its jobs ended", tenant_id)
         return []
 
 

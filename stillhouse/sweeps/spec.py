@@ -235,7 +235,10 @@ def set_path(spec: dict[str, Any], path: str, value: Any) -> None:
 
 def trial_spec(sweep: SweepSpec, values: dict[str, Any], name: str | None = None) -> dict[str, Any]:
     """The JSON job spec of a trial: the base with ``values`` ({path: value}) set, ``data.selection`` from the sweep,
-    and each latency objective's batch size among ``evaluation.latency_batch_sizes``. Not validated here."""
+    each latency objective's batch size among ``evaluation.latency_batch_sizes``, and ``evaluation.compare_baseline``
+    false unless the base (or the search space) sets it: a job's default trains the student a second time alone for the
+    report's distillation gain, which no sweep score or front reads, and which doubled every trial's training (the
+    base's ``compare_baseline: true`` still runs it). Not validated here."""
     spec = copy.deepcopy(sweep.base_json)
     for path, value in values.items():
         set_path(spec, path, copy.deepcopy(value))
@@ -245,6 +248,8 @@ def trial_spec(sweep: SweepSpec, values: dict[str, Any], name: str | None = None
         if o.name == "latency_p50_ms" and o.batch_size not in sizes:
             sizes.append(o.batch_size)
     set_path(spec, "evaluation.latency_batch_sizes", sizes)
+    if spec["evaluation"].get("compare_baseline") is None:
+        spec["evaluation"]["compare_baseline"] = False
     if name is not None:
         spec["name"] = name[:200]
     return spec

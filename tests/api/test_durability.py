@@ -435,3 +435,18 @@ async def test_sweep_does_not_resend_a_waiting_job_when_no_worker_is_free(api, j
     _claim(session_factory(), other, OTHER_HOST_A, s)  # the one slot is busy
     assert not sweep(session_factory(s), ago(0), s).unclaimed
     assert queue_depth(s) == 0
+
+
+def test_a_worker_child_connects_to_the_database_before_its_first_job(backend):
+    """The pool child's start-up lets go of the parent's connections and opens its own, so a job's claim does not wait
+    for the child's first connection."""
+    if backend.name != "postgres":
+        pytest.skip("SQLite opens a connection per session")
+    from stillhouse.db import get_engine
+    from worker.tasks import _init_child
+
+    engine = get_engine()
+    engine.dispose()
+    assert engine.pool.checkedin() == 0
+    _init_child()
+    assert engine.pool.checkedin() >= 1

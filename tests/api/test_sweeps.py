@@ -73,6 +73,7 @@ async def test_sweep_trials_are_jobs_and_budget_ends_it_with_a_front(api, teache
         assert j.spec["student"]["architecture"]["kwargs"]["hidden_sizes"] == hs and hs[0] in (8, 32) and len(hs) in (1, 2)
         assert j.spec["method"]["temperature"] == pytest.approx(t["params"]["method.temperature"])
         assert j.spec["data"]["selection"] == {"fraction": 0.2, "seed": 0}  # scored on a selection split
+        assert j.spec["evaluation"]["compare_baseline"] is False  # no second training of the student alone per trial
         assert (await api.get(f"/v1/jobs/{j.id}")).status_code == 200  # an ordinary job
     # a trial ends: the next one is asked for at once, never more than max_parallel in flight
     _end(jobs[0].id, top1=0.95, nbytes=4000, p50=0.3)
@@ -252,6 +253,52 @@ async def test_trials_count_against_the_tenants_live_job_limit(api, teacher_id, 
     assert got["waiting_for_job_slot"] is False and seen == 5
 
 
+async def test_an_api_cancel_gives_the_freed_slot_to_a_waiting_sweep_at_once(api, teacher_id, monkeypatch):  # noqa: F811
+    """Limit 3: an ordinary queued job and a sweep that waits with 2 trials; cancelling the job through the API starts
+    the sweep's third trial in the same request (not at the next repair pass). Then a second sweep waits behind the
+    first; cancelling the first sweep (its 3 queued trials cancelled) starts the second one's trials at once."""
+    from stillhouse.settings import get_settings
+
+    monkeypatch.setenv("STILLHOUSE_MAX_RUNNING_JOBS_PER_TENANT", "3")
+    get_settings.cache_clear()
+    other = (await api.post("/v1/jobs", json=spec_for(teacher_id))).json()["id"]
+    sw = (await api.post("/v1/sweeps", json=sweep_body(teacher_id, budget={"max_trials": 6, "max_parallel": 4}))).json()
+    assert sw["trials"]["created"] == 2 and sw["waiting_for_job_slot"] is True
+    assert (await api.post(f"/v1/jobs/{other}/cancel")).json()["status"] == "cancelled"
+    assert len(_jobs(sw["id"])) == 3 and _live() == 3  # no repair pass ran in between
+    assert (await api.get(f"/v1/sweeps/{sw['id']}")).json()["waiting_for_job_slot"] is True
+    second = (await api.post("/v1/jobs", json=spec_for(teacher_id)))
+    assert_error(second, 429, "too_many_jobs")
+    # a queued trial cancelled through the job API: its own sweep tells Optuna and takes the slot back
+    first_trial = _jobs(sw["id"])[0].id
+    assert (await api.post(f"/v1/jobs/{first_trial}/cancel")).json()["status"] == "cancelled"
+    trials = (await api.get(f"/v1/sweeps/{sw['id']}/trials")).json()["data"]
+    assert trials[0]["state"] == "cancelled" and len(_jobs(sw["id"])) == 4 and _live() == 3
+    # a second sweep waits behind the first; cancelling the first frees its 3 slots for it in the same request
+    monkeypatch.setenv("STILLHOUSE_MAX_RUNNING_JOBS_PER_TENANT", "4")
+    get_settings.cache_clear()
+    later = (await api.post("/v1/sweeps", json=sweep_body(teacher_id, budget={"max_trials": 4, "max_parallel": 2}))).json()
+    assert later["trials"]["created"] == 1 and later["waiting_for_job_slot"] is True
+    assert (await api.post(f"/v1/sweeps/{sw['id']}/cancel")).json()["status"] == "cancelled"
+    assert len(_jobs(later["id"])) == 2 and all(j.status == "queued" for j in _jobs(later["id"]))
+    got = (await api.get(f"/v1/sweeps/{later['id']}")).json()
+    assert got["trials"]["created"] == 2 and got["waiting_for_job_slot"] is False
+
+
+def test_trials_skip_the_baseline_unless_the_base_asks_for_it():
+    """A trial's job spec turns evaluation.compare_baseline off (the student trained alone a second time, which no sweep
+    score reads) unless the base or the search space sets it."""
+    from stillhouse.sweeps.spec import SweepSpec, trial_spec
+
+    base = spec_for("file_x")
+    body = {"base": base, "search_space": SPACE}
+    assert trial_spec(SweepSpec.model_validate(body), {})["evaluation"]["compare_baseline"] is False
+    asked = {**base, "evaluation": {**base.get("evaluation", {}), "compare_baseline": True}}
+    assert trial_spec(SweepSpec.model_validate({**body, "base": asked}), {})["evaluation"]["compare_baseline"] is True
+    searched = {**body, "search_space": {"evaluation.compare_baseline": {"type": "categorical", "choices": [True, False]}}}
+    assert trial_spec(SweepSpec.model_validate(searched), {"evaluation.compare_baseline": True})["evaluation"]["compare_baseline"] is True
+
+
 async def test_a_sweep_under_a_roomy_limit_is_not_held_back(api, teacher_id, monkeypatch):  # noqa: F811
     from stillhouse.settings import get_settings
 
@@ -345,12 +392,15 @@ async def test_a_pruner_needs_the_single_objective_top1(api, teacher_id):  # noq
     assert sweep_body(teacher_id)["budget"].get("pruner") is None and resp.json()["trials"]["pruned"] == 0
 
 
-async def test_a_pruned_trial_stops_early_and_stays_off_the_front(api, teacher_id):  # noqa: F811
-    """Median pruner, 3 epochs a trial: two trials report a selection top-1 of 0.95 per epoch (as their worker would)
-    and complete; the third runs for real in this process (the worker's task body) with a learning rate too small to
-    learn, is told by Optuna to stop after epoch 1, stops through the trainer's stop check, and ends cancelled with
-    error code trial_pruned: one epoch of metrics, nothing published, trial state 'pruned' with the reason, off the
-    front; the sweep still ends succeeded."""
+@pytest.mark.parametrize("pruner", ["median", "successive_halving"])
+async def test_a_pruned_trial_stops_early_and_stays_off_the_front(api, teacher_id, pruner):  # noqa: F811
+    """Median or successive-halving pruner, 3 epochs a trial: two trials report a selection top-1 of 0.95 per epoch
+    (as their worker would) and complete; the third runs for real in this process (the worker's task body) with a
+    learning rate too small to learn, is told by Optuna to stop after epoch 1, stops through the trainer's stop check,
+    and ends cancelled with error code trial_pruned: one epoch of metrics, nothing published, trial state 'pruned' with
+    the reason, off the front; the sweep still ends succeeded. (Successive halving: its minimum resource, estimated from
+    the first completed trial, is 1 epoch; the second trial's epoch 1 enters rung 0, and at a reduction factor of 4 only
+    the best of the rung's values goes on, so the third trial's low top-1 stops there.)"""
     from distill.reporter import MetricRow
     from stillhouse.db import session_factory
     from stillhouse.jobs.runner import execute
@@ -361,7 +411,7 @@ async def test_a_pruned_trial_stops_early_and_stays_off_the_front(api, teacher_i
     base = spec_for(teacher_id, **{"training.epochs": 3, "training.optimizer": {"name": "sgd", "lr": 1e-9}})
     body = sweep_body(teacher_id, base=base, objectives=[{"name": "top1"}], sampler={"name": "random", "seed": 0},
                       search_space={"method.alpha": {"type": "categorical", "choices": [0.5, 0.9]}},
-                      budget={"max_trials": 3, "max_parallel": 1, "pruner": "median"})
+                      budget={"max_trials": 3, "max_parallel": 1, "pruner": pruner})
     sw = (await api.post("/v1/sweeps", json=body)).json()
     for n in range(2):
         (job,) = [j for j in _jobs(sw["id"]) if j.status == "queued"]
@@ -373,13 +423,13 @@ async def test_a_pruned_trial_stops_early_and_stays_off_the_front(api, teacher_i
     assert execute(third.id) == "cancelled"
     with session_factory()() as s:
         job = s.get(type(third), third.id)
-        assert job.error_code == "trial_pruned" and "median pruner after epoch 1 of 3" in job.error_message
+        assert job.error_code == "trial_pruned" and f"{pruner} pruner after epoch 1 of 3" in job.error_message
         epochs = sorted({m.epoch for m in s.scalars(select(Metric).where(Metric.job_id == third.id, Metric.split == "val"))})
         assert epochs == [1] and s.scalar(select(Artifact.id).where(Artifact.job_id == third.id)) is None
     scheduler.job_finished(third.id)
     trials = (await api.get(f"/v1/sweeps/{sw['id']}/trials")).json()["data"]
     assert [t["state"] for t in trials] == ["complete", "complete", "pruned"]
-    assert trials[2]["status"] == "cancelled" and "pruned by the sweep's median pruner" in trials[2]["reason"]
+    assert trials[2]["status"] == "cancelled" and f"pruned by the sweep's {pruner} pruner" in trials[2]["reason"]
     got = (await api.get(f"/v1/sweeps/{sw['id']}")).json()
     assert got["status"] == "succeeded" and got["trials"]["pruned"] == 1 and got["trials"]["cancelled"] == 0
     front = (await api.get(f"/v1/sweeps/{sw['id']}/front")).json()

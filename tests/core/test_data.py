@@ -123,3 +123,33 @@ def test_missing_file_is_invalid_spec():
     with pytest.raises(DistillError) as e:
         load_data(DataSpec.model_validate({"train": {"file_id": "file_nope"}}), {})
     assert e.value.code == "invalid_spec" and "file_nope" in e.value.message
+
+
+def test_builtins_are_parsed_once_per_process_and_file(tmp_path, monkeypatch):
+    """A worker parses a built-in dataset once (keyed by its file's sha256), every call gets its own copies, and a
+    changed file is parsed again."""
+    import shutil
+
+    from distill import data as data_module
+
+    copy = tmp_path / "mnist_5k.csv.gz"
+    shutil.copy(data_module._builtin_path("mnist5k"), copy)
+    monkeypatch.setattr(data_module, "_builtin_path", lambda name: copy)
+    monkeypatch.setattr(data_module, "_parsed", {})
+    parsed = []
+    real = data_module._parse_builtin
+    monkeypatch.setattr(data_module, "_parse_builtin", lambda name, path: parsed.append(name) or real(name, path))
+    x1, y1, p1 = load_builtin("mnist5k")
+    x1[0] = 7.0  # a job's copy is its own
+    p1["scale"] = 0
+    x2, y2, p2 = load_builtin("mnist5k")
+    assert parsed == ["mnist5k"] and float(x2[0].max()) <= 1.0 and p2["scale"] == 1 / 255.0
+    assert np.array_equal(y1, y2) and not np.shares_memory(x1, x2)
+    import gzip
+
+    with gzip.open(copy, "rt") as f:
+        rows = f.read().splitlines()
+    with gzip.open(copy, "wt") as f:  # another file: parsed again, the old arrays dropped
+        f.write("\n".join(rows[:10]) + "\n")
+    x3, y3, _ = load_builtin("mnist5k")
+    assert parsed == ["mnist5k", "mnist5k"] and x3.shape == (10, 1, 28, 28) and len(data_module._parsed) == 1

@@ -20,10 +20,8 @@ def _caches(tmp_path, **kw):
     return [StoreSharedCache(LocalStore(base.model_copy(update={"data_dir": tmp_path / m})), get_engine(), **kw) for m in "ab"]
 
 
-@pytest.mark.postgres
+@pytest.mark.backend_only("postgres", reason="the cross-machine lock is PostgreSQL's")
 def test_two_machines_take_turns_on_an_entry(backend, tmp_path):
-    if backend.name != "postgres":
-        pytest.skip("the cross-machine lock is PostgreSQL's")
     a, b = _caches(tmp_path)
     order: list[str] = []
     inside = threading.Event()
@@ -49,10 +47,8 @@ def test_two_machines_take_turns_on_an_entry(backend, tmp_path):
         pass
 
 
-@pytest.mark.postgres
+@pytest.mark.backend_only("postgres", reason="the cross-machine lock is PostgreSQL's")
 def test_a_dead_holders_lock_is_released_and_a_long_one_is_waited_out(backend, tmp_path):
-    if backend.name != "postgres":
-        pytest.skip("the cross-machine lock is PostgreSQL's")
     import sqlalchemy as sa
 
     from stillhouse.settings import get_settings
@@ -73,9 +69,8 @@ def test_a_dead_holders_lock_is_released_and_a_long_one_is_waited_out(backend, t
         assert time.monotonic() - t0 < 0.4
 
 
+@pytest.mark.backend_only("sqlite", reason="SQLite: one machine, the file lock alone")
 def test_sqlite_keeps_the_machine_lock_alone(backend, tmp_path):
-    if backend.name != "sqlite":
-        pytest.skip("SQLite: one machine")
     a, _ = _caches(tmp_path)
     assert a._engine is None
     with a.lock("teachers/t/e"):

@@ -177,6 +177,14 @@ async def test_bad_base_and_grid_over_floats_are_422(api, teacher_id):  # noqa: 
     assert _no_sweeps()
 
 
+async def test_a_nul_character_in_the_sweeps_name_is_422_and_stores_nothing(api, teacher_id):  # noqa: F811
+    """Trials are jobs named after the sweep and a job name may hold no NUL: such a sweep used to be stored, answer 500
+    and never start a trial (each repair pass failing on its first trial's name)."""
+    err = assert_error(await api.post("/v1/sweeps", json=sweep_body(teacher_id, name="a\x00b")), 422, "invalid_request")
+    assert err["param"] == "name" and "NUL" in err["message"], err
+    assert _no_sweeps()
+
+
 def _no_sweeps() -> bool:
     from stillhouse.db import session_factory
     from stillhouse.models import Job, Sweep

@@ -604,7 +604,7 @@ def render_report(r: AnyReport) -> None:
         summary.add_row("student trained alone", _baseline_text(r.baseline))
     if r.distillation_gain_points is not None:
         summary.add_row("distillation gain", f"{r.distillation_gain_points:+.2f} points")
-    _comparison_rows(summary, r.comparisons)
+    _comparison_rows(summary, r.labelled_comparisons())
     if r.cache:
         summary.add_row("teacher outputs cached", str(r.cache.teacher_outputs))
     _selection(summary, r)

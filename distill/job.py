@@ -375,9 +375,7 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     if selection is not None:
         report.selection = _selection_part(selection, report.wall_time_s.get("total"))
         if report.selection.student_alone:  # the returned student is not a distilled one: no verdict on distillation
-            vs = (report.comparisons or {}).get("distilled_vs_alone")
-            if vs is not None:
-                vs.a = "returned student (trained alone)"
+            report.comparisons = report.labelled_comparisons() if report.comparisons is not None else None
             report.summary = rb.classification_summary(report.model_copy(update={"baseline": None, "comparisons": None}))
         report.summary = f"{report.summary} {_selection_sentence(report.selection)}".strip()
     return DistillResult(report=report.model_dump(mode="json"), artifacts=[run.final_dir / n for n in exported.names],

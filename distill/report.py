@@ -484,6 +484,24 @@ class ClassificationReport(ReportBase):
         """``distillation_gain_points``."""
         return self.distillation_gain_points
 
+    def student_label(self) -> str:
+        """What the returned student is: 'distilled student', or ``RETURNED_ALONE`` when method auto chose the student
+        alone (it was trained without the teacher, so calling it distilled would contradict the selection)."""
+        return RETURNED_ALONE if self.selection is not None and self.selection.student_alone else DISTILLED
+
+    def labelled_comparisons(self) -> dict[str, Comparison]:
+        """``comparisons`` (copies) with the returned student named by ``student_label`` on either side: a report stored
+        before the labels followed the selection said 'teacher − distilled student' of a student trained alone."""
+        label = self.student_label()
+        return {k: c.model_copy(update={"a": label if c.a == DISTILLED else c.a, "b": label if c.b == DISTILLED else c.b})
+                for k, c in (self.comparisons or {}).items()}
+
+
+DISTILLED = "distilled student"
+"""The returned student's name in comparisons when it was distilled."""
+RETURNED_ALONE = "returned student (trained alone)"
+"""The returned student's name in comparisons and on the report page when method auto chose the student alone."""
+
 
 # ---------------------------------------------------------------------------------------------------- text tasks
 

@@ -78,7 +78,7 @@ def _tensor_view(r: ClassificationReport) -> dict[str, Any]:
     base = [_Column("student alone", r.baseline.val_top1, r.baseline.parameters or s.parameters, s.bytes, s.flops_per_sample,
                     s.latency_ms, r.baseline.val_top1_interval)] if r.baseline else []
     models = [_Column("teacher", t.val_top1, t.parameters, t.bytes, t.flops_per_sample, t.latency_ms, t.val_top1_interval), *base,
-              _Column("distilled student", s.val_top1, s.parameters, s.bytes, s.flops_per_sample, s.latency_ms,
+              _Column(r.student_label(), s.val_top1, s.parameters, s.bytes, s.flops_per_sample, s.latency_ms,
                       s.val_top1_interval),
               *[_Column(name, v.val_top1, v.parameters, v.bytes, None, v.latency_ms) for name, v in extras]]
     rows = [["validation top-1", *[_pct(m.val_top1) for m in models]]]
@@ -98,7 +98,7 @@ def _tensor_view(r: ClassificationReport) -> dict[str, Any]:
               ("agreement with the teacher", _pct(r.agreement)), ("mean KL(teacher ‖ student)", _num(r.mean_kl))]
     if r.distillation_gain_points is not None:
         ratios.append(("distillation gain (distilled − alone)", f"{r.distillation_gain_points:+.2f} points"))
-    for c in (r.comparisons or {}).values():
+    for c in r.labelled_comparisons().values():
         ratios.append((f"{c.a} − {c.b} (paired, {c.rows:,} rows)", _comparison(c)))
     if r.cache:
         ratios.append(("teacher outputs cached", str(r.cache.teacher_outputs)))

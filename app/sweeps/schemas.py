@@ -40,7 +40,8 @@ class SweepObject(BaseModel):
     name: str | None = Field(None, description="The spec's name.")
     status: str = Field(..., description="running, succeeded, failed or cancelled.")
     stop_reason: str | None = Field(None, description="Why no more trials were created: max_trials, max_runtime_s, "
-                                                      "search_space_exhausted, cancelled.")
+                                                      "search_space_exhausted, cancelled, invalid_search_space (sampled values that do not make a valid job spec "
+                                                      "together; the sweep fails, its error says which).")
     error: str | None = Field(None, description="Why the sweep failed, when it did.")
     created_at: datetime = Field(..., description="When it was created (UTC).")
     finished_at: datetime | None = Field(None, description="When it ended (UTC).")

@@ -18,7 +18,7 @@ class Sweep(Base):
     its Optuna study in the service's database (Optuna's RDB storage). ``version``: bumped by every scheduler step
     (a compare-and-set: of processes racing to advance a sweep, one wins each step). ``front``: the non-dominated
     trials' summary once finished. ``stop_reason``: why it stopped creating trials (max_trials, max_runtime_s,
-    search_space_exhausted, cancelled)."""
+    search_space_exhausted, cancelled, invalid_search_space)."""
 
     __tablename__ = "sweeps"
 

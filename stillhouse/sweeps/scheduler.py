@@ -44,6 +44,7 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
+from pydantic import ValidationError
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -316,8 +317,12 @@ def _step(sessions: sessionmaker[Session], settings: Settings, sweep_id: str) ->
             if room > 0:  # trials are jobs of the tenant: never past its live-job limit (the tenant lock, as POST /v1/jobs)
                 room = min(room, free_job_slots(s, sweep.tenant_id, settings) if lock_tenant_row(s, sweep.tenant_id) else 0)
             for _ in range(max(0, room)):
-                created.append(_new_trial(s, sweep, spec, study))
-            if sweep.trials_created >= spec.budget.max_trials:
+                try:
+                    created.append(_new_trial(s, sweep, spec, study))
+                except UnbuildableTrial as e:  # values that pass alone but not together: stop, saying which
+                    sweep.stop_reason, sweep.error_message = INVALID_SEARCH_SPACE, str(e)
+                    break
+            if sweep.stop_reason is None and sweep.trials_created >= spec.budget.max_trials:
                 sweep.stop_reason = "max_trials"
         if not live and not created and sweep.stop_reason is not None:
             _finish(s, sweep, spec, study)
@@ -344,11 +349,30 @@ def _tell_finished(s: Session, spec: SweepSpec, study: optuna.Study, trials: lis
         t.told = True
 
 
+INVALID_SEARCH_SPACE = "invalid_search_space"
+"""``stop_reason`` of a sweep whose sampled values made a job spec that does not validate (the sweep then fails)."""
+
+
+class UnbuildableTrial(ValueError):
+    """A sampled trial whose job spec does not validate: each dimension's edge values are checked alone at creation,
+    but some values only fail together (``method.name: hard_label`` with a sampled ``method.temperature``)."""
+
+
 def _new_trial(s: Session, sweep: Sweep, spec: SweepSpec, study: optuna.Study) -> tuple[str, str]:
-    """Ask Optuna for a trial and add its job (queued, unsent) and row to ``s``; returns (job id, queue)."""
+    """Ask Optuna for a trial and add its job (queued, unsent) and row to ``s``; returns (job id, queue). Raises
+    ``UnbuildableTrial`` (the Optuna trial told failed, nothing added) when the sampled values make an invalid job
+    spec."""
     trial = study.ask(distributions(spec))
     values = decode(spec, trial.params)
-    job_spec = JobSpec.model_validate(trial_spec(spec, values, f"{spec.name or sweep.id} trial {trial.number}"))
+    try:
+        job_spec = JobSpec.model_validate(trial_spec(spec, values, f"{spec.name or sweep.id} trial {trial.number}"))
+    except ValidationError as e:
+        study.tell(trial, state=TrialState.FAIL)
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(spec)"
+        raise UnbuildableTrial(f"trial {trial.number}'s values {json.dumps(values, default=str)} do not make a valid job "
+                               f"spec ({where}: {first['msg']}): the search space combines values that do not go together; "
+                               "search them in separate sweeps") from e
     spec_json = job_spec.model_dump(mode="json")
     job = Job(id=new_id("job"), tenant_id=sweep.tenant_id, name=job_spec.name, status=states.QUEUED, spec=spec_json, attempt=0,
               queue=queue_for(spec_json), job_metadata={"sweep_id": sweep.id, "trial": str(trial.number)}, sweep_id=sweep.id)
@@ -390,8 +414,8 @@ def _finish(s: Session, sweep: Sweep, spec: SweepSpec, study: optuna.Study) -> N
     sweep.front = front_rows(s, sweep, spec, study)
     sweep.finished_at = sweep.finished_at or utcnow()
     if sweep.status == RUNNING:
-        sweep.status = SUCCEEDED if sweep.front else FAILED
-        if not sweep.front:
+        sweep.status = SUCCEEDED if sweep.front and sweep.stop_reason != INVALID_SEARCH_SPACE else FAILED
+        if not sweep.front and not sweep.error_message:
             sweep.error_message = "no trial completed"
     outbox.sweep_finished(s, sweep.id, sweep.tenant_id, sweep.status, len(sweep.front))
 

@@ -13,9 +13,9 @@ import itertools
 import json
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer, field_validator, model_validator
 
-from distill.method_params import dict_keys_as_property_names
+from distill.method_params import NO_NUL, dict_keys_as_property_names
 from distill.spec import JobSpec, SelectionSpec
 
 
@@ -156,7 +156,7 @@ class SweepSpec(_Strict):
     dimension}), ``objectives`` (which scores, each up or down; 1 to 3), ``sampler``, ``budget`` and the ``selection``
     split trials are scored on."""
 
-    name: str | None = Field(None, max_length=200, description="A label for the sweep.")
+    name: str | None = Field(None, max_length=200, pattern=NO_NUL, description="A label for the sweep (no NUL character).")
     base: JobSpec = Field(..., description="The job spec every trial starts from, as for POST /v1/jobs (validated as one; "
                           "trials start from it as the user wrote it, see base_json).")
     _base_json: dict[str, Any] = PrivateAttr(default_factory=dict)
@@ -176,6 +176,16 @@ class SweepSpec(_Strict):
     def _dump_base(self, base: JobSpec) -> dict[str, Any]:
         """Stored and shown as written (``base_json``)."""
         return copy.deepcopy(self._base_json)
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name_without_nul(cls, name: Any) -> Any:
+        """A NUL character in the name is refused (422 naming ``name``): every trial's job is named after the sweep, and
+        a job name may not hold one (PostgreSQL text cannot store it), so such a sweep would be stored and then never
+        start a trial. Raises ValueError."""
+        if isinstance(name, str) and "\x00" in name:
+            raise ValueError("'name' contains a NUL character (\\u0000); trials are jobs named after the sweep")
+        return name
 
     @property
     def base_json(self) -> dict[str, Any]:

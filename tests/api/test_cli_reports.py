@@ -103,6 +103,8 @@ async def test_cli_report_shows_every_stored_shape(http_url, stored_jobs, monkey
             f"{100 * b.val_top1_interval[1]:.2f}%]") in text and "distilled student − student alone" in text
     chosen, r = " ".join(_cli(http_url, "report", ids["classification_auto"]).split()), parse_report(STORED["classification_auto"])
     assert f"method auto chose {r.selection.chosen}" in chosen and "candidates (selection top-1)" in chosen
+    assert r.selection.student_alone and "distilled student" not in chosen  # trained alone: never called distilled
+    assert "teacher − returned student (trained alone)" in chosen
     assert all(c.name in chosen for c in r.selection.candidates) and "selection cost" in chosen
     assert f"selection split {r.selection.selection_rows:,} labelled training rows; candidates trained on" in chosen
     raw = json.loads(_cli(http_url, "report", ids["classification_early"], "--json"))

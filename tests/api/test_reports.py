@@ -145,6 +145,11 @@ async def test_stored_report_is_served_and_rendered(api, tmp_path, name):
         sel = typed.selection
         assert "method auto chose" in page
         assert sel.chosen in page and all(f"candidate {c.name}" in page for c in sel.candidates)
+        # the student alone won: the returned student is named so in the table and in both comparisons, never
+        # 'distilled student' (the stored report still says 'teacher − distilled student')
+        assert sel.student_alone and r["comparisons"]["teacher_vs_student"]["b"] == "distilled student"
+        assert "distilled student" not in page and "<th>returned student (trained alone)</th>" in page
+        assert "teacher − returned student (trained alone) (paired" in page
         assert f"{sel.selection_rows:,} labelled training rows; candidates trained on {sel.candidate_training_rows:,}" in page
         assert f"{sel.steps_fraction:.0%} of the job&#39;s training steps" in page or f"{sel.steps_fraction:.0%} of the job's training steps" in page
 

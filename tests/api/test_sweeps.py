@@ -179,6 +179,36 @@ async def test_bad_base_and_grid_over_floats_are_422(api, teacher_id):  # noqa: 
     assert _no_sweeps()
 
 
+async def test_a_nul_character_in_the_sweeps_name_is_422_and_stores_nothing(api, teacher_id):  # noqa: F811
+    """Trials are jobs named after the sweep and a job name may hold no NUL: such a sweep used to be stored, answer 500
+    and never start a trial (each repair pass failing on its first trial's name)."""
+    err = assert_error(await api.post("/v1/sweeps", json=sweep_body(teacher_id, name="a\x00b")), 422, "invalid_request")
+    assert err["param"] == "name" and "NUL" in err["message"], err
+    assert _no_sweeps()
+
+
+async def test_values_that_only_fail_together_fail_the_sweep_saying_which(api, teacher_id):  # noqa: F811
+    """Each dimension's edge values are checked alone at creation; ``method.name: hard_label`` with a sampled
+    ``method.temperature`` only fails together (hard_label has no temperature). Such a sweep used to answer 500, stay
+    ``running`` with no trial and fail every repair pass; now it fails at once, its error naming the trial's values and
+    the field, and its stop reason ``invalid_search_space``."""
+    from stillhouse.sweeps import scheduler
+
+    base = spec_for(teacher_id)
+    base["method"] = {"name": "kd"}
+    space = {"method.name": {"type": "categorical", "choices": ["hard_label"]},
+             "method.temperature": {"type": "float", "low": 1.0, "high": 8.0}}
+    resp = await api.post("/v1/sweeps", json=sweep_body(teacher_id, base=base, search_space=space))
+    assert resp.status_code == 201, resp.text
+    sw = resp.json()
+    assert sw["status"] == "failed" and sw["stop_reason"] == "invalid_search_space", sw
+    assert "trial 0's values" in sw["error"] and "method.hard_label.temperature" in sw["error"], sw["error"]
+    assert _jobs(sw["id"]) == []
+    assert scheduler.advance(sw["id"]) == []  # a later pass has nothing to do and raises nothing
+    again = (await api.get(f"/v1/sweeps/{sw['id']}")).json()
+    assert (again["status"], again["error"]) == ("failed", sw["error"])
+
+
 def _no_sweeps() -> bool:
     from stillhouse.db import session_factory
     from stillhouse.models import Job, Sweep

@@ -94,6 +94,8 @@ def test_student_alone_wins_and_is_returned(tmp_path):
     assert sel["student_alone"] is True and sel["chosen"].startswith(auto.ALONE) and sel["chosen_method"] is None
     assert r["training"]["method_detail"]["name"] == "ce"  # trained on the labels alone
     assert "trained without the teacher" in r["summary"]
+    vs, ts = r["comparisons"]["distilled_vs_alone"], r["comparisons"]["teacher_vs_student"]
+    assert vs["a"] == ts["b"] == "returned student (trained alone)"  # not 'teacher − distilled student'
     # the returned student is the student alone: the baseline is that same training, not run twice
     if sel["chosen_lr"] == spec.training.optimizer.lr:
         assert r["baseline"]["val_top1"] == r["student"]["val_top1"] and result.baseline_student is not None

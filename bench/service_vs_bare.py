@@ -238,7 +238,8 @@ def main() -> None:
         make_teacher(teacher)
     same = service_layout(teacher)
     other = "contiguous" if same == "channels_last" else "channels_last"
-    print(f"the service runs this teacher {same}; the bare loop runs both {same} (equal work) and {other}", flush=True)
+    print(f"the service runs this teacher {same}; the bare loop runs " + (f"both {same} (equal work) and {other}" if args.layouts == "both"
+          else f"{same} (equal work) only"), flush=True)
     svc = Service()
     try:
         teacher_id = svc.client.upload(teacher, "teacher").id
@@ -262,7 +263,8 @@ def main() -> None:
     bc, oc, sc = (statistics.median(r[k] for r in rows) for k in (6, 7, 8))
     print(f"\nmedian over {args.repeats} alternating runs, {args.epochs} epochs of mnist5k, 1 torch thread each:")
     print(f"  bare loop, teacher {same:14}: {b:7.2f} s  top-1 {100 * statistics.median(r[3] for r in rows):.2f}%")
-    print(f"  bare loop, teacher {other:14}: {o:7.2f} s  top-1 {100 * statistics.median(r[4] for r in rows):.2f}%")
+    if args.layouts == "both":
+        print(f"  bare loop, teacher {other:14}: {o:7.2f} s  top-1 {100 * statistics.median(r[4] for r in rows):.2f}%")
     print(f"  service job                    : {s:7.2f} s  top-1 {100 * statistics.median(r[5] for r in rows):.2f}%  "
           "(POST /v1/jobs -> succeeded, incl. evaluation, latency, ONNX export)")
     print(f"  ratio service/bare, equal layout ({same}): {s / b:.3f}  (median of per-run ratios "
@@ -270,7 +272,8 @@ def main() -> None:
     st = statistics.median(r[9] for r in rows)
     print(f"  service training phase only     : {st:7.2f} s  ratio to bare {same}: {st / b:.3f} (median of per-run ratios "
           f"{statistics.median(r[9] / r[0] for r in rows):.3f}; the bare figure also includes its data and teacher load)")
-    print(f"  ratio service/bare, bare {other}: {s / o:.3f}  (median of per-run ratios {statistics.median(r[2] / r[1] for r in rows):.3f})")
+    if args.layouts == "both":
+        print(f"  ratio service/bare, bare {other}: {s / o:.3f}  (median of per-run ratios {statistics.median(r[2] / r[1] for r in rows):.3f})")
     print(f"  CPU seconds (every process of the service: API, worker, its child; less sensitive to a busy machine): bare {same} "
           f"{bc:.1f}, bare {other} {oc:.1f}, service {sc:.1f}; ratios {sc / bc:.3f} (equal layout) / {sc / oc:.3f}")
     jc, rc = (statistics.median(r[k] for r in rows) for k in (10, 11))

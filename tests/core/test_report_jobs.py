@@ -38,8 +38,11 @@ def test_classification_job_stores_its_validated_report(teacher_file, tmp_path):
     assert r.compression_ratio == round(r.teacher.bytes / r.student.bytes, 2)
     assert r.parameter_ratio == round(r.teacher.parameters / r.student.parameters, 2)
     assert set(r.speedup) == {"1", "16"} and r.speedup["1"] == round(r.teacher.latency_ms["1"].p50 / r.student.latency_ms["1"].p50, 2)
-    assert r.top1_drop_points == round((r.teacher.val_top1 - r.student.val_top1) * 100, 2)
-    assert r.distillation_gain_points == round((r.student.val_top1 - r.baseline.val_top1) * 100, 2)
+    # the drop and gain are the paired comparisons' exact differences, within a rounding step of the 4-decimal top-1s'
+    assert r.top1_drop_points == r.comparisons["teacher_vs_student"].difference_points
+    assert r.distillation_gain_points == r.comparisons["distilled_vs_alone"].difference_points
+    assert abs(r.top1_drop_points - (r.teacher.val_top1 - r.student.val_top1) * 100) <= 0.011
+    assert abs(r.distillation_gain_points - (r.student.val_top1 - r.baseline.val_top1) * 100) <= 0.011
     assert r.baseline.epochs == 2 and r.baseline.parameters == r.student.parameters
     assert r.quantized.artifact == "student_int8.pt" and r.quantized.device == "cpu" and r.pruned is None
     assert r.cache.teacher_outputs and r.cache.teacher_passes_saved == r.data.train  # 2 epochs, computed once
@@ -126,8 +129,9 @@ def test_text_classification_baseline_has_error_bars(tiny_bert_classifier_dir, r
     n, b = r.data.validation.rows, r.baseline
     a_ok, s_ok = round(b.val_top1 * n), round(r.student_top1 * n)
     assert b.method and b.epochs == 2 and b.steps == r.training.steps and b.parameters == r.student.parameters
-    assert b.val_top1_interval == _wilson(a_ok, n) and r.distillation_gain_points == round(100 * (r.student_top1 - b.val_top1), 2)
     vs = r.comparisons["distilled_vs_alone"]
+    assert b.val_top1_interval == _wilson(a_ok, n) and r.distillation_gain_points == vs.difference_points
+    assert abs(r.distillation_gain_points - 100 * (r.student_top1 - b.val_top1)) <= 0.011  # within a 4-decimal rounding step
     assert (vs.a, vs.b, vs.rows) == ("distilled student", "student alone", n) and vs.a_only - vs.b_only == s_ok - a_ok
     assert ("No measurable difference" in r.summary) == (vs.verdict == "no measurable difference")
     assert "baseline_training" in r.wall_time_s and [e for e in rep.events if e[0] == "baseline_started"]

@@ -95,7 +95,8 @@ def test_cli_submit_wait_exit_codes_json_and_no_wasted_uploads(pipeline, digits_
     res = _cli(pipeline, "submit", str(tmp_path / "fail.json"), "--wait", "--json")
     assert res.returncode == 1 and json.loads(res.stdout)["status"] == "failed" and json.loads(res.stdout)["error"]["code"], res.stderr
 
-    slow = spec(job["spec"]["teacher"]["file_id"], **{"training.epochs": 50})
+    # long enough that it is still running when the cancel arrives (50 epochs of digits could end first on a quiet machine)
+    slow = spec(job["spec"]["teacher"]["file_id"], **{"training.epochs": 5_000})
     (tmp_path / "slow.json").write_text(json.dumps(slow))
     res = _cli(pipeline, "submit", str(tmp_path / "slow.json"), "--wait", "--timeout", "1", "--json")
     assert res.returncode == 4 and "has not ended after 1 s" in res.stderr

@@ -14,6 +14,7 @@ silent reporter: rank 0 alone records metrics, events and checkpoints and evalua
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import traceback
@@ -22,6 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
 
 from ..errors import DistillError, StopRequested
 from ..reporter import MetricRow
@@ -41,7 +44,6 @@ MODULE = "distill.lm.parallel"
 
 def save_rows(rows: Rows, path: Path) -> None:
     """``rows`` as safetensors: ``ids`` (int64) and ``mask`` (uint8) of all rows concatenated, ``offsets [rows + 1]``."""
-    from safetensors.torch import save_file
 
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(r) for r in rows.ids])
@@ -52,7 +54,6 @@ def save_rows(rows: Rows, path: Path) -> None:
 
 def load_rows(path: Path) -> Rows:
     """The ``Rows`` ``save_rows`` wrote (without ``stats``)."""
-    from safetensors.torch import load_file
 
     t = load_file(str(path))
     ids, mask, off = t["ids"].numpy(), t["mask"].numpy(), t["offsets"].numpy()
@@ -143,7 +144,6 @@ def run_helper(handoff: dict[str, Any], rank: int) -> None:
 
 
 def _joined() -> bool:
-    import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized()
 
@@ -151,7 +151,6 @@ def _joined() -> bool:
 def main(argv: list[str]) -> int:
     """Entry point of a helper rank: ``<handoff.json> <rank>``. Exit status 0 after training or an agreed stop, 1 on
     an error (its traceback goes to the rank's log, whose last line rank 0 quotes)."""
-    import json
 
     handoff, rank = json.loads(Path(argv[0]).read_text()), int(argv[1])
     die_with_parent(int(handoff["parent_pid"]))

@@ -25,6 +25,7 @@ the last line of its log (``workdir/parallel-rank<r>.log``). Each helper asks fo
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import json
 import os
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 
 from ..errors import DistillError, StopRequested, first_line
 
@@ -64,7 +66,6 @@ def check_devices(n: int, device: torch.device) -> None:
     """Refuse ``training.devices = n`` when this worker cannot run ``n`` ranks on ``device``: on CUDA at most
     ``torch.cuda.device_count()`` (one GPU per rank, NCCL); on the CPU at most its usable cores (one gloo process
     each). Raises ``DistillError('invalid_spec', param='training.devices')``; ``n == 1`` always passes."""
-    import torch.distributed as dist
 
     if n == 1:
         return
@@ -111,14 +112,12 @@ class Parallel:
 
     def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """In-place all-reduce of ``t`` (on ``device``) with ``op`` 'sum' or 'max'; returns ``t``."""
-        import torch.distributed as dist
 
         dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
         return t
 
     def broadcast_text(self, text: str | None) -> str:
         """Rank 0's ``text`` on every rank (UTF-8 bytes in two broadcasts; no pickle). Others pass None."""
-        import torch.distributed as dist
 
         data = (text or "").encode() if self.is_main else b""
         size = torch.tensor([len(data)], dtype=torch.int64, device=self.device)
@@ -142,7 +141,6 @@ def die_with_parent(parent_pid: int) -> None:
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(Exception):
-        import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     if os.getppid() != parent_pid:
@@ -185,7 +183,6 @@ class RankGroup:
 
     def start(self, handoff: dict[str, Any]) -> Parallel:
         """Start the helpers and join them (see the class docstring); returns rank 0's ``Parallel``."""
-        import torch.distributed as dist
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         backend = backend_for(self.device)
@@ -271,7 +268,6 @@ class RankGroup:
     def close(self, ok: bool) -> None:
         """Let the helpers exit (``ok``: up to ``FINISH_GRACE_S``; else ``EXIT_GRACE_S``), terminate those left, leave the
         process group and restore rank 0's thread count. Never raises."""
-        import torch.distributed as dist
 
         deadline = time.monotonic() + (FINISH_GRACE_S if ok else EXIT_GRACE_S)
         for p in self.procs.values():
@@ -299,7 +295,6 @@ class RankGroup:
 def join_as_helper(handoff: dict[str, Any], rank: int) -> Parallel:
     """In a helper (rank ≥ 1), once the caller loaded its inputs: tell rank 0 it is ready, join the process group;
     returns its ``Parallel``. Raises what ``torch.distributed`` raises when rank 0 is gone."""
-    import torch.distributed as dist
 
     store = dist.TCPStore("127.0.0.1", int(handoff["port"]), int(handoff["world"]), is_master=False,
                           timeout=datetime.timedelta(seconds=PG_TIMEOUT_S))
@@ -314,7 +309,6 @@ def join_as_helper(handoff: dict[str, Any], rank: int) -> Parallel:
 
 def leave() -> None:
     """Leave the process group (a helper at its end). Never raises."""
-    import torch.distributed as dist
 
     with contextlib.suppress(Exception):
         if dist.is_initialized():

@@ -170,7 +170,11 @@ def test_a_job_delivered_twice_runs_once(cluster, digits_teacher, backend_sessio
     cl.start_worker("w2")
     c = cl.client
     teacher = c.upload(digits_teacher, "teacher")
-    job = c.create_job(spec(teacher.id, **LONG))
+    # 150 epochs (3,450 steps, about 15 s of training on a quiet machine): LONG's 40 can finish in about 2 s there,
+    # before Redis redelivers the message (visibility 2 s + a restore scan every second), and the second delivery
+    # then finds only a finished job (CI saw that as a timeout waiting for the second delivery)
+    epochs = 150
+    job = c.create_job(spec(teacher.id, **{**LONG, "training.epochs": epochs}))
     wait_for(lambda: (c.get_job(job.id).progress.epoch or 0) >= 1, 120, "training")
     if not redis:
         from stillhouse.jobs.queue import enqueue_job
@@ -183,7 +187,7 @@ def test_a_job_delivered_twice_runs_once(cluster, digits_teacher, backend_sessio
     assert [e.data["status"] for e in c.events(job.id) if e.type == "status"] == ["queued", "running", "succeeded"]
     assert len(c.events(job.id)) == len({e.id for e in c.events(job.id)})
     assert [e.type for e in c.events(job.id)].count("phase") == 5
-    assert_one_continuous_history(c, job.id, 40)
+    assert_one_continuous_history(c, job.id, epochs)
 
 
 def test_whole_worker_killed_then_a_new_worker_resumes_the_job(cluster, digits_teacher):

@@ -30,10 +30,14 @@ class QueueCluster(Cluster):
             self.env = shared
 
     def worker_rows(self) -> list[Worker]:
+        """The rows of this cluster's workers (those consuming its CPU or GPU queue), oldest first. The session's
+        database is shared by the module's tests and may still hold rows of workers other tests killed with
+        SIGKILL (such a row stays until it is seen stale), so rows of other queues are left out."""
         from stillhouse.db import session_factory
 
+        mine = {self.env["STILLHOUSE_QUEUE"], self.gpu_queue}
         with session_factory(self.settings)() as s:
-            return list(s.scalars(select(Worker).order_by(Worker.started_at)))
+            return [w for w in s.scalars(select(Worker).order_by(Worker.started_at)) if mine & set(w.queues or [])]
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ distilled perplexity below the alone student's at the same budget, decode >= 2.5
 side by side: one epoch reading the cache against one epoch running the teacher online (target <= 0.4x the wall), and
 the cache's bytes per token against full-vocabulary logits.
 
-    .venv/bin/python bench/lm_smollm2.py --core [--layers 8] [--train 1200] [--epochs 1] [--threads 2]
-    .venv/bin/python bench/lm_smollm2.py        # through the service (API + worker, real HTTP)
+    .venv/bin/python bench/lm_smollm2.py --core [--layers 6] [--train 600] [--epochs 2] [--threads 2]
+    .venv/bin/python bench/lm_smollm2.py [--rounds 2]   # through the service (API + worker, real HTTP)
 
 ``--core`` runs the recipe on the core's building blocks (``distill.lm``) with a bare loop of a few lines (teacher
 online or from the top-k cache); without it the same recipe is submitted as jobs through the service, which needs the
@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -32,6 +33,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 sys.path.insert(0, str(ROOT))
+
+
+# The narrower fresh student of the second side-by-side: SmolLM2's head width (64) and 3 heads (its 3 key-value heads)
+NARROW = {"hidden_size": 192, "intermediate_size": 512, "num_attention_heads": 3}
 
 
 def teacher_path(given: Path | None = None) -> Path:
@@ -154,8 +159,10 @@ def core_run(a: argparse.Namespace) -> dict:
 
 
 def service_run(a: argparse.Namespace) -> dict:
-    """The recipe as jobs through the service: a KD job with the cache and the alone baseline, then one epoch with
-    the cache off for the side-by-side. Returns the reports."""
+    """The recipe as jobs through the service: a KD job with the cache and the alone baseline, then ``a.rounds`` pairs
+    of one-epoch jobs side by side, one reading the top-k cache and one running the teacher online, their order
+    alternating from pair to pair (cache first, then online first, ...) so that a machine getting busier or quieter
+    during the run does not favour one side. Returns the reports and walls (seconds)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -173,23 +180,46 @@ def service_run(a: argparse.Namespace) -> dict:
     from client import Stillhouse
 
     c = Stillhouse(f"http://127.0.0.1:{port}", timeout=600)
-    reports = {}
+    out: dict = {}
+
+    def run(name: str, spec: dict) -> dict:
+        t0 = time.perf_counter()
+        job = c.wait(c.create_job(spec).id, timeout_s=7200)
+        if job.status != "succeeded":
+            raise SystemExit(f"job {name} {job.status}: {job.error}")
+        r = {"job_id": job.id, "report": c.report(job.id).model_dump(mode="json"), "wall_s": time.perf_counter() - t0}
+        print(f"  {name}: job {job.id} succeeded in {r['wall_s']:.0f} s", flush=True)
+        return r
+
+    def one_epoch(cache: str, narrow: bool = False) -> dict:
+        spec = service_spec(teacher.id, data.id, a, baseline=False, cache=cache)
+        if narrow:
+            spec["student"] = {"from_teacher": {"num_layers": a.layers, **NARROW}}
+        return run(f"one epoch, cache {cache}{', narrow student' if narrow else ''}", {**spec, "training": {**spec["training"], "epochs": 1}})
+
+    def pairs(n: int, narrow: bool) -> list[dict]:
+        done = []
+        for i in range(n):
+            order = ("on", "off") if i % 2 == 0 else ("off", "on")
+            pair = {side: one_epoch(side, narrow) for side in order}
+            done.append({side: {"job_id": pair[side]["job_id"], "wall_s": pair[side]["wall_s"],
+                                "training_time_s": pair[side]["report"]["training"]["training_time_s"],
+                                "cache_seconds": pair[side]["report"]["cache"]["cache_seconds"],
+                                "student_parameters": pair[side]["report"]["student"]["parameters"]} for side in ("on", "off")})
+        return done
+
     try:
         c.wait_ready(timeout_s=120)
         teacher, data = c.upload(teacher_path(a.teacher), "teacher"), c.upload(jsonl, "dataset")
-        for name, spec in (("kd", service_spec(teacher.id, data.id, a, baseline=True, cache="on")),
-                           ("online_epoch", {**service_spec(teacher.id, data.id, a, baseline=False, cache="off"),
-                                             "training": {**service_spec(teacher.id, data.id, a, baseline=False, cache="off")["training"], "epochs": 1}})):
-            t0 = time.perf_counter()
-            job = c.wait(c.create_job(spec).id)
-            if job.status != "succeeded":
-                raise SystemExit(f"job {name} {job.status}: {job.error}")
-            reports[name] = {"job_id": job.id, "report": c.report(job.id).model_dump(mode="json"), "wall_s": time.perf_counter() - t0}
+        if not a.no_kd_job:
+            out["kd"] = run("kd (cache on, with the alone baseline)", service_spec(teacher.id, data.id, a, baseline=True, cache="on"))
+        out["side_by_side"] = pairs(a.rounds, narrow=False)
+        out["side_by_side_narrow"] = pairs(a.narrow_rounds, narrow=True)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
         log.close()
-    return reports
+    return out
 
 
 def _ppl(p: dict) -> str:
@@ -224,9 +254,9 @@ def print_core(r: dict) -> None:
     print(f"  walls (s)          {json.dumps({k: round(v, 1) for k, v in w.items()})}")
 
 
-def print_service(r: dict) -> None:
-    """The figures of a service run (the kd job's report, and the online-teacher epoch's) against the targets."""
-    kd, on = r["kd"]["report"], r["online_epoch"]["report"]
+def _print_kd(r: dict) -> None:
+    """The kd job's figures against the targets."""
+    kd = r["kd"]["report"]
     p, ag, t, s, c = kd["perplexity"], kd["agreement"], kd["teacher"], kd["student"], kd["cache"]
     print(f"\nthrough the service: {t['layers']}-layer teacher -> {s['layers']}-layer student; {kd['data']['train_rows']} packed rows "
           f"({kd['data']['train_target_tokens']:,} target tokens) / {kd['data']['validation']['rows']} held-out sentences "
@@ -244,32 +274,58 @@ def print_service(r: dict) -> None:
           f"speedup {dec:.2f}x (target >= 2.5) {'OK' if dec >= 2.5 else 'MISSED'}")
     print(f"  prefill tokens/s   teacher {t['speed']['prefill_tokens_per_s']:.1f}   student {s['speed']['prefill_tokens_per_s']:.1f}   "
           f"speedup {kd['speedup']['prefill']:.2f}x")
-    cached_s, online_s = kd["training"]["training_time_s"] / kd["training"]["epochs"], on["training"]["training_time_s"]
-    er = cached_s / online_s
-    print(f"  epoch wall         cache {cached_s:.1f} s   online teacher {online_s:.1f} s   ratio {er:.2f} (target <= 0.4) "
-          f"{'OK' if er <= 0.4 else 'MISSED'}; the cache took {c['cache_seconds']:.1f} s to build once")
-    print(f"  cache              {c['bytes_per_token']} bytes/token vs {c['full_logits_bytes_per_token']:,} (float16 logits), "
-          f"{c['full_logits_bytes_per_token'] / c['bytes_per_token']:.0f}x smaller; KL(full || cached) on held-out tokens "
-          f"mean {c['kl_mean_nats']:.4f} nats (p95 {c['kl_p95_nats']:.4f}), mass outside the top-k {c['rest_mass_mean']:.4f}")
-    print(f"  job walls (s)      kd job {r['kd']['wall_s']:.0f} ({json.dumps(kd['wall_time_s'])}), online-epoch job "
-          f"{r['online_epoch']['wall_s']:.0f}")
+
+
+def print_service(r: dict) -> None:
+    """The figures of a service run (the kd job's report, and the online-teacher epoch's) against the targets."""
+    if "kd" in r:
+        _print_kd(r)
+    else:
+        print("\nthrough the service (side by side only)")
+    pairs = r["side_by_side"]
+    for label, ps in (("epoch wall", pairs), ("narrow student", r.get("side_by_side_narrow") or [])):
+        if not ps:
+            continue
+        ratios = [p["on"]["training_time_s"] / p["off"]["training_time_s"] for p in ps]
+        er = statistics.median(ratios)
+        print(f"  {label:<18} {len(ps)} pair(s) of one-epoch jobs ({ps[0]['on']['student_parameters']:,}-parameter student), order "
+              f"alternating: cache {statistics.median(p['on']['training_time_s'] for p in ps):.1f} s   online teacher "
+              f"{statistics.median(p['off']['training_time_s'] for p in ps):.1f} s (medians of the training phase)   ratio "
+              f"{er:.2f}, median of per-pair ratios {', '.join(f'{x:.2f}' for x in ratios)} (target <= 0.4) {'OK' if er <= 0.4 else 'MISSED'}")
+    everyone = pairs + (r.get("side_by_side_narrow") or [])
+    if everyone:
+        print(f"                     the cache took {statistics.median(p['on']['cache_seconds'] for p in everyone):.1f} s to build, "
+              "once per job" + (f" (the kd job: {r['kd']['report']['cache']['cache_seconds']:.1f} s for its "
+                                f"{r['kd']['report']['training']['epochs']} epochs)" if "kd" in r else ""))
+    on_walls = ", ".join(f"{p['on']['wall_s']:.0f}" for p in everyone)
+    off_walls = ", ".join(f"{p['off']['wall_s']:.0f}" for p in everyone)
+    if "kd" in r:
+        kd, c = r["kd"]["report"], r["kd"]["report"]["cache"]
+        print(f"  cache              {c['bytes_per_token']} bytes/token vs {c['full_logits_bytes_per_token']:,} (float16 logits), "
+              f"{c['full_logits_bytes_per_token'] / c['bytes_per_token']:.0f}x smaller; KL(full || cached) on held-out tokens "
+              f"mean {c['kl_mean_nats']:.4f} nats (p95 {c['kl_p95_nats']:.4f}), mass outside the top-k {c['rest_mass_mean']:.4f}")
+        print(f"  job walls (s)      kd job {r['kd']['wall_s']:.0f} ({json.dumps(kd['wall_time_s'])})")
+    print(f"  one-epoch jobs (s) cache on {on_walls}; online {off_walls}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--core", action="store_true", help="run on the core's building blocks instead of through the service")
     ap.add_argument("--teacher", type=Path, help="another teacher (a GGUF file or, with --core, an HF folder) instead of SmolLM2")
-    ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--train", type=int, default=1200, help="review sentences used (train + held out)")
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--train", type=int, default=600, help="review sentences used (train + held out)")
     ap.add_argument("--val-fraction", type=float, default=0.2)
-    ap.add_argument("--max-len", type=int, default=128)
-    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--max-len", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--alpha", type=float, default=0.5, help="weight of the KD term (1 - alpha on next-token CE)")
     ap.add_argument("--top-k", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--speed-repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=2, help="pairs of one-epoch jobs (cache on / teacher online) side by side")
+    ap.add_argument("--no-kd-job", action="store_true", help="only the side-by-side pairs")
+    ap.add_argument("--narrow-rounds", type=int, default=1, help="the same pairs with a narrower fresh student (NARROW)")
     a = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -13,10 +13,11 @@ worker's claim, SQL metrics and progress, per-epoch checkpoints, latency measure
 caching is turned off so both sides run the teacher at every step, and so is the baseline pass (the student trained
 alone), which the bare loop does not do); the service's training phase alone (its report's ``wall_time_s.training``)
 is printed beside it as the equal-work figure; the bare loop is timed from loading the teacher
-to the final validation accuracy. Runs alternate (bare at the service's layout, bare at the other layout, service)
-``--repeats`` times; medians and ratios are printed.
+to the final validation accuracy. Runs alternate ``--repeats`` times in ABBA order (service then bare, bare then
+service, ...; "bare" is the bare loop at the service's layout, then at the other layout), after one uncounted 1-epoch
+warm-up job (a fresh service measures a new teacher's latency and FLOPs once, issue 12); medians and ratios are printed.
 
-    .venv/bin/python bench/service_vs_bare.py [--epochs 30] [--repeats 3] [--layouts both|service]
+    .venv/bin/python bench/service_vs_bare.py [--epochs 30] [--repeats 4] [--layouts both|service] [--no-warmup]
 
 Target (issue 9): service / bare <= 1.05 at equal layout, for a job of about a minute on 2 CPU cores.
 """
@@ -227,7 +228,9 @@ def main() -> None:
     """Run the comparison and print the figures."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=4)
+    ap.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                    help="run one uncounted 1-epoch job first (the service measures a new teacher once)")
     ap.add_argument("--layouts", choices=["both", "service"], default="both",
                     help="'service': run the bare loop only in the job's teacher layout (equal work), not also in the other")
     args = ap.parse_args()
@@ -244,16 +247,25 @@ def main() -> None:
     try:
         teacher_id = svc.client.upload(teacher, "teacher").id
         rows = []
+        if args.warmup:  # the first job of a fresh service measures the teacher once (latency, FLOPs: issue 12)
+            w_wall, _, w_rep = svc.run(teacher_id, 1)
+            print(f"warm-up job (1 epoch, not counted): {w_wall:.1f} s, phases {w_rep['wall_time_s']}", flush=True)
         for i in range(args.repeats):
-            b_wall, b_cpu, b_acc = bare(teacher, args.epochs, same)
-            o_wall, o_cpu, o_acc = bare(teacher, args.epochs, other) if args.layouts == "both" else (math.nan,) * 3
+            def bares() -> tuple:
+                return (bare(teacher, args.epochs, same),
+                        bare(teacher, args.epochs, other) if args.layouts == "both" else (math.nan,) * 3)
+
+            if i % 2 == 1:  # ABBA: every other run starts with the service, so a drifting machine favours neither side
+                (b_wall, b_cpu, b_acc), (o_wall, o_cpu, o_acc) = bares()
             c0 = process_cpu_seconds(svc.proc.pid)
             s_wall, s_acc, rep = svc.run(teacher_id, args.epochs)
             job_cpu, rest_cpu = cpu_split(c0, process_cpu_seconds(svc.proc.pid))
+            if i % 2 == 0:
+                (b_wall, b_cpu, b_acc), (o_wall, o_cpu, o_acc) = bares()
             s_cpu = job_cpu + rest_cpu
             rows.append((b_wall, o_wall, s_wall, b_acc, o_acc, s_acc, b_cpu, o_cpu, s_cpu, rep["wall_time_s"]["training"],
                          job_cpu, rest_cpu))
-            print(f"run {i + 1}: bare {same} {b_wall:6.1f} s (CPU {b_cpu:5.1f}; top-1 {100 * b_acc:.2f}%)   bare {other} {o_wall:6.1f} s "
+            print(f"run {i + 1} ({'service first' if i % 2 == 0 else 'bare first'}): bare {same} {b_wall:6.1f} s (CPU {b_cpu:5.1f}; top-1 {100 * b_acc:.2f}%)   bare {other} {o_wall:6.1f} s "
                   f"(CPU {o_cpu:5.1f}; top-1 {100 * o_acc:.2f}%)   service {s_wall:6.1f} s (CPU {s_cpu:5.1f} = job process {job_cpu:5.1f} + "
                   f"API and worker main {rest_cpu:4.1f}; top-1 {100 * s_acc:.2f}%; "
                   f"phases {rep['wall_time_s']})   ratio {s_wall / b_wall:.3f} / {s_wall / o_wall:.3f}", flush=True)

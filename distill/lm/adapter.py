@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..training import TaskAdapter
-from .cache import TopKCache, teacher_logits
+from .cache import TopKCache, teacher_target_logits
 from .data import Rows, batches, collate
-from .losses import targets
+from .losses import target_logits, targets
 from .methods import LMMethod
 
 EVAL_BATCH = 8  # validation rows per no-grad forward pass
@@ -68,13 +68,15 @@ class CausalLM(TaskAdapter):
             return None
         if self.cache is not None:
             return self.cache.for_rows(batch[0].numpy(), self.device)
-        t_sel, _ = targets(teacher_logits(self.teacher, batch[1], batch[2]), batch[1], batch[3])
-        return t_sel.clone()  # a normal tensor (not an inference tensor) for the loss's autograd graph
+        return teacher_target_logits(self.teacher, batch[1], batch[2], batch[3]).clone()  # a normal tensor (not an inference tensor) for the loss's autograd graph
 
     def student_forward(self, batch: Any) -> dict[str, torch.Tensor]:
         """``{'logits': [M, V], 'targets': [M]}``: the student's logits at the target positions and the tokens they predict."""
-        logits = self.forward_module(input_ids=batch[1], attention_mask=batch[2], use_cache=False).logits
-        s_sel, y = targets(logits, batch[1], batch[3])
+        if self.forward_module is self.student:  # the output layer on the target positions only (losses.target_logits)
+            s_sel, y = target_logits(self.student, batch[1], batch[2], batch[3])
+        else:  # through the DistributedDataParallel wrapper's own forward
+            logits = self.forward_module(input_ids=batch[1], attention_mask=batch[2], use_cache=False).logits
+            s_sel, y = targets(logits, batch[1], batch[3])
         return {"logits": s_sel, "targets": y}
 
     def loss_count(self, batch: Any) -> int:
@@ -99,8 +101,8 @@ class CausalLM(TaskAdapter):
         for start in range(0, len(self.val_rows), EVAL_BATCH):
             index = list(range(start, min(start + EVAL_BATCH, len(self.val_rows))))
             ids, att, tgt = collate(self.val_rows, index, self.pad_id, self.device)
-            logits = self.student(input_ids=ids, attention_mask=att, use_cache=False).logits.float()
-            s_sel, y = targets(logits, ids, tgt)
+            s_sel, y = target_logits(self.student, ids, att, tgt)
+            s_sel = s_sel.float()
             nll += float(F.cross_entropy(s_sel, y, reduction="sum"))
             m = int(y.shape[0])
             if self.teacher_val_top1 is not None:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .data import Rows, collate
-from .losses import TopK, cache_bytes_per_token, cache_fidelity_kl, full_logits_bytes_per_token, targets, topk_from_logits
+from .losses import TopK, cache_bytes_per_token, cache_fidelity_kl, full_logits_bytes_per_token, target_logits, topk_from_logits
 
 VALUE_DTYPE = torch.float16
 ID_DTYPE = torch.int32
@@ -106,6 +106,13 @@ def teacher_logits(teacher: nn.Module, ids: torch.Tensor, attention_mask: torch.
         return teacher(input_ids=ids, attention_mask=attention_mask, use_cache=False).logits.float()
 
 
+def teacher_target_logits(teacher: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The teacher's logits at the target positions ``[M, V]`` (float32) under ``inference_mode``
+    (``losses.target_logits``: the output layer on those positions only where the model type allows)."""
+    with torch.inference_mode():
+        return target_logits(teacher, ids, attention_mask, mask)[0].float()
+
+
 def build_cache(teacher: nn.Module, rows: Rows, *, k: int, temperature: float, pad_id: int, batch_size: int = 8,
                 device: torch.device | str = "cpu", fingerprint: str = "",
                 progress: Callable[[int, int], None] | None = None) -> TopKCache:
@@ -124,7 +131,7 @@ def build_cache(teacher: nn.Module, rows: Rows, *, k: int, temperature: float, p
     for start in range(0, n, batch_size):
         index = order[start:start + batch_size]
         ids, att, tgt = collate(rows, index, pad_id, device)
-        logits, _ = targets(teacher_logits(teacher, ids, att), ids, tgt)
+        logits = teacher_target_logits(teacher, ids, att, tgt)
         top = topk_from_logits(logits, k, temperature)
         pos = 0
         for i in index:
@@ -184,11 +191,11 @@ def cache_fidelity(teacher: nn.Module, rows: Rows, *, k: int, temperature: float
     for start in range(0, len(rows), batch_size):
         index = list(range(start, min(start + batch_size, len(rows))))
         ids, att, tgt = collate(rows, index, pad_id, device)
-        logits, _ = targets(teacher_logits(teacher, ids, att), ids, tgt)
+        logits = teacher_target_logits(teacher, ids, att, tgt)
         meter.add(logits)
         if meter.seen >= max_tokens:
             break
     return meter.summary()
 
 
-__all__ = ["FidelityMeter", "TopKCache", "build_cache", "cache_fidelity", "rows_fingerprint", "teacher_logits"]
+__all__ = ["FidelityMeter", "TopKCache", "build_cache", "cache_fidelity", "rows_fingerprint", "teacher_logits", "teacher_target_logits"]

@@ -43,6 +43,28 @@ def targets(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -
     return logits[:, :-1][sel], input_ids[:, 1:][sel]
 
 
+# Model types whose causal-LM forward is exactly ``lm_head(base_model(...).last_hidden_state)`` (no logit scaling or
+# soft-capping after the head), so the head may run on the target positions' hidden states alone
+HEAD_ONLY_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gpt2"})
+
+
+def target_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``targets(model(...).logits, input_ids, mask)``: the target positions' logits ``[M, V]`` and their token ids
+    ``[M]`` for a batch ``[B, T]``. For the model types of ``HEAD_ONLY_MODEL_TYPES`` the output layer runs on the
+    ``M`` selected hidden states only, not on all ``B·T`` positions (the vocabulary projection is most of a small
+    student's step: 49,152 × 576 for SmolLM2), which gives the same logits up to float rounding; other models run
+    their full forward. ``model`` must be the model itself (a ``DistributedDataParallel`` wrapper's forward has to run
+    through the wrapper: call ``targets`` on its logits instead)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    base = getattr(model, "base_model", model)
+    if getattr(getattr(model, "config", None), "model_type", None) not in HEAD_ONLY_MODEL_TYPES or head is None or base is model:
+        return targets(model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits, input_ids, mask)
+    hidden = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    sel = mask[:, 1:].bool()
+    return head(hidden[:, :-1][sel]), input_ids[:, 1:][sel]
+
+
 def _kl(lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
     """``KL(p ‖ q)`` per row from log-probabilities ``[M, K]`` (``-inf`` allowed: a zero-probability bucket of ``p``
     contributes 0, with a zero gradient, never NaN). Returns ``[M]``."""
@@ -77,13 +99,15 @@ def divergence(student_logp: torch.Tensor, teacher_logp: torch.Tensor, kind: str
 
 
 def token_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str = "forward_kl", *,
-                  beta: float = 0.5, temperature: float = 1.0) -> torch.Tensor:
+                  beta: float = 0.5, temperature: float = 1.0, student_logp: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over tokens of ``T² · divergence(softmax(s/T), softmax(t/T))`` for the selected positions' logits
-    ``[M, V]`` of student and teacher (float32 arithmetic whatever their dtype). Returns a scalar; 0 when ``M == 0``."""
+    ``[M, V]`` of student and teacher (float32 arithmetic whatever their dtype). ``student_logp``: the student's
+    ``log_softmax(s / T)`` ``[M, V]`` when the caller has it already (it is not computed again). Returns a scalar; 0
+    when ``M == 0``."""
     if student_logits.shape[0] == 0:
         return student_logits.sum() * 0.0
     t = float(temperature)
-    s = F.log_softmax(student_logits.float() / t, dim=-1)
+    s = student_logp if student_logp is not None else F.log_softmax(student_logits.float() / t, dim=-1)
     p = F.log_softmax(teacher_logits.float() / t, dim=-1)
     return divergence(s, p, kind, beta).mean() * (t * t)
 
@@ -136,25 +160,27 @@ def topk_from_logits(teacher_logits: torch.Tensor, k: int, temperature: float = 
     return TopK(top, ids, rest)
 
 
-def student_buckets(student_logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def student_buckets(student_logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0,
+                    student_logp: torch.Tensor | None = None) -> torch.Tensor:
     """The student's log-probabilities over the teacher's ``k + 1`` buckets ``[M, k + 1]``: its log-probabilities at
     the cached token ids ``[M, k]``, then the log of its mass on every other token (a logsumexp over the vocabulary
-    with the cached ids left out: exact, no subtraction)."""
-    logp = F.log_softmax(student_logits.float() / float(temperature), dim=-1)
+    with the cached ids left out: exact, no subtraction). ``student_logp``: ``log_softmax(student_logits / T)`` when
+    the caller has it already."""
+    logp = student_logp if student_logp is not None else F.log_softmax(student_logits.float() / float(temperature), dim=-1)
     at = logp.gather(-1, ids.long())
     others = logp.scatter(-1, ids.long(), float("-inf"))
     return torch.cat([at, torch.logsumexp(others, dim=-1, keepdim=True)], dim=-1)
 
 
 def cached_kd_loss(student_logits: torch.Tensor, cache: TopK, kind: str = "forward_kl", *, beta: float = 0.5,
-                   temperature: float = 1.0) -> torch.Tensor:
+                   temperature: float = 1.0, student_logp: torch.Tensor | None = None) -> torch.Tensor:
     """``token_kd_loss`` with the teacher read from its top-k cache for the same ``M`` tokens: the divergence over
-    the ``k + 1`` buckets, times ``T²``, mean over tokens. ``temperature`` must be the one the cache was made at.
-    Returns a scalar; 0 when ``M == 0``."""
+    the ``k + 1`` buckets, times ``T²``, mean over tokens. ``temperature`` must be the one the cache was made at;
+    ``student_logp`` as in ``student_buckets``. Returns a scalar; 0 when ``M == 0``."""
     if student_logits.shape[0] == 0:
         return student_logits.sum() * 0.0
     t = float(temperature)
-    return divergence(student_buckets(student_logits, cache.ids, t), cache.buckets(), kind, beta).mean() * (t * t)
+    return divergence(student_buckets(student_logits, cache.ids, t, student_logp), cache.buckets(), kind, beta).mean() * (t * t)
 
 
 def reconstruct(cache: TopK, vocab_size: int) -> torch.Tensor:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DistillError
@@ -93,23 +94,32 @@ class LMMethod(nn.Module):
         return {"name": self.name, "terms": self.term_names, "divergence": self.divergence, "temperature": self.temperature,
                 "alpha": self.alpha, "ce_weight": self.ce_weight, **({"beta": self.beta} if self.divergence == "jsd" else {})}
 
-    def teacher_term(self, student_logits: torch.Tensor, teacher: TeacherView) -> torch.Tensor:
-        """``T² · divergence`` mean over the ``M`` tokens, from full teacher logits ``[M, V]`` or a ``TopK`` cache."""
+    def teacher_term(self, student_logits: torch.Tensor, teacher: TeacherView,
+                     student_logp: torch.Tensor | None = None) -> torch.Tensor:
+        """``T² · divergence`` mean over the ``M`` tokens, from full teacher logits ``[M, V]`` or a ``TopK`` cache.
+        ``student_logp``: the student's ``log_softmax(logits / T)`` ``[M, V]`` when already computed."""
         if isinstance(teacher, TopK):
-            return cached_kd_loss(student_logits, teacher, self.divergence, beta=self.beta, temperature=self.temperature)
+            return cached_kd_loss(student_logits, teacher, self.divergence, beta=self.beta, temperature=self.temperature,
+                                  student_logp=student_logp)
         if teacher is None:
             raise ValueError(f"method {self.name!r} needs the teacher's outputs")
-        return token_kd_loss(student_logits, teacher, self.divergence, beta=self.beta, temperature=self.temperature)
+        return token_kd_loss(student_logits, teacher, self.divergence, beta=self.beta, temperature=self.temperature,
+                             student_logp=student_logp)
 
     def forward(self, student_logits: torch.Tensor, teacher: TeacherView, target_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Weighted terms ``{name: scalar}``: ``alpha · teacher_term`` (when the method has one) and
         ``ce_weight · CE(student, target_ids)`` (when its weight is > 0). ``student_logits [M, V]`` float32,
-        ``target_ids [M]`` int64."""
+        ``target_ids [M]`` int64. At T = 1 both terms read one ``log_softmax`` of the student's logits (the CE is its
+        ``nll_loss``, which is what ``cross_entropy`` computes), not one each."""
         terms: dict[str, torch.Tensor] = {}
+        shared = None
+        if self.needs_teacher and self.ce_weight > 0 and self.temperature == 1.0 and student_logits.shape[0] > 0:
+            shared = F.log_softmax(student_logits.float(), dim=-1)
         if self.needs_teacher:
-            terms[self.name] = self.alpha * self.teacher_term(student_logits, teacher)
+            terms[self.name] = self.alpha * self.teacher_term(student_logits, teacher, shared)
         if self.ce_weight > 0:
-            terms["ce"] = self.ce_weight * next_token_ce(student_logits, target_ids)
+            ce = F.nll_loss(shared, target_ids) if shared is not None else next_token_ce(student_logits, target_ids)
+            terms["ce"] = self.ce_weight * ce
         return terms
 
 

@@ -238,3 +238,28 @@ def test_many_sequence_stats_match_one_model_at_a_time_with_one_teacher_pass(lla
     assert np.allclose(many["teacher"]["nll"], own["nll"], rtol=1e-5) and set(many["teacher"]) == {"nll", "tokens"}
     whole = cache_fidelity(llama, rows, k=8, temperature=1.0, pad_id=pad, batch_size=3)
     assert meter.summary()["kl_mean_nats"] == pytest.approx(whole["kl_mean_nats"], rel=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "other"])
+def test_target_logits_run_the_output_layer_on_the_target_positions_only(family, lm_tokenizer, rows, monkeypatch):
+    """``losses.target_logits`` gives ``targets(model(...).logits)`` (to float rounding) and, for the head-only model
+    types, feeds the output layer the ``M`` target positions' hidden states instead of all ``B·T``; any other model
+    type runs its full forward."""
+    from distill.lm import losses
+    from tests.lm_fixtures import tiny_gpt2, tiny_llama
+
+    model = (tiny_gpt2 if family == "gpt2" else tiny_llama)(len(lm_tokenizer), layers=2)
+    if family == "other":  # a model type not known to end at its output layer (logit scaling, soft-capping)
+        monkeypatch.setattr(losses, "HEAD_ONLY_MODEL_TYPES", frozenset())
+    shapes = []
+    model.get_output_embeddings().register_forward_hook(lambda mod, args, out: shapes.append(tuple(args[0].shape)))
+    index = np.array([0, 3, 5])
+    ids, att, tgt = collate(rows, index, lm_tokenizer.pad_token_id)
+    got, got_y = losses.target_logits(model, ids, att, tgt)
+    want, want_y = targets(model(input_ids=ids, attention_mask=att, use_cache=False).logits, ids, tgt)
+    m = int(tgt[:, 1:].sum())
+    assert got.shape == want.shape == (m, len(lm_tokenizer)) and torch.equal(got_y, want_y)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert shapes[0] == ((m, model.config.hidden_size if family != "gpt2" else model.config.n_embd) if family != "other"
+                         else tuple(ids.shape) + (model.config.hidden_size,))
+    assert m < ids.numel()  # the batch has padding or non-target positions, so the saving is real here

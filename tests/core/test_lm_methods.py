@@ -109,3 +109,28 @@ def test_lm_method_defaults_one_rule_for_spec_and_api():
     assert lm.method.name == "kd" and lm.method.temperature == 1.0
     assert JobSpec.model_validate(lm.model_dump()).method == lm.method
     assert JobSpec.model_validate(base).method.name == "auto"  # task auto: the API resolves it (app.jobs.service)
+
+
+@pytest.mark.parametrize("name", ["kd", "reverse_kl", "gkd"])
+@pytest.mark.parametrize("cached", [False, True])
+def test_at_temperature_one_both_terms_share_one_log_softmax_with_the_same_values_and_gradients(logits, name, cached):
+    """At T = 1 the method computes the student's log-softmax once for the teacher term and the CE; the terms and the
+    gradient must be those of the two separate loss functions."""
+    s, t, y = logits
+    m = build_lm_method(method(name=name, alpha=0.6, **({"beta": 0.3} if name == "gkd" else {})))
+    assert m.temperature == 1.0
+    teacher = topk_from_logits(t, 4, 1.0) if cached else t
+    kind = {"kd": "forward_kl", "reverse_kl": "reverse_kl", "gkd": "jsd"}[name]
+    s1 = s.clone().requires_grad_(True)
+    terms = m(s1, teacher, y)
+    sum(terms.values()).backward()
+    s2 = s.clone().requires_grad_(True)
+    if cached:
+        want_kd = cached_kd_loss(s2, teacher, kind, beta=0.3)
+    else:
+        want_kd = divergence(torch.log_softmax(s2, -1), torch.log_softmax(t, -1), kind, 0.3).mean()
+    want_ce = next_token_ce(s2, y)
+    (0.6 * want_kd + 0.4 * want_ce).backward()
+    assert terms[name].item() == pytest.approx(0.6 * want_kd.item(), rel=1e-6)
+    assert terms["ce"].item() == pytest.approx(0.4 * want_ce.item(), rel=1e-6)
+    assert torch.allclose(s1.grad, s2.grad, atol=1e-7)

@@ -449,15 +449,17 @@ def field_path(loc: tuple[Any, ...] | list[Any]) -> str | None:
 
 
 def _nul_path(value: Any, path: str = "") -> str | None:
-    """The dotted path of the first string (key or value) in ``value`` holding a NUL character, else None."""
+    """Where the first string in ``value`` holding a NUL character is, as the message of the spec's error: ``'<dotted
+    path>: contains a NUL character'`` for a value, ``'<dotted path of its object>: a key contains a NUL character'``
+    for a key (the path never holds the NUL itself, so the API can name it as the error's ``param``); None when there
+    is none."""
     if isinstance(value, str):
-        return path or "(body)" if "\x00" in value else None
+        return f"{path or '(body)'}: contains a NUL character (\\u0000)" if "\x00" in value else None
     if isinstance(value, dict):
         for k, v in value.items():
-            here = f"{path}.{k}" if path else str(k)
             if isinstance(k, str) and "\x00" in k:
-                return here
-            found = _nul_path(v, here)
+                return f"{path or '(body)'}: a key contains a NUL character (\\u0000)"
+            found = _nul_path(v, f"{path}.{k}" if path else str(k))
             if found:
                 return found
     if isinstance(value, (list, tuple)):
@@ -478,7 +480,7 @@ class JobSpec(_Strict):
     def _no_nul(cls, data: Any) -> Any:
         where = _nul_path(data)
         if where:
-            raise ValueError(f"{where!r} contains a NUL character (\\u0000)")
+            raise ValueError(where)
         if isinstance(data, dict) and "embedding" in data:
             raise ValueError("'embedding' moved under the method: give its fields as method: {name: embedding, cosine_weight: ..., "
                              "mse_weight: ..., hidden_layers: [...], ...}")

@@ -160,16 +160,31 @@ def topk_from_logits(teacher_logits: torch.Tensor, k: int, temperature: float = 
     return TopK(top, ids, rest)
 
 
+REST_BY_SUBTRACTION_BELOW = 0.5
+"""Below this mass on the cached ids, the student's rest bucket is ``log1p(−mass)`` (relative error at most about
+2 float32 epsilons there); at or above it, where that subtraction would cancel, an exact logsumexp over the other
+tokens, for those rows only."""
+
+
 def student_buckets(student_logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0,
                     student_logp: torch.Tensor | None = None) -> torch.Tensor:
     """The student's log-probabilities over the teacher's ``k + 1`` buckets ``[M, k + 1]``: its log-probabilities at
-    the cached token ids ``[M, k]``, then the log of its mass on every other token (a logsumexp over the vocabulary
-    with the cached ids left out: exact, no subtraction). ``student_logp``: ``log_softmax(student_logits / T)`` when
-    the caller has it already."""
+    the cached token ids ``[M, k]``, then the log of its mass on every other token. That rest is ``log1p(−mass on the
+    ids)`` for rows whose mass on the ids is below ``REST_BY_SUBTRACTION_BELOW``, and for the others a logsumexp over
+    the vocabulary with the cached ids left out (exact, no subtraction; it copies those rows' ``[V]`` log-probabilities,
+    which is why it is not done for every row). ``student_logp``: ``log_softmax(student_logits / T)`` when the caller
+    has it already."""
     logp = student_logp if student_logp is not None else F.log_softmax(student_logits.float() / float(temperature), dim=-1)
-    at = logp.gather(-1, ids.long())
-    others = logp.scatter(-1, ids.long(), float("-inf"))
-    return torch.cat([at, torch.logsumexp(others, dim=-1, keepdim=True)], dim=-1)
+    ids = ids.long()
+    at = logp.gather(-1, ids)
+    mass = at.exp().sum(-1)
+    high = mass >= REST_BY_SUBTRACTION_BELOW
+    rest = torch.log1p(-torch.where(high, torch.zeros_like(mass), mass))  # the high rows' value is replaced below
+    if bool(high.any()):
+        rows = high.nonzero().squeeze(1)
+        exact = torch.logsumexp(logp[rows].scatter(-1, ids[rows], float("-inf")), dim=-1)
+        rest = rest.index_put((rows,), exact)
+    return torch.cat([at, rest.unsqueeze(-1)], dim=-1)
 
 
 def cached_kd_loss(student_logits: torch.Tensor, cache: TopK, kind: str = "forward_kl", *, beta: float = 0.5,

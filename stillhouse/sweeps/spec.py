@@ -28,10 +28,12 @@ class FloatDim(_Strict):
     """A float in [low, high] (log-uniform with ``log``; on a grid of ``step`` when given)."""
 
     type: Literal["float"] = Field(..., description="'float': a real number in [low, high].")
-    low: float = Field(..., description="Smallest value sampled.")
-    high: float = Field(..., description="Largest value sampled (> low).")
+    # finite only: a NaN bound compared false with everything and reached the job spec's own range check, whose
+    # message ("should be <= 100") did not say what was wrong
+    low: float = Field(..., allow_inf_nan=False, description="Smallest value sampled.")
+    high: float = Field(..., allow_inf_nan=False, description="Largest value sampled (> low).")
     log: bool = Field(False, description="Sample on a log scale (e.g. learning rates).")
-    step: float | None = Field(None, gt=0, description="Discretisation step; None for continuous.")
+    step: float | None = Field(None, gt=0, allow_inf_nan=False, description="Discretisation step; None for continuous.")
 
     @model_validator(mode="after")
     def _range(self) -> "FloatDim":
@@ -170,6 +172,14 @@ class SweepSpec(_Strict):
         model = handler(data)
         raw = data.get("base") if isinstance(data, dict) else None
         model._base_json = copy.deepcopy(raw) if isinstance(raw, dict) else model.base.model_dump(mode="json", exclude_unset=True)
+        method = model._base_json.get("method")
+        if not (isinstance(method, str) or (isinstance(method, dict) and method.get("name"))) and "method.name" not in model.search_space:
+            for path in model.search_space:
+                if path.startswith("method."):
+                    # each trial would set the parameter on a method object without a name ("method needs 'name'")
+                    raise ValueError(f"search_space.{path}: the base names no method (a job without one runs 'auto', which "
+                                     f"chooses its own and takes no {path.removeprefix('method.')!r}); give base.method.name, "
+                                     "e.g. 'kd', or search over method.name too")
         return model
 
     @field_serializer("base")

@@ -123,14 +123,18 @@ async def test_nul_in_path_or_query_is_a_422_on_every_backend(api, backend, path
     assert resp.json()["error"]["code"] == "invalid_request" and "NUL" in resp.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("over", [{"name": "a\u0000b"}, {"teacher": {"file_id": "file_\u0000"}},
-                                  {"student": {"architecture": {"name": "mlp", "kwargs": {"k\u0000": 1}}}}])
-async def test_nul_in_a_job_spec_is_a_422_naming_the_field(api, backend, over):
+@pytest.mark.parametrize("over,param", [({"name": "a\u0000b"}, "name"), ({"teacher": {"file_id": "file_\u0000"}}, "teacher.file_id"),
+                                        ({"student": {"architecture": {"name": "mlp", "kwargs": {"k\u0000": 1}}}},
+                                         "student.architecture.kwargs")])
+async def test_nul_in_a_job_spec_is_a_422_naming_the_field(api, backend, over, param):
+    """The error's param is the field holding the NUL (for a key: the object holding that key); it was null."""
     spec = {"teacher": {"file_id": "file_nope"}, "student": {"architecture": {"name": "mlp"}},
             "data": {"train": {"builtin": "digits"}}, **over}
     resp = await api.post("/v1/jobs", json=spec)
     assert resp.status_code == 422, resp.text
-    assert "NUL" in resp.json()["error"]["message"]
+    err = resp.json()["error"]
+    assert "NUL" in err["message"] and err["param"] == param, err
+    assert err["message"].startswith(f"{param}: ") and "Value error" not in err["message"]
 
 
 async def test_undecodable_json_body_is_a_422_like_any_invalid_json(api, backend):

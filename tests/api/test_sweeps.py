@@ -168,6 +168,32 @@ async def test_search_space_that_cannot_be_built_is_422_naming_the_field(api, te
     assert _no_sweeps()
 
 
+@pytest.mark.parametrize("bounds", [{"low": float("nan"), "high": 4.0}, {"low": 1.0, "high": float("inf")},
+                                    {"low": 1.0, "high": 4.0, "step": float("nan")}])
+async def test_non_finite_bounds_are_a_422_saying_so(api, teacher_id, bounds):  # noqa: F811
+    """A NaN or infinite bound (JSON's NaN/Infinity literals, YAML's .nan/.inf) is refused at its own field; NaN used to
+    pass the range rule (every comparison with it is false) and fail the trial spec with "should be <= 100"."""
+    import json
+
+    body = json.dumps(sweep_body(teacher_id, search_space={"method.temperature": {"type": "float", **bounds}}))  # NaN, Infinity
+    err = assert_error(await api.post("/v1/sweeps", content=body, headers={"content-type": "application/json"}), 422)
+    assert err["param"].startswith("search_space.method.temperature") and "finite" in err["message"], err
+    assert "100" not in err["message"]
+    assert _no_sweeps()
+
+
+async def test_a_method_parameter_searched_over_a_base_without_a_method_is_a_422_saying_what_to_add(api, teacher_id):  # noqa: F811
+    """The base names no method (a job's default is 'auto'): every trial would get a method object holding only the
+    searched parameter, and creation answered "method needs 'name'" without saying why."""
+    base = spec_for(teacher_id)
+    base.pop("method", None)
+    err = assert_error(await api.post("/v1/sweeps", json=sweep_body(teacher_id, base=base)), 422)
+    assert err["param"] == "search_space.method.temperature" and "base.method.name" in err["message"], err
+    assert _no_sweeps()
+    ok = await api.post("/v1/sweeps", json=sweep_body(teacher_id, base={**base, "method": {"name": "kd"}}))
+    assert ok.status_code == 201, ok.text
+
+
 async def test_bad_base_and_grid_over_floats_are_422(api, teacher_id):  # noqa: F811
     err = assert_error(await api.post("/v1/sweeps", json=sweep_body("file_" + "0" * 24)), 422, "file_not_found")
     assert err["param"] == "base.teacher.file_id"
@@ -552,8 +578,8 @@ async def test_a_sweep_with_nothing_left_to_start_is_not_waiting_for_a_job_slot(
 async def test_a_trials_slot_goes_to_its_own_sweep_first_then_to_the_oldest_waiting(api, teacher_id, monkeypatch):  # noqa: F811
     """Limit 4, two sweeps both waiting for a slot: the worker's hook (job_finished) gives the slot a trial freed to that
     trial's own sweep, even when an older sweep waits too (the other tests of the limit step the trial's sweep by hand;
-    this one goes through job_finished as a worker does); slots freed by a cancelled sweep go to the waiting one at the
-    repair loop's next pass."""
+    this one goes through job_finished as a worker does); slots freed by a cancelled sweep go to the waiting one in the
+    cancel request itself (before, only at the repair loop's next pass), and that pass then has nothing left to do."""
     from stillhouse.db import session_factory
     from stillhouse.models import Job
     from stillhouse.settings import get_settings
@@ -577,6 +603,7 @@ async def test_a_trials_slot_goes_to_its_own_sweep_first_then_to_the_oldest_wait
     scheduler.job_finished(trial.id)  # the newer sweep's own trial ended: its slot stays with the newer sweep
     assert len(_jobs(newer["id"])) == 2 and len(_jobs(older["id"])) == 3 and _live() == 4
     await api.post(f"/v1/sweeps/{newer['id']}/cancel")  # its queued trial cancelled: a slot for the older sweep
+    assert len(_jobs(older["id"])) == 4 and _live() == 4  # given in the cancel request
     scheduler.advance_live(session_factory(), get_settings())
     assert len(_jobs(older["id"])) == 4 and _live() == 4
 

@@ -147,3 +147,32 @@ def test_cached_loss_gradient_matches_online_for_a_peaked_teacher():
 
 def test_cache_bytes():
     assert cache_bytes_per_token(32) == 32 * (2 + 4) + 4
+
+
+def test_student_rest_bucket_is_exact_on_both_sides_of_the_subtraction_threshold():
+    """The student's rest bucket: ``log1p(-mass)`` below ``REST_BY_SUBTRACTION_BELOW`` and the exact logsumexp over the
+    other tokens at or above it; both agree with the exact value, and a student that puts almost all its mass on the
+    cached ids (rest ~1e-30) keeps a finite loss and gradient."""
+    from distill.lm.losses import REST_BY_SUBTRACTION_BELOW, student_buckets
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 50, generator=g)
+    ids = torch.stack([torch.randperm(50, generator=g)[:4] for _ in range(6)])
+    logits[3:, :] -= 5.0  # rows 3-5: most of the mass on their cached ids (mass above the threshold)
+    for r in range(3, 6):
+        logits[r, ids[r]] += 9.0
+    logits[5, ids[5]] += 60.0  # row 5: everything on the cached ids
+    logits.requires_grad_(True)
+    got = student_buckets(logits, ids)
+    logp = torch.log_softmax(logits.detach(), -1)
+    mass = logp.gather(-1, ids).exp().sum(-1)
+    assert (mass[:3] < REST_BY_SUBTRACTION_BELOW).all() and (mass[3:] >= REST_BY_SUBTRACTION_BELOW).all()
+    exact = torch.logsumexp(logp.scatter(-1, ids, float("-inf")), -1)
+    assert torch.allclose(got[:, :4].detach(), logp.gather(-1, ids))
+    assert torch.allclose(got[:, 4].detach(), exact, rtol=1e-5, atol=1e-5)
+    assert got[5, 4].item() < -50  # far below what a subtraction in float32 could give (log of ~1e-7 is about -16)
+    teacher = topk_from_logits(torch.randn(6, 50, generator=g), 4)
+    teacher = type(teacher)(teacher.logp, ids, teacher.rest)
+    loss = cached_kd_loss(logits, teacher)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()

@@ -38,7 +38,8 @@ DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 
 def targets(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The predicting positions' logits ``[M, V]`` and their target token ids ``[M]`` (int64) from ``logits``
-    ``[B, T, V]``, ``input_ids`` ``[B, T]`` and the target mask ``[B, T]`` (see the module docstring), row-major."""
+    ``[B, T, V]`` (or any per-position tensor ``[B, T, H]``, e.g. hidden states), ``input_ids`` ``[B, T]`` and the
+    target mask ``[B, T]`` (see the module docstring), row-major."""
     sel = mask[:, 1:].bool()
     return logits[:, :-1][sel], input_ids[:, 1:][sel]
 
@@ -60,9 +61,9 @@ def target_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mas
     base = getattr(model, "base_model", model)
     if getattr(getattr(model, "config", None), "model_type", None) not in HEAD_ONLY_MODEL_TYPES or head is None or base is model:
         return targets(model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits, input_ids, mask)
-    hidden = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    sel = mask[:, 1:].bool()
-    return head(hidden[:, :-1][sel]), input_ids[:, 1:][sel]
+    hidden, ids = targets(base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state,
+                          input_ids, mask)  # the same selection, on the hidden states [M, H]
+    return head(hidden), ids
 
 
 def _kl(lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:

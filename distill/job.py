@@ -323,7 +323,7 @@ def run_job(spec: JobSpec, inputs: JobInputs, workdir: Path, reporter: Reporter,
     run.check("while loading", stop=False)
     okey, profiled = _profile_first_on_a_cold_cache(run, loaded, shared, tkey)
     cache, shared_info = _cache_teacher_outputs(run, loaded, shared, tkey, okey)
-    teacher_train = _teacher_train_top1(run, loaded, cache)
+    teacher_train = _teacher_train_top1(run, loaded, cache, shared, tkey)
     loaded.teacher_val_pred = _teacher_val_pred(run, loaded, shared, tkey)
     fingerprint = spec_fingerprint(spec)
     selection = _select(run, loaded, cache, fingerprint)
@@ -481,10 +481,13 @@ def _cache_teacher_outputs(run: JobRun, loaded: _Loaded, shared: SharedCache | N
 TEACHER_TRAIN_ROWS = 20_000  # most labelled training rows the teacher is run on (without a cache) for its training top-1
 
 
-def _teacher_train_top1(run: JobRun, loaded: _Loaded, cache: TeacherCache | None) -> tuple[float, int] | None:
+def _teacher_train_top1(run: JobRun, loaded: _Loaded, cache: TeacherCache | None, shared: SharedCache | None = None,
+                        tkey: str = "") -> tuple[float, int] | None:
     """The teacher's top-1 on the labelled training rows, as (fraction, rows), for the report's
     teacher_memorised_training warning: from the cached outputs when there are some, else one teacher pass over at
-    most ``TEACHER_TRAIN_ROWS`` of them. None without labelled training rows."""
+    most ``TEACHER_TRAIN_ROWS`` of them, whose logits ``shared`` keeps for the next job of the same teacher and rows
+    (``shared_teacher_logits``; 0.57 s of a 2-epoch mnist5k job on one CPU thread). None without labelled training
+    rows."""
     y = loaded.data.train_y
     rows = torch.nonzero(y >= 0).flatten()
     if rows.numel() == 0:
@@ -493,8 +496,12 @@ def _teacher_train_top1(run: JobRun, loaded: _Loaded, cache: TeacherCache | None
         pred = cache.logits.argmax(1).to("cpu")[rows]
     else:
         rows = rows[:TEACHER_TRAIN_ROWS]
-        with torch.inference_mode():
-            pred = batched_logits(loaded.teacher, loaded.data.train_x[rows].to(run.device)).argmax(1).to("cpu")
+        x = loaded.data.train_x[rows].to(run.device)
+        if shared is not None:
+            pred = shared_teacher_logits(loaded.teacher, tkey, x, shared).argmax(1)
+        else:
+            with torch.inference_mode():
+                pred = batched_logits(loaded.teacher, x).argmax(1).to("cpu")
     return float((pred == y[rows]).float().mean()), int(rows.numel())
 
 

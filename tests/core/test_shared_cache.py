@@ -3,11 +3,13 @@ training outputs instead of recomputing them, and ends with the same student and
 
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from distill import shared_cache
 from distill.shared_cache import DirCache
+from distill.teachers import TorchTeacher
 
 from .helpers import make_spec, run
 
@@ -64,17 +66,22 @@ def test_no_shared_cache_reports_nothing(teacher_file, tmp_path):
     assert result.report["cache"]["shared"] is None and result.report["holdout"] is None
 
 
-def test_second_job_reads_the_layout_decision_and_validation_logits(teacher_file, tmp_path, monkeypatch):
+@pytest.fixture
+def teacher_rows(monkeypatch) -> list[int]:
+    """The batch sizes (rows) of every ``TorchTeacher.forward`` call made while the test runs, in call order."""
+    seen: list[int] = []
+    real_forward = TorchTeacher.forward
+    monkeypatch.setattr(TorchTeacher, "forward", lambda self, x: seen.append(int(x.shape[0])) or real_forward(self, x))
+    return seen
+
+
+def test_second_job_reads_the_layout_decision_and_validation_logits(teacher_file, tmp_path, monkeypatch, teacher_rows):
     """The teacher's channels-last check (two teacher passes over a training batch) and its pass over the validation
     rows (the per-epoch agreement) run in the first job only; the second reads both from the shared cache, runs the
     teacher in the same layout and gives the same report numbers."""
-    from distill.teachers import TorchTeacher
-
     cache = DirCache(tmp_path / "cache")
     spec = make_spec(cache={"teacher_outputs": "on"}, evaluation={"compare_baseline": True})
-    rows_seen: list[int] = []
-    real_forward = TorchTeacher.forward
-    monkeypatch.setattr(TorchTeacher, "forward", lambda self, x: rows_seen.append(int(x.shape[0])) or real_forward(self, x))
+    rows_seen = teacher_rows
     first, _ = run(spec, teacher_file, tmp_path / "a", shared=cache)
     first_rows = sum(rows_seen)
     rows_seen.clear()
@@ -93,6 +100,24 @@ def test_second_job_reads_the_layout_decision_and_validation_logits(teacher_file
     assert second.report["baseline"]["val_top1"] == first.report["baseline"]["val_top1"]
     a, b = load_file(str(first.artifacts[0])), load_file(str(second.artifacts[0]))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_without_the_output_cache_the_second_job_reads_the_teachers_training_predictions(teacher_file, tmp_path, teacher_rows):
+    """With ``cache.teacher_outputs: off`` a job still runs the teacher once over the labelled training rows, for its
+    training top-1 (the teacher_memorised_training check); the shared cache keeps those logits, so a second job of the
+    same teacher and rows runs the teacher over the probe batch only and reports the same warnings."""
+    cache = DirCache(tmp_path / "cache")
+    spec = make_spec(cache={"teacher_outputs": "off"}, evaluation={"compare_baseline": False})
+    rows_seen = teacher_rows
+    first, _ = run(spec, teacher_file, tmp_path / "a", shared=cache)
+    data = first.report["data"]
+    in_training = spec.training.epochs * data["train"]  # the cache is off: the teacher runs at every training step
+    assert sum(rows_seen) - in_training >= data["labelled"]  # ... and once over the labelled rows
+    rows_seen.clear()
+    second, _ = run(spec, teacher_file, tmp_path / "b", shared=cache)
+    assert sum(rows_seen) - in_training <= spec.training.batch_size + 8  # the probe batch (and the feature probes) only
+    assert second.report["warnings"] == first.report["warnings"]
+    assert second.report["teacher"] == first.report["teacher"]
 
 
 def test_a_job_without_the_shared_cache_runs_the_teacher_over_validation_once(teacher_file, tmp_path, monkeypatch):

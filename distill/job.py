@@ -496,12 +496,7 @@ def _teacher_train_top1(run: JobRun, loaded: _Loaded, cache: TeacherCache | None
         pred = cache.logits.argmax(1).to("cpu")[rows]
     else:
         rows = rows[:TEACHER_TRAIN_ROWS]
-        x = loaded.data.train_x[rows].to(run.device)
-        if shared is not None:
-            pred = shared_teacher_logits(loaded.teacher, tkey, x, shared).argmax(1)
-        else:
-            with torch.inference_mode():
-                pred = batched_logits(loaded.teacher, x).argmax(1).to("cpu")
+        pred = _teacher_argmax(loaded, loaded.data.train_x[rows].to(run.device), shared, tkey).to("cpu")
     return float((pred == y[rows]).float().mean()), int(rows.numel())
 
 
@@ -513,10 +508,16 @@ def _teacher_val_pred(run: JobRun, loaded: _Loaded, shared: SharedCache | None, 
     vx = loaded.data.val_x
     if vx.shape[0] == 0:
         return None
-    vx = vx.to(run.device)
+    return _teacher_argmax(loaded, vx.to(run.device), shared, tkey)
+
+
+def _teacher_argmax(loaded: _Loaded, x: torch.Tensor, shared: SharedCache | None, tkey: str) -> torch.Tensor:
+    """The teacher's argmax class of each row of ``x [N, ...]`` (int64 ``[N]`` on ``x``'s device): from the logits
+    ``shared`` keeps for this teacher and tensor (``shared_teacher_logits``, computed and stored on a miss), else one
+    teacher pass."""
     if shared is not None:
-        return shared_teacher_logits(loaded.teacher, tkey, vx, shared).to(run.device).argmax(dim=1)
-    return batched_logits(loaded.teacher, vx).argmax(dim=1)
+        return shared_teacher_logits(loaded.teacher, tkey, x, shared).to(x.device).argmax(dim=1)
+    return batched_logits(loaded.teacher, x).argmax(dim=1)
 
 
 def _wants_baseline(spec: JobSpec, data: DataBundle) -> bool:

@@ -81,10 +81,9 @@ def test_second_job_reads_the_layout_decision_and_validation_logits(teacher_file
     teacher in the same layout and gives the same report numbers."""
     cache = DirCache(tmp_path / "cache")
     spec = make_spec(cache={"teacher_outputs": "on"}, evaluation={"compare_baseline": True})
-    rows_seen = teacher_rows
     first, _ = run(spec, teacher_file, tmp_path / "a", shared=cache)
-    first_rows = sum(rows_seen)
-    rows_seen.clear()
+    first_rows = sum(teacher_rows)
+    teacher_rows.clear()
     monkeypatch.setattr(TorchTeacher, "use_channels_last", lambda self, sample: (_ for _ in ()).throw(AssertionError("checked again")))
     layouts = []
     real_set = TorchTeacher.set_channels_last
@@ -92,7 +91,7 @@ def test_second_job_reads_the_layout_decision_and_validation_logits(teacher_file
     second, _ = run(spec, teacher_file, tmp_path / "b", shared=cache)
     n_val = first.report["data"]["validation"]["rows"]
     # the second job's teacher saw only the probe batch (and the feature probes): no validation or training pass
-    assert sum(rows_seen) <= spec.training.batch_size + 8 < n_val < first_rows
+    assert sum(teacher_rows) <= spec.training.batch_size + 8 < n_val < first_rows
     assert layouts == [1]
     notes = [n for n in first.report["teacher"]["notes"] if "channels-last" in n]
     assert notes and second.report["teacher"]["notes"] == first.report["teacher"]["notes"]
@@ -108,14 +107,13 @@ def test_without_the_output_cache_the_second_job_reads_the_teachers_training_pre
     same teacher and rows runs the teacher over the probe batch only and reports the same warnings."""
     cache = DirCache(tmp_path / "cache")
     spec = make_spec(cache={"teacher_outputs": "off"}, evaluation={"compare_baseline": False})
-    rows_seen = teacher_rows
     first, _ = run(spec, teacher_file, tmp_path / "a", shared=cache)
     data = first.report["data"]
     in_training = spec.training.epochs * data["train"]  # the cache is off: the teacher runs at every training step
-    assert sum(rows_seen) - in_training >= data["labelled"]  # ... and once over the labelled rows
-    rows_seen.clear()
+    assert sum(teacher_rows) - in_training >= data["labelled"]  # ... and once over the labelled rows
+    teacher_rows.clear()
     second, _ = run(spec, teacher_file, tmp_path / "b", shared=cache)
-    assert sum(rows_seen) - in_training <= spec.training.batch_size + 8  # the probe batch (and the feature probes) only
+    assert sum(teacher_rows) - in_training <= spec.training.batch_size + 8  # the probe batch (and the feature probes) only
     assert second.report["warnings"] == first.report["warnings"]
     assert second.report["teacher"] == first.report["teacher"]
 
